@@ -1,0 +1,273 @@
+// The CPU implementation of Backend: a fixed worker pool, kernels chosen once at start-up
+// from what the CPU supports (AVX-512 VNNI/BF16, AVX2, or portable scalar code), weights
+// used in place from the mmap.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <new>
+#include <stdexcept>
+#include <thread>
+
+#include "kernels/backend.h"
+#include "kernels/cpu/matmul_kernels.h"
+#include "kernels/cpu/thread_pool.h"
+#include "kernels/cpu/vec_ops.h"
+
+namespace tutti {
+
+namespace cpu {
+
+bool cpu_has_avx2() {
+#if defined(__x86_64__)
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
+bool cpu_has_avx512() {
+#if defined(__x86_64__)
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
+namespace {
+
+const MatmulKernels& choose_kernels(const std::string& isa) {
+  const MatmulKernels* k512 = avx512_kernels();
+  const MatmulKernels* k2 = avx2_kernels();
+  if (isa == "scalar") return scalar_kernels();
+  if (isa == "avx512") {
+    if (!k512 || !cpu_has_avx512()) throw std::runtime_error("this CPU or build has no AVX-512 VNNI/BF16 kernels");
+    return *k512;
+  }
+  if (isa == "avx2") {
+    if (!k2 || !cpu_has_avx2()) throw std::runtime_error("this CPU or build has no AVX2 kernels");
+    return *k2;
+  }
+  if (isa != "auto") throw std::runtime_error("unknown kernel set '" + isa + "' (auto, avx512, avx2, scalar)");
+  if (k512 && cpu_has_avx512()) return *k512;
+  if (k2 && cpu_has_avx2()) return *k2;
+  return scalar_kernels();
+}
+
+int default_threads() {
+  const unsigned n = std::thread::hardware_concurrency();
+  return n ? int(n) : 1;
+}
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(const CpuBackendOptions& o)
+      : kernels_(choose_kernels(o.isa)), pool_(o.threads > 0 ? o.threads : default_threads()) {
+    scratch_.resize(size_t(pool_.size()));
+  }
+
+  Device device() const override { return Device::Cpu; }
+  std::string describe() const override {
+    return std::string("cpu ") + kernels_.isa + ", " + std::to_string(pool_.size()) + " threads";
+  }
+  int threads() const override { return pool_.size(); }
+
+  void* alloc(size_t bytes) override {
+    void* p = std::aligned_alloc(64, (std::max<size_t>(bytes, 1) + 63) / 64 * 64);
+    if (!p) throw std::bad_alloc();
+    return p;
+  }
+  void free(void* p) override { std::free(p); }
+  MatrixView upload_weights(const MatrixView& host) override { return host; }
+  void copy_to_host(void* dst, const void* src, size_t n) override { std::memcpy(dst, src, n); }
+  void copy_to_device(void* dst, const void* src, size_t n) override { std::memcpy(dst, src, n); }
+
+  void matmul(std::span<const MatmulTask> tasks, const float* x, int n_tokens) override {
+    if (tasks.empty() || n_tokens <= 0) return;
+    const int64_t cols = tasks[0].weight.cols;
+    bool quantized = false;
+    for (auto& t : tasks) {
+      if (t.weight.cols != cols) throw std::logic_error("matmul tasks must share the input width");
+      quantized |= t.weight.type == TensorType::Q8_0 || t.weight.type == TensorType::Q4_0;
+    }
+    if (quantized) {
+      resize_quantized_input(qx_, n_tokens, cols);
+      const int chunks = std::min(n_tokens, pool_.size() * 4);
+      pool_.run(chunks, [&](int c, int) {
+        cpu::quantize_input_rows(x, qx_, int(int64_t(n_tokens) * c / chunks), int(int64_t(n_tokens) * (c + 1) / chunks));
+      });
+    }
+    // Split every task's rows into chunks; threads take chunks in order, so each streams
+    // contiguous rows. Chunk size: enough work per chunk to amortise the hand-out, about
+    // eight chunks per thread to balance a noisy machine.
+    int64_t total_rows = 0;
+    for (auto& t : tasks) total_rows += t.weight.rows;
+    const int64_t tile = kernels_.row_tile;
+    int64_t per = std::max<int64_t>(tile, total_rows / (int64_t(pool_.size()) * 8));
+    per = (per + tile - 1) / tile * tile;
+    chunks_.clear();
+    for (int i = 0; i < int(tasks.size()); ++i)
+      for (int64_t r = 0; r < tasks[i].weight.rows; r += per)
+        chunks_.push_back({i, r, std::min(tasks[i].weight.rows, r + per)});
+    pool_.run(int(chunks_.size()), [&](int c, int) {
+      const Chunk& ch = chunks_[size_t(c)];
+      const MatmulTask& t = tasks[size_t(ch.task)];
+      MatmulArgs args{t.weight, x, &qx_, t.out, n_tokens};
+      kernels_.for_type(t.weight.type)(args, ch.begin, ch.end);
+    });
+  }
+
+  void embed(const MatrixView& table, const int32_t* ids, int n, float* out) override {
+    for (int i = 0; i < n; ++i) dequantize_row(table.type, table.row(ids[i]), out + size_t(i) * table.cols, size_t(table.cols));
+  }
+
+  void rms_norm(const float* x, const float* w, float* y, int n, int dim, float eps) override {
+    auto one = [&](int t) {
+      const float* xr = x + size_t(t) * dim;
+      float* yr = y + size_t(t) * dim;
+      const float mean = float(cpu::sum_squares(xr, size_t(dim)) / dim);
+      const float scale = 1.0f / std::sqrt(mean + eps);
+      for (int i = 0; i < dim; ++i) yr[i] = (xr[i] * scale) * w[i];
+    };
+    if (n < 8) {
+      for (int t = 0; t < n; ++t) one(t);
+    } else {
+      pool_.run(n, [&](int t, int) { one(t); });
+    }
+  }
+
+  void rope(float* x, const int32_t* positions, int n, int n_heads, int head_dim, int n_rot, float base) override {
+    // Angles as ggml computes them: theta_i = pos * base^(-2i/n_rot), built by repeated
+    // multiplication in float, so that results match files converted for that engine.
+    const float theta_scale = std::pow(base, -2.0f / float(n_rot));
+    for (int t = 0; t < n; ++t) {
+      float* row = x + size_t(t) * n_heads * head_dim;
+      float theta = float(positions[t]);
+      for (int i = 0; i < n_rot / 2; ++i) {
+        const float c = std::cos(theta), s = std::sin(theta);
+        for (int h = 0; h < n_heads; ++h) {
+          float* p = row + size_t(h) * head_dim + 2 * i;
+          const float x0 = p[0], x1 = p[1];
+          p[0] = x0 * c - x1 * s;
+          p[1] = x0 * s + x1 * c;
+        }
+        theta *= theta_scale;
+      }
+    }
+  }
+
+  void kv_store(const KvLayerView& kv, std::span<const AttentionSeq> seqs, const float* k, const float* v) override {
+    for (const AttentionSeq& s : seqs)
+      for (int i = 0; i < s.n_tokens; ++i) {
+        const int pos = s.first_pos + i;
+        const size_t row = size_t(s.row + i) * kv.kv_dim;
+        const int32_t block = s.block_table[pos / kv.block_tokens];
+        const size_t kbase = (size_t(block) * kv.n_layers + kv.layer) * 2 * kv.block_tokens * kv.kv_dim +
+                             size_t(pos % kv.block_tokens) * kv.kv_dim;
+        const size_t vbase = kbase + size_t(kv.block_tokens) * kv.kv_dim;
+        if (kv.type == TensorType::F16) {
+          auto* pool = static_cast<uint16_t*>(kv.pool);
+          cpu::f32_to_f16(k + row, pool + kbase, size_t(kv.kv_dim));
+          cpu::f32_to_f16(v + row, pool + vbase, size_t(kv.kv_dim));
+        } else {
+          auto* pool = static_cast<float*>(kv.pool);
+          std::memcpy(pool + kbase, k + row, size_t(kv.kv_dim) * 4);
+          std::memcpy(pool + vbase, v + row, size_t(kv.kv_dim) * 4);
+        }
+      }
+  }
+
+  void attention(const KvLayerView& kv, std::span<const AttentionSeq> seqs, const AttentionShape& sh, const float* q,
+                 float* out) override {
+    // Work items: (row, head). Each computes softmax(q.K^T * scale) . V over positions
+    // [0, pos] of its sequence, walking the block table.
+    items_.clear();
+    for (int s = 0; s < int(seqs.size()); ++s)
+      for (int i = 0; i < seqs[size_t(s)].n_tokens; ++i) items_.push_back({s, i});
+    const int group = sh.n_head / sh.n_head_kv;
+    const size_t q_stride = size_t(sh.n_head) * sh.head_dim;
+    const size_t block_elems = size_t(kv.block_tokens) * kv.kv_dim;
+    const int n_items = int(items_.size()) * sh.n_head;
+    int max_ctx = 0;
+    for (auto& s : seqs) max_ctx = std::max(max_ctx, s.first_pos + s.n_tokens);
+    for (auto& buf : scratch_) buf.resize(size_t(max_ctx) + size_t(sh.head_dim));
+    pool_.run(n_items, [&](int item, int thread) {
+      const Item& it = items_[size_t(item / sh.n_head)];
+      const int h = item % sh.n_head;
+      const int g = h / group;
+      const AttentionSeq& s = seqs[size_t(it.seq)];
+      const int pos = s.first_pos + it.i;
+      const size_t row = size_t(s.row + it.i);
+      const float* qh = q + row * q_stride + size_t(h) * sh.head_dim;
+      float* oh = out + row * q_stride + size_t(h) * sh.head_dim;
+      float* scores = scratch_[size_t(thread)].data();
+      auto k_at = [&](int p, int which) {
+        const size_t block = size_t(s.block_table[p / kv.block_tokens]);
+        return ((block * kv.n_layers + kv.layer) * 2 + which) * block_elems + size_t(p % kv.block_tokens) * kv.kv_dim +
+               size_t(g) * sh.head_dim;
+      };
+      float max_score = -INFINITY;
+      for (int p = 0; p <= pos; ++p) {
+        const size_t off = k_at(p, 0);
+        const float d = kv.type == TensorType::F16
+                            ? cpu::dot_f32_f16(qh, static_cast<const uint16_t*>(kv.pool) + off, size_t(sh.head_dim))
+                            : cpu::dot_f32(qh, static_cast<const float*>(kv.pool) + off, size_t(sh.head_dim));
+        scores[p] = d * sh.scale;
+        max_score = std::max(max_score, scores[p]);
+      }
+      double sum = 0.0;
+      for (int p = 0; p <= pos; ++p) {
+        scores[p] = std::exp(scores[p] - max_score);
+        sum += scores[p];
+      }
+      const float inv = float(1.0 / sum);
+      std::fill(oh, oh + sh.head_dim, 0.f);
+      for (int p = 0; p <= pos; ++p) {
+        const size_t off = k_at(p, 1);
+        if (kv.type == TensorType::F16)
+          cpu::axpy_f16(scores[p] * inv, static_cast<const uint16_t*>(kv.pool) + off, oh, size_t(sh.head_dim));
+        else
+          cpu::axpy_f32(scores[p] * inv, static_cast<const float*>(kv.pool) + off, oh, size_t(sh.head_dim));
+      }
+    });
+  }
+
+  void swiglu(const float* gate, const float* up, float* out, size_t n) override {
+    for (size_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+  }
+
+  void gather_rows(const float* src, const int32_t* rows, int n, int dim, float* dst) override {
+    for (int i = 0; i < n; ++i) std::memcpy(dst + size_t(i) * dim, src + size_t(rows[i]) * dim, size_t(dim) * 4);
+  }
+
+  void add(float* x, const float* y, size_t n) override {
+    for (size_t i = 0; i < n; ++i) x[i] += y[i];
+  }
+
+ private:
+  struct Chunk {  // rows [begin, end) of task `task`
+    int task;
+    int64_t begin, end;
+  };
+  struct Item {  // token i of sequence seq
+    int seq, i;
+  };
+
+  const cpu::MatmulKernels& kernels_;
+  ThreadPool pool_;
+  // Reused across calls so the step loop does not allocate.
+  cpu::QuantizedInput qx_;
+  std::vector<Chunk> chunks_;
+  std::vector<Item> items_;
+  std::vector<std::vector<float>> scratch_;  // per thread: attention scores
+};
+
+}  // namespace
+}  // namespace cpu
+
+std::unique_ptr<Backend> make_cpu_backend(const CpuBackendOptions& options) {
+  return std::make_unique<cpu::CpuBackend>(options);
+}
+
+}  // namespace tutti

@@ -1,0 +1,62 @@
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/cpu/matmul_kernels.h"
+
+namespace tutti::cpu {
+
+void resize_quantized_input(QuantizedInput& q, int n_tokens, int64_t cols) {
+  q.n_tokens = n_tokens;
+  q.cols = cols;
+  q.n_blocks = cols / 32;
+  q.n_pairs = (q.n_blocks + 1) / 2;
+  const size_t t = size_t(n_tokens);
+  q.qs.resize(t * q.n_pairs * 64);
+  q.qu.resize(t * q.n_pairs * 64);
+  q.d.resize(t * q.n_blocks);
+  q.d_pair.resize(t * q.n_pairs * 16);
+  q.q4_bias.resize(t * q.n_pairs * 16);
+}
+
+void quantize_input_rows(const float* x, QuantizedInput& q, int t_begin, int t_end) {
+  for (int t = t_begin; t < t_end; ++t) {
+    const float* xr = x + size_t(t) * q.cols;
+    int8_t* qs = q.qs.data() + size_t(t) * q.n_pairs * 64;
+    uint8_t* qu = q.qu.data() + size_t(t) * q.n_pairs * 64;
+    float* d = q.d.data() + size_t(t) * q.n_blocks;
+    float* dp = q.d_pair.data() + size_t(t) * q.n_pairs * 16;
+    int32_t* bias = q.q4_bias.data() + size_t(t) * q.n_pairs * 16;
+    for (int64_t b = 0; b < q.n_blocks; ++b) {
+      const float* v = xr + b * 32;
+      float amax = 0.f;
+#pragma omp simd reduction(max : amax)
+      for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(v[j]));
+      // As ggml: quantize with the exact scale, store the scale rounded to f16.
+      const float scale = amax / 127.f;
+      const float inv = scale != 0.f ? 1.f / scale : 0.f;
+      int8_t* out = qs + b * 32;
+#pragma omp simd
+      for (int j = 0; j < 32; ++j) out[j] = int8_t(std::nearbyint(v[j] * inv));
+#pragma omp simd
+      for (int j = 0; j < 32; ++j) qu[b * 32 + j] = uint8_t(out[j] + 128);
+      d[b] = fp16_to_fp32(fp32_to_fp16(scale));
+    }
+    if (q.n_blocks % 2) {  // zero the missing half of the last pair
+      std::fill(qs + q.n_blocks * 32, qs + q.n_pairs * 64, 0);
+      std::fill(qu + q.n_blocks * 32, qu + q.n_pairs * 64, 128);
+    }
+    for (int64_t p = 0; p < q.n_pairs; ++p) {
+      const float d0 = d[2 * p], d1 = 2 * p + 1 < q.n_blocks ? d[2 * p + 1] : 0.f;
+      for (int l = 0; l < 8; ++l) {
+        dp[p * 16 + l] = d0;
+        dp[p * 16 + 8 + l] = d1;
+      }
+      for (int l = 0; l < 16; ++l) {
+        const int8_t* s = qs + p * 64 + l * 4;
+        bias[p * 16 + l] = -8 * (int32_t(s[0]) + s[1] + s[2] + s[3]);
+      }
+    }
+  }
+}
+
+}  // namespace tutti::cpu

@@ -1,0 +1,47 @@
+// Builders of model files: random-weight Llama models for tests and benchmarks (with the
+// vocabulary of another GGUF, or the built-in one), optionally unified with the tutti.*
+// modality ranges and codec tensors. `tutti model random` and `tutti model init` use them.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "kernels/tensor_type.h"
+#include "pipeline/expected.h"
+#include "pipeline/gguf.h"
+#include "pipeline/model_config.h"
+
+namespace tutti {
+
+// The tokenizer.* metadata of a vocabulary, copied between files.
+struct VocabularyMetadata {
+  std::vector<std::pair<std::string, GgufValue>> entries;  // every "tokenizer.*" key
+  uint32_t n_tokens = 0;
+};
+Expected<VocabularyMetadata> read_vocabulary(const GgufFile& file);
+
+// A byte-level BPE vocabulary ("gpt2" model, "llama-bpe" split) trained on tutti's built-in
+// English text: 256 byte tokens, `n_merges` learned merges, BOS/EOS control tokens. Lets a
+// fresh clone make a working model without downloading anything.
+VocabularyMetadata builtin_vocabulary(int n_merges = 2000);
+
+struct RandomModelSpec {
+  uint32_t dim = 256, layers = 2, heads = 4, kv_heads = 4, ffn = 512;
+  uint32_t context = 4096;
+  TensorType type = TensorType::F32;  // matrices; norms stay f32
+  uint64_t seed = 1;
+  float rope_base = 10000.f;
+  bool unified = false;  // add the default media modality ranges and codec tensors
+  std::string name = "tutti-random";
+};
+
+// The media modality layout of a unified model whose text vocabulary has n_text tokens.
+ModalityTable default_modalities(uint32_t n_text);
+
+using Progress = std::function<void(const std::string& what, double fraction)>;
+Status write_random_model(const RandomModelSpec& spec, const VocabularyMetadata& vocab, const std::string& path,
+                          const Progress& progress = {});
+
+}  // namespace tutti

@@ -1,0 +1,230 @@
+#include "pipeline/model_config.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace tutti {
+
+namespace {
+constexpr const char* kModalityNames[] = {"text", "audio", "image", "video", "music"};
+}
+
+const char* modality_name(Modality m) { return kModalityNames[int(m)]; }
+
+std::optional<Modality> parse_modality(const std::string& name) {
+  for (int i = 0; i < 5; ++i)
+    if (name == kModalityNames[i]) return Modality(i);
+  return std::nullopt;
+}
+
+double ModalityInfo::tokens_per_second() const {
+  switch (modality) {
+    case Modality::Audio:
+    case Modality::Music:
+      return frame_size ? double(sample_rate) / frame_size * num_stages : 0;
+    case Modality::Video:
+      return patch_size ? frame_rate * (double(width / patch_size) * (height / patch_size)) * num_stages : 0;
+    default:
+      return 0;
+  }
+}
+
+const ModalityInfo* ModalityTable::find(Modality m) const {
+  for (auto& e : entries)
+    if (e.modality == m) return &e;
+  return nullptr;
+}
+
+namespace {
+
+// Pulls typed values out of the file, remembering the first error so the reading code can
+// stay linear.
+struct Reader {
+  const GgufFile& f;
+  std::optional<Error> err;
+
+  uint64_t uint(const std::string& key, std::optional<uint64_t> fallback = std::nullopt) {
+    if (err) return 0;
+    auto v = f.get_uint(key);
+    if (!v) { err = v.error(); return 0; }
+    if (!*v) {
+      if (fallback) return *fallback;
+      err = Error{f.path() + ": required metadata '" + key + "' is missing"};
+      return 0;
+    }
+    if (**v > UINT32_MAX) { err = Error{f.path() + ": metadata '" + key + "' is too large"}; return 0; }
+    return **v;
+  }
+  double real(const std::string& key, double fallback) {
+    if (err) return 0;
+    auto v = f.get_float(key);
+    if (!v) { err = v.error(); return 0; }
+    return *v ? **v : fallback;
+  }
+  std::string str(const std::string& key, const std::string& fallback) {
+    if (err) return {};
+    auto v = f.get_string(key);
+    if (!v) { err = v.error(); return {}; }
+    return *v ? **v : fallback;
+  }
+};
+
+Status check_tensor(const GgufFile& f, const std::string& name, std::vector<uint64_t> shape, bool required = true) {
+  const GgufTensorInfo* t = f.find_tensor(name);
+  if (!t) {
+    if (!required) return Status::Ok();
+    return Error{f.path() + ": required tensor '" + name + "' is missing"};
+  }
+  bool match = t->n_dims == shape.size();
+  for (size_t d = 0; match && d < shape.size(); ++d) match = t->ne[d] == shape[d];
+  if (!match) {
+    std::string want = "[";
+    for (size_t d = 0; d < shape.size(); ++d) want += (d ? ", " : "") + std::to_string(shape[d]);
+    return Error{f.path() + ": tensor '" + name + "' has shape " + t->shape_string() + ", expected " + want + "]"};
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Expected<ModelConfig> read_model_config(const GgufFile& f) {
+  ModelConfig cfg;
+  LlamaHparams& h = cfg.hparams;
+  Reader r{f, {}};
+  h.architecture = r.str("general.architecture", "");
+  if (r.err) return *r.err;
+  if (h.architecture.empty()) return Error{f.path() + ": general.architecture is missing"};
+  if (h.architecture != "llama")
+    return Error{f.path() + ": architecture '" + h.architecture + "' is not supported (tutti runs the llama family)"};
+  h.name = r.str("general.name", "");
+  const std::string a = h.architecture + ".";
+  h.n_layer = uint32_t(r.uint(a + "block_count"));
+  h.n_embd = uint32_t(r.uint(a + "embedding_length"));
+  h.n_ff = uint32_t(r.uint(a + "feed_forward_length"));
+  h.n_head = uint32_t(r.uint(a + "attention.head_count"));
+  h.n_ctx_train = uint32_t(r.uint(a + "context_length", 4096));
+  h.n_head_kv = uint32_t(r.uint(a + "attention.head_count_kv", h.n_head));
+  h.rms_eps = float(r.real(a + "attention.layer_norm_rms_epsilon", 1e-5));
+  h.rope_freq_base = float(r.real(a + "rope.freq_base", 10000.0));
+  if (r.err) return *r.err;
+  auto fail = [&](const std::string& what) { return Error{f.path() + ": " + what}; };
+  if (h.n_layer == 0 || h.n_layer > 1024) return fail("block_count " + std::to_string(h.n_layer) + " is out of range");
+  if (h.n_head == 0 || h.n_embd == 0 || h.n_embd % h.n_head != 0)
+    return fail("embedding_length " + std::to_string(h.n_embd) + " is not a multiple of head_count " + std::to_string(h.n_head));
+  if (h.n_head_kv == 0 || h.n_head % h.n_head_kv != 0)
+    return fail("head_count " + std::to_string(h.n_head) + " is not a multiple of head_count_kv " + std::to_string(h.n_head_kv));
+  if (h.n_ff == 0) return fail("feed_forward_length is zero");
+  h.head_dim = h.n_embd / h.n_head;
+  h.n_rot = uint32_t(r.uint(a + "rope.dimension_count", h.head_dim));
+  if (r.err) return *r.err;
+  if (h.n_rot > h.head_dim || h.n_rot % 2 != 0) return fail("rope.dimension_count " + std::to_string(h.n_rot) + " is invalid for head size " + std::to_string(h.head_dim));
+  if (!(h.rms_eps > 0) || !(h.rope_freq_base > 0)) return fail("rms epsilon and rope base must be positive");
+
+  const GgufTensorInfo* embd = f.find_tensor("token_embd.weight");
+  if (!embd) return fail("required tensor 'token_embd.weight' is missing");
+  if (embd->n_dims != 2 || embd->ne[0] != h.n_embd) return fail("token_embd.weight has shape " + embd->shape_string() + ", expected [" + std::to_string(h.n_embd) + ", n_vocab]");
+  h.n_vocab = uint32_t(embd->ne[1]);
+  if (const GgufValue* vs = f.find(a + "vocab_size"); vs && vs->is_integer() && vs->u != h.n_vocab)
+    return fail("vocab_size " + std::to_string(vs->u) + " disagrees with token_embd.weight " + embd->shape_string());
+
+  const uint64_t q_dim = uint64_t(h.n_head) * h.head_dim, kv_dim = uint64_t(h.n_head_kv) * h.head_dim;
+  for (uint32_t i = 0; i < h.n_layer; ++i) {
+    const std::string b = "blk." + std::to_string(i) + ".";
+    for (auto s : {check_tensor(f, b + "attn_norm.weight", {h.n_embd}), check_tensor(f, b + "attn_q.weight", {h.n_embd, q_dim}),
+                   check_tensor(f, b + "attn_k.weight", {h.n_embd, kv_dim}), check_tensor(f, b + "attn_v.weight", {h.n_embd, kv_dim}),
+                   check_tensor(f, b + "attn_output.weight", {q_dim, h.n_embd}), check_tensor(f, b + "ffn_norm.weight", {h.n_embd}),
+                   check_tensor(f, b + "ffn_gate.weight", {h.n_embd, h.n_ff}), check_tensor(f, b + "ffn_up.weight", {h.n_embd, h.n_ff}),
+                   check_tensor(f, b + "ffn_down.weight", {h.n_ff, h.n_embd})})
+      if (!s) return s.error();
+  }
+  if (Status s = check_tensor(f, "output_norm.weight", {h.n_embd}); !s) return s.error();
+  if (Status s = check_tensor(f, "output.weight", {h.n_embd, h.n_vocab}, false); !s) return s.error();
+  h.tied_output = f.find_tensor("output.weight") == nullptr;
+  // Norm weights are applied element-wise in f32 arithmetic; they must be plain arrays.
+  for (auto& t : f.tensors())
+    if (t.name.find("_norm.weight") != std::string::npos && t.type != TensorType::F32 && t.type != TensorType::F16 && t.type != TensorType::BF16)
+      return fail("norm tensor '" + t.name + "' must be f32, f16 or bf16");
+
+  // ---- tutti.* modality table
+  const GgufValue* list = f.find("tutti.modalities");
+  if (list) {
+    if (list->type != GgufValueType::ARRAY || list->element_type != GgufValueType::STRING)
+      return fail("tutti.modalities must be an array of strings");
+    for (const std::string& name : list->strings) {
+      auto m = parse_modality(name);
+      if (!m || *m == Modality::Text) return fail("tutti.modalities names unknown modality '" + name + "'");
+      if (cfg.modalities.find(*m)) return fail("tutti.modalities lists '" + name + "' twice");
+      ModalityInfo mi;
+      mi.modality = *m;
+      const std::string p = "tutti." + name + ".";
+      mi.token_offset = uint32_t(r.uint(p + "token_offset"));
+      mi.codebook_size = uint32_t(r.uint(p + "codebook_size"));
+      mi.num_stages = uint32_t(r.uint(p + "num_stages"));
+      mi.begin_token = uint32_t(r.uint(p + "begin_token"));
+      mi.end_token = uint32_t(r.uint(p + "end_token"));
+      mi.codebook_dim = uint32_t(r.uint(p + "codebook_dim"));
+      mi.transform = r.str(p + "transform", "");
+      mi.sample_rate = uint32_t(r.uint(p + "sample_rate", 0));
+      mi.frame_size = uint32_t(r.uint(p + "frame_size", 0));
+      mi.patch_size = uint32_t(r.uint(p + "patch_size", 0));
+      mi.width = uint32_t(r.uint(p + "width", 0));
+      mi.height = uint32_t(r.uint(p + "height", 0));
+      mi.frame_rate = float(r.real(p + "frame_rate", 0));
+      if (r.err) return *r.err;
+      const uint64_t end = uint64_t(mi.token_offset) + uint64_t(mi.codebook_size) * mi.num_stages;
+      if (mi.codebook_size == 0 || mi.num_stages == 0 || mi.num_stages > 64) return fail(p + "codebook_size/num_stages are invalid");
+      if (end > h.n_vocab) return fail(p + "token range [" + std::to_string(mi.token_offset) + ", " + std::to_string(end) + ") exceeds the vocabulary of " + std::to_string(h.n_vocab));
+      for (uint32_t tok : {mi.begin_token, mi.end_token}) {
+        if (tok >= h.n_vocab) return fail(p + "begin/end token " + std::to_string(tok) + " is outside the vocabulary");
+        if (tok >= mi.token_offset && tok < end) return fail(p + "begin/end token lies inside the code range");
+      }
+      const bool audio_like = mi.modality == Modality::Audio || mi.modality == Modality::Music;
+      if (audio_like && (mi.sample_rate == 0 || mi.frame_size == 0)) return fail(p + "sample_rate and frame_size are required for " + name);
+      if (!audio_like && (mi.patch_size == 0 || mi.width == 0 || mi.height == 0)) return fail(p + "patch_size, width and height are required for " + name);
+      if (mi.modality == Modality::Video && !(mi.frame_rate > 0)) return fail(p + "frame_rate is required for video");
+      if (mi.codebook_dim == 0) return fail(p + "codebook_dim must be positive");
+      for (uint32_t s = 0; s < mi.num_stages; ++s)
+        if (Status st = check_tensor(f, "codec." + name + ".codebook." + std::to_string(s), {mi.codebook_dim, mi.codebook_size}); !st)
+          return st.error();
+      cfg.modalities.entries.push_back(mi);
+    }
+    // Code ranges of different modalities must not overlap.
+    for (size_t i = 0; i < cfg.modalities.entries.size(); ++i)
+      for (size_t j = i + 1; j < cfg.modalities.entries.size(); ++j) {
+        auto& x = cfg.modalities.entries[i];
+        auto& y = cfg.modalities.entries[j];
+        if (x.token_offset < y.token_end() && y.token_offset < x.token_end())
+          return fail(std::string("token ranges of ") + modality_name(x.modality) + " and " + modality_name(y.modality) + " overlap");
+      }
+  }
+  return cfg;
+}
+
+void write_modality_metadata(GgufWriter& w, const ModalityInfo& m) {
+  const std::string p = std::string("tutti.") + modality_name(m.modality) + ".";
+  w.set_u32(p + "token_offset", m.token_offset);
+  w.set_u32(p + "codebook_size", m.codebook_size);
+  w.set_u32(p + "num_stages", m.num_stages);
+  w.set_u32(p + "begin_token", m.begin_token);
+  w.set_u32(p + "end_token", m.end_token);
+  w.set_u32(p + "codebook_dim", m.codebook_dim);
+  w.set_string(p + "transform", m.transform);
+  if (m.sample_rate) w.set_u32(p + "sample_rate", m.sample_rate);
+  if (m.frame_size) w.set_u32(p + "frame_size", m.frame_size);
+  if (m.patch_size) w.set_u32(p + "patch_size", m.patch_size);
+  if (m.width) w.set_u32(p + "width", m.width);
+  if (m.height) w.set_u32(p + "height", m.height);
+  if (m.frame_rate > 0) w.set_f32(p + "frame_rate", m.frame_rate);
+}
+
+void write_modality_list(GgufWriter& w, const ModalityTable& table) {
+  std::vector<std::string> names;
+  for (auto& e : table.entries) {
+    names.push_back(modality_name(e.modality));
+    write_modality_metadata(w, e);
+  }
+  w.set_u32("tutti.version", 1);
+  w.set_string_array("tutti.modalities", names);
+}
+
+}  // namespace tutti

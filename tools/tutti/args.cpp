@@ -1,0 +1,74 @@
+#include "tools/tutti/args.h"
+
+namespace tutti::cli {
+
+Args::Args(const std::vector<std::string>& argv, std::set<std::string> options, std::set<std::string> switches) {
+  for (size_t i = 0; i < argv.size(); ++i) {
+    const std::string& a = argv[i];
+    if (a.size() > 2 && a.compare(0, 2, "--") == 0) {
+      std::string name = a.substr(2), value;
+      const size_t eq = name.find('=');
+      const bool inline_value = eq != std::string::npos;
+      if (inline_value) {
+        value = name.substr(eq + 1);
+        name = name.substr(0, eq);
+      }
+      if (switches.count(name) && !inline_value) {
+        set_.insert(name);
+      } else if (options.count(name)) {
+        if (!inline_value) {
+          if (i + 1 >= argv.size()) {
+            error_ = "option --" + name + " needs a value";
+            return;
+          }
+          value = argv[++i];
+        }
+        values_[name] = value;
+      } else {
+        error_ = "unknown option --" + name;
+        return;
+      }
+    } else {
+      positional_.push_back(a);
+    }
+  }
+}
+
+std::string Args::get(const std::string& name, const std::string& fallback) const {
+  auto it = values_.find(name);
+  return it == values_.end() ? fallback : it->second;
+}
+
+long long Args::get_int(const std::string& name, long long fallback) {
+  auto it = values_.find(name);
+  if (it == values_.end()) return fallback;
+  try {
+    size_t used = 0;
+    const long long v = std::stoll(it->second, &used);
+    if (used == it->second.size()) return v;
+  } catch (...) {
+  }
+  if (error_.empty()) error_ = "--" + name + " expects an integer, got '" + it->second + "'";
+  return fallback;
+}
+
+double Args::get_double(const std::string& name, double fallback) {
+  auto it = values_.find(name);
+  if (it == values_.end()) return fallback;
+  try {
+    size_t used = 0;
+    const double v = std::stod(it->second, &used);
+    if (used == it->second.size()) return v;
+  } catch (...) {
+  }
+  if (error_.empty()) error_ = "--" + name + " expects a number, got '" + it->second + "'";
+  return fallback;
+}
+
+bool Args::require(const std::string& name) {
+  if (values_.count(name)) return true;
+  if (error_.empty()) error_ = "missing required option --" + name;
+  return false;
+}
+
+}  // namespace tutti::cli

@@ -1,0 +1,142 @@
+// tutti bench: prompt processing, batch-1 and batched decode throughput, and this machine's
+// memory read bandwidth, so decode can be reported as a fraction of what the memory allows.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <random>
+
+#include "kernels/cpu/memory_bandwidth.h"
+#include "tools/tutti/commands.h"
+#include "tools/tutti/engine.h"
+
+namespace tutti::cli {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+int32_t argmax(const float* x, int n) { return int32_t(std::max_element(x, x + n) - x); }
+
+struct DecodeResult {
+  double tokens_per_s = 0;
+  double step_seconds = 0;
+};
+
+}  // namespace
+
+int cmd_bench(const std::vector<std::string>& argv) {
+  auto opts = engine_options();
+  for (auto o : {"prompt-tokens", "context", "min-seconds", "batches"}) opts.insert(o);
+  Args args(argv, opts, {"json", "no-bandwidth"});
+  if (!args.ok()) return fail(args.error());
+  const int prompt_tokens = int(args.get_int("prompt-tokens", 128));
+  const int context = int(args.get_int("context", 16));  // tokens each decoding sequence already holds
+  const double min_seconds = args.get_double("min-seconds", 2.0);
+  if (!args.ok()) return fail(args.error());
+  auto engine = open_engine(args, false);
+  if (!engine) return 1;
+  Model& model = *engine->model;
+  PagedKvCache& kv = *engine->kv;
+  const int n_vocab = int(model.hparams().n_vocab);
+  const bool json = args.has("json");
+  auto note = [&](const char* fmt, auto... a) {
+    if (!json) std::fprintf(stderr, fmt, a...);
+  };
+
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int32_t> any_token(0, n_vocab - 1);
+  auto random_tokens = [&](int n) {
+    std::vector<int32_t> t(static_cast<size_t>(n));
+    for (auto& x : t) x = any_token(rng);
+    return t;
+  };
+  StepLogits logits;
+  auto run = [&](const Batch& b) {
+    if (Status s = model.forward(b, kv, logits); !s) {
+      fail(s.message());
+      std::exit(1);
+    }
+  };
+
+  // Prompt processing: one chunk of prompt_tokens, best of several runs after a warm-up.
+  double prefill_tps = 0;
+  {
+    Batch b;
+    b.chunks.push_back({1, 0, random_tokens(prompt_tokens), false});
+    run(b);  // warm-up (page-in of the weights)
+    kv.release(1);
+    const auto t_all = Clock::now();
+    for (int rep = 0; rep < 10 && (rep < 3 || seconds_since(t_all) < min_seconds); ++rep) {
+      const auto t = Clock::now();
+      run(b);
+      prefill_tps = std::max(prefill_tps, prompt_tokens / seconds_since(t));
+      kv.release(1);
+    }
+    note("prefill   %4d tokens: %9.1f tokens/s\n", prompt_tokens, prefill_tps);
+  }
+
+  // Decode: B sequences with `context` cached tokens each, all decoding in the same steps.
+  std::vector<int> batch_sizes = {1, 4, 16, 32};
+  std::map<int, DecodeResult> decode;
+  for (int B : batch_sizes) {
+    Batch prefill;
+    for (int s = 0; s < B; ++s) prefill.chunks.push_back({100 + s, 0, random_tokens(context), false});
+    run(prefill);
+    std::vector<int32_t> next(static_cast<size_t>(B));
+    for (int s = 0; s < B; ++s) next[size_t(s)] = argmax(logits.row(s), n_vocab);
+    Batch step;
+    for (int s = 0; s < B; ++s) step.chunks.push_back({100 + s, context, {next[size_t(s)]}, false});
+    int steps = 0;
+    double best_step = 1e30;
+    const auto t0 = Clock::now();
+    while (steps < 4 || (seconds_since(t0) < min_seconds && steps < 512)) {
+      const auto t = Clock::now();
+      run(step);
+      best_step = std::min(best_step, seconds_since(t));
+      for (int s = 0; s < B; ++s) {
+        step.chunks[size_t(s)].tokens[0] = argmax(logits.row(s), n_vocab);
+        step.chunks[size_t(s)].start_pos++;
+      }
+      ++steps;
+    }
+    const double total = seconds_since(t0);
+    decode[B] = {B * steps / total, total / steps};
+    note("decode    batch %2d: %9.1f tokens/s  (%6.2f ms/step, best %6.2f ms)\n", B, decode[B].tokens_per_s,
+         decode[B].step_seconds * 1e3, best_step * 1e3);
+    for (int s = 0; s < B; ++s) kv.release(100 + s);
+  }
+
+  double bandwidth = 0;
+  if (!args.has("no-bandwidth")) bandwidth = cpu::measure_read_bandwidth(engine->backend->threads());
+  const double step_bytes = double(model.weight_bytes_per_step());
+  const double fraction = bandwidth > 0 ? step_bytes / decode[1].step_seconds / bandwidth : 0;
+  note("memory read bandwidth: %.2f GB/s (%d threads)\n", bandwidth / 1e9, engine->backend->threads());
+  note("batch-1 decode reads %.1f MB of weights per step: %.2f GB/s = %.1f%% of bandwidth\n", step_bytes / 1e6,
+       step_bytes / decode[1].step_seconds / 1e9, fraction * 100);
+  note("batch-32 / batch-1 aggregate decode: %.2fx\n", decode[32].tokens_per_s / decode[1].tokens_per_s);
+
+  if (json) {
+    std::printf("{\"model\": \"%s\", \"backend\": \"%s\", \"threads\": %d, \"model_bytes\": %zu, "
+                "\"weight_bytes_per_step\": %.0f, \"prompt_tokens\": %d, \"prefill_tokens_per_s\": %.2f, "
+                "\"decode_tokens_per_s\": {",
+                engine->config.model.c_str(), engine->backend->describe().c_str(), engine->backend->threads(),
+                model.total_weight_bytes(), step_bytes, prompt_tokens, prefill_tps);
+    bool first = true;
+    for (auto& [B, r] : decode) {
+      std::printf("%s\"%d\": %.2f", first ? "" : ", ", B, r.tokens_per_s);
+      first = false;
+    }
+    std::printf("}, \"decode_step_ms\": {");
+    first = true;
+    for (auto& [B, r] : decode) {
+      std::printf("%s\"%d\": %.3f", first ? "" : ", ", B, r.step_seconds * 1e3);
+      first = false;
+    }
+    std::printf("}, \"memory_read_gb_per_s\": %.3f, \"decode_bandwidth_fraction\": %.4f}\n", bandwidth / 1e9, fraction);
+  }
+  return 0;
+}
+
+}  // namespace tutti::cli

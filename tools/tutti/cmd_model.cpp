@@ -1,0 +1,137 @@
+// tutti model info | random | init
+#include <cstdio>
+#include <filesystem>
+#include <map>
+
+#include "pipeline/model_builder.h"
+#include "pipeline/model_config.h"
+#include "pipeline/tokenizer.h"
+#include "tools/tutti/commands.h"
+#include "tools/tutti/engine.h"
+
+namespace tutti::cli {
+
+namespace {
+
+int model_info(const std::vector<std::string>& argv) {
+  Args args(argv, {}, {});
+  if (!args.ok()) return fail(args.error());
+  if (args.positional().size() != 1) return fail("usage: tutti model info FILE");
+  auto file = GgufFile::open(args.positional()[0]);
+  if (!file) return fail(file.error().message);
+  const GgufFile& f = **file;
+  auto cfg = read_model_config(f);
+  if (!cfg) return fail(cfg.error().message);
+  const LlamaHparams& h = cfg->hparams;
+  std::printf("file:          %s (GGUF v%u, %zu bytes, %zu tensors, %zu metadata keys)\n", f.path().c_str(), f.version(),
+              f.file_size(), f.tensors().size(), f.metadata().size());
+  std::printf("architecture:  %s%s%s\n", h.architecture.c_str(), h.name.empty() ? "" : "  name: ", h.name.c_str());
+  std::printf("vocabulary:    %u tokens\n", h.n_vocab);
+  std::printf("dimensions:    embd %u, layers %u, ffn %u, heads %u, kv heads %u, head size %u\n", h.n_embd, h.n_layer,
+              h.n_ff, h.n_head, h.n_head_kv, h.head_dim);
+  std::printf("rope:          %u dims, base %g; rms eps %g; context %u; output %s\n", h.n_rot, double(h.rope_freq_base),
+              double(h.rms_eps), h.n_ctx_train, h.tied_output ? "tied to token_embd" : "separate");
+  uint64_t params = 0;
+  std::map<std::string, std::pair<int, uint64_t>> by_type;
+  for (auto& t : f.tensors()) {
+    params += t.n_elements();
+    auto& e = by_type[std::string(tensor_type_info(t.type).name)];
+    e.first++;
+    e.second += t.n_bytes;
+  }
+  std::printf("parameters:    %.2f M\n", double(params) / 1e6);
+  for (auto& [name, e] : by_type) std::printf("  %-6s %4d tensors, %10.2f MiB\n", name.c_str(), e.first, double(e.second) / (1 << 20));
+  if (auto tok = Tokenizer::from_gguf(f); tok)
+    std::printf("tokenizer:     %s (%s), bos %d, eos %d, add_bos %s\n",
+                (*tok)->kind() == Tokenizer::Kind::Spm ? "sentencepiece" : "byte-level bpe",
+                (*tok)->pre_tokenizer_name().c_str(), (*tok)->bos(), (*tok)->eos(), (*tok)->add_bos() ? "yes" : "no");
+  else
+    std::printf("tokenizer:     unusable: %s\n", tok.error().message.c_str());
+  if (cfg->modalities.empty()) {
+    std::printf("modalities:    text only\n");
+  } else {
+    std::printf("modalities:    text +\n");
+    for (const ModalityInfo& m : cfg->modalities.entries)
+      std::printf("  %-6s tokens [%u, %u) = %u stages x %u codes, begin %u, end %u, %s, %.0f tokens/s of media\n",
+                  modality_name(m.modality), m.token_offset, m.token_end(), m.num_stages, m.codebook_size, m.begin_token,
+                  m.end_token, m.transform.c_str(), m.tokens_per_second());
+  }
+  return 0;
+}
+
+int model_random(const std::vector<std::string>& argv) {
+  Args args(argv, {"out", "vocab", "dim", "layers", "heads", "kv-heads", "ffn", "type", "seed", "context", "name"}, {"unified"});
+  if (!args.ok()) return fail(args.error());
+  for (auto r : {"out", "vocab", "dim", "layers", "heads", "ffn", "type"})
+    if (!args.require(r)) return fail(args.error());
+  RandomModelSpec s;
+  s.dim = uint32_t(args.get_int("dim", 0));
+  s.layers = uint32_t(args.get_int("layers", 0));
+  s.heads = uint32_t(args.get_int("heads", 0));
+  s.kv_heads = uint32_t(args.get_int("kv-heads", s.heads));
+  s.ffn = uint32_t(args.get_int("ffn", 0));
+  s.seed = uint64_t(args.get_int("seed", 1));
+  s.context = uint32_t(args.get_int("context", 4096));
+  s.unified = args.has("unified");
+  s.name = args.get("name", "tutti-random");
+  if (!args.ok()) return fail(args.error());
+  auto type = parse_tensor_type(args.get("type"));
+  if (!type) return fail("--type must be f32, f16, bf16, q8_0 or q4_0");
+  s.type = *type;
+  std::shared_ptr<const GgufFile> vocab_file;
+  VocabularyMetadata vocab;
+  if (args.get("vocab") == "builtin") {
+    vocab = builtin_vocabulary();
+  } else {
+    auto vf = GgufFile::open(args.get("vocab"));
+    if (!vf) return fail(vf.error().message);
+    vocab_file = *vf;
+    auto v = read_vocabulary(*vocab_file);
+    if (!v) return fail(v.error().message);
+    vocab = *v;
+  }
+  auto progress = [](const std::string& what, double f) { std::fprintf(stderr, "\r[%3.0f%%] %-24s", f * 100, what.c_str()); };
+  if (Status st = write_random_model(s, vocab, args.get("out"), progress); !st) return fail(st.message());
+  std::fprintf(stderr, "\nwrote %s\n", args.get("out").c_str());
+  return 0;
+}
+
+// The embedded default model: built-in vocabulary, unified modality ranges, Q8_0 weights,
+// small enough to create in seconds and to run anywhere.
+int model_init(const std::vector<std::string>& argv) {
+  Args args(argv, {"out"}, {"force"});
+  if (!args.ok()) return fail(args.error());
+  const std::string out = args.get("out", default_model_path());
+  if (std::filesystem::exists(out) && !args.has("force")) {
+    std::fprintf(stderr, "%s exists (use --force to recreate it)\n", out.c_str());
+    return 0;
+  }
+  if (auto parent = std::filesystem::path(out).parent_path(); !parent.empty()) std::filesystem::create_directories(parent);
+  RandomModelSpec s;
+  s.dim = 512;
+  s.layers = 8;
+  s.heads = 8;
+  s.kv_heads = 4;
+  s.ffn = 1408;
+  s.type = TensorType::Q8_0;
+  s.unified = true;
+  s.seed = 20261126;
+  s.name = "tutti-default";
+  auto progress = [](const std::string& what, double f) { std::fprintf(stderr, "\r[%3.0f%%] %-24s", f * 100, what.c_str()); };
+  if (Status st = write_random_model(s, builtin_vocabulary(), out, progress); !st) return fail(st.message());
+  std::fprintf(stderr, "\nwrote %s\n", out.c_str());
+  return 0;
+}
+
+}  // namespace
+
+int cmd_model(const std::vector<std::string>& argv) {
+  if (argv.empty()) return fail("usage: tutti model info|random|init ...");
+  const std::vector<std::string> rest(argv.begin() + 1, argv.end());
+  if (argv[0] == "info") return model_info(rest);
+  if (argv[0] == "random") return model_random(rest);
+  if (argv[0] == "init") return model_init(rest);
+  return fail("unknown model command '" + argv[0] + "' (info, random, init)");
+}
+
+}  // namespace tutti::cli

@@ -1,0 +1,15 @@
+// The tutti subcommands. Each takes its arguments (after the subcommand name) and returns
+// the process exit code; errors are printed as one line on stderr.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace tutti::cli {
+
+int cmd_tokenize(const std::vector<std::string>& args);
+int cmd_generate(const std::vector<std::string>& args);
+int cmd_model(const std::vector<std::string>& args);  // info | random | init
+int cmd_bench(const std::vector<std::string>& args);
+
+}  // namespace tutti::cli

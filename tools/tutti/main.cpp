@@ -1,0 +1,40 @@
+// tutti: one binary, many subcommands.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "tools/tutti/commands.h"
+
+namespace {
+const char* kUsage = R"(usage: tutti <command> [options]
+
+commands:
+  tokenize --model FILE --text TEXT            print token ids (BOS as the vocabulary asks)
+  generate --model FILE --prompt TEXT --max-tokens N
+           [--temperature T --top-k K --top-p P --min-p P --repeat-penalty R --seed S]
+           [--output text|ids]                 generate (greedy when temperature is 0)
+  model info FILE                              architecture, sizes, tensor types, modalities
+  model random --out FILE --vocab VOCAB.gguf|builtin --dim D --layers L --heads H
+           --kv-heads K --ffn F --type f32|f16|bf16|q8_0|q4_0 [--seed S] [--unified]
+  model init [--out FILE]                      create the embedded default model
+  bench --model FILE [--json]                  prefill, decode and memory bandwidth
+
+engine options (generate, tokenize, bench):
+  --config FILE --threads N --kernels auto|avx512|avx2|scalar --kv-cache-mb N --kv-cache-type f16|f32
+)";
+}
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "help") {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string command = argv[1];
+  const std::vector<std::string> args(argv + 2, argv + argc);
+  if (command == "tokenize") return tutti::cli::cmd_tokenize(args);
+  if (command == "generate") return tutti::cli::cmd_generate(args);
+  if (command == "model") return tutti::cli::cmd_model(args);
+  if (command == "bench") return tutti::cli::cmd_bench(args);
+  std::fprintf(stderr, "tutti: unknown command '%s'\n\n%s", command.c_str(), kUsage);
+  return 2;
+}
