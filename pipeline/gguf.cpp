@@ -467,7 +467,7 @@ std::vector<uint8_t> GgufWriter::to_bytes() const {
 
 Status GgufWriter::write(const std::string& path) const {
   const std::vector<uint8_t> bytes = to_bytes();
-  const std::string tmp = path + ".tmp";
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   {
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
     if (!f) return Error{path + ": cannot create: " + std::strerror(errno)};

@@ -406,8 +406,8 @@ std::string StreamingDetokenizer::push(int32_t id) {
 }
 
 std::string StreamingDetokenizer::flush() {
-  std::string out;
-  for (uint32_t cp : unicode::decode_utf8(pending_)) unicode::append_utf8(out, cp);
+  // push() leaves at most the start of one character here: it can no longer be completed.
+  std::string out = pending_.empty() ? "" : "\xef\xbf\xbd";
   pending_.clear();
   return out;
 }

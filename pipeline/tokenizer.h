@@ -76,7 +76,7 @@ class StreamingDetokenizer {
   explicit StreamingDetokenizer(const Tokenizer& tokenizer, bool special = false)
       : tok_(tokenizer), special_(special) {}
   std::string push(int32_t id);  // the complete text this token adds (may be empty)
-  std::string flush();           // whatever is held back (invalid bytes as U+FFFD)
+  std::string flush();           // U+FFFD for a held-back character that never completed
 
  private:
   const Tokenizer& tok_;
