@@ -40,14 +40,23 @@ struct MatmulTask {
 // every layer l, K then V for `block_tokens` positions of one sequence:
 //   K(b, l) at element ((b * n_layers + l) * 2 + 0) * block_tokens * kv_dim
 //   V(b, l) at element ((b * n_layers + l) * 2 + 1) * block_tokens * kv_dim
-// and within a block, position p % block_tokens is row p % block_tokens of kv_dim values.
+// and within K(b, l) or V(b, l), head h's row for position p is at element
+//   (h * block_tokens + p % block_tokens) * head_dim
+// (head-major, so attention for one KV head reads one contiguous run per block).
 struct KvLayerView {
   void* pool = nullptr;
   TensorType type = TensorType::F16;  // F32 or F16
   int layer = 0;
   int n_layers = 0;
   int block_tokens = 0;
-  int kv_dim = 0;
+  int kv_dim = 0;    // n_kv_heads * head_dim
+  int head_dim = 0;
+
+  // Element offset of head h's row for position p in block `block`; which: 0 = K, 1 = V.
+  size_t offset(size_t block, int which, int h, int p) const {
+    return ((block * size_t(n_layers) + size_t(layer)) * 2 + size_t(which)) * size_t(block_tokens) * size_t(kv_dim) +
+           (size_t(h) * size_t(block_tokens) + size_t(p % block_tokens)) * size_t(head_dim);
+  }
 };
 
 // One sequence's rows of the current ragged batch: tokens [row, row + n_tokens) of the batch

@@ -46,10 +46,17 @@ TensorTypeInfo tensor_type_info(TensorType type);
 std::string_view ggml_type_name(uint32_t ggml_type_id);  // also names known-but-unsupported ids
 std::optional<TensorType> parse_tensor_type(std::string_view name);  // "f32", "q8_0", ...
 
-// Bytes of one row of `n` values; requires n % block_values == 0.
+// Bytes of one row of `n` values; requires n % block_values == 0. Inline: kernels call it
+// per row.
 inline size_t row_bytes(TensorType type, size_t n) {
-  const TensorTypeInfo info = tensor_type_info(type);
-  return n / info.block_values * info.block_bytes;
+  switch (type) {
+    case TensorType::F32: return n * 4;
+    case TensorType::F16:
+    case TensorType::BF16: return n * 2;
+    case TensorType::Q8_0: return n / 32 * 34;
+    case TensorType::Q4_0: return n / 32 * 18;
+  }
+  return 0;
 }
 
 // IEEE half and bfloat16 conversions (scalar; the kernels use F16C/AVX-512 where present).

@@ -6,7 +6,8 @@ namespace tutti {
 
 Expected<std::unique_ptr<PagedKvCache>> PagedKvCache::create(Backend& backend, const KvCacheConfig& c) {
   if (c.type != TensorType::F16 && c.type != TensorType::F32) return Error{"KV cache type must be f16 or f32"};
-  if (c.n_layers <= 0 || c.kv_dim <= 0 || c.block_tokens <= 0) return Error{"KV cache shape is invalid"};
+  if (c.n_layers <= 0 || c.kv_dim <= 0 || c.block_tokens <= 0 || c.head_dim <= 0 || c.kv_dim % c.head_dim != 0)
+    return Error{"KV cache shape is invalid"};
   const size_t elem = c.type == TensorType::F16 ? 2 : 4;
   const size_t block_bytes = size_t(c.n_layers) * 2 * size_t(c.block_tokens) * size_t(c.kv_dim) * elem;
   const size_t n_blocks = c.pool_bytes / block_bytes;
@@ -79,7 +80,7 @@ int PagedKvCache::capacity(int64_t seq) const {
 }
 
 KvLayerView PagedKvCache::layer_view(int layer) const {
-  return KvLayerView{pool_, config_.type, layer, config_.n_layers, config_.block_tokens, config_.kv_dim};
+  return KvLayerView{pool_, config_.type, layer, config_.n_layers, config_.block_tokens, config_.kv_dim, config_.head_dim};
 }
 
 }  // namespace tutti

@@ -19,6 +19,7 @@ namespace tutti {
 struct KvCacheConfig {
   int n_layers = 0;
   int kv_dim = 0;            // n_head_kv * head_dim
+  int head_dim = 0;
   int block_tokens = 16;     // positions per block
   TensorType type = TensorType::F16;  // F16 (default, half the memory) or F32
   size_t pool_bytes = 256u << 20;

@@ -79,6 +79,7 @@ Expected<std::unique_ptr<PagedKvCache>> Model::make_kv_cache(size_t pool_bytes, 
   KvCacheConfig c;
   c.n_layers = int(hparams().n_layer);
   c.kv_dim = int(hparams().n_head_kv * hparams().head_dim);
+  c.head_dim = int(hparams().head_dim);
   c.block_tokens = block_tokens;
   c.type = type;
   c.pool_bytes = pool_bytes;

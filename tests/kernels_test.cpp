@@ -155,7 +155,7 @@ TEST(Kernels, PagedAttentionMatchesReference) {
     const size_t block_elems = size_t(bt) * kv_dim, elem = kv_type == TensorType::F16 ? 2 : 4;
     std::vector<uint8_t> pool(8 * n_layers * 2 * block_elems * elem);
     const int32_t table[] = {5, 2, 7};  // scattered blocks
-    KvLayerView view{pool.data(), kv_type, layer, n_layers, bt, kv_dim};
+    KvLayerView view{pool.data(), kv_type, layer, n_layers, bt, kv_dim, hd};
     auto k = random_floats(size_t(ctx * kv_dim), 10), v = random_floats(size_t(ctx * kv_dim), 11);
     AttentionSeq all{table, 0, ctx, 0};
     b->kv_store(view, {&all, 1}, k.data(), v.data());

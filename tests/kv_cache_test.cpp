@@ -11,6 +11,7 @@ TEST(KvCache, AllocatesBlocksPerSequenceAndReusesThem) {
   KvCacheConfig c;
   c.n_layers = 2;
   c.kv_dim = 8;
+  c.head_dim = 4;
   c.block_tokens = 4;
   c.type = TensorType::F32;
   const size_t block = 2 * 2 * 4 * 8 * 4;
@@ -46,6 +47,7 @@ TEST(KvCache, RejectsAPoolTooSmallForOneBlock) {
   KvCacheConfig c;
   c.n_layers = 32;
   c.kv_dim = 1024;
+  c.head_dim = 64;
   c.pool_bytes = 1000;
   auto kv = PagedKvCache::create(*backend, c);
   ASSERT_FALSE(kv);

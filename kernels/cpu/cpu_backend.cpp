@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "kernels/backend.h"
+#include "kernels/cpu/attention.h"
 #include "kernels/cpu/matmul_kernels.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/cpu/vec_ops.h"
@@ -158,78 +159,46 @@ class CpuBackend final : public Backend {
   }
 
   void kv_store(const KvLayerView& kv, std::span<const AttentionSeq> seqs, const float* k, const float* v) override {
+    const int n_heads = kv.kv_dim / kv.head_dim;
     for (const AttentionSeq& s : seqs)
       for (int i = 0; i < s.n_tokens; ++i) {
         const int pos = s.first_pos + i;
-        const size_t row = size_t(s.row + i) * kv.kv_dim;
-        const int32_t block = s.block_table[pos / kv.block_tokens];
-        const size_t kbase = (size_t(block) * kv.n_layers + kv.layer) * 2 * kv.block_tokens * kv.kv_dim +
-                             size_t(pos % kv.block_tokens) * kv.kv_dim;
-        const size_t vbase = kbase + size_t(kv.block_tokens) * kv.kv_dim;
-        if (kv.type == TensorType::F16) {
-          auto* pool = static_cast<uint16_t*>(kv.pool);
-          cpu::f32_to_f16(k + row, pool + kbase, size_t(kv.kv_dim));
-          cpu::f32_to_f16(v + row, pool + vbase, size_t(kv.kv_dim));
-        } else {
-          auto* pool = static_cast<float*>(kv.pool);
-          std::memcpy(pool + kbase, k + row, size_t(kv.kv_dim) * 4);
-          std::memcpy(pool + vbase, v + row, size_t(kv.kv_dim) * 4);
+        const size_t block = size_t(s.block_table[pos / kv.block_tokens]);
+        for (int h = 0; h < n_heads; ++h) {
+          const size_t src = size_t(s.row + i) * kv.kv_dim + size_t(h) * kv.head_dim;
+          const size_t kdst = kv.offset(block, 0, h, pos), vdst = kv.offset(block, 1, h, pos);
+          if (kv.type == TensorType::F16) {
+            auto* pool = static_cast<uint16_t*>(kv.pool);
+            cpu::f32_to_f16(k + src, pool + kdst, size_t(kv.head_dim));
+            cpu::f32_to_f16(v + src, pool + vdst, size_t(kv.head_dim));
+          } else {
+            auto* pool = static_cast<float*>(kv.pool);
+            std::memcpy(pool + kdst, k + src, size_t(kv.head_dim) * 4);
+            std::memcpy(pool + vdst, v + src, size_t(kv.head_dim) * 4);
+          }
         }
       }
   }
 
   void attention(const KvLayerView& kv, std::span<const AttentionSeq> seqs, const AttentionShape& sh, const float* q,
                  float* out) override {
-    // Work items: (row, head). Each computes softmax(q.K^T * scale) . V over positions
-    // [0, pos] of its sequence, walking the block table.
+    // Work items: (row, kv head). Each handles the query heads that share that KV head, so
+    // every K/V row is read (and converted from f16) once per group, not once per head.
     items_.clear();
     for (int s = 0; s < int(seqs.size()); ++s)
       for (int i = 0; i < seqs[size_t(s)].n_tokens; ++i) items_.push_back({s, i});
     const int group = sh.n_head / sh.n_head_kv;
     const size_t q_stride = size_t(sh.n_head) * sh.head_dim;
-    const size_t block_elems = size_t(kv.block_tokens) * kv.kv_dim;
-    const int n_items = int(items_.size()) * sh.n_head;
     int max_ctx = 0;
     for (auto& s : seqs) max_ctx = std::max(max_ctx, s.first_pos + s.n_tokens);
-    for (auto& buf : scratch_) buf.resize(size_t(max_ctx) + size_t(sh.head_dim));
-    pool_.run(n_items, [&](int item, int thread) {
-      const Item& it = items_[size_t(item / sh.n_head)];
-      const int h = item % sh.n_head;
-      const int g = h / group;
+    for (auto& buf : scratch_) buf.resize(size_t(group) * size_t(max_ctx) + size_t(sh.head_dim));
+    pool_.run(int(items_.size()) * sh.n_head_kv, [&](int item, int thread) {
+      const Item& it = items_[size_t(item / sh.n_head_kv)];
+      const int g = item % sh.n_head_kv;
       const AttentionSeq& s = seqs[size_t(it.seq)];
-      const int pos = s.first_pos + it.i;
-      const size_t row = size_t(s.row + it.i);
-      const float* qh = q + row * q_stride + size_t(h) * sh.head_dim;
-      float* oh = out + row * q_stride + size_t(h) * sh.head_dim;
-      float* scores = scratch_[size_t(thread)].data();
-      auto k_at = [&](int p, int which) {
-        const size_t block = size_t(s.block_table[p / kv.block_tokens]);
-        return ((block * kv.n_layers + kv.layer) * 2 + which) * block_elems + size_t(p % kv.block_tokens) * kv.kv_dim +
-               size_t(g) * sh.head_dim;
-      };
-      float max_score = -INFINITY;
-      for (int p = 0; p <= pos; ++p) {
-        const size_t off = k_at(p, 0);
-        const float d = kv.type == TensorType::F16
-                            ? cpu::dot_f32_f16(qh, static_cast<const uint16_t*>(kv.pool) + off, size_t(sh.head_dim))
-                            : cpu::dot_f32(qh, static_cast<const float*>(kv.pool) + off, size_t(sh.head_dim));
-        scores[p] = d * sh.scale;
-        max_score = std::max(max_score, scores[p]);
-      }
-      double sum = 0.0;
-      for (int p = 0; p <= pos; ++p) {
-        scores[p] = std::exp(scores[p] - max_score);
-        sum += scores[p];
-      }
-      const float inv = float(1.0 / sum);
-      std::fill(oh, oh + sh.head_dim, 0.f);
-      for (int p = 0; p <= pos; ++p) {
-        const size_t off = k_at(p, 1);
-        if (kv.type == TensorType::F16)
-          cpu::axpy_f16(scores[p] * inv, static_cast<const uint16_t*>(kv.pool) + off, oh, size_t(sh.head_dim));
-        else
-          cpu::axpy_f32(scores[p] * inv, static_cast<const float*>(kv.pool) + off, oh, size_t(sh.head_dim));
-      }
+      const size_t offset = size_t(s.row + it.i) * q_stride + size_t(g) * group * sh.head_dim;
+      cpu::attend_group(kv, s, s.first_pos + it.i, g, group, sh.head_dim, sh.scale, q + offset, out + offset,
+                        scratch_[size_t(thread)].data());
     });
   }
 

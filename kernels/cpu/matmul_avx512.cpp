@@ -83,38 +83,55 @@ inline __m512 pair_scales(const uint8_t* b0, const uint8_t* b1, bool has_b1) {
                                                  _mm_set1_epi16(short(h1)), 1));
 }
 
+// Weights are prefetched kPrefetchBytes ahead of the tile's progress through its rows, at
+// the pace they are consumed: the hardware prefetcher alone does not run far enough ahead to
+// hide DRAM latency while the core is busy with the arithmetic (measured: 20 -> 40 GB/s per
+// core on Zen 5 for Q8_0 at batch 1).
+constexpr int64_t kPrefetchBytes = 12 * 1024;
+
 struct Q8_0Kernel {
+  // One pair of blocks of one row at b0 (68 bytes), or only the first block when !two.
+  template <bool two>
+  static void load_pair(const uint8_t* b0, __m512i& w, __m512i& ncorr, __m512& dw) {
+    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0 + 2));
+    const __m256i hi = two ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0 + 36)) : _mm256_setzero_si256();
+    w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    // -128 * sum(w) per 4-byte lane: cancels the +128 offset of the u8 activations.
+    ncorr = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(char(0x80)), w));
+    dw = pair_scales(b0, b0 + 34, two);
+  }
+
+  template <int R, int C, bool two>
+  static void step(const uint8_t* const* rows, const uint8_t* ahead, const QuantizedInput& q, int c0, int64_t p,
+                   __m512 (&acc)[R][C]) {
+    __m512i w[R], ncorr[R];
+    __m512 dw[R];
+    for (int r = 0; r < R; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(ahead + (p * R + r) * 68), _MM_HINT_T0);
+      load_pair<two>(rows[r] + p * 68, w[r], ncorr[r], dw[r]);
+    }
+    for (int c = 0; c < C; ++c) {
+      const __m512i x = _mm512_loadu_si512(q.qu_row(c0 + c) + p * 64);
+      const __m512 dx = _mm512_loadu_ps(q.d_pair_row(c0 + c) + p * 16);
+      for (int r = 0; r < R; ++r) {
+        const __m512i isum = _mm512_dpbusd_epi32(ncorr[r], x, w[r]);
+        acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dw[r], dx), acc[r][c]);
+      }
+    }
+  }
+
   template <int R, int C>
   static void tile(const MatmulArgs& a, int64_t r0, int c0) {
     const QuantizedInput& q = *a.qx;
-    const int64_t nb = q.n_blocks, np = q.n_pairs;
+    const int64_t full = q.n_blocks / 2;
     const uint8_t* rows[R];
     for (int r = 0; r < R; ++r) rows[r] = a.w.row(r0 + r);
     __m512 acc[R][C];
     for (int r = 0; r < R; ++r)
       for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
-    const __m512i k80 = _mm512_set1_epi8(char(0x80));
-    for (int64_t p = 0; p < np; ++p) {
-      const bool has_b1 = 2 * p + 1 < nb;
-      __m512i w[R], ncorr[R];
-      __m512 dw[R];
-      for (int r = 0; r < R; ++r) {
-        const uint8_t* b0 = rows[r] + p * 68;
-        const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0 + 2));
-        const __m256i hi = has_b1 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0 + 36)) : _mm256_setzero_si256();
-        w[r] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-        ncorr[r] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), k80, w[r]));
-        dw[r] = pair_scales(b0, b0 + 34, has_b1);
-      }
-      for (int c = 0; c < C; ++c) {
-        const __m512i x = _mm512_loadu_si512(q.qu_row(c0 + c) + p * 64);
-        const __m512 dx = _mm512_loadu_ps(q.d_pair_row(c0 + c) + p * 16);
-        for (int r = 0; r < R; ++r) {
-          const __m512i isum = _mm512_dpbusd_epi32(ncorr[r], x, w[r]);
-          acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dw[r], dx), acc[r][c]);
-        }
-      }
-    }
+    const uint8_t* ahead = rows[0] + kPrefetchBytes;
+    for (int64_t p = 0; p < full; ++p) step<R, C, true>(rows, ahead, q, c0, p, acc);
+    if (q.n_blocks % 2) step<R, C, false>(rows, ahead, q, c0, full, acc);
     for (int r = 0; r < R; ++r)
       for (int c = 0; c < C; ++c) a.y[size_t(c0 + c) * a.w.rows + r0 + r] = _mm512_reduce_add_ps(acc[r][c]);
   }
@@ -165,7 +182,7 @@ struct Q4_0Kernel {
 template <class K>
 void rows_fn(const MatmulArgs& a, int64_t r0, int64_t r1) {
   if (a.n_tokens <= 2)
-    TileDriver<K, 8, 2>::run(a, r0, r1);
+    TileDriver<K, 4, 2>::run(a, r0, r1);
   else
     TileDriver<K, 4, 4>::run(a, r0, r1);
 }

@@ -20,11 +20,19 @@
 namespace tutti::cpu {
 
 namespace {
-// A reduction the compiler vectorises into wide loads; the sum keeps the loads alive.
+// A reduction the compiler vectorises into wide loads (the result keeps the loads alive),
+// with software prefetch far ahead as the matrix kernels do, so the figure is the best read
+// rate the cores can get, not what the hardware prefetcher alone reaches.
 TUTTI_CLONES uint64_t sum_words(const uint64_t* p, size_t n) {
   uint64_t s = 0;
+  constexpr size_t kChunk = 512;  // words: 4 KiB
+  constexpr size_t kAhead = 12 * 1024 / 8;
+  for (size_t base = 0; base < n; base += kChunk) {
+    const size_t end = std::min(n, base + kChunk);
+    for (size_t i = base; i < end; i += 8) __builtin_prefetch(p + i + kAhead);
 #pragma omp simd reduction(^ : s)
-  for (size_t i = 0; i < n; ++i) s ^= p[i];
+    for (size_t i = base; i < end; ++i) s ^= p[i];
+  }
   return s;
 }
 }  // namespace

@@ -17,6 +17,17 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  size_t p = 0;
+  while (p <= s.size()) {
+    const size_t q = std::min(s.find(',', p), s.size());
+    if (q > p) out.push_back(s.substr(p, q - p));
+    p = q + 1;
+  }
+  return out;
+}
+
 int32_t argmax(const float* x, int n) { return int32_t(std::max_element(x, x + n) - x); }
 
 struct DecodeResult {
@@ -37,6 +48,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
   if (!args.ok()) return fail(args.error());
   auto engine = open_engine(args, false);
   if (!engine) return 1;
+  if (prompt_tokens < 1 || context < 1) return fail("--prompt-tokens and --context must be positive");
   Model& model = *engine->model;
   PagedKvCache& kv = *engine->kv;
   const int n_vocab = int(model.hparams().n_vocab);
@@ -78,7 +90,9 @@ int cmd_bench(const std::vector<std::string>& argv) {
   }
 
   // Decode: B sequences with `context` cached tokens each, all decoding in the same steps.
-  std::vector<int> batch_sizes = {1, 4, 16, 32};
+  std::vector<int> batch_sizes;
+  for (const std::string& part : split_list(args.get("batches", "1,4,16,32"))) batch_sizes.push_back(std::max(1, std::atoi(part.c_str())));
+  if (std::find(batch_sizes.begin(), batch_sizes.end(), 1) == batch_sizes.end()) batch_sizes.insert(batch_sizes.begin(), 1);
   std::map<int, DecodeResult> decode;
   for (int B : batch_sizes) {
     Batch prefill;
@@ -115,7 +129,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
   note("memory read bandwidth: %.2f GB/s (%d threads)\n", bandwidth / 1e9, engine->backend->threads());
   note("batch-1 decode reads %.1f MB of weights per step: %.2f GB/s = %.1f%% of bandwidth\n", step_bytes / 1e6,
        step_bytes / decode[1].step_seconds / 1e9, fraction * 100);
-  note("batch-32 / batch-1 aggregate decode: %.2fx\n", decode[32].tokens_per_s / decode[1].tokens_per_s);
+  if (decode.count(32)) note("batch-32 / batch-1 aggregate decode: %.2fx\n", decode[32].tokens_per_s / decode[1].tokens_per_s);
 
   if (json) {
     std::printf("{\"model\": \"%s\", \"backend\": \"%s\", \"threads\": %d, \"model_bytes\": %zu, "

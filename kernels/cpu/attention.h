@@ -1,0 +1,14 @@
+// Internal to the CPU backend: causal attention of one row's query heads that share a KV
+// head, over that sequence's paged cache. Compiled for several x86-64 levels.
+#pragma once
+
+#include "kernels/backend.h"
+
+namespace tutti::cpu {
+
+// q: `group` query heads of head_dim values (contiguous), out: the same shape. scratch must
+// hold group * (pos + 1) + head_dim floats. Attends positions [0, pos] of seq.
+void attend_group(const KvLayerView& kv, const AttentionSeq& seq, int pos, int kv_head, int group, int head_dim,
+                  float scale, const float* q, float* out, float* scratch);
+
+}  // namespace tutti::cpu
