@@ -87,10 +87,20 @@ class CpuBackend final : public Backend {
   void matmul(std::span<const MatmulTask> tasks, const float* x, int n_tokens) override {
     if (tasks.empty() || n_tokens <= 0) return;
     const int64_t cols = tasks[0].weight.cols;
-    bool quantized = false;
+    bool quantized = false, widened = false;
+    const bool gemm = kernels_.bf16_gemm_min_tokens > 0 && n_tokens >= kernels_.bf16_gemm_min_tokens;
     for (auto& t : tasks) {
       if (t.weight.cols != cols) throw std::logic_error("matmul tasks must share the input width");
-      quantized |= t.weight.type == TensorType::Q8_0 || t.weight.type == TensorType::Q4_0;
+      const bool q = t.weight.type == TensorType::Q8_0 || t.weight.type == TensorType::Q4_0;
+      widened |= gemm && (q || t.weight.type == TensorType::BF16);
+      quantized |= q && !gemm;
+    }
+    if (widened) {
+      cpu::resize_bf16_input(xb_, n_tokens, cols);
+      const int chunks = std::min(n_tokens, pool_.size() * 4);
+      pool_.run(chunks, [&](int c, int) {
+        kernels_.pack_bf16(x, xb_, int(int64_t(n_tokens) * c / chunks), int(int64_t(n_tokens) * (c + 1) / chunks));
+      });
     }
     if (quantized) {
       resize_quantized_input(qx_, n_tokens, cols);
@@ -114,7 +124,7 @@ class CpuBackend final : public Backend {
     pool_.run(int(chunks_.size()), [&](int c, int) {
       const Chunk& ch = chunks_[size_t(c)];
       const MatmulTask& t = tasks[size_t(ch.task)];
-      MatmulArgs args{t.weight, x, &qx_, t.out, n_tokens};
+      MatmulArgs args{t.weight, x, &qx_, widened ? &xb_ : nullptr, t.out, n_tokens};
       kernels_.for_type(t.weight.type)(args, ch.begin, ch.end);
     });
   }
@@ -227,6 +237,7 @@ class CpuBackend final : public Backend {
   ThreadPool pool_;
   // Reused across calls so the step loop does not allocate.
   cpu::QuantizedInput qx_;
+  cpu::Bf16Input xb_;
   std::vector<Chunk> chunks_;
   std::vector<Item> items_;
   std::vector<std::vector<float>> scratch_;  // per thread: attention scores

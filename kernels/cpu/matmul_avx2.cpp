@@ -146,7 +146,8 @@ const MatmulKernels* avx2_kernels() {
                                rows_fn<FloatKernel<BF16W>>,
                                rows_fn<Q8_0Kernel>,
                                rows_fn<Q4_0Kernel>,
-                               4};
+                               4,
+                               0};
   return &k;
 }
 

@@ -40,10 +40,24 @@ void resize_quantized_input(QuantizedInput& q, int n_tokens, int64_t cols);
 // Quantizes tokens [t_begin, t_end) of x; thread-safe for disjoint token ranges.
 void quantize_input_rows(const float* x, QuantizedInput& q, int t_begin, int t_end);
 
+// Activations as bf16 for the batched (GEMM) kernels: tokens in groups of 16, and within a
+// group, for each pair of columns k = 2j, 2j+1, the 16 tokens' pairs side by side:
+//   element ((g * cols/2 + j) * 16 + t % 16) * 2 + (k & 1), g = t / 16,
+// so one 512-bit load gives one column pair of 16 tokens. Missing tokens are zero.
+struct Bf16Input {
+  int n_tokens = 0;
+  int64_t cols = 0;
+  int n_groups = 0;
+  std::vector<uint16_t> data;
+  const uint16_t* group(int g) const { return data.data() + size_t(g) * size_t(cols) * 16; }
+};
+void resize_bf16_input(Bf16Input& b, int n_tokens, int64_t cols);
+
 struct MatmulArgs {
   MatrixView w;
   const float* x = nullptr;             // [n_tokens][cols] for float weights
   const QuantizedInput* qx = nullptr;   // for quantized weights
+  const Bf16Input* xb = nullptr;        // for the batched bf16 path, when the kernel set has one
   float* y = nullptr;                   // [n_tokens][w.rows]
   int n_tokens = 0;
 };
@@ -55,6 +69,12 @@ struct MatmulKernels {
   MatmulRowsFn f32, f16, bf16, q8_0, q4_0;
   // Rows a kernel prefers to own as a unit (splitting finer costs tile efficiency).
   int row_tile;
+  // From this many tokens on, quantized and bf16 weights go through the bf16 GEMM path
+  // (weights widened to bf16 a panel at a time, products with VDPBF16PS), which needs
+  // MatmulArgs::xb. 0: this kernel set has no such path.
+  int bf16_gemm_min_tokens = 0;
+  // Fills tokens [t_begin, t_end) of a Bf16Input (thread-safe for disjoint ranges).
+  void (*pack_bf16)(const float* x, Bf16Input& b, int t_begin, int t_end) = nullptr;
   MatmulRowsFn for_type(TensorType t) const {
     switch (t) {
       case TensorType::F32: return f32;

@@ -73,7 +73,7 @@ void q4_0_rows(const MatmulArgs& a, int64_t r0, int64_t r1) {
 }  // namespace
 
 const MatmulKernels& scalar_kernels() {
-  static const MatmulKernels k{"scalar", f32_rows, f16_rows, bf16_rows, q8_0_rows, q4_0_rows, 1};
+  static const MatmulKernels k{"scalar", f32_rows, f16_rows, bf16_rows, q8_0_rows, q4_0_rows, 1, 0};
   return k;
 }
 

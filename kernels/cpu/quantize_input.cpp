@@ -59,4 +59,11 @@ void quantize_input_rows(const float* x, QuantizedInput& q, int t_begin, int t_e
   }
 }
 
+void resize_bf16_input(Bf16Input& b, int n_tokens, int64_t cols) {
+  b.n_tokens = n_tokens;
+  b.cols = cols;
+  b.n_groups = (n_tokens + 15) / 16;
+  b.data.assign(size_t(b.n_groups) * size_t(cols) * 16, 0);
+}
+
 }  // namespace tutti::cpu
