@@ -35,6 +35,31 @@ const ModalityInfo* ModalityTable::find(Modality m) const {
   return nullptr;
 }
 
+std::vector<TokenRange> ModalityTable::text_ranges(uint32_t n_vocab) const {
+  // Mark the media ids, then emit the gaps between them.
+  std::vector<TokenRange> media;
+  for (const ModalityInfo& m : entries) {
+    media.push_back({int32_t(m.token_offset), int32_t(m.token_end())});
+    media.push_back({int32_t(m.begin_token), int32_t(m.begin_token) + 1});
+    media.push_back({int32_t(m.end_token), int32_t(m.end_token) + 1});
+  }
+  std::sort(media.begin(), media.end(), [](const TokenRange& a, const TokenRange& b) { return a.begin < b.begin; });
+  std::vector<TokenRange> text;
+  int32_t next = 0;
+  for (const TokenRange& r : media) {
+    if (r.begin > next) text.push_back({next, r.begin});
+    next = std::max(next, r.end);
+  }
+  if (next < int32_t(n_vocab)) text.push_back({next, int32_t(n_vocab)});
+  return text;
+}
+
+std::vector<TokenRange> ModalityTable::ranges_for(Modality m) const {
+  const ModalityInfo* mi = find(m);
+  if (!mi) return {};
+  return {{int32_t(mi->token_offset), int32_t(mi->token_end())}, {int32_t(mi->end_token), int32_t(mi->end_token) + 1}};
+}
+
 namespace {
 
 // Pulls typed values out of the file, remembering the first error so the reading code can

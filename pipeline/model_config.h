@@ -12,6 +12,7 @@
 
 #include "pipeline/expected.h"
 #include "pipeline/gguf.h"
+#include "pipeline/token_range.h"
 
 namespace tutti {
 
@@ -67,6 +68,11 @@ struct ModalityTable {
   std::vector<ModalityInfo> entries;  // empty: a text-only model
   const ModalityInfo* find(Modality m) const;
   bool empty() const { return entries.empty(); }
+  // Sampling masks: what a sequence generating text may produce (everything that is not a
+  // media code or a media begin/end token), and what one generating modality m may (its
+  // codes and its end token).
+  std::vector<TokenRange> text_ranges(uint32_t n_vocab) const;
+  std::vector<TokenRange> ranges_for(Modality m) const;
 };
 
 struct ModelConfig {

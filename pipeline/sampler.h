@@ -10,12 +10,9 @@
 #include <vector>
 
 #include "pipeline/expected.h"
+#include "pipeline/token_range.h"
 
 namespace tutti {
-
-struct TokenRange {
-  int32_t begin = 0, end = 0;  // [begin, end)
-};
 
 struct SamplingParams {
   float temperature = 0.f;  // 0: greedy

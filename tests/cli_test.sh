@@ -23,6 +23,20 @@ s1=$("$tutti" generate --model "$dir/m.gguf" --prompt "Hello" --max-tokens 8 --o
 s2=$("$tutti" generate --model "$dir/m.gguf" --prompt "Hello" --max-tokens 8 --output ids --temperature 1 --seed 3 --no-stop)
 [ "$s1" == "$s2" ] || { echo "seeded sampling not reproducible"; exit 1; }
 
+# A unified model: text generation never produces media ids; --modality audio produces only
+# audio codes (or its end token).
+lo=$(grep "audio  tokens" "$dir/info.txt" | sed -E 's/.*\[([0-9]+), ([0-9]+)\).*/\1/')
+hi=$(grep "audio  tokens" "$dir/info.txt" | sed -E 's/.*\[([0-9]+), ([0-9]+)\).*/\2/')
+first_media=$(grep "tokens \[" "$dir/info.txt" | sed -E 's/.*begin ([0-9]+),.*/\1/' | sort -n | head -1)
+for id in $("$tutti" generate --model "$dir/m.gguf" --prompt "Hello" --max-tokens 16 --output ids --temperature 2 --seed 1 --no-stop); do
+  [ "$id" -lt "$first_media" ] || { echo "text generation produced media id $id"; exit 1; }
+done
+audio=$("$tutti" generate --model "$dir/m.gguf" --prompt "Say hi" --max-tokens 16 --output ids --modality audio --temperature 1 --seed 2)
+[ -n "$audio" ] || { echo "no audio ids"; exit 1; }
+for id in $audio; do
+  [ "$id" -ge "$lo" ] && [ "$id" -lt "$hi" ] || { echo "audio id $id outside [$lo, $hi)"; exit 1; }
+done
+
 # Errors are one clear line and a non-zero exit, never a crash.
 if "$tutti" generate --model "$dir/missing.gguf" --prompt x 2>"$dir/err.txt"; then exit 1; fi
 grep -q "missing.gguf" "$dir/err.txt"

@@ -231,6 +231,19 @@ TEST(ModelConfig, UnifiedModelExposesItsModalityTable) {
   EXPECT_DOUBLE_EQ(audio->tokens_per_second(), 200.0);
   EXPECT_LT(audio->token_end(), c->hparams.n_vocab + 1);
   EXPECT_EQ(c->hparams.n_vocab, c->modalities.entries.back().token_end());
+  // Masks: text excludes every media id; a modality allows its codes and its end token.
+  const auto text = c->modalities.text_ranges(c->hparams.n_vocab);
+  for (const ModalityInfo& m : c->modalities.entries)
+    for (const TokenRange& r : text) {
+      EXPECT_FALSE(r.contains(int32_t(m.token_offset)) || r.contains(int32_t(m.token_end() - 1)) ||
+                   r.contains(int32_t(m.begin_token)) || r.contains(int32_t(m.end_token)));
+    }
+  ASSERT_FALSE(text.empty());
+  EXPECT_EQ(text.front().begin, 0);
+  const auto audio_mask = c->modalities.ranges_for(Modality::Audio);
+  ASSERT_EQ(audio_mask.size(), 2u);
+  EXPECT_EQ(audio_mask[0].end - audio_mask[0].begin, int32_t(audio->codebook_size * audio->num_stages));
+  EXPECT_TRUE(audio_mask[1].contains(int32_t(audio->end_token)));
 }
 
 // Rewrites a model file with one metadata key changed or one tensor dropped.

@@ -28,7 +28,7 @@ int cmd_tokenize(const std::vector<std::string>& argv) {
 
 int cmd_generate(const std::vector<std::string>& argv) {
   auto opts = engine_options();
-  for (auto o : {"prompt", "max-tokens", "temperature", "top-k", "top-p", "min-p", "repeat-penalty", "seed", "output"})
+  for (auto o : {"prompt", "max-tokens", "temperature", "top-k", "top-p", "min-p", "repeat-penalty", "seed", "output", "modality"})
     opts.insert(o);
   Args args(argv, opts, {"parse-special", "no-stop"});
   if (!args.ok()) return fail(args.error());
@@ -51,8 +51,24 @@ int cmd_generate(const std::vector<std::string>& argv) {
   auto engine = open_engine(args, true);
   if (!engine) return 1;
   go.prefill_chunk = engine->config.prefill_chunk;
-  const auto prompt = engine->tokenizer->encode(args.get("prompt"), true, args.has("parse-special"));
+  auto prompt = engine->tokenizer->encode(args.get("prompt"), true, args.has("parse-special"));
   if (prompt.empty()) return fail("the prompt tokenizes to nothing");
+  // A unified model's media codes are only for sequences generating that modality: text
+  // generation is masked to the text ids; --modality M generates M's codes (after its
+  // begin token) until its end token.
+  const ModalityTable& modalities = engine->model->config().modalities;
+  const std::string modality = args.get("modality", "text");
+  if (modality == "text") {
+    if (!modalities.empty()) sp.allowed = modalities.text_ranges(engine->model->hparams().n_vocab);
+  } else {
+    auto m = parse_modality(modality);
+    const ModalityInfo* mi = m ? modalities.find(*m) : nullptr;
+    if (!mi) return fail("this model has no '" + modality + "' modality (see tutti model info)");
+    sp.allowed = modalities.ranges_for(*m);
+    sp.stop_tokens.push_back(int32_t(mi->end_token));
+    prompt.push_back(int32_t(mi->begin_token));
+    if (output == "text") return fail("--modality " + modality + " needs --output ids");
+  }
   Sampler sampler(sp);
   StreamingDetokenizer detok(*engine->tokenizer);
   if (output == "text") std::cout << args.get("prompt") << std::flush;

@@ -12,7 +12,8 @@ commands:
   tokenize --model FILE --text TEXT            print token ids (BOS as the vocabulary asks)
   generate --model FILE --prompt TEXT --max-tokens N
            [--temperature T --top-k K --top-p P --min-p P --repeat-penalty R --seed S]
-           [--output text|ids]                 generate (greedy when temperature is 0)
+           [--output text|ids] [--modality text|audio|image|video|music]
+                                               generate (greedy when temperature is 0)
   model info FILE                              architecture, sizes, tensor types, modalities
   model random --out FILE --vocab VOCAB.gguf|builtin --dim D --layers L --heads H
            --kv-heads K --ffn F --type f32|f16|bf16|q8_0|q4_0 [--seed S] [--unified]
