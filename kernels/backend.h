@@ -104,6 +104,10 @@ class Backend {
   // Writes rows of k and v ([n_rows][kv_dim]) into the cache at their sequences' positions.
   virtual void kv_store(const KvLayerView& kv, std::span<const AttentionSeq> seqs, const float* k,
                         const float* v) = 0;
+  // A hint, given before a layer's other work, that attention over these sequences' cached
+  // K/V follows: a backend whose cache sits behind slower memory may start fetching it so
+  // the transfer overlaps the work in between. Optional; no effect on results.
+  virtual void prefetch_attention(const KvLayerView& kv, std::span<const AttentionSeq> seqs) {}
   // Causal attention of q ([rows][n_head * head_dim]) over each sequence's cached K/V up to
   // and including each row's position; out has q's shape.
   virtual void attention(const KvLayerView& kv, std::span<const AttentionSeq> seqs, const AttentionShape& shape,

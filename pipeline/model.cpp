@@ -158,12 +158,13 @@ Status Model::forward(const Batch& batch, PagedKvCache& kv, StepLogits& out) {
   const AttentionShape shape{int(h.n_head), int(h.n_head_kv), int(h.head_dim), 1.0f / std::sqrt(float(h.head_dim))};
   for (uint32_t li = 0; li < h.n_layer; ++li) {
     const Layer& l = layers_[li];
+    const KvLayerView view = kv.layer_view(int(li));
+    backend_.prefetch_attention(view, attn_seqs_);
     backend_.rms_norm(x, l.attn_norm, n, T, int(D), h.rms_eps);
     const MatmulTask qkv[] = {{l.attn_q, q}, {l.attn_k, k}, {l.attn_v, v}};
     backend_.matmul(qkv, n, T);
     backend_.rope(q, positions_.data(), T, int(h.n_head), int(h.head_dim), int(h.n_rot), h.rope_freq_base);
     backend_.rope(k, positions_.data(), T, int(h.n_head_kv), int(h.head_dim), int(h.n_rot), h.rope_freq_base);
-    const KvLayerView view = kv.layer_view(int(li));
     backend_.kv_store(view, attn_seqs_, k, v);
     backend_.attention(view, attn_seqs_, shape, q, att);
     const MatmulTask wo[] = {{l.attn_output, o}};
