@@ -53,11 +53,28 @@ struct Bf16Input {
 };
 void resize_bf16_input(Bf16Input& b, int n_tokens, int64_t cols);
 
+// Row-quantized activations re-laid out for the integer GEMM: tokens in groups of 16 as
+// vector lanes, 4 consecutive columns per lane (one VPDPBUSD operand per 4 columns):
+//   q:    byte  ((g * cols/4 + k/4) * 16 + t % 16) * 4 + k % 4     (signed values)
+//   d:    float (g * n_blocks + b) * 16 + t % 16                   (block scales)
+//   bias: int32 (g * n_blocks + b) * 16 + t % 16  = -128 * sum of the block's values
+// (the weights enter VPDPBUSD as unsigned w + 128; the bias takes the 128 back out).
+// Missing tokens of the last group are zero.
+struct Int8Lanes {
+  int n_tokens = 0, n_groups = 0;
+  int64_t cols = 0, n_blocks = 0;
+  std::vector<int8_t> q;
+  std::vector<float> d;
+  std::vector<int32_t> bias;
+};
+void resize_int8_lanes(Int8Lanes& l, int n_tokens, int64_t cols);
+
 struct MatmulArgs {
   MatrixView w;
   const float* x = nullptr;             // [n_tokens][cols] for float weights
   const QuantizedInput* qx = nullptr;   // for quantized weights
   const Bf16Input* xb = nullptr;        // for the batched bf16 path, when the kernel set has one
+  const Int8Lanes* xl = nullptr;        // for the batched integer path (Q8_0)
   float* y = nullptr;                   // [n_tokens][w.rows]
   int n_tokens = 0;
 };
@@ -75,6 +92,8 @@ struct MatmulKernels {
   int bf16_gemm_min_tokens = 0;
   // Fills tokens [t_begin, t_end) of a Bf16Input (thread-safe for disjoint ranges).
   void (*pack_bf16)(const float* x, Bf16Input& b, int t_begin, int t_end) = nullptr;
+  // Quantizes token group g of x into Int8Lanes (thread-safe per group), for the integer GEMM.
+  void (*quantize_lanes)(const float* x, Int8Lanes& l, int group) = nullptr;
   MatmulRowsFn for_type(TensorType t) const {
     switch (t) {
       case TensorType::F32: return f32;

@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "kernels/cpu/matmul_kernels.h"
 
@@ -64,6 +65,16 @@ void resize_bf16_input(Bf16Input& b, int n_tokens, int64_t cols) {
   b.cols = cols;
   b.n_groups = (n_tokens + 15) / 16;
   b.data.assign(size_t(b.n_groups) * size_t(cols) * 16, 0);
+}
+
+void resize_int8_lanes(Int8Lanes& l, int n_tokens, int64_t cols) {
+  l.n_tokens = n_tokens;
+  l.cols = cols;
+  l.n_blocks = cols / 32;
+  l.n_groups = (n_tokens + 15) / 16;
+  l.q.resize(size_t(l.n_groups) * size_t(cols) * 16);
+  l.d.resize(size_t(l.n_groups) * size_t(l.n_blocks) * 16);
+  l.bias.resize(l.d.size());
 }
 
 }  // namespace tutti::cpu
