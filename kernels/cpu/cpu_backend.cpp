@@ -159,7 +159,8 @@ class CpuBackend final : public Backend {
     // Angles as ggml computes them: theta_i = pos * base^(-2i/n_rot), built by repeated
     // multiplication in float, so that results match files converted for that engine.
     const float theta_scale = std::pow(base, -2.0f / float(n_rot));
-    for (int t = 0; t < n; ++t) {
+    auto rows = [&](int t_begin, int t_end) {
+    for (int t = t_begin; t < t_end; ++t) {
       float* row = x + size_t(t) * n_heads * head_dim;
       float theta = float(positions[t]);
       for (int i = 0; i < n_rot / 2; ++i) {
@@ -172,6 +173,12 @@ class CpuBackend final : public Backend {
         }
         theta *= theta_scale;
       }
+    }
+    };
+    if (n < 16) {
+      rows(0, n);
+    } else {
+      pool_.run(pool_.size(), [&](int p, int) { rows(n * p / pool_.size(), n * (p + 1) / pool_.size()); });
     }
   }
 
@@ -242,7 +249,7 @@ class CpuBackend final : public Backend {
   }
 
   void swiglu(const float* gate, const float* up, float* out, size_t n) override {
-    for (size_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+    parallel_ranges(n, [&](size_t b, size_t e) { cpu::silu_mul(gate + b, up + b, out + b, e - b); });
   }
 
   void gather_rows(const float* src, const int32_t* rows, int n, int dim, float* dst) override {
@@ -250,10 +257,28 @@ class CpuBackend final : public Backend {
   }
 
   void add(float* x, const float* y, size_t n) override {
-    for (size_t i = 0; i < n; ++i) x[i] += y[i];
+    parallel_ranges(n, [&](size_t b, size_t e) { cpu::add_f32(x + b, y + b, e - b); });
   }
 
  private:
+  // Runs fn over [0, n) split between the threads, or inline when n is too small for the
+  // hand-out to pay (element-wise ops of a decode step).
+  template <class Fn>
+  void parallel_ranges(size_t n, const Fn& fn) {
+    constexpr size_t kMinPerThread = 16384;
+    const int parts = int(std::min<size_t>(size_t(pool_.size()), n / kMinPerThread));
+    if (parts <= 1) {
+      fn(size_t(0), n);
+      return;
+    }
+    pool_.run(parts, [&](int p, int) {
+      // Boundaries on multiples of 16 floats keep each part's vectors aligned alike.
+      const size_t b = n * size_t(p) / size_t(parts) / 16 * 16;
+      const size_t e = p + 1 == parts ? n : n * size_t(p + 1) / size_t(parts) / 16 * 16;
+      fn(b, e);
+    });
+  }
+
   struct Chunk {  // rows [begin, end) of task `task`
     int task;
     int64_t begin, end;

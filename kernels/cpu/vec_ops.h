@@ -13,6 +13,8 @@ void axpy_f32(float alpha, const float* x, float* y, size_t n);       // y += al
 void axpy_f16(float alpha, const uint16_t* x, float* y, size_t n);    // y += alpha * x
 void f32_to_f16(const float* x, uint16_t* y, size_t n);
 void f16_to_f32(const uint16_t* x, float* y, size_t n);
-double sum_squares(const float* x, size_t n);  // accumulated in double, as ggml's rms_norm does
+double sum_squares(const float* x, size_t n);
+void silu_mul(const float* gate, const float* up, float* out, size_t n);  // out = silu(gate) * up
+void add_f32(float* x, const float* y, size_t n);                        // x += y  // accumulated in double, as ggml's rms_norm does
 
 }  // namespace tutti::cpu
