@@ -104,6 +104,10 @@ class Backend {
   // Writes rows of k and v ([n_rows][kv_dim]) into the cache at their sequences' positions.
   virtual void kv_store(const KvLayerView& kv, std::span<const AttentionSeq> seqs, const float* k,
                         const float* v) = 0;
+  // A hint that matmul() over these weights comes next (same grouping as the call): a
+  // backend reading weights from slower memory may start fetching the first rows each of
+  // its workers will take, so the call does not begin with a cold stream. Optional.
+  virtual void prefetch_weights(std::span<const MatrixView> weights) {}
   // A hint, given before a layer's other work, that attention over these sequences' cached
   // K/V follows: a backend whose cache sits behind slower memory may start fetching it so
   // the transfer overlaps the work in between. Optional; no effect on results.

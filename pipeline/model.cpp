@@ -159,6 +159,10 @@ Status Model::forward(const Batch& batch, PagedKvCache& kv, StepLogits& out) {
   for (uint32_t li = 0; li < h.n_layer; ++li) {
     const Layer& l = layers_[li];
     const KvLayerView view = kv.layer_view(int(li));
+    // Hints to the backend of what comes next (on the CPU: start DRAM fetches early).
+    const MatrixView qkv_w[] = {l.attn_q, l.attn_k, l.attn_v}, wo_w[] = {l.attn_output},
+                     gate_up_w[] = {l.ffn_gate, l.ffn_up}, down_w[] = {l.ffn_down};
+    backend_.prefetch_weights(qkv_w);
     backend_.prefetch_attention(view, attn_seqs_);
     backend_.rms_norm(x, l.attn_norm, n, T, int(D), h.rms_eps);
     const MatmulTask qkv[] = {{l.attn_q, q}, {l.attn_k, k}, {l.attn_v, v}};
@@ -166,14 +170,17 @@ Status Model::forward(const Batch& batch, PagedKvCache& kv, StepLogits& out) {
     backend_.rope(q, positions_.data(), T, int(h.n_head), int(h.head_dim), int(h.n_rot), h.rope_freq_base);
     backend_.rope(k, positions_.data(), T, int(h.n_head_kv), int(h.head_dim), int(h.n_rot), h.rope_freq_base);
     backend_.kv_store(view, attn_seqs_, k, v);
+    backend_.prefetch_weights(wo_w);
     backend_.attention(view, attn_seqs_, shape, q, att);
     const MatmulTask wo[] = {{l.attn_output, o}};
     backend_.matmul(wo, att, T);
     backend_.add(x, o, T * D);
 
+    backend_.prefetch_weights(gate_up_w);
     backend_.rms_norm(x, l.ffn_norm, n, T, int(D), h.rms_eps);
     const MatmulTask gate_up[] = {{l.ffn_gate, gate}, {l.ffn_up, up}};
     backend_.matmul(gate_up, n, T);
+    backend_.prefetch_weights(down_w);
     backend_.swiglu(gate, up, gate, T * F);
     const MatmulTask down[] = {{l.ffn_down, o}};
     backend_.matmul(down, gate, T);
