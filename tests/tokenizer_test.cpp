@@ -149,3 +149,45 @@ TEST(Tokenizer, RejectsBrokenTokenizerMetadata) {
 
 }  // namespace
 }  // namespace tutti
+
+namespace tutti {
+namespace {
+
+std::vector<std::string> split(const std::string& text, unicode::PreTokenizer kind) { return unicode::pre_tokenize(text, kind); }
+using Words = std::vector<std::string>;
+
+// The Llama 3 split, case by case from its regular expression:
+// (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+TEST(PreTokenizer, Llama3Split) {
+  const auto L3 = unicode::PreTokenizer::Llama3;
+  EXPECT_EQ(split("Hello world", L3), (Words{"Hello", " world"}));
+  EXPECT_EQ(split("1234567", L3), (Words{"123", "456", "7"}));
+  EXPECT_EQ(split("I'M here, you'RE", L3), (Words{"I", "'M", " here", ",", " you", "'RE"}));
+  EXPECT_EQ(split("a  b", L3), (Words{"a", " ", " b"}));  // \s+(?!\S) leaves the last space to the word
+  EXPECT_EQ(split("x\n\n  y", L3), (Words{"x", "\n\n", " ", " y"}));  // \s*[\r\n]+ stops at the last newline
+  EXPECT_EQ(split("$100!!\n", L3), (Words{"$", "100", "!!\n"}));
+  EXPECT_EQ(split("end  ", L3), (Words{"end", "  "}));
+  EXPECT_EQ(split("naïve café", L3), (Words{"naïve", " café"}));
+  EXPECT_EQ(split("(hi)", L3), (Words{"(hi", ")"}));  // one non-letter may lead a word
+}
+
+TEST(PreTokenizer, Gpt2Split) {
+  const auto G2 = unicode::PreTokenizer::Gpt2;
+  EXPECT_EQ(split("Hello world", G2), (Words{"Hello", " world"}));
+  EXPECT_EQ(split("1234567", G2), (Words{"1234567"}));
+  EXPECT_EQ(split("I'M here", G2), (Words{"I", "'", "M", " here"}));  // contractions are lowercase only
+  EXPECT_EQ(split("it's", G2), (Words{"it", "'s"}));
+  EXPECT_EQ(split("a  b", G2), (Words{"a", " ", " b"}));
+  EXPECT_EQ(split("(hi)", G2), (Words{"(", "hi", ")"}));
+  EXPECT_EQ(split("x\n\n  y", G2), (Words{"x", "\n\n ", " y"}));
+}
+
+TEST(PreTokenizer, InvalidUtf8BecomesReplacementCharacters) {
+  const auto words = split(std::string("a\xff\xfe b"), unicode::PreTokenizer::Gpt2);
+  std::string joined;
+  for (auto& w : words) joined += w;
+  EXPECT_EQ(joined, "a\xef\xbf\xbd\xef\xbf\xbd b");
+}
+
+}  // namespace
+}  // namespace tutti
