@@ -64,43 +64,8 @@ inline void prefetch_run(const KvLayerView& kv, const AttentionSeq& s, int block
   }
 }
 
-}  // namespace
-
-bool attend_group_avx512(const KvLayerView& kv, const AttentionSeq& s, int pos, int kv_head, int group, int hd,
-                         float scale, const float* q, float* out, float* scratch) {
-  const int bt = kv.block_tokens;
-  if (hd % 16 != 0 || hd > 256 || bt > 64) return false;
-  const bool f16 = kv.type == TensorType::F16;
-  const size_t elem = f16 ? 2 : 4;
-  const int n = pos + 1, blocks = (n + bt - 1) / bt;
-  const int chunks = hd / 16;
-  alignas(64) float rows[64 * 256];  // one block's K or V for this head, widened
-  float* scores = scratch;           // [group][n rounded up to 16]
-  const int stride = (n + 15) / 16 * 16;
-  const size_t run_bytes = size_t(bt) * size_t(hd) * elem;
-
-  prefetch_run(kv, s, 0, kv_head, run_bytes, elem);
-  if (blocks > 1) prefetch_run(kv, s, 1, kv_head, run_bytes, elem);
-  // Scores: q . k for every position, 16 positions per reduction.
-  for (int b = 0; b < blocks; ++b) {
-    if (b + 2 < blocks) prefetch_run(kv, s, b + 2, kv_head, run_bytes, elem);
-    const int first = b * bt, count = std::min(bt, n - first);
-    widen(static_cast<const char*>(kv.pool) + kv.offset(size_t(s.block_table[b]), 0, kv_head, 0) * elem, f16, count, hd, rows);
-    for (int j = 0; j < group; ++j) {
-      const float* qj = q + size_t(j) * hd;
-      for (int i0 = 0; i0 < count; i0 += 16) {
-        __m512 acc[16];
-        const int m = std::min(16, count - i0);
-        for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
-        for (int i = 0; i < m; ++i)
-          for (int c = 0; c < chunks; ++c)
-            acc[i] = _mm512_fmadd_ps(_mm512_loadu_ps(qj + c * 16), _mm512_load_ps(rows + (i0 + i) * hd + c * 16), acc[i]);
-        const __m512 sc = _mm512_mul_ps(sum16(acc), _mm512_set1_ps(scale));
-        _mm512_mask_storeu_ps(scores + size_t(j) * stride + first + i0, __mmask16((1u << m) - 1), sc);
-      }
-    }
-  }
-  // Softmax per head.
+// Softmax over n scores of each of `group` rows (row stride `stride`), in place.
+void softmax_rows(float* scores, int group, int n, int stride) {
   for (int j = 0; j < group; ++j) {
     float* sj = scores + size_t(j) * stride;
     const int tail = n % 16;
@@ -123,27 +88,78 @@ bool attend_group_avx512(const KvLayerView& kv, const AttentionSeq& s, int pos, 
       _mm512_mask_storeu_ps(sj + p, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, sj + p), inv));
     }
   }
-  // Output: sum of weights times V rows, the head's output kept in registers.
-  std::memset(out, 0, sizeof(float) * size_t(group) * size_t(hd));
+}
+
+constexpr int kAheadBlocks = 2;
+
+// CH = head_dim / 16. Positions are taken 16 at a time with fixed trip counts (a short
+// last group is zero-padded) so the accumulators stay in registers.
+template <int CH>
+void attend(const KvLayerView& kv, const AttentionSeq& s, int pos, int kv_head, int group, float scale,
+            const float* q, float* out, float* scratch) {
+  constexpr int hd = CH * 16;
+  const int bt = kv.block_tokens;
+  const bool f16 = kv.type == TensorType::F16;
+  const size_t elem = f16 ? 2 : 4;
+  const int n = pos + 1, blocks = (n + bt - 1) / bt;
+  alignas(64) float rows[64 * hd];  // one block's K or V for this head, widened (bt <= 64)
+  const int stride = (n + 15) / 16 * 16;
+  float* scores = scratch;          // [group][stride]
+  const size_t run_bytes = size_t(bt) * size_t(hd) * elem;
+
+  for (int b = 0; b < std::min(blocks, kAheadBlocks); ++b) prefetch_run(kv, s, b, kv_head, run_bytes, elem);
   for (int b = 0; b < blocks; ++b) {
-    const int first = b * bt, count = std::min(bt, n - first);
-    widen(static_cast<const char*>(kv.pool) + kv.offset(size_t(s.block_table[b]), 1, kv_head, 0) * elem, f16, count, hd, rows);
+    if (b + kAheadBlocks < blocks) prefetch_run(kv, s, b + kAheadBlocks, kv_head, run_bytes, elem);
+    const int first = b * bt, count = std::min(bt, n - first), padded = (count + 15) / 16 * 16;
+    widen(static_cast<const char*>(kv.pool) + kv.offset(size_t(s.block_table[b]), 0, kv_head, 0) * elem, f16, count, hd, rows);
+    std::memset(rows + count * hd, 0, sizeof(float) * size_t(padded - count) * hd);
     for (int j = 0; j < group; ++j) {
-      const float* sj = scores + size_t(j) * stride + first;
-      float* oj = out + size_t(j) * hd;
-      for (int c = 0; c < chunks; c += 4) {
-        const int cc = std::min(4, chunks - c);
-        __m512 o[4];
-        for (int u = 0; u < cc; ++u) o[u] = _mm512_loadu_ps(oj + (c + u) * 16);
-        for (int i = 0; i < count; ++i) {
-          const __m512 w = _mm512_set1_ps(sj[i]);
-          for (int u = 0; u < cc; ++u) o[u] = _mm512_fmadd_ps(w, _mm512_load_ps(rows + i * hd + (c + u) * 16), o[u]);
+      __m512 qv[CH];
+      for (int c = 0; c < CH; ++c) qv[c] = _mm512_loadu_ps(q + size_t(j) * hd + c * 16);
+      for (int i0 = 0; i0 < padded; i0 += 16) {
+        __m512 acc[16];
+        for (int i = 0; i < 16; ++i) {
+          acc[i] = _mm512_mul_ps(qv[0], _mm512_load_ps(rows + (i0 + i) * hd));
+          for (int c = 1; c < CH; ++c) acc[i] = _mm512_fmadd_ps(qv[c], _mm512_load_ps(rows + (i0 + i) * hd + c * 16), acc[i]);
         }
-        for (int u = 0; u < cc; ++u) _mm512_storeu_ps(oj + (c + u) * 16, o[u]);
+        const int m = std::min(16, count - i0);
+        _mm512_mask_storeu_ps(scores + size_t(j) * stride + first + i0, __mmask16((1u << m) - 1),
+                              _mm512_mul_ps(sum16(acc), _mm512_set1_ps(scale)));
       }
     }
   }
-  return true;
+  softmax_rows(scores, group, n, stride);
+  __m512 o[8][CH];  // group <= 8
+  for (int j = 0; j < group; ++j)
+    for (int c = 0; c < CH; ++c) o[j][c] = _mm512_setzero_ps();
+  for (int b = 0; b < blocks; ++b) {
+    const int first = b * bt, count = std::min(bt, n - first);
+    widen(static_cast<const char*>(kv.pool) + kv.offset(size_t(s.block_table[b]), 1, kv_head, 0) * elem, f16, count, hd, rows);
+    for (int i = 0; i < count; ++i) {
+      __m512 v[CH];
+      for (int c = 0; c < CH; ++c) v[c] = _mm512_load_ps(rows + i * hd + c * 16);
+      for (int j = 0; j < group; ++j) {
+        const __m512 w = _mm512_set1_ps(scores[size_t(j) * stride + first + i]);
+        for (int c = 0; c < CH; ++c) o[j][c] = _mm512_fmadd_ps(w, v[c], o[j][c]);
+      }
+    }
+  }
+  for (int j = 0; j < group; ++j)
+    for (int c = 0; c < CH; ++c) _mm512_storeu_ps(out + size_t(j) * hd + c * 16, o[j][c]);
+}
+
+}  // namespace
+
+bool attend_group_avx512(const KvLayerView& kv, const AttentionSeq& s, int pos, int kv_head, int group, int hd,
+                         float scale, const float* q, float* out, float* scratch) {
+  if (kv.block_tokens > 64 || group > 8) return false;
+  switch (hd) {
+    case 64: attend<4>(kv, s, pos, kv_head, group, scale, q, out, scratch); return true;
+    case 128: attend<8>(kv, s, pos, kv_head, group, scale, q, out, scratch); return true;
+    case 32: attend<2>(kv, s, pos, kv_head, group, scale, q, out, scratch); return true;
+    case 16: attend<1>(kv, s, pos, kv_head, group, scale, q, out, scratch); return true;
+    default: return false;  // the portable version handles other head sizes
+  }
 }
 
 }  // namespace tutti::cpu
