@@ -216,7 +216,7 @@ class CpuBackend final : public Backend {
     // at 400 positions, 250M model). Capped so a long context cannot flush the caches.
     const size_t elem = kv.type == TensorType::F16 ? 2 : 4;
     const size_t run = size_t(kv.block_tokens) * size_t(kv.kv_dim) * elem;  // all heads of a block
-    size_t budget = size_t(4) << 20;
+    size_t budget = size_t(1) << 20;
     for (const AttentionSeq& s : seqs) {
       const int blocks = (s.first_pos + s.n_tokens - 1) / kv.block_tokens + 1;
       for (int b = 0; b < blocks && budget >= 2 * run; ++b, budget -= 2 * run)
@@ -247,6 +247,20 @@ class CpuBackend final : public Backend {
       const size_t offset = size_t(s.row + it.i) * q_stride + size_t(g) * group * sh.head_dim;
       float* scratch = scratch_[size_t(thread)].data();
       const int pos = s.first_pos + it.i;
+      // Items are short and bound by the latency of the cache's runs: start the first
+      // blocks of the item two ahead (likely this thread's next but one).
+      if (item + 2 < int(items_.size()) * sh.n_head_kv) {
+        const Item& ahead = items_[size_t((item + 2) / sh.n_head_kv)];
+        const AttentionSeq& as = seqs[size_t(ahead.seq)];
+        const int ag = (item + 2) % sh.n_head_kv;
+        const size_t elem = kv.type == TensorType::F16 ? 2 : 4;
+        const int blocks = std::min(2, (as.first_pos + ahead.i) / kv.block_tokens + 1);
+        for (int b = 0; b < blocks; ++b)
+          for (int which = 0; which < 2; ++which) {
+            const char* base = static_cast<const char*>(kv.pool) + kv.offset(size_t(as.block_table[b]), which, ag, 0) * elem;
+            for (size_t off = 0; off < size_t(kv.block_tokens) * size_t(sh.head_dim) * elem; off += 64) __builtin_prefetch(base + off);
+          }
+      }
       if (!vector || !cpu::attend_group_avx512(kv, s, pos, g, group, sh.head_dim, sh.scale, q + offset, out + offset, scratch))
         cpu::attend_group(kv, s, pos, g, group, sh.head_dim, sh.scale, q + offset, out + offset, scratch);
     });

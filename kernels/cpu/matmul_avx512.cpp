@@ -303,7 +303,8 @@ void gemm_bf16_rows(const MatmulArgs& a, int64_t r0, int64_t r1) {
 // a block's 8 such products sum exactly in int32, then one conversion and one FMA with the
 // scales (weight block scale x each token's block scale) add it to the float total.
 
-constexpr int kI8Rows = 6;  // 6 rows x 2 token groups x (int32 + float) = 24 accumulators
+constexpr int kI8Rows = 6;
+constexpr int kI8PanelsAhead = 3;  // 6 rows x 2 token groups x (int32 + float) = 24 accumulators
 
 template <int R, int G>
 void gemm_i8_tile(const MatmulArgs& a, const Int8Lanes& xl, int64_t r0, int rows, int g0) {
@@ -358,9 +359,15 @@ void gemm_i8_rows(const MatmulArgs& a, int64_t r0, int64_t r1) {
   const size_t row_bytes = a.w.row_bytes();
   for (int64_t r = r0; r < r1; r += kI8Rows) {
     const int rows = int(std::min<int64_t>(kI8Rows, r1 - r));
-    if (r + kI8Rows < r1) {  // next panel on its way from DRAM while this one computes
-      const char* next = reinterpret_cast<const char*>(a.w.row(r + kI8Rows));
-      const size_t bytes = row_bytes * size_t(std::min<int64_t>(kI8Rows, r1 - r - kI8Rows));
+    // Keep the panel kI8PanelsAhead ahead on its way from DRAM while this one computes.
+    if (r == r0) {
+      const char* first = reinterpret_cast<const char*>(a.w.row(r));
+      const size_t bytes = row_bytes * size_t(std::min<int64_t>(kI8Rows * kI8PanelsAhead, r1 - r));
+      for (size_t b = 0; b < bytes; b += 64) _mm_prefetch(first + b, _MM_HINT_T1);
+    }
+    if (r + kI8Rows * kI8PanelsAhead < r1) {
+      const char* next = reinterpret_cast<const char*>(a.w.row(r + kI8Rows * kI8PanelsAhead));
+      const size_t bytes = row_bytes * size_t(std::min<int64_t>(kI8Rows, r1 - r - kI8Rows * kI8PanelsAhead));
       for (size_t b = 0; b < bytes; b += 64) _mm_prefetch(next + b, _MM_HINT_T1);
     }
     int g = 0;

@@ -1,6 +1,9 @@
 #include "kernels/cpu/vec_ops.h"
 
 #include <algorithm>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include <cmath>
 #include <cstring>
 
@@ -89,7 +92,20 @@ TUTTI_CLONES void axpy_f16(float alpha, const uint16_t* x, float* y, size_t n) {
   for (size_t i = 0; i < n; ++i) y[i] += alpha * h2f(x[i]);
 }
 
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) static void f32_to_f16_avx512(const float* x, uint16_t* y, size_t n) {
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), _mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+  for (; i < n; ++i) y[i] = fp32_to_fp16(x[i]);
+}
+#endif
+
 void f32_to_f16(const float* x, uint16_t* y, size_t n) {
+#if defined(__x86_64__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  if (avx512) return f32_to_f16_avx512(x, y, n);
+#endif
   for (size_t i = 0; i < n; ++i) y[i] = fp32_to_fp16(x[i]);
 }
 
