@@ -157,11 +157,13 @@ struct Q4_0Kernel {
     for (int r = 0; r < R; ++r)
       for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
     const __m256i low4 = _mm256_set1_epi8(0x0f);
+    const uint8_t* ahead = rows[0] + kPrefetchBytes;
     for (int64_t p = 0; p < np; ++p) {
       const bool has_b1 = 2 * p + 1 < nb;
       __m512i w[R];
       __m512 dw[R];
       for (int r = 0; r < R; ++r) {
+        if ((p & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(ahead + (p * R + 2 * r) * 36), _MM_HINT_T0);
         const uint8_t* b0 = rows[r] + p * 36;
         const __m128i q0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + 2));
         const __m128i q1 = has_b1 ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + 20)) : _mm_setzero_si128();
