@@ -65,6 +65,16 @@ TEST(Gguf, RoundTripsEveryValueType) {
   EXPECT_NE(wrong.error().message.find("a.strs"), std::string::npos);
 }
 
+TEST(Gguf, ReadsVersion2) {
+  auto bytes = small_file();
+  const uint32_t v2 = 2;
+  std::memcpy(bytes.data() + 4, &v2, 4);  // v2 differs from v3 only in the number
+  auto f = GgufFile::parse(bytes.data(), bytes.size(), "v2.gguf");
+  ASSERT_TRUE(f) << f.error().message;
+  EXPECT_EQ((*f)->version(), 2u);
+  EXPECT_EQ((*f)->tensors().size(), 2u);
+}
+
 TEST(Gguf, TruncatedAtEveryOffsetFailsCleanly) {
   const auto bytes = small_file();
   // Only the padding after the last tensor's data may go without harm.

@@ -152,6 +152,33 @@ TEST(Model, F32LogitsMatchDoublePrecisionReference) {
 // Sequences in one ragged step must not affect each other: each row's result equals the
 // row computed alone. Kernels are chosen by the step's token count (integer tiles below 8
 // tokens, the bf16 GEMM from 8 on with AVX-512), so each case keeps both runs on one side.
+// A file without output.weight projects logits through token_embd.weight (tied).
+TEST(Model, TiedOutputFallsBackToTokenEmbeddings) {
+  const std::string src = test::random_model(small_spec(TensorType::F32), "ref-f32.gguf");
+  auto f = GgufFile::open(src);
+  ASSERT_TRUE(f);
+  GgufWriter w;
+  for (auto& [k, v] : (*f)->metadata()) w.set_value(k, v);
+  for (auto& t : (*f)->tensors())
+    if (t.name != "output.weight")
+      w.add_tensor(t.name, t.type, std::vector<uint64_t>(t.ne, t.ne + t.n_dims), std::vector<uint8_t>(t.data, t.data + t.n_bytes));
+  const std::string path = test::temp_path("tied-f32.gguf");
+  ASSERT_TRUE(w.write(path).ok());
+  auto backend = make_cpu_backend({2});
+  auto model = Model::load(path, *backend);
+  ASSERT_TRUE(model) << model.error().message;
+  EXPECT_TRUE((*model)->hparams().tied_output);
+  auto kv = std::move((*model)->make_kv_cache(4 << 20, TensorType::F32)).value();
+  const std::vector<int32_t> tokens = {3, 141, 59, 26};
+  Batch b;
+  b.chunks = {{0, 0, tokens, true}};
+  StepLogits out;
+  ASSERT_TRUE((*model)->forward(b, *kv, out).ok());
+  const auto expected = ReferenceLlama((*model)->file()).run(tokens);
+  for (size_t p = 0; p < tokens.size(); ++p)
+    for (int v = 0; v < out.n_vocab; ++v) ASSERT_NEAR(out.row(int(p))[v], expected[p][size_t(v)], 1e-4 * (1 + std::fabs(expected[p][size_t(v)])));
+}
+
 TEST(Model, RaggedBatchEqualsSequencesRunAlone) {
   struct Case {
     std::vector<int32_t> a, c;
