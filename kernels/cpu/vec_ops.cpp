@@ -18,25 +18,6 @@
 namespace tutti::cpu {
 
 namespace {
-// Branch-free half -> float for the vectoriser (normals, zero and subnormals flushed as
-// in-range values; the KV cache only stores finite activations).
-inline float h2f(uint16_t h) {
-  const uint32_t sign = uint32_t(h & 0x8000) << 16;
-  const uint32_t em = uint32_t(h & 0x7fff);
-  // Shift exponent and mantissa into place and rescale by 2^112 to rebias.
-  uint32_t bits = em << 13;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  f *= 5.192296858534828e+33f;  // 2^112
-  uint32_t out;
-  std::memcpy(&out, &f, 4);
-  out |= sign;
-  std::memcpy(&f, &out, 4);
-  return f;
-}
-}  // namespace
-
-namespace {
 // e^x to about 1 ulp over the float range (Cephes expf), inlinable so loops vectorise.
 inline float fast_exp(float x) {
   x = std::min(88.3762626647949f, std::max(-87.3365447505531f, x));
@@ -68,30 +49,6 @@ TUTTI_CLONES void add_f32(float* x, const float* y, size_t n) {
   for (size_t i = 0; i < n; ++i) x[i] += y[i];
 }
 
-TUTTI_CLONES float dot_f32(const float* a, const float* b, size_t n) {
-  float s = 0.f;
-#pragma omp simd reduction(+ : s)
-  for (size_t i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
-TUTTI_CLONES float dot_f32_f16(const float* a, const uint16_t* b, size_t n) {
-  float s = 0.f;
-#pragma omp simd reduction(+ : s)
-  for (size_t i = 0; i < n; ++i) s += a[i] * h2f(b[i]);
-  return s;
-}
-
-TUTTI_CLONES void axpy_f32(float alpha, const float* x, float* y, size_t n) {
-#pragma omp simd
-  for (size_t i = 0; i < n; ++i) y[i] += alpha * x[i];
-}
-
-TUTTI_CLONES void axpy_f16(float alpha, const uint16_t* x, float* y, size_t n) {
-#pragma omp simd
-  for (size_t i = 0; i < n; ++i) y[i] += alpha * h2f(x[i]);
-}
-
 #if defined(__x86_64__)
 __attribute__((target("avx512f"))) static void f32_to_f16_avx512(const float* x, uint16_t* y, size_t n) {
   size_t i = 0;
@@ -107,11 +64,6 @@ void f32_to_f16(const float* x, uint16_t* y, size_t n) {
   if (avx512) return f32_to_f16_avx512(x, y, n);
 #endif
   for (size_t i = 0; i < n; ++i) y[i] = fp32_to_fp16(x[i]);
-}
-
-TUTTI_CLONES void f16_to_f32(const uint16_t* x, float* y, size_t n) {
-#pragma omp simd
-  for (size_t i = 0; i < n; ++i) y[i] = h2f(x[i]);
 }
 
 TUTTI_CLONES double sum_squares(const float* x, size_t n) {
