@@ -1,13 +1,8 @@
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/cpu_math.h"
 
 #include <cmath>
 #include <cstring>
-
-#if defined(__x86_64__)
-#define TUTTI_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define TUTTI_CLONES
-#endif
 
 namespace tutti::cpu {
 
@@ -24,29 +19,6 @@ inline float h2f(uint16_t h) {
   bits |= uint32_t(h & 0x8000) << 16;
   std::memcpy(&f, &bits, 4);
   return f;
-}
-
-// e^x for x <= 0 (softmax after subtracting the maximum), to about 1 ulp, written so the
-// vectoriser can inline it: libm's expf is a call per score.
-inline float exp_nonpositive(float x) {
-  x = std::max(x, -87.0f);
-  const float n = std::nearbyint(x * 1.44269504088896341f);
-  // Cody-Waite: r = x - n ln2 in two parts, exact enough for the polynomial below.
-  float r = x - n * 0.693145751953125f;
-  r = r - n * 1.428606765330187045e-06f;
-  // Minimax polynomial for e^r on [-ln2/2, ln2/2] (Cephes expf).
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  int32_t bits;
-  std::memcpy(&bits, &p, 4);
-  bits += int32_t(n) << 23;  // times 2^n (n >= -126 here)
-  std::memcpy(&p, &bits, 4);
-  return p;
 }
 
 // Row `p` of K (which = 0) or V (which = 1) for this layer, as f32 in `row` (or a pointer
@@ -99,7 +71,7 @@ TUTTI_CLONES void attend_group(const KvLayerView& kv, const AttentionSeq& s, int
     float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
     for (int p = 0; p < n; ++p) {
-      sj[p] = exp_nonpositive(sj[p] - mx);
+      sj[p] = fast_exp(sj[p] - mx);
       sum += sj[p];
     }
     const float inv = 1.0f / sum;

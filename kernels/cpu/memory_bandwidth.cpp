@@ -9,13 +9,8 @@
 #include <thread>
 #include <vector>
 
+#include "kernels/cpu/cpu_math.h"
 #include "kernels/cpu/thread_pool.h"
-
-#if defined(__x86_64__)
-#define TUTTI_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define TUTTI_CLONES
-#endif
 
 namespace tutti::cpu {
 
