@@ -34,7 +34,22 @@ struct QuantizedInput {
   const float* d_row(int t) const { return d.data() + size_t(t) * n_blocks; }
   const float* d_pair_row(int t) const { return d_pair.data() + size_t(t) * n_pairs * 16; }
   const int32_t* q4_bias_row(int t) const { return q4_bias.data() + size_t(t) * n_pairs * 16; }
+
+  // The activations laid out like a Q8_0 weight row (34-byte blocks: two zero bytes where
+  // the weight has its scale, then the 32 values), in 64-byte chunks, so a kernel can load
+  // a weight row 64 bytes at a time and multiply it as it is: the scale bytes meet zeros,
+  // and no 4-byte lane holds values of two blocks. Per chunk: 16 lane biases (-128 * the
+  // lane's sum) and 16 lane scales (the scale of the lane's block). Filled for small
+  // batches only (see shadow_max_tokens).
+  int64_t n_chunks = 0;             // ceil(row bytes / 64)
+  std::vector<int8_t> shadow;       // [n_tokens][n_chunks * 64]
+  std::vector<int32_t> shadow_bias; // [n_tokens][n_chunks * 16]
+  std::vector<float> shadow_d;      // [n_tokens][n_chunks * 16]
+  const int8_t* shadow_row(int t) const { return shadow.data() + size_t(t) * n_chunks * 64; }
+  const int32_t* shadow_bias_row(int t) const { return shadow_bias.data() + size_t(t) * n_chunks * 16; }
+  const float* shadow_d_row(int t) const { return shadow_d.data() + size_t(t) * n_chunks * 16; }
 };
+constexpr int kShadowMaxTokens = 2;  // decode sizes, where the Q8_0 kernel uses the shadow layout
 
 void resize_quantized_input(QuantizedInput& q, int n_tokens, int64_t cols);
 // Quantizes tokens [t_begin, t_end) of x; thread-safe for disjoint token ranges.

@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 
@@ -17,6 +18,11 @@ void resize_quantized_input(QuantizedInput& q, int n_tokens, int64_t cols) {
   q.d.resize(t * q.n_blocks);
   q.d_pair.resize(t * q.n_pairs * 16);
   q.q4_bias.resize(t * q.n_pairs * 16);
+  q.n_chunks = (q.n_blocks * 34 + 63) / 64;
+  const size_t shadow_tokens = n_tokens <= kShadowMaxTokens ? t : 0;
+  q.shadow.assign(shadow_tokens * q.n_chunks * 64, 0);
+  q.shadow_bias.resize(shadow_tokens * q.n_chunks * 16);
+  q.shadow_d.resize(shadow_tokens * q.n_chunks * 16);
 }
 
 void quantize_input_rows(const float* x, QuantizedInput& q, int t_begin, int t_end) {
@@ -45,6 +51,34 @@ void quantize_input_rows(const float* x, QuantizedInput& q, int t_begin, int t_e
     if (q.n_blocks % 2) {  // zero the missing half of the last pair
       std::fill(qs + q.n_blocks * 32, qs + q.n_pairs * 64, 0);
       std::fill(qu + q.n_blocks * 32, qu + q.n_pairs * 64, 128);
+    }
+    if (!q.shadow.empty()) {
+      // Lane l of the row's 64-byte chunks covers bytes [4l, 4l + 4): its block is that of
+      // its first value byte (a lane never holds values of two blocks: block boundaries sit
+      // at 34b + 2, and a lane's bytes after the boundary would have to start at an odd
+      // position). The pattern repeats every 17 chunks (17 x 64 = 32 x 34 bytes).
+      static const auto lane_block = [] {
+        std::array<int8_t, 17 * 16> map{};
+        for (int lane = 0; lane < 17 * 16; ++lane)
+          for (int k = 0; k < 4; ++k)
+            if ((lane * 4 + k) % 34 >= 2) {
+              map[size_t(lane)] = int8_t((lane * 4 + k) / 34);
+              break;
+            }
+        return map;
+      }();
+      int8_t* sh = q.shadow.data() + size_t(t) * q.n_chunks * 64;
+      int32_t* sb = q.shadow_bias.data() + size_t(t) * q.n_chunks * 16;
+      float* sd = q.shadow_d.data() + size_t(t) * q.n_chunks * 16;
+      for (int64_t b = 0; b < q.n_blocks; ++b) std::memcpy(sh + b * 34 + 2, qs + b * 32, 32);
+      const int64_t lanes = q.n_chunks * 16;
+#pragma omp simd
+      for (int64_t lane = 0; lane < lanes; ++lane)
+        sb[lane] = -128 * (int32_t(sh[lane * 4]) + sh[lane * 4 + 1] + sh[lane * 4 + 2] + sh[lane * 4 + 3]);
+      for (int64_t lane = 0; lane < lanes; ++lane) {
+        const int64_t block = lane / (17 * 16) * 32 + lane_block[size_t(lane % (17 * 16))];
+        sd[lane] = block < q.n_blocks ? d[block] : 0.f;
+      }
     }
     for (int64_t p = 0; p < q.n_pairs; ++p) {
       const float d0 = d[2 * p], d1 = 2 * p + 1 < q.n_blocks ? d[2 * p + 1] : 0.f;
