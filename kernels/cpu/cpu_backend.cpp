@@ -239,7 +239,7 @@ class CpuBackend final : public Backend {
     int max_ctx = 0;
     for (auto& s : seqs) max_ctx = std::max(max_ctx, s.first_pos + s.n_tokens);
     for (auto& buf : scratch_) buf.resize(size_t(group) * size_t(max_ctx + 16) + size_t(sh.head_dim));
-    const bool vector = kernels_.isa == std::string_view("avx512-vnni");
+    const bool vector = kernels_.avx512_attention;
     pool_.run(int(items_.size()) * sh.n_head_kv, [&](int item, int thread) {
       const Item& it = items_[size_t(item / sh.n_head_kv)];
       const int g = item % sh.n_head_kv;

@@ -554,7 +554,8 @@ const MatmulKernels* avx512_kernels() {
                                kGemmRows,
                                kBf16MinTokens,
                                pack_bf16_rows_avx512,
-                               quantize_int8_lanes_avx512};
+                               quantize_int8_lanes_avx512,
+                               true};
   return &k;
 }
 

@@ -109,6 +109,8 @@ struct MatmulKernels {
   void (*pack_bf16)(const float* x, Bf16Input& b, int t_begin, int t_end) = nullptr;
   // Quantizes token group g of x into Int8Lanes (thread-safe per group), for the integer GEMM.
   void (*quantize_lanes)(const float* x, Int8Lanes& l, int group) = nullptr;
+  // Whether attend_group_avx512 may run with this kernel set (it needs the same ISA).
+  bool avx512_attention = false;
   MatmulRowsFn for_type(TensorType t) const {
     switch (t) {
       case TensorType::F32: return f32;
