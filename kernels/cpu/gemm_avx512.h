@@ -1,0 +1,22 @@
+// Internal to the CPU backend: the AVX-512 batched (GEMM) paths, used by the avx512 kernel
+// set from kBf16MinTokens tokens on. See gemm_avx512.cpp.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cpu/matmul_kernels.h"
+
+namespace tutti::cpu {
+
+constexpr int kGemmRows = 12;       // bf16 GEMM panel height (<= 16); also the row unit of the kernel set
+constexpr int kBf16MinTokens = 8;   // from this many tokens on, the GEMM paths run
+
+// Rows [r0, r1) of y for all tokens. Q8_0: needs MatmulArgs::xl; Q4_0 / BF16: needs xb.
+void gemm_i8_rows_avx512(const MatmulArgs& a, int64_t r0, int64_t r1);
+void gemm_bf16_rows_avx512(const MatmulArgs& a, int64_t r0, int64_t r1);
+
+// Activation packing for the two paths (thread-safe for disjoint groups / token ranges).
+void quantize_int8_lanes_avx512(const float* x, Int8Lanes& l, int group);
+void pack_bf16_rows_avx512(const float* x, Bf16Input& b, int t_begin, int t_end);
+
+}  // namespace tutti::cpu
