@@ -92,8 +92,8 @@ class CpuBackend final : public Backend {
     for (auto& t : tasks) {
       if (t.weight.cols != cols) throw std::logic_error("matmul tasks must share the input width");
       const bool q = t.weight.type == TensorType::Q8_0 || t.weight.type == TensorType::Q4_0;
-      // Q8_0 at GEMM sizes: integer GEMM over token-lane packed int8 activations (built
-      // from the row-quantized ones); Q4_0 and BF16: the bf16 GEMM.
+      // Activation formats: row-quantized int8 blocks for the few-token integer kernels;
+      // at GEMM sizes, token-lane int8 for Q8_0 and token-lane bf16 for Q4_0 and BF16.
       widened |= gemm && (t.weight.type == TensorType::Q4_0 || t.weight.type == TensorType::BF16);
       quantized |= q && !gemm;
       lanes |= gemm && t.weight.type == TensorType::Q8_0;
