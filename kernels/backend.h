@@ -40,9 +40,12 @@ struct MatmulTask {
 // every layer l, K then V for `block_tokens` positions of one sequence:
 //   K(b, l) at element ((b * n_layers + l) * 2 + 0) * block_tokens * kv_dim
 //   V(b, l) at element ((b * n_layers + l) * 2 + 1) * block_tokens * kv_dim
-// and within K(b, l) or V(b, l), head h's row for position p is at element
-//   (h * block_tokens + p % block_tokens) * head_dim
-// (head-major, so attention for one KV head reads one contiguous run per block).
+// Within a block, each KV head h owns one contiguous run of block_tokens * head_dim values,
+// starting at h * block_tokens * head_dim:
+//   V: position-major, value (p, i) at (p % block_tokens) * head_dim + i
+//   K: dimension-major, value (p, i) at i * block_tokens + p % block_tokens
+// (K transposed so that one vector load gives one dimension of consecutive positions, and
+// scores come out of FMAs without horizontal sums).
 struct KvLayerView {
   void* pool = nullptr;
   TensorType type = TensorType::F16;  // F32 or F16
@@ -52,10 +55,16 @@ struct KvLayerView {
   int kv_dim = 0;    // n_kv_heads * head_dim
   int head_dim = 0;
 
-  // Element offset of head h's row for position p in block `block`; which: 0 = K, 1 = V.
-  size_t offset(size_t block, int which, int h, int p) const {
+  // Element offset of head h's run in block `block`; which: 0 = K, 1 = V.
+  size_t run(size_t block, int which, int h) const {
     return ((block * size_t(n_layers) + size_t(layer)) * 2 + size_t(which)) * size_t(block_tokens) * size_t(kv_dim) +
-           (size_t(h) * size_t(block_tokens) + size_t(p % block_tokens)) * size_t(head_dim);
+           size_t(h) * size_t(block_tokens) * size_t(head_dim);
+  }
+  size_t k_index(size_t block, int h, int p, int i) const {
+    return run(block, 0, h) + size_t(i) * size_t(block_tokens) + size_t(p % block_tokens);
+  }
+  size_t v_index(size_t block, int h, int p, int i) const {
+    return run(block, 1, h) + size_t(p % block_tokens) * size_t(head_dim) + size_t(i);
   }
 };
 

@@ -150,44 +150,61 @@ TEST(Kernels, RmsNormRopeSwigluMatchReference) {
   for (int i = 0; i < 100; ++i) ASSERT_NEAR(o[i], g[i] / (1 + std::exp(-double(g[i]))) * u[i], 1e-5);
 }
 
+// Paged attention against a double-precision reference, for every kernel set, KV type,
+// block size (4 takes the portable path, 16 and 32 the AVX-512 one where present) and head
+// layout, with contexts that end inside a block and blocks scattered in the pool.
 TEST(Kernels, PagedAttentionMatchesReference) {
-  for (TensorType kv_type : {TensorType::F32, TensorType::F16}) {
-    auto b = make_cpu_backend({2});
-    const int n_head = 4, n_kv = 2, hd = 16, kv_dim = n_kv * hd, bt = 4, n_layers = 2, layer = 1;
-    const int ctx = 11;  // spans three blocks, the last partly
-    const size_t block_elems = size_t(bt) * kv_dim, elem = kv_type == TensorType::F16 ? 2 : 4;
-    std::vector<uint8_t> pool(8 * n_layers * 2 * block_elems * elem);
-    const int32_t table[] = {5, 2, 7};  // scattered blocks
-    KvLayerView view{pool.data(), kv_type, layer, n_layers, bt, kv_dim, hd};
-    auto k = random_floats(size_t(ctx * kv_dim), 10), v = random_floats(size_t(ctx * kv_dim), 11);
-    AttentionSeq all{table, 0, ctx, 0};
-    b->kv_store(view, {&all, 1}, k.data(), v.data());
-    // Query the last 3 positions (a prefill chunk) against the cache.
-    auto q = random_floats(size_t(3 * n_head * hd), 12);
-    std::vector<float> out(q.size());
-    AttentionSeq chunk{table, ctx - 3, 3, 0};
-    const AttentionShape shape{n_head, n_kv, hd, 0.25f};
-    b->attention(view, {&chunk, 1}, shape, q.data(), out.data());
-    for (int i = 0; i < 3; ++i)
-      for (int h = 0; h < n_head; ++h) {
-        const int pos = ctx - 3 + i, g = h / (n_head / n_kv);
-        std::vector<double> s(size_t(pos + 1));
-        double mx = -1e30, sum = 0;
-        for (int p = 0; p <= pos; ++p) {
-          double d = 0;
-          for (int j = 0; j < hd; ++j) d += double(q[size_t((i * n_head + h) * hd + j)]) * k[size_t(p * kv_dim + g * hd + j)];
-          s[size_t(p)] = d * 0.25;
-          mx = std::max(mx, s[size_t(p)]);
+  struct Shape {
+    int n_head, n_kv, hd, bt, ctx;
+  };
+  for (const char* isa : {"scalar", "avx512"})
+    for (TensorType kv_type : {TensorType::F32, TensorType::F16})
+      for (const Shape sh : {Shape{4, 2, 16, 4, 11}, Shape{16, 4, 64, 16, 37}, Shape{8, 2, 64, 32, 70}, Shape{6, 3, 32, 16, 20}}) {
+        std::unique_ptr<Backend> b;
+        try {
+          b = make_cpu_backend({2, isa});
+        } catch (const std::exception&) {
+          continue;
         }
-        for (auto& e : s) sum += e = std::exp(e - mx);
-        for (int j = 0; j < hd; ++j) {
-          double ref = 0;
-          for (int p = 0; p <= pos; ++p) ref += s[size_t(p)] / sum * v[size_t(p * kv_dim + g * hd + j)];
-          const double tol = kv_type == TensorType::F16 ? 3e-3 : 1e-5;
-          ASSERT_NEAR(out[size_t((i * n_head + h) * hd + j)], ref, tol);
-        }
+        const int n_head = sh.n_head, n_kv = sh.n_kv, hd = sh.hd, bt = sh.bt, ctx = sh.ctx;
+        const int kv_dim = n_kv * hd, n_layers = 2, layer = 1;
+        const int blocks = (ctx + bt - 1) / bt;
+        const size_t block_elems = size_t(bt) * kv_dim, elem = kv_type == TensorType::F16 ? 2 : 4;
+        std::vector<uint8_t> pool(size_t(2 * blocks + 3) * n_layers * 2 * block_elems * elem);
+        std::vector<int32_t> table;
+        for (int i = 0; i < blocks; ++i) table.push_back(2 * blocks + 2 - 2 * i);  // scattered, descending
+        KvLayerView view{pool.data(), kv_type, layer, n_layers, bt, kv_dim, hd};
+        auto k = random_floats(size_t(ctx * kv_dim), 10), v = random_floats(size_t(ctx * kv_dim), 11);
+        AttentionSeq all{table.data(), 0, ctx, 0};
+        b->kv_store(view, {&all, 1}, k.data(), v.data());
+        // Query the last 3 positions (a prefill chunk) against the cache.
+        auto q = random_floats(size_t(3 * n_head * hd), 12);
+        std::vector<float> out(q.size());
+        AttentionSeq chunk{table.data(), ctx - 3, 3, 0};
+        const float scale = 1.0f / std::sqrt(float(hd));
+        const AttentionShape shape{n_head, n_kv, hd, scale};
+        b->attention(view, {&chunk, 1}, shape, q.data(), out.data());
+        for (int i = 0; i < 3; ++i)
+          for (int h = 0; h < n_head; ++h) {
+            const int pos = ctx - 3 + i, g = h / (n_head / n_kv);
+            std::vector<double> s(size_t(pos + 1));
+            double mx = -1e30, sum = 0;
+            for (int p = 0; p <= pos; ++p) {
+              double d = 0;
+              for (int j = 0; j < hd; ++j) d += double(q[size_t((i * n_head + h) * hd + j)]) * k[size_t(p * kv_dim + g * hd + j)];
+              s[size_t(p)] = d * scale;
+              mx = std::max(mx, s[size_t(p)]);
+            }
+            for (auto& e : s) sum += e = std::exp(e - mx);
+            for (int j = 0; j < hd; ++j) {
+              double ref = 0;
+              for (int p = 0; p <= pos; ++p) ref += s[size_t(p)] / sum * v[size_t(p * kv_dim + g * hd + j)];
+              const double tol = kv_type == TensorType::F16 ? 3e-3 : 1e-5;
+              ASSERT_NEAR(out[size_t((i * n_head + h) * hd + j)], ref, tol)
+                  << isa << " kv " << tensor_type_info(kv_type).name << " hd " << hd << " bt " << bt << " head " << h;
+            }
+          }
       }
-  }
 }
 
 TEST(TensorTypes, HalfAndBfloatConversionsRoundToNearestEven) {

@@ -21,16 +21,22 @@ inline float h2f(uint16_t h) {
   return f;
 }
 
-// Row `p` of K (which = 0) or V (which = 1) for this layer, as f32 in `row` (or a pointer
-// into the cache when it already is f32).
+// Position p's K (which = 0) or V (which = 1) values for this head, as f32 in `row`. K is
+// stored dimension-major (see KvLayerView), so its values are block_tokens apart.
 inline const float* kv_row(const KvLayerView& kv, const AttentionSeq& s, int p, int which, int kv_head, int hd,
                            float* row) {
   const size_t block = size_t(s.block_table[p / kv.block_tokens]);
-  const size_t off = kv.offset(block, which, kv_head, p);
-  if (kv.type == TensorType::F32) return static_cast<const float*>(kv.pool) + off;
-  const uint16_t* h = static_cast<const uint16_t*>(kv.pool) + off;
+  const size_t first = which == 0 ? kv.k_index(block, kv_head, p, 0) : kv.v_index(block, kv_head, p, 0);
+  const size_t stride = which == 0 ? size_t(kv.block_tokens) : 1;
+  if (kv.type == TensorType::F32) {
+    const float* f = static_cast<const float*>(kv.pool) + first;
+    if (stride == 1) return f;
+    for (int i = 0; i < hd; ++i) row[i] = f[size_t(i) * stride];
+    return row;
+  }
+  const uint16_t* h = static_cast<const uint16_t*>(kv.pool) + first;
 #pragma omp simd
-  for (int i = 0; i < hd; ++i) row[i] = h2f(h[i]);
+  for (int i = 0; i < hd; ++i) row[i] = h2f(h[size_t(i) * stride]);
   return row;
 }
 
@@ -47,7 +53,7 @@ TUTTI_CLONES void attend_group(const KvLayerView& kv, const AttentionSeq& s, int
     const int blocks = (n + kv.block_tokens - 1) / kv.block_tokens;
     for (int which = 0; which < 2; ++which)
       for (int b = 0; b < blocks; ++b) {
-        const char* base = static_cast<const char*>(kv.pool) + kv.offset(size_t(s.block_table[b]), which, kv_head, 0) * elem;
+        const char* base = static_cast<const char*>(kv.pool) + kv.run(size_t(s.block_table[b]), which, kv_head) * elem;
         for (size_t off = 0; off < run; off += 64) __builtin_prefetch(base + off, 0, 2);
       }
   }

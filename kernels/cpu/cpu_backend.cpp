@@ -193,16 +193,18 @@ class CpuBackend final : public Backend {
         const int pos = s.first_pos + i;
         const size_t block = size_t(s.block_table[pos / kv.block_tokens]);
         for (int h = 0; h < n_heads; ++h) {
-          const size_t src = size_t(s.row + i) * kv.kv_dim + size_t(h) * kv.head_dim;
-          const size_t kdst = kv.offset(block, 0, h, pos), vdst = kv.offset(block, 1, h, pos);
+          const float* ks = k + size_t(s.row + i) * kv.kv_dim + size_t(h) * kv.head_dim;
+          const float* vs = v + size_t(s.row + i) * kv.kv_dim + size_t(h) * kv.head_dim;
+          const size_t v_dst = kv.v_index(block, h, pos, 0), k_dst = kv.k_index(block, h, pos, 0);
+          const size_t k_stride = size_t(kv.block_tokens);  // K is dimension-major
           if (kv.type == TensorType::F16) {
             auto* pool = static_cast<uint16_t*>(kv.pool);
-            cpu::f32_to_f16(k + src, pool + kdst, size_t(kv.head_dim));
-            cpu::f32_to_f16(v + src, pool + vdst, size_t(kv.head_dim));
+            cpu::f32_to_f16(vs, pool + v_dst, size_t(kv.head_dim));
+            for (int d = 0; d < kv.head_dim; ++d) pool[k_dst + size_t(d) * k_stride] = fp32_to_fp16(ks[d]);
           } else {
             auto* pool = static_cast<float*>(kv.pool);
-            std::memcpy(pool + kdst, k + src, size_t(kv.head_dim) * 4);
-            std::memcpy(pool + vdst, v + src, size_t(kv.head_dim) * 4);
+            std::memcpy(pool + v_dst, vs, size_t(kv.head_dim) * 4);
+            for (int d = 0; d < kv.head_dim; ++d) pool[k_dst + size_t(d) * k_stride] = ks[d];
           }
         }
       }
@@ -221,7 +223,7 @@ class CpuBackend final : public Backend {
       const int blocks = (s.first_pos + s.n_tokens - 1) / kv.block_tokens + 1;
       for (int b = 0; b < blocks && budget >= 2 * run; ++b, budget -= 2 * run)
         for (int which = 0; which < 2; ++which) {
-          const char* base = static_cast<const char*>(kv.pool) + kv.offset(size_t(s.block_table[b]), which, 0, 0) * elem;
+          const char* base = static_cast<const char*>(kv.pool) + kv.run(size_t(s.block_table[b]), which, 0) * elem;
           for (size_t off = 0; off < run; off += 64) __builtin_prefetch(base + off, 0, 1);
         }
     }
@@ -257,7 +259,7 @@ class CpuBackend final : public Backend {
         const int blocks = std::min(2, (as.first_pos + ahead.i) / kv.block_tokens + 1);
         for (int b = 0; b < blocks; ++b)
           for (int which = 0; which < 2; ++which) {
-            const char* base = static_cast<const char*>(kv.pool) + kv.offset(size_t(as.block_table[b]), which, ag, 0) * elem;
+            const char* base = static_cast<const char*>(kv.pool) + kv.run(size_t(as.block_table[b]), which, ag) * elem;
             for (size_t off = 0; off < size_t(kv.block_tokens) * size_t(sh.head_dim) * elem; off += 64) __builtin_prefetch(base + off);
           }
       }
