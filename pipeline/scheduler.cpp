@@ -1,0 +1,239 @@
+#include "pipeline/scheduler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace tutti {
+
+const char* request_class_name(RequestClass c) {
+  switch (c) {
+    case RequestClass::Realtime: return "realtime";
+    case RequestClass::Interactive: return "interactive";
+    case RequestClass::Batch: return "batch";
+  }
+  return "unknown";
+}
+
+std::optional<RequestClass> parse_request_class(const std::string& name) {
+  for (RequestClass c : {RequestClass::Realtime, RequestClass::Interactive, RequestClass::Batch})
+    if (name == request_class_name(c)) return c;
+  return std::nullopt;
+}
+
+Status SchedulerConfig::validate() const {
+  if (max_sequences_per_step < 1) return Error{"max_sequences_per_step must be at least 1"};
+  if (step_token_budget < max_sequences_per_step)
+    return Error{"step_token_budget must be at least max_sequences_per_step (one token per sequence)"};
+  if (prefill_chunk < 1) return Error{"prefill_chunk must be at least 1"};
+  if (max_waiting < 0 || max_running < 1) return Error{"max_waiting must be >= 0 and max_running >= 1"};
+  return Status::Ok();
+}
+
+Scheduler::Scheduler(SchedulerConfig config, KvCapacity& kv) : config_(config), kv_(kv) {}
+
+Status Scheduler::submit(SequenceRequest r, double now) {
+  if (r.prompt.empty()) return Error{"request " + std::to_string(r.id) + " has an empty prompt"};
+  if (r.max_new_tokens < 1) return Error{"max_new_tokens must be at least 1"};
+  if (seqs_.count(r.id) || done_.count(r.id)) return Error{"request id " + std::to_string(r.id) + " is already in use"};
+  if (r.cls == RequestClass::Realtime && !(r.pacing.tokens_per_second > 0 && r.pacing.low_watermark_s >= 0 &&
+                                          r.pacing.high_watermark_s > r.pacing.low_watermark_s))
+    return Error{"a realtime request needs a positive rate and low < high watermarks"};
+  const int64_t total = int64_t(r.prompt.size()) + r.max_new_tokens;
+  const int64_t capacity = int64_t(kv_.total_blocks()) * kv_.block_tokens();
+  if (total > capacity)
+    return Error{"request needs " + std::to_string(total) + " tokens of context; the KV cache holds " +
+                 std::to_string(capacity)};
+  if (int(waiting_.size()) >= config_.max_waiting)
+    return Error{"busy: " + std::to_string(waiting_.size()) + " requests are already waiting"};
+  Sequence s;
+  s.tokens = r.prompt;
+  s.stats.cls = r.cls;
+  s.stats.arrival = now;
+  s.req = std::move(r);
+  const int64_t id = s.req.id;
+  seqs_.emplace(id, std::move(s));
+  waiting_.push_back(id);
+  return Status::Ok();
+}
+
+void Scheduler::cancel(int64_t id) {
+  auto it = seqs_.find(id);
+  if (it != seqs_.end()) it->second.cancelled = true;
+}
+
+void Scheduler::release(Sequence& s) {
+  if (s.running) kv_.release(s.req.id);
+  s.running = false;
+  s.computed = 0;
+  running_.erase(std::remove(running_.begin(), running_.end(), s.req.id), running_.end());
+  waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), s.req.id), waiting_.end());
+}
+
+void Scheduler::preempt(Sequence& s, StepPlan& plan) {
+  // Drop its cache; it goes back to the front of the queue and recomputes prompt and the
+  // tokens generated so far when it runs again (its output so far stays delivered).
+  release(s);
+  s.stats.preemptions++;
+  waiting_.push_front(s.req.id);
+  plan.preempted.push_back(s.req.id);
+}
+
+double Scheduler::lead_of(const Sequence& s, double now) const {
+  if (s.req.cls != RequestClass::Realtime || s.stream_start < 0) return std::numeric_limits<double>::infinity();
+  const double rate = s.req.pacing.tokens_per_second;
+  return s.generated / rate - (now - s.stream_start);
+}
+
+double Scheduler::lead(int64_t id, double now) const {
+  auto it = seqs_.find(id);
+  return it == seqs_.end() ? 0 : lead_of(it->second, now);
+}
+
+void Scheduler::note_underrun(Sequence& s, double now) {
+  // Playback has caught up with generation: the listener hears a gap. Playback waits for
+  // data, so its clock moves by the gap.
+  const double l = lead_of(s, now);
+  if (l < 0) {
+    s.stats.underruns++;
+    s.stream_start += -l;
+  }
+}
+
+const SequenceStats* Scheduler::stats(int64_t id) const {
+  if (auto it = seqs_.find(id); it != seqs_.end()) return &it->second.stats;
+  if (auto it = done_.find(id); it != done_.end()) return &it->second;
+  return nullptr;
+}
+
+StepPlan Scheduler::plan(double now) {
+  StepPlan plan;
+  // Cancellations first: their blocks are free for this very step.
+  for (auto it = seqs_.begin(); it != seqs_.end();) {
+    if (it->second.cancelled) {
+      release(it->second);
+      it->second.stats.finished = true;
+      done_[it->first] = it->second.stats;
+      plan.cancelled.push_back(it->first);
+      it = seqs_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+
+  // Rank every sequence that has work.
+  std::vector<Candidate> cands;
+  auto consider = [&](int64_t id) {
+    Sequence& s = seqs_.at(id);
+    const bool decode = s.decoding();
+    const double arrival = s.stats.arrival;
+    switch (s.req.cls) {
+      case RequestClass::Realtime:
+        if (!decode) {
+          cands.push_back({&s, 2, arrival});
+        } else if (!config_.pacing) {
+          cands.push_back({&s, 1, arrival});
+        } else {
+          note_underrun(s, now);
+          const double l = lead_of(s, now);
+          const double deadline = s.stream_start + s.generated / s.req.pacing.tokens_per_second;
+          if (l < s.req.pacing.low_watermark_s)
+            cands.push_back({&s, 0, deadline});
+          else if (l < s.req.pacing.high_watermark_s)
+            cands.push_back({&s, 3, deadline});
+          // else: far enough ahead; skips this step
+        }
+        break;
+      case RequestClass::Interactive:
+        cands.push_back({&s, decode ? 1 : 2, arrival});
+        break;
+      case RequestClass::Batch:
+        cands.push_back({&s, decode ? 4 : 5, arrival});
+        break;
+    }
+  };
+  for (int64_t id : running_) consider(id);
+  for (int64_t id : waiting_) consider(id);
+  std::stable_sort(cands.begin(), cands.end(),
+                   [](const Candidate& a, const Candidate& b) { return a.tier != b.tier ? a.tier < b.tier : a.key < b.key; });
+
+  auto class_rank = [](RequestClass c) { return c == RequestClass::Realtime ? 0 : c == RequestClass::Interactive ? 1 : 2; };
+  std::vector<int64_t> planned;
+  int tokens_left = config_.step_token_budget, planned_blocks = 0;
+  for (const Candidate& c : cands) {
+    if (int(plan.batch.chunks.size()) >= config_.max_sequences_per_step || tokens_left <= 0) break;
+    Sequence& s = *c.seq;
+    if (!s.running && int(running_.size()) >= config_.max_running) continue;
+    const int remaining = int(s.tokens.size()) - s.computed;
+    int n = s.decoding() ? 1 : std::min({remaining, config_.prefill_chunk, tokens_left});
+    auto free_blocks = [&] { return kv_.free_blocks() - planned_blocks; };
+    int need = kv_.blocks_needed(s.req.id, s.computed + n);
+    // Make room by preempting lower-class work that is not in this step, newest first.
+    while (need > free_blocks()) {
+      Sequence* victim = nullptr;
+      for (int64_t id : running_) {
+        Sequence& v = seqs_.at(id);
+        if (&v == &s || std::find(planned.begin(), planned.end(), id) != planned.end()) continue;
+        if (class_rank(v.req.cls) <= class_rank(s.req.cls)) continue;
+        if (!victim || class_rank(v.req.cls) > class_rank(victim->req.cls) ||
+            (class_rank(v.req.cls) == class_rank(victim->req.cls) && v.stats.arrival > victim->stats.arrival))
+          victim = &v;
+      }
+      if (!victim) break;
+      preempt(*victim, plan);
+    }
+    // A prefill chunk may shrink to what fits; a decode needs its one token.
+    while (n > 1 && need > free_blocks()) {
+      n /= 2;
+      need = kv_.blocks_needed(s.req.id, s.computed + n);
+    }
+    if (need > free_blocks()) continue;  // waits for blocks
+    SequenceChunk chunk;
+    chunk.seq_id = s.req.id;
+    chunk.start_pos = s.computed;
+    chunk.tokens.assign(s.tokens.begin() + s.computed, s.tokens.begin() + s.computed + n);
+    plan.batch.chunks.push_back(std::move(chunk));
+    plan.samples.push_back(s.computed + n == int(s.tokens.size()));
+    plan.tokens += n;
+    planned.push_back(s.req.id);
+    planned_blocks += need;
+    tokens_left -= n;
+    if (!s.running) {
+      s.running = true;
+      waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), s.req.id), waiting_.end());
+      running_.push_back(s.req.id);
+    }
+  }
+  return plan;
+}
+
+std::vector<int64_t> Scheduler::on_step_done(const StepPlan& plan, const std::vector<TokenOutcome>& tokens, double now) {
+  std::vector<int64_t> finished;
+  size_t next = 0;
+  for (size_t i = 0; i < plan.batch.chunks.size(); ++i) {
+    const SequenceChunk& chunk = plan.batch.chunks[i];
+    auto it = seqs_.find(chunk.seq_id);
+    if (it == seqs_.end()) continue;
+    Sequence& s = it->second;
+    s.computed = chunk.start_pos + int(chunk.tokens.size());
+    if (!plan.samples[i] || next >= tokens.size()) continue;
+    const TokenOutcome& out = tokens[next++];
+    if (s.req.cls == RequestClass::Realtime && s.stream_start >= 0) note_underrun(s, now);
+    s.tokens.push_back(out.token);
+    s.generated++;
+    s.stats.generated = s.generated;
+    s.stats.token_times.push_back(now);
+    if (s.stats.first_token < 0) s.stats.first_token = now;
+    if (s.req.cls == RequestClass::Realtime && s.stream_start < 0) s.stream_start = now;  // playback starts
+    if (out.stop || s.generated >= s.req.max_new_tokens) {
+      release(s);
+      s.stats.finished = true;
+      done_[s.req.id] = s.stats;
+      finished.push_back(s.req.id);
+      seqs_.erase(it);
+    }
+  }
+  return finished;
+}
+
+}  // namespace tutti

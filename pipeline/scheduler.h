@@ -1,0 +1,174 @@
+// Continuous batching with playback-deadline pacing: which sequences run in the next
+// forward step, and how many tokens each. Plain logic with no threads, clocks or model:
+// the executor calls plan(now), runs the step, and reports back with on_step_done(), so
+// tests drive it with a fake clock and a fake step cost.
+//
+// Classes and priority (highest first) when pacing is on:
+//   1. realtime streams close to their deadline (playback lead under the low watermark),
+//      earliest deadline first;
+//   2. interactive decodes, then interactive and realtime prefills (time to first token);
+//   3. realtime streams between the watermarks;
+//   4. batch decodes and prefills.
+// Realtime streams at or above the high watermark skip the step, so their capacity goes to
+// text. With pacing off, realtime streams are plain decodes that run every step.
+//
+// Every step respects a token budget: a long prompt is prefilled in chunks, so it never
+// stalls tokens already streaming. KV blocks are checked before a sequence is planned; when
+// they run out, batch work is preempted first (its cache is dropped and recomputed later).
+//
+// Not thread-safe: owned by the executor (one thread).
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "pipeline/batch.h"
+#include "pipeline/expected.h"
+#include "pipeline/kv_cache.h"
+
+namespace tutti {
+
+enum class RequestClass : uint8_t { Realtime, Interactive, Batch };
+const char* request_class_name(RequestClass c);
+std::optional<RequestClass> parse_request_class(const std::string& name);
+
+// A realtime stream is consumed at `tokens_per_second` once its first token is out. Lead is
+// how far generation is ahead of playback, in seconds of playback.
+struct RealtimePacing {
+  double tokens_per_second = 50;
+  double low_watermark_s = 0.2;   // below: urgent
+  double high_watermark_s = 0.6;  // at or above: skip steps
+};
+
+struct SchedulerConfig {
+  int max_sequences_per_step = 32;
+  int step_token_budget = 512;   // decode tokens + prefill chunk tokens per step
+  int prefill_chunk = 256;       // most prompt tokens of one sequence per step
+  int max_waiting = 64;          // admission queue; beyond it requests are refused (busy)
+  int max_running = 64;          // sequences holding KV at once
+  bool pacing = true;            // false: realtime streams decode every step (the baseline)
+  Status validate() const;
+};
+
+struct SequenceRequest {
+  int64_t id = 0;
+  RequestClass cls = RequestClass::Interactive;
+  std::vector<int32_t> prompt;
+  int max_new_tokens = 16;
+  RealtimePacing pacing;  // realtime only
+};
+
+// What the scheduler needs from the KV cache; PagedKvCache through KvCacheCapacity, a
+// fake in tests. Blocks are reserved by the forward pass, released by the scheduler.
+class KvCapacity {
+ public:
+  virtual ~KvCapacity() = default;
+  virtual int free_blocks() const = 0;
+  virtual int total_blocks() const = 0;
+  virtual int block_tokens() const = 0;
+  virtual int blocks_needed(int64_t seq, int n_tokens) const = 0;
+  virtual void release(int64_t seq) = 0;
+};
+
+class KvCacheCapacity final : public KvCapacity {
+ public:
+  explicit KvCacheCapacity(PagedKvCache& kv) : kv_(kv) {}
+  int free_blocks() const override { return kv_.free_blocks(); }
+  int total_blocks() const override { return kv_.total_blocks(); }
+  int block_tokens() const override { return kv_.config().block_tokens; }
+  int blocks_needed(int64_t seq, int n) const override { return kv_.blocks_needed(seq, n); }
+  void release(int64_t seq) override { kv_.release(seq); }
+
+ private:
+  PagedKvCache& kv_;
+};
+
+// One step: the batch to run, and which of its chunks produce a token (their last logits
+// are sampled). Sequences dropped since the last plan are listed so the caller can tell
+// their clients.
+struct StepPlan {
+  Batch batch;
+  std::vector<bool> samples;            // per chunk
+  std::vector<int64_t> preempted;       // cache dropped this step; will be recomputed
+  std::vector<int64_t> cancelled;       // removed this step, KV released
+  int tokens = 0;
+  bool empty() const { return batch.chunks.empty(); }
+};
+
+// Outcome of a step for one sequence that produced a token.
+struct TokenOutcome {
+  int64_t seq = 0;
+  int32_t token = 0;
+  bool stop = false;  // the executor saw a stop token: finish the sequence
+};
+
+struct SequenceStats {
+  RequestClass cls = RequestClass::Interactive;
+  double arrival = 0;
+  double first_token = -1;          // time the first token came out, -1 if none yet
+  std::vector<double> token_times;  // when each generated token came out
+  int generated = 0;
+  int underruns = 0;                // realtime: times playback caught up with generation
+  int preemptions = 0;
+  bool finished = false;
+};
+
+class Scheduler {
+ public:
+  Scheduler(SchedulerConfig config, KvCapacity& kv);
+
+  // Admits a request, or refuses it with an Error saying why (queue full: busy; prompt
+  // plus max_new_tokens can never fit the cache; duplicate id; empty prompt).
+  Status submit(SequenceRequest request, double now);
+  // Marks a sequence for removal; the next plan() releases its KV. Unknown ids are ignored.
+  void cancel(int64_t id);
+
+  StepPlan plan(double now);
+  // Applies a completed step: tokens for the sampled chunks, in the order of plan.samples.
+  // Returns the ids of sequences that finished (KV released).
+  std::vector<int64_t> on_step_done(const StepPlan& plan, const std::vector<TokenOutcome>& tokens, double now);
+
+  // Realtime lead in seconds at `now` (generated minus played, at the stream's rate).
+  double lead(int64_t id, double now) const;
+  const SequenceStats* stats(int64_t id) const;
+  int waiting() const { return int(waiting_.size()); }
+  int running() const { return int(running_.size()); }
+  bool idle() const { return waiting_.empty() && running_.empty(); }
+  const SchedulerConfig& config() const { return config_; }
+
+ private:
+  struct Sequence {
+    SequenceRequest req;
+    std::vector<int32_t> tokens;  // prompt + generated: everything whose KV must exist
+    int computed = 0;             // tokens with KV in the cache
+    int generated = 0;
+    double stream_start = -1;     // realtime: playback clock origin (moves on underrun)
+    bool cancelled = false;
+    bool running = false;
+    SequenceStats stats;
+    bool decoding() const { return computed == int(tokens.size()) - 1 && generated > 0; }
+  };
+  struct Candidate {
+    Sequence* seq;
+    int tier;         // lower runs first
+    double key;       // order inside the tier
+  };
+
+  void release(Sequence& s);
+  void preempt(Sequence& s, StepPlan& plan);
+  double lead_of(const Sequence& s, double now) const;
+  void note_underrun(Sequence& s, double now);
+
+  SchedulerConfig config_;
+  KvCapacity& kv_;
+  std::map<int64_t, Sequence> seqs_;  // every sequence not yet finished
+  std::deque<int64_t> waiting_;       // admitted, holding no KV (arrival order; preempted go first)
+  std::vector<int64_t> running_;      // holding KV
+  std::map<int64_t, SequenceStats> done_;
+};
+
+}  // namespace tutti
