@@ -62,6 +62,15 @@ void Scheduler::cancel(int64_t id) {
   if (it != seqs_.end()) it->second.cancelled = true;
 }
 
+void Scheduler::remove(int64_t id) {
+  auto it = seqs_.find(id);
+  if (it == seqs_.end()) return;
+  release(it->second);
+  it->second.stats.finished = true;
+  done_[id] = it->second.stats;
+  seqs_.erase(it);
+}
+
 void Scheduler::release(Sequence& s) {
   if (s.running) kv_.release(s.req.id);
   s.running = false;

@@ -126,6 +126,8 @@ class Scheduler {
   Status submit(SequenceRequest request, double now);
   // Marks a sequence for removal; the next plan() releases its KV. Unknown ids are ignored.
   void cancel(int64_t id);
+  // Removes a sequence at once (its step failed): KV released, stats kept.
+  void remove(int64_t id);
 
   StepPlan plan(double now);
   // Applies a completed step: tokens for the sampled chunks, in the order of plan.samples.

@@ -1,0 +1,84 @@
+#include "pipeline/engine.h"
+
+#include <chrono>
+
+namespace tutti {
+
+const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::None: return "none";
+    case FinishReason::Length: return "length";
+    case FinishReason::Stop: return "stop";
+    case FinishReason::Cancelled: return "cancelled";
+    case FinishReason::Error: return "error";
+  }
+  return "unknown";
+}
+
+Engine::Engine(Model& model, std::unique_ptr<PagedKvCache> kv, SchedulerConfig config, const Tokenizer* tokenizer)
+    : model_(model), kv_(std::move(kv)), capacity_(*kv_), scheduler_(config, capacity_), tokenizer_(tokenizer) {}
+
+Status Engine::submit(EngineRequest r, double now) {
+  const int n_vocab = int(model_.hparams().n_vocab);
+  if (Status s = validate(r.sampling, n_vocab); !s) return s;
+  for (int32_t t : r.seq.prompt)
+    if (t < 0 || t >= n_vocab) return Error{"prompt token " + std::to_string(t) + " is outside the vocabulary"};
+  const int64_t id = r.seq.id;
+  if (live_.count(id)) return Error{"request id " + std::to_string(id) + " is already in use"};
+  if (Status s = scheduler_.submit(std::move(r.seq), now); !s) return s;
+  Sampler sampler(std::move(r.sampling));
+  live_.emplace(id, Live{std::move(sampler), r.stop_at_eog});
+  return Status::Ok();
+}
+
+std::vector<EngineEvent> Engine::step(double now, EngineStepStats* stats) {
+  std::vector<EngineEvent> events;
+  StepPlan plan = scheduler_.plan(now);
+  for (int64_t id : plan.cancelled) {
+    live_.erase(id);
+    events.push_back({id, -1, -1, FinishReason::Cancelled, {}});
+  }
+  if (plan.empty()) return events;
+
+  const auto t0 = std::chrono::steady_clock::now();
+  const int n_vocab = int(model_.hparams().n_vocab);
+  if (Status s = model_.forward(plan.batch, *kv_, logits_); !s) {
+    // A failed step ends the sequences it carried, each with the reason; the rest go on.
+    for (const SequenceChunk& c : plan.batch.chunks) {
+      scheduler_.remove(c.seq_id);
+      live_.erase(c.seq_id);
+      events.push_back({c.seq_id, -1, -1, FinishReason::Error, s.message()});
+    }
+    return events;
+  }
+  std::vector<TokenOutcome> outcomes;
+  std::vector<size_t> event_of;  // index into events for each outcome
+  for (size_t i = 0; i < plan.batch.chunks.size(); ++i) {
+    if (!plan.samples[i]) continue;
+    const int64_t id = plan.batch.chunks[i].seq_id;
+    Live& live = live_.at(id);
+    const int32_t token = live.sampler.sample(logits_.last_of(i, plan.batch), n_vocab);
+    const bool stop = token < 0 || live.sampler.is_stop(token) ||
+                      (live.stop_at_eog && tokenizer_ && tokenizer_->is_end_of_generation(token));
+    outcomes.push_back({id, token < 0 ? 0 : token, stop});
+    const SequenceStats* st = scheduler_.stats(id);
+    EngineEvent e{id, stop ? -1 : token, st ? st->generated : 0, FinishReason::None, {}};
+    if (stop) e.finish = FinishReason::Stop;
+    event_of.push_back(events.size());
+    events.push_back(e);
+  }
+  const std::vector<int64_t> finished = scheduler_.on_step_done(plan, outcomes, now);
+  for (int64_t id : finished) {
+    live_.erase(id);
+    for (size_t k : event_of)
+      if (events[k].seq == id && events[k].finish == FinishReason::None) events[k].finish = FinishReason::Length;
+  }
+  if (stats) {
+    stats->sequences = int(plan.batch.chunks.size());
+    stats->tokens = plan.tokens;
+    stats->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  return events;
+}
+
+}  // namespace tutti

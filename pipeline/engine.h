@@ -1,0 +1,75 @@
+// The executor's engine: one step loop over the model for many sequences at once. It owns
+// the KV cache, the scheduler and each sequence's sampler; each step() asks the scheduler
+// what to run, runs one forward pass, samples the sequences whose chunk completed, and
+// returns what happened as events. No threads, sockets or clocks of its own: the executor
+// actor calls step() and forwards the events; tests call it directly.
+//
+// Ownership: borrows the Model (which must outlive it); owns everything else. Used by one
+// thread.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "pipeline/model.h"
+#include "pipeline/sampler.h"
+#include "pipeline/scheduler.h"
+#include "pipeline/tokenizer.h"
+
+namespace tutti {
+
+struct EngineRequest {
+  SequenceRequest seq;      // id, class, prompt ids, max_new_tokens, pacing
+  SamplingParams sampling;  // stop tokens and masks included
+  bool stop_at_eog = true;  // end at the tokenizer's end-of-generation tokens
+};
+
+enum class FinishReason { None, Length, Stop, Cancelled, Error };
+const char* finish_reason_name(FinishReason r);
+
+// One thing that happened to a sequence during a step.
+struct EngineEvent {
+  int64_t seq = 0;
+  int32_t token = -1;        // a generated token, or -1
+  int index = -1;            // its position among the generated tokens
+  FinishReason finish = FinishReason::None;
+  std::string error;         // for FinishReason::Error
+};
+
+struct EngineStepStats {
+  int sequences = 0, tokens = 0;
+  double seconds = 0;        // forward + sampling
+};
+
+class Engine {
+ public:
+  Engine(Model& model, std::unique_ptr<PagedKvCache> kv, SchedulerConfig config, const Tokenizer* tokenizer);
+
+  // Validates and queues a request; refused with a reason (busy, too long, bad sampling).
+  Status submit(EngineRequest request, double now);
+  void cancel(int64_t id) { scheduler_.cancel(id); }
+  // Runs at most one forward pass; returns the events of this step (empty: nothing to do).
+  std::vector<EngineEvent> step(double now, EngineStepStats* stats = nullptr);
+  bool idle() const { return scheduler_.idle(); }
+
+  const Scheduler& scheduler() const { return scheduler_; }
+  const PagedKvCache& kv_cache() const { return *kv_; }
+  const Model& model() const { return model_; }
+
+ private:
+  struct Live {
+    Sampler sampler;
+    bool stop_at_eog;
+  };
+  Model& model_;
+  std::unique_ptr<PagedKvCache> kv_;
+  KvCacheCapacity capacity_;
+  Scheduler scheduler_;
+  const Tokenizer* tokenizer_;
+  std::map<int64_t, Live> live_;
+  StepLogits logits_;
+};
+
+}  // namespace tutti

@@ -1,0 +1,134 @@
+// The engine's step loop with the real model: batched sequences of every class give the
+// same tokens as each alone (seeded sampling included), stop tokens, cancellation, refusals.
+#include <gtest/gtest.h>
+
+#include <map>
+
+#include "pipeline/engine.h"
+#include "pipeline/generate.h"
+#include "test_support.h"
+
+namespace tutti {
+namespace {
+
+struct Fixture {
+  std::unique_ptr<Backend> backend = make_cpu_backend({2});
+  std::unique_ptr<Model> model;
+  Fixture() {
+    RandomModelSpec spec;
+    spec.dim = 64; spec.layers = 2; spec.heads = 4; spec.kv_heads = 2; spec.ffn = 96; spec.type = TensorType::F32; spec.seed = 3;
+    model = std::move(Model::load(test::random_model(spec, "ref-f32.gguf"), *backend)).value();
+  }
+  std::unique_ptr<Engine> engine(SchedulerConfig c = {}, size_t kv_bytes = 4 << 20) {
+    return std::make_unique<Engine>(*model, std::move(model->make_kv_cache(kv_bytes, TensorType::F32)).value(), c, nullptr);
+  }
+  std::vector<int32_t> alone(const EngineRequest& r) {
+    auto kv = std::move(model->make_kv_cache(4 << 20, TensorType::F32)).value();
+    Sampler sampler(r.sampling);
+    GenerateOptions o;
+    o.max_tokens = r.seq.max_new_tokens;
+    o.stop_at_eog = false;
+    return generate(*model, *kv, nullptr, r.seq.prompt, sampler, o)->tokens;
+  }
+};
+
+EngineRequest make(int64_t id, RequestClass cls, int prompt_len, int n, float temperature = 0, uint64_t seed = 0) {
+  EngineRequest r;
+  r.seq.id = id;
+  r.seq.cls = cls;
+  for (int k = 0; k < prompt_len; ++k) r.seq.prompt.push_back(int32_t((k * 31 + id * 7) % 280 + 4));
+  r.seq.max_new_tokens = n;
+  r.seq.pacing.tokens_per_second = 1000;
+  r.sampling.temperature = temperature;
+  r.sampling.top_k = 40;
+  r.sampling.seed = seed;
+  r.stop_at_eog = false;
+  return r;
+}
+
+// Runs until idle; returns each sequence's tokens and finish reason.
+std::map<int64_t, std::pair<std::vector<int32_t>, FinishReason>> drain(Engine& e, double& now) {
+  std::map<int64_t, std::pair<std::vector<int32_t>, FinishReason>> out;
+  for (int step = 0; step < 500 && !e.idle(); ++step) {
+    for (const EngineEvent& ev : e.step(now)) {
+      if (ev.token >= 0) out[ev.seq].first.push_back(ev.token);
+      if (ev.finish != FinishReason::None) out[ev.seq].second = ev.finish;
+    }
+    now += 0.001;
+  }
+  return out;
+}
+
+TEST(Engine, BatchedSequencesMatchRunsAloneIncludingSeededSampling) {
+  Fixture f;
+  SchedulerConfig c;
+  c.step_token_budget = 20;
+  c.prefill_chunk = 12;
+  auto e = f.engine(c);
+  std::vector<EngineRequest> reqs = {make(1, RequestClass::Interactive, 9, 10), make(2, RequestClass::Realtime, 23, 8),
+                                     make(3, RequestClass::Batch, 17, 12, 0.9f, 42), make(4, RequestClass::Interactive, 5, 6, 1.2f, 7)};
+  double now = 0;
+  for (auto& r : reqs) ASSERT_TRUE(e->submit(r, now).ok());
+  auto got = drain(*e, now);
+  ASSERT_TRUE(e->idle());
+  for (auto& r : reqs) {
+    EXPECT_EQ(got[r.seq.id].first, f.alone(r)) << "sequence " << r.seq.id;
+    EXPECT_EQ(got[r.seq.id].second, FinishReason::Length);
+  }
+  EXPECT_EQ(e->kv_cache().free_blocks(), e->kv_cache().total_blocks());
+}
+
+TEST(Engine, StopTokenEndsTheSequenceWithoutEmittingIt) {
+  Fixture f;
+  auto e = f.engine();
+  EngineRequest r = make(1, RequestClass::Interactive, 8, 10);
+  const auto greedy = f.alone(r);
+  r.sampling.stop_tokens = {greedy[3]};
+  const auto first = std::find(greedy.begin(), greedy.end(), greedy[3]) - greedy.begin();
+  double now = 0;
+  ASSERT_TRUE(e->submit(r, now).ok());
+  auto got = drain(*e, now);
+  EXPECT_EQ(got[1].second, FinishReason::Stop);
+  EXPECT_EQ(got[1].first, std::vector<int32_t>(greedy.begin(), greedy.begin() + first));
+}
+
+TEST(Engine, CancelEndsOneSequenceAndFreesItsBlocks) {
+  Fixture f;
+  auto e = f.engine();
+  double now = 0;
+  ASSERT_TRUE(e->submit(make(1, RequestClass::Interactive, 8, 50), now).ok());
+  ASSERT_TRUE(e->submit(make(2, RequestClass::Interactive, 8, 5), now).ok());
+  size_t before = 0;  // tokens of sequence 2 from the two steps before the cancel
+  for (int i = 0; i < 2; ++i)
+    for (const EngineEvent& ev : e->step(now)) before += ev.seq == 2 && ev.token >= 0;
+  e->cancel(1);
+  auto got = drain(*e, now);
+  EXPECT_EQ(got[1].second, FinishReason::Cancelled);
+  EXPECT_LT(got[1].first.size(), 50u);
+  EXPECT_EQ(got[2].second, FinishReason::Length);
+  EXPECT_EQ(before + got[2].first.size(), 5u);
+  EXPECT_EQ(e->kv_cache().free_blocks(), e->kv_cache().total_blocks());
+}
+
+TEST(Engine, RefusesBadRequestsWithReasons) {
+  Fixture f;
+  SchedulerConfig c;
+  c.max_waiting = 1;
+  auto e = f.engine(c);
+  EngineRequest bad = make(1, RequestClass::Interactive, 4, 4);
+  bad.seq.prompt.push_back(int32_t(f.model->hparams().n_vocab));
+  Status s = e->submit(bad, 0);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("outside the vocabulary"), std::string::npos);
+  EngineRequest sampling = make(2, RequestClass::Interactive, 4, 4);
+  sampling.sampling.top_p = 0;
+  EXPECT_FALSE(e->submit(sampling, 0).ok());
+  ASSERT_TRUE(e->submit(make(3, RequestClass::Interactive, 4, 4), 0).ok());
+  Status busy = e->submit(make(4, RequestClass::Interactive, 4, 4), 0);
+  ASSERT_FALSE(busy.ok());
+  EXPECT_NE(busy.message().find("busy"), std::string::npos);
+  EXPECT_FALSE(e->submit(make(3, RequestClass::Interactive, 4, 4), 0).ok());  // id in use
+}
+
+}  // namespace
+}  // namespace tutti
