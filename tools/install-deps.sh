@@ -8,6 +8,7 @@ packages=(
   build-essential cmake ninja-build pkg-config
   libgtest-dev libgmock-dev
   libicu-dev            # Unicode general categories for the BPE pre-tokenizers
+  libcaf-dev            # C++ Actor Framework 0.17: the serving pipeline's actors
 )
 
 missing=()

@@ -1,0 +1,103 @@
+// The message flow of the serving pipeline on one page: message types and the typed
+// interface of every actor. A request travels
+//
+//   transport/ingress (one per session) --encode--> encoder --register--> decoder
+//                                                     \--submit--> executor --events--> decoder --delta--> sink
+//
+// Encoder: turns request content into token ids (off the executor's thread). Executor: owns
+// the model's engine (weights, KV cache, scheduler) and runs the step loop; the only place
+// the model runs. Decoder: turns each request's new tokens into text deltas, in order, and
+// hands them to the request's sink (the session's transport side).
+//
+// Threads: the executor is a detached actor (its own thread, compute); the others are
+// event-based on CAF's worker threads and never wait on a step. See docs/architecture.md.
+#pragma once
+
+#include <caf/all.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace tutti::actors {
+
+// ---- message payloads
+
+// A text generation request as a transport accepted it.
+struct text_request {
+  int64_t id = 0;                 // unique per server
+  std::string prompt;             // already formatted (chat template applied by the transport)
+  int32_t max_tokens = 16;
+  float temperature = 0.f;
+  float top_p = 1.f;
+  int32_t top_k = 0;
+  uint64_t seed = 0;
+  std::string request_class = "interactive";  // realtime | interactive | batch
+  double tokens_per_second = 0;               // realtime pacing rate
+  bool add_special = true;
+  bool ignore_eos = false;        // keep generating past end-of-generation tokens (benchmarks)
+};
+
+// One executor step's outcome for the requests it advanced (parallel arrays).
+struct step_events {
+  std::vector<int64_t> request;
+  std::vector<int32_t> token;       // -1: no token in this event
+  std::vector<int32_t> finish;      // FinishReason as int
+  std::vector<std::string> error;
+};
+
+// What a sink receives: new text of one request, and at the end why it finished.
+struct text_delta {
+  int64_t request = 0;
+  std::string text;
+  std::string finish_reason;  // empty until the last delta: stop | length | cancelled | error
+  std::string error;
+  int32_t prompt_tokens = 0;
+  int32_t completion_tokens = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, text_request& x) {
+  return f(caf::meta::type_name("text_request"), x.id, x.prompt, x.max_tokens, x.temperature, x.top_p, x.top_k, x.seed,
+           x.request_class, x.tokens_per_second, x.add_special, x.ignore_eos);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, step_events& x) {
+  return f(caf::meta::type_name("step_events"), x.request, x.token, x.finish, x.error);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, text_delta& x) {
+  return f(caf::meta::type_name("text_delta"), x.request, x.text, x.finish_reason, x.error, x.prompt_tokens,
+           x.completion_tokens);
+}
+
+// ---- atoms
+using encode_atom = caf::atom_constant<caf::atom("encode")>;
+using submit_atom = caf::atom_constant<caf::atom("submit")>;
+using cancel_atom = caf::atom_constant<caf::atom("cancel")>;
+using step_atom = caf::atom_constant<caf::atom("step")>;
+using events_atom = caf::atom_constant<caf::atom("events")>;
+using register_atom = caf::atom_constant<caf::atom("register")>;
+using delta_atom = caf::atom_constant<caf::atom("delta")>;
+
+// ---- interfaces
+
+// The transport side of a session: receives the text of its requests as it is produced.
+using sink_actor = caf::typed_actor<caf::reacts_to<delta_atom, text_delta>>;
+
+// Decoder: learns which sink each request belongs to (and its prompt size), then turns step
+// events into deltas for it. A request's deltas leave in token order.
+using decoder_actor = caf::typed_actor<caf::reacts_to<register_atom, int64_t, int32_t, sink_actor>,
+                                       caf::reacts_to<events_atom, step_events>>;
+
+// Executor: admits tokenized requests (replies with nothing; a refusal reaches the sink as a
+// final delta with the error), cancels, and runs the step loop by sending itself step_atom
+// while work remains.
+using executor_actor = caf::typed_actor<caf::reacts_to<submit_atom, text_request, std::vector<int32_t>, sink_actor>,
+                                        caf::reacts_to<cancel_atom, int64_t>, caf::reacts_to<step_atom>>;
+
+// Encoder: tokenizes a request and passes it on; replies with the prompt's token count, or an
+// error (empty prompt, prompt too long) that the transport turns into its protocol's form.
+using encoder_actor = caf::typed_actor<caf::replies_to<encode_atom, text_request, sink_actor>::with<int32_t>>;
+
+}  // namespace tutti::actors

@@ -1,0 +1,178 @@
+#include "actors/pipeline.hpp"
+
+#include <chrono>
+#include <map>
+
+#include "pipeline/engine.h"
+
+namespace tutti::actors {
+
+Status PipelineConfig::validate() const {
+  if (kv_cache_bytes == 0) return Error{"kv cache size must be positive"};
+  return scheduler.validate();
+}
+
+namespace {
+
+double seconds_now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// ---- decoder: token ids to text deltas, per request, in order.
+struct decoder_state {
+  struct Entry {
+    sink_actor sink;
+    StreamingDetokenizer detok;
+    int32_t prompt_tokens = 0;
+    int32_t completion_tokens = 0;
+  };
+  std::shared_ptr<const Tokenizer> tokenizer;
+  std::map<int64_t, Entry> requests;
+};
+
+decoder_actor::behavior_type decoder_impl(decoder_actor::stateful_pointer<decoder_state> self,
+                                          std::shared_ptr<const Tokenizer> tokenizer) {
+  self->state.tokenizer = std::move(tokenizer);
+  return {
+      [=](register_atom, int64_t id, int32_t prompt_tokens, sink_actor sink) {
+        self->state.requests.emplace(
+            id, decoder_state::Entry{std::move(sink), StreamingDetokenizer(*self->state.tokenizer), prompt_tokens, 0});
+      },
+      [=](events_atom, const step_events& ev) {
+        for (size_t i = 0; i < ev.request.size(); ++i) {
+          auto it = self->state.requests.find(ev.request[i]);
+          if (it == self->state.requests.end()) continue;
+          auto& e = it->second;
+          text_delta d;
+          d.request = ev.request[i];
+          if (ev.token[i] >= 0) {
+            ++e.completion_tokens;
+            d.text = e.detok.push(ev.token[i]);
+          }
+          const auto finish = FinishReason(ev.finish[i]);
+          if (finish != FinishReason::None) {
+            d.text += e.detok.flush();
+            d.finish_reason = finish_reason_name(finish);
+            d.error = ev.error[i];
+          }
+          d.prompt_tokens = e.prompt_tokens;
+          d.completion_tokens = e.completion_tokens;
+          if (!d.text.empty() || !d.finish_reason.empty()) self->send(e.sink, delta_atom::value, std::move(d));
+          if (finish != FinishReason::None) self->state.requests.erase(it);
+        }
+      },
+  };
+}
+
+// ---- executor: the engine's step loop on its own thread.
+struct executor_state {
+  std::shared_ptr<const Tokenizer> tokenizer;  // outlives the engine, which borrows it
+  std::shared_ptr<Engine> engine;             // used by this actor's thread only
+  decoder_actor decoder;
+  bool step_pending = false;
+};
+
+void schedule_step(executor_actor::stateful_pointer<executor_state> self) {
+  if (self->state.step_pending) return;
+  self->state.step_pending = true;
+  self->send(self, step_atom::value);
+}
+
+executor_actor::behavior_type executor_impl(executor_actor::stateful_pointer<executor_state> self,
+                                            std::shared_ptr<Engine> engine, std::shared_ptr<const Tokenizer> tokenizer,
+                                            decoder_actor decoder) {
+  self->state.tokenizer = std::move(tokenizer);
+  self->state.engine = std::move(engine);
+  self->state.decoder = decoder;
+  return {
+      [=](submit_atom, const text_request& r, const std::vector<int32_t>& ids, const sink_actor&) {
+        EngineRequest er;
+        er.seq.id = r.id;
+        er.seq.prompt = ids;
+        er.seq.max_new_tokens = r.max_tokens;
+        er.seq.cls = parse_request_class(r.request_class).value_or(RequestClass::Interactive);
+        if (r.tokens_per_second > 0) er.seq.pacing.tokens_per_second = r.tokens_per_second;
+        er.sampling.temperature = r.temperature;
+        er.sampling.top_p = r.top_p;
+        er.sampling.top_k = r.top_k;
+        er.sampling.seed = r.seed;
+        er.stop_at_eog = !r.ignore_eos;
+        if (Status s = self->state.engine->submit(std::move(er), seconds_now()); !s) {
+          // Refused (busy, too long, bad sampling): the request ends at once with the reason.
+          step_events ev;
+          ev.request = {r.id};
+          ev.token = {-1};
+          ev.finish = {int32_t(FinishReason::Error)};
+          ev.error = {s.message()};
+          self->send(self->state.decoder, events_atom::value, std::move(ev));
+          return;
+        }
+        schedule_step(self);
+      },
+      [=](cancel_atom, int64_t id) {
+        self->state.engine->cancel(id);
+        schedule_step(self);
+      },
+      [=](step_atom) {
+        self->state.step_pending = false;
+        std::vector<EngineEvent> events = self->state.engine->step(seconds_now());
+        if (!events.empty()) {
+          step_events ev;
+          for (const EngineEvent& e : events) {
+            ev.request.push_back(e.seq);
+            ev.token.push_back(e.token);
+            ev.finish.push_back(int32_t(e.finish));
+            ev.error.push_back(e.error);
+          }
+          self->send(self->state.decoder, events_atom::value, std::move(ev));
+        }
+        if (!self->state.engine->idle()) schedule_step(self);
+      },
+  };
+}
+
+// ---- encoder: text to token ids, off the executor's thread.
+struct encoder_state {
+  std::shared_ptr<const Tokenizer> tokenizer;
+  executor_actor executor;
+  decoder_actor decoder;
+};
+
+encoder_actor::behavior_type encoder_impl(encoder_actor::stateful_pointer<encoder_state> self,
+                                          std::shared_ptr<const Tokenizer> tokenizer, executor_actor executor,
+                                          decoder_actor decoder) {
+  self->state.tokenizer = std::move(tokenizer);
+  self->state.executor = executor;
+  self->state.decoder = decoder;
+  return {
+      [=](encode_atom, const text_request& r, const sink_actor& sink) -> caf::result<int32_t> {
+        std::vector<int32_t> ids = self->state.tokenizer->encode(r.prompt, r.add_special, false);
+        // Too long for the cache, or no room now: the executor refuses it through the
+        // decoder, as a final delta with the reason.
+        if (ids.empty()) return caf::make_error(caf::sec::invalid_argument, "the prompt is empty");
+        const int32_t n = int32_t(ids.size());
+        // Register before submitting: the decoder's mailbox then sees the registration
+        // before any event the executor produces for this request.
+        self->send(self->state.decoder, register_atom::value, r.id, n, sink);
+        self->send(self->state.executor, submit_atom::value, r, std::move(ids), sink);
+        return n;
+      },
+  };
+}
+
+}  // namespace
+
+Expected<PipelineHandles> spawn_pipeline(caf::actor_system& system, Model& model,
+                                         std::shared_ptr<const Tokenizer> tokenizer, const PipelineConfig& config) {
+  if (Status s = config.validate(); !s) return s.error();
+  auto kv = model.make_kv_cache(config.kv_cache_bytes, config.kv_cache_type);
+  if (!kv) return kv.error();
+  auto engine = std::make_shared<Engine>(model, std::move(kv).value(), config.scheduler, tokenizer.get());
+  PipelineHandles h;
+  h.decoder = system.spawn(decoder_impl, tokenizer);
+  h.executor = system.spawn<caf::detached>(executor_impl, std::move(engine), tokenizer, h.decoder);
+  h.encoder = system.spawn(encoder_impl, tokenizer, h.executor, h.decoder);
+  return h;
+}
+
+}  // namespace tutti::actors

@@ -1,0 +1,33 @@
+// Spawning the serving pipeline's actors (see actors.hpp for the message flow): one encoder,
+// one executor (detached: it owns a compute thread), one decoder. Each actor's config,
+// state and behaviour live in actors/pipeline.cpp; the logic they run is in pipeline/
+// (Tokenizer, Engine, StreamingDetokenizer), tested without actors.
+#pragma once
+
+#include <memory>
+
+#include "actors/actors.hpp"
+#include "pipeline/model.h"
+#include "pipeline/scheduler.h"
+#include "pipeline/tokenizer.h"
+
+namespace tutti::actors {
+
+struct PipelineConfig {
+  size_t kv_cache_bytes = size_t(256) << 20;
+  TensorType kv_cache_type = TensorType::F16;
+  SchedulerConfig scheduler;
+  Status validate() const;
+};
+
+struct PipelineHandles {
+  encoder_actor encoder;
+  executor_actor executor;
+  decoder_actor decoder;
+};
+
+// `model` and `tokenizer` must outlive the actors (the executor borrows the model).
+Expected<PipelineHandles> spawn_pipeline(caf::actor_system& system, Model& model,
+                                         std::shared_ptr<const Tokenizer> tokenizer, const PipelineConfig& config);
+
+}  // namespace tutti::actors

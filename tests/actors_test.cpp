@@ -1,0 +1,150 @@
+// The actor pipeline (encoder -> executor -> decoder -> sink) on CAF's real scheduler: streamed
+// text equals the engine's tokens detokenized, requests interleave, cancel and refusals end a
+// request with a reason, and other requests go on.
+#include <gtest/gtest.h>
+
+#include <map>
+
+#include "actors/pipeline.hpp"
+#include "pipeline/generate.h"
+#include "test_support.h"
+
+namespace tutti {
+namespace {
+
+using namespace tutti::actors;
+
+// A sink that forwards every delta to a plain actor handle (a scoped_actor in the test).
+sink_actor::behavior_type forwarder(sink_actor::pointer self, caf::actor target) {
+  return {[=](delta_atom, const text_delta& d) { caf::anon_send(target, d); }};
+}
+
+struct Result {
+  std::string text, finish, error;
+  int completion_tokens = 0;
+};
+
+struct PipelineFixture : ::testing::Test {
+  std::unique_ptr<Backend> backend = make_cpu_backend({1});
+  std::unique_ptr<Model> model;
+  std::shared_ptr<const Tokenizer> tokenizer;
+  caf::actor_system_config cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  PipelineHandles pipe;
+
+  void start(PipelineConfig pc = {}) {
+    RandomModelSpec spec;
+    spec.dim = 64; spec.layers = 2; spec.heads = 4; spec.kv_heads = 2; spec.ffn = 96; spec.type = TensorType::F32; spec.seed = 3;
+    model = std::move(Model::load(test::random_model(spec, "ref-f32.gguf"), *backend)).value();
+    tokenizer = std::shared_ptr<const Tokenizer>(std::move(Tokenizer::from_gguf(model->file())).value());
+    cfg.set("scheduler.max-threads", 2);
+    sys = std::make_unique<caf::actor_system>(cfg);
+    pc.kv_cache_bytes = 4 << 20;
+    pc.kv_cache_type = TensorType::F32;
+    auto h = spawn_pipeline(*sys, *model, tokenizer, pc);
+    ASSERT_TRUE(h) << h.error().message;
+    pipe = *h;
+  }
+  ~PipelineFixture() override {
+    if (!sys) return;
+    caf::anon_send_exit(pipe.encoder, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(pipe.executor, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(pipe.decoder, caf::exit_reason::user_shutdown);
+  }
+
+  // Sends requests, collects deltas until every one has finished.
+  std::map<int64_t, Result> run(const std::vector<text_request>& reqs, const std::function<void(caf::scoped_actor&)>& after_send = {}) {
+    caf::scoped_actor self{*sys};
+    auto sink = sys->spawn(forwarder, caf::actor_cast<caf::actor>(self));
+    std::map<int64_t, Result> out;
+    for (const text_request& r : reqs) {
+      self->request(pipe.encoder, caf::infinite, encode_atom::value, r, sink)
+          .receive([](int32_t n) { EXPECT_GT(n, 0); }, [&](caf::error& e) { out[r.id].error = sys->render(e); out[r.id].finish = "refused"; });
+    }
+    if (after_send) after_send(self);
+    size_t finished = 0;
+    for (auto& [id, r] : out) finished += !r.finish.empty();
+    while (finished < reqs.size()) {
+      bool timed_out = false;
+      self->receive([&](const text_delta& d) {
+        Result& r = out[d.request];
+        r.text += d.text;
+        r.completion_tokens = d.completion_tokens;
+        if (!d.finish_reason.empty()) {
+          r.finish = d.finish_reason;
+          r.error = d.error;
+          ++finished;
+        }
+      }, caf::after(std::chrono::seconds(20)) >> [&] { timed_out = true; });
+      if (timed_out) {
+        ADD_FAILURE() << "timed out waiting for deltas";
+        break;
+      }
+    }
+    caf::anon_send_exit(sink, caf::exit_reason::user_shutdown);
+    return out;
+  }
+
+  // The text a stream of this request must carry: its tokens generated alone, through the
+  // same streaming detokenizer (which replaces bytes that never form UTF-8 with U+FFFD).
+  std::pair<std::string, size_t> alone(const std::string& prompt, int max_tokens) {
+    auto kv = std::move(model->make_kv_cache(4 << 20, TensorType::F32)).value();
+    Sampler sampler({});
+    GenerateOptions o;
+    o.max_tokens = max_tokens;
+    auto r = generate(*model, *kv, tokenizer.get(), tokenizer->encode(prompt), sampler, o);
+    StreamingDetokenizer d(*tokenizer);
+    std::string text;
+    for (int32_t t : r->tokens) text += d.push(t);
+    return {text + d.flush(), r->tokens.size()};
+  }
+};
+
+text_request req(int64_t id, std::string prompt, int max_tokens, std::string cls = "interactive") {
+  text_request r;
+  r.id = id;
+  r.prompt = std::move(prompt);
+  r.max_tokens = max_tokens;
+  r.request_class = std::move(cls);
+  r.tokens_per_second = 200;
+  return r;
+}
+
+TEST_F(PipelineFixture, StreamsTheSameTextAsGenerationAlone) {
+  start();
+  const std::vector<text_request> reqs = {req(1, "Hello world", 12), req(2, "The quick brown fox", 9, "realtime"),
+                                          req(3, "tutti streams", 15, "batch")};
+  auto out = run(reqs);
+  for (const text_request& r : reqs) {
+    const auto [text, n] = alone(r.prompt, r.max_tokens);
+    EXPECT_EQ(out[r.id].finish, int(n) == r.max_tokens ? "length" : "stop") << r.id << ": " << out[r.id].error;
+    EXPECT_EQ(out[r.id].completion_tokens, int(n));
+    EXPECT_EQ(out[r.id].text, text) << r.id;
+  }
+}
+
+TEST_F(PipelineFixture, CancelAndRefusalEndOnlyTheirRequests) {
+  PipelineConfig pc;
+  pc.scheduler.max_waiting = 64;
+  start(pc);
+  text_request empty = req(3, "", 4);
+  empty.add_special = false;  // no BOS: nothing to run
+  text_request endless = req(1, "Hello world", 8000);  // seconds of work unless cancelled
+  endless.ignore_eos = true;
+  std::vector<text_request> reqs = {endless, req(2, "Hello there", 6), empty};
+  auto out = run(reqs, [&](caf::scoped_actor& self) {
+    self->send<caf::message_priority::high>(pipe.executor, cancel_atom::value, int64_t(1));
+  });
+  EXPECT_EQ(out[1].finish, "cancelled");
+  EXPECT_LT(out[1].completion_tokens, 8000);
+  EXPECT_EQ(out[2].finish, alone("Hello there", 6).second == 6 ? "length" : "stop");
+  EXPECT_EQ(out[3].finish, "refused");
+  EXPECT_NE(out[3].error.find("empty"), std::string::npos) << out[3].error;
+  // A request longer than the whole cache is refused by the executor with the reason.
+  auto big = run({req(4, "Hello world", 1 << 20)});
+  EXPECT_EQ(big[4].finish, "error");
+  EXPECT_NE(big[4].error.find("KV cache holds"), std::string::npos) << big[4].error;
+}
+
+}  // namespace
+}  // namespace tutti
