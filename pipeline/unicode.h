@@ -12,6 +12,9 @@
 namespace tutti::unicode {
 
 std::vector<uint32_t> decode_utf8(std::string_view text);
+// Strict check: no stray or missing continuation bytes, overlong forms, surrogates or code
+// points above U+10FFFF.
+bool is_valid_utf8(std::string_view text);
 void append_utf8(std::string& out, uint32_t cp);
 // Length of the UTF-8 sequence that starts with this byte (1 for stray bytes).
 size_t utf8_len(uint8_t first_byte);

@@ -9,6 +9,7 @@ packages=(
   libgtest-dev libgmock-dev
   libicu-dev            # Unicode general categories for the BPE pre-tokenizers
   libcaf-dev            # C++ Actor Framework 0.17: the serving pipeline's actors
+  nlohmann-json3-dev    # JSON for the HTTP and WebSocket protocols
 )
 
 missing=()

@@ -1,0 +1,199 @@
+#include "actors/http/openai.hpp"
+
+#include "pipeline/unicode.h"
+
+namespace tutti::http {
+
+using json = nlohmann::json;
+
+std::string ApiError::body() const {
+  json e = {{"message", message}, {"type", type}, {"param", param.empty() ? json(nullptr) : json(param)},
+            {"code", code.empty() ? json(nullptr) : json(code)}};
+  return json{{"error", e}}.dump();
+}
+
+ChatTemplate detect_chat_template(const std::string& t) {
+  if (t.find("<|start_header_id|>") != std::string::npos) return ChatTemplate::Llama3;
+  if (t.find("<|im_start|>") != std::string::npos) return ChatTemplate::ChatML;
+  if (t.find("[INST]") != std::string::npos) return ChatTemplate::Llama2;
+  return ChatTemplate::Plain;
+}
+
+const char* chat_template_name(ChatTemplate t) {
+  switch (t) {
+    case ChatTemplate::ChatML: return "chatml";
+    case ChatTemplate::Llama2: return "llama2";
+    case ChatTemplate::Llama3: return "llama3";
+    case ChatTemplate::Plain: return "plain";
+  }
+  return "plain";
+}
+
+std::string format_chat(ChatTemplate t, const std::vector<ChatMessage>& messages) {
+  std::string out;
+  switch (t) {
+    case ChatTemplate::ChatML:
+      for (auto& m : messages) out += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
+      return out + "<|im_start|>assistant\n";
+    case ChatTemplate::Llama3:
+      for (auto& m : messages) out += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + m.content + "<|eot_id|>";
+      return out + "<|start_header_id|>assistant<|end_header_id|>\n\n";
+    case ChatTemplate::Llama2: {
+      // [INST] <<SYS>>\nsystem\n<</SYS>>\n\nuser [/INST] assistant </s><s>[INST] user [/INST]
+      std::string system;
+      bool first_user = true;
+      for (auto& m : messages) {
+        if (m.role == "system") {
+          system = m.content;
+        } else if (m.role == "user") {
+          out += "[INST] ";
+          if (first_user && !system.empty()) out += "<<SYS>>\n" + system + "\n<</SYS>>\n\n";
+          out += m.content + " [/INST]";
+          first_user = false;
+        } else {
+          out += " " + m.content + " </s><s>";
+        }
+      }
+      return out;
+    }
+    case ChatTemplate::Plain:
+      for (auto& m : messages) out += m.role + ": " + m.content + "\n";
+      return out + "assistant:";
+  }
+  return out;
+}
+
+namespace {
+ApiError bad(const std::string& message, const std::string& param = "") { return ApiError{400, "invalid_request_error", "", message, param}; }
+}  // namespace
+
+std::variant<ParsedRequest, ApiError> parse_request(const std::string& body, bool chat, ChatTemplate tmpl,
+                                                    const std::string& served_model, int max_tokens_limit) {
+  if (!unicode::is_valid_utf8(body)) return bad("the request body is not valid UTF-8");
+  json j = json::parse(body, nullptr, false);
+  if (j.is_discarded()) return bad("the request body is not valid JSON");
+  if (!j.is_object()) return bad("the request body must be a JSON object");
+  ParsedRequest p;
+  p.chat = chat;
+  auto field = [&](const char* name) -> const json* { auto it = j.find(name); return it == j.end() || it->is_null() ? nullptr : &*it; };
+  if (const json* m = field("model")) {
+    if (!m->is_string()) return bad("'model' must be a string", "model");
+    p.model = m->get<std::string>();
+    if (p.model != served_model)
+      return ApiError{404, "invalid_request_error", "model_not_found", "the model '" + p.model + "' does not exist; this server serves '" + served_model + "'", "model"};
+  } else {
+    p.model = served_model;
+  }
+  if (chat) {
+    const json* msgs = field("messages");
+    if (!msgs || !msgs->is_array() || msgs->empty()) return bad("'messages' must be a non-empty array", "messages");
+    std::vector<ChatMessage> messages;
+    for (const json& m : *msgs) {
+      if (!m.is_object() || !m.contains("role") || !m["role"].is_string()) return bad("each message needs a string 'role'", "messages");
+      const std::string role = m["role"].get<std::string>();
+      if (role != "system" && role != "user" && role != "assistant" && role != "developer")
+        return bad("unknown message role '" + role + "'", "messages");
+      std::string content;
+      if (m.contains("content") && m["content"].is_string()) {
+        content = m["content"].get<std::string>();
+      } else if (m.contains("content") && m["content"].is_array()) {  // [{"type":"text","text":...}]
+        for (const json& part : m["content"])
+          if (part.is_object() && part.value("type", "") == "text" && part.contains("text") && part["text"].is_string())
+            content += part["text"].get<std::string>();
+          else
+            return bad("only text content parts are supported", "messages");
+      } else {
+        return bad("each message needs 'content'", "messages");
+      }
+      messages.push_back({role == "developer" ? "system" : role, content});
+    }
+    p.request.prompt = format_chat(tmpl, messages);
+  } else {
+    const json* prompt = field("prompt");
+    if (!prompt || !prompt->is_string()) return bad("'prompt' must be a string", "prompt");
+    p.request.prompt = prompt->get<std::string>();
+  }
+  auto number = [&](const char* name, double lo, double hi, double fallback, double& out) -> std::optional<ApiError> {
+    const json* v = field(name);
+    if (!v) { out = fallback; return std::nullopt; }
+    if (!v->is_number()) return bad(std::string("'") + name + "' must be a number", name);
+    out = v->get<double>();
+    if (!(out >= lo && out <= hi)) return bad(std::string("'") + name + "' must be between " + json(lo).dump() + " and " + json(hi).dump(), name);
+    return std::nullopt;
+  };
+  double max_tokens, temperature, top_p, seed, n;
+  const char* max_name = field("max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+  if (auto e = number(max_name, 1, max_tokens_limit, std::min(max_tokens_limit, 256), max_tokens)) return *e;
+  if (auto e = number("temperature", 0, 2, 1.0, temperature)) return *e;
+  if (auto e = number("top_p", 0, 1, 1.0, top_p)) return *e;
+  if (auto e = number("seed", 0, 9007199254740991.0, 0, seed)) return *e;
+  if (auto e = number("n", 1, 1, 1, n)) return *e;
+  if (top_p == 0) return bad("'top_p' must be greater than 0", "top_p");
+  p.request.max_tokens = int32_t(max_tokens);
+  p.request.temperature = float(temperature);
+  p.request.top_p = float(top_p);
+  p.request.seed = uint64_t(seed);
+  if (const json* s = field("stream")) {
+    if (!s->is_boolean()) return bad("'stream' must be a boolean", "stream");
+    p.stream = s->get<bool>();
+  }
+  if (const json* so = field("stream_options")) {
+    if (!so->is_object()) return bad("'stream_options' must be an object", "stream_options");
+    p.include_usage = so->value("include_usage", false);
+  }
+  if (const json* t = field("tutti")) {  // extension: {"class": "realtime", "rate": 50}
+    if (!t->is_object()) return bad("'tutti' must be an object", "tutti");
+    const std::string cls = t->value("class", "interactive");
+    if (cls != "realtime" && cls != "interactive" && cls != "batch") return bad("'tutti.class' must be realtime, interactive or batch", "tutti.class");
+    p.request.request_class = cls;
+    if (t->contains("rate")) {
+      if (!(*t)["rate"].is_number() || (*t)["rate"].get<double>() <= 0) return bad("'tutti.rate' must be a positive number", "tutti.rate");
+      p.request.tokens_per_second = (*t)["rate"].get<double>();
+    }
+    if (cls == "realtime" && p.request.tokens_per_second <= 0) return bad("a realtime request needs 'tutti.rate' (tokens per second)", "tutti.rate");
+    p.request.ignore_eos = t->value("ignore_eos", false);
+  }
+  return p;
+}
+
+std::string openai_finish_reason(const std::string& r) { return r == "length" ? "length" : "stop"; }
+
+std::string chunk_json(const std::string& id, const std::string& model, long created, bool chat, const std::string& text,
+                       const std::string& finish_reason, bool first) {
+  json choice = {{"index", 0}, {"finish_reason", finish_reason.empty() ? json(nullptr) : json(openai_finish_reason(finish_reason))}};
+  if (chat) {
+    json delta = json::object();
+    if (first) delta["role"] = "assistant";
+    if (!text.empty() || first) delta["content"] = text;
+    choice["delta"] = delta;
+  } else {
+    choice["text"] = text;
+  }
+  json c = {{"id", id}, {"object", chat ? "chat.completion.chunk" : "text_completion"}, {"created", created}, {"model", model},
+            {"choices", json::array({choice})}};
+  return c.dump();
+}
+
+std::string usage_chunk_json(const std::string& id, const std::string& model, long created, bool chat, int prompt_tokens,
+                             int completion_tokens) {
+  json c = {{"id", id}, {"object", chat ? "chat.completion.chunk" : "text_completion"}, {"created", created}, {"model", model},
+            {"choices", json::array()},
+            {"usage", {{"prompt_tokens", prompt_tokens}, {"completion_tokens", completion_tokens}, {"total_tokens", prompt_tokens + completion_tokens}}}};
+  return c.dump();
+}
+
+std::string completion_json(const std::string& id, const std::string& model, long created, bool chat,
+                            const std::string& text, const std::string& finish_reason, int prompt_tokens,
+                            int completion_tokens) {
+  json choice = {{"index", 0}, {"finish_reason", openai_finish_reason(finish_reason)}};
+  if (chat)
+    choice["message"] = {{"role", "assistant"}, {"content", text}};
+  else
+    choice["text"] = text;
+  json c = {{"id", id}, {"object", chat ? "chat.completion" : "text_completion"}, {"created", created}, {"model", model},
+            {"choices", json::array({choice})},
+            {"usage", {{"prompt_tokens", prompt_tokens}, {"completion_tokens", completion_tokens}, {"total_tokens", prompt_tokens + completion_tokens}}}};
+  return c.dump();
+}
+
+}  // namespace tutti::http

@@ -1,0 +1,63 @@
+// The OpenAI-compatible HTTP schema as plain functions: request JSON to a text_request (or an
+// error naming the offending field), chat messages to a prompt through the model's chat
+// template family, and the response/chunk JSON. No sockets here: the HTTP server calls these,
+// tests call them directly.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <optional>
+#include <variant>
+#include <string>
+#include <vector>
+
+#include "actors/actors.hpp"
+
+namespace tutti::http {
+
+// An error in the protocol's own form: HTTP status and the OpenAI error object.
+struct ApiError {
+  int status = 400;
+  std::string type = "invalid_request_error";
+  std::string code;
+  std::string message;
+  std::string param;
+  std::string body() const;  // {"error": {...}}
+};
+
+// Chat template families recognised from tokenizer.chat_template by their markers; anything
+// else falls back to a plain "role: content" transcript ending in "assistant:".
+enum class ChatTemplate { ChatML, Llama2, Llama3, Plain };
+ChatTemplate detect_chat_template(const std::string& jinja);
+const char* chat_template_name(ChatTemplate t);
+
+struct ChatMessage {
+  std::string role, content;
+};
+std::string format_chat(ChatTemplate t, const std::vector<ChatMessage>& messages);
+
+struct ParsedRequest {
+  actors::text_request request;
+  bool stream = false;
+  bool include_usage = false;
+  bool chat = false;
+  std::string model;
+};
+
+// Parses and validates a /v1/chat/completions (chat = true) or /v1/completions body.
+// max_tokens_limit bounds max_tokens (and is its default).
+std::variant<ParsedRequest, ApiError> parse_request(const std::string& body, bool chat, ChatTemplate tmpl,
+                                                    const std::string& served_model, int max_tokens_limit);
+
+// Response bodies. `created` is a Unix time; `id` like "chatcmpl-42".
+std::string chunk_json(const std::string& id, const std::string& model, long created, bool chat, const std::string& text,
+                       const std::string& finish_reason, bool first);
+std::string usage_chunk_json(const std::string& id, const std::string& model, long created, bool chat, int prompt_tokens,
+                             int completion_tokens);
+std::string completion_json(const std::string& id, const std::string& model, long created, bool chat,
+                             const std::string& text, const std::string& finish_reason, int prompt_tokens,
+                             int completion_tokens);
+// OpenAI's finish reasons: stop | length (cancelled and errors never reach a complete body).
+std::string openai_finish_reason(const std::string& tutti_reason);
+
+}  // namespace tutti::http
