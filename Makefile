@@ -23,9 +23,11 @@ $(DEFAULT_MODEL): | build
 
 model: build $(DEFAULT_MODEL)
 
-# Until the server exists, the main job is a generation on the embedded default model.
+# The main job: the OpenAI-compatible server on the embedded default model.
+HOST ?= 127.0.0.1
+PORT ?= 8080
 serve: build model
-	$(TUTTI) generate --model $(DEFAULT_MODEL) --prompt "Hello from tutti" --max-tokens 32
+	$(TUTTI) serve --model $(DEFAULT_MODEL) --host $(HOST) --port $(PORT)
 
 test: build
 	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)

@@ -97,6 +97,10 @@ executor_actor::behavior_type executor_impl(executor_actor::stateful_pointer<exe
         er.sampling.top_k = r.top_k;
         er.sampling.seed = r.seed;
         er.stop_at_eog = !r.ignore_eos;
+        // Text requests on a unified model never sample media codes.
+        const Model& model = self->state.engine->model();
+        if (!model.config().modalities.empty())
+          er.sampling.allowed = model.config().modalities.text_ranges(model.hparams().n_vocab);
         if (Status s = self->state.engine->submit(std::move(er), seconds_now()); !s) {
           // Refused (busy, too long, bad sampling): the request ends at once with the reason.
           step_events ev;

@@ -10,6 +10,7 @@ packages=(
   libicu-dev            # Unicode general categories for the BPE pre-tokenizers
   libcaf-dev            # C++ Actor Framework 0.17: the serving pipeline's actors
   nlohmann-json3-dev    # JSON for the HTTP and WebSocket protocols
+  libboost1.81-dev      # Boost.Beast / Asio: HTTP and WebSocket transports
 )
 
 missing=()

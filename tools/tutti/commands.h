@@ -11,5 +11,6 @@ int cmd_tokenize(const std::vector<std::string>& args);
 int cmd_generate(const std::vector<std::string>& args);
 int cmd_model(const std::vector<std::string>& args);  // info | random | init
 int cmd_bench(const std::vector<std::string>& args);
+int cmd_serve(const std::vector<std::string>& args);  // the HTTP server
 
 }  // namespace tutti::cli

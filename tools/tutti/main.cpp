@@ -19,6 +19,8 @@ commands:
            --kv-heads K --ffn F --type f32|f16|bf16|q8_0|q4_0 [--seed S] [--unified]
   model init [--out FILE]                      create the embedded default model
   bench --model FILE [--json]                  prefill, decode and memory bandwidth
+  serve [--model FILE] [--host H] [--port P]   OpenAI-compatible HTTP server (127.0.0.1:8080)
+        [--max-batch N --step-budget N --max-tokens N --max-waiting N]
 
 engine options (generate, tokenize, bench):
   --config FILE --threads N --kernels auto|avx512|avx2|scalar --kv-cache-mb N --kv-cache-type f16|f32
@@ -36,6 +38,7 @@ int main(int argc, char** argv) {
   if (command == "generate") return tutti::cli::cmd_generate(args);
   if (command == "model") return tutti::cli::cmd_model(args);
   if (command == "bench") return tutti::cli::cmd_bench(args);
+  if (command == "serve") return tutti::cli::cmd_serve(args);
   std::fprintf(stderr, "tutti: unknown command '%s'\n\n%s", command.c_str(), kUsage);
   return 2;
 }

@@ -1,0 +1,344 @@
+#include "actors/http/server.hpp"
+
+#include <boost/asio.hpp>
+#include <boost/beast.hpp>
+
+#include <chrono>
+#include <deque>
+#include <optional>
+
+namespace tutti::http {
+
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+namespace net = boost::asio;
+using tcp = net::ip::tcp;
+using json = nlohmann::json;
+using namespace tutti::actors;
+
+class Session;
+
+struct HttpServer::Impl {
+  caf::actor_system& system;
+  PipelineHandles pipe;
+  ServerConfig cfg;
+  ServerMetrics& metrics;
+  net::io_context ioc{1};
+  tcp::acceptor acceptor{ioc};
+  std::thread thread;
+  std::atomic<int64_t> next_id{1};
+  std::atomic<bool> stopped{false};
+
+  Impl(caf::actor_system& s, PipelineHandles p, ServerConfig c, ServerMetrics& m)
+      : system(s), pipe(std::move(p)), cfg(std::move(c)), metrics(m) {}
+  void accept();
+};
+
+namespace {
+
+long unix_now() { return long(std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count()); }
+
+// The per-generation sink: asks the encoder to start the request, then hands every delta to
+// the session on the I/O thread. Quits after the final delta.
+struct sink_state {
+  std::weak_ptr<Session> session;
+  net::io_context* ioc = nullptr;
+};
+
+}  // namespace
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(tcp::socket socket, HttpServer::Impl& srv) : stream_(std::move(socket)), srv_(srv) { ++srv_.metrics.active_connections; }
+  ~Session() {
+    --srv_.metrics.active_connections;
+    if (generating_) {  // the client went away mid-generation: free its sequence
+      caf::anon_send<caf::message_priority::high>(srv_.pipe.executor, cancel_atom::value, request_id_);
+    }
+    if (sink_) caf::anon_send_exit(sink_, caf::exit_reason::user_shutdown);
+  }
+
+  void start() {
+    if (int(srv_.metrics.active_connections) > srv_.cfg.max_connections) {
+      respond_error(ApiError{503, "server_error", "too_many_connections", "too many connections; try again later", ""}, false);
+      return;
+    }
+    read();
+  }
+
+  // ---- called on the I/O thread by the sink actor's posts
+  void on_prompt_tokens(int32_t n) { prompt_tokens_ = n; }
+  void on_refused(const std::string& message) {
+    generating_ = false;
+    srv_.metrics.errors++;
+    respond_error(ApiError{400, "invalid_request_error", "", message, ""}, keep_alive_);
+  }
+  void on_delta(const text_delta& d) {
+    if (!generating_) return;
+    completion_tokens_ = d.completion_tokens;
+    const bool final_delta = !d.finish_reason.empty();
+    if (final_delta) {
+      generating_ = false;
+      srv_.metrics.completion_tokens += uint64_t(d.completion_tokens);
+      srv_.metrics.prompt_tokens += uint64_t(d.prompt_tokens);
+    }
+    if (d.finish_reason == "error" && !sse_started_) {
+      srv_.metrics.errors++;
+      const bool busy = d.error.rfind("busy", 0) == 0;
+      respond_error(ApiError{busy ? 429 : 400, busy ? "rate_limit_error" : "invalid_request_error", busy ? "server_busy" : "",
+                             d.error, ""}, keep_alive_);
+      return;
+    }
+    if (!parsed_.stream) {
+      text_ += d.text;
+      if (final_delta) {
+        bhttp::response<bhttp::string_body> res{bhttp::status::ok, 11};
+        res.set(bhttp::field::content_type, "application/json");
+        res.body() = completion_json(id_, parsed_.model, created_, parsed_.chat, text_, d.finish_reason, d.prompt_tokens,
+                                     d.completion_tokens);
+        send(std::move(res), keep_alive_);
+      }
+      return;
+    }
+    if (!sse_started_) {
+      sse_started_ = true;
+      queue("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n");
+    }
+    if (!d.text.empty() || first_chunk_) {
+      queue("data: " + chunk_json(id_, parsed_.model, created_, parsed_.chat, d.text, "", first_chunk_) + "\n\n");
+      first_chunk_ = false;
+    }
+    if (final_delta) {
+      if (d.finish_reason == "error") {
+        queue("data: " + ApiError{500, "server_error", "", d.error, ""}.body() + "\n\n");
+      } else {
+        queue("data: " + chunk_json(id_, parsed_.model, created_, parsed_.chat, "", d.finish_reason, false) + "\n\n");
+        if (parsed_.include_usage)
+          queue("data: " + usage_chunk_json(id_, parsed_.model, created_, parsed_.chat, d.prompt_tokens, d.completion_tokens) + "\n\n");
+      }
+      queue("data: [DONE]\n\n");
+      close_after_writes_ = true;
+      flush();
+    }
+  }
+
+ private:
+  void read() {
+    parser_.emplace();
+    parser_->body_limit(srv_.cfg.max_body_bytes);
+    stream_.expires_after(std::chrono::seconds(60));  // slow or half-open clients are dropped
+    bhttp::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) { self->on_read(ec); });
+  }
+
+  void on_read(beast::error_code ec) {
+    if (ec == bhttp::error::end_of_stream || ec == net::error::eof || ec == beast::error::timeout) return close();
+    if (ec == bhttp::error::body_limit)
+      return respond_error(ApiError{413, "invalid_request_error", "request_too_large",
+                                    "the request body exceeds " + std::to_string(srv_.cfg.max_body_bytes) + " bytes", ""}, false);
+    if (ec) return respond_error(ApiError{400, "invalid_request_error", "", "malformed HTTP request: " + ec.message(), ""}, false);
+    handle(parser_->release());
+  }
+
+  void handle(bhttp::request<bhttp::string_body> req) {
+    srv_.metrics.requests++;
+    keep_alive_ = req.keep_alive();
+    const std::string target(req.target());
+    const std::string path = target.substr(0, target.find('?'));
+    const bool get = req.method() == bhttp::verb::get, post = req.method() == bhttp::verb::post;
+    if (path == "/health" && get) return respond_json(200, R"({"status":"ok"})");
+    if (path == "/v1/models" && get) {
+      json m = {{"object", "list"}, {"data", json::array({{{"id", srv_.cfg.model_name}, {"object", "model"}, {"created", 0}, {"owned_by", "tutti"}}})}};
+      return respond_json(200, m.dump());
+    }
+    if (path == "/metrics" && get) return respond_metrics();
+    if (path == "/v1/chat/completions" || path == "/v1/completions") {
+      if (!post) return respond_error(ApiError{405, "invalid_request_error", "", "use POST for " + path, ""}, keep_alive_);
+      return start_generation(req.body(), path == "/v1/chat/completions");
+    }
+    respond_error(ApiError{404, "invalid_request_error", "not_found", "no route for " + std::string(req.method_string()) + " " + path, ""}, keep_alive_);
+  }
+
+  // While a generation runs, watch the socket: a client that closes it (EOF or error) is
+  // gone, and its sequence is cancelled at once. This pending wait also keeps the session
+  // alive while no read or write is in flight.
+  void watch_client() {
+    stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this()](beast::error_code ec) {
+      if (!self->generating_) return;
+      char probe;
+      beast::error_code peek_ec;
+      const size_t n = self->stream_.socket().receive(net::buffer(&probe, 1), tcp::socket::message_peek, peek_ec);
+      if (ec || peek_ec || n == 0) {
+        caf::anon_send<caf::message_priority::high>(self->srv_.pipe.executor, cancel_atom::value, self->request_id_);
+        self->generating_ = false;
+        self->close();
+      }
+      // Data instead of EOF: a pipelined request, read once this generation is done.
+    });
+  }
+
+  void start_generation(const std::string& body, bool chat) {
+    auto parsed = parse_request(body, chat, srv_.cfg.chat_template, srv_.cfg.model_name, srv_.cfg.max_tokens);
+    if (std::holds_alternative<ApiError>(parsed)) {
+      srv_.metrics.errors++;
+      return respond_error(std::get<ApiError>(parsed), keep_alive_);
+    }
+    parsed_ = std::get<ParsedRequest>(std::move(parsed));
+    request_id_ = srv_.next_id++;
+    parsed_.request.id = request_id_;
+    id_ = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(request_id_);
+    created_ = unix_now();
+    text_.clear();
+    first_chunk_ = true;
+    sse_started_ = false;
+    generating_ = true;
+    watch_client();
+    std::weak_ptr<Session> weak = shared_from_this();
+    net::io_context* ioc = &srv_.ioc;
+    encoder_actor encoder = srv_.pipe.encoder;
+    text_request request = parsed_.request;
+    sink_ = srv_.system.spawn([weak, ioc, encoder, request](sink_actor::stateful_pointer<sink_state> self) -> sink_actor::behavior_type {
+      self->request(encoder, caf::infinite, encode_atom::value, request, caf::actor_cast<sink_actor>(self))
+          .then([=](int32_t n) { net::post(*ioc, [weak, n] { if (auto s = weak.lock()) s->on_prompt_tokens(n); }); },
+                [=](caf::error& e) {
+                  std::string msg = self->system().render(e);
+                  // CAF renders "error(<code>, <context>)": keep the message part.
+                  if (auto q = msg.find('"'); q != std::string::npos) msg = msg.substr(q + 1, msg.rfind('"') - q - 1);
+                  net::post(*ioc, [weak, msg] { if (auto s = weak.lock()) s->on_refused(msg); });
+                  self->quit();
+                });
+      return {[=](delta_atom, text_delta d) {
+        const bool last = !d.finish_reason.empty();
+        net::post(*ioc, [weak, d = std::move(d)] { if (auto s = weak.lock()) s->on_delta(d); });
+        if (last) self->quit();
+      }};
+    });
+  }
+
+  void respond_json(int status, std::string body) {
+    bhttp::response<bhttp::string_body> res{bhttp::status(status), 11};
+    res.set(bhttp::field::content_type, "application/json");
+    res.body() = std::move(body);
+    send(std::move(res), keep_alive_);
+  }
+
+  void respond_metrics() {
+    const ServerMetrics& m = srv_.metrics;
+    std::string b;
+    auto counter = [&](const char* name, const char* help, uint64_t v, const char* type = "counter") {
+      b += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " + std::to_string(v) + "\n";
+    };
+    counter("tutti_http_requests_total", "HTTP requests received.", m.requests);
+    counter("tutti_http_errors_total", "Requests answered with an error.", m.errors);
+    counter("tutti_prompt_tokens_total", "Prompt tokens of finished generations.", m.prompt_tokens);
+    counter("tutti_completion_tokens_total", "Generated tokens of finished generations.", m.completion_tokens);
+    counter("tutti_http_connections", "Open HTTP connections.", m.active_connections, "gauge");
+    bhttp::response<bhttp::string_body> res{bhttp::status::ok, 11};
+    res.set(bhttp::field::content_type, "text/plain; version=0.0.4");
+    res.body() = std::move(b);
+    send(std::move(res), keep_alive_);
+  }
+
+  void respond_error(const ApiError& e, bool keep_alive) {
+    bhttp::response<bhttp::string_body> res{bhttp::status(e.status), 11};
+    res.set(bhttp::field::content_type, "application/json");
+    res.body() = e.body();
+    send(std::move(res), keep_alive);
+  }
+
+  void send(bhttp::response<bhttp::string_body> res, bool keep_alive) {
+    res.keep_alive(keep_alive);
+    res.prepare_payload();
+    auto sp = std::make_shared<bhttp::response<bhttp::string_body>>(std::move(res));
+    bhttp::async_write(stream_, *sp, [self = shared_from_this(), sp, keep_alive](beast::error_code ec, size_t) {
+      if (ec || !keep_alive) return self->close();
+      self->read();
+    });
+  }
+
+  // Raw writes for server-sent events, one at a time in order.
+  void queue(std::string data) {
+    out_.push_back(std::move(data));
+    flush();
+  }
+  void flush() {
+    if (writing_) return;
+    if (out_.empty()) {
+      if (close_after_writes_) close();
+      return;
+    }
+    writing_ = true;
+    stream_.expires_never();
+    net::async_write(stream_, net::buffer(out_.front()), [self = shared_from_this()](beast::error_code ec, size_t) {
+      self->writing_ = false;
+      if (ec) {  // the client went away: ~Session cancels the generation
+        self->out_.clear();
+        return self->close();
+      }
+      self->out_.pop_front();
+      self->flush();
+    });
+  }
+
+  void close() {
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    stream_.socket().close(ignored);
+  }
+
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;
+  std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
+  HttpServer::Impl& srv_;
+  bool keep_alive_ = false;
+  // The generation in flight on this connection (one at a time).
+  ParsedRequest parsed_;
+  int64_t request_id_ = 0;
+  std::string id_, text_;
+  long created_ = 0;
+  int32_t prompt_tokens_ = 0, completion_tokens_ = 0;
+  bool generating_ = false, sse_started_ = false, first_chunk_ = true;
+  sink_actor sink_;
+  std::deque<std::string> out_;
+  bool writing_ = false, close_after_writes_ = false;
+};
+
+void HttpServer::Impl::accept() {
+  acceptor.async_accept([this](beast::error_code ec, tcp::socket socket) {
+    if (stopped) return;
+    if (!ec) std::make_shared<Session>(std::move(socket), *this)->start();
+    accept();
+  });
+}
+
+HttpServer::HttpServer(caf::actor_system& system, PipelineHandles pipeline, ServerConfig config)
+    : impl_(std::make_unique<Impl>(system, std::move(pipeline), std::move(config), metrics_)) {}
+
+HttpServer::~HttpServer() { stop(); }
+
+Expected<uint16_t> HttpServer::start() {
+  beast::error_code ec;
+  const auto address = net::ip::make_address(impl_->cfg.host, ec);
+  if (ec) return Error{"listen address '" + impl_->cfg.host + "' is invalid: " + ec.message()};
+  tcp::endpoint ep{address, impl_->cfg.port};
+  impl_->acceptor.open(ep.protocol(), ec);
+  if (!ec) impl_->acceptor.set_option(net::socket_base::reuse_address(true), ec);
+  if (!ec) impl_->acceptor.bind(ep, ec);
+  if (!ec) impl_->acceptor.listen(net::socket_base::max_listen_connections, ec);
+  if (ec) return Error{"cannot listen on " + impl_->cfg.host + ":" + std::to_string(impl_->cfg.port) + ": " + ec.message()};
+  const uint16_t port = impl_->acceptor.local_endpoint().port();
+  impl_->accept();
+  impl_->thread = std::thread([this] { impl_->ioc.run(); });
+  return port;
+}
+
+void HttpServer::stop() {
+  if (!impl_ || impl_->stopped.exchange(true)) return;
+  net::post(impl_->ioc, [this] {
+    beast::error_code ignored;
+    impl_->acceptor.close(ignored);
+    impl_->ioc.stop();
+  });
+  if (impl_->thread.joinable()) impl_->thread.join();
+}
+
+}  // namespace tutti::http

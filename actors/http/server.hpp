@@ -1,0 +1,55 @@
+// The HTTP front door (Boost.Beast): OpenAI-compatible completions with server-sent events,
+// /v1/models, /health and /metrics. Each connection is a session on the I/O thread; each
+// generation gets a sink actor that requests encoding from the pipeline and posts the text
+// deltas back to the session, so the I/O thread never waits on a step and the executor never
+// waits on a socket. A client that goes away cancels its generation.
+//
+// Threads: `io_threads` (default 1) run the sessions; the actors run on CAF's threads.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "actors/http/openai.hpp"
+#include "actors/pipeline.hpp"
+
+namespace tutti::http {
+
+struct ServerConfig {
+  std::string host = "127.0.0.1";
+  uint16_t port = 8080;              // 0: any free port (tests)
+  size_t max_body_bytes = 1 << 20;   // larger request bodies get 413
+  int max_connections = 256;         // more get 503
+  int max_tokens = 1024;             // upper bound and default for max_tokens
+  std::string model_name = "tutti";
+  ChatTemplate chat_template = ChatTemplate::Plain;
+};
+
+// Counters the server exports on /metrics (atomics: written by the I/O and actor threads).
+struct ServerMetrics {
+  std::atomic<uint64_t> requests{0}, errors{0}, completion_tokens{0}, prompt_tokens{0}, active_connections{0};
+};
+
+class HttpServer {
+ public:
+  HttpServer(caf::actor_system& system, actors::PipelineHandles pipeline, ServerConfig config);
+  ~HttpServer();
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+
+  // Binds and starts serving on a background thread; the bound port (useful with port 0).
+  Expected<uint16_t> start();
+  void stop();  // closes the listener and every session; idempotent
+  const ServerMetrics& metrics() const { return metrics_; }
+
+  struct Impl;  // defined in server.cpp (sessions need it)
+
+ private:
+  std::unique_ptr<Impl> impl_;
+  ServerMetrics metrics_;
+};
+
+}  // namespace tutti::http

@@ -1,0 +1,181 @@
+// The HTTP server on loopback with a real client: OpenAI-style completions (whole and
+// streamed as server-sent events), models, health, metrics, and bad input answered in the
+// protocol's form while the server keeps serving.
+#include <gtest/gtest.h>
+
+#include <boost/asio.hpp>
+#include <boost/beast.hpp>
+
+#include "actors/http/server.hpp"
+#include "test_support.h"
+
+namespace tutti {
+namespace {
+
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+namespace net = boost::asio;
+using tcp = net::ip::tcp;
+using json = nlohmann::json;
+
+struct Reply {
+  int status = 0;
+  std::string body;
+};
+
+// One request on a fresh connection; reads until the server closes or the response ends.
+Reply call(uint16_t port, bhttp::verb verb, const std::string& target, const std::string& body = "") {
+  net::io_context ioc;
+  beast::tcp_stream stream(ioc);
+  stream.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
+  bhttp::request<bhttp::string_body> req{verb, target, 11};
+  req.set(bhttp::field::host, "127.0.0.1");
+  req.set(bhttp::field::content_type, "application/json");
+  req.body() = body;
+  req.prepare_payload();
+  bhttp::write(stream, req);
+  beast::flat_buffer buf;
+  bhttp::response<bhttp::string_body> res;
+  beast::error_code ec;
+  bhttp::read(stream, buf, res, ec);
+  Reply r{int(res.result_int()), res.body()};
+  return r;
+}
+
+struct HttpFixture : ::testing::Test {
+  std::unique_ptr<Backend> backend = make_cpu_backend({1});
+  std::unique_ptr<Model> model;
+  std::shared_ptr<const Tokenizer> tokenizer;
+  caf::actor_system_config cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  actors::PipelineHandles pipe;
+  std::unique_ptr<http::HttpServer> server;
+  uint16_t port = 0;
+
+  void SetUp() override {
+    RandomModelSpec spec;
+    spec.dim = 64; spec.layers = 2; spec.heads = 4; spec.kv_heads = 2; spec.ffn = 96; spec.unified = true; spec.seed = 4;
+    model = std::move(Model::load(test::random_model(spec, "http-unified.gguf"), *backend)).value();
+    tokenizer = std::shared_ptr<const Tokenizer>(std::move(Tokenizer::from_gguf(model->file())).value());
+    cfg.set("scheduler.max-threads", 2);
+    sys = std::make_unique<caf::actor_system>(cfg);
+    actors::PipelineConfig pc;
+    pc.kv_cache_bytes = 8 << 20;
+    pipe = *actors::spawn_pipeline(*sys, *model, tokenizer, pc);
+    http::ServerConfig sc;
+    sc.port = 0;
+    sc.max_body_bytes = 4096;
+    sc.model_name = "tutti-test";
+    server = std::make_unique<http::HttpServer>(*sys, pipe, sc);
+    auto p = server->start();
+    ASSERT_TRUE(p) << p.error().message;
+    port = *p;
+  }
+  void TearDown() override {
+    server->stop();
+    caf::anon_send_exit(pipe.encoder, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(pipe.executor, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(pipe.decoder, caf::exit_reason::user_shutdown);
+  }
+};
+
+TEST_F(HttpFixture, ChatCompletionWholeAndStreamedAgree) {
+  // ignore_eos: a random model may end at once; the test is about the two forms agreeing.
+  const std::string req = R"({"model":"tutti-test","messages":[{"role":"user","content":"Hello"}],"max_tokens":12,"tutti":{"ignore_eos":true})";
+  const Reply whole = call(port, bhttp::verb::post, "/v1/chat/completions", req + "}");
+  ASSERT_EQ(whole.status, 200) << whole.body;
+  const json w = json::parse(whole.body);
+  EXPECT_EQ(w["object"], "chat.completion");
+  EXPECT_EQ(w["model"], "tutti-test");
+  const std::string text = w["choices"][0]["message"]["content"];
+  const int completion = w["usage"]["completion_tokens"];
+  EXPECT_GT(completion, 0);
+  // No media codes in a text answer from a unified model.
+  EXPECT_EQ(text.find("<|audio"), std::string::npos) << text;
+
+  const Reply sse = call(port, bhttp::verb::post, "/v1/chat/completions",
+                         req + R"(,"stream":true,"stream_options":{"include_usage":true}})");
+  ASSERT_EQ(sse.status, 200);
+  std::string streamed;
+  int usage_tokens = -1;
+  bool done = false, finished = false;
+  size_t pos = 0;
+  while ((pos = sse.body.find("data: ", pos)) != std::string::npos) {
+    const size_t end = sse.body.find("\n\n", pos);
+    const std::string data = sse.body.substr(pos + 6, end - pos - 6);
+    pos = end;
+    if (data == "[DONE]") { done = true; break; }
+    const json c = json::parse(data);
+    EXPECT_EQ(c["object"], "chat.completion.chunk");
+    if (c.contains("usage")) usage_tokens = c["usage"]["completion_tokens"];
+    for (auto& ch : c["choices"]) {
+      if (ch["delta"].contains("content")) streamed += ch["delta"]["content"].get<std::string>();
+      if (!ch["finish_reason"].is_null()) finished = true;
+    }
+  }
+  EXPECT_TRUE(done);
+  EXPECT_TRUE(finished);
+  EXPECT_EQ(streamed, text);  // greedy: the same answer both ways
+  EXPECT_EQ(usage_tokens, completion);
+
+  const Reply comp = call(port, bhttp::verb::post, "/v1/completions", R"({"prompt":"Once","max_tokens":4,"tutti":{"class":"realtime","rate":100}})");
+  ASSERT_EQ(comp.status, 200) << comp.body;
+  EXPECT_EQ(json::parse(comp.body)["object"], "text_completion");
+}
+
+TEST_F(HttpFixture, ModelsHealthAndMetrics) {
+  const Reply h = call(port, bhttp::verb::get, "/health");
+  EXPECT_EQ(h.status, 200);
+  const Reply m = call(port, bhttp::verb::get, "/v1/models");
+  EXPECT_EQ(json::parse(m.body)["data"][0]["id"], "tutti-test");
+  call(port, bhttp::verb::post, "/v1/completions", R"({"prompt":"a","max_tokens":3})");
+  const Reply metrics = call(port, bhttp::verb::get, "/metrics");
+  EXPECT_NE(metrics.body.find("tutti_completion_tokens_total 3"), std::string::npos) << metrics.body;
+}
+
+TEST_F(HttpFixture, BadInputGetsErrorsInTheProtocolsFormAndServingGoesOn) {
+  auto error_of = [&](const Reply& r) { return json::parse(r.body)["error"]; };
+  Reply r = call(port, bhttp::verb::post, "/v1/chat/completions", "{not json");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(error_of(r)["type"], "invalid_request_error");
+  r = call(port, bhttp::verb::post, "/v1/chat/completions", R"({"model":"other","messages":[{"role":"user","content":"x"}]})");
+  EXPECT_EQ(r.status, 404);
+  EXPECT_EQ(error_of(r)["code"], "model_not_found");
+  r = call(port, bhttp::verb::post, "/v1/completions", std::string(R"({"prompt":")") + std::string(8000, 'a') + "\"}");
+  EXPECT_EQ(r.status, 413);
+  r = call(port, bhttp::verb::get, "/v1/chat/completions");
+  EXPECT_EQ(r.status, 405);
+  r = call(port, bhttp::verb::get, "/nowhere");
+  EXPECT_EQ(r.status, 404);
+  r = call(port, bhttp::verb::post, "/v1/completions", R"({"prompt":"x","max_tokens":100000})");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(error_of(r)["param"], "max_tokens");
+  r = call(port, bhttp::verb::post, "/v1/completions", std::string("{\"prompt\":\"\xc3\x28\"}"));
+  EXPECT_EQ(r.status, 400);
+  // Garbage instead of HTTP, and a client that leaves mid-stream.
+  {
+    net::io_context ioc;
+    tcp::socket s(ioc);
+    s.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
+    net::write(s, net::buffer(std::string("NOT HTTP AT ALL\r\n\r\n")));
+    char buf[256];
+    beast::error_code ec;
+    const size_t n = s.read_some(net::buffer(buf), ec);
+    EXPECT_NE(std::string(buf, n).find("400"), std::string::npos);
+  }
+  {
+    net::io_context ioc;
+    tcp::socket s(ioc);
+    s.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
+    const std::string body = R"({"prompt":"x","max_tokens":900,"stream":true,"tutti":{"ignore_eos":true}})";
+    const std::string req = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+    net::write(s, net::buffer(req));
+    char buf[512];
+    s.read_some(net::buffer(buf));  // the stream has started
+  }  // closed mid-stream
+  const Reply after = call(port, bhttp::verb::post, "/v1/completions", R"({"prompt":"still here","max_tokens":3})");
+  EXPECT_EQ(after.status, 200) << after.body;
+}
+
+}  // namespace
+}  // namespace tutti
