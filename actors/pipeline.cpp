@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <map>
+#include <set>
 
 #include "pipeline/engine.h"
 
@@ -70,6 +71,9 @@ struct executor_state {
   std::shared_ptr<Engine> engine;             // used by this actor's thread only
   decoder_actor decoder;
   bool step_pending = false;
+  // Cancels that arrived before their request (cancel travels at high priority and may
+  // overtake the submit): the submit is answered with "cancelled" at once.
+  std::set<int64_t> early_cancels;
 };
 
 void schedule_step(executor_actor::stateful_pointer<executor_state> self) {
@@ -86,6 +90,15 @@ executor_actor::behavior_type executor_impl(executor_actor::stateful_pointer<exe
   self->state.decoder = decoder;
   return {
       [=](submit_atom, const text_request& r, const std::vector<int32_t>& ids, const sink_actor&) {
+        if (self->state.early_cancels.erase(r.id)) {
+          step_events ev;
+          ev.request = {r.id};
+          ev.token = {-1};
+          ev.finish = {int32_t(FinishReason::Cancelled)};
+          ev.error = {""};
+          self->send(self->state.decoder, events_atom::value, std::move(ev));
+          return;
+        }
         EngineRequest er;
         er.seq.id = r.id;
         er.seq.prompt = ids;
@@ -114,12 +127,18 @@ executor_actor::behavior_type executor_impl(executor_actor::stateful_pointer<exe
         schedule_step(self);
       },
       [=](cancel_atom, int64_t id) {
-        self->state.engine->cancel(id);
+        if (!self->state.engine->cancel(id)) {
+          // Unknown: either finished already, or its submit is still on the way.
+          if (self->state.early_cancels.size() > 4096) self->state.early_cancels.clear();
+          self->state.early_cancels.insert(id);
+          return;
+        }
         schedule_step(self);
       },
       [=](step_atom) {
         self->state.step_pending = false;
-        std::vector<EngineEvent> events = self->state.engine->step(seconds_now());
+        EngineStepStats stats;
+        std::vector<EngineEvent> events = self->state.engine->step(seconds_now(), &stats);
         if (!events.empty()) {
           step_events ev;
           for (const EngineEvent& e : events) {
@@ -130,7 +149,15 @@ executor_actor::behavior_type executor_impl(executor_actor::stateful_pointer<exe
           }
           self->send(self->state.decoder, events_atom::value, std::move(ev));
         }
-        if (!self->state.engine->idle()) schedule_step(self);
+        if (self->state.engine->idle()) return;
+        if (stats.sequences > 0 || !events.empty()) {
+          schedule_step(self);
+        } else {
+          // Work exists but none is due (realtime streams ahead of playback): look again
+          // shortly instead of spinning. Submits and cancels still wake the loop at once
+          // (each consumed step schedules at most one more, so steps never pile up).
+          self->delayed_send(self, std::chrono::milliseconds(2), step_atom::value);
+        }
       },
   };
 }

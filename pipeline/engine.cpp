@@ -38,7 +38,10 @@ std::vector<EngineEvent> Engine::step(double now, EngineStepStats* stats) {
     live_.erase(id);
     events.push_back({id, -1, -1, FinishReason::Cancelled, {}});
   }
-  if (plan.empty()) return events;
+  if (plan.empty()) {
+    if (stats) *stats = EngineStepStats{};
+    return events;
+  }
 
   const auto t0 = std::chrono::steady_clock::now();
   const int n_vocab = int(model_.hparams().n_vocab);

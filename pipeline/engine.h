@@ -49,7 +49,12 @@ class Engine {
 
   // Validates and queues a request; refused with a reason (busy, too long, bad sampling).
   Status submit(EngineRequest request, double now);
-  void cancel(int64_t id) { scheduler_.cancel(id); }
+  // Returns false if the id is unknown (never submitted, or already finished).
+  bool cancel(int64_t id) {
+    if (!live_.count(id)) return false;
+    scheduler_.cancel(id);
+    return true;
+  }
   // Runs at most one forward pass; returns the events of this step (empty: nothing to do).
   std::vector<EngineEvent> step(double now, EngineStepStats* stats = nullptr);
   bool idle() const { return scheduler_.idle(); }

@@ -45,7 +45,35 @@ struct sink_state {
   net::io_context* ioc = nullptr;
 };
 
+// Spawns the sink of one generation for a session of type S (HTTP or WebSocket), which must
+// provide on_prompt_tokens(int32_t), on_refused(std::string) and on_delta(text_delta); they
+// run on the I/O thread. The session may be gone by then (weak pointer): the post is a no-op.
+template <class S>
+sink_actor spawn_generation(caf::actor_system& system, net::io_context& io, encoder_actor encoder, text_request request,
+                            std::weak_ptr<S> weak) {
+  net::io_context* ioc = &io;
+  return system.spawn([weak, ioc, encoder, request](sink_actor::stateful_pointer<sink_state> self) -> sink_actor::behavior_type {
+    self->request(encoder, caf::infinite, encode_atom::value, request, caf::actor_cast<sink_actor>(self))
+        .then([=](int32_t n) { net::post(*ioc, [weak, n] { if (auto s = weak.lock()) s->on_prompt_tokens(n); }); },
+              [=](caf::error& e) {
+                std::string msg = self->system().render(e);
+                // CAF renders "error(<code>, <context>)": keep the message part.
+                if (auto q = msg.find('"'); q != std::string::npos) msg = msg.substr(q + 1, msg.rfind('"') - q - 1);
+                net::post(*ioc, [weak, msg] { if (auto s = weak.lock()) s->on_refused(msg); });
+                self->quit();
+              });
+    return {[=](delta_atom, text_delta d) {
+      const bool last = !d.finish_reason.empty();
+      net::post(*ioc, [weak, d = std::move(d)] { if (auto s = weak.lock()) s->on_delta(d); });
+      if (last) self->quit();
+    }};
+  });
+}
+
 }  // namespace
+
+class RealtimeSession;
+void start_realtime(tcp::socket socket, bhttp::request<bhttp::string_body> req, HttpServer::Impl& srv);
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
@@ -145,6 +173,11 @@ class Session : public std::enable_shared_from_this<Session> {
     const std::string target(req.target());
     const std::string path = target.substr(0, target.find('?'));
     const bool get = req.method() == bhttp::verb::get, post = req.method() == bhttp::verb::post;
+    if (path == "/v1/realtime") {
+      if (!beast::websocket::is_upgrade(req))
+        return respond_error(ApiError{400, "invalid_request_error", "", "/v1/realtime expects a WebSocket upgrade", ""}, false);
+      return start_realtime(stream_.release_socket(), std::move(req), srv_);
+    }
     if (path == "/health" && get) return respond_json(200, R"({"status":"ok"})");
     if (path == "/v1/models" && get) {
       json m = {{"object", "list"}, {"data", json::array({{{"id", srv_.cfg.model_name}, {"object", "model"}, {"created", 0}, {"owned_by", "tutti"}}})}};
@@ -192,26 +225,7 @@ class Session : public std::enable_shared_from_this<Session> {
     sse_started_ = false;
     generating_ = true;
     watch_client();
-    std::weak_ptr<Session> weak = shared_from_this();
-    net::io_context* ioc = &srv_.ioc;
-    encoder_actor encoder = srv_.pipe.encoder;
-    text_request request = parsed_.request;
-    sink_ = srv_.system.spawn([weak, ioc, encoder, request](sink_actor::stateful_pointer<sink_state> self) -> sink_actor::behavior_type {
-      self->request(encoder, caf::infinite, encode_atom::value, request, caf::actor_cast<sink_actor>(self))
-          .then([=](int32_t n) { net::post(*ioc, [weak, n] { if (auto s = weak.lock()) s->on_prompt_tokens(n); }); },
-                [=](caf::error& e) {
-                  std::string msg = self->system().render(e);
-                  // CAF renders "error(<code>, <context>)": keep the message part.
-                  if (auto q = msg.find('"'); q != std::string::npos) msg = msg.substr(q + 1, msg.rfind('"') - q - 1);
-                  net::post(*ioc, [weak, msg] { if (auto s = weak.lock()) s->on_refused(msg); });
-                  self->quit();
-                });
-      return {[=](delta_atom, text_delta d) {
-        const bool last = !d.finish_reason.empty();
-        net::post(*ioc, [weak, d = std::move(d)] { if (auto s = weak.lock()) s->on_delta(d); });
-        if (last) self->quit();
-      }};
-    });
+    sink_ = spawn_generation(srv_.system, srv_.ioc, srv_.pipe.encoder, parsed_.request, std::weak_ptr<Session>(shared_from_this()));
   }
 
   void respond_json(int status, std::string body) {
@@ -301,6 +315,190 @@ class Session : public std::enable_shared_from_this<Session> {
   std::deque<std::string> out_;
   bool writing_ = false, close_after_writes_ = false;
 };
+
+// ---- /v1/realtime: the OpenAI Realtime event grammar for text over a WebSocket.
+// Client events: session.update, conversation.item.create, response.create, response.cancel.
+// Server events: session.created / .updated, conversation.item.created, response.created,
+// response.output_text.delta / .done, response.done (with usage), and non-fatal error events
+// that carry the client's event_id. One response at a time per session.
+class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
+ public:
+  RealtimeSession(tcp::socket socket, HttpServer::Impl& srv)
+      : ws_(std::move(socket)), srv_(srv), max_tokens_(std::min(256, srv.cfg.max_tokens)) {
+    ++srv_.metrics.active_connections;
+  }
+  ~RealtimeSession() {
+    --srv_.metrics.active_connections;
+    if (generating_) caf::anon_send<caf::message_priority::high>(srv_.pipe.executor, cancel_atom::value, request_id_);
+    if (sink_) caf::anon_send_exit(sink_, caf::exit_reason::user_shutdown);
+  }
+
+  void start(bhttp::request<bhttp::string_body> req) {
+    ws_.read_message_max(srv_.cfg.max_body_bytes);
+    ws_.async_accept(req, [self = shared_from_this()](beast::error_code ec) {
+      if (ec) return;
+      self->session_id_ = "sess_" + std::to_string(self->srv_.next_id++);
+      self->emit({{"type", "session.created"}, {"session", self->session_json()}});
+      self->read();
+    });
+  }
+
+  void on_prompt_tokens(int32_t) {}
+  void on_refused(const std::string& message) {
+    generating_ = false;
+    error("invalid_request_error", "", message, response_event_id_);
+    finish_response("failed", 0, 0);
+  }
+  void on_delta(const text_delta& d) {
+    if (!generating_) return;
+    if (!d.text.empty()) {
+      text_ += d.text;
+      emit({{"type", "response.output_text.delta"}, {"response_id", response_id_}, {"item_id", item_id_}, {"output_index", 0},
+            {"content_index", 0}, {"delta", d.text}});
+    }
+    if (d.finish_reason.empty()) return;
+    generating_ = false;
+    if (d.finish_reason == "error") error("server_error", "", d.error, response_event_id_);
+    emit({{"type", "response.output_text.done"}, {"response_id", response_id_}, {"item_id", item_id_}, {"output_index", 0},
+          {"content_index", 0}, {"text", text_}});
+    if (d.finish_reason != "error" && d.finish_reason != "cancelled")
+      conversation_.push_back({"assistant", text_});
+    const std::string status = d.finish_reason == "cancelled" ? "cancelled" : d.finish_reason == "error" ? "failed"
+                               : d.finish_reason == "length" ? "incomplete" : "completed";
+    finish_response(status, d.prompt_tokens, d.completion_tokens);
+  }
+
+ private:
+  json session_json() const {
+    return {{"id", session_id_}, {"object", "realtime.session"}, {"model", srv_.cfg.model_name}, {"modalities", {"text"}},
+            {"instructions", instructions_}, {"temperature", temperature_}, {"max_response_output_tokens", max_tokens_}};
+  }
+
+  void read() {
+    ws_.async_read(in_, [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (ec) return;  // closed or protocol error: the session ends (~RealtimeSession cancels)
+      const std::string text = beast::buffers_to_string(self->in_.data());
+      self->in_.consume(self->in_.size());
+      self->handle(text, self->ws_.got_text());
+      self->read();
+    });
+  }
+
+  void handle(const std::string& text, bool is_text) {
+    if (!is_text) return error("invalid_request_error", "binary_not_supported", "binary messages are not supported yet", "");
+    json ev = json::parse(text, nullptr, false);
+    if (ev.is_discarded() || !ev.is_object()) return error("invalid_request_error", "invalid_json", "the message is not a JSON object", "");
+    const std::string event_id = ev.value("event_id", "");
+    if (!ev.contains("type") || !ev["type"].is_string()) return error("invalid_request_error", "missing_type", "the event has no 'type'", event_id);
+    const std::string type = ev["type"];
+    if (type == "session.update") {
+      const json s = ev.value("session", json::object());
+      if (!s.is_object()) return error("invalid_request_error", "invalid_value", "'session' must be an object", event_id);
+      if (s.contains("instructions") && s["instructions"].is_string()) instructions_ = s["instructions"];
+      if (s.contains("temperature") && s["temperature"].is_number()) temperature_ = s["temperature"];
+      if (s.contains("max_response_output_tokens") && s["max_response_output_tokens"].is_number_integer())
+        max_tokens_ = std::clamp(int(s["max_response_output_tokens"]), 1, srv_.cfg.max_tokens);
+      return emit({{"type", "session.updated"}, {"session", session_json()}});
+    }
+    if (type == "conversation.item.create") {
+      const json item = ev.value("item", json::object());
+      const std::string role = item.value("role", "user");
+      if (!item.is_object() || item.value("type", "message") != "message" || (role != "user" && role != "system" && role != "assistant"))
+        return error("invalid_request_error", "invalid_item", "only message items with role user, system or assistant are supported", event_id);
+      std::string content;
+      for (const json& part : item.value("content", json::array()))
+        if (part.is_object() && (part.value("type", "") == "input_text" || part.value("type", "") == "text" || part.value("type", "") == "output_text"))
+          content += part.value("text", "");
+      if (content.empty()) return error("invalid_request_error", "empty_item", "the item has no text content", event_id);
+      conversation_.push_back({role, content});
+      const std::string id = item.value("id", "item_" + std::to_string(srv_.next_id++));
+      return emit({{"type", "conversation.item.created"},
+                   {"item", {{"id", id}, {"type", "message"}, {"role", role}, {"content", {{{"type", "input_text"}, {"text", content}}}}}}});
+    }
+    if (type == "response.create") {
+      if (generating_) return error("invalid_request_error", "conversation_already_has_active_response", "a response is already in progress", event_id);
+      std::vector<ChatMessage> messages;
+      if (!instructions_.empty()) messages.push_back({"system", instructions_});
+      messages.insert(messages.end(), conversation_.begin(), conversation_.end());
+      if (messages.empty()) return error("invalid_request_error", "empty_conversation", "add an item before asking for a response", event_id);
+      text_request r;
+      request_id_ = srv_.next_id++;
+      r.id = request_id_;
+      r.prompt = format_chat(srv_.cfg.chat_template, messages);
+      r.max_tokens = max_tokens_;
+      r.temperature = temperature_;
+      const json resp = ev.value("response", json::object());
+      if (resp.is_object() && resp.contains("tutti") && resp["tutti"].is_object()) {  // extension: class and rate
+        r.request_class = resp["tutti"].value("class", "interactive");
+        r.tokens_per_second = resp["tutti"].value("rate", 0.0);
+      }
+      response_id_ = "resp_" + std::to_string(request_id_);
+      item_id_ = "item_" + std::to_string(srv_.next_id++);
+      response_event_id_ = event_id;
+      text_.clear();
+      generating_ = true;
+      emit({{"type", "response.created"}, {"response", {{"id", response_id_}, {"object", "realtime.response"}, {"status", "in_progress"}}}});
+      sink_ = spawn_generation(srv_.system, srv_.ioc, srv_.pipe.encoder, r, std::weak_ptr<RealtimeSession>(shared_from_this()));
+      return;
+    }
+    if (type == "response.cancel") {
+      if (!generating_) return error("invalid_request_error", "response_cancel_not_active", "no response is in progress", event_id);
+      caf::anon_send<caf::message_priority::high>(srv_.pipe.executor, cancel_atom::value, request_id_);
+      return;
+    }
+    error("invalid_request_error", "unknown_event", "unknown event type '" + type + "'", event_id);
+  }
+
+  void finish_response(const std::string& status, int prompt_tokens, int completion_tokens) {
+    emit({{"type", "response.done"},
+          {"response", {{"id", response_id_}, {"object", "realtime.response"}, {"status", status},
+                        {"usage", {{"input_tokens", prompt_tokens}, {"output_tokens", completion_tokens},
+                                   {"total_tokens", prompt_tokens + completion_tokens}}}}}});
+  }
+
+  void error(const std::string& type, const std::string& code, const std::string& message, const std::string& event_id) {
+    srv_.metrics.errors++;
+    json e = {{"type", type}, {"message", message}};
+    e["code"] = code.empty() ? json(nullptr) : json(code);
+    e["event_id"] = event_id.empty() ? json(nullptr) : json(event_id);
+    emit({{"type", "error"}, {"error", e}});
+  }
+
+  void emit(json event) {
+    event["event_id"] = "event_" + std::to_string(srv_.next_id++);
+    out_.push_back(event.dump());
+    flush();
+  }
+  void flush() {
+    if (writing_ || out_.empty()) return;
+    writing_ = true;
+    ws_.text(true);
+    ws_.async_write(net::buffer(out_.front()), [self = shared_from_this()](beast::error_code ec, size_t) {
+      self->writing_ = false;
+      if (ec) return self->out_.clear();
+      self->out_.pop_front();
+      self->flush();
+    });
+  }
+
+  beast::websocket::stream<beast::tcp_stream> ws_;
+  HttpServer::Impl& srv_;
+  beast::flat_buffer in_;
+  std::deque<std::string> out_;
+  bool writing_ = false;
+  std::string session_id_, instructions_;
+  float temperature_ = 0.8f;  // the Realtime API's default
+  int max_tokens_;
+  std::vector<ChatMessage> conversation_;
+  bool generating_ = false;
+  int64_t request_id_ = 0;
+  std::string response_id_, item_id_, response_event_id_, text_;
+  sink_actor sink_;
+};
+
+void start_realtime(tcp::socket socket, bhttp::request<bhttp::string_body> req, HttpServer::Impl& srv) {
+  std::make_shared<RealtimeSession>(std::move(socket), srv)->start(std::move(req));
+}
 
 void HttpServer::Impl::accept() {
   acceptor.async_accept([this](beast::error_code ec, tcp::socket socket) {
