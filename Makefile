@@ -3,7 +3,7 @@
 BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 MODEL_DIR ?= models
-DEFAULT_MODEL ?= $(MODEL_DIR)/tutti-default.gguf
+DEFAULT_MODEL ?= $(MODEL_DIR)/default.gguf
 TUTTI := $(BUILD_DIR)/tools/tutti/tutti
 
 .PHONY: deps configure build serve test clean model

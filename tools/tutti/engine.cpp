@@ -10,7 +10,7 @@ int fail(const std::string& message) {
   return 1;
 }
 
-std::string default_model_path() { return "models/tutti-default.gguf"; }
+std::string default_model_path() { return "models/default.gguf"; }
 
 std::set<std::string> engine_options() {
   return {"model", "config", "threads", "kernels", "kv-cache-mb", "kv-cache-type", "device"};

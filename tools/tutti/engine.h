@@ -29,7 +29,7 @@ struct Engine {
 // config). Prints the error and returns null on failure.
 std::unique_ptr<Engine> open_engine(Args& args, bool need_tokenizer);
 
-// The default model path that `make serve` creates (models/tutti-default.gguf).
+// The default model path that `make serve` creates (models/default.gguf).
 std::string default_model_path();
 
 int fail(const std::string& message);  // prints "tutti: message" and returns 1
