@@ -198,8 +198,9 @@ Expected<PipelineHandles> spawn_pipeline(caf::actor_system& system, Model& model
   if (Status s = config.validate(); !s) return s.error();
   auto kv = model.make_kv_cache(config.kv_cache_bytes, config.kv_cache_type);
   if (!kv) return kv.error();
-  auto engine = std::make_shared<Engine>(model, std::move(kv).value(), config.scheduler, tokenizer.get());
   PipelineHandles h;
+  h.metrics = std::make_shared<ServingMetrics>();
+  auto engine = std::make_shared<Engine>(model, std::move(kv).value(), config.scheduler, tokenizer.get(), h.metrics);
   h.decoder = system.spawn(decoder_impl, tokenizer);
   h.executor = system.spawn<caf::detached>(executor_impl, std::move(engine), tokenizer, h.decoder);
   h.encoder = system.spawn(encoder_impl, tokenizer, h.executor, h.decoder);

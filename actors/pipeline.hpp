@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "actors/actors.hpp"
+#include "pipeline/metrics.h"
 #include "pipeline/model.h"
 #include "pipeline/scheduler.h"
 #include "pipeline/tokenizer.h"
@@ -24,6 +25,7 @@ struct PipelineHandles {
   encoder_actor encoder;
   executor_actor executor;
   decoder_actor decoder;
+  std::shared_ptr<ServingMetrics> metrics;  // updated by the executor, rendered on /metrics
 };
 
 // `model` and `tokenizer` must outlive the actors (the executor borrows the model).

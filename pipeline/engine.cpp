@@ -15,8 +15,40 @@ const char* finish_reason_name(FinishReason r) {
   return "unknown";
 }
 
-Engine::Engine(Model& model, std::unique_ptr<PagedKvCache> kv, SchedulerConfig config, const Tokenizer* tokenizer)
-    : model_(model), kv_(std::move(kv)), capacity_(*kv_), scheduler_(config, capacity_), tokenizer_(tokenizer) {}
+Engine::Engine(Model& model, std::unique_ptr<PagedKvCache> kv, SchedulerConfig config, const Tokenizer* tokenizer,
+               std::shared_ptr<ServingMetrics> metrics)
+    : model_(model), kv_(std::move(kv)), capacity_(*kv_), scheduler_(config, capacity_), tokenizer_(tokenizer),
+      metrics_(std::move(metrics)) {
+  if (metrics_) metrics_->kv_blocks_total = kv_->total_blocks();
+}
+
+void Engine::record(const std::vector<EngineEvent>& events, const EngineStepStats& stats, double now) {
+  ServingMetrics& m = *metrics_;
+  if (stats.sequences > 0) {
+    m.steps++;
+    m.step_seconds.observe(stats.seconds);
+    m.step_batch.observe(stats.sequences);
+  }
+  for (const EngineEvent& e : events) {
+    const SequenceStats* st = scheduler_.stats(e.seq);
+    if (!st) continue;
+    const size_t c = size_t(st->cls);
+    if (e.token >= 0) {
+      m.generated_tokens[c]++;
+      const auto& t = st->token_times;
+      if (t.size() == 1) m.ttft[c].observe(t[0] - st->arrival);
+      if (t.size() >= 2) m.itl[c].observe(t.back() - t[t.size() - 2]);
+      if (st->cls == RequestClass::Realtime) m.realtime_lead.observe(std::max(0.0, scheduler_.lead(e.seq, now)));
+    }
+    if (e.finish != FinishReason::None) {
+      m.requests_finished[c]++;
+      if (st->cls == RequestClass::Realtime) m.realtime_underruns += uint64_t(st->underruns);
+    }
+  }
+  m.queue_depth = scheduler_.waiting();
+  m.running = scheduler_.running();
+  m.kv_blocks_used = kv_->total_blocks() - kv_->free_blocks();
+}
 
 Status Engine::submit(EngineRequest r, double now) {
   const int n_vocab = int(model_.hparams().n_vocab);
@@ -25,9 +57,18 @@ Status Engine::submit(EngineRequest r, double now) {
     if (t < 0 || t >= n_vocab) return Error{"prompt token " + std::to_string(t) + " is outside the vocabulary"};
   const int64_t id = r.seq.id;
   if (live_.count(id)) return Error{"request id " + std::to_string(id) + " is already in use"};
-  if (Status s = scheduler_.submit(std::move(r.seq), now); !s) return s;
+  const RequestClass cls = r.seq.cls;
+  const size_t prompt = r.seq.prompt.size();
+  if (Status s = scheduler_.submit(std::move(r.seq), now); !s) {
+    if (metrics_) metrics_->requests_refused[size_t(cls)]++;
+    return s;
+  }
   Sampler sampler(std::move(r.sampling));
-  live_.emplace(id, Live{std::move(sampler), r.stop_at_eog});
+  live_.emplace(id, Live{std::move(sampler), r.stop_at_eog, cls});
+  if (metrics_) {
+    metrics_->prompt_tokens[size_t(cls)] += prompt;
+    metrics_->queue_depth = scheduler_.waiting();
+  }
   return Status::Ok();
 }
 
@@ -40,6 +81,8 @@ std::vector<EngineEvent> Engine::step(double now, EngineStepStats* stats) {
   }
   if (plan.empty()) {
     if (stats) *stats = EngineStepStats{};
+    if (metrics_ && !events.empty()) record(events, EngineStepStats{}, now);
+    for (const EngineEvent& e : events) scheduler_.forget(e.seq);  // all are cancellations
     return events;
   }
 
@@ -49,6 +92,7 @@ std::vector<EngineEvent> Engine::step(double now, EngineStepStats* stats) {
     // A failed step ends the sequences it carried, each with the reason; the rest go on.
     for (const SequenceChunk& c : plan.batch.chunks) {
       scheduler_.remove(c.seq_id);
+      scheduler_.forget(c.seq_id);
       live_.erase(c.seq_id);
       events.push_back({c.seq_id, -1, -1, FinishReason::Error, s.message()});
     }
@@ -76,11 +120,12 @@ std::vector<EngineEvent> Engine::step(double now, EngineStepStats* stats) {
     for (size_t k : event_of)
       if (events[k].seq == id && events[k].finish == FinishReason::None) events[k].finish = FinishReason::Length;
   }
-  if (stats) {
-    stats->sequences = int(plan.batch.chunks.size());
-    stats->tokens = plan.tokens;
-    stats->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  }
+  EngineStepStats step_stats{int(plan.batch.chunks.size()), plan.tokens,
+                             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()};
+  if (stats) *stats = step_stats;
+  if (metrics_) record(events, step_stats, now);
+  for (const EngineEvent& e : events)
+    if (e.finish != FinishReason::None) scheduler_.forget(e.seq);
   return events;
 }
 

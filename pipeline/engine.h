@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "pipeline/metrics.h"
 #include "pipeline/model.h"
 #include "pipeline/sampler.h"
 #include "pipeline/scheduler.h"
@@ -45,7 +46,9 @@ struct EngineStepStats {
 
 class Engine {
  public:
-  Engine(Model& model, std::unique_ptr<PagedKvCache> kv, SchedulerConfig config, const Tokenizer* tokenizer);
+  // metrics (optional) is updated by every submit and step.
+  Engine(Model& model, std::unique_ptr<PagedKvCache> kv, SchedulerConfig config, const Tokenizer* tokenizer,
+         std::shared_ptr<ServingMetrics> metrics = nullptr);
 
   // Validates and queues a request; refused with a reason (busy, too long, bad sampling).
   Status submit(EngineRequest request, double now);
@@ -67,6 +70,7 @@ class Engine {
   struct Live {
     Sampler sampler;
     bool stop_at_eog;
+    RequestClass cls;
   };
   Model& model_;
   std::unique_ptr<PagedKvCache> kv_;
@@ -75,6 +79,8 @@ class Engine {
   const Tokenizer* tokenizer_;
   std::map<int64_t, Live> live_;
   StepLogits logits_;
+  std::shared_ptr<ServingMetrics> metrics_;
+  void record(const std::vector<EngineEvent>& events, const EngineStepStats& stats, double now);
 };
 
 }  // namespace tutti

@@ -128,6 +128,9 @@ class Scheduler {
   void cancel(int64_t id);
   // Removes a sequence at once (its step failed): KV released, stats kept.
   void remove(int64_t id);
+  // Drops the kept stats of a finished sequence (a long-running server calls this once it
+  // has read them, so finished sequences cost nothing).
+  void forget(int64_t id) { done_.erase(id); }
 
   StepPlan plan(double now);
   // Applies a completed step: tokens for the sampled chunks, in the order of plan.samples.

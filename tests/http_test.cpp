@@ -131,6 +131,11 @@ TEST_F(HttpFixture, ModelsHealthAndMetrics) {
   call(port, bhttp::verb::post, "/v1/completions", R"({"prompt":"a","max_tokens":3})");
   const Reply metrics = call(port, bhttp::verb::get, "/metrics");
   EXPECT_NE(metrics.body.find("tutti_completion_tokens_total 3"), std::string::npos) << metrics.body;
+  EXPECT_NE(metrics.body.find("tutti_generated_tokens_total{class=\"interactive\"} 3"), std::string::npos) << metrics.body;
+  EXPECT_NE(metrics.body.find("tutti_time_to_first_token_seconds_count{class=\"interactive\"} 1"), std::string::npos);
+  EXPECT_NE(metrics.body.find("tutti_inter_token_latency_seconds_count{class=\"interactive\"} 2"), std::string::npos);
+  EXPECT_NE(metrics.body.find("tutti_kv_blocks_in_use 0"), std::string::npos);
+  EXPECT_NE(metrics.body.find("tutti_step_batch_size_bucket{le=\"1\"}"), std::string::npos);
 }
 
 TEST_F(HttpFixture, BadInputGetsErrorsInTheProtocolsFormAndServingGoesOn) {

@@ -246,6 +246,7 @@ class Session : public std::enable_shared_from_this<Session> {
     counter("tutti_prompt_tokens_total", "Prompt tokens of finished generations.", m.prompt_tokens);
     counter("tutti_completion_tokens_total", "Generated tokens of finished generations.", m.completion_tokens);
     counter("tutti_http_connections", "Open HTTP connections.", m.active_connections, "gauge");
+    if (srv_.pipe.metrics) b += srv_.pipe.metrics->render();
     bhttp::response<bhttp::string_body> res{bhttp::status::ok, 11};
     res.set(bhttp::field::content_type, "text/plain; version=0.0.4");
     res.body() = std::move(b);

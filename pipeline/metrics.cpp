@@ -1,0 +1,96 @@
+#include "pipeline/metrics.h"
+
+#include <cstdio>
+
+namespace tutti {
+
+void Histogram::observe(double v) {
+  std::lock_guard<std::mutex> lock(mu_);
+  size_t i = 0;
+  while (i < bounds_.size() && v > bounds_[i]) ++i;
+  counts_[i]++;
+  sum_ += v;
+  total_++;
+}
+
+uint64_t Histogram::count() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return total_;
+}
+
+namespace {
+std::string num(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.9g", v);
+  return buf;
+}
+std::string with(const std::string& labels, const std::string& more) {
+  if (labels.empty()) return "{" + more + "}";
+  return "{" + labels + "," + more + "}";
+}
+}  // namespace
+
+void Histogram::render(std::string& out, const std::string& name, const std::string& labels) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < bounds_.size(); ++i) {
+    cumulative += counts_[i];
+    out += name + "_bucket" + with(labels, "le=\"" + num(bounds_[i]) + "\"") + " " + std::to_string(cumulative) + "\n";
+  }
+  out += name + "_bucket" + with(labels, "le=\"+Inf\"") + " " + std::to_string(total_) + "\n";
+  const std::string l = labels.empty() ? "" : "{" + labels + "}";
+  out += name + "_sum" + l + " " + num(sum_) + "\n";
+  out += name + "_count" + l + " " + std::to_string(total_) + "\n";
+}
+
+namespace {
+const std::vector<double> kLatency = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+}
+
+ServingMetrics::ServingMetrics()
+    : ttft{Histogram(kLatency), Histogram(kLatency), Histogram(kLatency)},
+      itl{Histogram(kLatency), Histogram(kLatency), Histogram(kLatency)},
+      step_seconds({0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}),
+      step_batch({1, 2, 4, 8, 16, 32, 64, 128}),
+      realtime_lead({0, 0.05, 0.1, 0.2, 0.4, 0.6, 1, 2}) {}
+
+std::string ServingMetrics::render() const {
+  std::string out;
+  auto header = [&](const char* name, const char* type, const char* help) {
+    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
+  };
+  auto per_class = [&](const char* name, const char* help, const std::array<std::atomic<uint64_t>, kClasses>& v) {
+    header(name, "counter", help);
+    for (int c = 0; c < kClasses; ++c)
+      out += std::string(name) + "{class=\"" + request_class_name(RequestClass(c)) + "\"} " + std::to_string(v[size_t(c)].load()) + "\n";
+  };
+  per_class("tutti_requests_finished_total", "Generations that ended (any reason), by class.", requests_finished);
+  per_class("tutti_requests_refused_total", "Generations refused (busy, too long, invalid), by class.", requests_refused);
+  per_class("tutti_generated_tokens_total", "Tokens generated, by class.", generated_tokens);
+  per_class("tutti_prompt_tokens_total", "Prompt tokens admitted, by class.", prompt_tokens);
+  header("tutti_time_to_first_token_seconds", "histogram", "From admission to the first generated token.");
+  for (int c = 0; c < kClasses; ++c)
+    ttft[size_t(c)].render(out, "tutti_time_to_first_token_seconds", std::string("class=\"") + request_class_name(RequestClass(c)) + "\"");
+  header("tutti_inter_token_latency_seconds", "histogram", "Between consecutive generated tokens of a sequence.");
+  for (int c = 0; c < kClasses; ++c)
+    itl[size_t(c)].render(out, "tutti_inter_token_latency_seconds", std::string("class=\"") + request_class_name(RequestClass(c)) + "\"");
+  header("tutti_step_seconds", "histogram", "Time of one forward step.");
+  step_seconds.render(out, "tutti_step_seconds", "");
+  header("tutti_step_batch_size", "histogram", "Sequences in one forward step.");
+  step_batch.render(out, "tutti_step_batch_size", "");
+  header("tutti_realtime_lead_seconds", "histogram", "Lead of a realtime stream over its playback clock when a token comes out.");
+  realtime_lead.render(out, "tutti_realtime_lead_seconds", "");
+  header("tutti_realtime_underruns_total", "counter", "Times a realtime stream's playback caught up with generation.");
+  out += "tutti_realtime_underruns_total " + std::to_string(realtime_underruns.load()) + "\n";
+  auto gauge = [&](const char* name, const char* help, int64_t v) {
+    header(name, "gauge", help);
+    out += std::string(name) + " " + std::to_string(v) + "\n";
+  };
+  gauge("tutti_queue_depth", "Admitted requests waiting to start.", queue_depth);
+  gauge("tutti_running_sequences", "Sequences holding KV cache blocks.", running);
+  gauge("tutti_kv_blocks_in_use", "KV cache blocks in use.", kv_blocks_used);
+  gauge("tutti_kv_blocks_total", "KV cache blocks in the pool.", kv_blocks_total);
+  return out;
+}
+
+}  // namespace tutti

@@ -1,0 +1,45 @@
+// Serving metrics in the Prometheus text format: counters, gauges and fixed-bucket
+// histograms, labelled by request class where it matters. Written by the executor's thread,
+// read by the HTTP thread (each metric guards itself), rendered by render().
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "pipeline/scheduler.h"
+
+namespace tutti {
+
+class Histogram {
+ public:
+  explicit Histogram(std::vector<double> upper_bounds) : bounds_(std::move(upper_bounds)), counts_(bounds_.size() + 1, 0) {}
+  void observe(double v);
+  // Appends the _bucket/_sum/_count lines for `name` with extra labels (e.g. class="x").
+  void render(std::string& out, const std::string& name, const std::string& labels) const;
+  uint64_t count() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<double> bounds_;
+  std::vector<uint64_t> counts_;
+  double sum_ = 0;
+  uint64_t total_ = 0;
+};
+
+struct ServingMetrics {
+  static constexpr int kClasses = 3;  // RequestClass values
+  ServingMetrics();
+
+  std::array<std::atomic<uint64_t>, kClasses> requests_finished{}, requests_refused{}, generated_tokens{}, prompt_tokens{};
+  std::array<Histogram, kClasses> ttft, itl;
+  Histogram step_seconds, step_batch, realtime_lead;
+  std::atomic<uint64_t> realtime_underruns{0}, steps{0};
+  std::atomic<int64_t> queue_depth{0}, running{0}, kv_blocks_used{0}, kv_blocks_total{0};
+
+  std::string render() const;
+};
+
+}  // namespace tutti
