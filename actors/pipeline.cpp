@@ -84,7 +84,7 @@ void schedule_step(executor_actor::stateful_pointer<executor_state> self) {
 
 executor_actor::behavior_type executor_impl(executor_actor::stateful_pointer<executor_state> self,
                                             std::shared_ptr<Engine> engine, std::shared_ptr<const Tokenizer> tokenizer,
-                                            decoder_actor decoder) {
+                                            decoder_actor decoder, RealtimePacing pacing) {
   self->state.tokenizer = std::move(tokenizer);
   self->state.engine = std::move(engine);
   self->state.decoder = decoder;
@@ -104,6 +104,7 @@ executor_actor::behavior_type executor_impl(executor_actor::stateful_pointer<exe
         er.seq.prompt = ids;
         er.seq.max_new_tokens = r.max_tokens;
         er.seq.cls = parse_request_class(r.request_class).value_or(RequestClass::Interactive);
+        er.seq.pacing = pacing;
         if (r.tokens_per_second > 0) er.seq.pacing.tokens_per_second = r.tokens_per_second;
         er.sampling.temperature = r.temperature;
         er.sampling.top_p = r.top_p;
@@ -196,13 +197,13 @@ encoder_actor::behavior_type encoder_impl(encoder_actor::stateful_pointer<encode
 Expected<PipelineHandles> spawn_pipeline(caf::actor_system& system, Model& model,
                                          std::shared_ptr<const Tokenizer> tokenizer, const PipelineConfig& config) {
   if (Status s = config.validate(); !s) return s.error();
-  auto kv = model.make_kv_cache(config.kv_cache_bytes, config.kv_cache_type);
+  auto kv = model.make_kv_cache(config.kv_cache_bytes, config.kv_cache_type, config.kv_block_tokens);
   if (!kv) return kv.error();
   PipelineHandles h;
   h.metrics = std::make_shared<ServingMetrics>();
   auto engine = std::make_shared<Engine>(model, std::move(kv).value(), config.scheduler, tokenizer.get(), h.metrics);
   h.decoder = system.spawn(decoder_impl, tokenizer);
-  h.executor = system.spawn<caf::detached>(executor_impl, std::move(engine), tokenizer, h.decoder);
+  h.executor = system.spawn<caf::detached>(executor_impl, std::move(engine), tokenizer, h.decoder, config.pacing);
   h.encoder = system.spawn(encoder_impl, tokenizer, h.executor, h.decoder);
   return h;
 }

@@ -11,6 +11,7 @@ packages=(
   libcaf-dev            # C++ Actor Framework 0.17: the serving pipeline's actors
   nlohmann-json3-dev    # JSON for the HTTP and WebSocket protocols
   libboost1.81-dev      # Boost.Beast / Asio: HTTP and WebSocket transports
+  libtomlplusplus-dev   # the settings file (config/default.toml)
 )
 
 missing=()

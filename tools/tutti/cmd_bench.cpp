@@ -142,7 +142,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
     std::printf("{\"model\": \"%s\", \"backend\": \"%s\", \"threads\": %d, \"model_bytes\": %zu, "
                 "\"weight_bytes_per_step\": %.0f, \"prompt_tokens\": %d, \"prefill_tokens_per_s\": %.2f, "
                 "\"decode_tokens_per_s\": {",
-                engine->config.model.c_str(), engine->backend->describe().c_str(), engine->backend->threads(),
+                engine->settings.model_path.c_str(), engine->backend->describe().c_str(), engine->backend->threads(),
                 model.total_weight_bytes(), step_bytes, prompt_tokens, prefill_tps);
     bool first = true;
     for (auto& [B, r] : decode) {

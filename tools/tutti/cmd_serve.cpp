@@ -15,34 +15,44 @@ int cmd_serve(const std::vector<std::string>& argv) {
   for (auto o : {"host", "port", "max-batch", "step-budget", "max-tokens", "max-waiting", "caf-threads"}) opts.insert(o);
   Args args(argv, opts, {});
   if (!args.ok()) return fail(args.error());
-  EngineConfig ec;
-  if (args.has("config")) {
-    auto c = load_engine_config(args.get("config"));
-    if (!c) return fail(c.error().message);
-    ec = *c;
-  }
-  const std::string model_path = args.get("model", ec.model.empty() ? default_model_path() : ec.model);
-  http::ServerConfig sc;
-  sc.host = args.get("host", "127.0.0.1");
-  const long long port = args.get_int("port", 8080);
-  sc.max_tokens = int(args.get_int("max-tokens", 1024));
-  actors::PipelineConfig pc;
-  pc.kv_cache_bytes = size_t(args.get_int("kv-cache-mb", static_cast<long long>(ec.kv_cache_bytes >> 20))) << 20;
-  pc.kv_cache_type = args.get("kv-cache-type", ec.kv_cache_type) == "f32" ? TensorType::F32 : TensorType::F16;
-  pc.scheduler.max_sequences_per_step = int(args.get_int("max-batch", 32));
-  pc.scheduler.step_token_budget = int(args.get_int("step-budget", 512));
-  pc.scheduler.prefill_chunk = std::min(pc.scheduler.step_token_budget, ec.prefill_chunk);
-  pc.scheduler.max_waiting = int(args.get_int("max-waiting", 64));
-  const int threads = int(args.get_int("threads", ec.threads));
-  const int caf_threads = int(args.get_int("caf-threads", 2));
+  auto settings = read_settings(args);
+  if (!settings) return 1;
+  Settings st = *settings;
+  st.host = args.get("host", st.host);
+  st.port = int(args.get_int("port", st.port));
+  st.max_tokens = int(args.get_int("max-tokens", st.max_tokens));
+  st.max_batch = int(args.get_int("max-batch", st.max_batch));
+  st.step_token_budget = int(args.get_int("step-budget", st.step_token_budget));
+  st.max_waiting = int(args.get_int("max-waiting", st.max_waiting));
+  st.caf_workers = int(args.get_int("caf-threads", st.caf_workers));
   if (!args.ok()) return fail(args.error());
-  if (port < 0 || port > 65535) return fail("--port must be 0..65535");
-  sc.port = uint16_t(port);
+  if (st.port < 0 || st.port > 65535) return fail("--port must be 0..65535");
+  const std::string model_path = st.model_path;
+  http::ServerConfig sc;
+  sc.host = st.host;
+  sc.port = uint16_t(st.port);
+  sc.max_tokens = st.max_tokens;
+  sc.max_body_bytes = size_t(st.max_body_bytes);
+  sc.max_connections = st.max_connections;
+  actors::PipelineConfig pc;
+  pc.kv_cache_bytes = size_t(st.kv_cache_mb) << 20;
+  pc.kv_cache_type = st.kv_cache_type == "f32" ? TensorType::F32 : TensorType::F16;
+  pc.kv_block_tokens = st.kv_block_tokens;
+  pc.scheduler.max_sequences_per_step = st.max_batch;
+  pc.scheduler.step_token_budget = st.step_token_budget;
+  pc.scheduler.prefill_chunk = std::min(st.prefill_chunk, st.step_token_budget);
+  pc.scheduler.max_waiting = st.max_waiting;
+  pc.scheduler.max_running = st.max_running;
+  pc.scheduler.pacing = st.pacing;
+  pc.pacing.low_watermark_s = st.low_watermark_ms / 1000.0;
+  pc.pacing.high_watermark_s = st.high_watermark_ms / 1000.0;
+  const int threads = st.threads;
+  const int caf_threads = st.caf_workers;
   if (Status s = pc.validate(); !s) return fail(s.message());
 
   std::unique_ptr<Backend> backend;
   try {
-    backend = make_cpu_backend({threads, args.get("kernels", ec.kernels)});
+    backend = make_cpu_backend({threads, st.kernels});
   } catch (const std::exception& e) {
     return fail(e.what());
   }

@@ -50,7 +50,7 @@ int cmd_generate(const std::vector<std::string>& argv) {
 
   auto engine = open_engine(args, true);
   if (!engine) return 1;
-  go.prefill_chunk = engine->config.prefill_chunk;
+  go.prefill_chunk = engine->settings.prefill_chunk;
   auto prompt = engine->tokenizer->encode(args.get("prompt"), true, args.has("parse-special"));
   if (prompt.empty()) return fail("the prompt tokenizes to nothing");
   // A unified model's media codes are only for sequences generating that modality: text

@@ -16,42 +16,54 @@ std::set<std::string> engine_options() {
   return {"model", "config", "threads", "kernels", "kv-cache-mb", "kv-cache-type", "device"};
 }
 
-std::unique_ptr<Engine> open_engine(Args& args, bool need_tokenizer) {
-  auto e = std::make_unique<Engine>();
+std::optional<Settings> read_settings(Args& args) {
+  Settings c;
   if (args.has("config")) {
-    auto c = load_engine_config(args.get("config"));
-    if (!c) {
-      fail(c.error().message);
-      return nullptr;
+    auto loaded = load_settings(args.get("config"));
+    if (!loaded) {
+      fail(loaded.error().message);
+      return std::nullopt;
     }
-    e->config = *c;
+    c = *loaded;
   }
-  EngineConfig& c = e->config;
-  c.model = args.get("model", c.model.empty() ? default_model_path() : c.model);
+  c.model_path = args.get("model", c.model_path);
   c.threads = int(args.get_int("threads", c.threads));
   c.kernels = args.get("kernels", c.kernels);
   c.device = args.get("device", c.device);
-  c.kv_cache_bytes = size_t(args.get_int("kv-cache-mb", static_cast<long long>(c.kv_cache_bytes >> 20))) << 20;
+  c.kv_cache_mb = int(args.get_int("kv-cache-mb", c.kv_cache_mb));
   c.kv_cache_type = args.get("kv-cache-type", c.kv_cache_type);
   if (!args.ok()) {
     fail(args.error());
-    return nullptr;
+    return std::nullopt;
   }
   if (c.device != "cpu") {
     fail("device '" + c.device + "' is not available in this build (cpu)");
-    return nullptr;
+    return std::nullopt;
   }
   if (c.kv_cache_type != "f16" && c.kv_cache_type != "f32") {
     fail("--kv-cache-type must be f16 or f32");
-    return nullptr;
+    return std::nullopt;
   }
+  if (c.kv_cache_mb < 1) {
+    fail("--kv-cache-mb must be positive");
+    return std::nullopt;
+  }
+  return c;
+}
+
+std::unique_ptr<LoadedModel> open_engine(Args& args, bool need_tokenizer) {
+  auto e = std::make_unique<LoadedModel>();
+  auto settings = read_settings(args);
+  if (!settings) return nullptr;
+  e->settings = *settings;
+  const Settings& c = e->settings;
   try {
     e->backend = make_cpu_backend({c.threads, c.kernels});
   } catch (const std::exception& ex) {
     fail(ex.what());
     return nullptr;
   }
-  auto model = Model::load(c.model, *e->backend);
+  auto model = Model::load(c.model_path, *e->backend);
   if (!model) {
     fail(model.error().message);
     return nullptr;
@@ -61,7 +73,7 @@ std::unique_ptr<Engine> open_engine(Args& args, bool need_tokenizer) {
   if (tok) {
     e->tokenizer = std::move(tok).value();
     if (e->tokenizer->vocab_size() != e->model->hparams().n_vocab && need_tokenizer) {
-      fail(c.model + ": tokenizer has " + std::to_string(e->tokenizer->vocab_size()) + " tokens but the model " +
+      fail(c.model_path + ": tokenizer has " + std::to_string(e->tokenizer->vocab_size()) + " tokens but the model " +
            std::to_string(e->model->hparams().n_vocab));
       return nullptr;
     }
@@ -69,7 +81,7 @@ std::unique_ptr<Engine> open_engine(Args& args, bool need_tokenizer) {
     fail(tok.error().message);
     return nullptr;
   }
-  auto kv = e->model->make_kv_cache(c.kv_cache_bytes, c.kv_cache_type == "f16" ? TensorType::F16 : TensorType::F32,
+  auto kv = e->model->make_kv_cache(size_t(c.kv_cache_mb) << 20, c.kv_cache_type == "f16" ? TensorType::F16 : TensorType::F32,
                                     c.kv_block_tokens);
   if (!kv) {
     fail(kv.error().message);

@@ -1,13 +1,15 @@
-// What several subcommands share: the engine options common to them (--config, --threads,
-// --kernels, --kv-cache-mb, --kv-cache-type) and the loaded model, tokenizer and cache.
+// What several subcommands share: the settings (--config FILE, then the flags --model,
+// --threads, --kernels, --kv-cache-mb, --kv-cache-type, --device over it) and the loaded
+// model, tokenizer and cache.
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 
 #include "kernels/backend.h"
-#include "pipeline/config_file.h"
+#include "pipeline/settings.h"
 #include "pipeline/model.h"
 #include "pipeline/tokenizer.h"
 #include "tools/tutti/args.h"
@@ -17,8 +19,8 @@ namespace tutti::cli {
 // Option names every engine-running command accepts.
 std::set<std::string> engine_options();
 
-struct Engine {
-  EngineConfig config;
+struct LoadedModel {
+  Settings settings;
   std::unique_ptr<Backend> backend;
   std::unique_ptr<Model> model;
   std::unique_ptr<Tokenizer> tokenizer;
@@ -27,7 +29,10 @@ struct Engine {
 
 // Reads --config then the flags over it, and loads the model named by --model (or the
 // config). Prints the error and returns null on failure.
-std::unique_ptr<Engine> open_engine(Args& args, bool need_tokenizer);
+std::unique_ptr<LoadedModel> open_engine(Args& args, bool need_tokenizer);
+// Reads --config (or the defaults) and applies the engine flags over it; prints the error and
+// returns nothing on failure.
+std::optional<Settings> read_settings(Args& args);
 
 // The default model path that `make serve` creates (models/default.gguf).
 std::string default_model_path();

@@ -1,0 +1,130 @@
+#include "pipeline/settings.h"
+
+#include <toml++/toml.h>
+
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+
+namespace tutti {
+
+namespace {
+
+// One setting: where it lives, and how to read it into Settings.
+using Reader = std::function<std::optional<std::string>(const toml::node&, Settings&)>;
+
+Reader integer(int Settings::*field, int64_t lo, int64_t hi) {
+  return [=](const toml::node& n, Settings& s) -> std::optional<std::string> {
+    auto v = n.value<int64_t>();
+    if (!n.is_integer() || !v) return "must be an integer";
+    if (*v < lo || *v > hi) return "must be between " + std::to_string(lo) + " and " + std::to_string(hi);
+    s.*field = int(*v);
+    return std::nullopt;
+  };
+}
+Reader integer64(int64_t Settings::*field, int64_t lo, int64_t hi) {
+  return [=](const toml::node& n, Settings& s) -> std::optional<std::string> {
+    auto v = n.value<int64_t>();
+    if (!n.is_integer() || !v) return "must be an integer";
+    if (*v < lo || *v > hi) return "must be between " + std::to_string(lo) + " and " + std::to_string(hi);
+    s.*field = *v;
+    return std::nullopt;
+  };
+}
+Reader real(double Settings::*field, double lo, double hi) {
+  return [=](const toml::node& n, Settings& s) -> std::optional<std::string> {
+    auto v = n.value<double>();
+    if (!(n.is_number()) || !v) return "must be a number";
+    if (!(*v >= lo && *v <= hi)) return "must be between " + std::to_string(lo) + " and " + std::to_string(hi);
+    s.*field = *v;
+    return std::nullopt;
+  };
+}
+Reader boolean(bool Settings::*field) {
+  return [=](const toml::node& n, Settings& s) -> std::optional<std::string> {
+    if (!n.is_boolean()) return "must be true or false";
+    s.*field = *n.value<bool>();
+    return std::nullopt;
+  };
+}
+Reader text(std::string Settings::*field, std::vector<std::string> allowed = {}) {
+  return [=](const toml::node& n, Settings& s) -> std::optional<std::string> {
+    if (!n.is_string()) return "must be a string";
+    const std::string v = *n.value<std::string>();
+    if (!allowed.empty() && std::find(allowed.begin(), allowed.end(), v) == allowed.end()) {
+      std::string list;
+      for (auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+      return "must be one of " + list;
+    }
+    s.*field = v;
+    return std::nullopt;
+  };
+}
+
+const std::map<std::string, std::map<std::string, Reader>>& schema() {
+  static const std::map<std::string, std::map<std::string, Reader>> s = {
+      {"model", {{"path", text(&Settings::model_path)}, {"device", text(&Settings::device, {"cpu", "cuda"})},
+                 {"threads", integer(&Settings::threads, 0, 1024)},
+                 {"kernels", text(&Settings::kernels, {"auto", "avx512", "avx2", "scalar"})}}},
+      {"kv_cache", {{"size_mb", integer(&Settings::kv_cache_mb, 1, 1 << 22)},
+                    {"type", text(&Settings::kv_cache_type, {"f16", "f32"})},
+                    {"block_tokens", integer(&Settings::kv_block_tokens, 1, 1024)}}},
+      {"scheduler", {{"max_batch", integer(&Settings::max_batch, 1, 4096)},
+                     {"step_token_budget", integer(&Settings::step_token_budget, 1, 1 << 20)},
+                     {"prefill_chunk", integer(&Settings::prefill_chunk, 1, 1 << 20)},
+                     {"max_waiting", integer(&Settings::max_waiting, 0, 1 << 20)},
+                     {"max_running", integer(&Settings::max_running, 1, 1 << 20)},
+                     {"pacing", boolean(&Settings::pacing)}}},
+      {"realtime", {{"low_watermark_ms", real(&Settings::low_watermark_ms, 0, 60000)},
+                    {"high_watermark_ms", real(&Settings::high_watermark_ms, 1, 60000)}}},
+      {"server", {{"host", text(&Settings::host)}, {"port", integer(&Settings::port, 0, 65535)},
+                  {"max_body_bytes", integer64(&Settings::max_body_bytes, 1024, int64_t(1) << 32)},
+                  {"max_connections", integer(&Settings::max_connections, 1, 1 << 20)},
+                  {"max_tokens", integer(&Settings::max_tokens, 1, 1 << 20)}}},
+      {"threads", {{"caf_workers", integer(&Settings::caf_workers, 1, 256)}}},
+  };
+  return s;
+}
+
+}  // namespace
+
+Expected<Settings> parse_settings(const std::string& text_in, const std::string& name) {
+  toml::table root;
+  try {
+    root = toml::parse(text_in, name);
+  } catch (const toml::parse_error& e) {
+    const auto& where = e.source().begin;
+    return Error{name + ":" + std::to_string(where.line) + ": " + std::string(e.description())};
+  }
+  Settings s;
+  for (const auto& [section_key, section_node] : root) {
+    const std::string section(section_key.str());
+    auto sec = schema().find(section);
+    if (sec == schema().end()) return Error{name + ": unknown section [" + section + "]"};
+    const toml::table* table = section_node.as_table();
+    if (!table) return Error{name + ": '" + section + "' must be a section ([" + section + "])"};
+    for (const auto& [key_node, value] : *table) {
+      const std::string key(key_node.str());
+      auto it = sec->second.find(key);
+      if (it == sec->second.end()) return Error{name + ": unknown setting " + section + "." + key};
+      if (auto problem = it->second(value, s))
+        return Error{name + ":" + std::to_string(value.source().begin.line) + ": " + section + "." + key + " " + *problem};
+    }
+  }
+  if (s.low_watermark_ms >= s.high_watermark_ms)
+    return Error{name + ": realtime.low_watermark_ms must be below realtime.high_watermark_ms"};
+  if (s.step_token_budget < s.max_batch)
+    return Error{name + ": scheduler.step_token_budget must be at least scheduler.max_batch"};
+  return s;
+}
+
+Expected<Settings> load_settings(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) return Error{path + ": cannot open"};
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return parse_settings(ss.str(), path);
+}
+
+}  // namespace tutti

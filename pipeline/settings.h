@@ -1,0 +1,46 @@
+// tutti's settings file (TOML, parsed with toml++): config/default.toml documents every
+// setting with its default. Unknown sections or keys, wrong types and out-of-range values are
+// errors that name the setting (a typo must not silently fall back to a default).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "pipeline/expected.h"
+
+namespace tutti {
+
+struct Settings {
+  // [model]
+  std::string model_path = "models/default.gguf";
+  std::string device = "cpu";
+  int threads = 0;
+  std::string kernels = "auto";
+  // [kv_cache]
+  int kv_cache_mb = 256;
+  std::string kv_cache_type = "f16";
+  int kv_block_tokens = 16;
+  // [scheduler]
+  int max_batch = 32;
+  int step_token_budget = 512;
+  int prefill_chunk = 256;
+  int max_waiting = 64;
+  int max_running = 64;
+  bool pacing = true;
+  // [realtime]
+  double low_watermark_ms = 200;
+  double high_watermark_ms = 600;
+  // [server]
+  std::string host = "127.0.0.1";
+  int port = 8080;
+  int64_t max_body_bytes = 1 << 20;
+  int max_connections = 256;
+  int max_tokens = 1024;
+  // [threads]
+  int caf_workers = 2;
+};
+
+Expected<Settings> parse_settings(const std::string& toml_text, const std::string& source_name);
+Expected<Settings> load_settings(const std::string& path);
+
+}  // namespace tutti
