@@ -58,7 +58,9 @@ decoder_actor::behavior_type decoder_impl(decoder_actor::stateful_pointer<decode
           }
           d.prompt_tokens = e.prompt_tokens;
           d.completion_tokens = e.completion_tokens;
-          if (!d.text.empty() || !d.finish_reason.empty()) self->send(e.sink, delta_atom::value, std::move(d));
+          // Every token leaves as a delta, even one whose text is held back (half a UTF-8
+          // character, a control token): paced streams are timed per token.
+          self->send(e.sink, delta_atom::value, std::move(d));
           if (finish != FinishReason::None) self->state.requests.erase(it);
         }
       },

@@ -159,7 +159,7 @@ std::variant<ParsedRequest, ApiError> parse_request(const std::string& body, boo
 std::string openai_finish_reason(const std::string& r) { return r == "length" ? "length" : "stop"; }
 
 std::string chunk_json(const std::string& id, const std::string& model, long created, bool chat, const std::string& text,
-                       const std::string& finish_reason, bool first) {
+                       const std::string& finish_reason, bool first, int completion_tokens) {
   json choice = {{"index", 0}, {"finish_reason", finish_reason.empty() ? json(nullptr) : json(openai_finish_reason(finish_reason))}};
   if (chat) {
     json delta = json::object();
@@ -171,6 +171,7 @@ std::string chunk_json(const std::string& id, const std::string& model, long cre
   }
   json c = {{"id", id}, {"object", chat ? "chat.completion.chunk" : "text_completion"}, {"created", created}, {"model", model},
             {"choices", json::array({choice})}};
+  if (completion_tokens >= 0) c["tutti"] = {{"completion_tokens", completion_tokens}};
   return c.dump();
 }
 

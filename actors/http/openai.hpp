@@ -50,8 +50,10 @@ std::variant<ParsedRequest, ApiError> parse_request(const std::string& body, boo
                                                     const std::string& served_model, int max_tokens_limit);
 
 // Response bodies. `created` is a Unix time; `id` like "chatcmpl-42".
+// completion_tokens >= 0 adds the extension field "tutti": {"completion_tokens": n} (the
+// tokens generated so far), which paced-stream clients use to time each token.
 std::string chunk_json(const std::string& id, const std::string& model, long created, bool chat, const std::string& text,
-                       const std::string& finish_reason, bool first);
+                       const std::string& finish_reason, bool first, int completion_tokens = -1);
 std::string usage_chunk_json(const std::string& id, const std::string& model, long created, bool chat, int prompt_tokens,
                              int completion_tokens);
 std::string completion_json(const std::string& id, const std::string& model, long created, bool chat,

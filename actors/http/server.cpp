@@ -132,8 +132,12 @@ class Session : public std::enable_shared_from_this<Session> {
       sse_started_ = true;
       queue("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n");
     }
-    if (!d.text.empty() || first_chunk_) {
-      queue("data: " + chunk_json(id_, parsed_.model, created_, parsed_.chat, d.text, "", first_chunk_) + "\n\n");
+    // Realtime streams get a chunk per token (text may be empty) carrying the token count;
+    // others only chunks with text.
+    const bool paced = parsed_.request.request_class == "realtime";
+    if (!d.text.empty() || first_chunk_ || (paced && !final_delta)) {
+      queue("data: " + chunk_json(id_, parsed_.model, created_, parsed_.chat, d.text, "", first_chunk_,
+                                  paced ? d.completion_tokens : -1) + "\n\n");
       first_chunk_ = false;
     }
     if (final_delta) {
@@ -352,7 +356,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
   }
   void on_delta(const text_delta& d) {
     if (!generating_) return;
-    if (!d.text.empty()) {
+    if (!d.text.empty()) {  // tokens whose text is held back produce no event
       text_ += d.text;
       emit({{"type", "response.output_text.delta"}, {"response_id", response_id_}, {"item_id", item_id_}, {"output_index", 0},
             {"content_index", 0}, {"delta", d.text}});

@@ -12,5 +12,6 @@ int cmd_generate(const std::vector<std::string>& args);
 int cmd_model(const std::vector<std::string>& args);  // info | random | init
 int cmd_bench(const std::vector<std::string>& args);
 int cmd_serve(const std::vector<std::string>& args);  // the HTTP server
+int cmd_bench_serve(const std::vector<std::string>& args);  // the server under mixed load, pacing on and off
 
 }  // namespace tutti::cli

@@ -19,6 +19,8 @@ commands:
            --kv-heads K --ffn F --type f32|f16|bf16|q8_0|q4_0 [--seed S] [--unified]
   model init [--out FILE]                      create the embedded default model
   bench --model FILE [--json]                  prefill, decode and memory bandwidth
+  bench serve [--model FILE] [--streams N --rate R --text-rate R --seconds S]
+                                               the server under mixed load, pacing on and off
   serve [--model FILE] [--host H] [--port P]   OpenAI-compatible HTTP server (127.0.0.1:8080)
         [--max-batch N --step-budget N --max-tokens N --max-waiting N]
 
@@ -37,6 +39,8 @@ int main(int argc, char** argv) {
   if (command == "tokenize") return tutti::cli::cmd_tokenize(args);
   if (command == "generate") return tutti::cli::cmd_generate(args);
   if (command == "model") return tutti::cli::cmd_model(args);
+  if (command == "bench" && !args.empty() && args[0] == "serve")
+    return tutti::cli::cmd_bench_serve(std::vector<std::string>(args.begin() + 1, args.end()));
   if (command == "bench") return tutti::cli::cmd_bench(args);
   if (command == "serve") return tutti::cli::cmd_serve(args);
   std::fprintf(stderr, "tutti: unknown command '%s'\n\n%s", command.c_str(), kUsage);

@@ -1,0 +1,215 @@
+// tutti bench serve: the real server on loopback under a mixed load — realtime streams
+// consumed at a fixed rate plus text requests arriving at random — run twice, with pacing
+// and without, so the effect of playback-deadline pacing shows as numbers side by side.
+#include <boost/asio.hpp>
+#include <boost/beast.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "actors/http/server.hpp"
+#include "actors/pipeline.hpp"
+#include "tools/tutti/commands.h"
+#include "tools/tutti/engine.h"
+
+namespace tutti::cli {
+
+namespace {
+
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+namespace net = boost::asio;
+using tcp = net::ip::tcp;
+using Clock = std::chrono::steady_clock;
+using json = nlohmann::json;
+
+struct StreamResult {
+  bool realtime = false;
+  double ttft = -1;
+  std::vector<double> token_times;  // seconds since the request was sent, one per token
+  int underruns = 0;
+  bool ok = false;
+};
+
+// Sends one streaming completion and records when each content chunk arrives.
+StreamResult run_stream(uint16_t port, const std::string& body, bool realtime, double rate) {
+  StreamResult r;
+  r.realtime = realtime;
+  try {
+    net::io_context ioc;
+    tcp::socket s(ioc);
+    s.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
+    const std::string req = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: " +
+                            std::to_string(body.size()) + "\r\n\r\n" + body;
+    const auto t0 = Clock::now();
+    net::write(s, net::buffer(req));
+    std::string buf;
+    char chunk[4096];
+    beast::error_code ec;
+    size_t scanned = 0;
+    for (;;) {
+      const size_t n = s.read_some(net::buffer(chunk), ec);
+      if (n) buf.append(chunk, n);
+      const double now = std::chrono::duration<double>(Clock::now() - t0).count();
+      size_t pos;
+      while ((pos = buf.find("\n\n", scanned)) != std::string::npos) {
+        const size_t start = buf.rfind("data: ", pos);
+        if (start != std::string::npos && start >= scanned) {
+          const std::string data = buf.substr(start + 6, pos - start - 6);
+          if (data == "[DONE]") {
+            r.ok = true;
+          } else {
+            json c = json::parse(data, nullptr, false);
+            if (!c.is_discarded() && c.contains("choices") && !c["choices"].empty()) {
+              // Paced streams carry the running token count; text requests a chunk per text.
+              if (c.contains("tutti")) {
+                const size_t count = c["tutti"].value("completion_tokens", 0);
+                while (r.token_times.size() < count) r.token_times.push_back(now);
+              } else if (!c["choices"][0].value("text", "").empty()) {
+                r.token_times.push_back(now);
+              }
+            }
+          }
+        }
+        scanned = pos + 2;
+      }
+      if (ec) break;
+    }
+  } catch (const std::exception&) {
+  }
+  if (!r.token_times.empty()) r.ttft = r.token_times.front();
+  if (realtime && rate > 0 && !r.token_times.empty()) {
+    // Playback starts with the first token; token i is due i / rate later. A late token is an
+    // underrun, and playback waits for it.
+    double clock = r.token_times.front();
+    for (size_t i = 1; i < r.token_times.size(); ++i) {
+      clock += 1.0 / rate;
+      if (r.token_times[i] > clock + 1e-3) {
+        ++r.underruns;
+        clock = r.token_times[i];
+      }
+    }
+  }
+  return r;
+}
+
+double pct(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, size_t(p * double(v.size())))];
+}
+
+}  // namespace
+
+int cmd_bench_serve(const std::vector<std::string>& argv) {
+  auto opts = engine_options();
+  for (auto o : {"streams", "rate", "stream-tokens", "text-rate", "text-tokens", "text-prompt-words", "seconds", "step-budget", "max-batch"})
+    opts.insert(o);
+  Args args(argv, opts, {});
+  if (!args.ok()) return fail(args.error());
+  const int streams = int(args.get_int("streams", 8));
+  const double rate = args.get_double("rate", 25);
+  const int stream_tokens = int(args.get_int("stream-tokens", 150));
+  const double text_rate = args.get_double("text-rate", 4);  // requests per second, Poisson
+  const int text_tokens = int(args.get_int("text-tokens", 16));
+  const int prompt_words = int(args.get_int("text-prompt-words", 120));
+  const double seconds = args.get_double("seconds", 6);
+  const int step_budget = int(args.get_int("step-budget", 128));
+  const int max_batch = int(args.get_int("max-batch", 32));
+  auto settings = read_settings(args);
+  if (!settings) return 1;
+  if (!args.ok()) return fail(args.error());
+
+  std::unique_ptr<Backend> backend;
+  try {
+    backend = make_cpu_backend({settings->threads, settings->kernels});
+  } catch (const std::exception& e) {
+    return fail(e.what());
+  }
+  auto model = Model::load(settings->model_path, *backend);
+  if (!model) return fail(model.error().message);
+  auto tok = Tokenizer::from_gguf((*model)->file());
+  if (!tok) return fail(tok.error().message);
+  std::shared_ptr<const Tokenizer> tokenizer(std::move(tok).value());
+  std::string prompt;
+  for (int i = 0; i < prompt_words; ++i) prompt += "word ";
+
+  std::printf("load: %d realtime streams at %.0f tokens/s (%d tokens each), text requests at %.1f/s (%d-word prompts, %d tokens), %.0f s; step budget %d\n",
+              streams, rate, stream_tokens, text_rate, prompt_words, text_tokens, seconds, step_budget);
+  std::printf("%-10s %10s %10s %10s %10s %10s %12s\n", "pacing", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99", "underruns", "tokens/s");
+  for (bool pacing : {true, false}) {
+    caf::actor_system_config cfg;
+    cfg.set("scheduler.max-threads", settings->caf_workers);
+    caf::actor_system system{cfg};
+    actors::PipelineConfig pc;
+    pc.kv_cache_bytes = size_t(settings->kv_cache_mb) << 20;
+    pc.scheduler.step_token_budget = step_budget;
+    pc.scheduler.prefill_chunk = step_budget;
+    pc.scheduler.max_sequences_per_step = max_batch;
+    pc.scheduler.max_waiting = 1024;
+    pc.scheduler.max_running = 1024;
+    pc.scheduler.pacing = pacing;
+    auto pipe = actors::spawn_pipeline(system, **model, tokenizer, pc);
+    if (!pipe) return fail(pipe.error().message);
+    http::ServerConfig sc;
+    sc.port = 0;
+    sc.max_tokens = 1 << 16;
+    sc.model_name = (*model)->hparams().name.empty() ? "tutti" : (*model)->hparams().name;
+    http::HttpServer server(system, *pipe, sc);
+    auto port = server.start();
+    if (!port) return fail(port.error().message);
+
+    std::mutex mu;
+    std::vector<StreamResult> results;
+    std::vector<std::thread> clients;
+    const auto start = Clock::now();
+    for (int i = 0; i < streams; ++i)
+      clients.emplace_back([&, i] {
+        json b = {{"prompt", "stream " + std::to_string(i)}, {"max_tokens", stream_tokens}, {"stream", true},
+                  {"tutti", {{"class", "realtime"}, {"rate", rate}, {"ignore_eos", true}}}};
+        auto r = run_stream(*port, b.dump(), true, rate);
+        std::lock_guard<std::mutex> lock(mu);
+        results.push_back(std::move(r));
+      });
+    std::mt19937 rng(11);
+    std::exponential_distribution<double> gap(text_rate);
+    double t = 0.3;
+    while (t < seconds) {
+      std::this_thread::sleep_until(start + std::chrono::duration<double>(t));
+      clients.emplace_back([&] {
+        json b = {{"prompt", prompt}, {"max_tokens", text_tokens}, {"stream", true}, {"tutti", {{"ignore_eos", true}}}};
+        auto r = run_stream(*port, b.dump(), false, 0);
+        std::lock_guard<std::mutex> lock(mu);
+        results.push_back(std::move(r));
+      });
+      t += gap(rng);
+    }
+    for (auto& c : clients) c.join();
+    const double wall = std::chrono::duration<double>(Clock::now() - start).count();
+    std::vector<double> ttft, itl;
+    int underruns = 0;
+    size_t tokens = 0;
+    for (auto& r : results) {
+      tokens += r.token_times.size();
+      if (r.realtime) {
+        underruns += r.underruns;
+        continue;
+      }
+      if (r.ttft >= 0) ttft.push_back(r.ttft);
+      for (size_t k = 1; k < r.token_times.size(); ++k) itl.push_back(r.token_times[k] - r.token_times[k - 1]);
+    }
+    std::printf("%-10s %8.1fms %8.1fms %8.1fms %8.1fms %10d %12.1f\n", pacing ? "on" : "off", pct(ttft, 0.5) * 1e3,
+                pct(ttft, 0.99) * 1e3, pct(itl, 0.5) * 1e3, pct(itl, 0.99) * 1e3, underruns, double(tokens) / wall);
+    server.stop();
+    caf::anon_send_exit(pipe->encoder, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(pipe->executor, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(pipe->decoder, caf::exit_reason::user_shutdown);
+  }
+  return 0;
+}
+
+}  // namespace tutti::cli
