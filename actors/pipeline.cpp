@@ -8,6 +8,15 @@
 
 namespace tutti::actors {
 
+void configure_for_compute(caf::actor_system_config& cfg, int workers) {
+  cfg.set("scheduler.max-threads", std::max(1, workers));
+  cfg.set("scheduler.max-throughput", 100);
+  cfg.set("work-stealing.aggressive-poll-attempts", 1);
+  cfg.set("work-stealing.moderate-poll-attempts", 1);
+  cfg.set("work-stealing.moderate-sleep-duration", caf::timespan(std::chrono::microseconds(50)));
+  cfg.set("work-stealing.relaxed-sleep-duration", caf::timespan(std::chrono::microseconds(500)));
+}
+
 Status PipelineConfig::validate() const {
   if (kv_cache_bytes == 0) return Error{"kv cache size must be positive"};
   return scheduler.validate();

@@ -30,6 +30,12 @@ struct PipelineHandles {
   std::shared_ptr<ServingMetrics> metrics;  // updated by the executor, rendered on /metrics
 };
 
+// CAF settings for a machine whose cores belong to the model: `workers` scheduler threads
+// that sleep as soon as they run out of work (CAF's default work stealing polls
+// aggressively, which takes cycles from the forward pass on a 2-core machine), and a bounded
+// throughput per actor so no session's backlog holds a worker.
+void configure_for_compute(caf::actor_system_config& cfg, int workers);
+
 // `model` and `tokenizer` must outlive the actors (the executor borrows the model).
 Expected<PipelineHandles> spawn_pipeline(caf::actor_system& system, Model& model,
                                          std::shared_ptr<const Tokenizer> tokenizer, const PipelineConfig& config);

@@ -13,6 +13,11 @@ void Histogram::observe(double v) {
   total_++;
 }
 
+double Histogram::sum() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return sum_;
+}
+
 uint64_t Histogram::count() const {
   std::lock_guard<std::mutex> lock(mu_);
   return total_;

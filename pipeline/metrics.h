@@ -20,6 +20,7 @@ class Histogram {
   // Appends the _bucket/_sum/_count lines for `name` with extra labels (e.g. class="x").
   void render(std::string& out, const std::string& name, const std::string& labels) const;
   uint64_t count() const;
+  double sum() const;
 
  private:
   mutable std::mutex mu_;

@@ -22,6 +22,68 @@ Status validate(const SamplingParams& p, int n_vocab) {
 
 Sampler::Sampler(SamplingParams params) : params_(std::move(params)), rng_(params_.seed) {}
 
+// Temperature sampling with the optional top-k / min-p / top-p cuts, over candidates_.
+// Costs O(n) unless a cut needs the candidates in order, and then sorts only as far as the
+// cut reaches (a vocabulary has tens of thousands of candidates, and this runs per token).
+int32_t Sampler::sample_tempered() {
+  auto by_logit = [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); };
+  size_t n = candidates_.size();
+  if (params_.top_k > 0 && size_t(params_.top_k) < n) {
+    std::partial_sort(candidates_.begin(), candidates_.begin() + params_.top_k, candidates_.end(), by_logit);
+    n = size_t(params_.top_k);
+  }
+  float max_logit = candidates_[0].first;
+  for (size_t i = 0; i < n; ++i) max_logit = std::max(max_logit, candidates_[i].first);
+  // Weights exp((logit - max) / T), stored in place of the logits.
+  const float inv_t = 1.0f / params_.temperature;
+  double total = 0;
+  for (size_t i = 0; i < n; ++i) {
+    candidates_[i].first = std::exp((candidates_[i].first - max_logit) * inv_t);
+    total += candidates_[i].first;
+  }
+  // min-p: drop weights below min_p times the best (the best has weight 1).
+  if (params_.min_p > 0.f) {
+    size_t kept = 0;
+    total = 0;
+    for (size_t i = 0; i < n; ++i)
+      if (candidates_[i].first >= params_.min_p) {
+        candidates_[kept++] = candidates_[i];
+        total += candidates_[i].first;
+      }
+    n = kept;
+  }
+  // top-p: the smallest set of the most likely whose mass reaches top_p. Sort a prefix,
+  // widening it until the mass is reached.
+  if (params_.top_p < 1.f) {
+    auto heavier = [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); };
+    const double target = params_.top_p * total;
+    size_t sorted = 0;
+    for (size_t width = 64;; width *= 8) {
+      const size_t w = std::min(width, n);
+      std::partial_sort(candidates_.begin() + long(sorted), candidates_.begin() + long(w), candidates_.begin() + long(n), heavier);
+      sorted = w;
+      double mass = 0;
+      size_t keep = 0;
+      while (keep < sorted) {
+        mass += candidates_[keep++].first;
+        if (mass >= target) break;
+      }
+      if (mass >= target || sorted == n) {
+        n = keep;
+        total = mass;
+        break;
+      }
+    }
+  }
+  std::uniform_real_distribution<double> u(0.0, total);
+  double r = u(rng_);
+  for (size_t i = 0; i < n; ++i) {
+    r -= candidates_[i].first;
+    if (r <= 0) return candidates_[i].second;
+  }
+  return candidates_[n - 1].second;
+}
+
 bool Sampler::is_stop(int32_t token) const {
   return std::find(params_.stop_tokens.begin(), params_.stop_tokens.end(), token) != params_.stop_tokens.end();
 }
@@ -57,48 +119,7 @@ int32_t Sampler::sample(const float* logits, int n_vocab) {
       if (it->first > best->first || (it->first == best->first && it->second < best->second)) best = it;
     chosen = best->second;
   } else {
-    auto by_logit = [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); };
-    size_t n = candidates_.size();
-    if (params_.top_k > 0 && size_t(params_.top_k) < n) {
-      std::partial_sort(candidates_.begin(), candidates_.begin() + params_.top_k, candidates_.end(), by_logit);
-      n = size_t(params_.top_k);
-    } else {
-      std::sort(candidates_.begin(), candidates_.end(), by_logit);
-    }
-    // Softmax at temperature over the n best.
-    const float max_logit = candidates_[0].first;
-    std::vector<double> probs(n);
-    double sum = 0;
-    for (size_t i = 0; i < n; ++i) sum += probs[i] = std::exp(double(candidates_[i].first - max_logit) / params_.temperature);
-    for (double& p : probs) p /= sum;
-    // min-p: drop tokens below min_p times the best probability.
-    if (params_.min_p > 0.f) {
-      size_t keep = 1;
-      while (keep < n && probs[keep] >= params_.min_p * probs[0]) ++keep;
-      n = keep;
-    }
-    // top-p: smallest prefix whose mass reaches top_p.
-    if (params_.top_p < 1.f) {
-      double mass = 0;
-      size_t keep = 0;
-      while (keep < n) {
-        mass += probs[keep++];
-        if (mass >= params_.top_p) break;
-      }
-      n = keep;
-    }
-    double total = 0;
-    for (size_t i = 0; i < n; ++i) total += probs[i];
-    std::uniform_real_distribution<double> u(0.0, total);
-    double r = u(rng_);
-    chosen = candidates_[n - 1].second;
-    for (size_t i = 0; i < n; ++i) {
-      r -= probs[i];
-      if (r <= 0) {
-        chosen = candidates_[i].second;
-        break;
-      }
-    }
+    chosen = sample_tempered();
   }
   accept(chosen);
   return chosen;

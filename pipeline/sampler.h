@@ -42,6 +42,8 @@ class Sampler {
   bool is_stop(int32_t token) const;
 
  private:
+  int32_t sample_tempered();
+
   SamplingParams params_;
   std::mt19937_64 rng_;
   std::deque<int32_t> recent_;

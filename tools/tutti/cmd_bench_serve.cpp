@@ -13,6 +13,7 @@
 
 #include "actors/http/server.hpp"
 #include "actors/pipeline.hpp"
+#include "pipeline/engine.h"
 #include "tools/tutti/commands.h"
 #include "tools/tutti/engine.h"
 
@@ -107,7 +108,7 @@ double pct(std::vector<double> v, double p) {
 
 int cmd_bench_serve(const std::vector<std::string>& argv) {
   auto opts = engine_options();
-  for (auto o : {"streams", "rate", "stream-tokens", "text-rate", "text-tokens", "text-prompt-words", "seconds", "step-budget", "max-batch"})
+  for (auto o : {"streams", "rate", "stream-tokens", "text-rate", "text-tokens", "text-prompt-words", "seconds", "step-budget", "max-batch", "overhead-tokens"})
     opts.insert(o);
   Args args(argv, opts, {});
   if (!args.ok()) return fail(args.error());
@@ -143,7 +144,7 @@ int cmd_bench_serve(const std::vector<std::string>& argv) {
   std::printf("%-10s %10s %10s %10s %10s %10s %12s\n", "pacing", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99", "underruns", "tokens/s");
   for (bool pacing : {true, false}) {
     caf::actor_system_config cfg;
-    cfg.set("scheduler.max-threads", settings->caf_workers);
+    actors::configure_for_compute(cfg, settings->caf_workers);
     caf::actor_system system{cfg};
     actors::PipelineConfig pc;
     pc.kv_cache_bytes = size_t(settings->kv_cache_mb) << 20;
@@ -209,6 +210,79 @@ int cmd_bench_serve(const std::vector<std::string>& argv) {
     caf::anon_send_exit(pipe->executor, caf::exit_reason::user_shutdown);
     caf::anon_send_exit(pipe->decoder, caf::exit_reason::user_shutdown);
   }
+
+  // Serving overhead: 32 sequences decoding together, through the whole server (HTTP, SSE,
+  // actors) and straight through the engine in this process. The difference is what the
+  // serving layers cost per step.
+  const int n_seq = 32, n_tok = int(args.get_int("overhead-tokens", 64));
+  auto engine_only = [&] {
+    auto kv = (*model)->make_kv_cache(size_t(settings->kv_cache_mb) << 20, TensorType::F16);
+    SchedulerConfig c;
+    c.max_sequences_per_step = n_seq;
+    c.step_token_budget = std::max(step_budget, n_seq);
+    c.prefill_chunk = c.step_token_budget;
+    Engine e(**model, std::move(kv).value(), c, tokenizer.get());
+    for (int i = 0; i < n_seq; ++i) {
+      EngineRequest r;
+      r.seq.id = i + 1;
+      r.seq.prompt = tokenizer->encode("sequence " + std::to_string(i));
+      r.seq.max_new_tokens = n_tok;
+      r.sampling.temperature = 1.0f;  // what the server's requests get by default
+      r.stop_at_eog = false;
+      (void)e.submit(std::move(r), 0);
+    }
+    const auto t0 = Clock::now();
+    double step_time = 0;
+    int steps = 0;
+    while (!e.idle()) {
+      EngineStepStats st;
+      e.step(std::chrono::duration<double>(Clock::now() - t0).count(), &st);
+      step_time += st.seconds;
+      steps += st.sequences > 0;
+    }
+    return std::make_tuple(std::chrono::duration<double>(Clock::now() - t0).count(), step_time, steps);
+  };
+  const auto [engine_wall, engine_steps_s, engine_steps] = engine_only();
+  double server_wall = 0, server_step_s = 0;
+  uint64_t server_steps = 0;
+  {
+    caf::actor_system_config cfg;
+    actors::configure_for_compute(cfg, settings->caf_workers);
+    caf::actor_system system{cfg};
+    actors::PipelineConfig pc;
+    pc.kv_cache_bytes = size_t(settings->kv_cache_mb) << 20;
+    pc.scheduler.max_sequences_per_step = n_seq;
+    pc.scheduler.step_token_budget = std::max(step_budget, n_seq);
+    pc.scheduler.prefill_chunk = pc.scheduler.step_token_budget;
+    auto pipe = actors::spawn_pipeline(system, **model, tokenizer, pc);
+    http::ServerConfig sc;
+    sc.port = 0;
+    sc.max_tokens = 1 << 16;
+    sc.model_name = (*model)->hparams().name.empty() ? "tutti" : (*model)->hparams().name;
+    http::HttpServer server(system, *pipe, sc);
+    auto port = server.start();
+    if (!port) return fail(port.error().message);
+    std::vector<std::thread> clients;
+    const auto t0 = Clock::now();
+    for (int i = 0; i < n_seq; ++i)
+      clients.emplace_back([&, i] {
+        json b = {{"prompt", "sequence " + std::to_string(i)}, {"max_tokens", n_tok}, {"stream", true}, {"tutti", {{"ignore_eos", true}}}};
+        run_stream(*port, b.dump(), false, 0);
+      });
+    for (auto& c : clients) c.join();
+    server_wall = std::chrono::duration<double>(Clock::now() - t0).count();
+    server_steps = pipe->metrics->step_seconds.count();
+    server_step_s = pipe->metrics->step_seconds.sum();
+    server.stop();
+    caf::anon_send_exit(pipe->encoder, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(pipe->executor, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(pipe->decoder, caf::exit_reason::user_shutdown);
+  }
+  std::printf("serving, %d sequences x %d tokens: engine alone %.3f s (%d steps, %.2f ms/step); through the server %.3f s "
+              "(%llu steps, %.2f ms/step; steps take %.1f%% of the wall time, the clients run on the same cores)\n",
+              n_seq, n_tok, engine_wall, engine_steps, engine_steps_s / std::max(1, engine_steps) * 1e3, server_wall,
+              (unsigned long long)server_steps, server_step_s / double(std::max<uint64_t>(1, server_steps)) * 1e3,
+              server_step_s / server_wall * 100);
   return 0;
 }
 

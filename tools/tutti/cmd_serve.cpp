@@ -73,8 +73,7 @@ int cmd_serve(const std::vector<std::string>& argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   caf::actor_system_config cfg;
-  cfg.set("scheduler.max-threads", caf_threads);
-  cfg.set("scheduler.max-throughput", 100);
+  actors::configure_for_compute(cfg, caf_threads);
   caf::actor_system system{cfg};
   auto pipe = actors::spawn_pipeline(system, **model, tokenizer, pc);
   if (!pipe) return fail(pipe.error().message);
