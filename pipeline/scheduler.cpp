@@ -1,6 +1,7 @@
 #include "pipeline/scheduler.h"
 
 #include <algorithm>
+#include <numeric>
 #include <cmath>
 #include <limits>
 
@@ -165,6 +166,12 @@ StepPlan Scheduler::plan(double now) {
   for (int64_t id : waiting_) consider(id);
   std::stable_sort(cands.begin(), cands.end(),
                    [](const Candidate& a, const Candidate& b) { return a.tier != b.tier ? a.tier < b.tier : a.key < b.key; });
+  // Streams between the watermarks ride along in steps that run anyway; on their own they
+  // do not start one. Left alone they coast down to the low watermark and then run together,
+  // so a step carries many streams at once instead of one each (a decode step costs about the
+  // same for one sequence as for thirty).
+  if (!cands.empty() && std::all_of(cands.begin(), cands.end(), [](const Candidate& c) { return c.tier == 3; }))
+    cands.clear();
 
   auto class_rank = [](RequestClass c) { return c == RequestClass::Realtime ? 0 : c == RequestClass::Interactive ? 1 : 2; };
   std::vector<int64_t> planned;

@@ -7,7 +7,7 @@
 //   1. realtime streams close to their deadline (playback lead under the low watermark),
 //      earliest deadline first;
 //   2. interactive decodes, then interactive and realtime prefills (time to first token);
-//   3. realtime streams between the watermarks;
+//   3. realtime streams between the watermarks (these only join steps that run anyway);
 //   4. batch decodes and prefills.
 // Realtime streams at or above the high watermark skip the step, so their capacity goes to
 // text. With pacing off, realtime streams are plain decodes that run every step.

@@ -76,7 +76,10 @@ SimResult simulate(Scheduler& sched, FakeKv& kv, std::vector<Arrival> arrivals, 
     StepPlan plan = sched.plan(now);
     if (plan.empty()) {
       if (next >= arrivals.size() && sched.idle()) break;
-      now = next < arrivals.size() ? std::max(now + 1e-4, arrivals[next].time) : now + 1e-3;
+      // Like the executor: with work held back (streams ahead of playback) look again in
+      // 2 ms; with nothing at all, wait for the next arrival.
+      const double next_arrival = next < arrivals.size() ? arrivals[next].time : 1e30;
+      now = sched.idle() ? std::max(now + 1e-4, next_arrival) : std::min(now + 0.002, std::max(now + 1e-4, next_arrival));
       continue;
     }
     kv.reserve(plan.batch);
@@ -192,8 +195,12 @@ TEST(Scheduler, UrgentStreamGoesFirst) {
     now += 0.01;
     ahead.on_step_done(q, {{9, 7, false}}, now);
   }
-  EXPECT_GE(ahead.lead(9, now), 0.6 - 1e-9);
-  EXPECT_TRUE(ahead.plan(now).empty());  // nothing urgent: the stream yields the step
+  // Between the watermarks a lone stream does not start a step: it coasts until urgent.
+  EXPECT_GE(ahead.lead(9, now), 0.2);
+  EXPECT_TRUE(ahead.plan(now).empty());
+  const double coast = ahead.lead(9, now) - 0.2;
+  EXPECT_TRUE(ahead.plan(now + coast - 0.01).empty());
+  EXPECT_FALSE(ahead.plan(now + coast + 0.01).empty());  // urgent again
 }
 
 // A 5000-token prompt arrives while four sequences stream: every step still carries their
