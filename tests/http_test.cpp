@@ -6,8 +6,7 @@
 #include <boost/asio.hpp>
 #include <boost/beast.hpp>
 
-#include "actors/http/server.hpp"
-#include "test_support.h"
+#include "server_support.h"
 
 namespace tutti {
 namespace {
@@ -43,39 +42,13 @@ Reply call(uint16_t port, bhttp::verb verb, const std::string& target, const std
 }
 
 struct HttpFixture : ::testing::Test {
-  std::unique_ptr<Backend> backend = make_cpu_backend({1});
-  std::unique_ptr<Model> model;
-  std::shared_ptr<const Tokenizer> tokenizer;
-  caf::actor_system_config cfg;
-  std::unique_ptr<caf::actor_system> sys;
-  actors::PipelineHandles pipe;
-  std::unique_ptr<http::HttpServer> server;
+  std::unique_ptr<test::ServerUnderTest> sut;
   uint16_t port = 0;
-
   void SetUp() override {
-    RandomModelSpec spec;
-    spec.dim = 64; spec.layers = 2; spec.heads = 4; spec.kv_heads = 2; spec.ffn = 96; spec.unified = true; spec.seed = 4;
-    model = std::move(Model::load(test::random_model(spec, "http-unified.gguf"), *backend)).value();
-    tokenizer = std::shared_ptr<const Tokenizer>(std::move(Tokenizer::from_gguf(model->file())).value());
-    cfg.set("scheduler.max-threads", 2);
-    sys = std::make_unique<caf::actor_system>(cfg);
-    actors::PipelineConfig pc;
-    pc.kv_cache_bytes = 8 << 20;
-    pipe = *actors::spawn_pipeline(*sys, *model, tokenizer, pc);
     http::ServerConfig sc;
-    sc.port = 0;
     sc.max_body_bytes = 4096;
-    sc.model_name = "tutti-test";
-    server = std::make_unique<http::HttpServer>(*sys, pipe, sc);
-    auto p = server->start();
-    ASSERT_TRUE(p) << p.error().message;
-    port = *p;
-  }
-  void TearDown() override {
-    server->stop();
-    caf::anon_send_exit(pipe.encoder, caf::exit_reason::user_shutdown);
-    caf::anon_send_exit(pipe.executor, caf::exit_reason::user_shutdown);
-    caf::anon_send_exit(pipe.decoder, caf::exit_reason::user_shutdown);
+    sut = std::make_unique<test::ServerUnderTest>(sc);
+    port = sut->port;
   }
 };
 

@@ -5,8 +5,7 @@
 #include <boost/asio.hpp>
 #include <boost/beast.hpp>
 
-#include "actors/http/server.hpp"
-#include "test_support.h"
+#include "server_support.h"
 
 namespace tutti {
 namespace {
@@ -17,43 +16,19 @@ using tcp = net::ip::tcp;
 using json = nlohmann::json;
 
 struct RealtimeFixture : ::testing::Test {
-  std::unique_ptr<Backend> backend = make_cpu_backend({1});
-  std::unique_ptr<Model> model;
-  std::shared_ptr<const Tokenizer> tokenizer;
-  caf::actor_system_config cfg;
-  std::unique_ptr<caf::actor_system> sys;
-  actors::PipelineHandles pipe;
-  std::unique_ptr<http::HttpServer> server;
-  uint16_t port = 0;
+  std::unique_ptr<test::ServerUnderTest> sut;
   net::io_context ioc;
   std::unique_ptr<beast::websocket::stream<tcp::socket>> ws;
 
   void SetUp() override {
-    RandomModelSpec spec;
-    spec.dim = 64; spec.layers = 2; spec.heads = 4; spec.kv_heads = 2; spec.ffn = 96; spec.unified = true; spec.seed = 4;
-    model = std::move(Model::load(test::random_model(spec, "http-unified.gguf"), *backend)).value();
-    tokenizer = std::shared_ptr<const Tokenizer>(std::move(Tokenizer::from_gguf(model->file())).value());
-    cfg.set("scheduler.max-threads", 2);
-    sys = std::make_unique<caf::actor_system>(cfg);
-    actors::PipelineConfig pc;
-    pc.kv_cache_bytes = 8 << 20;
-    pipe = *actors::spawn_pipeline(*sys, *model, tokenizer, pc);
-    http::ServerConfig sc;
-    sc.port = 0;
-    sc.model_name = "tutti-test";
-    server = std::make_unique<http::HttpServer>(*sys, pipe, sc);
-    port = *server->start();
+    sut = std::make_unique<test::ServerUnderTest>();
     ws = std::make_unique<beast::websocket::stream<tcp::socket>>(ioc);
-    ws->next_layer().connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
+    ws->next_layer().connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), sut->port));
     ws->handshake("127.0.0.1", "/v1/realtime");
   }
   void TearDown() override {
     beast::error_code ec;
     ws->close(beast::websocket::close_code::normal, ec);
-    server->stop();
-    caf::anon_send_exit(pipe.encoder, caf::exit_reason::user_shutdown);
-    caf::anon_send_exit(pipe.executor, caf::exit_reason::user_shutdown);
-    caf::anon_send_exit(pipe.decoder, caf::exit_reason::user_shutdown);
   }
   void send(const json& j) { ws->write(net::buffer(j.dump())); }
   void send_raw(const std::string& s) { ws->write(net::buffer(s)); }

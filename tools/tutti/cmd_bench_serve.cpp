@@ -98,6 +98,40 @@ StreamResult run_stream(uint16_t port, const std::string& body, bool realtime, d
   return r;
 }
 
+// The server on an ephemeral loopback port, for one measurement.
+struct RunningServer {
+  caf::actor_system_config cfg;
+  std::unique_ptr<caf::actor_system> system;
+  actors::PipelineHandles pipe;
+  std::unique_ptr<http::HttpServer> server;
+  uint16_t port = 0;
+
+  static Expected<std::unique_ptr<RunningServer>> start(Model& model, std::shared_ptr<const Tokenizer> tokenizer,
+                                                        const actors::PipelineConfig& pc, int caf_workers) {
+    auto s = std::make_unique<RunningServer>();
+    actors::configure_for_compute(s->cfg, caf_workers);
+    s->system = std::make_unique<caf::actor_system>(s->cfg);
+    auto pipe = actors::spawn_pipeline(*s->system, model, std::move(tokenizer), pc);
+    if (!pipe) return pipe.error();
+    s->pipe = *pipe;
+    http::ServerConfig sc;
+    sc.port = 0;
+    sc.max_tokens = 1 << 16;
+    sc.model_name = model.hparams().name.empty() ? "tutti" : model.hparams().name;
+    s->server = std::make_unique<http::HttpServer>(*s->system, s->pipe, sc);
+    auto port = s->server->start();
+    if (!port) return port.error();
+    s->port = *port;
+    return s;
+  }
+  ~RunningServer() {
+    if (server) server->stop();
+    caf::anon_send_exit(pipe.encoder, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(pipe.executor, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(pipe.decoder, caf::exit_reason::user_shutdown);
+  }
+};
+
 double pct(std::vector<double> v, double p) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -143,9 +177,6 @@ int cmd_bench_serve(const std::vector<std::string>& argv) {
               streams, rate, stream_tokens, text_rate, prompt_words, text_tokens, seconds, step_budget);
   std::printf("%-10s %10s %10s %10s %10s %10s %12s\n", "pacing", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99", "underruns", "tokens/s");
   for (bool pacing : {true, false}) {
-    caf::actor_system_config cfg;
-    actors::configure_for_compute(cfg, settings->caf_workers);
-    caf::actor_system system{cfg};
     actors::PipelineConfig pc;
     pc.kv_cache_bytes = size_t(settings->kv_cache_mb) << 20;
     pc.scheduler.step_token_budget = step_budget;
@@ -154,15 +185,9 @@ int cmd_bench_serve(const std::vector<std::string>& argv) {
     pc.scheduler.max_waiting = 1024;
     pc.scheduler.max_running = 1024;
     pc.scheduler.pacing = pacing;
-    auto pipe = actors::spawn_pipeline(system, **model, tokenizer, pc);
-    if (!pipe) return fail(pipe.error().message);
-    http::ServerConfig sc;
-    sc.port = 0;
-    sc.max_tokens = 1 << 16;
-    sc.model_name = (*model)->hparams().name.empty() ? "tutti" : (*model)->hparams().name;
-    http::HttpServer server(system, *pipe, sc);
-    auto port = server.start();
-    if (!port) return fail(port.error().message);
+    auto running = RunningServer::start(**model, tokenizer, pc, settings->caf_workers);
+    if (!running) return fail(running.error().message);
+    const uint16_t* port = &(*running)->port;
 
     std::mutex mu;
     std::vector<StreamResult> results;
@@ -208,10 +233,6 @@ int cmd_bench_serve(const std::vector<std::string>& argv) {
     }
     std::printf("%-10s %8.1fms %8.1fms %8.1fms %8.1fms %10d %12.1f\n", pacing ? "on" : "off", pct(ttft, 0.5) * 1e3,
                 pct(ttft, 0.99) * 1e3, pct(itl, 0.5) * 1e3, pct(itl, 0.99) * 1e3, underruns, double(tokens) / wall);
-    server.stop();
-    caf::anon_send_exit(pipe->encoder, caf::exit_reason::user_shutdown);
-    caf::anon_send_exit(pipe->executor, caf::exit_reason::user_shutdown);
-    caf::anon_send_exit(pipe->decoder, caf::exit_reason::user_shutdown);
   }
 
   // Serving overhead: 32 sequences decoding together, through the whole server (HTTP, SSE,
@@ -249,22 +270,14 @@ int cmd_bench_serve(const std::vector<std::string>& argv) {
   double server_wall = 0, server_step_s = 0;
   uint64_t server_steps = 0;
   {
-    caf::actor_system_config cfg;
-    actors::configure_for_compute(cfg, settings->caf_workers);
-    caf::actor_system system{cfg};
     actors::PipelineConfig pc;
     pc.kv_cache_bytes = size_t(settings->kv_cache_mb) << 20;
     pc.scheduler.max_sequences_per_step = n_seq;
     pc.scheduler.step_token_budget = std::max(step_budget, n_seq);
     pc.scheduler.prefill_chunk = pc.scheduler.step_token_budget;
-    auto pipe = actors::spawn_pipeline(system, **model, tokenizer, pc);
-    http::ServerConfig sc;
-    sc.port = 0;
-    sc.max_tokens = 1 << 16;
-    sc.model_name = (*model)->hparams().name.empty() ? "tutti" : (*model)->hparams().name;
-    http::HttpServer server(system, *pipe, sc);
-    auto port = server.start();
-    if (!port) return fail(port.error().message);
+    auto running = RunningServer::start(**model, tokenizer, pc, settings->caf_workers);
+    if (!running) return fail(running.error().message);
+    const uint16_t* port = &(*running)->port;
     std::vector<std::thread> clients;
     const auto t0 = Clock::now();
     for (int i = 0; i < n_seq; ++i)
@@ -274,12 +287,8 @@ int cmd_bench_serve(const std::vector<std::string>& argv) {
       });
     for (auto& c : clients) c.join();
     server_wall = std::chrono::duration<double>(Clock::now() - t0).count();
-    server_steps = pipe->metrics->step_seconds.count();
-    server_step_s = pipe->metrics->step_seconds.sum();
-    server.stop();
-    caf::anon_send_exit(pipe->encoder, caf::exit_reason::user_shutdown);
-    caf::anon_send_exit(pipe->executor, caf::exit_reason::user_shutdown);
-    caf::anon_send_exit(pipe->decoder, caf::exit_reason::user_shutdown);
+    server_steps = (*running)->pipe.metrics->step_seconds.count();
+    server_step_s = (*running)->pipe.metrics->step_seconds.sum();
   }
   std::printf("serving, %d sequences x %d tokens: engine alone %.3f s (%d steps, %.2f ms/step); through the server %.3f s "
               "(%llu steps, %.2f ms/step; steps take %.1f%% of the wall time, the clients run on the same cores)\n",
