@@ -6,6 +6,8 @@
 #include <boost/asio.hpp>
 #include <boost/beast.hpp>
 
+#include <thread>
+
 #include "server_support.h"
 
 namespace tutti {
@@ -153,6 +155,39 @@ TEST_F(HttpFixture, BadInputGetsErrorsInTheProtocolsFormAndServingGoesOn) {
   }  // closed mid-stream
   const Reply after = call(port, bhttp::verb::post, "/v1/completions", R"({"prompt":"still here","max_tokens":3})");
   EXPECT_EQ(after.status, 200) << after.body;
+}
+
+}  // namespace
+}  // namespace tutti
+
+namespace tutti {
+namespace {
+
+// Beyond max_connections a new connection gets 503 in OpenAI's error form; once others
+// close, connections are served again.
+TEST(HttpLimits, TooManyConnectionsGet503AndServingResumes) {
+  http::ServerConfig sc;
+  sc.max_connections = 2;
+  test::ServerUnderTest sut(sc);
+  net::io_context ioc;
+  std::vector<std::unique_ptr<tcp::socket>> idle;
+  for (int i = 0; i < 2; ++i) {
+    idle.push_back(std::make_unique<tcp::socket>(ioc));
+    idle.back()->connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), sut.port));
+  }
+  // Wait until the server has accepted both (its connection gauge says so).
+  for (int i = 0; i < 100 && sut.server->metrics().active_connections < 2; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  const Reply refused = call(sut.port, bhttp::verb::get, "/health");
+  EXPECT_EQ(refused.status, 503);
+  EXPECT_EQ(json::parse(refused.body)["error"]["code"], "too_many_connections");
+  idle.clear();
+  int status = 0;
+  for (int i = 0; i < 100 && status != 200; ++i) {  // the server notices the closes within moments
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    status = call(sut.port, bhttp::verb::get, "/health").status;
+  }
+  EXPECT_EQ(status, 200);
 }
 
 }  // namespace
