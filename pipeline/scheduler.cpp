@@ -65,11 +65,14 @@ void Scheduler::cancel(int64_t id) {
 
 void Scheduler::remove(int64_t id) {
   auto it = seqs_.find(id);
-  if (it == seqs_.end()) return;
+  if (it != seqs_.end()) retire(it);
+}
+
+std::map<int64_t, Scheduler::Sequence>::iterator Scheduler::retire(std::map<int64_t, Sequence>::iterator it) {
   release(it->second);
   it->second.stats.finished = true;
-  done_[id] = it->second.stats;
-  seqs_.erase(it);
+  done_[it->first] = std::move(it->second.stats);  // the sequence is erased next
+  return seqs_.erase(it);
 }
 
 void Scheduler::release(Sequence& s) {
@@ -121,11 +124,8 @@ StepPlan Scheduler::plan(double now) {
   // Cancellations first: their blocks are free for this very step.
   for (auto it = seqs_.begin(); it != seqs_.end();) {
     if (it->second.cancelled) {
-      release(it->second);
-      it->second.stats.finished = true;
-      done_[it->first] = it->second.stats;
       plan.cancelled.push_back(it->first);
-      it = seqs_.erase(it);
+      it = retire(it);
     } else {
       ++it;
     }
@@ -242,11 +242,8 @@ std::vector<int64_t> Scheduler::on_step_done(const StepPlan& plan, const std::ve
     if (s.stats.first_token < 0) s.stats.first_token = now;
     if (s.req.cls == RequestClass::Realtime && s.stream_start < 0) s.stream_start = now;  // playback starts
     if (out.stop || s.generated >= s.req.max_new_tokens) {
-      release(s);
-      s.stats.finished = true;
-      done_[s.req.id] = s.stats;
       finished.push_back(s.req.id);
-      seqs_.erase(it);
+      retire(it);
     }
   }
   return finished;

@@ -164,6 +164,8 @@ class Scheduler {
   };
 
   void release(Sequence& s);
+  // Ends a sequence: KV released, stats kept in done_ until forget(). Returns the next entry.
+  std::map<int64_t, Sequence>::iterator retire(std::map<int64_t, Sequence>::iterator it);
   void preempt(Sequence& s, StepPlan& plan);
   double lead_of(const Sequence& s, double now) const;
   void note_underrun(Sequence& s, double now);
