@@ -87,6 +87,18 @@ struct executor_state {
   std::set<int64_t> early_cancels;
 };
 
+// Ends a request the engine never took (cancelled before it arrived, or refused) with one
+// final event, sent the same way as a step's.
+void end_unadmitted(executor_actor::stateful_pointer<executor_state> self, int64_t id, FinishReason finish,
+                    std::string error) {
+  step_events ev;
+  ev.request = {id};
+  ev.token = {-1};
+  ev.finish = {int32_t(finish)};
+  ev.error = {std::move(error)};
+  self->send(self->state.decoder, events_atom::value, std::move(ev));
+}
+
 void schedule_step(executor_actor::stateful_pointer<executor_state> self) {
   if (self->state.step_pending) return;
   self->state.step_pending = true;
@@ -101,15 +113,7 @@ executor_actor::behavior_type executor_impl(executor_actor::stateful_pointer<exe
   self->state.decoder = decoder;
   return {
       [=](submit_atom, const text_request& r, const std::vector<int32_t>& ids, const sink_actor&) {
-        if (self->state.early_cancels.erase(r.id)) {
-          step_events ev;
-          ev.request = {r.id};
-          ev.token = {-1};
-          ev.finish = {int32_t(FinishReason::Cancelled)};
-          ev.error = {""};
-          self->send(self->state.decoder, events_atom::value, std::move(ev));
-          return;
-        }
+        if (self->state.early_cancels.erase(r.id)) return end_unadmitted(self, r.id, FinishReason::Cancelled, "");
         EngineRequest er;
         er.seq.id = r.id;
         er.seq.prompt = ids;
@@ -128,13 +132,7 @@ executor_actor::behavior_type executor_impl(executor_actor::stateful_pointer<exe
           er.sampling.allowed = model.config().modalities.text_ranges(model.hparams().n_vocab);
         if (Status s = self->state.engine->submit(std::move(er), seconds_now()); !s) {
           // Refused (busy, too long, bad sampling): the request ends at once with the reason.
-          step_events ev;
-          ev.request = {r.id};
-          ev.token = {-1};
-          ev.finish = {int32_t(FinishReason::Error)};
-          ev.error = {s.message()};
-          self->send(self->state.decoder, events_atom::value, std::move(ev));
-          return;
+          return end_unadmitted(self, r.id, FinishReason::Error, s.message());
         }
         schedule_step(self);
       },
