@@ -3,6 +3,7 @@
 //
 //   transport/ingress (one per session) --encode--> encoder --register--> decoder
 //                                                     \--submit--> executor --events--> decoder --delta--> sink
+//   transport --credit (tokens its client has taken)--> executor
 //
 // Encoder: turns request content into token ids (off the executor's thread). Executor: owns
 // the model's engine (weights, KV cache, scheduler) and runs the step loop; the only place
@@ -79,6 +80,7 @@ using step_atom = caf::atom_constant<caf::atom("step")>;
 using events_atom = caf::atom_constant<caf::atom("events")>;
 using register_atom = caf::atom_constant<caf::atom("register")>;
 using delta_atom = caf::atom_constant<caf::atom("delta")>;
+using credit_atom = caf::atom_constant<caf::atom("credit")>;
 
 // ---- interfaces
 
@@ -93,8 +95,15 @@ using decoder_actor = caf::typed_actor<caf::reacts_to<register_atom, int64_t, in
 // Executor: admits tokenized requests (replies with nothing; a refusal reaches the sink as a
 // final delta with the error), cancels, and runs the step loop by sending itself step_atom
 // while work remains.
+//
+// Backpressure is credit from the far end: a session's transport reports (credit_atom, id,
+// n) once its client's socket has taken the first n generated tokens, and the executor runs
+// a sequence only while it is less than the client window ahead of that. So every queue
+// between executor and socket (decoder, sink, session) holds at most a window of one
+// request's tokens, and a client that stops reading pauses only its own sequence.
 using executor_actor = caf::typed_actor<caf::reacts_to<submit_atom, text_request, std::vector<int32_t>, sink_actor>,
-                                        caf::reacts_to<cancel_atom, int64_t>, caf::reacts_to<step_atom>>;
+                                        caf::reacts_to<cancel_atom, int64_t>, caf::reacts_to<credit_atom, int64_t, int32_t>,
+                                        caf::reacts_to<step_atom>>;
 
 // Encoder: tokenizes a request and passes it on; replies with the prompt's token count, or an
 // error (empty prompt, prompt too long) that the transport turns into its protocol's form.

@@ -145,6 +145,10 @@ executor_actor::behavior_type executor_impl(executor_actor::stateful_pointer<exe
         }
         schedule_step(self);
       },
+      [=](credit_atom, int64_t id, int32_t delivered) {
+        self->state.engine->on_delivered(id, delivered, seconds_now());
+        if (!self->state.engine->idle()) schedule_step(self);
+      },
       [=](step_atom) {
         self->state.step_pending = false;
         EngineStepStats stats;

@@ -47,6 +47,7 @@ void Engine::record(const std::vector<EngineEvent>& events, const EngineStepStat
   }
   m.queue_depth = scheduler_.waiting();
   m.running = scheduler_.running();
+  m.held_for_client = scheduler_.held_for_client();
   m.kv_blocks_used = kv_->total_blocks() - kv_->free_blocks();
 }
 
@@ -81,7 +82,7 @@ std::vector<EngineEvent> Engine::step(double now, EngineStepStats* stats) {
   }
   if (plan.empty()) {
     if (stats) *stats = EngineStepStats{};
-    if (metrics_ && !events.empty()) record(events, EngineStepStats{}, now);
+    if (metrics_) record(events, EngineStepStats{}, now);  // gauges move without steps too
     for (const EngineEvent& e : events) scheduler_.forget(e.seq);  // all are cancellations
     return events;
   }

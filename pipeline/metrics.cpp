@@ -93,6 +93,7 @@ std::string ServingMetrics::render() const {
   };
   gauge("tutti_queue_depth", "Admitted requests waiting to start.", queue_depth);
   gauge("tutti_running_sequences", "Sequences holding KV cache blocks.", running);
+  gauge("tutti_sequences_held_for_client", "Sequences paused until their client reads (flow control).", held_for_client);
   gauge("tutti_kv_blocks_in_use", "KV cache blocks in use.", kv_blocks_used);
   gauge("tutti_kv_blocks_total", "KV cache blocks in the pool.", kv_blocks_total);
   return out;

@@ -28,6 +28,7 @@ Status SchedulerConfig::validate() const {
     return Error{"step_token_budget must be at least max_sequences_per_step (one token per sequence)"};
   if (prefill_chunk < 1) return Error{"prefill_chunk must be at least 1"};
   if (max_waiting < 0 || max_running < 1) return Error{"max_waiting must be >= 0 and max_running >= 1"};
+  if (client_window < 0) return Error{"client_window must be >= 0 (0: no limit)"};
   return Status::Ok();
 }
 
@@ -61,6 +62,23 @@ Status Scheduler::submit(SequenceRequest r, double now) {
 void Scheduler::cancel(int64_t id) {
   auto it = seqs_.find(id);
   if (it != seqs_.end()) it->second.cancelled = true;
+}
+
+void Scheduler::on_delivered(int64_t id, int delivered, double now) {
+  auto it = seqs_.find(id);
+  if (it == seqs_.end()) return;
+  Sequence& s = it->second;
+  s.delivered = std::clamp(delivered, s.delivered, s.generated);
+  if (s.held_since >= 0 && !over_window(s)) {
+    // Playback cannot run ahead of what the client has: a stream's clock waits while its own
+    // client is not reading, so that wait is not counted as the server's underrun.
+    if (s.stream_start >= 0) s.stream_start += now - s.held_since;
+    s.held_since = -1;
+  }
+}
+
+int Scheduler::held_for_client() const {
+  return int(std::count_if(seqs_.begin(), seqs_.end(), [](const auto& kv) { return kv.second.held_since >= 0; }));
 }
 
 void Scheduler::remove(int64_t id) {
@@ -135,6 +153,10 @@ StepPlan Scheduler::plan(double now) {
   std::vector<Candidate> cands;
   auto consider = [&](int64_t id) {
     Sequence& s = seqs_.at(id);
+    if (over_window(s)) {  // its client is not reading: wait for credit (on_delivered)
+      if (s.held_since < 0) s.held_since = now;
+      return;
+    }
     const bool decode = s.decoding();
     const double arrival = s.stats.arrival;
     switch (s.req.cls) {

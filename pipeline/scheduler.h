@@ -51,6 +51,10 @@ struct SchedulerConfig {
   int max_waiting = 64;          // admission queue; beyond it requests are refused (busy)
   int max_running = 64;          // sequences holding KV at once
   bool pacing = true;            // false: realtime streams decode every step (the baseline)
+  // Flow control: the most tokens a sequence may be ahead of what its client has received
+  // (on_delivered). A client that stops reading holds its own sequence (KV kept) after this
+  // many tokens instead of filling queues between the stages; 0: no limit.
+  int client_window = 256;
   Status validate() const;
 };
 
@@ -126,6 +130,9 @@ class Scheduler {
   Status submit(SequenceRequest request, double now);
   // Marks a sequence for removal; the next plan() releases its KV. Unknown ids are ignored.
   void cancel(int64_t id);
+  // The client of `id` has received its first `delivered` generated tokens (credit for
+  // flow control; see SchedulerConfig::client_window). Unknown ids are ignored.
+  void on_delivered(int64_t id, int delivered, double now);
   // Removes a sequence at once (its step failed): KV released, stats kept.
   void remove(int64_t id);
   // Drops the kept stats of a finished sequence (a long-running server calls this once it
@@ -141,6 +148,8 @@ class Scheduler {
   double lead(int64_t id, double now) const;
   const SequenceStats* stats(int64_t id) const;
   int waiting() const { return int(waiting_.size()); }
+  // Sequences that may not advance until their client reads (client_window reached).
+  int held_for_client() const;
   int running() const { return int(running_.size()); }
   bool idle() const { return waiting_.empty() && running_.empty(); }
   const SchedulerConfig& config() const { return config_; }
@@ -152,6 +161,8 @@ class Scheduler {
     int computed = 0;             // tokens with KV in the cache
     int generated = 0;
     double stream_start = -1;     // realtime: playback clock origin (moves on underrun)
+    int delivered = 0;            // generated tokens the client has received
+    double held_since = -1;       // when the client window stopped it; -1: not held
     bool cancelled = false;
     bool running = false;
     SequenceStats stats;
@@ -168,6 +179,9 @@ class Scheduler {
   std::map<int64_t, Sequence>::iterator retire(std::map<int64_t, Sequence>::iterator it);
   void preempt(Sequence& s, StepPlan& plan);
   double lead_of(const Sequence& s, double now) const;
+  bool over_window(const Sequence& s) const {
+    return config_.client_window > 0 && s.generated - s.delivered >= config_.client_window;
+  }
   void note_underrun(Sequence& s, double now);
 
   SchedulerConfig config_;

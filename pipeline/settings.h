@@ -27,6 +27,7 @@ struct Settings {
   int max_waiting = 64;
   int max_running = 64;
   bool pacing = true;
+  int client_window = 256;
   // [realtime]
   double low_watermark_ms = 200;
   double high_watermark_ms = 600;
@@ -36,6 +37,9 @@ struct Settings {
   int64_t max_body_bytes = 1 << 20;
   int max_connections = 256;
   int max_tokens = 1024;
+  double read_timeout_s = 60;
+  double write_timeout_s = 60;
+  int send_buffer_bytes = 0;
   // [threads]
   int caf_workers = 2;
 };

@@ -23,6 +23,10 @@ TEST(Settings, ShippedFileStatesTheDefaults) {
   EXPECT_EQ(s->port, d.port);
   EXPECT_EQ(s->max_body_bytes, d.max_body_bytes);
   EXPECT_EQ(s->caf_workers, d.caf_workers);
+  EXPECT_EQ(s->client_window, d.client_window);
+  EXPECT_EQ(s->read_timeout_s, d.read_timeout_s);
+  EXPECT_EQ(s->write_timeout_s, d.write_timeout_s);
+  EXPECT_EQ(s->send_buffer_bytes, d.send_buffer_bytes);
 }
 
 TEST(Settings, MistakesNameTheSetting) {
@@ -37,6 +41,8 @@ TEST(Settings, MistakesNameTheSetting) {
   EXPECT_NE(err("[cache]\nsize_mb = 4\n").find("unknown section [cache]"), std::string::npos);
   EXPECT_NE(err("[scheduler]\npacing = 1\n").find("scheduler.pacing must be true or false"), std::string::npos);
   EXPECT_NE(err("[realtime]\nlow_watermark_ms = 700\n").find("low_watermark_ms must be below"), std::string::npos);
+  EXPECT_NE(err("[server]\nread_timeout_s = 0\n").find("server.read_timeout_s must be between"), std::string::npos);
+  EXPECT_NE(err("[scheduler]\nclient_window = -1\n").find("scheduler.client_window must be between"), std::string::npos);
   EXPECT_NE(err("[server\nport = 1").find("t.toml:1"), std::string::npos);
   auto ok = parse_settings("[scheduler]\nmax_batch = 8\n[server]\nport = 9000\n", "t.toml");
   ASSERT_TRUE(ok);

@@ -190,5 +190,138 @@ TEST(HttpLimits, TooManyConnectionsGet503AndServingResumes) {
   EXPECT_EQ(status, 200);
 }
 
+// One value of a metric from the server's /metrics text (first matching line).
+double metric(uint16_t port, const std::string& name_and_labels) {
+  const std::string text = call(port, bhttp::verb::get, "/metrics").body;
+  size_t at = 0;
+  while ((at = text.find(name_and_labels + " ", at)) != std::string::npos) {
+    if (at == 0 || text[at - 1] == '\n') return std::stod(text.substr(at + name_and_labels.size() + 1));
+    at += name_and_labels.size();
+  }
+  return -1;
+}
+
+// Flow control end to end: a client that stops reading its stream pauses its own generation
+// once the socket buffers and the client window are full (the server neither buffers the
+// rest nor drops it), other clients are served meanwhile, and when it reads again it gets
+// every token, the same text a client that reads at once gets.
+TEST(HttpFlowControl, ClientThatStopsReadingPausesOnlyItsOwnGeneration) {
+  http::ServerConfig sc;
+  sc.send_buffer_bytes = 4096;
+  sc.max_tokens = 4000;
+  actors::PipelineConfig pc = test::ServerUnderTest::default_pipeline();
+  pc.scheduler.client_window = 8;
+  test::ServerUnderTest sut(sc, pc);
+  const std::string body =
+      R"({"model":"tutti-test","prompt":"slow reader","max_tokens":3000,"temperature":0,"stream":true,)"
+      R"("stream_options":{"include_usage":true},"tutti":{"ignore_eos":true}})";
+
+  net::io_context ioc;
+  tcp::socket slow(ioc);
+  slow.open(tcp::v4());
+  slow.set_option(net::socket_base::receive_buffer_size(4096));
+  slow.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), sut.port));
+  const std::string head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
+                           std::to_string(body.size()) + "\r\n\r\n";
+  net::write(slow, net::buffer(head + body));
+
+  // It fills the buffers, then waits for its client.
+  double held = 0;
+  for (int i = 0; i < 500 && held < 1; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    held = metric(sut.port, "tutti_sequences_held_for_client");
+  }
+  ASSERT_EQ(held, 1) << "the unread stream never paused";
+  const double generated = metric(sut.port, "tutti_generated_tokens_total{class=\"interactive\"}");
+  EXPECT_GT(generated, 0);
+  EXPECT_LT(generated, 3000) << "the whole answer was generated into buffers";
+
+  // Another client is served while it waits, and the paused stream does not move meanwhile.
+  const Reply other = call(sut.port, bhttp::verb::post, "/v1/completions",
+                           R"({"model":"tutti-test","prompt":"another","max_tokens":12,"tutti":{"ignore_eos":true}})");
+  EXPECT_EQ(other.status, 200) << other.body;
+  EXPECT_EQ(json::parse(other.body)["usage"]["completion_tokens"], 12);
+  EXPECT_EQ(metric(sut.port, "tutti_generated_tokens_total{class=\"interactive\"}"), generated + 12);
+  EXPECT_EQ(metric(sut.port, "tutti_sequences_held_for_client"), 1);
+
+  // Now it reads: every token arrives, then the usage and [DONE].
+  std::string stream_text;
+  beast::error_code ec;
+  char buf[65536];
+  for (;;) {
+    const size_t n = slow.read_some(net::buffer(buf), ec);
+    if (ec) break;
+    stream_text.append(buf, n);
+  }
+  std::string text;
+  int usage_tokens = -1;
+  bool done = false;
+  for (size_t at = stream_text.find("data: "); at != std::string::npos; at = stream_text.find("data: ", at + 1)) {
+    const std::string line = stream_text.substr(at + 6, stream_text.find("\n\n", at) - at - 6);
+    if (line == "[DONE]") { done = true; continue; }
+    const json chunk = json::parse(line);
+    if (chunk.contains("usage") && chunk["usage"].is_object()) usage_tokens = chunk["usage"]["completion_tokens"];
+    if (!chunk["choices"].empty()) text += chunk["choices"][0].value("text", "");
+  }
+  EXPECT_TRUE(done);
+  EXPECT_EQ(usage_tokens, 3000);
+  std::string whole_body = body;
+  whole_body.replace(whole_body.find("\"stream\":true"), 13, "\"stream\":false");
+  const Reply whole = call(sut.port, bhttp::verb::post, "/v1/completions", whole_body);
+  ASSERT_EQ(whole.status, 200) << whole.body;
+  EXPECT_EQ(text, json::parse(whole.body)["choices"][0]["text"].get<std::string>()) << "tokens were lost or reordered";
+  EXPECT_EQ(metric(sut.port, "tutti_sequences_held_for_client"), 0);
+}
+
+// Reads from a raw socket until the server closes it; false if it is still open after
+// `limit` (generous: this checks that the server gives up, not how fast).
+bool closed_by_server(tcp::socket& s, std::chrono::seconds limit) {
+  s.non_blocking(true);
+  const auto until = std::chrono::steady_clock::now() + limit;
+  char buf[4096];
+  while (std::chrono::steady_clock::now() < until) {
+    beast::error_code ec;
+    s.read_some(net::buffer(buf), ec);
+    if (ec == net::error::would_block) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      continue;
+    }
+    if (ec) return true;  // EOF or reset
+  }
+  return false;
+}
+
+// Slow and half-open clients: a connection that never sends its request, one that stops
+// half-way through its headers, and a WebSocket peer that goes silent (answers no ping) are
+// each dropped after the read timeout, while a well-behaved client is served throughout.
+TEST(HttpTimeouts, SlowAndHalfOpenClientsAreDropped) {
+  http::ServerConfig sc;
+  sc.read_timeout_s = 0.5;
+  test::ServerUnderTest sut(sc);
+  net::io_context ioc;
+  auto connect = [&] {
+    auto s = std::make_unique<tcp::socket>(ioc);
+    s->connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), sut.port));
+    return s;
+  };
+  auto silent = connect();
+  auto half = connect();
+  net::write(*half, net::buffer(std::string("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Le")));
+  auto ws_silent = connect();
+  net::write(*ws_silent, net::buffer(std::string(
+      "GET /v1/realtime HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")));
+  EXPECT_EQ(call(sut.port, bhttp::verb::get, "/health").status, 200);
+  EXPECT_TRUE(closed_by_server(*silent, std::chrono::seconds(20)));
+  EXPECT_TRUE(closed_by_server(*half, std::chrono::seconds(20)));
+  // The WebSocket peer read the handshake and session.created (closed_by_server reads), but
+  // never answers the server's ping.
+  EXPECT_TRUE(closed_by_server(*ws_silent, std::chrono::seconds(20)));
+  EXPECT_EQ(call(sut.port, bhttp::verb::get, "/health").status, 200);
+  for (int i = 0; i < 100 && sut.server->metrics().active_connections > 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(sut.server->metrics().active_connections, 0u);
+}
+
 }  // namespace
 }  // namespace tutti

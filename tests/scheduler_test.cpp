@@ -152,7 +152,7 @@ TEST(Scheduler, PacingLowersTextTimeToFirstTokenAtEqualUnderruns) {
     }
     std::printf("%-9s text TTFT p50 %6.1f ms  p99 %6.1f ms  (%d of %zu still waiting at 6 s)   stream underruns %d   steps %d\n",
                 name, percentile(ttft, 0.5) * 1e3, percentile(ttft, 0.99) * 1e3, unserved, ttft.size(), underruns, r.steps);
-    if (pacing_run) EXPECT_EQ(unserved, 0);
+    if (pacing_run) { EXPECT_EQ(unserved, 0); }
     return std::make_tuple(percentile(ttft, 0.5), percentile(ttft, 0.99), underruns);
   };
   const auto [p50_on, p99_on, u_on] = summarize(paced, "pacing", true);
@@ -288,6 +288,56 @@ TEST(Scheduler, CancellationFreesBlocksOnTheNextStep) {
   ASSERT_EQ(p.batch.chunks.size(), 1u);
   EXPECT_EQ(p.batch.chunks[0].seq_id, 2);
   EXPECT_TRUE(s.stats(1)->finished);
+}
+
+// Flow control: a sequence whose client stops reading is held after client_window tokens
+// (KV kept, no steps), the others go on; credit resumes it where it stopped. A held realtime
+// stream's playback clock waits with it, so its client's pause is not an underrun.
+TEST(Scheduler, ClientThatStopsReadingHoldsOnlyItsOwnSequence) {
+  SchedulerConfig c;
+  c.client_window = 4;
+  FakeKv kv(100, 16);
+  Scheduler s(c, kv);
+  ASSERT_TRUE(s.submit(request(1, RequestClass::Interactive, 8, 50), 0).ok());   // reads everything
+  ASSERT_TRUE(s.submit(request(2, RequestClass::Interactive, 8, 50), 0).ok());   // never reads
+  ASSERT_TRUE(s.submit(request(3, RequestClass::Realtime, 8, 50, 100), 0).ok()); // pauses, then reads
+  double now = 0;
+  auto step = [&] {
+    StepPlan p = s.plan(now);
+    kv.reserve(p.batch);
+    std::vector<TokenOutcome> out;
+    for (size_t i = 0; i < p.batch.chunks.size(); ++i)
+      if (p.samples[i]) out.push_back({p.batch.chunks[i].seq_id, 7, false});
+    now += 0.005;
+    s.on_step_done(p, out, now);
+    s.on_delivered(1, s.stats(1)->generated, now);
+    return p;
+  };
+  for (int i = 0; i < 20; ++i) step();
+  EXPECT_EQ(s.stats(1)->generated, 20);
+  EXPECT_EQ(s.stats(2)->generated, 4) << "held at the window";
+  EXPECT_EQ(s.stats(3)->generated, 4);
+  EXPECT_EQ(s.held_for_client(), 2);
+  EXPECT_GT(kv.held(2), 0) << "a held sequence keeps its cache";
+  // Sequence 2's client reads two tokens: it may make two more.
+  s.on_delivered(2, 2, now);
+  for (int i = 0; i < 5; ++i) step();
+  EXPECT_EQ(s.stats(2)->generated, 6);
+  // The stream's client reads everything after a 100 ms pause; playback resumes from there.
+  now += 0.1;
+  s.on_delivered(3, 4, now);
+  EXPECT_EQ(s.held_for_client(), 1);
+  for (int i = 0; i < 5; ++i) {
+    step();
+    s.on_delivered(3, s.stats(3)->generated, now);
+  }
+  EXPECT_GT(s.stats(3)->generated, 4);
+  EXPECT_EQ(s.stats(3)->underruns, 0);
+  // Credit beyond what was generated is clamped; unknown ids are ignored.
+  s.on_delivered(2, 1000, now);
+  s.on_delivered(99, 5, now);
+  step();
+  EXPECT_EQ(s.stats(2)->generated, 7);
 }
 
 // Against the real model: sequences of every class batched by the scheduler produce exactly

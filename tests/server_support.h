@@ -17,15 +17,19 @@ struct ServerUnderTest {
   std::unique_ptr<http::HttpServer> server;
   uint16_t port = 0;
 
-  explicit ServerUnderTest(http::ServerConfig sc = {}) {
+  static actors::PipelineConfig default_pipeline() {
+    actors::PipelineConfig pc;
+    pc.kv_cache_bytes = 8 << 20;
+    return pc;
+  }
+
+  explicit ServerUnderTest(http::ServerConfig sc = {}, actors::PipelineConfig pc = default_pipeline()) {
     RandomModelSpec spec;
     spec.dim = 64; spec.layers = 2; spec.heads = 4; spec.kv_heads = 2; spec.ffn = 96; spec.unified = true; spec.seed = 4;
     model = std::move(Model::load(random_model(spec, "http-unified.gguf"), *backend)).value();
     tokenizer = std::shared_ptr<const Tokenizer>(std::move(Tokenizer::from_gguf(model->file())).value());
     actors::configure_for_compute(cfg, 2);
     sys = std::make_unique<caf::actor_system>(cfg);
-    actors::PipelineConfig pc;
-    pc.kv_cache_bytes = 8 << 20;
     pipe = *actors::spawn_pipeline(*sys, *model, tokenizer, pc);
     sc.port = 0;
     sc.model_name = "tutti-test";

@@ -36,6 +36,38 @@ struct HttpServer::Impl {
 
 namespace {
 
+std::chrono::milliseconds millis(double seconds) { return std::chrono::milliseconds(int64_t(seconds * 1000)); }
+
+void apply_socket_options(tcp::socket& socket, const ServerConfig& cfg) {
+  beast::error_code ignored;
+  socket.set_option(tcp::no_delay(true), ignored);  // deltas are small and latency matters
+  if (cfg.send_buffer_bytes > 0) socket.set_option(net::socket_base::send_buffer_size(cfg.send_buffer_bytes), ignored);
+}
+
+// Credit for flow control (see executor_actor): how many generated tokens of one request the
+// client's socket has taken. Sent when a write completes; never more than one message per
+// write, and at once when nothing is queued.
+class DeliveryCredit {
+ public:
+  void start(int64_t request) { *this = DeliveryCredit(); request_ = request; }
+  void delivered(const executor_actor& executor, int32_t tokens) {
+    if (tokens <= sent_) return;
+    sent_ = tokens;
+    caf::anon_send(executor, credit_atom::value, request_, tokens);
+  }
+
+ private:
+  int64_t request_ = 0;
+  int32_t sent_ = 0;
+};
+
+// Outgoing data of a session, each piece tagged with the token count its client has once the
+// piece is written (-1: carries no tokens).
+struct Outgoing {
+  std::string data;
+  int32_t tokens_through = -1;
+};
+
 long unix_now() { return long(std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count()); }
 
 // The per-generation sink: asks the encoder to start the request, then hands every delta to
@@ -77,7 +109,10 @@ void start_realtime(tcp::socket socket, bhttp::request<bhttp::string_body> req, 
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket socket, HttpServer::Impl& srv) : stream_(std::move(socket)), srv_(srv) { ++srv_.metrics.active_connections; }
+  Session(tcp::socket socket, HttpServer::Impl& srv) : stream_(std::move(socket)), srv_(srv) {
+    ++srv_.metrics.active_connections;
+    apply_socket_options(stream_.socket(), srv_.cfg);
+  }
   ~Session() {
     --srv_.metrics.active_connections;
     if (generating_) {  // the client went away mid-generation: free its sequence
@@ -118,7 +153,8 @@ class Session : public std::enable_shared_from_this<Session> {
       return;
     }
     if (!parsed_.stream) {
-      text_ += d.text;
+      text_ += d.text;  // bounded by max_tokens; the client gets it whole at the end
+      if (!final_delta) credit_.delivered(srv_.pipe.executor, d.completion_tokens);
       if (final_delta) {
         bhttp::response<bhttp::string_body> res{bhttp::status::ok, 11};
         res.set(bhttp::field::content_type, "application/json");
@@ -137,8 +173,12 @@ class Session : public std::enable_shared_from_this<Session> {
     const bool paced = parsed_.request.request_class == "realtime";
     if (!d.text.empty() || first_chunk_ || (paced && !final_delta)) {
       queue("data: " + chunk_json(id_, parsed_.model, created_, parsed_.chat, d.text, "", first_chunk_,
-                                  paced ? d.completion_tokens : -1) + "\n\n");
+                                  paced ? d.completion_tokens : -1) + "\n\n", d.completion_tokens);
       first_chunk_ = false;
+    } else if (!final_delta) {
+      // A token with no text of its own: the client has it once what is queued is written.
+      if (out_.empty()) credit_.delivered(srv_.pipe.executor, d.completion_tokens);
+      else out_.back().tokens_through = d.completion_tokens;
     }
     if (final_delta) {
       if (d.finish_reason == "error") {
@@ -158,7 +198,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void read() {
     parser_.emplace();
     parser_->body_limit(srv_.cfg.max_body_bytes);
-    stream_.expires_after(std::chrono::seconds(60));  // slow or half-open clients are dropped
+    stream_.expires_after(millis(srv_.cfg.read_timeout_s));  // slow or half-open clients are dropped
     bhttp::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) { self->on_read(ec); });
   }
 
@@ -228,6 +268,7 @@ class Session : public std::enable_shared_from_this<Session> {
     first_chunk_ = true;
     sse_started_ = false;
     generating_ = true;
+    credit_.start(request_id_);
     watch_client();
     sink_ = spawn_generation(srv_.system, srv_.ioc, srv_.pipe.encoder, parsed_.request, std::weak_ptr<Session>(shared_from_this()));
   }
@@ -274,9 +315,10 @@ class Session : public std::enable_shared_from_this<Session> {
     });
   }
 
-  // Raw writes for server-sent events, one at a time in order.
-  void queue(std::string data) {
-    out_.push_back(std::move(data));
+  // Raw writes for server-sent events, one at a time in order. A write that makes no
+  // progress for write_timeout (a client that stopped reading) drops the connection.
+  void queue(std::string data, int32_t tokens_through = -1) {
+    out_.push_back({std::move(data), tokens_through});
     flush();
   }
   void flush() {
@@ -286,14 +328,16 @@ class Session : public std::enable_shared_from_this<Session> {
       return;
     }
     writing_ = true;
-    stream_.expires_never();
-    net::async_write(stream_, net::buffer(out_.front()), [self = shared_from_this()](beast::error_code ec, size_t) {
+    stream_.expires_after(millis(srv_.cfg.write_timeout_s));
+    net::async_write(stream_, net::buffer(out_.front().data), [self = shared_from_this()](beast::error_code ec, size_t) {
       self->writing_ = false;
-      if (ec) {  // the client went away: ~Session cancels the generation
+      if (ec) {  // the client went away or stalled: ~Session cancels the generation
         self->out_.clear();
         return self->close();
       }
+      const int32_t through = self->out_.front().tokens_through;
       self->out_.pop_front();
+      if (through >= 0 && self->generating_) self->credit_.delivered(self->srv_.pipe.executor, through);
       self->flush();
     });
   }
@@ -317,7 +361,8 @@ class Session : public std::enable_shared_from_this<Session> {
   int32_t prompt_tokens_ = 0, completion_tokens_ = 0;
   bool generating_ = false, sse_started_ = false, first_chunk_ = true;
   sink_actor sink_;
-  std::deque<std::string> out_;
+  DeliveryCredit credit_;
+  std::deque<Outgoing> out_;
   bool writing_ = false, close_after_writes_ = false;
 };
 
@@ -331,6 +376,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
   RealtimeSession(tcp::socket socket, HttpServer::Impl& srv)
       : ws_(std::move(socket)), srv_(srv), max_tokens_(std::min(256, srv.cfg.max_tokens)) {
     ++srv_.metrics.active_connections;
+    apply_socket_options(ws_.next_layer().socket(), srv_.cfg);
   }
   ~RealtimeSession() {
     --srv_.metrics.active_connections;
@@ -340,6 +386,13 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
 
   void start(bhttp::request<bhttp::string_body> req) {
     ws_.read_message_max(srv_.cfg.max_body_bytes);
+    // Half-open peers: after read_timeout without traffic the server pings, and closes the
+    // session if the peer stays silent (a realtime client may idle, but it answers pings).
+    beast::websocket::stream_base::timeout timeouts;
+    timeouts.handshake_timeout = millis(srv_.cfg.read_timeout_s);
+    timeouts.idle_timeout = millis(srv_.cfg.read_timeout_s);
+    timeouts.keep_alive_pings = true;
+    ws_.set_option(timeouts);
     ws_.async_accept(req, [self = shared_from_this()](beast::error_code ec) {
       if (ec) return;
       self->session_id_ = "sess_" + std::to_string(self->srv_.next_id++);
@@ -359,7 +412,10 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     if (!d.text.empty()) {  // tokens whose text is held back produce no event
       text_ += d.text;
       emit({{"type", "response.output_text.delta"}, {"response_id", response_id_}, {"item_id", item_id_}, {"output_index", 0},
-            {"content_index", 0}, {"delta", d.text}});
+            {"content_index", 0}, {"delta", d.text}}, d.completion_tokens);
+    } else if (d.finish_reason.empty()) {
+      if (out_.empty()) credit_.delivered(srv_.pipe.executor, d.completion_tokens);
+      else out_.back().tokens_through = d.completion_tokens;
     }
     if (d.finish_reason.empty()) return;
     generating_ = false;
@@ -442,6 +498,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
       response_event_id_ = event_id;
       text_.clear();
       generating_ = true;
+      credit_.start(request_id_);
       emit({{"type", "response.created"}, {"response", {{"id", response_id_}, {"object", "realtime.response"}, {"status", "in_progress"}}}});
       sink_ = spawn_generation(srv_.system, srv_.ioc, srv_.pipe.encoder, r, std::weak_ptr<RealtimeSession>(shared_from_this()));
       return;
@@ -469,19 +526,31 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     emit({{"type", "error"}, {"error", e}});
   }
 
-  void emit(json event) {
+  // Queues an event for the client. Generated text is bounded by credit (the client window);
+  // what else a client can make the server say is one event per message it sends, so a client
+  // that sends without reading is closed once max_pending_events pile up.
+  void emit(json event, int32_t tokens_through = -1) {
+    if (closing_) return;
     event["event_id"] = "event_" + std::to_string(srv_.next_id++);
-    out_.push_back(event.dump());
+    if (out_.size() >= srv_.cfg.max_pending_events) {
+      closing_ = true;
+      out_.clear();
+      beast::get_lowest_layer(ws_).close();  // its write never completes: cut the socket
+      return;
+    }
+    out_.push_back({event.dump(), tokens_through});
     flush();
   }
   void flush() {
     if (writing_ || out_.empty()) return;
     writing_ = true;
     ws_.text(true);
-    ws_.async_write(net::buffer(out_.front()), [self = shared_from_this()](beast::error_code ec, size_t) {
+    ws_.async_write(net::buffer(out_.front().data), [self = shared_from_this()](beast::error_code ec, size_t) {
       self->writing_ = false;
       if (ec) return self->out_.clear();
+      const int32_t through = self->out_.front().tokens_through;
       self->out_.pop_front();
+      if (through >= 0 && self->generating_) self->credit_.delivered(self->srv_.pipe.executor, through);
       self->flush();
     });
   }
@@ -489,8 +558,9 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
   beast::websocket::stream<beast::tcp_stream> ws_;
   HttpServer::Impl& srv_;
   beast::flat_buffer in_;
-  std::deque<std::string> out_;
-  bool writing_ = false;
+  std::deque<Outgoing> out_;
+  DeliveryCredit credit_;
+  bool writing_ = false, closing_ = false;
   std::string session_id_, instructions_;
   float temperature_ = 0.8f;  // the Realtime API's default
   int max_tokens_;

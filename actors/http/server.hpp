@@ -25,6 +25,14 @@ struct ServerConfig {
   int max_connections = 256;         // more get 503
   int max_tokens = 1024;             // upper bound and default for max_tokens
   std::string model_name = "tutti";
+  // Slow or half-open clients: a request (headers and body) must arrive within read_timeout;
+  // a write that makes no progress for write_timeout drops the connection (and cancels its
+  // generation); a WebSocket with no traffic for read_timeout is pinged, and closed if the
+  // peer stays silent.
+  double read_timeout_s = 60;
+  double write_timeout_s = 60;
+  int send_buffer_bytes = 0;          // SO_SNDBUF per connection; 0: the OS default
+  size_t max_pending_events = 1024;   // WebSocket events queued for a client that does not read
   ChatTemplate chat_template = ChatTemplate::Plain;
 };
 

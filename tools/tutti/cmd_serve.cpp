@@ -34,6 +34,9 @@ int cmd_serve(const std::vector<std::string>& argv) {
   sc.max_tokens = st.max_tokens;
   sc.max_body_bytes = size_t(st.max_body_bytes);
   sc.max_connections = st.max_connections;
+  sc.read_timeout_s = st.read_timeout_s;
+  sc.write_timeout_s = st.write_timeout_s;
+  sc.send_buffer_bytes = st.send_buffer_bytes;
   actors::PipelineConfig pc;
   pc.kv_cache_bytes = size_t(st.kv_cache_mb) << 20;
   pc.kv_cache_type = st.kv_cache_type == "f32" ? TensorType::F32 : TensorType::F16;
@@ -44,6 +47,7 @@ int cmd_serve(const std::vector<std::string>& argv) {
   pc.scheduler.max_waiting = st.max_waiting;
   pc.scheduler.max_running = st.max_running;
   pc.scheduler.pacing = st.pacing;
+  pc.scheduler.client_window = st.client_window;
   pc.pacing.low_watermark_s = st.low_watermark_ms / 1000.0;
   pc.pacing.high_watermark_s = st.high_watermark_ms / 1000.0;
   const int threads = st.threads;
