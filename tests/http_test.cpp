@@ -273,6 +273,37 @@ TEST(HttpFlowControl, ClientThatStopsReadingPausesOnlyItsOwnGeneration) {
   EXPECT_EQ(metric(sut.port, "tutti_sequences_held_for_client"), 0);
 }
 
+// A client that stops reading for longer than the write timeout is dropped, and its paused
+// sequence is cancelled (KV freed) rather than held forever.
+TEST(HttpFlowControl, StalledReaderIsDroppedAfterTheWriteTimeout) {
+  http::ServerConfig sc;
+  sc.send_buffer_bytes = 4096;
+  sc.max_tokens = 4000;
+  sc.write_timeout_s = 0.5;
+  actors::PipelineConfig pc = test::ServerUnderTest::default_pipeline();
+  pc.scheduler.client_window = 8;
+  test::ServerUnderTest sut(sc, pc);
+  const std::string body = R"({"model":"tutti-test","prompt":"stalled","max_tokens":3000,"stream":true,"tutti":{"ignore_eos":true}})";
+  net::io_context ioc;
+  tcp::socket stalled(ioc);
+  stalled.open(tcp::v4());
+  stalled.set_option(net::socket_base::receive_buffer_size(4096));
+  stalled.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), sut.port));
+  net::write(stalled, net::buffer("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(body.size()) +
+                                  "\r\n\r\n" + body));
+  // It pauses, then the server gives up on it: nothing is left running or held.
+  bool paused = false, released = false;
+  for (int i = 0; i < 1000 && !released; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    const double held = metric(sut.port, "tutti_sequences_held_for_client");
+    paused = paused || held == 1;
+    released = paused && held == 0 && metric(sut.port, "tutti_running_sequences") == 0;
+  }
+  EXPECT_TRUE(paused);
+  EXPECT_TRUE(released) << "the stalled client's sequence was never released";
+  EXPECT_LT(metric(sut.port, "tutti_generated_tokens_total{class=\"interactive\"}"), 3000);
+}
+
 // Reads from a raw socket until the server closes it; false if it is still open after
 // `limit` (generous: this checks that the server gives up, not how fast).
 bool closed_by_server(tcp::socket& s, std::chrono::seconds limit) {
