@@ -35,6 +35,8 @@ struct text_request {
   uint64_t seed = 0;
   std::string request_class = "interactive";  // realtime | interactive | batch
   double tokens_per_second = 0;               // realtime pacing rate
+  double low_watermark_s = -1;                // realtime target lead; -1: the server's default
+  double high_watermark_s = -1;
   bool add_special = true;
   bool ignore_eos = false;        // keep generating past end-of-generation tokens (benchmarks)
 };
@@ -60,7 +62,7 @@ struct text_delta {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, text_request& x) {
   return f(caf::meta::type_name("text_request"), x.id, x.prompt, x.max_tokens, x.temperature, x.top_p, x.top_k, x.seed,
-           x.request_class, x.tokens_per_second, x.add_special, x.ignore_eos);
+           x.request_class, x.tokens_per_second, x.low_watermark_s, x.high_watermark_s, x.add_special, x.ignore_eos);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, step_events& x) {

@@ -121,6 +121,8 @@ executor_actor::behavior_type executor_impl(executor_actor::stateful_pointer<exe
         er.seq.cls = parse_request_class(r.request_class).value_or(RequestClass::Interactive);
         er.seq.pacing = pacing;
         if (r.tokens_per_second > 0) er.seq.pacing.tokens_per_second = r.tokens_per_second;
+        if (r.low_watermark_s >= 0) er.seq.pacing.low_watermark_s = r.low_watermark_s;
+        if (r.high_watermark_s >= 0) er.seq.pacing.high_watermark_s = r.high_watermark_s;
         er.sampling.temperature = r.temperature;
         er.sampling.top_p = r.top_p;
         er.sampling.top_k = r.top_k;

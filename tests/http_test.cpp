@@ -132,6 +132,18 @@ TEST_F(HttpFixture, BadInputGetsErrorsInTheProtocolsFormAndServingGoesOn) {
   EXPECT_EQ(error_of(r)["param"], "max_tokens");
   r = call(port, bhttp::verb::post, "/v1/completions", std::string("{\"prompt\":\"\xc3\x28\"}"));
   EXPECT_EQ(r.status, 400);
+  // Fields of the wrong type name the field.
+  r = call(port, bhttp::verb::post, "/v1/completions", R"({"prompt":"x","stream":true,"stream_options":{"include_usage":"yes"}})");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(error_of(r)["param"], "stream_options.include_usage");
+  r = call(port, bhttp::verb::post, "/v1/chat/completions", R"({"messages":[{"role":"user","content":[{"type":5}]}]})");
+  EXPECT_EQ(r.status, 400);
+  r = call(port, bhttp::verb::post, "/v1/completions", R"({"prompt":"x","tutti":{"class":"realtime","rate":20,"low_watermark_ms":500,"high_watermark_ms":100}})");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(error_of(r)["param"], "tutti.low_watermark_ms");
+  r = call(port, bhttp::verb::post, "/v1/completions", R"({"prompt":"x","tutti":{"class":7}})");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(error_of(r)["param"], "tutti.class");
   // Garbage instead of HTTP, and a client that leaves mid-stream.
   {
     net::io_context ioc;

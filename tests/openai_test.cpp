@@ -33,6 +33,10 @@ TEST(OpenAi, ParsesAChatRequest) {
   const ParsedRequest rt = ok(R"({"prompt":"x","tutti":{"class":"realtime","rate":50}})", false);
   EXPECT_EQ(rt.request.request_class, "realtime");
   EXPECT_DOUBLE_EQ(rt.request.tokens_per_second, 50);
+  EXPECT_LT(rt.request.low_watermark_s, 0) << "no watermarks given: the server's defaults apply";
+  const ParsedRequest wm = ok(R"({"prompt":"x","tutti":{"class":"realtime","rate":50,"low_watermark_ms":80,"high_watermark_ms":240}})", false);
+  EXPECT_DOUBLE_EQ(wm.request.low_watermark_s, 0.08);
+  EXPECT_DOUBLE_EQ(wm.request.high_watermark_s, 0.24);
   EXPECT_EQ(ok(R"({"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]})", true,
                ChatTemplate::Plain).request.prompt, "user: ab\nassistant:");
 }

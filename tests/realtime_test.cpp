@@ -87,12 +87,21 @@ TEST_F(RealtimeFixture, ErrorsAreEventsAndTheSessionStaysOpen) {
   EXPECT_EQ(until("error")["error"]["code"], "empty_conversation");
   send({{"type", "response.cancel"}});
   EXPECT_EQ(until("error")["error"]["code"], "response_cancel_not_active");
+  // Fields of the wrong type are errors too, never a crash.
+  send({{"type", "conversation.item.create"}, {"event_id", "evt_44"}, {"item", {{"type", "message"}, {"role", 5}}}});
+  EXPECT_EQ(until("error")["error"]["type"], "invalid_request_error");
+  send({{"type", "conversation.item.create"}, {"event_id", 7}, {"item", {{"role", "user"}, {"content", {{{"type", 1}}}}}}});
+  EXPECT_EQ(until("error")["error"]["type"], "invalid_request_error");
   // Still serving: a long response, cancelled mid-way.
   send({{"type", "session.update"}, {"session", {{"max_response_output_tokens", 200}}}});
   until("session.updated");
   send({{"type", "conversation.item.create"}, {"item", {{"type", "message"}, {"role", "user"}, {"content", {{{"type", "input_text"}, {"text", "Go"}}}}}}});
   until("conversation.item.created");
-  send({{"type", "response.create"}, {"response", {{"tutti", {{"class", "realtime"}, {"rate", 5}}}}}});
+  send({{"type", "response.create"}, {"event_id", "evt_45"}, {"response", {{"tutti", {{"class", "realtime"}, {"rate", "fast"}}}}}});
+  e = until("error");
+  EXPECT_EQ(e["error"]["event_id"], "evt_45");
+  EXPECT_NE(e["error"]["message"].get<std::string>().find("tutti.rate"), std::string::npos);
+  send({{"type", "response.create"}, {"response", {{"tutti", {{"class", "realtime"}, {"rate", 5}, {"low_watermark_ms", 50}, {"high_watermark_ms", 100}}}}}});
   until("response.created");
   send({{"type", "response.cancel"}});
   const json done = until("response.done");

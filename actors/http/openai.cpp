@@ -67,8 +67,37 @@ namespace {
 ApiError bad(const std::string& message, const std::string& param = "") { return ApiError{400, "invalid_request_error", "", message, param}; }
 }  // namespace
 
-std::variant<ParsedRequest, ApiError> parse_request(const std::string& body, bool chat, ChatTemplate tmpl,
-                                                    const std::string& served_model, int max_tokens_limit) {
+std::optional<ApiError> apply_tutti_extension(const json& t, actors::text_request& r) {
+  if (!t.is_object()) return bad("'tutti' must be an object", "tutti");
+  const json cls_field = t.value("class", json("interactive"));
+  const std::string cls = cls_field.is_string() ? cls_field.get<std::string>() : "";
+  if (cls != "realtime" && cls != "interactive" && cls != "batch") return bad("'tutti.class' must be realtime, interactive or batch", "tutti.class");
+  r.request_class = cls;
+  if (t.contains("rate")) {
+    if (!t["rate"].is_number() || t["rate"].get<double>() <= 0) return bad("'tutti.rate' must be a positive number", "tutti.rate");
+    r.tokens_per_second = t["rate"].get<double>();
+  }
+  if (cls == "realtime" && r.tokens_per_second <= 0) return bad("a realtime request needs 'tutti.rate' (tokens per second)", "tutti.rate");
+  // The stream's target lead, in milliseconds of playback (default: the [realtime] settings).
+  for (auto [key, target] : {std::pair{"low_watermark_ms", &r.low_watermark_s}, std::pair{"high_watermark_ms", &r.high_watermark_s}}) {
+    if (!t.contains(key)) continue;
+    const json& v = t[key];
+    if (!v.is_number() || v.get<double>() < 0 || v.get<double>() > 60000)
+      return bad(std::string("'tutti.") + key + "' must be a number of milliseconds from 0 to 60000", std::string("tutti.") + key);
+    *target = v.get<double>() / 1000.0;
+  }
+  if (r.low_watermark_s >= 0 && r.high_watermark_s >= 0 && r.low_watermark_s >= r.high_watermark_s)
+    return bad("'tutti.low_watermark_ms' must be below 'tutti.high_watermark_ms'", "tutti.low_watermark_ms");
+  if (t.contains("ignore_eos")) {
+    if (!t["ignore_eos"].is_boolean()) return bad("'tutti.ignore_eos' must be true or false", "tutti.ignore_eos");
+    r.ignore_eos = t["ignore_eos"].get<bool>();
+  }
+  return std::nullopt;
+}
+
+namespace {
+std::variant<ParsedRequest, ApiError> parse_request_fields(const std::string& body, bool chat, ChatTemplate tmpl,
+                                                           const std::string& served_model, int max_tokens_limit) {
   if (!unicode::is_valid_utf8(body)) return bad("the request body is not valid UTF-8");
   json j = json::parse(body, nullptr, false);
   if (j.is_discarded()) return bad("the request body is not valid JSON");
@@ -98,7 +127,7 @@ std::variant<ParsedRequest, ApiError> parse_request(const std::string& body, boo
         content = m["content"].get<std::string>();
       } else if (m.contains("content") && m["content"].is_array()) {  // [{"type":"text","text":...}]
         for (const json& part : m["content"])
-          if (part.is_object() && part.value("type", "") == "text" && part.contains("text") && part["text"].is_string())
+          if (part.is_object() && part.contains("type") && part["type"] == "text" && part.contains("text") && part["text"].is_string())
             content += part["text"].get<std::string>();
           else
             return bad("only text content parts are supported", "messages");
@@ -139,21 +168,26 @@ std::variant<ParsedRequest, ApiError> parse_request(const std::string& body, boo
   }
   if (const json* so = field("stream_options")) {
     if (!so->is_object()) return bad("'stream_options' must be an object", "stream_options");
-    p.include_usage = so->value("include_usage", false);
-  }
-  if (const json* t = field("tutti")) {  // extension: {"class": "realtime", "rate": 50}
-    if (!t->is_object()) return bad("'tutti' must be an object", "tutti");
-    const std::string cls = t->value("class", "interactive");
-    if (cls != "realtime" && cls != "interactive" && cls != "batch") return bad("'tutti.class' must be realtime, interactive or batch", "tutti.class");
-    p.request.request_class = cls;
-    if (t->contains("rate")) {
-      if (!(*t)["rate"].is_number() || (*t)["rate"].get<double>() <= 0) return bad("'tutti.rate' must be a positive number", "tutti.rate");
-      p.request.tokens_per_second = (*t)["rate"].get<double>();
+    if (so->contains("include_usage")) {
+      if (!(*so)["include_usage"].is_boolean()) return bad("'stream_options.include_usage' must be a boolean", "stream_options.include_usage");
+      p.include_usage = (*so)["include_usage"].get<bool>();
     }
-    if (cls == "realtime" && p.request.tokens_per_second <= 0) return bad("a realtime request needs 'tutti.rate' (tokens per second)", "tutti.rate");
-    p.request.ignore_eos = t->value("ignore_eos", false);
   }
+  if (const json* t = field("tutti"))
+    if (auto e = apply_tutti_extension(*t, p.request)) return *e;
   return p;
+}
+}  // namespace
+
+std::variant<ParsedRequest, ApiError> parse_request(const std::string& body, bool chat, ChatTemplate tmpl,
+                                                    const std::string& served_model, int max_tokens_limit) {
+  // Every field is type-checked above; a type mismatch missed there is still the client's
+  // mistake (a 400), never an exception on the I/O thread.
+  try {
+    return parse_request_fields(body, chat, tmpl, served_model, max_tokens_limit);
+  } catch (const json::exception& e) {
+    return bad(std::string("a field has the wrong type: ") + e.what());
+  }
 }
 
 std::string openai_finish_reason(const std::string& r) { return r == "length" ? "length" : "stop"; }

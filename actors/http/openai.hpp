@@ -49,6 +49,11 @@ struct ParsedRequest {
 std::variant<ParsedRequest, ApiError> parse_request(const std::string& body, bool chat, ChatTemplate tmpl,
                                                     const std::string& served_model, int max_tokens_limit);
 
+// The extension object "tutti": {"class": "realtime"|"interactive"|"batch", "rate": tokens/s,
+// "low_watermark_ms", "high_watermark_ms", "ignore_eos"} (the same in a chat request and in
+// a Realtime response.create): applied to `r`, or an error naming the field.
+std::optional<ApiError> apply_tutti_extension(const nlohmann::json& extension, actors::text_request& r);
+
 // Response bodies. `created` is a Unix time; `id` like "chatcmpl-42".
 // completion_tokens >= 0 adds the extension field "tutti": {"completion_tokens": n} (the
 // tokens generated so far), which paced-stream clients use to time each token.

@@ -440,7 +440,11 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
       if (ec) return;  // closed or protocol error: the session ends (~RealtimeSession cancels)
       const std::string text = beast::buffers_to_string(self->in_.data());
       self->in_.consume(self->in_.size());
-      self->handle(text, self->ws_.got_text());
+      try {
+        self->handle(text, self->ws_.got_text());
+      } catch (const json::exception& e) {  // a field of the wrong type: the client's mistake, not a crash
+        self->error("invalid_request_error", "invalid_value", std::string("a field has the wrong type: ") + e.what(), "");
+      }
       self->read();
     });
   }
@@ -489,10 +493,8 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
       r.max_tokens = max_tokens_;
       r.temperature = temperature_;
       const json resp = ev.value("response", json::object());
-      if (resp.is_object() && resp.contains("tutti") && resp["tutti"].is_object()) {  // extension: class and rate
-        r.request_class = resp["tutti"].value("class", "interactive");
-        r.tokens_per_second = resp["tutti"].value("rate", 0.0);
-      }
+      if (resp.is_object() && resp.contains("tutti"))  // extension: class, rate, watermarks
+        if (auto e = apply_tutti_extension(resp["tutti"], r)) return error(e->type, "invalid_value", e->message, event_id);
       response_id_ = "resp_" + std::to_string(request_id_);
       item_id_ = "item_" + std::to_string(srv_.next_id++);
       response_event_id_ = event_id;
