@@ -79,6 +79,7 @@ using encode_atom = caf::atom_constant<caf::atom("encode")>;
 using submit_atom = caf::atom_constant<caf::atom("submit")>;
 using cancel_atom = caf::atom_constant<caf::atom("cancel")>;
 using step_atom = caf::atom_constant<caf::atom("step")>;
+using relook_atom = caf::atom_constant<caf::atom("relook")>;
 using events_atom = caf::atom_constant<caf::atom("events")>;
 using register_atom = caf::atom_constant<caf::atom("register")>;
 using delta_atom = caf::atom_constant<caf::atom("delta")>;
@@ -96,7 +97,9 @@ using decoder_actor = caf::typed_actor<caf::reacts_to<register_atom, int64_t, in
 
 // Executor: admits tokenized requests (replies with nothing; a refusal reaches the sink as a
 // final delta with the error), cancels, and runs the step loop by sending itself step_atom
-// while work remains.
+// while work remains. At most one step_atom is queued at a time; when work exists but none
+// is due (streams ahead of playback), one relook_atom arrives a little later (one timer,
+// never a chain per wake-up), so the mailbox never fills with steps ahead of a submit.
 //
 // Backpressure is credit from the far end: a session's transport reports (credit_atom, id,
 // n) once its client's socket has taken the first n generated tokens, and the executor runs
@@ -105,7 +108,7 @@ using decoder_actor = caf::typed_actor<caf::reacts_to<register_atom, int64_t, in
 // request's tokens, and a client that stops reading pauses only its own sequence.
 using executor_actor = caf::typed_actor<caf::reacts_to<submit_atom, text_request, std::vector<int32_t>, sink_actor>,
                                         caf::reacts_to<cancel_atom, int64_t>, caf::reacts_to<credit_atom, int64_t, int32_t>,
-                                        caf::reacts_to<step_atom>>;
+                                        caf::reacts_to<step_atom>, caf::reacts_to<relook_atom>>;
 
 // Encoder: tokenizes a request and passes it on; replies with the prompt's token count, or an
 // error (empty prompt, prompt too long) that the transport turns into its protocol's form.

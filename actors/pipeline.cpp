@@ -80,8 +80,10 @@ decoder_actor::behavior_type decoder_impl(decoder_actor::stateful_pointer<decode
 struct executor_state {
   std::shared_ptr<const Tokenizer> tokenizer;  // outlives the engine, which borrows it
   std::shared_ptr<Engine> engine;             // used by this actor's thread only
+  std::shared_ptr<ServingMetrics> metrics;
   decoder_actor decoder;
-  bool step_pending = false;
+  bool step_queued = false;   // a step_atom is in the mailbox
+  bool relook_armed = false;  // a delayed relook_atom is on its way
   // Cancels that arrived before their request (cancel travels at high priority and may
   // overtake the submit): the submit is answered with "cancelled" at once.
   std::set<int64_t> early_cancels;
@@ -100,14 +102,16 @@ void end_unadmitted(executor_actor::stateful_pointer<executor_state> self, int64
 }
 
 void schedule_step(executor_actor::stateful_pointer<executor_state> self) {
-  if (self->state.step_pending) return;
-  self->state.step_pending = true;
+  if (self->state.step_queued) return;
+  self->state.step_queued = true;
   self->send(self, step_atom::value);
 }
 
 executor_actor::behavior_type executor_impl(executor_actor::stateful_pointer<executor_state> self,
                                             std::shared_ptr<Engine> engine, std::shared_ptr<const Tokenizer> tokenizer,
-                                            decoder_actor decoder, RealtimePacing pacing) {
+                                            decoder_actor decoder, RealtimePacing pacing,
+                                            std::shared_ptr<ServingMetrics> metrics) {
+  self->state.metrics = std::move(metrics);
   self->state.tokenizer = std::move(tokenizer);
   self->state.engine = std::move(engine);
   self->state.decoder = decoder;
@@ -148,11 +152,16 @@ executor_actor::behavior_type executor_impl(executor_actor::stateful_pointer<exe
         schedule_step(self);
       },
       [=](credit_atom, int64_t id, int32_t delivered) {
-        self->state.engine->on_delivered(id, delivered, seconds_now());
+        // Only a credit that releases a held sequence creates work; the rest just count.
+        if (self->state.engine->on_delivered(id, delivered, seconds_now())) schedule_step(self);
+      },
+      [=](relook_atom) {
+        self->state.relook_armed = false;
         if (!self->state.engine->idle()) schedule_step(self);
       },
       [=](step_atom) {
-        self->state.step_pending = false;
+        self->state.step_queued = false;
+        if (self->state.metrics) self->state.metrics->executor_wakeups++;
         EngineStepStats stats;
         std::vector<EngineEvent> events = self->state.engine->step(seconds_now(), &stats);
         if (!events.empty()) {
@@ -168,11 +177,12 @@ executor_actor::behavior_type executor_impl(executor_actor::stateful_pointer<exe
         if (self->state.engine->idle()) return;
         if (stats.sequences > 0 || !events.empty()) {
           schedule_step(self);
-        } else {
-          // Work exists but none is due (realtime streams ahead of playback): look again
-          // shortly instead of spinning. Submits and cancels still wake the loop at once
-          // (each consumed step schedules at most one more, so steps never pile up).
-          self->delayed_send(self, std::chrono::milliseconds(2), step_atom::value);
+        } else if (!self->state.relook_armed) {
+          // Work exists but none is due (realtime streams ahead of playback, or sequences
+          // waiting for their clients): look again shortly instead of spinning. Submits,
+          // cancels and releasing credit still wake the loop at once.
+          self->state.relook_armed = true;
+          self->delayed_send(self, std::chrono::milliseconds(2), relook_atom::value);
         }
       },
   };
@@ -218,7 +228,8 @@ Expected<PipelineHandles> spawn_pipeline(caf::actor_system& system, Model& model
   h.metrics = std::make_shared<ServingMetrics>();
   auto engine = std::make_shared<Engine>(model, std::move(kv).value(), config.scheduler, tokenizer.get(), h.metrics);
   h.decoder = system.spawn(decoder_impl, tokenizer);
-  h.executor = system.spawn<caf::detached>(executor_impl, std::move(engine), tokenizer, h.decoder, config.pacing);
+  h.executor = system.spawn<caf::detached>(executor_impl, std::move(engine), tokenizer, h.decoder, config.pacing,
+                                               h.metrics);
   h.encoder = system.spawn(encoder_impl, tokenizer, h.executor, h.decoder);
   return h;
 }

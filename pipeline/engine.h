@@ -59,7 +59,8 @@ class Engine {
     return true;
   }
   // Credit from the sequence's client (flow control, SchedulerConfig::client_window).
-  void on_delivered(int64_t id, int delivered, double now) { scheduler_.on_delivered(id, delivered, now); }
+  // Returns true when it released a held sequence.
+  bool on_delivered(int64_t id, int delivered, double now) { return scheduler_.on_delivered(id, delivered, now); }
   // Runs at most one forward pass; returns the events of this step (empty: nothing to do).
   std::vector<EngineEvent> step(double now, EngineStepStats* stats = nullptr);
   bool idle() const { return scheduler_.idle(); }

@@ -87,6 +87,10 @@ std::string ServingMetrics::render() const {
   realtime_lead.render(out, "tutti_realtime_lead_seconds", "");
   header("tutti_realtime_underruns_total", "counter", "Times a realtime stream's playback caught up with generation.");
   out += "tutti_realtime_underruns_total " + std::to_string(realtime_underruns.load()) + "\n";
+  header("tutti_executor_steps_total", "counter", "Forward steps run.");
+  out += "tutti_executor_steps_total " + std::to_string(steps.load()) + "\n";
+  header("tutti_executor_wakeups_total", "counter", "Turns of the executor's step loop, including those that found nothing due.");
+  out += "tutti_executor_wakeups_total " + std::to_string(executor_wakeups.load()) + "\n";
   auto gauge = [&](const char* name, const char* help, int64_t v) {
     header(name, "gauge", help);
     out += std::string(name) + " " + std::to_string(v) + "\n";

@@ -38,6 +38,7 @@ struct ServingMetrics {
   std::array<Histogram, kClasses> ttft, itl;
   Histogram step_seconds, step_batch, realtime_lead;
   std::atomic<uint64_t> realtime_underruns{0}, steps{0};
+  std::atomic<uint64_t> executor_wakeups{0};  // step-loop turns, empty ones included
   std::atomic<int64_t> queue_depth{0}, running{0}, held_for_client{0}, kv_blocks_used{0}, kv_blocks_total{0};
 
   std::string render() const;

@@ -64,9 +64,9 @@ void Scheduler::cancel(int64_t id) {
   if (it != seqs_.end()) it->second.cancelled = true;
 }
 
-void Scheduler::on_delivered(int64_t id, int delivered, double now) {
+bool Scheduler::on_delivered(int64_t id, int delivered, double now) {
   auto it = seqs_.find(id);
-  if (it == seqs_.end()) return;
+  if (it == seqs_.end()) return false;
   Sequence& s = it->second;
   s.delivered = std::clamp(delivered, s.delivered, s.generated);
   if (s.held_since >= 0 && !over_window(s)) {
@@ -74,7 +74,9 @@ void Scheduler::on_delivered(int64_t id, int delivered, double now) {
     // client is not reading, so that wait is not counted as the server's underrun.
     if (s.stream_start >= 0) s.stream_start += now - s.held_since;
     s.held_since = -1;
+    return true;
   }
+  return false;
 }
 
 int Scheduler::held_for_client() const {

@@ -131,8 +131,9 @@ class Scheduler {
   // Marks a sequence for removal; the next plan() releases its KV. Unknown ids are ignored.
   void cancel(int64_t id);
   // The client of `id` has received its first `delivered` generated tokens (credit for
-  // flow control; see SchedulerConfig::client_window). Unknown ids are ignored.
-  void on_delivered(int64_t id, int delivered, double now);
+  // flow control; see SchedulerConfig::client_window). Unknown ids are ignored. Returns true
+  // when this credit released a held sequence (it has work again).
+  bool on_delivered(int64_t id, int delivered, double now);
   // Removes a sequence at once (its step failed): KV released, stats kept.
   void remove(int64_t id);
   // Drops the kept stats of a finished sequence (a long-running server calls this once it

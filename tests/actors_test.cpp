@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <thread>
 
 #include "actors/pipeline.hpp"
 #include "pipeline/generate.h"
@@ -144,6 +145,30 @@ TEST_F(PipelineFixture, CancelAndRefusalEndOnlyTheirRequests) {
   auto big = run({req(4, "Hello world", 1 << 20)});
   EXPECT_EQ(big[4].finish, "error");
   EXPECT_NE(big[4].error.find("KV cache holds"), std::string::npos) << big[4].error;
+}
+
+// The step loop's wake-ups stay bounded however many requests come and go: with a stream
+// ahead of its playback clock the executor looks again every 2 ms through one timer. (A
+// wake-up that started a new timer of its own, as each submit once did, made the loop turn
+// thousands of times a second and queued steps ahead of new requests in the mailbox.) The
+// bound can only be missed upwards by that bug: a slow machine turns the loop less often.
+TEST_F(PipelineFixture, StepLoopWakeUpsStayBoundedAsRequestsComeAndGo) {
+  start();
+  caf::scoped_actor self{*sys};
+  auto sink = sys->spawn(forwarder, caf::actor_cast<caf::actor>(self));
+  text_request stream = req(100, "a slow stream", 2000);
+  stream.request_class = "realtime";
+  stream.tokens_per_second = 5;  // ahead of playback almost all the time
+  stream.ignore_eos = true;
+  self->request(pipe.encoder, caf::infinite, encode_atom::value, stream, sink).receive([](int32_t) {}, [](caf::error&) {});
+  for (int64_t i = 1; i <= 30; ++i) run({req(i, "short " + std::to_string(i), 2)});
+  const uint64_t before = pipe.metrics->executor_wakeups;
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const uint64_t turns = pipe.metrics->executor_wakeups - before;
+  EXPECT_GT(turns, 0u) << "the stream's loop stopped";
+  EXPECT_LT(turns, 1000u) << "one 2 ms timer turns the loop about 250 times in 0.5 s";
+  self->send<caf::message_priority::high>(pipe.executor, cancel_atom::value, int64_t(100));
+  caf::anon_send_exit(sink, caf::exit_reason::user_shutdown);
 }
 
 }  // namespace

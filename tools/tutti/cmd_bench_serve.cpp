@@ -36,8 +36,10 @@ struct StreamResult {
   bool ok = false;
 };
 
-// Sends one streaming completion and records when each content chunk arrives.
-StreamResult run_stream(uint16_t port, const std::string& body, bool realtime, double rate) {
+// Sends one streaming completion and records when each content chunk arrives. A client
+// still reading at `hang_up` closes its connection there (the server cancels the rest).
+StreamResult run_stream(uint16_t port, const std::string& body, bool realtime, double rate,
+                        Clock::time_point hang_up = Clock::time_point::max()) {
   StreamResult r;
   r.realtime = realtime;
   try {
@@ -79,6 +81,10 @@ StreamResult run_stream(uint16_t port, const std::string& body, bool realtime, d
         scanned = pos + 2;
       }
       if (ec) break;
+      if (Clock::now() >= hang_up) {
+        r.ok = true;
+        break;
+      }
     }
   } catch (const std::exception&) {
   }
@@ -132,6 +138,12 @@ struct RunningServer {
   }
 };
 
+std::string fixed(double v, int decimals) {
+  char b[64];
+  std::snprintf(b, sizeof b, "%.*f", decimals, v);
+  return b;
+}
+
 double pct(std::vector<double> v, double p) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -148,7 +160,10 @@ int cmd_bench_serve(const std::vector<std::string>& argv) {
   if (!args.ok()) return fail(args.error());
   const int streams = int(args.get_int("streams", 8));
   const double rate = args.get_double("rate", 25);
-  const int stream_tokens = int(args.get_int("stream-tokens", 150));
+  // Streams outlast the run by default (listeners hang up at its end), so both runs carry the
+  // same stream load for the whole time: an unpaced stream that raced to its end early
+  // would leave text alone on the machine and flatter the baseline.
+  const int stream_tokens = int(args.get_int("stream-tokens", 1024));
   const double text_rate = args.get_double("text-rate", 4);  // requests per second, Poisson
   const int text_tokens = int(args.get_int("text-tokens", 16));
   const int prompt_words = int(args.get_int("text-prompt-words", 120));
@@ -173,9 +188,10 @@ int cmd_bench_serve(const std::vector<std::string>& argv) {
   std::string prompt;
   for (int i = 0; i < prompt_words; ++i) prompt += "word ";
 
-  std::printf("load: %d realtime streams at %.1f tokens/s (%d tokens each, starting over the first half), text requests at %.1f/s (%d-word prompts, %d tokens), %.0f s; step budget %d\n",
+  std::printf("load: %d realtime streams at %.1f tokens/s (up to %d tokens each, starting over the first half, listeners hang up at the end), text requests at %.1f/s (%d-word prompts, %d tokens), %.0f s; step budget %d\n",
               streams, rate, stream_tokens, text_rate, prompt_words, text_tokens, seconds, step_budget);
-  std::printf("%-10s %10s %10s %10s %10s %10s %12s\n", "pacing", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99", "underruns", "tokens/s");
+  std::vector<std::string> steps_line;
+  std::printf("%-10s %10s %10s %10s %10s %10s %12s %8s\n", "pacing", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99", "underruns", "tokens/s", "failed");
   for (bool pacing : {true, false}) {
     actors::PipelineConfig pc;
     pc.kv_cache_bytes = size_t(settings->kv_cache_mb) << 20;
@@ -200,7 +216,7 @@ int cmd_bench_serve(const std::vector<std::string>& argv) {
         std::this_thread::sleep_until(start + std::chrono::duration<double>(seconds * 0.5 * i / std::max(1, streams)));
         json b = {{"prompt", "stream " + std::to_string(i)}, {"max_tokens", stream_tokens}, {"stream", true},
                   {"tutti", {{"class", "realtime"}, {"rate", rate}, {"ignore_eos", true}}}};
-        auto r = run_stream(*port, b.dump(), true, rate);
+        auto r = run_stream(*port, b.dump(), true, rate, start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds)));
         std::lock_guard<std::mutex> lock(mu);
         results.push_back(std::move(r));
       });
@@ -219,11 +235,21 @@ int cmd_bench_serve(const std::vector<std::string>& argv) {
     }
     for (auto& c : clients) c.join();
     const double wall = std::chrono::duration<double>(Clock::now() - start).count();
+    const ServingMetrics& m = *(*running)->pipe.metrics;
+    const size_t interactive = size_t(RequestClass::Interactive);
+    steps_line.push_back(std::string(pacing ? "on " : "off") + ": " + std::to_string(m.steps.load()) + " steps, " +
+                         fixed(m.step_batch.sum() / double(std::max<uint64_t>(1, m.step_batch.count())), 1) + " sequences and " +
+                         fixed(m.step_seconds.sum() / double(std::max<uint64_t>(1, m.step_seconds.count())) * 1e3, 2) +
+                         " ms each on average, busy " + fixed(m.step_seconds.sum() / wall * 100, 0) +
+                         "% of the run; text TTFT inside the executor (submit to first token) " +
+                         fixed(m.ttft[interactive].sum() / double(std::max<uint64_t>(1, m.ttft[interactive].count())) * 1e3, 1) +
+                         " ms on average");
     std::vector<double> ttft, itl;
-    int underruns = 0;
+    int underruns = 0, failed = 0;
     size_t tokens = 0;
     for (auto& r : results) {
       tokens += r.token_times.size();
+      failed += !r.ok || r.token_times.empty();
       if (r.realtime) {
         underruns += r.underruns;
         continue;
@@ -231,9 +257,11 @@ int cmd_bench_serve(const std::vector<std::string>& argv) {
       if (r.ttft >= 0) ttft.push_back(r.ttft);
       for (size_t k = 1; k < r.token_times.size(); ++k) itl.push_back(r.token_times[k] - r.token_times[k - 1]);
     }
-    std::printf("%-10s %8.1fms %8.1fms %8.1fms %8.1fms %10d %12.1f\n", pacing ? "on" : "off", pct(ttft, 0.5) * 1e3,
-                pct(ttft, 0.99) * 1e3, pct(itl, 0.5) * 1e3, pct(itl, 0.99) * 1e3, underruns, double(tokens) / wall);
+    std::printf("%-10s %8.1fms %8.1fms %8.1fms %8.1fms %10d %12.1f %8d\n", pacing ? "on" : "off", pct(ttft, 0.5) * 1e3,
+                pct(ttft, 0.99) * 1e3, pct(itl, 0.5) * 1e3, pct(itl, 0.99) * 1e3, underruns, double(tokens) / wall, failed);
   }
+
+  for (const std::string& l : steps_line) std::printf("  %s\n", l.c_str());
 
   // Serving overhead: 32 sequences decoding together, through the whole server (HTTP, SSE,
   // actors) and straight through the engine in this process. The difference is what the
