@@ -14,7 +14,13 @@ Expected<std::unique_ptr<Model>> Model::from_file(std::shared_ptr<const GgufFile
   auto config = read_model_config(*file);
   if (!config) return config.error();
   std::unique_ptr<Model> m(new Model(std::move(file), std::move(config).value(), backend));
-  if (Status s = m->bind_weights(); !s) return s.error();
+  // A device may run out of memory while the weights go resident (the CUDA backend throws
+  // with the sizes): that is this load's error, not a crash.
+  try {
+    if (Status s = m->bind_weights(); !s) return s.error();
+  } catch (const std::exception& e) {
+    return Error{m->file_->path() + ": " + e.what()};
+  }
   return m;
 }
 

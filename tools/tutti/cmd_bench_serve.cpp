@@ -192,7 +192,7 @@ int cmd_bench_serve(const std::vector<std::string>& argv) {
 
   std::unique_ptr<Backend> backend;
   try {
-    backend = make_cpu_backend({settings->threads, settings->kernels});
+    backend = make_backend(*settings);
   } catch (const std::exception& e) {
     return fail(e.what());
   }

@@ -50,13 +50,12 @@ int cmd_serve(const std::vector<std::string>& argv) {
   pc.scheduler.client_window = st.client_window;
   pc.pacing.low_watermark_s = st.low_watermark_ms / 1000.0;
   pc.pacing.high_watermark_s = st.high_watermark_ms / 1000.0;
-  const int threads = st.threads;
   const int caf_threads = st.caf_workers;
   if (Status s = pc.validate(); !s) return fail(s.message());
 
   std::unique_ptr<Backend> backend;
   try {
-    backend = make_cpu_backend({threads, st.kernels});
+    backend = make_backend(st);
   } catch (const std::exception& e) {
     return fail(e.what());
   }

@@ -3,6 +3,8 @@
 #include <cstdio>
 #include <stdexcept>
 
+#include "kernels/cuda/cuda_backend.h"
+
 namespace tutti::cli {
 
 int fail(const std::string& message) {
@@ -36,8 +38,8 @@ std::optional<Settings> read_settings(Args& args) {
     fail(args.error());
     return std::nullopt;
   }
-  if (c.device != "cpu") {
-    fail("device '" + c.device + "' is not available in this build (cpu)");
+  if (c.device != "cpu" && c.device != "cuda") {
+    fail("--device must be cpu or cuda");
     return std::nullopt;
   }
   if (c.kv_cache_type != "f16" && c.kv_cache_type != "f32") {
@@ -51,6 +53,11 @@ std::optional<Settings> read_settings(Args& args) {
   return c;
 }
 
+std::unique_ptr<Backend> make_backend(const Settings& s) {
+  if (s.device == "cuda") return make_cuda_backend({});
+  return make_cpu_backend({s.threads, s.kernels});
+}
+
 std::unique_ptr<LoadedModel> open_engine(Args& args, bool need_tokenizer) {
   auto e = std::make_unique<LoadedModel>();
   auto settings = read_settings(args);
@@ -58,7 +65,7 @@ std::unique_ptr<LoadedModel> open_engine(Args& args, bool need_tokenizer) {
   e->settings = *settings;
   const Settings& c = e->settings;
   try {
-    e->backend = make_cpu_backend({c.threads, c.kernels});
+    e->backend = make_backend(c);
   } catch (const std::exception& ex) {
     fail(ex.what());
     return nullptr;

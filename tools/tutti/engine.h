@@ -34,6 +34,10 @@ std::unique_ptr<LoadedModel> open_engine(Args& args, bool need_tokenizer);
 // returns nothing on failure.
 std::optional<Settings> read_settings(Args& args);
 
+// The backend the settings name: the CPU backend (threads, kernels) or the CUDA backend
+// (device "cuda"). Throws std::runtime_error with the reason it cannot be made.
+std::unique_ptr<Backend> make_backend(const Settings& settings);
+
 // The default model path that `make serve` creates (models/default.gguf).
 std::string default_model_path();
 
