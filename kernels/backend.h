@@ -92,6 +92,11 @@ class Backend {
   virtual std::string describe() const = 0;  // e.g. "cpu avx512-vnni, 2 threads"
   virtual int threads() const = 0;
 
+  // The memory bandwidth a decode step is measured against, in bytes per second: the CPU's
+  // read bandwidth (its threads streaming a buffer far larger than the caches); on a GPU the
+  // device-to-device copy bandwidth (bytes read plus bytes written per second).
+  virtual double measure_bandwidth() = 0;
+
   // Memory in the backend's space. alloc never returns null (throws std::bad_alloc).
   virtual void* alloc(size_t bytes) = 0;
   virtual void free(void* p) = 0;

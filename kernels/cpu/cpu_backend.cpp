@@ -11,6 +11,7 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/matmul_kernels.h"
+#include "kernels/cpu/memory_bandwidth.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/cpu/vec_ops.h"
 
@@ -73,6 +74,7 @@ class CpuBackend final : public Backend {
     return std::string("cpu ") + kernels_.isa + ", " + std::to_string(pool_.size()) + " threads";
   }
   int threads() const override { return pool_.size(); }
+  double measure_bandwidth() override { return cpu::measure_read_bandwidth(pool_.size()); }
 
   void* alloc(size_t bytes) override {
     void* p = std::aligned_alloc(64, (std::max<size_t>(bytes, 1) + 63) / 64 * 64);

@@ -6,7 +6,8 @@
 #include <map>
 #include <random>
 
-#include "kernels/cpu/memory_bandwidth.h"
+#include <ctime>
+
 #include "tools/tutti/commands.h"
 #include "tools/tutti/engine.h"
 
@@ -16,6 +17,13 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+// CPU time of this thread: with a GPU backend (which sleeps while it waits for the device)
+// the host's own work per step.
+double thread_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + double(ts.tv_nsec) * 1e-9;
+}
 
 std::vector<std::string> split_list(const std::string& s) {
   std::vector<std::string> out;
@@ -34,6 +42,7 @@ struct DecodeResult {
   double tokens_per_s = 0;    // over the whole run: sequences * steps / time
   double step_seconds = 0;    // mean
   double median_step = 0;     // robust to other tenants' bursts on a shared machine
+  double host_cpu_per_step = 0;  // seconds of the driving thread's CPU time per step
 };
 
 }  // namespace
@@ -74,7 +83,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
   };
 
   double bandwidth = 0;
-  if (!args.has("no-bandwidth")) bandwidth = cpu::measure_read_bandwidth(engine->backend->threads());
+  if (!args.has("no-bandwidth")) bandwidth = engine->backend->measure_bandwidth();
 
   // Prompt processing: one chunk of prompt_tokens, best of several runs after a warm-up.
   double prefill_tps = 0;
@@ -108,6 +117,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
     for (int s = 0; s < B; ++s) step.chunks.push_back({100 + s, context, {next[size_t(s)]}, false});
     int steps = 0;
     std::vector<double> step_times;
+    const double cpu0 = thread_cpu_seconds();
     const auto t0 = Clock::now();
     while (steps < 4 || (seconds_since(t0) < min_seconds && steps < 512)) {
       const auto t = Clock::now();
@@ -120,20 +130,23 @@ int cmd_bench(const std::vector<std::string>& argv) {
       ++steps;
     }
     const double total = seconds_since(t0);
+    const double cpu = thread_cpu_seconds() - cpu0;
     std::sort(step_times.begin(), step_times.end());
-    decode[B] = {B * steps / total, total / steps, step_times[step_times.size() / 2]};
-    note("decode    batch %2d: %9.1f tokens/s  (%6.2f ms/step mean, %6.2f median, %6.2f best)\n", B,
-         decode[B].tokens_per_s, decode[B].step_seconds * 1e3, decode[B].median_step * 1e3, step_times[0] * 1e3);
+    decode[B] = {B * steps / total, total / steps, step_times[step_times.size() / 2], cpu / steps};
+    note("decode    batch %3d: %9.1f tokens/s  (%6.2f ms/step mean, %6.2f median, %6.2f best; host thread CPU %.3f ms/step)\n", B,
+         decode[B].tokens_per_s, decode[B].step_seconds * 1e3, decode[B].median_step * 1e3, step_times[0] * 1e3,
+         decode[B].host_cpu_per_step * 1e3);
     for (int s = 0; s < B; ++s) kv.release(100 + s);
   }
 
   // Bandwidth: the better of a measurement before the decode runs and one after, with the
   // same threads the kernels use, so a burst from another tenant does not flatter decode.
-  if (!args.has("no-bandwidth")) bandwidth = std::max(bandwidth, cpu::measure_read_bandwidth(engine->backend->threads()));
+  if (!args.has("no-bandwidth")) bandwidth = std::max(bandwidth, engine->backend->measure_bandwidth());
   const double step_bytes = double(model.weight_bytes_per_step());
   // Decode against bandwidth: weight bytes per step over the median batch-1 step time.
   const double fraction = bandwidth > 0 ? step_bytes / decode[1].median_step / bandwidth : 0;
-  note("memory read bandwidth: %.2f GB/s (%d threads)\n", bandwidth / 1e9, engine->backend->threads());
+  note("%s bandwidth: %.2f GB/s (%s)\n", engine->backend->device() == Device::Cuda ? "device copy" : "memory read",
+       bandwidth / 1e9, engine->backend->describe().c_str());
   note("batch-1 decode reads %.1f MB of weights per step: %.2f GB/s = %.1f%% of bandwidth\n", step_bytes / 1e6,
        step_bytes / decode[1].median_step / 1e9, fraction * 100);
   if (decode.count(32)) note("batch-32 / batch-1 aggregate decode: %.2fx\n", decode[32].tokens_per_s / decode[1].tokens_per_s);
@@ -153,6 +166,12 @@ int cmd_bench(const std::vector<std::string>& argv) {
     first = true;
     for (auto& [B, r] : decode) {
       std::printf("%s\"%d\": %.3f", first ? "" : ", ", B, r.median_step * 1e3);
+      first = false;
+    }
+    std::printf("}, \"host_cpu_ms_per_step\": {");
+    first = true;
+    for (auto& [B, r] : decode) {
+      std::printf("%s\"%d\": %.4f", first ? "" : ", ", B, r.host_cpu_per_step * 1e3);
       first = false;
     }
     std::printf("}, \"memory_read_gb_per_s\": %.3f, \"decode_bandwidth_fraction\": %.4f}\n", bandwidth / 1e9, fraction);
