@@ -12,6 +12,9 @@ packages=(
   nlohmann-json3-dev    # JSON for the HTTP and WebSocket protocols
   libboost1.81-dev      # Boost.Beast / Asio: HTTP and WebSocket transports
   libtomlplusplus-dev   # the settings file (config/default.toml)
+  libopus-dev libogg-dev                       # Opus frames and Ogg Opus streams
+  libavformat-dev libavcodec-dev libswresample-dev libswscale-dev libavutil-dev  # FFmpeg 5.1
+  ffmpeg espeak-ng sox  # tests: ffprobe checks outputs; speech, tones and noise as test signals
 )
 
 missing=()
