@@ -12,6 +12,7 @@
 
 #include "codecs/audio_tokenizer.h"
 #include "codecs/media_decoder.h"
+#include "codecs/patch_tokenizer.h"
 #include "test_support.h"
 
 namespace tutti::codecs {
@@ -197,6 +198,70 @@ TEST(AudioTokenizer, VocabularyIdsMapToCodesAndBack) {
   std::swap(wrong_slot[0], wrong_slot[1]);  // a stage-1 code where stage 0 belongs
   EXPECT_FALSE(tokens_to_codes(m, wrong_slot));
   EXPECT_FALSE(tokens_to_codes(m, std::vector<int32_t>{5}));
+}
+
+}  // namespace
+}  // namespace tutti::codecs
+
+namespace tutti::codecs {
+namespace {
+
+// Frames of FFmpeg's test patterns at the image modality's 256x256.
+std::vector<std::vector<uint8_t>> pattern_frames(const std::string& source, int count) {
+  const std::string dir = std::string(TUTTI_BINARY_DIR) + "/test-data";
+  std::string safe = source;
+  for (char& c : safe)
+    if (!isalnum(static_cast<unsigned char>(c))) c = '_';
+  const std::string path = dir + "/" + safe + ".ts";
+  if (!std::ifstream(path).good()) {
+    const std::string cmd = "mkdir -p '" + dir + "' && ffmpeg -nostdin -loglevel error -y -f lavfi -i '" + source +
+                            "' -frames:v " + std::to_string(count) + " -c:v libx264 -qp 0 -pix_fmt yuv444p -f mpegts '" + path +
+                            ".tmp' && mv '" + path + ".tmp' '" + path + "'";
+    if (std::system(cmd.c_str()) != 0) return {};
+  }
+  const std::string bytes = test::read_file(path);
+  ByteQueue q(bytes.size() + 1);
+  (void)q.push(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
+  q.close();
+  std::vector<std::vector<uint8_t>> frames;
+  (void)decode_video(q, 256, 256, [&](const VideoFrame& f) { frames.push_back(f.rgb); });
+  return frames;
+}
+
+TEST(PatchTokenizer, TrainedCodebooksReconstructTestPatterns) {
+  const PatchGeometry g;  // 256x256, 8x8 patches
+  // Identity first: patches to frame and back loses only rounding.
+  const auto testsrc = pattern_frames("testsrc=size=320x240:rate=5", 8);
+  ASSERT_EQ(testsrc.size(), 8u);
+  const auto exact = patches_to_frame(g, frame_to_patches(g, testsrc[0]));
+  EXPECT_GT(psnr_db(testsrc[0], exact), 45.0);
+  // Train on two patterns, measure on frames of them and on a third never seen.
+  const auto bars = pattern_frames("smptebars=size=320x240:rate=5", 2);
+  const auto mandel = pattern_frames("mandelbrot=size=320x240:rate=5", 3);
+  const auto unseen = pattern_frames("rgbtestsrc=size=320x240:rate=5", 1);
+  ASSERT_FALSE(bars.empty() || mandel.empty() || unseen.empty());
+  std::vector<float> data;
+  for (const auto* set : {&testsrc, &bars, &mandel})
+    for (size_t i = 0; i + 1 < set->size() || set->size() == 1; ++i) {  // the last testsrc/mandel frame is held out
+      const auto p = frame_to_patches(g, (*set)[i]);
+      data.insert(data.end(), p.begin(), p.end());
+      if (set->size() == 1) break;
+    }
+  auto trained = train_rvq(data, g.dim(), 256, 2, {6, 3, {}});
+  ASSERT_TRUE(trained) << trained.error().message;
+  auto measure = [&](const char* what, const std::vector<uint8_t>& frame, double min_db) {
+    const auto codes = encode_frame(g, *trained, frame);
+    ASSERT_EQ(codes.size(), size_t(g.patches() * 2));  // 2048 tokens per image
+    auto back = decode_frame(g, *trained, codes);
+    ASSERT_TRUE(back) << back.error().message;
+    const double db = psnr_db(frame, *back);
+    std::printf("%-22s PSNR %5.2f dB at 2048 tokens per 256x256 image\n", what, db);
+    EXPECT_GT(db, min_db) << what;
+  };
+  measure("testsrc (held out)", testsrc.back(), 35.0);
+  measure("mandelbrot (held out)", mandel.back(), 22.0);
+  measure("rgbtestsrc (unseen)", unseen[0], 20.0);
+  EXPECT_FALSE(decode_frame(g, *trained, std::vector<int32_t>(10, 0)));
 }
 
 }  // namespace
