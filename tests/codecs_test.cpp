@@ -265,3 +265,103 @@ TEST(MediaDecoder, DecodesVideoAndImagesScaledToTheModelsSize) {
 
 }  // namespace
 }  // namespace tutti::codecs
+
+#include "codecs/media_encoder.h"
+
+namespace tutti::codecs {
+namespace {
+
+// What ffprobe (FFmpeg's own tool, not our decoder) says of a file: "codec,rate" or similar.
+std::string ffprobe(const std::vector<uint8_t>& bytes, const std::string& name, const std::string& entries) {
+  const std::string path = std::string(TUTTI_BINARY_DIR) + "/test-data/out-" + name;
+  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), long(bytes.size()));
+  const std::string cmd = "ffprobe -v error -show_entries " + entries + " -of csv=p=0 '" + path + "' 2>&1";
+  std::string out;
+  if (FILE* p = popen(cmd.c_str(), "r")) {
+    char buf[256];
+    while (fgets(buf, sizeof buf, p)) out += buf;
+    pclose(p);
+  }
+  out = out.substr(0, out.find('\n'));  // the first stream (fragmented MP4 lists it twice)
+  while (!out.empty() && out.back() == ',') out.pop_back();
+  return out;
+}
+
+TEST(MediaEncoder, StreamsEveryAudioFormatThatFfprobeAndOurDecoderRead) {
+  const auto tone = two_tones(24000, 1.0);
+  const std::pair<AudioFormat, std::string> expect[] = {
+      {AudioFormat::Wav, "pcm_s16le,24000"}, {AudioFormat::Opus, "opus,48000"}, {AudioFormat::Mp3, "mp3,24000"},
+      {AudioFormat::Aac, "aac,24000"}, {AudioFormat::Flac, "flac,24000"}};
+  for (const auto& [format, probe] : expect) {
+    std::vector<uint8_t> bytes;
+    size_t before_finish = 0;
+    auto enc = make_audio_encoder(format, 24000, [&](std::span<const uint8_t> b) { bytes.insert(bytes.end(), b.begin(), b.end()); });
+    ASSERT_TRUE(enc) << enc.error().message;
+    std::mt19937 rng(1);
+    for (size_t at = 0; at < tone.size();) {
+      const size_t n = std::min(tone.size() - at, size_t(1 + rng() % 2000));
+      ASSERT_TRUE((*enc)->push(std::span<const float>(tone.data() + at, n)).ok());
+      at += n;
+    }
+    before_finish = bytes.size();
+    ASSERT_TRUE((*enc)->finish().ok()) << audio_format_name(format);
+    EXPECT_GT(before_finish, bytes.size() / 4) << audio_format_name(format) << ": bytes should leave while encoding";
+    EXPECT_EQ(ffprobe(bytes, std::string("a.") + audio_format_name(format), "stream=codec_name,sample_rate"), probe);
+    auto back = decode_audio_bytes(bytes, 24000);
+    ASSERT_TRUE(back) << audio_format_name(format) << ": " << back.error().message;
+    EXPECT_NEAR(double(back->size()) / 24000, 1.0, 0.08) << audio_format_name(format);
+    const std::span<const float> mid(back->data() + 4000, 12000);
+    EXPECT_GT(tone_power(mid, 24000, 440), 0.01) << audio_format_name(format);
+  }
+  // Raw PCM: 16-bit little-endian samples, exactly.
+  std::vector<uint8_t> pcm;
+  auto enc = make_audio_encoder(AudioFormat::Pcm, 24000, [&](std::span<const uint8_t> b) { pcm.insert(pcm.end(), b.begin(), b.end()); });
+  ASSERT_TRUE(enc);
+  ASSERT_TRUE((*enc)->push(tone).ok());
+  ASSERT_TRUE((*enc)->finish().ok());
+  ASSERT_EQ(pcm.size(), tone.size() * 2);
+  const int16_t s100 = int16_t(pcm[200] | (pcm[201] << 8));
+  EXPECT_NEAR(s100 / 32767.0, tone[100], 1e-4);
+  EXPECT_FALSE(parse_audio_format("ogg-vorbis"));
+}
+
+TEST(MediaEncoder, ImagesAndVideoThatFfprobeReads) {
+  std::vector<uint8_t> rgb(64 * 48 * 3);
+  for (size_t i = 0; i < rgb.size(); ++i) rgb[i] = uint8_t((i * 7) % 251);
+  auto png = encode_image("png", 64, 48, rgb);
+  ASSERT_TRUE(png) << png.error().message;
+  EXPECT_EQ(ffprobe(*png, "i.png", "stream=codec_name,width,height"), "png,64,48");
+  ByteQueue q(png->size() + 1);
+  ASSERT_TRUE(q.push(*png));
+  q.close();
+  std::vector<uint8_t> decoded;
+  ASSERT_TRUE(decode_video(q, 64, 48, [&](const VideoFrame& f) { decoded = f.rgb; }).ok());
+  EXPECT_EQ(decoded, rgb) << "PNG is lossless";
+  auto jpeg = encode_image("jpeg", 64, 48, rgb);
+  ASSERT_TRUE(jpeg) << jpeg.error().message;
+  EXPECT_EQ(ffprobe(*jpeg, "i.jpg", "stream=codec_name,width,height"), "mjpeg,64,48");
+  EXPECT_FALSE(encode_image("gif", 64, 48, rgb));
+  EXPECT_FALSE(encode_image("png", 64, 47, rgb));
+  for (const std::string container : {"mp4", "mpegts"}) {
+    std::vector<uint8_t> bytes;
+    auto v = make_video_encoder(container, 128, 128, 4, [&](std::span<const uint8_t> b) { bytes.insert(bytes.end(), b.begin(), b.end()); });
+    ASSERT_TRUE(v) << v.error().message;
+    for (int f = 0; f < 8; ++f) {
+      std::vector<uint8_t> frame(128 * 128 * 3);
+      for (size_t i = 0; i < frame.size(); ++i) frame[i] = uint8_t((i / 3 + size_t(f) * 16) % 256);
+      ASSERT_TRUE((*v)->push(frame).ok());
+    }
+    ASSERT_TRUE((*v)->finish().ok());
+    EXPECT_EQ(ffprobe(bytes, "v." + container, "stream=codec_name,width,height"), "h264,128,128") << container;
+    ByteQueue vq(bytes.size() + 1);
+    ASSERT_TRUE(vq.push(bytes));
+    vq.close();
+    int frames = 0;
+    ASSERT_TRUE(decode_video(vq, 128, 128, [&](const VideoFrame&) { ++frames; }).ok());
+    EXPECT_EQ(frames, 8) << container;
+  }
+  EXPECT_FALSE(make_video_encoder("avi", 128, 128, 4, [](std::span<const uint8_t>) {}));
+}
+
+}  // namespace
+}  // namespace tutti::codecs
