@@ -182,6 +182,46 @@ std::vector<uint8_t> ones(uint64_t n) {
 
 }  // namespace
 
+uint32_t extend_vocabulary(GgufWriter& w, const VocabularyMetadata& vocab, const ModalityTable& modalities) {
+  for (const auto& [key, value] : vocab.entries) w.set_value(key, value);
+  if (modalities.empty()) return vocab.n_tokens;
+  // The vocabulary grows by each modality's begin/end tokens and codes.
+  const GgufValue* tok = nullptr;
+  for (auto& [k, v] : vocab.entries)
+    if (k == "tokenizer.ggml.tokens") tok = &v;
+  std::vector<std::string> tokens = tok ? tok->strings : std::vector<std::string>{};
+  std::vector<int32_t> types(tokens.size(), 1);
+  for (auto& [k, v] : vocab.entries)
+    if (k == "tokenizer.ggml.token_type")
+      for (uint64_t i = 0; i < v.count && i < types.size(); ++i) types[i] = int32_t(v.array_i64(i));
+  std::vector<float> scores;
+  for (auto& [k, v] : vocab.entries)
+    if (k == "tokenizer.ggml.scores")
+      for (uint64_t i = 0; i < v.count; ++i) scores.push_back(float(v.array_f64(i)));
+  uint32_t n_vocab = uint32_t(tokens.size());
+  for (const ModalityInfo& m : modalities.entries) {
+    const std::string name = modality_name(m.modality);
+    tokens.push_back("<|" + name + "_begin|>");
+    tokens.push_back("<|" + name + "_end|>");
+    types.push_back(3);
+    types.push_back(3);
+    for (uint32_t st = 0; st < m.num_stages; ++st)
+      for (uint32_t c = 0; c < m.codebook_size; ++c) {
+        tokens.push_back("<|" + name + "_" + std::to_string(st) + "_" + std::to_string(c) + "|>");
+        types.push_back(5);  // unused as text: only sampling under the modality mask makes them
+      }
+    n_vocab = m.token_end();
+  }
+  w.set_string_array("tokenizer.ggml.tokens", tokens);
+  w.set_i32_array("tokenizer.ggml.token_type", types);
+  if (!scores.empty()) {
+    scores.resize(tokens.size(), -1e9f);
+    w.set_f32_array("tokenizer.ggml.scores", scores);
+  }
+  write_modality_list(w, modalities);
+  return n_vocab;
+}
+
 Status write_random_model(const RandomModelSpec& s, const VocabularyMetadata& vocab, const std::string& path,
                           const Progress& progress) {
   if (s.dim == 0 || s.heads == 0 || s.dim % s.heads) return Error{"dim must be a positive multiple of heads"};
@@ -204,46 +244,11 @@ Status write_random_model(const RandomModelSpec& s, const VocabularyMetadata& vo
   w.set_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
   w.set_f32("llama.rope.freq_base", s.rope_base);
   w.set_u32("llama.rope.dimension_count", s.dim / s.heads);
-  for (const auto& [key, value] : vocab.entries) w.set_value(key, value);
 
   uint32_t n_vocab = vocab.n_tokens;
   ModalityTable modalities;
-  if (s.unified) {
-    modalities = default_modalities(n_vocab);
-    // Extend the vocabulary with each modality's begin/end tokens and codes.
-    const GgufValue* tok = nullptr;
-    for (auto& [k, v] : vocab.entries)
-      if (k == "tokenizer.ggml.tokens") tok = &v;
-    std::vector<std::string> tokens = tok->strings;
-    std::vector<int32_t> types(tokens.size(), 1);
-    for (auto& [k, v] : vocab.entries)
-      if (k == "tokenizer.ggml.token_type")
-        for (uint64_t i = 0; i < v.count && i < types.size(); ++i) types[i] = int32_t(v.array_i64(i));
-    std::vector<float> scores;
-    for (auto& [k, v] : vocab.entries)
-      if (k == "tokenizer.ggml.scores")
-        for (uint64_t i = 0; i < v.count; ++i) scores.push_back(float(v.array_f64(i)));
-    for (const ModalityInfo& m : modalities.entries) {
-      const std::string name = modality_name(m.modality);
-      tokens.push_back("<|" + name + "_begin|>");
-      tokens.push_back("<|" + name + "_end|>");
-      types.push_back(3);
-      types.push_back(3);
-      for (uint32_t st = 0; st < m.num_stages; ++st)
-        for (uint32_t c = 0; c < m.codebook_size; ++c) {
-          tokens.push_back("<|" + name + "_" + std::to_string(st) + "_" + std::to_string(c) + "|>");
-          types.push_back(5);  // unused as text: only sampling under the modality mask makes them
-        }
-      n_vocab = m.token_end();
-    }
-    w.set_string_array("tokenizer.ggml.tokens", tokens);
-    w.set_i32_array("tokenizer.ggml.token_type", types);
-    if (!scores.empty()) {
-      scores.resize(tokens.size(), -1e9f);
-      w.set_f32_array("tokenizer.ggml.scores", scores);
-    }
-    write_modality_list(w, modalities);
-  }
+  if (s.unified) modalities = default_modalities(n_vocab);
+  n_vocab = extend_vocabulary(w, vocab, modalities);
 
   Rng rng(s.seed);
   const uint64_t hd = s.dim / s.heads;

@@ -40,6 +40,13 @@ struct RandomModelSpec {
 // The media modality layout of a unified model whose text vocabulary has n_text tokens.
 ModalityTable default_modalities(uint32_t n_text);
 
+// Writes the vocabulary's tokenizer.* keys to `w`, extended by each modality's begin/end
+// tokens and codes (named <|M_begin|>, <|M_end|>, <|M_S_C|>), and the tutti.* keys of the
+// table. Returns the extended vocabulary size. The modality table's token ids must follow
+// the vocabulary (default_modalities(vocab.n_tokens) lays them out so).
+class GgufWriter;
+uint32_t extend_vocabulary(GgufWriter& w, const VocabularyMetadata& vocab, const ModalityTable& modalities);
+
 using Progress = std::function<void(const std::string& what, double fraction)>;
 Status write_random_model(const RandomModelSpec& spec, const VocabularyMetadata& vocab, const std::string& path,
                           const Progress& progress = {});

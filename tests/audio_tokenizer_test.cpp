@@ -266,3 +266,67 @@ TEST(PatchTokenizer, TrainedCodebooksReconstructTestPatterns) {
 
 }  // namespace
 }  // namespace tutti::codecs
+
+#include "codecs/model_codecs.h"
+#include "codecs/model_pack.h"
+#include "pipeline/model.h"
+#include "pipeline/tokenizer.h"
+
+namespace tutti::codecs {
+namespace {
+
+// tutti model pack: a text backbone plus speech files and generated frames becomes one
+// unified file whose vocabulary, matrices and codebooks all fit, and whose audio codebooks
+// carry speech they were not trained on.
+TEST(ModelPack, BuildsAUnifiedModelWhoseCodebooksCarryNewSpeech) {
+  RandomModelSpec spec;
+  spec.dim = 64; spec.layers = 1; spec.heads = 4; spec.kv_heads = 2; spec.ffn = 128; spec.type = TensorType::Q8_0;
+  const std::string backbone = test::random_model(spec, "pack-backbone.gguf");
+  ASSERT_FALSE(speech("speech-train", kTrainingText).empty());
+  const std::string train_wav = std::string(TUTTI_BINARY_DIR) + "/test-data/speech-train.wav";
+  std::map<Modality, PackMaterial> material;
+  material[Modality::Audio].files = {train_wav};
+  auto generated = generated_material(default_modalities(1000), 3);
+  material[Modality::Image] = generated.at(Modality::Image);
+  const std::string out = std::string(TUTTI_BINARY_DIR) + "/test-data/packed.gguf";
+  PackOptions o;
+  o.kmeans_iterations = 6;
+  ASSERT_TRUE(pack_unified_model(backbone, material, out, o).ok());
+
+  auto file = GgufFile::open(out);
+  ASSERT_TRUE(file) << file.error().message;
+  auto codecs = load_model_codecs(**file);
+  ASSERT_TRUE(codecs) << codecs.error().message;
+  ASSERT_EQ(codecs->modalities.entries.size(), 2u);  // audio and image, in that order
+  const ModalityInfo* audio = codecs->info(Modality::Audio);
+  ASSERT_NE(audio, nullptr);
+  auto backbone_file = GgufFile::open(backbone);
+  const uint32_t n_text = uint32_t((*backbone_file)->find("tokenizer.ggml.tokens")->count);
+  EXPECT_EQ(audio->begin_token, n_text);
+  EXPECT_EQ(audio->token_offset, n_text + 2);
+  // The model loads (vocabulary, token_embd and output grown alike) and runs.
+  auto backend = make_cpu_backend({1});
+  auto model = Model::load(out, *backend);
+  ASSERT_TRUE(model) << model.error().message;
+  EXPECT_EQ((*model)->hparams().n_vocab, codecs->info(Modality::Image)->token_end());
+  auto tok = Tokenizer::from_gguf((*model)->file());
+  ASSERT_TRUE(tok);
+  EXPECT_EQ((*tok)->token_text(int32_t(audio->begin_token)), "<|audio_begin|>");
+  // The packed audio codebooks on a sentence they never saw.
+  const auto test_speech = speech("speech-test", kTestText);
+  const auto [decoded, codes] = round_trip(test_speech, codecs->books(Modality::Audio));
+  const double snr = segmental_snr_db(test_speech, std::span<const float>(decoded.data(), test_speech.size()), kFrame);
+  std::printf("packed audio codebooks: segmental SNR %.2f dB on new speech\n", snr);
+  EXPECT_GT(snr, 1.0);
+  // Errors: a unified file is not a backbone; no media at all.
+  EXPECT_FALSE(pack_unified_model(out, material, out + ".2", o).ok());
+  EXPECT_FALSE(pack_unified_model(backbone, {}, out + ".2", o).ok());
+  std::map<Modality, PackMaterial> missing;
+  missing[Modality::Audio].files = {"/nonexistent.wav"};
+  Status s = pack_unified_model(backbone, missing, out + ".2", o);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("/nonexistent.wav"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace tutti::codecs

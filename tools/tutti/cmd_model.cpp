@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <map>
 
+#include "codecs/model_pack.h"
 #include "pipeline/model_builder.h"
 #include "pipeline/model_config.h"
 #include "pipeline/tokenizer.h"
@@ -96,8 +97,42 @@ int model_random(const std::vector<std::string>& argv) {
   return 0;
 }
 
-// The embedded default model: built-in vocabulary, unified modality ranges, Q8_0 weights,
-// small enough to create in seconds and to run anywhere.
+std::vector<std::string> split_files(const std::string& list) {
+  std::vector<std::string> out;
+  size_t p = 0;
+  while (p <= list.size()) {
+    const size_t q = std::min(list.find(',', p), list.size());
+    if (q > p) out.push_back(list.substr(p, q - p));
+    p = q + 1;
+  }
+  return out;
+}
+
+void show_progress(const std::string& what, double f) { std::fprintf(stderr, "\r[%3.0f%%] %-32s", f * 100, what.c_str()); }
+
+// tutti model pack --backbone TEXT.gguf --out UNIFIED.gguf [--audio F,..] [--image F,..]
+//                  [--video F,..] [--music F,..] [--iterations N]
+int model_pack(const std::vector<std::string>& argv) {
+  Args args(argv, {"backbone", "out", "audio", "image", "video", "music", "iterations", "seed"}, {});
+  if (!args.ok()) return fail(args.error());
+  for (auto r : {"backbone", "out"})
+    if (!args.require(r)) return fail(args.error());
+  std::map<Modality, codecs::PackMaterial> material;
+  for (Modality m : kMediaModalities)
+    if (args.has(modality_name(m))) material[m].files = split_files(args.get(modality_name(m)));
+  codecs::PackOptions o;
+  o.kmeans_iterations = int(args.get_int("iterations", 8));
+  o.seed = uint64_t(args.get_int("seed", 1));
+  o.progress = show_progress;
+  if (!args.ok()) return fail(args.error());
+  if (Status s = codecs::pack_unified_model(args.get("backbone"), material, args.get("out"), o); !s) return fail(s.message());
+  std::fprintf(stderr, "\nwrote %s\n", args.get("out").c_str());
+  return 0;
+}
+
+// The embedded default model: a random-weight text backbone with the built-in vocabulary,
+// packed with codebooks trained on media tutti generates itself. Small enough to create in
+// seconds and to run anywhere.
 int model_init(const std::vector<std::string>& argv) {
   Args args(argv, {"out"}, {"force"});
   if (!args.ok()) return fail(args.error());
@@ -114,11 +149,17 @@ int model_init(const std::vector<std::string>& argv) {
   s.kv_heads = 4;
   s.ffn = 1408;
   s.type = TensorType::Q8_0;
-  s.unified = true;
   s.seed = 20261126;
   s.name = "tutti-default";
-  auto progress = [](const std::string& what, double f) { std::fprintf(stderr, "\r[%3.0f%%] %-24s", f * 100, what.c_str()); };
-  if (Status st = write_random_model(s, builtin_vocabulary(), out, progress); !st) return fail(st.message());
+  const std::string backbone = out + ".backbone.tmp";
+  const VocabularyMetadata vocab = builtin_vocabulary();
+  if (Status st = write_random_model(s, vocab, backbone, show_progress); !st) return fail(st.message());
+  codecs::PackOptions o;
+  o.progress = show_progress;
+  o.seed = s.seed;
+  const Status packed = codecs::pack_unified_model(backbone, codecs::generated_material(default_modalities(vocab.n_tokens), s.seed), out, o);
+  std::filesystem::remove(backbone);
+  if (!packed) return fail(packed.message());
   std::fprintf(stderr, "\nwrote %s\n", out.c_str());
   return 0;
 }
@@ -126,12 +167,13 @@ int model_init(const std::vector<std::string>& argv) {
 }  // namespace
 
 int cmd_model(const std::vector<std::string>& argv) {
-  if (argv.empty()) return fail("usage: tutti model info|random|init ...");
+  if (argv.empty()) return fail("usage: tutti model info|random|init|pack ...");
   const std::vector<std::string> rest(argv.begin() + 1, argv.end());
   if (argv[0] == "info") return model_info(rest);
   if (argv[0] == "random") return model_random(rest);
   if (argv[0] == "init") return model_init(rest);
-  return fail("unknown model command '" + argv[0] + "' (info, random, init)");
+  if (argv[0] == "pack") return model_pack(rest);
+  return fail("unknown model command '" + argv[0] + "' (info, random, init, pack)");
 }
 
 }  // namespace tutti::cli
