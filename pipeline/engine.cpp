@@ -60,12 +60,20 @@ Status Engine::submit(EngineRequest r, double now) {
   if (live_.count(id)) return Error{"request id " + std::to_string(id) + " is already in use"};
   const RequestClass cls = r.seq.cls;
   const size_t prompt = r.seq.prompt.size();
+  if (r.media) {
+    const MediaLayout& m = *r.media;
+    if (m.size < 1 || m.stages < 1 || m.offset < 0 || int64_t(m.offset) + int64_t(m.size) * m.stages > n_vocab ||
+        m.end_token >= n_vocab)
+      return Error{"the media layout lies outside the vocabulary"};
+    if (m.end_token >= 0) r.sampling.stop_tokens.push_back(m.end_token);
+    r.stop_at_eog = false;  // a media answer ends at its own end token or its length
+  }
   if (Status s = scheduler_.submit(std::move(r.seq), now); !s) {
     if (metrics_) metrics_->requests_refused[size_t(cls)]++;
     return s;
   }
   Sampler sampler(std::move(r.sampling));
-  live_.emplace(id, Live{std::move(sampler), r.stop_at_eog, cls});
+  live_.emplace(id, Live{std::move(sampler), r.stop_at_eog, cls, r.media});
   if (metrics_) {
     metrics_->prompt_tokens[size_t(cls)] += prompt;
     metrics_->queue_depth = scheduler_.waiting();
@@ -105,6 +113,14 @@ std::vector<EngineEvent> Engine::step(double now, EngineStepStats* stats) {
     if (!plan.samples[i]) continue;
     const int64_t id = plan.batch.chunks[i].seq_id;
     Live& live = live_.at(id);
+    if (live.media) {  // this slot's stage, and the end token at a frame boundary
+      const MediaLayout& m = *live.media;
+      const SequenceStats* st = scheduler_.stats(id);
+      const int stage = (st ? st->generated : 0) % m.stages;
+      std::vector<TokenRange> allowed = {{m.offset + stage * m.size, m.offset + (stage + 1) * m.size}};
+      if (stage == 0 && m.end_token >= 0) allowed.push_back({m.end_token, m.end_token + 1});
+      live.sampler.set_allowed(std::move(allowed));
+    }
     const int32_t token = live.sampler.sample(logits_.last_of(i, plan.batch), n_vocab);
     const bool stop = token < 0 || live.sampler.is_stop(token) ||
                       (live.stop_at_eog && tokenizer_ && tokenizer_->is_end_of_generation(token));

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,10 +22,19 @@
 
 namespace tutti {
 
+// Media generation: token i of the answer is a code of stage i % stages, so each step may
+// sample only that stage's range; the modality's end token (when end_token >= 0) is allowed
+// at frame boundaries (stage 0) and ends the sequence.
+struct MediaLayout {
+  int32_t offset = 0, size = 0, stages = 0;
+  int32_t end_token = -1;
+};
+
 struct EngineRequest {
   SequenceRequest seq;      // id, class, prompt ids, max_new_tokens, pacing
   SamplingParams sampling;  // stop tokens and masks included
   bool stop_at_eog = true;  // end at the tokenizer's end-of-generation tokens
+  std::optional<MediaLayout> media;
 };
 
 enum class FinishReason { None, Length, Stop, Cancelled, Error };
@@ -74,6 +84,7 @@ class Engine {
     Sampler sampler;
     bool stop_at_eog;
     RequestClass cls;
+    std::optional<MediaLayout> media;
   };
   Model& model_;
   std::unique_ptr<PagedKvCache> kv_;

@@ -92,6 +92,41 @@ TEST(Engine, StopTokenEndsTheSequenceWithoutEmittingIt) {
   EXPECT_EQ(got[1].first, std::vector<int32_t>(greedy.begin(), greedy.begin() + first));
 }
 
+// Media generation: each generated token is a code of its slot's stage, in order; the end
+// token comes only at a frame boundary and ends the answer; without one, the length does.
+TEST(Engine, MediaCodesFollowTheirStagesAndEndOnlyAtFrameBoundaries) {
+  Fixture f;
+  auto e = f.engine();
+  const int32_t n_vocab = int32_t(f.model->hparams().n_vocab);
+  MediaLayout layout{100, 20, 3, 50};  // stages of 20 codes from id 100; end token 50
+  double now = 0;
+  for (int64_t id = 1; id <= 6; ++id) {
+    EngineRequest r = make(id, RequestClass::Interactive, 6, 30, 1.5f, uint64_t(id));
+    r.sampling.top_k = 0;
+    r.media = layout;
+    if (id == 6) r.media->end_token = -1;  // no end: exactly max_new_tokens codes
+    ASSERT_TRUE(e->submit(r, now).ok());
+  }
+  auto got = drain(*e, now);
+  for (auto& [id, result] : got) {
+    const auto& tokens = result.first;
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      const int stage = int(i % 3);
+      EXPECT_GE(tokens[i], 100 + stage * 20) << id << " at " << i;
+      EXPECT_LT(tokens[i], 100 + (stage + 1) * 20) << id << " at " << i;
+    }
+    if (result.second == FinishReason::Stop) {
+      EXPECT_EQ(tokens.size() % 3, 0u) << "the end token came inside a frame";
+    } else {
+      EXPECT_EQ(tokens.size(), 30u);
+    }
+  }
+  EXPECT_EQ(got[6].first.size(), 30u);
+  EngineRequest bad = make(9, RequestClass::Interactive, 4, 4);
+  bad.media = MediaLayout{n_vocab - 5, 10, 1, -1};
+  EXPECT_FALSE(e->submit(bad, now).ok());
+}
+
 TEST(Engine, CancelEndsOneSequenceAndFreesItsBlocks) {
   Fixture f;
   auto e = f.engine();
