@@ -7,8 +7,10 @@
 //
 // Encoder: turns request content into token ids (off the executor's thread). Executor: owns
 // the model's engine (weights, KV cache, scheduler) and runs the step loop; the only place
-// the model runs. Decoder: turns each request's new tokens into text deltas, in order, and
-// hands them to the request's sink (the session's transport side).
+// the model runs. Decoder: turns each request's new tokens into text deltas, or, for a media
+// answer, into media (audio samples, finished frames) through the model's codecs, in order,
+// and hands them to the request's sink (the session's transport side, which encodes them in
+// the response's format).
 //
 // Threads: the executor is a detached actor (its own thread, compute); the others are
 // event-based on CAF's worker threads and never wait on a step. See docs/architecture.md.
@@ -39,6 +41,9 @@ struct text_request {
   double high_watermark_s = -1;
   bool add_special = true;
   bool ignore_eos = false;        // keep generating past end-of-generation tokens (benchmarks)
+  // The answer's modality: text, or audio | image | video | music (codes of that modality's
+  // range, decoded into media by the decoder). For media, max_tokens counts codes.
+  std::string modality = "text";
 };
 
 // One executor step's outcome for the requests it advanced (parallel arrays).
@@ -59,10 +64,29 @@ struct text_delta {
   int32_t completion_tokens = 0;
 };
 
+// What a media answer's sink receives: new audio, or a finished frame, and at the end why it
+// finished.
+struct media_delta {
+  int64_t request = 0;
+  std::vector<float> samples;  // audio, music: new mono samples at the modality's rate
+  std::vector<uint8_t> rgb;    // image, video: one finished frame (RGB24)
+  int32_t width = 0, height = 0;
+  std::string finish_reason;   // empty until the last delta: stop | length | cancelled | error
+  std::string error;
+  int32_t prompt_tokens = 0;
+  int32_t completion_tokens = 0;
+};
+
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, text_request& x) {
   return f(caf::meta::type_name("text_request"), x.id, x.prompt, x.max_tokens, x.temperature, x.top_p, x.top_k, x.seed,
-           x.request_class, x.tokens_per_second, x.low_watermark_s, x.high_watermark_s, x.add_special, x.ignore_eos);
+           x.request_class, x.tokens_per_second, x.low_watermark_s, x.high_watermark_s, x.add_special, x.ignore_eos,
+           x.modality);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, media_delta& x) {
+  return f(caf::meta::type_name("media_delta"), x.request, x.samples, x.rgb, x.width, x.height, x.finish_reason, x.error,
+           x.prompt_tokens, x.completion_tokens);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, step_events& x) {
@@ -84,15 +108,17 @@ using events_atom = caf::atom_constant<caf::atom("events")>;
 using register_atom = caf::atom_constant<caf::atom("register")>;
 using delta_atom = caf::atom_constant<caf::atom("delta")>;
 using credit_atom = caf::atom_constant<caf::atom("credit")>;
+using media_atom = caf::atom_constant<caf::atom("media")>;
 
 // ---- interfaces
 
-// The transport side of a session: receives the text of its requests as it is produced.
-using sink_actor = caf::typed_actor<caf::reacts_to<delta_atom, text_delta>>;
+// The transport side of a session: receives the text (or media) of its requests as it is
+// produced.
+using sink_actor = caf::typed_actor<caf::reacts_to<delta_atom, text_delta>, caf::reacts_to<media_atom, media_delta>>;
 
-// Decoder: learns which sink each request belongs to (and its prompt size), then turns step
-// events into deltas for it. A request's deltas leave in token order.
-using decoder_actor = caf::typed_actor<caf::reacts_to<register_atom, int64_t, int32_t, sink_actor>,
+// Decoder: learns which sink each request belongs to (its prompt size and answer modality),
+// then turns step events into deltas for it. A request's deltas leave in token order.
+using decoder_actor = caf::typed_actor<caf::reacts_to<register_atom, int64_t, int32_t, std::string, sink_actor>,
                                        caf::reacts_to<events_atom, step_events>>;
 
 // Executor: admits tokenized requests (replies with nothing; a refusal reaches the sink as a

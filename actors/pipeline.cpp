@@ -4,6 +4,8 @@
 #include <map>
 #include <set>
 
+#include "codecs/audio_tokenizer.h"
+#include "codecs/patch_tokenizer.h"
 #include "pipeline/engine.h"
 
 namespace tutti::actors {
@@ -28,38 +30,94 @@ double seconds_now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// ---- decoder: token ids to text deltas, per request, in order.
+// ---- decoder: token ids to text deltas, or media, per request, in order.
 struct decoder_state {
   struct Entry {
     sink_actor sink;
     StreamingDetokenizer detok;
     int32_t prompt_tokens = 0;
     int32_t completion_tokens = 0;
+    // Media answers: the modality, its streaming audio decoder or the codes of the frame
+    // being generated.
+    const ModalityInfo* media = nullptr;
+    std::unique_ptr<codecs::AudioDecoder> audio;
+    std::vector<int32_t> frame_codes;
   };
   std::shared_ptr<const Tokenizer> tokenizer;
+  std::shared_ptr<const codecs::ModelCodecs> codecs;
   std::map<int64_t, Entry> requests;
 };
 
+// One generated code (or the end) of a media answer: audio leaves frame by frame, images and
+// video frames once all their patches are there.
+void decode_media(decoder_actor::stateful_pointer<decoder_state> self, int64_t id, decoder_state::Entry& e, int32_t token,
+                  FinishReason finish, const std::string& error) {
+  const ModalityInfo& m = *e.media;
+  media_delta d;
+  d.request = id;
+  if (token >= 0) {
+    ++e.completion_tokens;
+    const int32_t code = int32_t((uint32_t(token) - m.token_offset) % m.codebook_size);  // the engine keeps slots in stage order
+    if (e.audio) {
+      d.samples = e.audio->push(std::span<const int32_t>(&code, 1));
+    } else {
+      e.frame_codes.push_back(code);
+      const codecs::PatchGeometry g{int(m.width), int(m.height), int(m.patch_size)};
+      if (e.frame_codes.size() == size_t(g.patches()) * m.num_stages) {
+        if (auto rgb = codecs::decode_frame(g, *self->state.codecs->books(m.modality), e.frame_codes)) {
+          d.rgb = std::move(rgb).value();
+          d.width = g.width, d.height = g.height;
+        }
+        e.frame_codes.clear();
+      }
+    }
+  }
+  if (finish != FinishReason::None) {
+    if (e.audio) {
+      const auto tail = e.audio->finish();
+      d.samples.insert(d.samples.end(), tail.begin(), tail.end());
+    }
+    d.finish_reason = finish_reason_name(finish);
+    d.error = error;
+  }
+  d.prompt_tokens = e.prompt_tokens;
+  d.completion_tokens = e.completion_tokens;
+  // Every code leaves as a delta (most carry nothing yet): credit counts tokens.
+  self->send(e.sink, media_atom::value, std::move(d));
+}
+
 decoder_actor::behavior_type decoder_impl(decoder_actor::stateful_pointer<decoder_state> self,
-                                          std::shared_ptr<const Tokenizer> tokenizer) {
+                                          std::shared_ptr<const Tokenizer> tokenizer,
+                                          std::shared_ptr<const codecs::ModelCodecs> codecs) {
   self->state.tokenizer = std::move(tokenizer);
+  self->state.codecs = std::move(codecs);
   return {
-      [=](register_atom, int64_t id, int32_t prompt_tokens, sink_actor sink) {
-        self->state.requests.emplace(
-            id, decoder_state::Entry{std::move(sink), StreamingDetokenizer(*self->state.tokenizer), prompt_tokens, 0});
+      [=](register_atom, int64_t id, int32_t prompt_tokens, const std::string& modality, sink_actor sink) {
+        decoder_state::Entry e{std::move(sink), StreamingDetokenizer(*self->state.tokenizer), prompt_tokens, 0};
+        if (auto m = parse_modality(modality); m && *m != Modality::Text) {
+          e.media = self->state.codecs->info(*m);  // the executor refuses a modality the model lacks
+          if (e.media && e.media->transform == "mdct")
+            e.audio = std::make_unique<codecs::AudioDecoder>(int(e.media->frame_size), self->state.codecs->books(*m));
+        }
+        self->state.requests.emplace(id, std::move(e));
       },
       [=](events_atom, const step_events& ev) {
         for (size_t i = 0; i < ev.request.size(); ++i) {
           auto it = self->state.requests.find(ev.request[i]);
           if (it == self->state.requests.end()) continue;
           auto& e = it->second;
+          const auto finish = FinishReason(ev.finish[i]);
+          if (e.media) {
+            decode_media(self, ev.request[i], e, ev.token[i], finish, ev.error[i]);
+            if (finish != FinishReason::None) self->state.requests.erase(it);
+            continue;
+          }
           text_delta d;
           d.request = ev.request[i];
           if (ev.token[i] >= 0) {
             ++e.completion_tokens;
             d.text = e.detok.push(ev.token[i]);
           }
-          const auto finish = FinishReason(ev.finish[i]);
           if (finish != FinishReason::None) {
             d.text += e.detok.flush();
             d.finish_reason = finish_reason_name(finish);
@@ -132,10 +190,20 @@ executor_actor::behavior_type executor_impl(executor_actor::stateful_pointer<exe
         er.sampling.top_k = r.top_k;
         er.sampling.seed = r.seed;
         er.stop_at_eog = !r.ignore_eos;
-        // Text requests on a unified model never sample media codes.
         const Model& model = self->state.engine->model();
-        if (!model.config().modalities.empty())
+        if (r.modality != "text") {
+          // A media answer: the prompt opens the modality's span, and every token is a code.
+          const auto m = parse_modality(r.modality);
+          const ModalityInfo* info = m ? model.config().modalities.find(*m) : nullptr;
+          if (!info) return end_unadmitted(self, r.id, FinishReason::Error, "this model has no " + r.modality + " modality");
+          er.seq.prompt.push_back(int32_t(info->begin_token));
+          // Images and video frames are whole grids: no early end.
+          er.media = MediaLayout{int32_t(info->token_offset), int32_t(info->codebook_size), int32_t(info->num_stages),
+                                 info->transform == "mdct" ? int32_t(info->end_token) : -1};
+        } else if (!model.config().modalities.empty()) {
+          // Text requests on a unified model never sample media codes.
           er.sampling.allowed = model.config().modalities.text_ranges(model.hparams().n_vocab);
+        }
         if (Status s = self->state.engine->submit(std::move(er), seconds_now()); !s) {
           // Refused (busy, too long, bad sampling): the request ends at once with the reason.
           return end_unadmitted(self, r.id, FinishReason::Error, s.message());
@@ -210,7 +278,7 @@ encoder_actor::behavior_type encoder_impl(encoder_actor::stateful_pointer<encode
         const int32_t n = int32_t(ids.size());
         // Register before submitting: the decoder's mailbox then sees the registration
         // before any event the executor produces for this request.
-        self->send(self->state.decoder, register_atom::value, r.id, n, sink);
+        self->send(self->state.decoder, register_atom::value, r.id, n, r.modality, sink);
         self->send(self->state.executor, submit_atom::value, r, std::move(ids), sink);
         return n;
       },
@@ -227,7 +295,9 @@ Expected<PipelineHandles> spawn_pipeline(caf::actor_system& system, Model& model
   PipelineHandles h;
   h.metrics = std::make_shared<ServingMetrics>();
   auto engine = std::make_shared<Engine>(model, std::move(kv).value(), config.scheduler, tokenizer.get(), h.metrics);
-  h.decoder = system.spawn(decoder_impl, tokenizer);
+  auto codecs = codecs::load_model_codecs(model.file());
+  if (!codecs) return codecs.error();
+  h.decoder = system.spawn(decoder_impl, tokenizer, std::make_shared<const codecs::ModelCodecs>(std::move(codecs).value()));
   h.executor = system.spawn<caf::detached>(executor_impl, std::move(engine), tokenizer, h.decoder, config.pacing,
                                                h.metrics);
   h.encoder = system.spawn(encoder_impl, tokenizer, h.executor, h.decoder);

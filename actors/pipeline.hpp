@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "actors/actors.hpp"
+#include "codecs/model_codecs.h"
 #include "pipeline/metrics.h"
 #include "pipeline/model.h"
 #include "pipeline/scheduler.h"
@@ -36,7 +37,9 @@ struct PipelineHandles {
 // throughput per actor so no session's backlog holds a worker.
 void configure_for_compute(caf::actor_system_config& cfg, int workers);
 
-// `model` and `tokenizer` must outlive the actors (the executor borrows the model).
+// `model` and `tokenizer` must outlive the actors (the executor borrows the model). The
+// model's codecs (its codebooks) are loaded here for the decoder; a text-only model has none
+// and refuses media requests.
 Expected<PipelineHandles> spawn_pipeline(caf::actor_system& system, Model& model,
                                          std::shared_ptr<const Tokenizer> tokenizer, const PipelineConfig& config);
 

@@ -67,6 +67,14 @@ std::vector<float> AudioDecoder::push(std::span<const int32_t> codes) {
   return out;
 }
 
+std::vector<float> AudioDecoder::finish() {
+  if (!primed_) return {};
+  std::vector<float> frame(size_t(mdct_.n()));
+  std::fill(coefficients_.begin(), coefficients_.end(), 0.f);
+  mdct_.push(coefficients_, frame);
+  return frame;
+}
+
 std::vector<int32_t> codes_to_tokens(const ModalityInfo& m, std::span<const int32_t> codes) {
   std::vector<int32_t> t(codes.size());
   for (size_t i = 0; i < codes.size(); ++i)

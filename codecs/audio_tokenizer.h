@@ -42,6 +42,8 @@ class AudioDecoder {
   // the first frame's output is the stream's first frame_size samples, which the encoder's
   // analysis delays by one frame).
   std::vector<float> push(std::span<const int32_t> codes);
+  // The stream ended: the overlap the last frame left (frame_size samples, its second half).
+  std::vector<float> finish();
 
  private:
   MdctSynthesizer mdct_;

@@ -17,7 +17,8 @@ using namespace tutti::actors;
 
 // A sink that forwards every delta to a plain actor handle (a scoped_actor in the test).
 sink_actor::behavior_type forwarder(sink_actor::pointer self, caf::actor target) {
-  return {[=](delta_atom, const text_delta& d) { caf::anon_send(target, d); }};
+  return {[=](delta_atom, const text_delta& d) { caf::anon_send(target, d); },
+          [=](media_atom, const media_delta& d) { caf::anon_send(target, d); }};
 }
 
 struct Result {

@@ -33,6 +33,7 @@ struct ServerUnderTest {
     pipe = *actors::spawn_pipeline(*sys, *model, tokenizer, pc);
     sc.port = 0;
     sc.model_name = "tutti-test";
+    sc.modalities = model->config().modalities;
     server = std::make_unique<http::HttpServer>(*sys, pipe, sc);
     auto p = server->start();
     EXPECT_TRUE(p) << p.error().message;

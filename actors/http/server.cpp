@@ -1,10 +1,12 @@
 #include "actors/http/server.hpp"
+#include "actors/http/media.hpp"
 
 #include <boost/asio.hpp>
 #include <boost/beast.hpp>
 
 #include <chrono>
 #include <deque>
+#include <map>
 #include <optional>
 
 namespace tutti::http {
@@ -18,6 +20,8 @@ using namespace tutti::actors;
 
 class Session;
 
+class VideoJob;
+
 struct HttpServer::Impl {
   caf::actor_system& system;
   PipelineHandles pipe;
@@ -28,6 +32,8 @@ struct HttpServer::Impl {
   std::thread thread;
   std::atomic<int64_t> next_id{1};
   std::atomic<bool> stopped{false};
+  // Video jobs by id; touched only on the I/O thread (one thread runs ioc).
+  std::map<std::string, std::shared_ptr<VideoJob>> jobs;
 
   Impl(caf::actor_system& s, PipelineHandles p, ServerConfig c, ServerMetrics& m)
       : system(s), pipe(std::move(p)), cfg(std::move(c)), metrics(m) {}
@@ -77,14 +83,17 @@ struct sink_state {
   net::io_context* ioc = nullptr;
 };
 
-// Spawns the sink of one generation for a session of type S (HTTP or WebSocket), which must
-// provide on_prompt_tokens(int32_t), on_refused(std::string) and on_delta(text_delta); they
-// run on the I/O thread. The session may be gone by then (weak pointer): the post is a no-op.
+// Spawns the sink of one generation for an owner of type S (an HTTP or WebSocket session, a
+// video job), which must provide on_prompt_tokens(int32_t), on_refused(std::string) and
+// on_delta(text_delta), and for media answers on_media(MediaChunk, tokens, prompt tokens);
+// they run on the I/O thread. The owner may be gone by then (weak pointer): the post is a
+// no-op. A media answer's sink also turns its deltas into the response's bytes (`media`, on
+// this CAF worker, so encoding MP3 or H.264 never holds the I/O thread).
 template <class S>
 sink_actor spawn_generation(caf::actor_system& system, net::io_context& io, encoder_actor encoder, text_request request,
-                            std::weak_ptr<S> weak) {
+                            std::weak_ptr<S> weak, std::shared_ptr<MediaOutput> media = nullptr) {
   net::io_context* ioc = &io;
-  return system.spawn([weak, ioc, encoder, request](sink_actor::stateful_pointer<sink_state> self) -> sink_actor::behavior_type {
+  return system.spawn([weak, ioc, encoder, request, media](sink_actor::stateful_pointer<sink_state> self) -> sink_actor::behavior_type {
     self->request(encoder, caf::infinite, encode_atom::value, request, caf::actor_cast<sink_actor>(self))
         .then([=](int32_t n) { net::post(*ioc, [weak, n] { if (auto s = weak.lock()) s->on_prompt_tokens(n); }); },
               [=](caf::error& e) {
@@ -95,10 +104,19 @@ sink_actor spawn_generation(caf::actor_system& system, net::io_context& io, enco
                 self->quit();
               });
     return {[=](delta_atom, text_delta d) {
-      const bool last = !d.finish_reason.empty();
-      net::post(*ioc, [weak, d = std::move(d)] { if (auto s = weak.lock()) s->on_delta(d); });
-      if (last) self->quit();
-    }};
+              const bool last = !d.finish_reason.empty();
+              net::post(*ioc, [weak, d = std::move(d)] { if (auto s = weak.lock()) s->on_delta(d); });
+              if (last) self->quit();
+            },
+            [=](media_atom, const media_delta& d) {
+              if (!media) return;  // a text request never gets media deltas
+              MediaChunk chunk = media->on_delta(d);
+              const bool last = chunk.done;
+              net::post(*ioc, [weak, chunk = std::move(chunk), t = d.completion_tokens, p = d.prompt_tokens]() mutable {
+                if (auto s = weak.lock()) s->on_media(std::move(chunk), t, p);
+              });
+              if (last) self->quit();
+            }};
   });
 }
 
@@ -232,6 +250,15 @@ class Session : public std::enable_shared_from_this<Session> {
       if (!post) return respond_error(ApiError{405, "invalid_request_error", "", "use POST for " + path, ""}, keep_alive_);
       return start_generation(req.body(), path == "/v1/chat/completions");
     }
+    const std::pair<const char*, MediaKind> media_routes[] = {
+        {"/v1/audio/speech", MediaKind::Speech}, {"/v1/music/generations", MediaKind::Music}, {"/v1/images/generations", MediaKind::Image}};
+    for (const auto& [route, kind] : media_routes)
+      if (path == route) {
+        if (!post) return respond_error(ApiError{405, "invalid_request_error", "", "use POST for " + path, ""}, keep_alive_);
+        return start_media(kind, req.body());
+      }
+    if (path == "/v1/videos" && post) return create_video_job(req.body());
+    if (path.rfind("/v1/videos/", 0) == 0 && (get || req.method() == bhttp::verb::delete_)) return video_job_request(path, get);
     respond_error(ApiError{404, "invalid_request_error", "not_found", "no route for " + std::string(req.method_string()) + " " + path, ""}, keep_alive_);
   }
 
@@ -272,6 +299,104 @@ class Session : public std::enable_shared_from_this<Session> {
     watch_client();
     sink_ = spawn_generation(srv_.system, srv_.ioc, srv_.pipe.encoder, parsed_.request, std::weak_ptr<Session>(shared_from_this()));
   }
+
+  // ---- media answers: speech and music streamed in their format, images as JSON
+ public:
+  void on_media(MediaChunk c, int32_t tokens, int32_t prompt_tokens);
+
+ private:
+  void start_media(MediaKind kind, const std::string& body) {
+    auto parsed = parse_media_request(kind, body, srv_.cfg.modalities, srv_.cfg.model_name, srv_.cfg.max_media_seconds);
+    if (std::holds_alternative<ApiError>(parsed)) {
+      srv_.metrics.errors++;
+      return respond_error(std::get<ApiError>(parsed), keep_alive_);
+    }
+    media_ = std::get<MediaRequest>(std::move(parsed));
+    images_.clear();
+    media_prompt_tokens_ = media_output_tokens_ = 0;
+    begin_media_generation();
+  }
+
+  void begin_media_generation() {
+    request_id_ = srv_.next_id++;
+    media_.request.id = request_id_;
+    media_.request.seed = uint64_t(request_id_);  // n images differ from each other
+    created_ = unix_now();
+    sse_started_ = false;
+    close_after_writes_ = false;
+    generating_ = true;
+    credit_.start(request_id_);
+    watch_client();
+    const ModalityInfo* m = srv_.cfg.modalities.find(*parse_modality(media_.request.modality));
+    std::shared_ptr<MediaOutput> out = media_.kind == MediaKind::Image
+                                           ? std::shared_ptr<MediaOutput>(make_image_output(media_.out_width, media_.out_height))
+                                           : std::shared_ptr<MediaOutput>(make_audio_output(media_.audio_format, int(m->sample_rate)));
+    sink_ = spawn_generation(srv_.system, srv_.ioc, srv_.pipe.encoder, media_.request, std::weak_ptr<Session>(shared_from_this()), out);
+  }
+
+  json media_usage() const {
+    const std::string out_key = std::string(media_.request.modality) + "_tokens";
+    return {{"input_tokens", media_prompt_tokens_}, {"output_tokens", media_output_tokens_},
+            {"total_tokens", media_prompt_tokens_ + media_output_tokens_},
+            {"input_tokens_details", {{"text_tokens", media_prompt_tokens_}}},
+            {"output_tokens_details", {{out_key, media_output_tokens_}}}};
+  }
+
+  void on_media_chunk(MediaChunk c, int32_t tokens, int32_t prompt_tokens) {
+    if (!generating_) return;
+    if (c.done) {
+      generating_ = false;
+      media_prompt_tokens_ += prompt_tokens;
+      media_output_tokens_ += tokens;
+      srv_.metrics.completion_tokens += uint64_t(tokens);
+      srv_.metrics.prompt_tokens += uint64_t(prompt_tokens);
+    }
+    if (!c.error.empty()) {
+      generating_ = false;
+      srv_.metrics.errors++;
+      if (!sse_started_) {
+        const bool busy = c.error.rfind("busy", 0) == 0, refused = c.error.rfind("this model has no", 0) == 0;
+        return respond_error(ApiError{busy ? 429 : refused ? 400 : 500, busy ? "rate_limit_error" : refused ? "invalid_request_error" : "server_error",
+                                      busy ? "server_busy" : "", c.error, ""}, keep_alive_);
+      }
+      // Mid-stream: the chunked body ends without its last chunk, which clients see as a
+      // failed transfer rather than a short, valid file.
+      close_after_writes_ = true;
+      return flush();
+    }
+    if (media_.kind == MediaKind::Image) {
+      // Nothing is written until every image is there; credit as the codes arrive.
+      credit_.delivered(srv_.pipe.executor, tokens);
+      if (!c.bytes.empty()) images_.push_back(base64_encode(c.bytes));
+      if (!c.done) return;
+      if (int(images_.size()) < media_.n) return begin_media_generation();
+      json data = json::array();
+      for (const std::string& b64 : images_) data.push_back({{"b64_json", b64}});
+      return respond_json(200, json{{"created", created_}, {"data", data}, {"usage", media_usage()}}.dump());
+    }
+    if (!sse_started_) {
+      sse_started_ = true;
+      queue(std::string("HTTP/1.1 200 OK\r\nContent-Type: ") + codecs::audio_content_type(media_.audio_format) +
+            "\r\nTransfer-Encoding: chunked\r\nTrailer: X-Tutti-Usage\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n");
+    }
+    if (!c.bytes.empty()) {
+      char size[32];
+      std::snprintf(size, sizeof size, "%zx\r\n", c.bytes.size());
+      queue(size + std::string(c.bytes.begin(), c.bytes.end()) + "\r\n", tokens);
+    } else if (!c.done) {
+      if (out_.empty()) credit_.delivered(srv_.pipe.executor, tokens);
+      else out_.back().tokens_through = tokens;
+    }
+    if (c.done) {
+      queue("0\r\nX-Tutti-Usage: " + media_usage().dump() + "\r\n\r\n");
+      close_after_writes_ = true;
+      flush();
+    }
+  }
+
+  // ---- video jobs: create, poll, retrieve (the create / poll / retrieve pattern)
+  void create_video_job(const std::string& body);
+  void video_job_request(const std::string& path, bool get);
 
   void respond_json(int status, std::string body) {
     bhttp::response<bhttp::string_body> res{bhttp::status(status), 11};
@@ -360,11 +485,144 @@ class Session : public std::enable_shared_from_this<Session> {
   long created_ = 0;
   int32_t prompt_tokens_ = 0, completion_tokens_ = 0;
   bool generating_ = false, sse_started_ = false, first_chunk_ = true;
+  // The media answer in flight (speech, music, images): sse_started_ then means "headers sent".
+  MediaRequest media_;
+  std::vector<std::string> images_;
+  int32_t media_prompt_tokens_ = 0, media_output_tokens_ = 0;
   sink_actor sink_;
   DeliveryCredit credit_;
   std::deque<Outgoing> out_;
   bool writing_ = false, close_after_writes_ = false;
 };
+
+// ---- video jobs: generation runs detached from any connection; clients poll the job and
+// fetch the MP4 once it is completed. Jobs live in HttpServer::Impl::jobs, on the I/O thread.
+class VideoJob : public std::enable_shared_from_this<VideoJob> {
+ public:
+  static constexpr int kMaxActive = 4;    // queued or in progress at once; more get 429
+  static constexpr size_t kMaxKept = 64;  // finished jobs beyond this are forgotten, oldest first
+
+  VideoJob(std::string id, MediaRequest req, executor_actor executor, long created)
+      : id_(std::move(id)), req_(std::move(req)), executor_(std::move(executor)), created_(created) {}
+
+  bool active() const { return status_ == "queued" || status_ == "in_progress"; }
+  bool completed() const { return status_ == "completed"; }
+  const std::vector<uint8_t>& content() const { return mp4_; }
+  long created() const { return created_; }
+  int64_t request_id() const { return req_.request.id; }
+  void set_sink(sink_actor s) { sink_ = std::move(s); }
+
+  json to_json() const {
+    json j = {{"id", id_}, {"object", "video"}, {"model", req_.model}, {"status", status_}, {"progress", int(progress_ * 100)},
+              {"created_at", created_}, {"seconds", json(req_.seconds).dump()},
+              {"size", std::to_string(req_.out_width) + "x" + std::to_string(req_.out_height)}};
+    if (!error_.empty()) j["error"] = {{"code", "generation_failed"}, {"message", error_}};
+    if (!active())
+      j["usage"] = {{"input_tokens", prompt_tokens_}, {"output_tokens", output_tokens_},
+                    {"output_tokens_details", {{"video_tokens", output_tokens_}}}};
+    return j;
+  }
+
+  // ---- the sink's posts (I/O thread)
+  void on_prompt_tokens(int32_t) {
+    if (status_ == "queued") status_ = "in_progress";
+  }
+  void on_refused(const std::string& message) { fail(message); }
+  void on_delta(const text_delta&) {}
+  void on_media(MediaChunk c, int32_t tokens, int32_t prompt_tokens) {
+    credit_.delivered(executor_, tokens);  // the MP4 is kept in memory: nothing waits on a client
+    prompt_tokens_ = prompt_tokens, output_tokens_ = tokens;
+    mp4_.insert(mp4_.end(), c.bytes.begin(), c.bytes.end());
+    const int frames_total = std::max(1, int(std::lround(req_.seconds * 4)));
+    if (status_ == "queued") status_ = "in_progress";
+    progress_ = std::min(0.99, double(c.frames) / frames_total);
+    if (!c.error.empty()) return fail(c.error);
+    if (c.done) status_ = "completed", progress_ = 1.0;
+  }
+  void cancel() {
+    if (!active()) return;
+    caf::anon_send<caf::message_priority::high>(executor_, cancel_atom::value, req_.request.id);
+    fail("cancelled");
+  }
+  void start_credit() { credit_.start(req_.request.id); }
+
+ private:
+  void fail(const std::string& message) {
+    status_ = "failed";
+    error_ = message;
+    mp4_.clear();
+  }
+  std::string id_;
+  MediaRequest req_;
+  executor_actor executor_;
+  long created_;
+  std::string status_ = "queued", error_;
+  double progress_ = 0;
+  std::vector<uint8_t> mp4_;
+  int32_t prompt_tokens_ = 0, output_tokens_ = 0;
+  DeliveryCredit credit_;
+  sink_actor sink_;
+};
+
+void Session::on_media(MediaChunk c, int32_t tokens, int32_t prompt_tokens) { on_media_chunk(std::move(c), tokens, prompt_tokens); }
+
+void Session::create_video_job(const std::string& body) {
+  auto parsed = parse_media_request(MediaKind::Video, body, srv_.cfg.modalities, srv_.cfg.model_name, srv_.cfg.max_media_seconds);
+  if (std::holds_alternative<ApiError>(parsed)) {
+    srv_.metrics.errors++;
+    return respond_error(std::get<ApiError>(parsed), keep_alive_);
+  }
+  int active = 0;
+  for (auto& [id, job] : srv_.jobs) active += job->active();
+  if (active >= VideoJob::kMaxActive) {
+    srv_.metrics.errors++;
+    return respond_error(ApiError{429, "rate_limit_error", "too_many_video_jobs",
+                                  std::to_string(active) + " videos are already being generated; try again later", ""}, keep_alive_);
+  }
+  // Forget the oldest finished jobs beyond the limit.
+  while (srv_.jobs.size() >= VideoJob::kMaxKept) {
+    auto oldest = srv_.jobs.end();
+    for (auto it = srv_.jobs.begin(); it != srv_.jobs.end(); ++it)
+      if (!it->second->active() && (oldest == srv_.jobs.end() || it->second->created() < oldest->second->created())) oldest = it;
+    if (oldest == srv_.jobs.end()) break;
+    srv_.jobs.erase(oldest);
+  }
+  MediaRequest req = std::get<MediaRequest>(std::move(parsed));
+  req.request.id = srv_.next_id++;
+  req.request.seed = uint64_t(req.request.id);
+  const std::string id = "video_" + std::to_string(req.request.id);
+  const ModalityInfo* m = srv_.cfg.modalities.find(Modality::Video);
+  auto job = std::make_shared<VideoJob>(id, req, srv_.pipe.executor, unix_now());
+  job->start_credit();
+  srv_.jobs[id] = job;
+  job->set_sink(spawn_generation(srv_.system, srv_.ioc, srv_.pipe.encoder, req.request, std::weak_ptr<VideoJob>(job),
+                                 std::shared_ptr<MediaOutput>(make_video_output(req.out_width, req.out_height, m->frame_rate))));
+  respond_json(200, job->to_json().dump());
+}
+
+void Session::video_job_request(const std::string& path, bool get) {
+  std::string rest = path.substr(std::string("/v1/videos/").size());
+  const bool content = rest.size() > 8 && rest.compare(rest.size() - 8, 8, "/content") == 0;
+  if (content) rest.resize(rest.size() - 8);
+  auto it = srv_.jobs.find(rest);
+  if (it == srv_.jobs.end())
+    return respond_error(ApiError{404, "invalid_request_error", "video_not_found", "no video job '" + rest + "'", ""}, keep_alive_);
+  VideoJob& job = *it->second;
+  if (!get) {  // DELETE: cancel if running, and forget it
+    job.cancel();
+    json j = job.to_json();
+    j["deleted"] = true;
+    srv_.jobs.erase(it);
+    return respond_json(200, j.dump());
+  }
+  if (!content) return respond_json(200, job.to_json().dump());
+  if (!job.completed())
+    return respond_error(ApiError{400, "invalid_request_error", "video_not_ready", "video '" + rest + "' is " + job.to_json()["status"].get<std::string>(), ""}, keep_alive_);
+  bhttp::response<bhttp::string_body> res{bhttp::status::ok, 11};
+  res.set(bhttp::field::content_type, "video/mp4");
+  res.body().assign(job.content().begin(), job.content().end());
+  send(std::move(res), keep_alive_);
+}
 
 // ---- /v1/realtime: the OpenAI Realtime event grammar for text over a WebSocket.
 // Client events: session.update, conversation.item.create, response.create, response.cancel.
@@ -402,6 +660,9 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
   }
 
   void on_prompt_tokens(int32_t) {}
+  // Audio answers over the Realtime WebSocket come with the real-time issue; its responses
+  // are text, whose sinks never get media.
+  void on_media(MediaChunk, int32_t, int32_t) {}
   void on_refused(const std::string& message) {
     generating_ = false;
     error("invalid_request_error", "", message, response_event_id_);

@@ -33,6 +33,8 @@ struct ServerConfig {
   double write_timeout_s = 60;
   int send_buffer_bytes = 0;          // SO_SNDBUF per connection; 0: the OS default
   size_t max_pending_events = 1024;   // WebSocket events queued for a client that does not read
+  ModalityTable modalities;           // the model's media modalities (media endpoints)
+  double max_media_seconds = 30;      // longest speech, music or video answer
   ChatTemplate chat_template = ChatTemplate::Plain;
 };
 

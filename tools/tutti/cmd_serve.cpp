@@ -67,6 +67,7 @@ int cmd_serve(const std::vector<std::string>& argv) {
   auto tmpl = (*model)->file().get_string("tokenizer.chat_template");
   sc.chat_template = tmpl && *tmpl ? http::detect_chat_template(**tmpl) : http::ChatTemplate::Plain;
   sc.model_name = (*model)->hparams().name.empty() ? "tutti" : (*model)->hparams().name;
+  sc.modalities = (*model)->config().modalities;
 
   // Block the signals in every thread the runtime starts; the main thread waits for them.
   sigset_t signals;

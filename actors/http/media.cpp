@@ -1,0 +1,272 @@
+#include "actors/http/media.hpp"
+
+extern "C" {
+#include <libswscale/swscale.h>
+}
+
+#include <algorithm>
+#include <cmath>
+
+#include "pipeline/unicode.h"
+
+namespace tutti::http {
+
+using json = nlohmann::json;
+
+namespace {
+
+ApiError bad(const std::string& message, const std::string& param = "") { return ApiError{400, "invalid_request_error", "", message, param}; }
+
+const json* field(const json& j, const char* name) {
+  auto it = j.find(name);
+  return it == j.end() || it->is_null() ? nullptr : &*it;
+}
+
+std::optional<ApiError> string_field(const json& j, const char* name, bool required, std::string& out) {
+  const json* v = field(j, name);
+  if (!v) return required ? std::optional<ApiError>(bad(std::string("'") + name + "' is required", name)) : std::nullopt;
+  if (!v->is_string()) return bad(std::string("'") + name + "' must be a string", name);
+  out = v->get<std::string>();
+  return std::nullopt;
+}
+
+std::optional<ApiError> number_field(const json& j, const char* name, double lo, double hi, double& out) {
+  const json* v = field(j, name);
+  if (!v) return std::nullopt;
+  if (!v->is_number() || v->get<double>() < lo || v->get<double>() > hi)
+    return bad(std::string("'") + name + "' must be a number from " + json(lo).dump() + " to " + json(hi).dump(), name);
+  out = v->get<double>();
+  return std::nullopt;
+}
+
+// "WxH" with both positive.
+bool parse_size(const std::string& s, int& w, int& h) {
+  const size_t x = s.find('x');
+  if (x == std::string::npos) return false;
+  try {
+    w = std::stoi(s.substr(0, x));
+    h = std::stoi(s.substr(x + 1));
+  } catch (...) {
+    return false;
+  }
+  return w > 0 && h > 0 && std::to_string(w) + "x" + std::to_string(h) == s;
+}
+
+}  // namespace
+
+std::variant<MediaRequest, ApiError> parse_media_request(MediaKind kind, const std::string& body, const ModalityTable& modalities,
+                                                         const std::string& served_model, double max_seconds) {
+  if (!unicode::is_valid_utf8(body)) return bad("the request body is not valid UTF-8");
+  json j = json::parse(body, nullptr, false);
+  if (j.is_discarded()) return bad("the request body is not valid JSON");
+  if (!j.is_object()) return bad("the request body must be a JSON object");
+  MediaRequest r;
+  r.kind = kind;
+  r.model = served_model;
+  if (auto e = string_field(j, "model", false, r.model)) return *e;
+  if (r.model != served_model)
+    return ApiError{404, "invalid_request_error", "model_not_found", "the model '" + r.model + "' does not exist; this server serves '" + served_model + "'", "model"};
+  const Modality modality = kind == MediaKind::Speech ? Modality::Audio : kind == MediaKind::Music ? Modality::Music
+                            : kind == MediaKind::Image ? Modality::Image : Modality::Video;
+  const ModalityInfo* m = modalities.find(modality);
+  if (!m) return ApiError{400, "invalid_request_error", "unsupported_modality", std::string("this model has no ") + modality_name(modality) + " modality", "model"};
+  r.request.modality = modality_name(modality);
+  r.request.temperature = 1.0f;  // media want variety; greedy decoding repeats one code
+  double temperature = 1.0;
+  if (auto e = number_field(j, "temperature", 0, 2, temperature)) return *e;
+  r.request.temperature = float(temperature);
+
+  if (kind == MediaKind::Speech || kind == MediaKind::Music) {
+    std::string format = "mp3", text, voice = "alloy";
+    if (auto e = string_field(j, "response_format", false, format)) return *e;
+    auto f = codecs::parse_audio_format(format);
+    if (!f) return bad(f.error().message, "response_format");
+    r.audio_format = *f;
+    if (kind == MediaKind::Speech) {
+      if (auto e = string_field(j, "input", true, text)) return *e;
+      if (text.empty() || text.size() > 4096) return bad("'input' must be 1 to 4096 characters", "input");
+      if (auto e = string_field(j, "voice", false, voice)) return *e;
+      double speed = 1.0;
+      if (auto e = number_field(j, "speed", 0.25, 4.0, speed)) return *e;
+      // Roughly 12 characters a second at speed 1, plus a second; at most max_seconds.
+      r.seconds = std::min(max_seconds, 1.0 + double(text.size()) / (12.0 * speed));
+      r.request.prompt = "voice: " + voice + "\nspeed: " + json(speed).dump() + "\n" + text;
+    } else {
+      if (auto e = string_field(j, "prompt", true, text)) return *e;
+      std::string lyrics;
+      if (auto e = string_field(j, "lyrics", false, lyrics)) return *e;
+      r.seconds = 10;
+      if (auto e = number_field(j, "duration", 1, max_seconds, r.seconds)) return *e;
+      r.request.prompt = text + (lyrics.empty() ? "" : "\nlyrics: " + lyrics);
+    }
+    r.request.max_tokens = int32_t(std::ceil(r.seconds * m->tokens_per_second()));
+    return r;
+  }
+
+  std::string prompt, size = std::to_string(m->width) + "x" + std::to_string(m->height);
+  if (auto e = string_field(j, "prompt", true, prompt)) return *e;
+  if (prompt.empty()) return bad("'prompt' must not be empty", "prompt");
+  r.request.prompt = prompt;
+  if (auto e = string_field(j, "size", false, size)) return *e;
+  if (!parse_size(size, r.out_width, r.out_height) || r.out_width > 2048 || r.out_height > 2048 || r.out_width < 16 ||
+      r.out_height < 16 || (kind == MediaKind::Video && (r.out_width % 2 || r.out_height % 2)))
+    return bad("'size' must be WIDTHxHEIGHT between 16 and 2048 pixels" + std::string(kind == MediaKind::Video ? ", even" : ""), "size");
+  const int codes_per_frame = int((m->width / m->patch_size) * (m->height / m->patch_size) * m->num_stages);
+  if (kind == MediaKind::Image) {
+    double n = 1;
+    if (auto e = number_field(j, "n", 1, 4, n)) return *e;
+    if (n != std::floor(n)) return bad("'n' must be an integer", "n");
+    r.n = int(n);
+    std::string rf = "b64_json";
+    if (auto e = string_field(j, "response_format", false, rf)) return *e;
+    if (rf != "b64_json") return bad("'response_format' must be b64_json (this server keeps no image URLs)", "response_format");
+    r.request.max_tokens = codes_per_frame;
+    return r;
+  }
+  // Video: seconds may come as a number or a string ("4"), as clients send both.
+  r.seconds = 4;
+  if (const json* s = field(j, "seconds")) {
+    double v = -1;
+    if (s->is_number()) v = s->get<double>();
+    if (s->is_string()) {
+      try {
+        v = std::stod(s->get<std::string>());
+      } catch (...) {
+      }
+    }
+    if (!(v >= 1 && v <= max_seconds)) return bad("'seconds' must be from 1 to " + json(max_seconds).dump(), "seconds");
+    r.seconds = v;
+  }
+  const int frames = std::max(1, int(std::lround(r.seconds * m->frame_rate)));
+  r.request.max_tokens = frames * codes_per_frame;
+  r.request.request_class = "batch";  // long work: it yields to interactive and realtime traffic
+  return r;
+}
+
+std::string base64_encode(const std::vector<uint8_t>& in) {
+  static const char* k = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  out.reserve((in.size() + 2) / 3 * 4);
+  size_t i = 0;
+  for (; i + 2 < in.size(); i += 3) {
+    const uint32_t v = (uint32_t(in[i]) << 16) | (uint32_t(in[i + 1]) << 8) | in[i + 2];
+    out += k[v >> 18], out += k[(v >> 12) & 63], out += k[(v >> 6) & 63], out += k[v & 63];
+  }
+  if (i + 1 == in.size()) {
+    const uint32_t v = uint32_t(in[i]) << 16;
+    out += k[v >> 18], out += k[(v >> 12) & 63], out += "==";
+  } else if (i + 2 == in.size()) {
+    const uint32_t v = (uint32_t(in[i]) << 16) | (uint32_t(in[i + 1]) << 8);
+    out += k[v >> 18], out += k[(v >> 12) & 63], out += k[(v >> 6) & 63], out += '=';
+  }
+  return out;
+}
+
+std::vector<uint8_t> scale_rgb(const std::vector<uint8_t>& rgb, int w, int h, int out_w, int out_h) {
+  if (w == out_w && h == out_h) return rgb;
+  std::vector<uint8_t> out(size_t(out_w) * size_t(out_h) * 3);
+  SwsContext* sws = sws_getContext(w, h, AV_PIX_FMT_RGB24, out_w, out_h, AV_PIX_FMT_RGB24, SWS_BILINEAR, nullptr, nullptr, nullptr);
+  if (!sws) return {};
+  const uint8_t* src[1] = {rgb.data()};
+  const int src_stride[1] = {w * 3};
+  uint8_t* dst[1] = {out.data()};
+  const int dst_stride[1] = {out_w * 3};
+  sws_scale(sws, src, src_stride, 0, h, dst, dst_stride);
+  sws_freeContext(sws);
+  return out;
+}
+
+namespace {
+
+class AudioOutput final : public MediaOutput {
+ public:
+  AudioOutput(codecs::AudioFormat f, int rate) {
+    auto e = codecs::make_audio_encoder(f, rate, [this](std::span<const uint8_t> b) { pending_.insert(pending_.end(), b.begin(), b.end()); });
+    if (e) encoder_ = std::move(e).value();
+    else error_ = e.error().message;
+  }
+  MediaChunk on_delta(const actors::media_delta& d) override {
+    MediaChunk c;
+    if (error_.empty() && !d.samples.empty())
+      if (Status s = encoder_->push(d.samples); !s) error_ = s.message();
+    if (!d.finish_reason.empty()) {
+      c.done = true;
+      if (d.finish_reason == "error") error_ = d.error.empty() ? "generation failed" : d.error;
+      else if (error_.empty())
+        if (Status s = encoder_->finish(); !s) error_ = s.message();
+    }
+    c.error = error_;
+    c.bytes.swap(pending_);
+    return c;
+  }
+
+ private:
+  std::unique_ptr<codecs::AudioStreamEncoder> encoder_;
+  std::vector<uint8_t> pending_;
+  std::string error_;
+};
+
+class ImageOutput final : public MediaOutput {
+ public:
+  ImageOutput(int w, int h) : w_(w), h_(h) {}
+  MediaChunk on_delta(const actors::media_delta& d) override {
+    MediaChunk c;
+    if (!d.rgb.empty()) {
+      auto png = codecs::encode_image("png", w_, h_, scale_rgb(d.rgb, d.width, d.height, w_, h_));
+      if (png) c.bytes = std::move(png).value(), c.frames = 1;
+      else error_ = png.error().message;
+    }
+    if (!d.finish_reason.empty()) {
+      c.done = true;
+      if (d.finish_reason == "error") error_ = d.error;
+      else if (d.finish_reason != "length" && error_.empty()) error_ = "the image ended early (" + d.finish_reason + ")";
+    }
+    c.error = error_;
+    return c;
+  }
+
+ private:
+  int w_, h_;
+  std::string error_;
+};
+
+class VideoOutput final : public MediaOutput {
+ public:
+  VideoOutput(int w, int h, double fps) : w_(w), h_(h) {
+    auto e = codecs::make_video_encoder("mp4", w, h, fps, [this](std::span<const uint8_t> b) { pending_.insert(pending_.end(), b.begin(), b.end()); });
+    if (e) encoder_ = std::move(e).value();
+    else error_ = e.error().message;
+  }
+  MediaChunk on_delta(const actors::media_delta& d) override {
+    MediaChunk c;
+    if (error_.empty() && !d.rgb.empty()) {
+      if (Status s = encoder_->push(scale_rgb(d.rgb, d.width, d.height, w_, h_)); !s) error_ = s.message();
+      ++frames_;
+    }
+    if (!d.finish_reason.empty()) {
+      c.done = true;
+      if (d.finish_reason == "error") error_ = d.error.empty() ? "generation failed" : d.error;
+      else if (d.finish_reason == "cancelled") error_ = "cancelled";
+      else if (error_.empty())
+        if (Status s = encoder_->finish(); !s) error_ = s.message();
+    }
+    c.error = error_;
+    c.frames = frames_;
+    c.bytes.swap(pending_);
+    return c;
+  }
+
+ private:
+  int w_, h_, frames_ = 0;
+  std::unique_ptr<codecs::VideoStreamEncoder> encoder_;
+  std::vector<uint8_t> pending_;
+  std::string error_;
+};
+
+}  // namespace
+
+std::unique_ptr<MediaOutput> make_audio_output(codecs::AudioFormat f, int rate) { return std::make_unique<AudioOutput>(f, rate); }
+std::unique_ptr<MediaOutput> make_image_output(int w, int h) { return std::make_unique<ImageOutput>(w, h); }
+std::unique_ptr<MediaOutput> make_video_output(int w, int h, double fps) { return std::make_unique<VideoOutput>(w, h, fps); }
+
+}  // namespace tutti::http

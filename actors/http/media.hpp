@@ -1,0 +1,63 @@
+// The media endpoints as plain functions and classes (no sockets, no actors): request
+// parsing for /v1/audio/speech, /v1/music/generations, /v1/images/generations and
+// /v1/videos, each into a generation request of the right modality and length (or an error
+// naming the field), and MediaOutput, which turns a media answer's deltas into the
+// response's bytes (audio streamed in its format, an image as PNG, video as MP4).
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <memory>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "actors/http/openai.hpp"
+#include "codecs/media_encoder.h"
+#include "pipeline/model_config.h"
+
+namespace tutti::http {
+
+enum class MediaKind { Speech, Music, Image, Video };
+
+struct MediaRequest {
+  MediaKind kind = MediaKind::Speech;
+  actors::text_request request;  // prompt, modality, max_tokens (codes), sampling
+  codecs::AudioFormat audio_format = codecs::AudioFormat::Mp3;  // speech, music
+  int out_width = 0, out_height = 0;  // image, video: the size asked for (frames are scaled)
+  int n = 1;                          // images
+  double seconds = 0;                 // music, video: length asked for; speech: the longest allowed
+  std::string model;
+};
+
+// Parses a body for `kind` against the model's modality table; the request's id is left 0.
+// Limits: speech input up to 4096 characters; music and video up to max_seconds.
+std::variant<MediaRequest, ApiError> parse_media_request(MediaKind kind, const std::string& body, const ModalityTable& modalities,
+                                                         const std::string& served_model, double max_seconds = 30);
+
+// What one media delta turned into: bytes for the response body (possibly none yet).
+struct MediaChunk {
+  std::vector<uint8_t> bytes;
+  bool done = false;
+  std::string error;     // the answer failed (finish "error") or could not be encoded
+  int frames = 0;        // frames (images, video) finished so far
+};
+
+class MediaOutput {
+ public:
+  virtual ~MediaOutput() = default;
+  virtual MediaChunk on_delta(const actors::media_delta& d) = 0;
+};
+// An audio answer encoded into `format` as it arrives.
+std::unique_ptr<MediaOutput> make_audio_output(codecs::AudioFormat format, int sample_rate);
+// One image: the finished frame scaled to width x height, as PNG bytes.
+std::unique_ptr<MediaOutput> make_image_output(int width, int height);
+// A video: frames scaled to width x height, H.264 in fragmented MP4.
+std::unique_ptr<MediaOutput> make_video_output(int width, int height, double fps);
+
+std::string base64_encode(const std::vector<uint8_t>& bytes);
+
+// Scales an RGB24 image (bilinear, through swscale).
+std::vector<uint8_t> scale_rgb(const std::vector<uint8_t>& rgb, int w, int h, int out_w, int out_h);
+
+}  // namespace tutti::http
