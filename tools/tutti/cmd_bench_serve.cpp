@@ -16,6 +16,7 @@
 #include "pipeline/engine.h"
 #include "tools/tutti/commands.h"
 #include "tools/tutti/engine.h"
+#include "tools/tutti/loopback_server.h"
 
 namespace tutti::cli {
 
@@ -120,39 +121,6 @@ void drain_stream(uint16_t port, const std::string& body) {
   }
 }
 
-// The server on an ephemeral loopback port, for one measurement.
-struct RunningServer {
-  caf::actor_system_config cfg;
-  std::unique_ptr<caf::actor_system> system;
-  actors::PipelineHandles pipe;
-  std::unique_ptr<http::HttpServer> server;
-  uint16_t port = 0;
-
-  static Expected<std::unique_ptr<RunningServer>> start(Model& model, std::shared_ptr<const Tokenizer> tokenizer,
-                                                        const actors::PipelineConfig& pc, int caf_workers) {
-    auto s = std::make_unique<RunningServer>();
-    actors::configure_for_compute(s->cfg, caf_workers);
-    s->system = std::make_unique<caf::actor_system>(s->cfg);
-    auto pipe = actors::spawn_pipeline(*s->system, model, std::move(tokenizer), pc);
-    if (!pipe) return pipe.error();
-    s->pipe = *pipe;
-    http::ServerConfig sc;
-    sc.port = 0;
-    sc.max_tokens = 1 << 16;
-    sc.model_name = model.hparams().name.empty() ? "tutti" : model.hparams().name;
-    s->server = std::make_unique<http::HttpServer>(*s->system, s->pipe, sc);
-    auto port = s->server->start();
-    if (!port) return port.error();
-    s->port = *port;
-    return s;
-  }
-  ~RunningServer() {
-    if (server) server->stop();
-    caf::anon_send_exit(pipe.encoder, caf::exit_reason::user_shutdown);
-    caf::anon_send_exit(pipe.executor, caf::exit_reason::user_shutdown);
-    caf::anon_send_exit(pipe.decoder, caf::exit_reason::user_shutdown);
-  }
-};
 
 std::string fixed(double v, int decimals) {
   char b[64];

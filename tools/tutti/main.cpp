@@ -21,6 +21,9 @@ commands:
   bench --model FILE [--json]                  prefill, decode and memory bandwidth
   bench serve [--model FILE] [--streams N --rate R --text-rate R --seconds S]
                                                the server under mixed load, pacing on and off
+  bench media [--model FILE] [--requests N]    tokenizer speeds, speech time to first audio byte
+  model pack --backbone TEXT.gguf --out FILE [--audio F,..] [--image F,..] [--video F,..] [--music F,..]
+                                               a unified model: codebooks trained on the media
   serve [--model FILE] [--host H] [--port P]   OpenAI-compatible HTTP server (127.0.0.1:8080)
         [--max-batch N --step-budget N --max-tokens N --max-waiting N]
 
@@ -39,6 +42,8 @@ int main(int argc, char** argv) {
   if (command == "tokenize") return tutti::cli::cmd_tokenize(args);
   if (command == "generate") return tutti::cli::cmd_generate(args);
   if (command == "model") return tutti::cli::cmd_model(args);
+  if (command == "bench" && !args.empty() && args[0] == "media")
+    return tutti::cli::cmd_bench_media(std::vector<std::string>(args.begin() + 1, args.end()));
   if (command == "bench" && !args.empty() && args[0] == "serve")
     return tutti::cli::cmd_bench_serve(std::vector<std::string>(args.begin() + 1, args.end()));
   if (command == "bench") return tutti::cli::cmd_bench(args);
