@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Builds the media fuzz target (tests/fuzz/media_fuzz.cpp) with clang's libFuzzer and
+# AddressSanitizer, seeds it with small valid files made by ffmpeg, and runs it for a
+# bounded time: fuzz-media.sh [SECONDS] [WORKDIR]. A crash, leak or sanitizer report fails
+# the run and leaves the input in WORKDIR. Exits 77 (skipped) when clang or libFuzzer is
+# missing.
+set -euo pipefail
+seconds="${1:-60}"
+work="${2:-build/fuzz}"
+src="$(cd "$(dirname "$0")/.." && pwd)"
+command -v clang++ >/dev/null || { echo "fuzz-media: clang++ not found (tools/install-deps.sh installs it)"; exit 77; }
+mkdir -p "$work/corpus" "$work/obj"
+probe="$work/obj/probe.cpp"
+echo 'extern "C" int LLVMFuzzerTestOneInput(const unsigned char*, unsigned long) { return 0; }' >"$probe"
+clang++ -fsanitize=fuzzer "$probe" -o "$work/obj/probe" 2>/dev/null || { echo "fuzz-media: clang has no libFuzzer (libclang-rt-14-dev)"; exit 77; }
+
+bin="$work/media_fuzz"
+sources=(codecs/byte_queue.cpp codecs/media_decoder.cpp codecs/opus_codec.cpp codecs/media_encoder.cpp
+         actors/http/openai.cpp actors/http/media.cpp pipeline/unicode.cpp pipeline/model_config.cpp pipeline/gguf.cpp
+         kernels/tensor_type.cpp tests/fuzz/media_fuzz.cpp)
+newest=0
+for f in "${sources[@]}" codecs/*.h actors/http/*.hpp; do t=$(stat -c %Y "$src/$f"); [ "$t" -gt "$newest" ] && newest=$t; done
+if [ ! -x "$bin" ] || [ "$(stat -c %Y "$bin")" -lt "$newest" ]; then
+  echo "fuzz-media: building $bin"
+  flags=(-std=c++20 -O1 -g -fsanitize=fuzzer,address -I"$src" $(pkg-config --cflags opus ogg libavformat libavcodec libswresample libswscale libavutil icu-uc))
+  objs=()
+  for f in "${sources[@]}"; do
+    o="$work/obj/$(echo "$f" | tr / _).o"
+    clang++ "${flags[@]}" -c "$src/$f" -o "$o" &
+    objs+=("$o")
+    while [ "$(jobs -r | wc -l)" -ge 2 ]; do sleep 0.2; done
+  done
+  wait
+  clang++ -fsanitize=fuzzer,address "${objs[@]}" -o "$bin" \
+    $(pkg-config --libs opus ogg libavformat libavcodec libswresample libswscale libavutil icu-uc) -lpthread
+fi
+
+# Seeds: small valid inputs of each kind.
+if [ -z "$(ls -A "$work/corpus")" ]; then
+  ff() { ffmpeg -nostdin -loglevel error -y "$@"; }
+  ff -f lavfi -i sine=frequency=440:duration=0.2 -c:a pcm_s16le -f wav "$work/corpus/seed.wav"
+  ff -f lavfi -i sine=frequency=440:duration=0.2 -c:a libmp3lame -f mp3 "$work/corpus/seed.mp3"
+  ff -f lavfi -i sine=frequency=440:duration=0.2 -c:a libopus -f ogg "$work/corpus/seed.ogg"
+  ff -f lavfi -i testsrc=size=32x24:rate=1 -frames:v 1 -c:v png -f image2 "$work/corpus/seed.png"
+  echo '{"input":"hello","response_format":"mp3","speed":1.5}' >"$work/corpus/speech.json"
+  echo '{"prompt":"x","size":"256x256","n":2}' >"$work/corpus/image.json"
+  echo '{"messages":[{"role":"user","content":"hi"}],"stream":true}' >"$work/corpus/chat.json"
+fi
+echo "fuzz-media: running for $seconds s"
+ASAN_OPTIONS=detect_leaks=1 "$bin" "$work/corpus" -max_total_time="$seconds" -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
+  -artifact_prefix="$work/" -print_final_stats=1 2>&1 | tail -15
