@@ -19,7 +19,9 @@ sources=(codecs/byte_queue.cpp codecs/media_decoder.cpp codecs/opus_codec.cpp co
          actors/http/openai.cpp actors/http/media.cpp pipeline/unicode.cpp pipeline/model_config.cpp pipeline/gguf.cpp
          kernels/tensor_type.cpp tests/fuzz/media_fuzz.cpp)
 newest=0
-for f in "${sources[@]}" codecs/*.h actors/http/*.hpp; do t=$(stat -c %Y "$src/$f"); [ "$t" -gt "$newest" ] && newest=$t; done
+for f in "${sources[@]/#/$src/}" "$src"/codecs/*.h "$src"/actors/http/*.hpp; do
+  t=$(stat -c %Y "$f"); [ "$t" -gt "$newest" ] && newest=$t
+done
 if [ ! -x "$bin" ] || [ "$(stat -c %Y "$bin")" -lt "$newest" ]; then
   echo "fuzz-media: building $bin"
   flags=(-std=c++20 -O1 -g -fsanitize=fuzzer,address -I"$src" $(pkg-config --cflags opus ogg libavformat libavcodec libswresample libswscale libavutil icu-uc))
