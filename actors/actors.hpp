@@ -44,6 +44,9 @@ struct text_request {
   // The answer's modality: text, or audio | image | video | music (codes of that modality's
   // range, decoded into media by the decoder). For media, max_tokens counts codes.
   std::string modality = "text";
+  // Token ids spliced into the prompt (audio a user spoke, an image): the prompt names part k
+  // with the marker "\x1e" k "\x1f" where it belongs; the text between is tokenized.
+  std::vector<std::vector<int32_t>> media_parts;
 };
 
 // One executor step's outcome for the requests it advanced (parallel arrays).
@@ -81,7 +84,7 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, text_request& x) {
   return f(caf::meta::type_name("text_request"), x.id, x.prompt, x.max_tokens, x.temperature, x.top_p, x.top_k, x.seed,
            x.request_class, x.tokens_per_second, x.low_watermark_s, x.high_watermark_s, x.add_special, x.ignore_eos,
-           x.modality);
+           x.modality, x.media_parts);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, media_delta& x) {

@@ -19,6 +19,36 @@ void configure_for_compute(caf::actor_system_config& cfg, int workers) {
   cfg.set("work-stealing.relaxed-sleep-duration", caf::timespan(std::chrono::microseconds(500)));
 }
 
+Expected<std::vector<int32_t>> encode_prompt(const Tokenizer& tokenizer, const text_request& r) {
+  std::vector<int32_t> ids;
+  bool first = true;
+  size_t at = 0;
+  auto text = [&](const std::string& piece) {
+    if (piece.empty() && !first) return;
+    const auto t = tokenizer.encode(piece, r.add_special && first, false);
+    ids.insert(ids.end(), t.begin(), t.end());
+    first = false;
+  };
+  for (;;) {
+    const size_t open = r.prompt.find('\x1e', at);
+    if (open == std::string::npos) break;
+    const size_t close = r.prompt.find('\x1f', open);
+    if (close == std::string::npos) return Error{"an unterminated media marker in the prompt"};
+    text(r.prompt.substr(at, open - at));
+    size_t k = 0;
+    try {
+      k = std::stoul(r.prompt.substr(open + 1, close - open - 1));
+    } catch (...) {
+      return Error{"a media marker without a number"};
+    }
+    if (k >= r.media_parts.size()) return Error{"a media marker names part " + std::to_string(k) + " of " + std::to_string(r.media_parts.size())};
+    ids.insert(ids.end(), r.media_parts[k].begin(), r.media_parts[k].end());
+    at = close + 1;
+  }
+  text(r.prompt.substr(at));
+  return ids;
+}
+
 Status PipelineConfig::validate() const {
   if (kv_cache_bytes == 0) return Error{"kv cache size must be positive"};
   return scheduler.validate();
@@ -271,7 +301,9 @@ encoder_actor::behavior_type encoder_impl(encoder_actor::stateful_pointer<encode
   self->state.decoder = decoder;
   return {
       [=](encode_atom, const text_request& r, const sink_actor& sink) -> caf::result<int32_t> {
-        std::vector<int32_t> ids = self->state.tokenizer->encode(r.prompt, r.add_special, false);
+        auto encoded = encode_prompt(*self->state.tokenizer, r);
+        if (!encoded) return caf::make_error(caf::sec::invalid_argument, encoded.error().message);
+        std::vector<int32_t> ids = std::move(encoded).value();
         // Too long for the cache, or no room now: the executor refuses it through the
         // decoder, as a final delta with the reason.
         if (ids.empty()) return caf::make_error(caf::sec::invalid_argument, "the prompt is empty");
@@ -297,7 +329,8 @@ Expected<PipelineHandles> spawn_pipeline(caf::actor_system& system, Model& model
   auto engine = std::make_shared<Engine>(model, std::move(kv).value(), config.scheduler, tokenizer.get(), h.metrics);
   auto codecs = codecs::load_model_codecs(model.file());
   if (!codecs) return codecs.error();
-  h.decoder = system.spawn(decoder_impl, tokenizer, std::make_shared<const codecs::ModelCodecs>(std::move(codecs).value()));
+  h.codecs = std::make_shared<const codecs::ModelCodecs>(std::move(codecs).value());
+  h.decoder = system.spawn(decoder_impl, tokenizer, h.codecs);
   h.executor = system.spawn<caf::detached>(executor_impl, std::move(engine), tokenizer, h.decoder, config.pacing,
                                                h.metrics);
   h.encoder = system.spawn(encoder_impl, tokenizer, h.executor, h.decoder);

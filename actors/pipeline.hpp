@@ -29,7 +29,13 @@ struct PipelineHandles {
   executor_actor executor;
   decoder_actor decoder;
   std::shared_ptr<ServingMetrics> metrics;  // updated by the executor, rendered on /metrics
+  std::shared_ptr<const codecs::ModelCodecs> codecs;  // the model's codebooks (read-only, shared)
 };
+
+// The prompt's token ids: its text tokenized (BOS as the vocabulary asks, before the first
+// piece only), with media_parts spliced in where the prompt's "\x1e" k "\x1f" markers name
+// them. A marker naming no part is an Error.
+Expected<std::vector<int32_t>> encode_prompt(const Tokenizer& tokenizer, const text_request& r);
 
 // CAF settings for a machine whose cores belong to the model: `workers` scheduler threads
 // that sleep as soon as they run out of work (CAF's default work stealing polls

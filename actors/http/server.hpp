@@ -15,6 +15,7 @@
 
 #include "actors/http/openai.hpp"
 #include "actors/pipeline.hpp"
+#include "pipeline/metrics.h"
 
 namespace tutti::http {
 
@@ -41,6 +42,9 @@ struct ServerConfig {
 // Counters the server exports on /metrics (atomics: written by the I/O and actor threads).
 struct ServerMetrics {
   std::atomic<uint64_t> requests{0}, errors{0}, completion_tokens{0}, prompt_tokens{0}, active_connections{0};
+  // Realtime voice: end of the user's speech (the commit) to the first audio delta sent.
+  Histogram speech_to_first_audio{{0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2, 2, 5}};
+  std::atomic<uint64_t> barge_ins{0};
 };
 
 class HttpServer {

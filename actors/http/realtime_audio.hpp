@@ -1,0 +1,72 @@
+// Audio on the Realtime WebSocket, as plain functions: the wire formats (PCM16 little-endian
+// 24 kHz mono, G.711 µ-law and A-law at 8 kHz, all base64 inside JSON), and server voice
+// activity detection. No sockets here; the realtime session uses these.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "actors/http/media.hpp"
+#include "pipeline/expected.h"
+
+namespace tutti::http {
+
+enum class AudioWire { Pcm16, G711Ulaw, G711Alaw };
+// Accepts both spellings clients use: "pcm16" | "g711_ulaw" | "g711_alaw", and
+// {"type": "audio/pcm", "rate": 24000} | {"type": "audio/pcmu"} | {"type": "audio/pcma"}.
+std::optional<AudioWire> parse_audio_wire(const nlohmann::json& v);
+const char* audio_wire_name(AudioWire w);
+int audio_wire_rate(AudioWire w);  // 24000 for PCM16, 8000 for G.711
+
+// base64 (RFC 4648, padding optional) to bytes; an Error for any other character.
+Expected<std::vector<uint8_t>> base64_decode(const std::string& text);
+// Samples in [-1, 1] at the wire's rate from a wire payload, and back (base64 text).
+Expected<std::vector<float>> decode_wire_audio(const std::string& base64, AudioWire w);
+std::string encode_wire_audio(std::span<const float> samples, AudioWire w);
+// Linear resampling between rates (G.711's 8 kHz and the model's 24 kHz: integer ratios).
+std::vector<float> resample_linear(std::span<const float> in, int from_rate, int to_rate);
+
+// An audio answer as Realtime deltas: each chunk's bytes are the base64 of its samples in
+// the wire format (resampled to 8 kHz for G.711), chunk.frames the number of 24 kHz samples.
+std::unique_ptr<MediaOutput> make_wire_audio_output(AudioWire w);
+
+uint8_t linear_to_ulaw(int16_t s);
+int16_t ulaw_to_linear(uint8_t u);
+uint8_t linear_to_alaw(int16_t s);
+int16_t alaw_to_linear(uint8_t a);
+
+// Server VAD over 20 ms frames of 24 kHz audio: a frame is speech when its level exceeds a
+// threshold mapped from the API's 0..1 `threshold` (0.5 → -35 dBFS; this is an energy
+// detector, not a neural one). Speech starts at the first speech frame and stops after
+// silence_duration_ms of non-speech; the committed audio includes prefix_padding_ms before
+// the start.
+struct VadConfig {
+  double threshold = 0.5;
+  int prefix_padding_ms = 300;
+  int silence_duration_ms = 500;
+};
+class VoiceActivityDetector {
+ public:
+  explicit VoiceActivityDetector(VadConfig c) : c_(c) {}
+  struct Event {
+    bool started = false;  // else stopped
+    int64_t at_ms = 0;     // position in the input stream
+  };
+  // Feeds samples (24 kHz); returns the transitions they cause.
+  std::vector<Event> push(std::span<const float> samples);
+  bool in_speech() const { return speaking_; }
+  void reset();
+
+ private:
+  VadConfig c_;
+  std::vector<float> pending_;
+  int64_t frames_ = 0, silent_frames_ = 0;
+  bool speaking_ = false;
+};
+
+}  // namespace tutti::http

@@ -1,0 +1,213 @@
+// Voice over the Realtime WebSocket: the wire formats (PCM16, G.711 µ-law and A-law,
+// base64), server VAD, and a scripted client against a real server: speech in, detected,
+// committed as audio tokens, answered with audio deltas; barge-in cancels the answer and
+// says how much was heard; bad audio gets error events and the session goes on.
+#include <gtest/gtest.h>
+
+#include <boost/asio.hpp>
+#include <boost/beast.hpp>
+
+#include <cmath>
+
+#include "actors/http/realtime_audio.hpp"
+#include "server_support.h"
+
+namespace tutti {
+namespace {
+
+namespace beast = boost::beast;
+namespace net = boost::asio;
+using tcp = net::ip::tcp;
+using json = nlohmann::json;
+using namespace tutti::http;
+
+TEST(RealtimeAudio, G711RoundTripsAndBase64RefusesGarbage) {
+  for (int c = 0; c < 256; ++c) {
+    EXPECT_EQ(linear_to_ulaw(ulaw_to_linear(uint8_t(c))), uint8_t(c) == 0x7F ? 0xFF : uint8_t(c)) << c;  // µ-law has two zeros
+    EXPECT_EQ(linear_to_alaw(alaw_to_linear(uint8_t(c))), uint8_t(c)) << c;
+  }
+  for (int v = -32768; v < 32768; v += 97) {
+    const int err_u = std::abs(ulaw_to_linear(linear_to_ulaw(int16_t(v))) - v);
+    const int err_a = std::abs(alaw_to_linear(linear_to_alaw(int16_t(v))) - v);
+    EXPECT_LE(err_u, std::max(8, std::abs(v) / 16)) << v;
+    EXPECT_LE(err_a, std::max(16, std::abs(v) / 16)) << v;
+  }
+  std::vector<float> tone(240);
+  for (size_t i = 0; i < tone.size(); ++i) tone[i] = float(0.5 * std::sin(double(i) * 0.3));
+  for (AudioWire w : {AudioWire::Pcm16, AudioWire::G711Ulaw, AudioWire::G711Alaw}) {
+    auto back = decode_wire_audio(encode_wire_audio(tone, w), w);
+    ASSERT_TRUE(back) << audio_wire_name(w);
+    ASSERT_EQ(back->size(), tone.size());
+    for (size_t i = 0; i < tone.size(); ++i) EXPECT_NEAR((*back)[i], tone[i], w == AudioWire::Pcm16 ? 1e-4 : 0.03);
+  }
+  EXPECT_FALSE(base64_decode("ab$d"));
+  EXPECT_FALSE(decode_wire_audio("AA==", AudioWire::Pcm16)) << "an odd byte count is not PCM16";
+  EXPECT_EQ(*parse_audio_wire(json("g711_alaw")), AudioWire::G711Alaw);
+  EXPECT_EQ(*parse_audio_wire(json{{"type", "audio/pcm"}, {"rate", 24000}}), AudioWire::Pcm16);
+  EXPECT_EQ(*parse_audio_wire(json{{"type", "audio/pcmu"}}), AudioWire::G711Ulaw);
+  EXPECT_FALSE(parse_audio_wire(json{{"type", "audio/pcm"}, {"rate", 16000}}));
+  EXPECT_FALSE(parse_audio_wire(json("mp3")));
+}
+
+std::vector<float> voiced(double seconds, double amp) {
+  std::vector<float> s(size_t(seconds * 24000));
+  for (size_t i = 0; i < s.size(); ++i) {
+    double v = 0;
+    for (int h = 1; h <= 6; ++h) v += std::sin(2 * 3.14159265358979 * 150 * h * double(i) / 24000) / h;
+    s[i] = float(amp * v / 2);
+  }
+  return s;
+}
+
+TEST(RealtimeAudio, VadFindsSpeechAndItsEnd) {
+  VoiceActivityDetector vad(VadConfig{0.5, 300, 500});
+  std::vector<float> in(24000 / 2, 0.f);  // 0.5 s silence
+  const auto speech = voiced(1.0, 0.3);
+  in.insert(in.end(), speech.begin(), speech.end());
+  in.insert(in.end(), size_t(24000), 0.f);  // 1 s silence
+  std::vector<VoiceActivityDetector::Event> events;
+  for (size_t at = 0; at < in.size(); at += 2400) {
+    const auto e = vad.push(std::span<const float>(in.data() + at, std::min<size_t>(2400, in.size() - at)));
+    events.insert(events.end(), e.begin(), e.end());
+  }
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_TRUE(events[0].started);
+  EXPECT_NEAR(double(events[0].at_ms), 500, 20);
+  EXPECT_FALSE(events[1].started);
+  EXPECT_NEAR(double(events[1].at_ms), 1500 + 500, 40);
+}
+
+struct VoiceClient {
+  net::io_context ioc;
+  beast::websocket::stream<tcp::socket> ws{ioc};
+  explicit VoiceClient(uint16_t port) {
+    ws.next_layer().connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
+    ws.handshake("127.0.0.1", "/v1/realtime");
+  }
+  void send(const json& j) { ws.write(net::buffer(j.dump())); }
+  json next() {
+    beast::flat_buffer b;
+    ws.read(b);
+    return json::parse(beast::buffers_to_string(b.data()));
+  }
+  json until(const std::string& type, std::vector<json>* seen = nullptr) {
+    for (int i = 0; i < 100000; ++i) {
+      json e = next();
+      if (seen) seen->push_back(e);
+      if (e["type"] == type) return e;
+    }
+    ADD_FAILURE() << "no " << type;
+    return {};
+  }
+  void speak(const std::vector<float>& pcm) {  // 100 ms appends
+    for (size_t at = 0; at < pcm.size(); at += 2400)
+      send({{"type", "input_audio_buffer.append"},
+            {"audio", encode_wire_audio(std::span<const float>(pcm.data() + at, std::min<size_t>(2400, pcm.size() - at)), AudioWire::Pcm16)}});
+  }
+};
+
+std::vector<float> utterance() {
+  std::vector<float> in(24000 / 4, 0.f);
+  const auto speech = voiced(0.8, 0.3);
+  in.insert(in.end(), speech.begin(), speech.end());
+  in.insert(in.end(), size_t(24000 * 0.6), 0.f);
+  return in;
+}
+
+TEST(RealtimeVoice, SpeechIsDetectedCommittedAndAnsweredWithAudio) {
+  test::ServerUnderTest sut;
+  VoiceClient c(sut.port);
+  EXPECT_EQ(c.next()["type"], "session.created");
+  c.send({{"type", "session.update"},
+          {"session", {{"modalities", {"audio", "text"}}, {"input_audio_format", "pcm16"}, {"output_audio_format", "pcm16"},
+                       {"max_response_output_tokens", 100},
+                       {"turn_detection", {{"type", "server_vad"}, {"threshold", 0.5}, {"silence_duration_ms", 300}}}}}});
+  const json updated = c.until("session.updated");
+  EXPECT_EQ(updated["session"]["turn_detection"]["silence_duration_ms"], 300);
+  c.speak(utterance());
+  EXPECT_NEAR(c.until("input_audio_buffer.speech_started")["audio_start_ms"].get<double>(), 250, 40);
+  c.until("input_audio_buffer.speech_stopped");
+  const json committed = c.until("input_audio_buffer.committed");
+  const json item = c.until("conversation.item.created");
+  EXPECT_EQ(item["item"]["id"], committed["item_id"]);
+  EXPECT_EQ(item["item"]["content"][0]["type"], "input_audio");
+  std::vector<json> events;
+  const json done = c.until("response.done", &events);
+  size_t audio_bytes = 0;
+  for (const json& e : events)
+    if (e["type"] == "response.output_audio.delta") {
+      auto bytes = base64_decode(e["delta"].get<std::string>());
+      ASSERT_TRUE(bytes);
+      EXPECT_EQ(bytes->size() % 2, 0u);
+      audio_bytes += bytes->size();
+    }
+  EXPECT_GT(audio_bytes, 0u);
+  EXPECT_EQ(done["response"]["status"], "completed");
+  const json usage = done["response"]["usage"];
+  EXPECT_GT(usage["input_token_details"]["audio_tokens"].get<int>(), 40) << "about 1.3 s of committed audio at 200 tokens/s";
+  EXPECT_EQ(usage["output_token_details"]["audio_tokens"], usage["output_tokens"]);
+  // The turn's latency is on /metrics.
+  net::io_context ioc;
+  beast::tcp_stream http(ioc);
+  http.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), sut.port));
+  beast::http::request<beast::http::empty_body> req{beast::http::verb::get, "/metrics", 11};
+  beast::http::write(http, req);
+  beast::flat_buffer b;
+  beast::http::response<beast::http::string_body> res;
+  beast::http::read(http, b, res);
+  EXPECT_NE(res.body().find("tutti_realtime_speech_to_first_audio_seconds_count 1"), std::string::npos);
+}
+
+TEST(RealtimeVoice, BargeInCancelsTheAnswerAndSaysWhatWasHeard) {
+  test::ServerUnderTest sut;
+  VoiceClient c(sut.port);
+  c.next();
+  c.send({{"type", "session.update"},
+          {"session", {{"modalities", {"audio"}}, {"turn_detection", {{"type", "server_vad"}, {"silence_duration_ms", 300}}}}}});
+  c.until("session.updated");
+  c.speak(utterance());
+  c.until("response.created");
+  c.until("response.output_audio.delta");  // the answer is playing (10 s of it, paced)
+  c.speak(utterance());                     // the user talks over it
+  std::vector<json> events;
+  const json done = c.until("response.done", &events);
+  EXPECT_EQ(done["response"]["status"], "cancelled");
+  bool truncated = false;
+  for (const json& e : events)
+    if (e["type"] == "conversation.item.truncated") {
+      truncated = true;
+      EXPECT_GE(e["audio_end_ms"].get<int>(), 0);
+      EXPECT_LT(e["audio_end_ms"].get<int>(), 10000);
+    }
+  EXPECT_TRUE(truncated);
+  // The new speech gets its own answer.
+  EXPECT_EQ(c.until("response.created")["type"], "response.created");
+}
+
+TEST(RealtimeVoice, BadAudioGetsErrorEventsAndTheSessionGoesOn) {
+  test::ServerUnderTest sut;
+  VoiceClient c(sut.port);
+  c.next();
+  c.send({{"type", "input_audio_buffer.append"}, {"audio", "not base64!"}, {"event_id", "a1"}});
+  json e = c.until("error");
+  EXPECT_EQ(e["error"]["code"], "invalid_audio");
+  EXPECT_EQ(e["error"]["event_id"], "a1");
+  c.send({{"type", "input_audio_buffer.append"}, {"audio", 42}});
+  EXPECT_EQ(c.until("error")["error"]["code"], "missing_audio");
+  c.send({{"type", "session.update"}, {"session", {{"input_audio_format", "mp3"}}}});
+  EXPECT_EQ(c.until("error")["error"]["code"], "invalid_value");
+  c.send({{"type", "session.update"}, {"session", {{"turn_detection", nullptr}, {"audio", {{"input", {{"format", {{"type", "audio/pcmu"}}}}}}}}}});
+  EXPECT_EQ(c.until("session.updated")["session"]["input_audio_format"], "g711_ulaw");
+  c.send({{"type", "input_audio_buffer.commit"}, {"event_id", "c1"}});
+  EXPECT_EQ(c.until("error")["error"]["code"], "input_audio_buffer_commit_empty");
+  // G.711 µ-law at 8 kHz, committed by hand: an audio item.
+  std::vector<float> speech8k = resample_linear(voiced(0.5, 0.3), 24000, 8000);
+  c.send({{"type", "input_audio_buffer.append"}, {"audio", encode_wire_audio(speech8k, AudioWire::G711Ulaw)}});
+  c.send({{"type", "input_audio_buffer.commit"}});
+  EXPECT_EQ(c.until("conversation.item.created")["item"]["content"][0]["type"], "input_audio");
+  c.send({{"type", "input_audio_buffer.clear"}});
+  c.until("input_audio_buffer.cleared");
+}
+
+}  // namespace
+}  // namespace tutti
