@@ -1,0 +1,471 @@
+// /v1/realtime: Realtime WebSocket sessions (text and voice). See realtime_audio.hpp for the
+// wire formats and the VAD, session_support.hpp for what sessions share.
+#include "actors/http/realtime_audio.hpp"
+#include "actors/http/session_support.hpp"
+#include "codecs/audio_tokenizer.h"
+
+namespace tutti::http {
+
+using namespace detail;
+
+// ---- /v1/realtime: the OpenAI Realtime event grammar for text over a WebSocket.
+// Client events: session.update, conversation.item.create, response.create, response.cancel.
+// Server events: session.created / .updated, conversation.item.created, response.created,
+// response.output_text.delta / .done, response.done (with usage), and non-fatal error events
+// that carry the client's event_id. One response at a time per session.
+class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
+ public:
+  RealtimeSession(tcp::socket socket, HttpServer::Impl& srv)
+      : ws_(std::move(socket)), srv_(srv), max_tokens_(std::min(256, srv.cfg.max_tokens)) {
+    ++srv_.metrics.active_connections;
+    apply_socket_options(ws_.next_layer().socket(), srv_.cfg);
+  }
+  ~RealtimeSession() {
+    --srv_.metrics.active_connections;
+    if (generating_) caf::anon_send<caf::message_priority::high>(srv_.pipe.executor, cancel_atom::value, request_id_);
+    if (sink_) caf::anon_send_exit(sink_, caf::exit_reason::user_shutdown);
+  }
+
+  void start(bhttp::request<bhttp::string_body> req) {
+    ws_.read_message_max(srv_.cfg.max_body_bytes);
+    // Half-open peers: after read_timeout without traffic the server pings, and closes the
+    // session if the peer stays silent (a realtime client may idle, but it answers pings).
+    beast::websocket::stream_base::timeout timeouts;
+    timeouts.handshake_timeout = millis(srv_.cfg.read_timeout_s);
+    timeouts.idle_timeout = millis(srv_.cfg.read_timeout_s);
+    timeouts.keep_alive_pings = true;
+    ws_.set_option(timeouts);
+    ws_.async_accept(req, [self = shared_from_this()](beast::error_code ec) {
+      if (ec) return;
+      self->session_id_ = "sess_" + std::to_string(self->srv_.next_id++);
+      self->emit({{"type", "session.created"}, {"session", self->session_json()}});
+      self->read();
+    });
+  }
+
+  void on_prompt_tokens(int32_t) {}
+
+  // An audio answer's deltas: the sink already turned samples into the session's output wire
+  // format (base64 text in chunk.bytes).
+  void on_media(MediaChunk c, int32_t tokens, int32_t prompt_tokens) {
+    if (!generating_) return;
+    if (!c.bytes.empty() && !barged_in_) {  // after a barge-in nothing more is sent
+      if (audio_sent_samples_ == 0) {
+        first_audio_at_ = std::chrono::steady_clock::now();
+        if (committed_at_) {  // latency of a voice turn: end of speech to first audio out
+          srv_.metrics.speech_to_first_audio.observe(std::chrono::duration<double>(*first_audio_at_ - *committed_at_).count());
+          committed_at_.reset();
+        }
+      }
+      audio_sent_samples_ += int64_t(c.frames);  // frames carries samples for wire audio
+      emit({{"type", "response.output_audio.delta"}, {"response_id", response_id_}, {"item_id", item_id_}, {"output_index", 0},
+            {"content_index", 0}, {"delta", std::string(c.bytes.begin(), c.bytes.end())}}, tokens);
+    } else if (!c.done) {
+      if (out_.empty()) credit_.delivered(srv_.pipe.executor, tokens);
+      else out_.back().tokens_through = tokens;
+    }
+    if (!c.done && c.error.empty()) return;
+    generating_ = false;
+    const bool cancelled = c.error == "cancelled";
+    if (!c.error.empty() && !cancelled) error("server_error", "", c.error, response_event_id_);
+    emit({{"type", "response.output_audio.done"}, {"response_id", response_id_}, {"item_id", item_id_}, {"output_index", 0}, {"content_index", 0}});
+    emit({{"type", "response.output_audio_transcript.done"}, {"response_id", response_id_}, {"item_id", item_id_}, {"output_index", 0},
+          {"content_index", 0}, {"transcript", ""}});
+    if (cancelled && barged_in_) {
+      // Barge-in: tell the client how much of the answer could have been heard — what was
+      // sent, but no more than the time since the first audio went out.
+      const double elapsed = first_audio_at_ ? std::chrono::duration<double>(std::chrono::steady_clock::now() - *first_audio_at_).count() : 0;
+      const int64_t played_ms = std::min<int64_t>(audio_sent_samples_ * 1000 / 24000, int64_t(elapsed * 1000));
+      emit({{"type", "conversation.item.truncated"}, {"item_id", item_id_}, {"content_index", 0}, {"audio_end_ms", played_ms}});
+    }
+    barged_in_ = false;
+    const std::string status = cancelled ? "cancelled" : !c.error.empty() ? "failed" : "completed";
+    emit({{"type", "response.done"},
+          {"response", {{"id", response_id_}, {"object", "realtime.response"}, {"status", status}, {"modalities", {"audio"}},
+                        {"usage", {{"input_tokens", prompt_tokens}, {"output_tokens", tokens}, {"total_tokens", prompt_tokens + tokens},
+                                   {"input_token_details", {{"text_tokens", std::max(0, prompt_tokens - input_audio_tokens_)},
+                                                            {"audio_tokens", input_audio_tokens_}}},
+                                   {"output_token_details", {{"text_tokens", 0}, {"audio_tokens", tokens}}}}}}}});
+  }
+  void on_refused(const std::string& message) {
+    generating_ = false;
+    error("invalid_request_error", "", message, response_event_id_);
+    finish_response("failed", 0, 0);
+  }
+  void on_delta(const text_delta& d) {
+    if (!generating_) return;
+    if (!d.text.empty()) {  // tokens whose text is held back produce no event
+      text_ += d.text;
+      emit({{"type", "response.output_text.delta"}, {"response_id", response_id_}, {"item_id", item_id_}, {"output_index", 0},
+            {"content_index", 0}, {"delta", d.text}}, d.completion_tokens);
+    } else if (d.finish_reason.empty()) {
+      if (out_.empty()) credit_.delivered(srv_.pipe.executor, d.completion_tokens);
+      else out_.back().tokens_through = d.completion_tokens;
+    }
+    if (d.finish_reason.empty()) return;
+    generating_ = false;
+    if (d.finish_reason == "error") error("server_error", "", d.error, response_event_id_);
+    emit({{"type", "response.output_text.done"}, {"response_id", response_id_}, {"item_id", item_id_}, {"output_index", 0},
+          {"content_index", 0}, {"text", text_}});
+    if (d.finish_reason != "error" && d.finish_reason != "cancelled")
+      conversation_.push_back({"assistant", text_, {}});
+    const std::string status = d.finish_reason == "cancelled" ? "cancelled" : d.finish_reason == "error" ? "failed"
+                               : d.finish_reason == "length" ? "incomplete" : "completed";
+    finish_response(status, d.prompt_tokens, d.completion_tokens);
+  }
+
+ private:
+  json session_json() const {
+    json td = nullptr;
+    if (vad_config_)
+      td = {{"type", "server_vad"}, {"threshold", vad_config_->threshold}, {"prefix_padding_ms", vad_config_->prefix_padding_ms},
+            {"silence_duration_ms", vad_config_->silence_duration_ms}, {"create_response", auto_response_}};
+    return {{"id", session_id_}, {"object", "realtime.session"}, {"model", srv_.cfg.model_name}, {"modalities", modalities_},
+            {"instructions", instructions_}, {"temperature", temperature_}, {"max_response_output_tokens", max_tokens_},
+            {"input_audio_format", audio_wire_name(in_wire_)}, {"output_audio_format", audio_wire_name(out_wire_)},
+            {"turn_detection", td}};
+  }
+
+  bool has_audio() const { return srv_.pipe.codecs && srv_.pipe.codecs->info(Modality::Audio); }
+
+  // ---- input audio: buffered, voice-detected, encoded to audio tokens as it arrives
+  void append_audio(const json& ev, const std::string& event_id) {
+    if (!has_audio()) return error("invalid_request_error", "audio_not_supported", "this model has no audio modality", event_id);
+    if (!ev.contains("audio") || !ev["audio"].is_string())
+      return error("invalid_request_error", "missing_audio", "'audio' must be a base64 string", event_id);
+    auto samples = decode_wire_audio(ev["audio"].get<std::string>(), in_wire_);
+    if (!samples) return error("invalid_request_error", "invalid_audio", samples.error().message, event_id);
+    std::vector<float> pcm = resample_linear(*samples, audio_wire_rate(in_wire_), 24000);
+    if (input_samples_ + int64_t(pcm.size()) > int64_t(24000) * 15 * 60)
+      return error("invalid_request_error", "input_audio_buffer_full", "the input audio buffer holds at most 15 minutes", event_id);
+    // Codes of every finished 20 ms frame (one per stage), kept until commit or clear.
+    const auto codes = audio_encoder().push(pcm);
+    input_codes_.insert(input_codes_.end(), codes.begin(), codes.end());
+    input_samples_ += int64_t(pcm.size());
+    if (!vad_config_) return;
+    for (const auto& e : vad_->push(pcm)) {
+      if (e.started) {
+        speech_start_ms_ = e.at_ms;
+        speech_item_id_ = "item_" + std::to_string(srv_.next_id++);
+        emit({{"type", "input_audio_buffer.speech_started"}, {"audio_start_ms", e.at_ms}, {"item_id", speech_item_id_}});
+        if (generating_) {  // barge-in: the user talks over the answer
+          barged_in_ = true;
+          srv_.metrics.barge_ins++;
+          caf::anon_send<caf::message_priority::high>(srv_.pipe.executor, cancel_atom::value, request_id_);
+        }
+      } else {
+        emit({{"type", "input_audio_buffer.speech_stopped"}, {"audio_end_ms", e.at_ms}, {"item_id", speech_item_id_}});
+        commit_audio(std::max<int64_t>(0, speech_start_ms_ - vad_config_->prefix_padding_ms), e.at_ms, "");
+        if (auto_response_ && !generating_) start_response(json::object(), "");
+      }
+    }
+  }
+
+  codecs::AudioEncoder& audio_encoder() {
+    if (!encoder_) {
+      const ModalityInfo* m = srv_.pipe.codecs->info(Modality::Audio);
+      encoder_ = std::make_unique<codecs::AudioEncoder>(int(m->frame_size), srv_.pipe.codecs->books(Modality::Audio));
+    }
+    return *encoder_;
+  }
+
+  // The buffered audio from `from_ms` to `to_ms` becomes a user item of audio tokens.
+  void commit_audio(int64_t from_ms, int64_t to_ms, const std::string& event_id) {
+    const ModalityInfo& m = *srv_.pipe.codecs->info(Modality::Audio);
+    const int64_t frame_ms = int64_t(m.frame_size) * 1000 / m.sample_rate, stages = m.num_stages;
+    // Encoder frame j (j >= 1) covers input [(j-1) N, (j+1) N): frames from from_ms on.
+    const int64_t first = std::clamp<int64_t>(from_ms / frame_ms, 0, int64_t(input_codes_.size()) / stages);
+    const int64_t last = std::clamp<int64_t>(to_ms / frame_ms + 1, first, int64_t(input_codes_.size()) / stages);
+    if (last - first < 5) {
+      error("invalid_request_error", "input_audio_buffer_commit_empty", "the buffer holds less than 100 ms of audio", event_id);
+      return clear_audio();
+    }
+    std::vector<int32_t> ids = {int32_t(m.begin_token)};
+    const auto tokens = codecs::codes_to_tokens(m, std::span<const int32_t>(input_codes_.data() + first * stages, size_t((last - first) * stages)));
+    ids.insert(ids.end(), tokens.begin(), tokens.end());
+    ids.push_back(int32_t(m.end_token));
+    const std::string id = speech_item_id_.empty() ? "item_" + std::to_string(srv_.next_id++) : speech_item_id_;
+    emit({{"type", "input_audio_buffer.committed"}, {"previous_item_id", last_item_id_.empty() ? json(nullptr) : json(last_item_id_)}, {"item_id", id}});
+    conversation_.push_back({"user", "", std::move(ids)});
+    last_item_id_ = id;
+    emit({{"type", "conversation.item.created"},
+          {"item", {{"id", id}, {"type", "message"}, {"role", "user"}, {"content", {{{"type", "input_audio"}, {"transcript", nullptr}}}}}}});
+    committed_at_ = std::chrono::steady_clock::now();
+    speech_item_id_.clear();
+    clear_audio();
+  }
+
+  void clear_audio() {
+    input_codes_.clear();
+    input_samples_ = 0;
+    encoder_.reset();
+    if (vad_) vad_->reset();
+  }
+
+  // The conversation as a prompt: text items through the chat template, audio items as
+  // spliced token ids (media markers).
+  text_request conversation_request() const {
+    std::vector<ChatMessage> messages;
+    text_request r;
+    if (!instructions_.empty()) messages.push_back({"system", instructions_});
+    for (const Item& it : conversation_) {
+      if (it.ids.empty()) {
+        std::string clean = it.text;  // marker bytes from a client are not markers
+        clean.erase(std::remove_if(clean.begin(), clean.end(), [](char c) { return c == '\x1e' || c == '\x1f'; }), clean.end());
+        messages.push_back({it.role, clean});
+      } else {
+        messages.push_back({it.role, "\x1e" + std::to_string(r.media_parts.size()) + "\x1f"});
+        r.media_parts.push_back(it.ids);
+      }
+    }
+    r.prompt = format_chat(srv_.cfg.chat_template, messages);
+    return r;
+  }
+
+  void read() {
+    ws_.async_read(in_, [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (ec) return;  // closed or protocol error: the session ends (~RealtimeSession cancels)
+      const std::string text = beast::buffers_to_string(self->in_.data());
+      self->in_.consume(self->in_.size());
+      try {
+        self->handle(text, self->ws_.got_text());
+      } catch (const json::exception& e) {  // a field of the wrong type: the client's mistake, not a crash
+        self->error("invalid_request_error", "invalid_value", std::string("a field has the wrong type: ") + e.what(), "");
+      }
+      self->read();
+    });
+  }
+
+  void handle(const std::string& text, bool is_text) {
+    if (!is_text) return error("invalid_request_error", "binary_not_supported", "binary messages are not supported yet", "");
+    json ev = json::parse(text, nullptr, false);
+    if (ev.is_discarded() || !ev.is_object()) return error("invalid_request_error", "invalid_json", "the message is not a JSON object", "");
+    const std::string event_id = ev.value("event_id", "");
+    if (!ev.contains("type") || !ev["type"].is_string()) return error("invalid_request_error", "missing_type", "the event has no 'type'", event_id);
+    const std::string type = ev["type"];
+    if (type == "session.update") {
+      const json s = ev.value("session", json::object());
+      if (!s.is_object()) return error("invalid_request_error", "invalid_value", "'session' must be an object", event_id);
+      if (s.contains("instructions") && s["instructions"].is_string()) instructions_ = s["instructions"];
+      if (s.contains("temperature") && s["temperature"].is_number()) temperature_ = s["temperature"];
+      if (s.contains("max_response_output_tokens") && s["max_response_output_tokens"].is_number_integer()) {
+        max_tokens_ = std::clamp(int(s["max_response_output_tokens"]), 1, srv_.cfg.max_tokens);
+        max_tokens_set_ = true;
+      }
+      if (auto e = update_audio_settings(s)) return error("invalid_request_error", "invalid_value", *e, event_id);
+      return emit({{"type", "session.updated"}, {"session", session_json()}});
+    }
+    if (type == "conversation.item.create") {
+      const json item = ev.value("item", json::object());
+      const std::string role = item.value("role", "user");
+      if (!item.is_object() || item.value("type", "message") != "message" || (role != "user" && role != "system" && role != "assistant"))
+        return error("invalid_request_error", "invalid_item", "only message items with role user, system or assistant are supported", event_id);
+      std::string content;
+      for (const json& part : item.value("content", json::array()))
+        if (part.is_object() && (part.value("type", "") == "input_text" || part.value("type", "") == "text" || part.value("type", "") == "output_text"))
+          content += part.value("text", "");
+      if (content.empty()) return error("invalid_request_error", "empty_item", "the item has no text content", event_id);
+      conversation_.push_back({role, content, {}});
+      const std::string id = item.value("id", "item_" + std::to_string(srv_.next_id++));
+      last_item_id_ = id;
+      return emit({{"type", "conversation.item.created"},
+                   {"item", {{"id", id}, {"type", "message"}, {"role", role}, {"content", {{{"type", "input_text"}, {"text", content}}}}}}});
+    }
+    if (type == "response.create") return start_response(ev.value("response", json::object()), event_id);
+    if (type == "input_audio_buffer.append") return append_audio(ev, event_id);
+    if (type == "input_audio_buffer.commit") {
+      if (!has_audio()) return error("invalid_request_error", "audio_not_supported", "this model has no audio modality", event_id);
+      return commit_audio(0, input_samples_ * 1000 / 24000, event_id);
+    }
+    if (type == "input_audio_buffer.clear") {
+      clear_audio();
+      return emit({{"type", "input_audio_buffer.cleared"}});
+    }
+    if (type == "response.cancel") {
+      if (!generating_) return error("invalid_request_error", "response_cancel_not_active", "no response is in progress", event_id);
+      caf::anon_send<caf::message_priority::high>(srv_.pipe.executor, cancel_atom::value, request_id_);
+      return;
+    }
+    error("invalid_request_error", "unknown_event", "unknown event type '" + type + "'", event_id);
+  }
+
+  void start_response(const json& resp, const std::string& event_id) {
+    if (generating_) return error("invalid_request_error", "conversation_already_has_active_response", "a response is already in progress", event_id);
+    if (conversation_.empty() && instructions_.empty())
+      return error("invalid_request_error", "empty_conversation", "add an item before asking for a response", event_id);
+    if (!resp.is_object()) return error("invalid_request_error", "invalid_value", "'response' must be an object", event_id);
+    text_request r = conversation_request();
+    request_id_ = srv_.next_id++;
+    r.id = request_id_;
+    r.temperature = temperature_;
+    std::vector<std::string> modalities = modalities_;
+    for (const char* key : {"modalities", "output_modalities"})
+      if (resp.contains(key) && resp[key].is_array()) {
+        modalities.clear();
+        for (const json& x : resp[key])
+          if (x.is_string()) modalities.push_back(x);
+      }
+    const bool audio = std::count(modalities.begin(), modalities.end(), "audio") > 0;
+    if (audio && !has_audio()) return error("invalid_request_error", "audio_not_supported", "this model has no audio modality", event_id);
+    input_audio_tokens_ = 0;
+    for (const auto& part : r.media_parts) input_audio_tokens_ += int32_t(part.size());
+    if (audio) {
+      // An audio answer: up to max_response_output_tokens codes when set, else 10 seconds.
+      r.modality = "audio";
+      r.max_tokens = max_tokens_set_ ? max_tokens_ : 2000;
+      r.temperature = std::max(r.temperature, 0.7f);  // greedy decoding repeats one code
+      r.request_class = "realtime";  // paced against its playback clock
+      r.tokens_per_second = srv_.pipe.codecs->info(Modality::Audio)->tokens_per_second();
+    } else {
+      r.max_tokens = max_tokens_;
+    }
+    if (resp.contains("tutti"))  // extension: class, rate, watermarks
+      if (auto e = apply_tutti_extension(resp["tutti"], r)) return error(e->type, "invalid_value", e->message, event_id);
+    response_id_ = "resp_" + std::to_string(request_id_);
+    item_id_ = "item_" + std::to_string(srv_.next_id++);
+    response_event_id_ = event_id;
+    text_.clear();
+    audio_sent_samples_ = 0;
+    first_audio_at_.reset();
+    generating_ = true;
+    credit_.start(request_id_);
+    emit({{"type", "response.created"}, {"response", {{"id", response_id_}, {"object", "realtime.response"}, {"status", "in_progress"}, {"modalities", modalities}}}});
+    std::shared_ptr<MediaOutput> out;
+    if (audio) out = make_wire_audio_output(out_wire_);
+    sink_ = spawn_generation(srv_.system, srv_.ioc, srv_.pipe.encoder, r, std::weak_ptr<RealtimeSession>(shared_from_this()), out);
+  }
+
+  // session.update's audio fields, in both spellings clients use; a message on a bad value.
+  std::optional<std::string> update_audio_settings(const json& s) {
+    auto wire = [&](const json& v, AudioWire& out, const char* name) -> std::optional<std::string> {
+      auto w = parse_audio_wire(v);
+      if (!w) return std::string("'") + name + "' must be pcm16, g711_ulaw or g711_alaw (or audio/pcm at 24000, audio/pcmu, audio/pcma)";
+      out = *w;
+      return std::nullopt;
+    };
+    if (s.contains("input_audio_format"))
+      if (auto e = wire(s["input_audio_format"], in_wire_, "input_audio_format")) return e;
+    if (s.contains("output_audio_format"))
+      if (auto e = wire(s["output_audio_format"], out_wire_, "output_audio_format")) return e;
+    const json audio = s.value("audio", json::object());
+    if (audio.is_object()) {
+      if (audio.contains("input") && audio["input"].is_object() && audio["input"].contains("format"))
+        if (auto e = wire(audio["input"]["format"], in_wire_, "audio.input.format")) return e;
+      if (audio.contains("output") && audio["output"].is_object() && audio["output"].contains("format"))
+        if (auto e = wire(audio["output"]["format"], out_wire_, "audio.output.format")) return e;
+    }
+    for (const char* key : {"modalities", "output_modalities"})
+      if (s.contains(key)) {
+        if (!s[key].is_array()) return std::string("'") + key + "' must be an array";
+        std::vector<std::string> m;
+        for (const json& x : s[key]) {
+          if (!x.is_string() || (x != "text" && x != "audio")) return std::string("'") + key + "' holds text and audio only";
+          m.push_back(x);
+        }
+        if (m.empty()) return std::string("'") + key + "' must not be empty";
+        if (std::count(m.begin(), m.end(), "audio") && !has_audio()) return std::string("this model has no audio modality");
+        modalities_ = m;
+      }
+    json td = s.contains("turn_detection") ? s["turn_detection"] : audio.value("input", json::object()).value("turn_detection", json("keep"));
+    if (td.is_null()) {
+      vad_config_.reset();
+    } else if (td.is_object()) {
+      if (td.value("type", "server_vad") != "server_vad") return std::string("turn_detection.type must be server_vad (or null)");
+      VadConfig c;
+      c.threshold = td.value("threshold", c.threshold);
+      c.prefix_padding_ms = td.value("prefix_padding_ms", c.prefix_padding_ms);
+      c.silence_duration_ms = td.value("silence_duration_ms", c.silence_duration_ms);
+      if (c.threshold < 0 || c.threshold > 1 || c.prefix_padding_ms < 0 || c.silence_duration_ms < 20 || c.silence_duration_ms > 10000)
+        return std::string("turn_detection: threshold 0..1, prefix_padding_ms >= 0, silence_duration_ms 20..10000");
+      auto_response_ = td.value("create_response", true);
+      vad_config_ = c;
+      vad_ = std::make_unique<VoiceActivityDetector>(c);
+    } else if (!(td.is_string() && td == "keep")) {
+      return std::string("'turn_detection' must be an object or null");
+    }
+    return std::nullopt;
+  }
+
+  void finish_response(const std::string& status, int prompt_tokens, int completion_tokens) {
+    emit({{"type", "response.done"},
+          {"response", {{"id", response_id_}, {"object", "realtime.response"}, {"status", status},
+                        {"usage", {{"input_tokens", prompt_tokens}, {"output_tokens", completion_tokens},
+                                   {"total_tokens", prompt_tokens + completion_tokens}}}}}});
+  }
+
+  void error(const std::string& type, const std::string& code, const std::string& message, const std::string& event_id) {
+    srv_.metrics.errors++;
+    json e = {{"type", type}, {"message", message}};
+    e["code"] = code.empty() ? json(nullptr) : json(code);
+    e["event_id"] = event_id.empty() ? json(nullptr) : json(event_id);
+    emit({{"type", "error"}, {"error", e}});
+  }
+
+  // Queues an event for the client. Generated text is bounded by credit (the client window);
+  // what else a client can make the server say is one event per message it sends, so a client
+  // that sends without reading is closed once max_pending_events pile up.
+  void emit(json event, int32_t tokens_through = -1) {
+    if (closing_) return;
+    event["event_id"] = "event_" + std::to_string(srv_.next_id++);
+    if (out_.size() >= srv_.cfg.max_pending_events) {
+      closing_ = true;
+      out_.clear();
+      beast::get_lowest_layer(ws_).close();  // its write never completes: cut the socket
+      return;
+    }
+    out_.push_back({event.dump(), tokens_through});
+    flush();
+  }
+  void flush() {
+    if (writing_ || out_.empty()) return;
+    writing_ = true;
+    ws_.text(true);
+    ws_.async_write(net::buffer(out_.front().data), [self = shared_from_this()](beast::error_code ec, size_t) {
+      self->writing_ = false;
+      if (ec) return self->out_.clear();
+      const int32_t through = self->out_.front().tokens_through;
+      self->out_.pop_front();
+      if (through >= 0 && self->generating_) self->credit_.delivered(self->srv_.pipe.executor, through);
+      self->flush();
+    });
+  }
+
+  beast::websocket::stream<beast::tcp_stream> ws_;
+  HttpServer::Impl& srv_;
+  beast::flat_buffer in_;
+  std::deque<Outgoing> out_;
+  DeliveryCredit credit_;
+  bool writing_ = false, closing_ = false;
+  std::string session_id_, instructions_;
+  float temperature_ = 0.8f;  // the Realtime API's default
+  int max_tokens_;
+  bool max_tokens_set_ = false;
+  struct Item {
+    std::string role, text;
+    std::vector<int32_t> ids;  // audio the user spoke, as tokens (then text is empty)
+  };
+  std::vector<Item> conversation_;
+  // Audio settings and input state.
+  std::vector<std::string> modalities_ = {"text"};
+  AudioWire in_wire_ = AudioWire::Pcm16, out_wire_ = AudioWire::Pcm16;
+  std::optional<VadConfig> vad_config_ = VadConfig{};
+  bool auto_response_ = true;
+  std::unique_ptr<VoiceActivityDetector> vad_ = std::make_unique<VoiceActivityDetector>(VadConfig{});
+  std::unique_ptr<codecs::AudioEncoder> encoder_;
+  std::vector<int32_t> input_codes_;
+  int64_t input_samples_ = 0, speech_start_ms_ = 0, audio_sent_samples_ = 0;
+  int32_t input_audio_tokens_ = 0;
+  std::string speech_item_id_, last_item_id_;
+  std::optional<std::chrono::steady_clock::time_point> committed_at_, first_audio_at_;
+  bool barged_in_ = false;
+  bool generating_ = false;
+  int64_t request_id_ = 0;
+  std::string response_id_, item_id_, response_event_id_, text_;
+  sink_actor sink_;
+};
+
+void start_realtime(tcp::socket socket, bhttp::request<bhttp::string_body> req, HttpServer::Impl& srv) {
+  std::make_shared<RealtimeSession>(std::move(socket), srv)->start(std::move(req));
+}
+
+}  // namespace tutti::http

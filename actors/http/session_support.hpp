@@ -1,0 +1,134 @@
+// What the server's session types share (internal to actors/http/): the server's state
+// (HttpServer::Impl: I/O context, pipeline handles, settings, video jobs), socket helpers,
+// flow-control credit, and the per-generation sink actor that connects a session to the
+// pipeline. HTTP sessions live in server.cpp, Realtime WebSocket sessions in realtime_session.cpp.
+#pragma once
+
+#include <boost/asio.hpp>
+#include <boost/beast.hpp>
+
+#include <chrono>
+#include <deque>
+#include <map>
+#include <optional>
+
+#include "actors/http/media.hpp"
+#include "actors/http/server.hpp"
+
+namespace tutti::http {
+
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+namespace net = boost::asio;
+using tcp = net::ip::tcp;
+using json = nlohmann::json;
+using namespace tutti::actors;
+
+class Session;
+
+class VideoJob;
+
+struct HttpServer::Impl {
+  caf::actor_system& system;
+  PipelineHandles pipe;
+  ServerConfig cfg;
+  ServerMetrics& metrics;
+  net::io_context ioc{1};
+  tcp::acceptor acceptor{ioc};
+  std::thread thread;
+  std::atomic<int64_t> next_id{1};
+  std::atomic<bool> stopped{false};
+  // Video jobs by id; touched only on the I/O thread (one thread runs ioc).
+  std::map<std::string, std::shared_ptr<VideoJob>> jobs;
+
+  Impl(caf::actor_system& s, PipelineHandles p, ServerConfig c, ServerMetrics& m)
+      : system(s), pipe(std::move(p)), cfg(std::move(c)), metrics(m) {}
+  void accept();
+};
+
+namespace detail {
+
+inline std::chrono::milliseconds millis(double seconds) { return std::chrono::milliseconds(int64_t(seconds * 1000)); }
+
+inline void apply_socket_options(tcp::socket& socket, const ServerConfig& cfg) {
+  beast::error_code ignored;
+  socket.set_option(tcp::no_delay(true), ignored);  // deltas are small and latency matters
+  if (cfg.send_buffer_bytes > 0) socket.set_option(net::socket_base::send_buffer_size(cfg.send_buffer_bytes), ignored);
+}
+
+// Credit for flow control (see executor_actor): how many generated tokens of one request the
+// client's socket has taken. Sent when a write completes; never more than one message per
+// write, and at once when nothing is queued.
+class DeliveryCredit {
+ public:
+  void start(int64_t request) { *this = DeliveryCredit(); request_ = request; }
+  void delivered(const executor_actor& executor, int32_t tokens) {
+    if (tokens <= sent_) return;
+    sent_ = tokens;
+    caf::anon_send(executor, credit_atom::value, request_, tokens);
+  }
+
+ private:
+  int64_t request_ = 0;
+  int32_t sent_ = 0;
+};
+
+// Outgoing data of a session, each piece tagged with the token count its client has once the
+// piece is written (-1: carries no tokens).
+struct Outgoing {
+  std::string data;
+  int32_t tokens_through = -1;
+};
+
+inline long unix_now() { return long(std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count()); }
+
+// The per-generation sink: asks the encoder to start the request, then hands every delta to
+// the session on the I/O thread. Quits after the final delta.
+struct sink_state {
+  std::weak_ptr<Session> session;
+  net::io_context* ioc = nullptr;
+};
+
+// Spawns the sink of one generation for an owner of type S (an HTTP or WebSocket session, a
+// video job), which must provide on_prompt_tokens(int32_t), on_refused(std::string) and
+// on_delta(text_delta), and for media answers on_media(MediaChunk, tokens, prompt tokens);
+// they run on the I/O thread. The owner may be gone by then (weak pointer): the post is a
+// no-op. A media answer's sink also turns its deltas into the response's bytes (`media`, on
+// this CAF worker, so encoding MP3 or H.264 never holds the I/O thread).
+template <class S>
+sink_actor spawn_generation(caf::actor_system& system, net::io_context& io, encoder_actor encoder, text_request request,
+                            std::weak_ptr<S> weak, std::shared_ptr<MediaOutput> media = nullptr) {
+  net::io_context* ioc = &io;
+  return system.spawn([weak, ioc, encoder, request, media](sink_actor::stateful_pointer<sink_state> self) -> sink_actor::behavior_type {
+    self->request(encoder, caf::infinite, encode_atom::value, request, caf::actor_cast<sink_actor>(self))
+        .then([=](int32_t n) { net::post(*ioc, [weak, n] { if (auto s = weak.lock()) s->on_prompt_tokens(n); }); },
+              [=](caf::error& e) {
+                std::string msg = self->system().render(e);
+                // CAF renders "error(<code>, <context>)": keep the message part.
+                if (auto q = msg.find('"'); q != std::string::npos) msg = msg.substr(q + 1, msg.rfind('"') - q - 1);
+                net::post(*ioc, [weak, msg] { if (auto s = weak.lock()) s->on_refused(msg); });
+                self->quit();
+              });
+    return {[=](delta_atom, text_delta d) {
+              const bool last = !d.finish_reason.empty();
+              net::post(*ioc, [weak, d = std::move(d)] { if (auto s = weak.lock()) s->on_delta(d); });
+              if (last) self->quit();
+            },
+            [=](media_atom, const media_delta& d) {
+              if (!media) return;  // a text request never gets media deltas
+              MediaChunk chunk = media->on_delta(d);
+              const bool last = chunk.done;
+              net::post(*ioc, [weak, chunk = std::move(chunk), t = d.completion_tokens, p = d.prompt_tokens]() mutable {
+                if (auto s = weak.lock()) s->on_media(std::move(chunk), t, p);
+              });
+              if (last) self->quit();
+            }};
+  });
+}
+
+}  // namespace detail
+
+// Starts a Realtime WebSocket session on an upgraded connection (realtime_session.cpp).
+void start_realtime(tcp::socket socket, bhttp::request<bhttp::string_body> req, HttpServer::Impl& srv);
+
+}  // namespace tutti::http
