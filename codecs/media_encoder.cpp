@@ -146,8 +146,10 @@ struct EncodedStream {
 class FfmpegAudioEncoder final : public AudioStreamEncoder {
  public:
   Status open(AudioFormat f, int rate, ByteSink sink) {
-    const char* muxer = f == AudioFormat::Opus ? "ogg" : f == AudioFormat::Mp3 ? "mp3" : f == AudioFormat::Aac ? "adts" : "flac";
-    const char* codec_name = f == AudioFormat::Opus ? "libopus" : f == AudioFormat::Mp3 ? "libmp3lame" : f == AudioFormat::Aac ? "aac" : "flac";
+    const char* muxer = f == AudioFormat::Opus ? "ogg" : f == AudioFormat::Mp3 ? "mp3" : f == AudioFormat::Aac ? "adts"
+                        : f == AudioFormat::MpegTs ? "mpegts" : "flac";
+    const char* codec_name = f == AudioFormat::Opus ? "libopus" : f == AudioFormat::Mp3 ? "libmp3lame"
+                             : (f == AudioFormat::Aac || f == AudioFormat::MpegTs) ? "aac" : "flac";
     if (Status s = s_.mux.open(muxer, std::move(sink)); !s) return s;
     const AVCodec* codec = avcodec_find_encoder_by_name(codec_name);
     if (!codec) return Error{std::string("FFmpeg: no ") + codec_name + " encoder in this build"};
@@ -305,6 +307,7 @@ const char* audio_format_name(AudioFormat f) {
     case AudioFormat::Mp3: return "mp3";
     case AudioFormat::Aac: return "aac";
     case AudioFormat::Flac: return "flac";
+    case AudioFormat::MpegTs: return "mpegts";
   }
   return "?";
 }
@@ -317,6 +320,7 @@ const char* audio_content_type(AudioFormat f) {
     case AudioFormat::Mp3: return "audio/mpeg";
     case AudioFormat::Aac: return "audio/aac";
     case AudioFormat::Flac: return "audio/flac";
+    case AudioFormat::MpegTs: return "video/mp2t";
   }
   return "application/octet-stream";
 }

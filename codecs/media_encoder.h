@@ -20,8 +20,9 @@ namespace tutti::codecs {
 
 using ByteSink = std::function<void(std::span<const uint8_t>)>;
 
-enum class AudioFormat { Wav, Pcm, Opus, Mp3, Aac, Flac };
-// The OpenAI names: wav, pcm, opus, mp3, aac, flac.
+enum class AudioFormat { Wav, Pcm, Opus, Mp3, Aac, Flac, MpegTs };
+// The OpenAI names: wav, pcm, opus, mp3, aac, flac. (MpegTs — AAC in MPEG-TS, for piping
+// over ZeroMQ — is not one of them: parse_audio_format does not accept it.)
 Expected<AudioFormat> parse_audio_format(const std::string& name);
 const char* audio_format_name(AudioFormat f);
 const char* audio_content_type(AudioFormat f);

@@ -14,6 +14,7 @@ packages=(
   libtomlplusplus-dev   # the settings file (config/default.toml)
   libopus-dev libogg-dev                       # Opus frames and Ogg Opus streams
   libavformat-dev libavcodec-dev libswresample-dev libswscale-dev libavutil-dev  # FFmpeg 5.1
+  libzmq3-dev cppzmq-dev  # ZeroMQ: FFmpeg streams piped in and out (stream jobs)
   ffmpeg espeak-ng sox  # tests: ffprobe checks outputs; speech, tones and noise as test signals
   clang libclang-rt-14-dev  # tests: the media fuzz target (libFuzzer)
 )

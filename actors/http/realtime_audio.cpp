@@ -227,4 +227,42 @@ std::vector<VoiceActivityDetector::Event> VoiceActivityDetector::push(std::span<
   return events;
 }
 
+VoiceInput::VoiceInput(const ModalityInfo& audio, std::shared_ptr<const codecs::Codebooks> books, std::optional<VadConfig> vad)
+    : m_(audio), books_(std::move(books)), vad_config_(vad) {
+  if (vad) vad_.emplace(*vad);
+  encoder_ = std::make_unique<codecs::AudioEncoder>(int(m_.frame_size), books_);
+}
+
+std::vector<VoiceActivityDetector::Event> VoiceInput::push(std::span<const float> pcm) {
+  const auto codes = encoder_->push(pcm);
+  codes_.insert(codes_.end(), codes.begin(), codes.end());
+  samples_ += int64_t(pcm.size());
+  return vad_ ? vad_->push(pcm) : std::vector<VoiceActivityDetector::Event>{};
+}
+
+std::vector<int32_t> VoiceInput::take(int64_t from_ms, int64_t to_ms) {
+  const int64_t frame_ms = int64_t(m_.frame_size) * 1000 / m_.sample_rate, stages = m_.num_stages;
+  // Encoder frame j covers input [(j-1) N, (j+1) N): frames from from_ms on.
+  const int64_t frames = int64_t(codes_.size()) / stages;
+  const int64_t first = std::clamp<int64_t>((from_ms - base_ms_) / frame_ms, 0, frames);
+  const int64_t last = std::clamp<int64_t>((to_ms - base_ms_) / frame_ms + 1, first, frames);
+  std::vector<int32_t> ids;
+  if ((last - first) * frame_ms >= 100) {
+    ids.push_back(int32_t(m_.begin_token));
+    const auto tokens = codecs::codes_to_tokens(m_, std::span<const int32_t>(codes_.data() + first * stages, size_t((last - first) * stages)));
+    ids.insert(ids.end(), tokens.begin(), tokens.end());
+    ids.push_back(int32_t(m_.end_token));
+  }
+  clear();
+  return ids;
+}
+
+void VoiceInput::clear() {
+  base_ms_ += samples_ * 1000 / 24000;
+  codes_.clear();
+  samples_ = 0;
+  encoder_ = std::make_unique<codecs::AudioEncoder>(int(m_.frame_size), books_);
+  if (vad_) vad_->reset();
+}
+
 }  // namespace tutti::http

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "actors/http/media.hpp"
+#include "codecs/audio_tokenizer.h"
 #include "pipeline/expected.h"
 
 namespace tutti::http {
@@ -67,6 +68,33 @@ class VoiceActivityDetector {
   std::vector<float> pending_;
   int64_t frames_ = 0, silent_frames_ = 0;
   bool speaking_ = false;
+};
+
+// The input audio of one conversation (a Realtime session, a ZeroMQ stream job): 24 kHz
+// samples go through the VAD (when turn detection is on) and the audio tokenizer as they
+// arrive; a committed turn is the codes from its start (minus the prefix padding) to its
+// end, as the modality's vocabulary ids between its begin and end tokens.
+class VoiceInput {
+ public:
+  VoiceInput(const ModalityInfo& audio, std::shared_ptr<const codecs::Codebooks> books, std::optional<VadConfig> vad);
+  std::vector<VoiceActivityDetector::Event> push(std::span<const float> pcm24k);
+  // Ids of [from_ms, to_ms] (stream time, as the VAD's events give it) of the buffered audio,
+  // wrapped in begin/end; empty if that is under 100 ms. Clears the buffer.
+  std::vector<int32_t> take(int64_t from_ms, int64_t to_ms);
+  void clear();
+  // Stream time: where the buffer starts and ends, in ms since the first sample.
+  int64_t buffer_start_ms() const { return base_ms_; }
+  int64_t buffer_end_ms() const { return base_ms_ + samples_ * 1000 / 24000; }
+  const std::optional<VadConfig>& vad_config() const { return vad_config_; }
+
+ private:
+  ModalityInfo m_;
+  std::shared_ptr<const codecs::Codebooks> books_;
+  std::optional<VadConfig> vad_config_;
+  std::optional<VoiceActivityDetector> vad_;
+  std::unique_ptr<codecs::AudioEncoder> encoder_;
+  std::vector<int32_t> codes_;
+  int64_t samples_ = 0, base_ms_ = 0;
 };
 
 }  // namespace tutti::http

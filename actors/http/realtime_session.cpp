@@ -129,21 +129,22 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
   bool has_audio() const { return srv_.pipe.codecs && srv_.pipe.codecs->info(Modality::Audio); }
 
   // ---- input audio: buffered, voice-detected, encoded to audio tokens as it arrives
+  VoiceInput& voice() {
+    if (!voice_)
+      voice_.emplace(*srv_.pipe.codecs->info(Modality::Audio), srv_.pipe.codecs->books(Modality::Audio), vad_config_);
+    return *voice_;
+  }
+
   void append_audio(const json& ev, const std::string& event_id) {
     if (!has_audio()) return error("invalid_request_error", "audio_not_supported", "this model has no audio modality", event_id);
     if (!ev.contains("audio") || !ev["audio"].is_string())
       return error("invalid_request_error", "missing_audio", "'audio' must be a base64 string", event_id);
     auto samples = decode_wire_audio(ev["audio"].get<std::string>(), in_wire_);
     if (!samples) return error("invalid_request_error", "invalid_audio", samples.error().message, event_id);
-    std::vector<float> pcm = resample_linear(*samples, audio_wire_rate(in_wire_), 24000);
-    if (input_samples_ + int64_t(pcm.size()) > int64_t(24000) * 15 * 60)
+    const std::vector<float> pcm = resample_linear(*samples, audio_wire_rate(in_wire_), 24000);
+    if (voice().buffer_end_ms() - voice().buffer_start_ms() + int64_t(pcm.size()) / 24 > 15 * 60 * 1000)
       return error("invalid_request_error", "input_audio_buffer_full", "the input audio buffer holds at most 15 minutes", event_id);
-    // Codes of every finished 20 ms frame (one per stage), kept until commit or clear.
-    const auto codes = audio_encoder().push(pcm);
-    input_codes_.insert(input_codes_.end(), codes.begin(), codes.end());
-    input_samples_ += int64_t(pcm.size());
-    if (!vad_config_) return;
-    for (const auto& e : vad_->push(pcm)) {
+    for (const auto& e : voice().push(pcm)) {
       if (e.started) {
         speech_start_ms_ = e.at_ms;
         speech_item_id_ = "item_" + std::to_string(srv_.next_id++);
@@ -161,29 +162,12 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     }
   }
 
-  codecs::AudioEncoder& audio_encoder() {
-    if (!encoder_) {
-      const ModalityInfo* m = srv_.pipe.codecs->info(Modality::Audio);
-      encoder_ = std::make_unique<codecs::AudioEncoder>(int(m->frame_size), srv_.pipe.codecs->books(Modality::Audio));
-    }
-    return *encoder_;
-  }
-
-  // The buffered audio from `from_ms` to `to_ms` becomes a user item of audio tokens.
+  // The buffered audio from `from_ms` to `to_ms` (stream time) becomes a user item of audio
+  // tokens.
   void commit_audio(int64_t from_ms, int64_t to_ms, const std::string& event_id) {
-    const ModalityInfo& m = *srv_.pipe.codecs->info(Modality::Audio);
-    const int64_t frame_ms = int64_t(m.frame_size) * 1000 / m.sample_rate, stages = m.num_stages;
-    // Encoder frame j (j >= 1) covers input [(j-1) N, (j+1) N): frames from from_ms on.
-    const int64_t first = std::clamp<int64_t>(from_ms / frame_ms, 0, int64_t(input_codes_.size()) / stages);
-    const int64_t last = std::clamp<int64_t>(to_ms / frame_ms + 1, first, int64_t(input_codes_.size()) / stages);
-    if (last - first < 5) {
-      error("invalid_request_error", "input_audio_buffer_commit_empty", "the buffer holds less than 100 ms of audio", event_id);
-      return clear_audio();
-    }
-    std::vector<int32_t> ids = {int32_t(m.begin_token)};
-    const auto tokens = codecs::codes_to_tokens(m, std::span<const int32_t>(input_codes_.data() + first * stages, size_t((last - first) * stages)));
-    ids.insert(ids.end(), tokens.begin(), tokens.end());
-    ids.push_back(int32_t(m.end_token));
+    std::vector<int32_t> ids = voice().take(from_ms, to_ms);
+    if (ids.empty())
+      return error("invalid_request_error", "input_audio_buffer_commit_empty", "the buffer holds less than 100 ms of audio", event_id);
     const std::string id = speech_item_id_.empty() ? "item_" + std::to_string(srv_.next_id++) : speech_item_id_;
     emit({{"type", "input_audio_buffer.committed"}, {"previous_item_id", last_item_id_.empty() ? json(nullptr) : json(last_item_id_)}, {"item_id", id}});
     conversation_.push_back({"user", "", std::move(ids)});
@@ -192,14 +176,10 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
           {"item", {{"id", id}, {"type", "message"}, {"role", "user"}, {"content", {{{"type", "input_audio"}, {"transcript", nullptr}}}}}}});
     committed_at_ = std::chrono::steady_clock::now();
     speech_item_id_.clear();
-    clear_audio();
   }
 
   void clear_audio() {
-    input_codes_.clear();
-    input_samples_ = 0;
-    encoder_.reset();
-    if (vad_) vad_->reset();
+    if (voice_) voice_->clear();
   }
 
   // The conversation as a prompt: text items through the chat template, audio items as
@@ -275,7 +255,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     if (type == "input_audio_buffer.append") return append_audio(ev, event_id);
     if (type == "input_audio_buffer.commit") {
       if (!has_audio()) return error("invalid_request_error", "audio_not_supported", "this model has no audio modality", event_id);
-      return commit_audio(0, input_samples_ * 1000 / 24000, event_id);
+      return commit_audio(voice().buffer_start_ms(), voice().buffer_end_ms(), event_id);
     }
     if (type == "input_audio_buffer.clear") {
       clear_audio();
@@ -369,6 +349,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     json td = s.contains("turn_detection") ? s["turn_detection"] : audio.value("input", json::object()).value("turn_detection", json("keep"));
     if (td.is_null()) {
       vad_config_.reset();
+      voice_.reset();
     } else if (td.is_object()) {
       if (td.value("type", "server_vad") != "server_vad") return std::string("turn_detection.type must be server_vad (or null)");
       VadConfig c;
@@ -379,7 +360,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
         return std::string("turn_detection: threshold 0..1, prefix_padding_ms >= 0, silence_duration_ms 20..10000");
       auto_response_ = td.value("create_response", true);
       vad_config_ = c;
-      vad_ = std::make_unique<VoiceActivityDetector>(c);
+      voice_.reset();
     } else if (!(td.is_string() && td == "keep")) {
       return std::string("'turn_detection' must be an object or null");
     }
@@ -450,10 +431,8 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
   AudioWire in_wire_ = AudioWire::Pcm16, out_wire_ = AudioWire::Pcm16;
   std::optional<VadConfig> vad_config_ = VadConfig{};
   bool auto_response_ = true;
-  std::unique_ptr<VoiceActivityDetector> vad_ = std::make_unique<VoiceActivityDetector>(VadConfig{});
-  std::unique_ptr<codecs::AudioEncoder> encoder_;
-  std::vector<int32_t> input_codes_;
-  int64_t input_samples_ = 0, speech_start_ms_ = 0, audio_sent_samples_ = 0;
+  std::optional<VoiceInput> voice_;  // made on first use, remade when turn detection changes
+  int64_t speech_start_ms_ = 0, audio_sent_samples_ = 0;
   int32_t input_audio_tokens_ = 0;
   std::string speech_item_id_, last_item_id_;
   std::optional<std::chrono::steady_clock::time_point> committed_at_, first_audio_at_;
