@@ -65,7 +65,7 @@ struct Input {
   int stream = -1;
 };
 
-Expected<Input> open_input(ByteQueue& queue, AVMediaType type) {
+Expected<Input> open_input(ByteQueue& queue, AVMediaType type, bool live) {
   // FFmpeg would log every oddity of every client's stream to stderr; the errors that matter
   // come back to the session as Errors instead. (Process-wide, set once.)
   static std::once_flag quiet;
@@ -83,6 +83,10 @@ Expected<Input> open_input(ByteQueue& queue, AVMediaType type) {
   if (!fmt) return Error{"FFmpeg: avformat_alloc_context failed"};
   fmt->pb = in.io.get();
   fmt->flags |= AVFMT_FLAG_CUSTOM_IO;
+  if (live) {
+    fmt->probesize = 64 * 1024;
+    fmt->max_analyze_duration = 500000;  // microseconds
+  }
   // On failure avformat_open_input frees the context itself.
   if (int r = avformat_open_input(&fmt, nullptr, nullptr, nullptr); r < 0) return av_error("avformat_open_input", r);
   in.fmt.reset(fmt);
@@ -142,7 +146,7 @@ Status decode_frames(Input& in, const std::function<Status(AVFrame*)>& on_frame)
 Status decode_audio(ByteQueue& queue, int sample_rate, const std::function<void(std::span<const float>)>& on_audio,
                     const DecodeLimits& limits) {
   if (sample_rate < 8000 || sample_rate > 192000) return Error{"unsupported output sample rate " + std::to_string(sample_rate)};
-  auto opened = open_input(queue, AVMEDIA_TYPE_AUDIO);
+  auto opened = open_input(queue, AVMEDIA_TYPE_AUDIO, limits.live);
   if (!opened) return opened.error();
   Input& in = *opened;
   AVChannelLayout in_layout{};
@@ -182,7 +186,7 @@ Status decode_audio(ByteQueue& queue, int sample_rate, const std::function<void(
 Status decode_video(ByteQueue& queue, int width, int height, const std::function<void(const VideoFrame&)>& on_frame,
                     const DecodeLimits& limits) {
   if (width < 1 || height < 1 || width > 8192 || height > 8192) return Error{"unsupported output frame size"};
-  auto opened = open_input(queue, AVMEDIA_TYPE_VIDEO);
+  auto opened = open_input(queue, AVMEDIA_TYPE_VIDEO, limits.live);
   if (!opened) return opened.error();
   Input& in = *opened;
   const AVRational tb = in.fmt->streams[in.stream]->time_base;

@@ -22,6 +22,9 @@ namespace tutti::codecs {
 
 struct DecodeLimits {
   double max_seconds = 600;  // longer media is an error (a stream that never ends, a bomb)
+  // A live stream: probe only its first 64 KB / 0.5 s to find the streams, so decoding
+  // starts at once instead of after FFmpeg's default 5 s of analysis.
+  bool live = false;
 };
 
 // Decodes the best audio stream; on_audio receives consecutive chunks of mono samples in

@@ -141,6 +141,16 @@ class Session : public std::enable_shared_from_this<Session> {
         return start_media(kind, req.body());
       }
     if (path == "/v1/videos" && post) return create_video_job(req.body());
+    if (path == "/v1/streams" && post) {
+      auto [status, json_body] = stream_jobs_create(srv_, req.body());
+      if (status != 200) srv_.metrics.errors++;
+      return respond_json(status, std::move(json_body));
+    }
+    if (path.rfind("/v1/streams/", 0) == 0 && (get || req.method() == bhttp::verb::delete_)) {
+      const std::string id = path.substr(std::string("/v1/streams/").size());
+      auto [status, json_body] = get ? stream_jobs_get(srv_, id) : stream_jobs_delete(srv_, id);
+      return respond_json(status, std::move(json_body));
+    }
     if (path.rfind("/v1/videos/", 0) == 0 && (get || req.method() == bhttp::verb::delete_)) return video_job_request(path, get);
     respond_error(ApiError{404, "invalid_request_error", "not_found", "no route for " + std::string(req.method_string()) + " " + path, ""}, keep_alive_);
   }
@@ -546,6 +556,7 @@ void HttpServer::stop() {
   net::post(impl_->ioc, [this] {
     beast::error_code ignored;
     impl_->acceptor.close(ignored);
+    stream_jobs_stop_all(*impl_);
     impl_->ioc.stop();
   });
   if (impl_->thread.joinable()) impl_->thread.join();

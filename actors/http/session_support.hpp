@@ -27,6 +27,7 @@ using namespace tutti::actors;
 class Session;
 
 class VideoJob;
+class StreamJob;
 
 struct HttpServer::Impl {
   caf::actor_system& system;
@@ -40,6 +41,8 @@ struct HttpServer::Impl {
   std::atomic<bool> stopped{false};
   // Video jobs by id; touched only on the I/O thread (one thread runs ioc).
   std::map<std::string, std::shared_ptr<VideoJob>> jobs;
+  // ZeroMQ stream jobs by id (stream_job.cpp); their state is touched on the I/O thread.
+  std::map<std::string, std::shared_ptr<StreamJob>> streams;
 
   Impl(caf::actor_system& s, PipelineHandles p, ServerConfig c, ServerMetrics& m)
       : system(s), pipe(std::move(p)), cfg(std::move(c)), metrics(m) {}
@@ -127,6 +130,12 @@ sink_actor spawn_generation(caf::actor_system& system, net::io_context& io, enco
 }
 
 }  // namespace detail
+
+// Stream jobs (stream_job.cpp), on the I/O thread: each returns an HTTP status and body.
+std::pair<int, std::string> stream_jobs_create(HttpServer::Impl& srv, const std::string& body);
+std::pair<int, std::string> stream_jobs_get(HttpServer::Impl& srv, const std::string& id);
+std::pair<int, std::string> stream_jobs_delete(HttpServer::Impl& srv, const std::string& id);
+void stream_jobs_stop_all(HttpServer::Impl& srv);
 
 // Starts a Realtime WebSocket session on an upgraded connection (realtime_session.cpp).
 void start_realtime(tcp::socket socket, bhttp::request<bhttp::string_body> req, HttpServer::Impl& srv);

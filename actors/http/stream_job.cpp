@@ -1,0 +1,279 @@
+#include "actors/http/stream_job.hpp"
+
+#include <zmq.hpp>
+
+#include <atomic>
+#include <deque>
+#include <thread>
+
+#include "actors/http/realtime_audio.hpp"
+#include "actors/http/session_support.hpp"
+#include "codecs/media_decoder.h"
+
+namespace tutti::http {
+
+using namespace detail;
+
+namespace {
+
+// "zmq:tcp://HOST:PORT" → "tcp://HOST:PORT"; empty if it is not one.
+std::string zmq_endpoint(const std::string& url) {
+  const std::string prefix = "zmq:tcp://";
+  if (url.rfind(prefix, 0) != 0) return "";
+  const std::string rest = url.substr(prefix.size());
+  const size_t colon = rest.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == rest.size()) return "";
+  for (size_t i = colon + 1; i < rest.size(); ++i)
+    if (!isdigit(static_cast<unsigned char>(rest[i]))) return "";
+  const long port = std::stol(rest.substr(colon + 1));
+  if (port < 1 || port > 65535) return "";
+  return "tcp://" + rest;
+}
+
+}  // namespace
+
+std::variant<StreamJobRequest, ApiError> parse_stream_job(const std::string& body) {
+  auto bad = [](const std::string& m, const std::string& p) { return ApiError{400, "invalid_request_error", "", m, p}; };
+  nlohmann::json j = nlohmann::json::parse(body, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return bad("the request body must be a JSON object", "");
+  StreamJobRequest r;
+  for (auto [key, out] : {std::pair{"input", &r.input}, std::pair{"output", &r.output}}) {
+    if (!j.contains(key) || !j[key].is_string() || zmq_endpoint(j[key].get<std::string>()).empty())
+      return bad(std::string("'") + key + "' must be a zmq:tcp://HOST:PORT URL", key);
+    *out = j[key].get<std::string>();
+  }
+  if (j.contains("task")) {
+    if (!j["task"].is_string() || j["task"] != "respond") return bad("'task' must be respond", "task");
+  }
+  if (j.contains("max_response_seconds")) {
+    if (!j["max_response_seconds"].is_number() || j["max_response_seconds"].get<double>() < 0.2 || j["max_response_seconds"].get<double>() > 60)
+      return bad("'max_response_seconds' must be from 0.2 to 60", "max_response_seconds");
+    r.max_response_seconds = j["max_response_seconds"];
+  }
+  if (r.input == r.output) return bad("'input' and 'output' must differ", "output");
+  return r;
+}
+
+class StreamJob : public std::enable_shared_from_this<StreamJob> {
+ public:
+  StreamJob(std::string id, StreamJobRequest req, HttpServer::Impl& srv)
+      : id_(std::move(id)), req_(std::move(req)), srv_(srv), pub_(ctx_, zmq::socket_type::pub), created_(unix_now()) {}
+  ~StreamJob() { stop(); }
+
+  // On the I/O thread: binds the output, starts the receiver and decoder threads.
+  Status start() {
+    try {
+      pub_.set(zmq::sockopt::linger, 0);
+      pub_.bind(zmq_endpoint(req_.output));
+    } catch (const zmq::error_t& e) {
+      return Error{"cannot publish on " + req_.output + ": " + e.what()};
+    }
+    auto self = shared_from_this();
+    rx_ = std::thread([self] { self->receive_loop(); });
+    dec_ = std::thread([self] { self->decode_loop(); });
+    event("started", {});
+    return Status::Ok();
+  }
+
+  // Stops the threads and any answer in flight; idempotent. Called on the I/O thread.
+  void stop() {
+    if (stopping_.exchange(true)) return;
+    queue_.abort();
+    if (rx_.joinable()) rx_.join();
+    if (dec_.joinable()) dec_.join();
+    if (generating_) caf::anon_send<caf::message_priority::high>(srv_.pipe.executor, cancel_atom::value, request_id_);
+    generating_ = false;
+    if (status_ == "running") status_ = "stopped";
+    try {
+      pub_.close();
+    } catch (...) {
+    }
+  }
+
+  nlohmann::json to_json() const {
+    return {{"id", id_}, {"object", "stream"}, {"status", status_}, {"input", req_.input}, {"output", req_.output}, {"task", req_.task},
+            {"created_at", created_}, {"bytes_in", bytes_in_.load()}, {"bytes_out", bytes_out_}, {"gaps", gaps_.load()},
+            {"turns", turns_}, {"responses", responses_}, {"events", nlohmann::json(events_)}};
+  }
+  bool active() const { return status_ == "running"; }
+
+  // ---- the answer's sink (I/O thread)
+  void on_prompt_tokens(int32_t) {}
+  void on_refused(const std::string& message) {
+    generating_ = false;
+    event("error", {{"message", message}});
+  }
+  void on_delta(const actors::text_delta&) {}
+  void on_media(MediaChunk c, int32_t tokens, int32_t prompt_tokens) {
+    credit_.delivered(srv_.pipe.executor, tokens);  // the PUB socket never blocks: it drops for slow readers
+    if (!c.bytes.empty() && !stopping_) {
+      try {
+        pub_.send(zmq::buffer(c.bytes), zmq::send_flags::dontwait);
+        bytes_out_ += c.bytes.size();
+      } catch (const zmq::error_t&) {
+      }
+    }
+    if (!c.done) return;
+    generating_ = false;
+    ++responses_;
+    event(c.error.empty() ? "response.done" : "response.failed",
+          {{"output_tokens", tokens}, {"input_tokens", prompt_tokens}, {"error", c.error.empty() ? nlohmann::json(nullptr) : nlohmann::json(c.error)}});
+  }
+
+ private:
+  void event(const std::string& type, nlohmann::json fields) {
+    fields["type"] = type;
+    fields["at"] = unix_now();
+    events_.push_back(std::move(fields));
+    while (events_.size() > 50) events_.pop_front();
+  }
+
+  void receive_loop() {
+    zmq::socket_t sub(ctx_, zmq::socket_type::sub);
+    sub.set(zmq::sockopt::subscribe, "");
+    sub.set(zmq::sockopt::rcvtimeo, 100);
+    sub.set(zmq::sockopt::linger, 0);
+    try {
+      sub.connect(zmq_endpoint(req_.input));
+    } catch (const zmq::error_t& e) {
+      post_event("error", {{"message", std::string("cannot subscribe to ") + req_.input + ": " + e.what()}});
+      queue_.close();
+      return;
+    }
+    while (!stopping_) {
+      zmq::message_t m;
+      auto got = sub.recv(m, zmq::recv_flags::none);
+      if (!got) continue;  // the 100 ms timeout: look at stopping_ again
+      bytes_in_ += m.size();
+      if (!queue_.push(std::span<const uint8_t>(static_cast<const uint8_t*>(m.data()), m.size()))) break;
+    }
+  }
+
+  void decode_loop() {
+    const ModalityInfo* audio = srv_.pipe.codecs ? srv_.pipe.codecs->info(Modality::Audio) : nullptr;
+    if (!audio) {
+      post_event("error", {{"message", "this model has no audio modality"}});
+      return;
+    }
+    VoiceInput voice(*audio, srv_.pipe.codecs->books(Modality::Audio), VadConfig{});
+    codecs::DecodeLimits limits;
+    limits.max_seconds = 1e9;
+    limits.live = true;
+    int64_t start_ms = 0;
+    while (!stopping_) {
+      const Status s = codecs::decode_audio(queue_, 24000, [&](std::span<const float> pcm) {
+        for (const auto& e : voice.push(pcm)) {
+          if (e.started) {
+            start_ms = e.at_ms;
+            post_event("speech_started", {{"audio_start_ms", e.at_ms}});
+            continue;
+          }
+          auto ids = voice.take(std::max<int64_t>(0, start_ms - 300), e.at_ms);
+          auto self = shared_from_this();
+          net::post(srv_.ioc, [self, ids = std::move(ids), at = e.at_ms]() mutable { self->on_turn(std::move(ids), at); });
+        }
+      }, limits);
+      if (stopping_ || queue_.aborted()) break;
+      // The stream broke (a lost packet, garbage, a publisher that restarted): FFmpeg opens
+      // it again on what comes next and resynchronises on the container.
+      gaps_++;
+      post_event("gap", {{"message", s.ok() ? std::string("end of stream") : s.message()}});
+      if (s.ok()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+
+  void post_event(const std::string& type, nlohmann::json fields) {
+    auto self = shared_from_this();
+    net::post(srv_.ioc, [self, type, fields = std::move(fields)]() mutable { self->event(type, std::move(fields)); });
+  }
+
+  // A finished turn (I/O thread): the user's audio joins the conversation; answer it.
+  void on_turn(std::vector<int32_t> ids, int64_t at_ms) {
+    if (stopping_) return;
+    event("speech_stopped", {{"audio_end_ms", at_ms}, {"audio_tokens", ids.size()}});
+    if (ids.empty()) return;
+    ++turns_;
+    conversation_.push_back(std::move(ids));
+    while (conversation_.size() > 8) conversation_.pop_front();  // bounded context
+    if (generating_) return;  // answered with the next turn
+    actors::text_request r;
+    request_id_ = srv_.next_id++;
+    r.id = request_id_;
+    std::string prompt;
+    for (size_t k = 0; k < conversation_.size(); ++k) {
+      prompt += "user: \x1e" + std::to_string(k) + "\x1f\n";
+      r.media_parts.push_back(conversation_[k]);
+    }
+    r.prompt = prompt + "assistant:";
+    const ModalityInfo* audio = srv_.pipe.codecs->info(Modality::Audio);
+    r.modality = "audio";
+    r.max_tokens = int32_t(req_.max_response_seconds * audio->tokens_per_second());
+    r.temperature = 0.8f;
+    r.request_class = "realtime";
+    r.tokens_per_second = audio->tokens_per_second();
+    generating_ = true;
+    credit_.start(request_id_);
+    event("response.started", {{"request", request_id_}});
+    sink_ = spawn_generation(srv_.system, srv_.ioc, srv_.pipe.encoder, r, std::weak_ptr<StreamJob>(shared_from_this()),
+                             std::shared_ptr<MediaOutput>(make_audio_output(codecs::AudioFormat::MpegTs, 24000)));
+  }
+
+  std::string id_;
+  StreamJobRequest req_;
+  HttpServer::Impl& srv_;
+  zmq::context_t ctx_;
+  zmq::socket_t pub_;  // I/O thread only
+  codecs::ByteQueue queue_{size_t(1) << 20};
+  std::thread rx_, dec_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<uint64_t> bytes_in_{0}, gaps_{0};
+  // I/O thread state.
+  long created_;
+  std::string status_ = "running";
+  uint64_t bytes_out_ = 0;
+  int turns_ = 0, responses_ = 0;
+  std::deque<nlohmann::json> events_;
+  std::deque<std::vector<int32_t>> conversation_;
+  bool generating_ = false;
+  int64_t request_id_ = 0;
+  DeliveryCredit credit_;
+  sink_actor sink_;
+};
+
+std::pair<int, std::string> stream_jobs_create(HttpServer::Impl& srv, const std::string& body) {
+  auto parsed = parse_stream_job(body);
+  if (std::holds_alternative<ApiError>(parsed)) return {400, std::get<ApiError>(parsed).body()};
+  int active = 0;
+  for (auto& [id, job] : srv.streams) active += job->active();
+  if (active >= 4) return {429, ApiError{429, "rate_limit_error", "too_many_streams", "4 stream jobs are already running", ""}.body()};
+  if (!srv.pipe.codecs || !srv.pipe.codecs->info(Modality::Audio))
+    return {400, ApiError{400, "invalid_request_error", "unsupported_modality", "this model has no audio modality", ""}.body()};
+  const std::string id = "stream_" + std::to_string(srv.next_id++);
+  auto job = std::make_shared<StreamJob>(id, std::get<StreamJobRequest>(std::move(parsed)), srv);
+  if (Status s = job->start(); !s) return {400, ApiError{400, "invalid_request_error", "", s.message(), "output"}.body()};
+  srv.streams[id] = job;
+  return {200, job->to_json().dump()};
+}
+
+std::pair<int, std::string> stream_jobs_get(HttpServer::Impl& srv, const std::string& id) {
+  auto it = srv.streams.find(id);
+  if (it == srv.streams.end()) return {404, ApiError{404, "invalid_request_error", "stream_not_found", "no stream job '" + id + "'", ""}.body()};
+  return {200, it->second->to_json().dump()};
+}
+
+std::pair<int, std::string> stream_jobs_delete(HttpServer::Impl& srv, const std::string& id) {
+  auto it = srv.streams.find(id);
+  if (it == srv.streams.end()) return {404, ApiError{404, "invalid_request_error", "stream_not_found", "no stream job '" + id + "'", ""}.body()};
+  it->second->stop();
+  auto j = it->second->to_json();
+  j["deleted"] = true;
+  srv.streams.erase(it);
+  return {200, j.dump()};
+}
+
+void stream_jobs_stop_all(HttpServer::Impl& srv) {
+  for (auto& [id, job] : srv.streams) job->stop();
+  srv.streams.clear();
+}
+
+}  // namespace tutti::http

@@ -1,0 +1,30 @@
+// FFmpeg streams over ZeroMQ: a stream job subscribes to an FFmpeg `zmq:` publisher (its
+// input URL), demuxes and decodes the MPEG-TS as it arrives, treats the audio as a voice
+// conversation (VAD, audio tokens), and publishes each spoken answer as MPEG-TS (AAC) on
+// its output URL, which `ffplay zmq:tcp://…` or another ffmpeg reads. Events (speech
+// started/stopped, answers, gaps) are kept on the job for GET /v1/streams/{id}.
+//
+// Threads: a receiver thread (the SUB socket) feeds a ByteQueue; a decoder thread runs
+// FFmpeg over it, the VAD and the audio tokenizer, and posts finished turns to the I/O
+// thread, which owns the job's state, its generations and the PUB socket. PUB/SUB drops
+// what a slow reader misses: the decoder resynchronises on the container and counts gaps.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <memory>
+#include <string>
+#include <variant>
+
+#include "actors/http/openai.hpp"
+
+namespace tutti::http {
+
+struct StreamJobRequest {
+  std::string input, output, task = "respond";
+  double max_response_seconds = 5;
+};
+// zmq:tcp://HOST:PORT URLs for input and output; task "respond".
+std::variant<StreamJobRequest, ApiError> parse_stream_job(const std::string& body);
+
+}  // namespace tutti::http

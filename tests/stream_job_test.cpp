@@ -1,0 +1,171 @@
+// FFmpeg streams over ZeroMQ through a stream job: the real ffmpeg publishes a spoken turn
+// as MPEG-TS on a zmq: address, tutti answers, and the real ffmpeg reads the answer from the
+// job's output address; garbage on the input only counts gaps; bad jobs get errors.
+#include <gtest/gtest.h>
+
+#include <boost/asio.hpp>
+#include <boost/beast.hpp>
+#include <zmq.hpp>
+
+#include <cmath>
+#include <csignal>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "actors/http/stream_job.hpp"
+#include "server_support.h"
+
+namespace tutti {
+namespace {
+
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+namespace net = boost::asio;
+using tcp = net::ip::tcp;
+using json = nlohmann::json;
+
+std::pair<int, json> call(uint16_t port, bhttp::verb verb, const std::string& target, const std::string& body = "") {
+  net::io_context ioc;
+  beast::tcp_stream stream(ioc);
+  stream.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
+  bhttp::request<bhttp::string_body> req{verb, target, 11};
+  req.set(bhttp::field::host, "127.0.0.1");
+  req.body() = body;
+  req.prepare_payload();
+  bhttp::write(stream, req);
+  beast::flat_buffer buf;
+  bhttp::response<bhttp::string_body> res;
+  beast::error_code ec;
+  bhttp::read(stream, buf, res, ec);
+  return {int(res.result_int()), json::parse(res.body(), nullptr, false)};
+}
+
+uint16_t free_port() {
+  net::io_context ioc;
+  tcp::acceptor a(ioc, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0));
+  return a.local_endpoint().port();
+}
+
+// A WAV of a spoken-like turn: silence, a voiced sound, silence.
+std::string turn_wav() {
+  const std::string path = std::string(TUTTI_BINARY_DIR) + "/test-data/turn.wav";
+  std::vector<int16_t> s(size_t(24000 * 0.3), 0);
+  for (int i = 0; i < int(24000 * 0.8); ++i) {
+    double v = 0;
+    for (int h = 1; h <= 6; ++h) v += std::sin(2 * 3.14159265358979 * 150 * h * i / 24000.0) / h;
+    s.push_back(int16_t(v / 2 * 0.3 * 32767));
+  }
+  s.resize(s.size() + size_t(24000 * 1.5), 0);
+  std::ofstream f(path, std::ios::binary);
+  auto u32 = [&](uint32_t v) { f.write(reinterpret_cast<const char*>(&v), 4); };
+  auto u16 = [&](uint16_t v) { f.write(reinterpret_cast<const char*>(&v), 2); };
+  f.write("RIFF", 4); u32(uint32_t(36 + s.size() * 2)); f.write("WAVEfmt ", 8); u32(16); u16(1); u16(1); u32(24000); u32(48000);
+  u16(2); u16(16); f.write("data", 4); u32(uint32_t(s.size() * 2));
+  f.write(reinterpret_cast<const char*>(s.data()), long(s.size() * 2));
+  return path;
+}
+
+TEST(StreamJobs, RequestsAreValidated) {
+  EXPECT_TRUE(std::holds_alternative<http::StreamJobRequest>(
+      http::parse_stream_job(R"({"input":"zmq:tcp://127.0.0.1:5555","output":"zmq:tcp://127.0.0.1:5556","task":"respond"})")));
+  for (const auto& [body, p] : {std::pair<std::string, std::string>{R"({"input":"http://x","output":"zmq:tcp://127.0.0.1:1"})", "input"},
+                                {R"({"input":"zmq:tcp://127.0.0.1:1","output":"zmq:tcp://host:notaport"})", "output"},
+                                {R"({"input":"zmq:tcp://127.0.0.1:1","output":"zmq:tcp://127.0.0.1:2","task":"dance"})", "task"},
+                                {R"({"input":"zmq:tcp://127.0.0.1:1","output":"zmq:tcp://127.0.0.1:1"})", "output"},
+                                {"[]", ""}}) {
+    auto r = http::parse_stream_job(body);
+    ASSERT_TRUE(std::holds_alternative<http::ApiError>(r)) << body;
+    EXPECT_EQ(std::get<http::ApiError>(r).param, p) << body;
+  }
+}
+
+TEST(StreamJobs, FfmpegInZeroMqOutAndGarbageOnlyCountsGaps) {
+  test::ServerUnderTest sut;
+  const uint16_t in = free_port(), out = free_port();
+  auto [status, job] = call(sut.port, bhttp::verb::post, "/v1/streams",
+                            json{{"input", "zmq:tcp://127.0.0.1:" + std::to_string(in)}, {"output", "zmq:tcp://127.0.0.1:" + std::to_string(out)},
+                                 {"task", "respond"}, {"max_response_seconds", 3}}.dump());
+  ASSERT_EQ(status, 200) << job.dump();
+  const std::string id = job["id"];
+  EXPECT_EQ(job["status"], "running");
+  // The reader: ffmpeg subscribed to the job's output, copying what comes to a file.
+  const std::string dir = std::string(TUTTI_BINARY_DIR) + "/test-data";
+  const std::string answer = dir + "/zmq-answer-" + std::to_string(out) + ".ts";
+  std::remove(answer.c_str());
+  std::thread reader([&] {
+    (void)std::system(("timeout -s INT 25 ffmpeg -nostdin -loglevel info -y -probesize 4096 -analyzeduration 200000 -i zmq:tcp://127.0.0.1:" + std::to_string(out) +
+                       " -c copy -flush_packets 1 -f mpegts '" + answer + "' >'" + answer + ".log' 2>&1").c_str());
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // The publisher: ffmpeg playing a spoken turn in real time as MPEG-TS.
+  const std::string wav = turn_wav();
+  std::thread publisher([&] {
+    (void)std::system(("ffmpeg -nostdin -loglevel error -re -i '" + wav + "' -c:a aac -f mpegts zmq:tcp://127.0.0.1:" +
+                       std::to_string(in) + " >/dev/null 2>&1").c_str());
+  });
+  json state;
+  for (int i = 0; i < 300; ++i) {  // generous: this checks that the answer comes, not how fast
+    state = call(sut.port, bhttp::verb::get, "/v1/streams/" + id).second;
+    if (state["responses"].get<int>() >= 1) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  publisher.join();
+  EXPECT_GE(state["turns"].get<int>(), 1) << state.dump();
+  ASSERT_GE(state["responses"].get<int>(), 1) << state.dump();
+  EXPECT_GT(state["bytes_in"].get<int>(), 0);
+  EXPECT_GT(state["bytes_out"].get<int>(), 0);
+  // Let the reader write what it received (ffmpeg writes once it has probed the stream).
+  for (int i = 0; i < 100; ++i) {
+    std::ifstream f(answer, std::ios::binary | std::ios::ate);
+    if (f.good() && f.tellg() > 4096) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  (void)std::system(("pkill -INT -f 'zmq:tcp://127.0.0.1:" + std::to_string(out) + "'").c_str());
+  reader.join();
+  std::string probe;
+  if (FILE* p = popen(("ffprobe -v error -show_entries stream=codec_name -of csv=p=0 '" + answer + "' 2>&1").c_str(), "r")) {
+    char buf[128];
+    while (fgets(buf, sizeof buf, p)) probe += buf;
+    pclose(p);
+  }
+  std::string reader_log;
+  if (std::ifstream lf(answer + ".log"); lf) reader_log.assign(std::istreambuf_iterator<char>(lf), {});
+  EXPECT_EQ(probe.substr(0, probe.find('\n')), "aac") << "the reader got no playable answer; its log:\n"
+                                                       << reader_log.substr(reader_log.size() > 1500 ? reader_log.size() - 1500 : 0);
+
+  // Garbage from another publisher on the same address: gaps, and the job keeps running.
+  {
+    zmq::context_t ctx;
+    zmq::socket_t pub(ctx, zmq::socket_type::pub);
+    pub.bind("tcp://127.0.0.1:" + std::to_string(in));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // subscribers join
+    std::mt19937 rng(1);
+    for (int k = 0; k < 40; ++k) {
+      std::vector<uint8_t> junk(4096);
+      for (auto& b : junk) b = uint8_t(rng());
+      pub.send(zmq::buffer(junk), zmq::send_flags::none);
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  }
+  state = call(sut.port, bhttp::verb::get, "/v1/streams/" + id).second;
+  EXPECT_EQ(state["status"], "running");
+  EXPECT_GT(state["bytes_in"].get<int>(), 40 * 4096);
+  auto [del_status, deleted] = call(sut.port, bhttp::verb::delete_, "/v1/streams/" + id);
+  EXPECT_EQ(del_status, 200);
+  EXPECT_EQ(deleted["status"], "stopped");
+  EXPECT_EQ(call(sut.port, bhttp::verb::get, "/v1/streams/" + id).first, 404);
+  // An output address already taken: a clear error.
+  net::io_context ioc;
+  tcp::acceptor busy(ioc, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0));
+  auto [s2, e2] = call(sut.port, bhttp::verb::post, "/v1/streams",
+                       json{{"input", "zmq:tcp://127.0.0.1:" + std::to_string(in)},
+                            {"output", "zmq:tcp://127.0.0.1:" + std::to_string(busy.local_endpoint().port())}}.dump());
+  EXPECT_EQ(s2, 400);
+  EXPECT_NE(e2["error"]["message"].get<std::string>().find("cannot publish"), std::string::npos) << e2.dump();
+}
+
+}  // namespace
+}  // namespace tutti
