@@ -13,6 +13,7 @@ int cmd_model(const std::vector<std::string>& args);  // info | random | init
 int cmd_bench(const std::vector<std::string>& args);
 int cmd_serve(const std::vector<std::string>& args);  // the HTTP server
 int cmd_bench_serve(const std::vector<std::string>& args);
-int cmd_bench_media(const std::vector<std::string>& args);  // tokenizer speeds, speech time to first byte  // the server under mixed load, pacing on and off
+int cmd_bench_media(const std::vector<std::string>& args);
+int cmd_bench_voice(const std::vector<std::string>& args);  // realtime voice sessions under load  // tokenizer speeds, speech time to first byte  // the server under mixed load, pacing on and off
 
 }  // namespace tutti::cli

@@ -22,6 +22,8 @@ commands:
   bench serve [--model FILE] [--streams N --rate R --text-rate R --seconds S]
                                                the server under mixed load, pacing on and off
   bench media [--model FILE] [--requests N]    tokenizer speeds, speech time to first audio byte
+  bench voice [--model FILE] [--sessions 1,4,8 --seconds S --text-rate R]
+                                               realtime voice sessions: speech->audio latency, underruns
   model pack --backbone TEXT.gguf --out FILE [--audio F,..] [--image F,..] [--video F,..] [--music F,..]
                                                a unified model: codebooks trained on the media
   serve [--model FILE] [--host H] [--port P]   OpenAI-compatible HTTP server (127.0.0.1:8080)
@@ -42,6 +44,8 @@ int main(int argc, char** argv) {
   if (command == "tokenize") return tutti::cli::cmd_tokenize(args);
   if (command == "generate") return tutti::cli::cmd_generate(args);
   if (command == "model") return tutti::cli::cmd_model(args);
+  if (command == "bench" && !args.empty() && args[0] == "voice")
+    return tutti::cli::cmd_bench_voice(std::vector<std::string>(args.begin() + 1, args.end()));
   if (command == "bench" && !args.empty() && args[0] == "media")
     return tutti::cli::cmd_bench_media(std::vector<std::string>(args.begin() + 1, args.end()));
   if (command == "bench" && !args.empty() && args[0] == "serve")

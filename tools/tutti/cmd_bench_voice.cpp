@@ -1,0 +1,234 @@
+// tutti bench voice: concurrent realtime voice sessions over /v1/realtime on the loopback
+// server, each speaking turns in real time (100 ms appends) and listening to the answers,
+// while text requests arrive at random. Reports end of speech (the server's commit) to the
+// first audio delta, p50/p99, and underruns of the answers' playback, per session count,
+// with text time-to-first-token beside them.
+#include <boost/asio.hpp>
+#include <boost/beast.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <condition_variable>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "actors/http/realtime_audio.hpp"
+#include "tools/tutti/commands.h"
+#include "tools/tutti/engine.h"
+#include "tools/tutti/loopback_server.h"
+
+namespace tutti::cli {
+
+namespace {
+
+namespace beast = boost::beast;
+namespace net = boost::asio;
+using tcp = net::ip::tcp;
+using Clock = std::chrono::steady_clock;
+using json = nlohmann::json;
+
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+std::vector<float> turn_audio() {
+  std::vector<float> s(size_t(24000 * 0.3), 0.f);
+  for (int i = 0; i < int(24000 * 0.8); ++i) {
+    double v = 0;
+    for (int h = 1; h <= 6; ++h) v += std::sin(2 * 3.14159265358979 * 150 * h * i / 24000.0) / h;
+    s.push_back(float(v / 2 * 0.3));
+  }
+  s.resize(s.size() + size_t(24000 * 0.6), 0.f);
+  return s;
+}
+
+struct VoiceResult {
+  std::vector<double> speech_to_audio;
+  int underruns = 0, turns = 0, errors = 0;
+};
+
+// One session: turns until `until`, each answered before the next starts.
+VoiceResult voice_session(uint16_t port, Clock::time_point until, int answer_tokens) {
+  VoiceResult r;
+  try {
+    net::io_context ioc;
+    beast::websocket::stream<tcp::socket> ws(ioc);
+    ws.next_layer().connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
+    ws.handshake("127.0.0.1", "/v1/realtime");
+    auto send = [&](const json& j) { ws.write(net::buffer(j.dump())); };
+    beast::flat_buffer buf;
+    auto next = [&]() {
+      buf.consume(buf.size());
+      ws.read(buf);
+      return json::parse(beast::buffers_to_string(buf.data()));
+    };
+    next();  // session.created
+    send({{"type", "session.update"},
+          {"session", {{"modalities", {"audio"}}, {"max_response_output_tokens", answer_tokens},
+                       {"turn_detection", {{"type", "server_vad"}, {"silence_duration_ms", 300}}}}}});
+    const auto audio = turn_audio();
+    // A reader thread takes events as they come (the commit arrives while the client is
+    // still sending the turn's trailing silence); the writer speaks in real time.
+    std::mutex mu;
+    std::condition_variable cv;
+    int answered = 0;
+    bool failed = false;
+    std::thread reader([&] {
+      Clock::time_point committed{}, first{};
+      bool have_commit = false, have_audio = false;
+      double playback_end = 0;
+      try {
+        for (;;) {
+          const json e = next();
+          const std::string type = e["type"];
+          if (type == "input_audio_buffer.committed") committed = Clock::now(), have_commit = true;
+          if (type == "response.output_audio.delta") {
+            const double samples = double(http::base64_decode(e["delta"].get<std::string>())->size() / 2);
+            if (!have_audio) {
+              first = Clock::now();
+              have_audio = true;
+              if (have_commit) r.speech_to_audio.push_back(std::chrono::duration<double>(first - committed).count());
+            } else if (since(first) > playback_end + 0.001) {
+              ++r.underruns;  // playback ran dry before this delta came
+              playback_end = since(first);
+            }
+            playback_end += samples / 24000;
+          }
+          if (type == "error") ++r.errors;
+          if (type == "response.done") {
+            have_commit = have_audio = false;
+            playback_end = 0;
+            std::lock_guard<std::mutex> lock(mu);
+            ++answered;
+            cv.notify_all();
+          }
+        }
+      } catch (const std::exception&) {  // the socket closed: the run is over
+        std::lock_guard<std::mutex> lock(mu);
+        failed = true;
+        cv.notify_all();
+      }
+    });
+    while (Clock::now() < until) {
+      const auto start = Clock::now();
+      for (size_t at = 0, k = 0; at < audio.size(); at += 2400, ++k) {
+        std::this_thread::sleep_until(start + std::chrono::milliseconds(100 * k));
+        send({{"type", "input_audio_buffer.append"},
+              {"audio", http::encode_wire_audio(std::span<const float>(audio.data() + at, std::min<size_t>(2400, audio.size() - at)),
+                                                http::AudioWire::Pcm16)}});
+      }
+      ++r.turns;
+      std::unique_lock<std::mutex> lock(mu);  // the answer plays out before the next turn
+      if (!cv.wait_for(lock, std::chrono::seconds(30), [&] { return answered >= r.turns || failed; }) || failed) break;
+    }
+    beast::error_code ignored;
+    ws.next_layer().shutdown(tcp::socket::shutdown_both, ignored);
+    reader.join();
+    return r;
+    ws.close(beast::websocket::close_code::normal);
+  } catch (const std::exception&) {
+    ++r.errors;
+  }
+  return r;
+}
+
+double ttft_once(uint16_t port) {
+  net::io_context ioc;
+  tcp::socket s(ioc);
+  s.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
+  std::string prompt;
+  for (int i = 0; i < 60; ++i) prompt += "word ";
+  const std::string body = json{{"prompt", prompt}, {"max_tokens", 8}, {"stream", true}}.dump();
+  const auto t0 = Clock::now();
+  net::write(s, net::buffer("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body));
+  std::string got;
+  char buf[4096];
+  boost::system::error_code ec;
+  double first = -1;
+  for (;;) {
+    const size_t n = s.read_some(net::buffer(buf), ec);
+    got.append(buf, n);
+    if (first < 0 && got.find("data: ") != std::string::npos) first = since(t0);
+    if (ec) break;
+  }
+  return first;
+}
+
+double pct(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, size_t(p * double(v.size())))];
+}
+
+}  // namespace
+
+int cmd_bench_voice(const std::vector<std::string>& argv) {
+  auto opts = engine_options();
+  for (auto o : {"sessions", "seconds", "text-rate", "answer-tokens"}) opts.insert(o);
+  Args args(argv, opts, {});
+  if (!args.ok()) return fail(args.error());
+  const double seconds = args.get_double("seconds", 12);
+  const double text_rate = args.get_double("text-rate", 2);
+  const int answer_tokens = int(args.get_int("answer-tokens", 400));  // 2 s of audio
+  std::vector<int> counts;
+  {
+    std::string list = args.get("sessions", "1,4,8,16");
+    size_t p = 0;
+    while (p <= list.size()) {
+      const size_t q = std::min(list.find(',', p), list.size());
+      if (q > p) counts.push_back(std::max(1, std::atoi(list.substr(p, q - p).c_str())));
+      p = q + 1;
+    }
+  }
+  auto engine = open_engine(args, true);
+  if (!engine) return 1;
+  std::shared_ptr<const Tokenizer> tokenizer(std::move(engine->tokenizer));
+  std::printf("voice turns: 0.3 s silence + 0.8 s voiced + 0.6 s silence streamed in real time, answers of %d audio tokens (%.1f s), "
+              "text requests at %.1f/s, %.0f s per run\n", answer_tokens, answer_tokens / 200.0, text_rate, seconds);
+  std::printf("%9s %8s %18s %18s %10s %16s %7s\n", "sessions", "turns", "speech->audio p50", "speech->audio p99", "underruns",
+              "text TTFT p50/p99", "errors");
+  for (int n : counts) {
+    actors::PipelineConfig pc;
+    pc.kv_cache_bytes = size_t(engine->settings.kv_cache_mb) << 20;
+    pc.scheduler.max_waiting = 1024;
+    pc.scheduler.max_running = 1024;
+    auto running = RunningServer::start(*engine->model, tokenizer, pc, engine->settings.caf_workers);
+    if (!running) return fail(running.error().message);
+    const uint16_t port = (*running)->port;
+    const auto until = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+    std::mutex mu;
+    VoiceResult all;
+    std::vector<double> ttft;
+    std::vector<std::thread> threads;
+    for (int i = 0; i < n; ++i)
+      threads.emplace_back([&, i] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(137 * i % 1700));  // sessions start out of step
+        VoiceResult r = voice_session(port, until, answer_tokens);
+        std::lock_guard<std::mutex> lock(mu);
+        all.speech_to_audio.insert(all.speech_to_audio.end(), r.speech_to_audio.begin(), r.speech_to_audio.end());
+        all.underruns += r.underruns, all.turns += r.turns, all.errors += r.errors;
+      });
+    std::mt19937 rng(5);
+    std::exponential_distribution<double> gap(text_rate);
+    const auto t0 = Clock::now();
+    double t = gap(rng);
+    while (Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(0)) < until) {
+      std::this_thread::sleep_until(t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(t)));
+      if (Clock::now() >= until) break;
+      threads.emplace_back([&] {
+        const double v = ttft_once(port);
+        std::lock_guard<std::mutex> lock(mu);
+        if (v >= 0) ttft.push_back(v);
+      });
+      t += gap(rng);
+    }
+    for (auto& th : threads) th.join();
+    std::printf("%9d %8d %15.0f ms %15.0f ms %10d %8.0f/%.0f ms %7d\n", n, all.turns, pct(all.speech_to_audio, 0.5) * 1e3,
+                pct(all.speech_to_audio, 0.99) * 1e3, all.underruns, pct(ttft, 0.5) * 1e3, pct(ttft, 0.99) * 1e3, all.errors);
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
+}  // namespace tutti::cli
