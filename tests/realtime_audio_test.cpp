@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "actors/http/realtime_audio.hpp"
+#include "codecs/opus_codec.h"
 #include "server_support.h"
 
 namespace tutti {
@@ -207,6 +208,60 @@ TEST(RealtimeVoice, BadAudioGetsErrorEventsAndTheSessionGoesOn) {
   EXPECT_EQ(c.until("conversation.item.created")["item"]["content"][0]["type"], "input_audio");
   c.send({{"type", "input_audio_buffer.clear"}});
   c.until("input_audio_buffer.cleared");
+}
+
+// The binary framing: Opus packets in, Opus packets out, kind byte first.
+TEST(RealtimeVoice, OpusBinaryFramingBothWays) {
+  test::ServerUnderTest sut;
+  VoiceClient c(sut.port);
+  c.next();
+  // Binary before it is enabled: an error event.
+  c.ws.binary(true);
+  c.ws.write(net::buffer(std::string("\x01abc")));
+  EXPECT_EQ(c.until("error")["error"]["code"], "binary_not_enabled");
+  c.ws.text(true);
+  c.send({{"type", "session.update"},
+          {"session", {{"modalities", {"audio"}}, {"max_response_output_tokens", 100}, {"tutti", {{"binary_audio", "opus"}}},
+                       {"turn_detection", {{"type", "server_vad"}, {"silence_duration_ms", 300}}}}}});
+  EXPECT_EQ(c.until("session.updated")["session"]["tutti"]["binary_audio"], "opus");
+  codecs::OpusFormat f;
+  f.sample_rate = 48000;
+  auto enc = codecs::OpusFrameEncoder::create(f);
+  ASSERT_TRUE(enc);
+  const auto turn = resample_linear(utterance(), 24000, 48000);
+  c.ws.binary(true);
+  for (size_t at = 0; at + 960 <= turn.size(); at += 960) {
+    auto packet = (*enc)->encode(std::span<const float>(turn.data() + at, 960));
+    ASSERT_TRUE(packet);
+    c.ws.write(net::buffer(std::string(1, '\x01') + std::string(packet->begin(), packet->end())));
+  }
+  // A corrupt packet and an unknown kind: error events, the session goes on.
+  c.ws.write(net::buffer(std::string("\x01\xff")));
+  c.ws.write(net::buffer(std::string("\x07xyz")));
+  auto dec = codecs::OpusFrameDecoder::create(f);
+  ASSERT_TRUE(dec);
+  size_t samples = 0;
+  std::vector<std::string> codes;
+  for (int i = 0; i < 100000; ++i) {
+    beast::flat_buffer b;
+    c.ws.read(b);
+    const std::string msg = beast::buffers_to_string(b.data());
+    if (!c.ws.got_text()) {
+      ASSERT_FALSE(msg.empty());
+      EXPECT_EQ(uint8_t(msg[0]), 2) << "audio out";
+      auto pcm = (*dec)->decode(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(msg.data()) + 1, msg.size() - 1));
+      ASSERT_TRUE(pcm) << pcm.error().message;
+      samples += pcm->size();
+      continue;
+    }
+    const json e = json::parse(msg);
+    if (e["type"] == "error") codes.push_back(e["error"]["code"]);
+    EXPECT_NE(e["type"], "response.output_audio.delta") << "audio goes binary";
+    if (e["type"] == "response.done") break;
+  }
+  EXPECT_GT(samples, 0u);
+  EXPECT_NE(std::find(codes.begin(), codes.end(), "invalid_opus"), codes.end());
+  EXPECT_NE(std::find(codes.begin(), codes.end(), "unsupported_binary_kind"), codes.end());
 }
 
 }  // namespace

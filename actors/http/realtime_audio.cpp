@@ -1,5 +1,7 @@
 #include "actors/http/realtime_audio.hpp"
 
+#include "codecs/opus_codec.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -193,6 +195,62 @@ class WireAudioOutput final : public MediaOutput {
 }  // namespace
 
 std::unique_ptr<MediaOutput> make_wire_audio_output(AudioWire w) { return std::make_unique<WireAudioOutput>(w); }
+
+namespace {
+class OpusAudioOutput final : public MediaOutput {
+ public:
+  OpusAudioOutput() {
+    codecs::OpusFormat f;
+    f.sample_rate = 48000;
+    auto e = codecs::OpusFrameEncoder::create(f);
+    if (e) enc_ = std::move(e).value();
+  }
+  MediaChunk on_delta(const actors::media_delta& d) override {
+    MediaChunk c;
+    if (!enc_) c.error = "opus: the encoder could not be created";
+    const auto up = resample_linear(d.samples, 24000, 48000);
+    pending_.insert(pending_.end(), up.begin(), up.end());
+    c.frames = int(d.samples.size());
+    if (!d.finish_reason.empty() && !pending_.empty()) pending_.resize((pending_.size() + 959) / 960 * 960, 0.f);
+    size_t at = 0;
+    for (; enc_ && at + 960 <= pending_.size(); at += 960) {
+      auto packet = enc_->encode(std::span<const float>(pending_.data() + at, 960));
+      if (!packet) {
+        c.error = packet.error().message;
+        break;
+      }
+      c.bytes.push_back(uint8_t(packet->size()));
+      c.bytes.push_back(uint8_t(packet->size() >> 8));
+      c.bytes.insert(c.bytes.end(), packet->begin(), packet->end());
+    }
+    pending_.erase(pending_.begin(), pending_.begin() + long(at));
+    if (!d.finish_reason.empty()) {
+      c.done = true;
+      if (d.finish_reason == "cancelled") c.error = "cancelled";
+      else if (d.finish_reason == "error") c.error = d.error.empty() ? "generation failed" : d.error;
+    }
+    return c;
+  }
+
+ private:
+  std::unique_ptr<codecs::OpusFrameEncoder> enc_;
+  std::vector<float> pending_;
+};
+}  // namespace
+
+std::unique_ptr<MediaOutput> make_opus_audio_output() { return std::make_unique<OpusAudioOutput>(); }
+
+std::vector<std::string> split_length_prefixed(const std::vector<uint8_t>& b) {
+  std::vector<std::string> out;
+  size_t at = 0;
+  while (at + 2 <= b.size()) {
+    const size_t n = size_t(b[at]) | size_t(b[at + 1]) << 8;
+    if (at + 2 + n > b.size()) break;
+    out.emplace_back(reinterpret_cast<const char*>(b.data() + at + 2), n);
+    at += 2 + n;
+  }
+  return out;
+}
 
 void VoiceActivityDetector::reset() {
   pending_.clear();

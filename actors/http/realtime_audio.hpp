@@ -32,6 +32,14 @@ std::string encode_wire_audio(std::span<const float> samples, AudioWire w);
 // Linear resampling between rates (G.711's 8 kHz and the model's 24 kHz: integer ratios).
 std::vector<float> resample_linear(std::span<const float> in, int from_rate, int to_rate);
 
+// The binary framing (a tutti extension, `session.update` {"tutti": {"binary_audio":
+// "opus"}}): binary WebSocket messages whose first byte is the kind, then the payload.
+enum class BinaryKind : uint8_t { AudioIn = 1, AudioOut = 2, VideoIn = 3, VideoOut = 4 };
+// An audio answer as Opus packets (48 kHz mono, 20 ms): chunk.bytes holds them each behind
+// a 2-byte little-endian length; chunk.frames counts the 24 kHz samples they carry.
+std::unique_ptr<MediaOutput> make_opus_audio_output();
+std::vector<std::string> split_length_prefixed(const std::vector<uint8_t>& bytes);
+
 // An audio answer as Realtime deltas: each chunk's bytes are the base64 of its samples in
 // the wire format (resampled to 8 kHz for G.711), chunk.frames the number of 24 kHz samples.
 std::unique_ptr<MediaOutput> make_wire_audio_output(AudioWire w);

@@ -3,6 +3,7 @@
 #include "actors/http/realtime_audio.hpp"
 #include "actors/http/session_support.hpp"
 #include "codecs/audio_tokenizer.h"
+#include "codecs/opus_codec.h"
 
 namespace tutti::http {
 
@@ -58,8 +59,13 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
         }
       }
       audio_sent_samples_ += int64_t(c.frames);  // frames carries samples for wire audio
-      emit({{"type", "response.output_audio.delta"}, {"response_id", response_id_}, {"item_id", item_id_}, {"output_index", 0},
-            {"content_index", 0}, {"delta", std::string(c.bytes.begin(), c.bytes.end())}}, tokens);
+      if (binary_opus_) {
+        for (const std::string& packet : split_length_prefixed(c.bytes))
+          send_binary(char(BinaryKind::AudioOut) + packet, tokens);
+      } else {
+        emit({{"type", "response.output_audio.delta"}, {"response_id", response_id_}, {"item_id", item_id_}, {"output_index", 0},
+              {"content_index", 0}, {"delta", std::string(c.bytes.begin(), c.bytes.end())}}, tokens);
+      }
     } else if (!c.done) {
       if (out_.empty()) credit_.delivered(srv_.pipe.executor, tokens);
       else out_.back().tokens_through = tokens;
@@ -123,7 +129,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     return {{"id", session_id_}, {"object", "realtime.session"}, {"model", srv_.cfg.model_name}, {"modalities", modalities_},
             {"instructions", instructions_}, {"temperature", temperature_}, {"max_response_output_tokens", max_tokens_},
             {"input_audio_format", audio_wire_name(in_wire_)}, {"output_audio_format", audio_wire_name(out_wire_)},
-            {"turn_detection", td}};
+            {"turn_detection", td}, {"tutti", {{"binary_audio", binary_opus_ ? "opus" : "none"}}}};
   }
 
   bool has_audio() const { return srv_.pipe.codecs && srv_.pipe.codecs->info(Modality::Audio); }
@@ -141,7 +147,35 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
       return error("invalid_request_error", "missing_audio", "'audio' must be a base64 string", event_id);
     auto samples = decode_wire_audio(ev["audio"].get<std::string>(), in_wire_);
     if (!samples) return error("invalid_request_error", "invalid_audio", samples.error().message, event_id);
-    const std::vector<float> pcm = resample_linear(*samples, audio_wire_rate(in_wire_), 24000);
+    feed_audio(resample_linear(*samples, audio_wire_rate(in_wire_), 24000), event_id);
+  }
+
+  // Binary messages (the Opus framing): kind byte, then an Opus packet (48 kHz, 20 ms).
+  void handle_binary(const std::string& msg) {
+    if (!binary_opus_)
+      return error("invalid_request_error", "binary_not_enabled", "binary messages need session.update tutti.binary_audio = opus", "");
+    if (msg.empty() || uint8_t(msg[0]) != uint8_t(BinaryKind::AudioIn))
+      return error("invalid_request_error", "unsupported_binary_kind", "binary messages of kind 1 (audio in) are supported", "");
+    if (!has_audio()) return error("invalid_request_error", "audio_not_supported", "this model has no audio modality", "");
+    if (!opus_in_) {
+      codecs::OpusFormat f;
+      f.sample_rate = 48000;
+      auto d = codecs::OpusFrameDecoder::create(f);
+      if (!d) return error("server_error", "", d.error().message, "");
+      opus_in_ = std::move(d).value();
+    }
+    auto pcm = opus_in_->decode(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(msg.data()) + 1, msg.size() - 1));
+    if (!pcm) return error("invalid_request_error", "invalid_opus", pcm.error().message, "");
+    feed_audio(resample_linear(*pcm, 48000, 24000), "");
+  }
+
+  void send_binary(std::string data, int32_t tokens_through) {
+    if (closing_) return;
+    out_.push_back({std::move(data), tokens_through, true});
+    flush();
+  }
+
+  void feed_audio(const std::vector<float>& pcm, const std::string& event_id) {
     if (voice().buffer_end_ms() - voice().buffer_start_ms() + int64_t(pcm.size()) / 24 > 15 * 60 * 1000)
       return error("invalid_request_error", "input_audio_buffer_full", "the input audio buffer holds at most 15 minutes", event_id);
     for (const auto& e : voice().push(pcm)) {
@@ -217,7 +251,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
   }
 
   void handle(const std::string& text, bool is_text) {
-    if (!is_text) return error("invalid_request_error", "binary_not_supported", "binary messages are not supported yet", "");
+    if (!is_text) return handle_binary(text);
     json ev = json::parse(text, nullptr, false);
     if (ev.is_discarded() || !ev.is_object()) return error("invalid_request_error", "invalid_json", "the message is not a JSON object", "");
     const std::string event_id = ev.value("event_id", "");
@@ -311,7 +345,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     credit_.start(request_id_);
     emit({{"type", "response.created"}, {"response", {{"id", response_id_}, {"object", "realtime.response"}, {"status", "in_progress"}, {"modalities", modalities}}}});
     std::shared_ptr<MediaOutput> out;
-    if (audio) out = make_wire_audio_output(out_wire_);
+    if (audio) out = binary_opus_ ? make_opus_audio_output() : make_wire_audio_output(out_wire_);
     sink_ = spawn_generation(srv_.system, srv_.ioc, srv_.pipe.encoder, r, std::weak_ptr<RealtimeSession>(shared_from_this()), out);
   }
 
@@ -346,6 +380,15 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
         if (std::count(m.begin(), m.end(), "audio") && !has_audio()) return std::string("this model has no audio modality");
         modalities_ = m;
       }
+    if (s.contains("tutti")) {
+      const json& t = s["tutti"];
+      if (!t.is_object()) return std::string("'tutti' must be an object");
+      if (t.contains("binary_audio")) {
+        if (t["binary_audio"].is_null() || t["binary_audio"] == "none") binary_opus_ = false;
+        else if (t["binary_audio"] == "opus") binary_opus_ = true;
+        else return std::string("'tutti.binary_audio' must be opus or none");
+      }
+    }
     json td = s.contains("turn_detection") ? s["turn_detection"] : audio.value("input", json::object()).value("turn_detection", json("keep"));
     if (td.is_null()) {
       vad_config_.reset();
@@ -400,7 +443,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
   void flush() {
     if (writing_ || out_.empty()) return;
     writing_ = true;
-    ws_.text(true);
+    ws_.binary(out_.front().binary);
     ws_.async_write(net::buffer(out_.front().data), [self = shared_from_this()](beast::error_code ec, size_t) {
       self->writing_ = false;
       if (ec) return self->out_.clear();
@@ -432,6 +475,8 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
   std::optional<VadConfig> vad_config_ = VadConfig{};
   bool auto_response_ = true;
   std::optional<VoiceInput> voice_;  // made on first use, remade when turn detection changes
+  bool binary_opus_ = false;         // tutti.binary_audio = "opus": audio as binary Opus messages
+  std::unique_ptr<codecs::OpusFrameDecoder> opus_in_;
   int64_t speech_start_ms_ = 0, audio_sent_samples_ = 0;
   int32_t input_audio_tokens_ = 0;
   std::string speech_item_id_, last_item_id_;

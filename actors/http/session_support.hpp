@@ -81,6 +81,7 @@ class DeliveryCredit {
 struct Outgoing {
   std::string data;
   int32_t tokens_through = -1;
+  bool binary = false;  // a WebSocket binary message (the Opus framing)
 };
 
 inline long unix_now() { return long(std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count()); }
