@@ -17,6 +17,7 @@ packages=(
   libzmq3-dev cppzmq-dev  # ZeroMQ: FFmpeg streams piped in and out (stream jobs)
   ffmpeg espeak-ng sox  # tests: ffprobe checks outputs; speech, tones and noise as test signals
   clang libclang-rt-14-dev  # tests: the media fuzz target (libFuzzer)
+  chromium curl             # tests: the browser client in headless Chromium
 )
 
 missing=()

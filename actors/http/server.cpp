@@ -6,6 +6,8 @@
 
 namespace tutti::http {
 
+extern const char* const kWebClientHtml;  // web_client.cpp, generated from web/index.html
+
 using namespace detail;
 
 class Session : public std::enable_shared_from_this<Session> {
@@ -124,6 +126,12 @@ class Session : public std::enable_shared_from_this<Session> {
       return start_realtime(stream_.release_socket(), std::move(req), srv_);
     }
     if (path == "/health" && get) return respond_json(200, R"({"status":"ok"})");
+    if ((path == "/" || path == "/index.html") && get) {
+      bhttp::response<bhttp::string_body> res{bhttp::status::ok, 11};
+      res.set(bhttp::field::content_type, "text/html; charset=utf-8");
+      res.body() = kWebClientHtml;
+      return send(std::move(res), keep_alive_);
+    }
     if (path == "/v1/models" && get) {
       json m = {{"object", "list"}, {"data", json::array({{{"id", srv_.cfg.model_name}, {"object", "model"}, {"created", 0}, {"owned_by", "tutti"}}})}};
       return respond_json(200, m.dump());
