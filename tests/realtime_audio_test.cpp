@@ -8,6 +8,7 @@
 #include <boost/beast.hpp>
 
 #include <cmath>
+#include <thread>
 
 #include "actors/http/realtime_audio.hpp"
 #include "codecs/opus_codec.h"
@@ -262,6 +263,51 @@ TEST(RealtimeVoice, OpusBinaryFramingBothWays) {
   EXPECT_GT(samples, 0u);
   EXPECT_NE(std::find(codes.begin(), codes.end(), "invalid_opus"), codes.end());
   EXPECT_NE(std::find(codes.begin(), codes.end(), "unsupported_binary_kind"), codes.end());
+}
+
+// Faults that must stay inside their own session: a frame beyond the message limit closes
+// only that WebSocket, a client that leaves mid-answer frees its sequence, and a client
+// that streams far faster than real time is bounded by the buffer limit, not the server.
+TEST(RealtimeVoice, HugeFramesAndVanishingClientsAffectOnlyTheirSession) {
+  test::ServerUnderTest sut;
+  {
+    VoiceClient huge(sut.port);
+    huge.next();
+    beast::error_code ec;
+    huge.ws.write(net::buffer(std::string(2 << 20, 'x')), ec);  // beyond max_body_bytes (1 MiB)
+    beast::flat_buffer b;
+    huge.ws.read(b, ec);
+    EXPECT_TRUE(ec) << "the oversized session should be closed";
+  }
+  {
+    VoiceClient gone(sut.port);
+    gone.next();
+    gone.send({{"type", "session.update"},
+               {"session", {{"modalities", {"audio"}}, {"turn_detection", {{"type", "server_vad"}, {"silence_duration_ms", 300}}}}}});
+    gone.until("session.updated");
+    gone.speak(utterance());
+    gone.until("response.output_audio.delta");
+  }  // leaves mid-answer
+  for (int i = 0; i < 100; ++i) {  // its sequence is released
+    net::io_context ioc;
+    beast::tcp_stream http(ioc);
+    http.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), sut.port));
+    beast::http::request<beast::http::empty_body> req{beast::http::verb::get, "/metrics", 11};
+    beast::http::write(http, req);
+    beast::flat_buffer b;
+    beast::http::response<beast::http::string_body> res;
+    beast::http::read(http, b, res);
+    if (res.body().find("tutti_running_sequences 0") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    ASSERT_LT(i, 99) << "the departed client's sequence was never released";
+  }
+  // Another session works throughout.
+  VoiceClient ok(sut.port);
+  ok.next();
+  ok.send({{"type", "conversation.item.create"}, {"item", {{"type", "message"}, {"role", "user"}, {"content", {{{"type", "input_text"}, {"text", "hi"}}}}}}});
+  ok.until("conversation.item.created");
+  ok.send({{"type", "response.create"}});
+  EXPECT_EQ(ok.until("response.done")["type"], "response.done");
 }
 
 }  // namespace
