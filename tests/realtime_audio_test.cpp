@@ -310,5 +310,34 @@ TEST(RealtimeVoice, HugeFramesAndVanishingClientsAffectOnlyTheirSession) {
   EXPECT_EQ(ok.until("response.done")["type"], "response.done");
 }
 
+// A client that streams far faster than real time (a minute of speech and silence at once)
+// gets its turns detected and answered like any other, and the session stays responsive.
+TEST(RealtimeVoice, FasterThanRealTimeInputIsHandledInOrder) {
+  test::ServerUnderTest sut;
+  VoiceClient c(sut.port);
+  c.next();
+  c.send({{"type", "session.update"},
+          {"session", {{"modalities", {"text"}}, {"max_response_output_tokens", 4},
+                       {"turn_detection", {{"type", "server_vad"}, {"silence_duration_ms", 300}}}}}});
+  c.until("session.updated");
+  std::vector<float> minute;
+  for (int k = 0; k < 20; ++k) {
+    const auto t = utterance();  // ~1.65 s each, with a detected turn
+    minute.insert(minute.end(), t.begin(), t.end());
+  }
+  c.speak(minute);  // 33 s of audio in 330 appends, as fast as the socket takes them
+  int committed = 0, done = 0;
+  for (int i = 0; i < 100000 && done < 1; ++i) {
+    const json e = c.next();
+    committed += e["type"] == "input_audio_buffer.committed";
+    done += e["type"] == "response.done";
+  }
+  EXPECT_GE(committed, 1);
+  EXPECT_GE(done, 1);
+  // Still answering ordinary events.
+  c.send({{"type", "input_audio_buffer.clear"}});
+  c.until("input_audio_buffer.cleared");
+}
+
 }  // namespace
 }  // namespace tutti
