@@ -1,4 +1,5 @@
 #include "codecs/media_decoder.h"
+#include "codecs/ffmpeg_support.h"
 
 extern "C" {
 #include <libavcodec/avcodec.h>
@@ -18,11 +19,12 @@ namespace tutti::codecs {
 
 namespace {
 
-Error av_error(const char* call, int code) {
-  char buf[AV_ERROR_MAX_STRING_SIZE] = {};
-  av_strerror(code, buf, sizeof buf);
-  return Error{std::string("FFmpeg: ") + call + ": " + buf};
-}
+using ffmpeg::CodecCloser;
+using ffmpeg::FrameCloser;
+using ffmpeg::PacketCloser;
+using ffmpeg::SwrCloser;
+using ffmpeg::SwsCloser;
+Error av_error(const char* call, int code) { return ffmpeg::error(call, code); }
 
 // RAII for the FFmpeg objects of one decode.
 struct FormatCloser {
@@ -33,21 +35,6 @@ struct IoCloser {
     if (io) av_freep(&io->buffer);
     avio_context_free(&io);
   }
-};
-struct CodecCloser {
-  void operator()(AVCodecContext* c) const { avcodec_free_context(&c); }
-};
-struct FrameCloser {
-  void operator()(AVFrame* f) const { av_frame_free(&f); }
-};
-struct PacketCloser {
-  void operator()(AVPacket* p) const { av_packet_free(&p); }
-};
-struct SwrCloser {
-  void operator()(SwrContext* s) const { swr_free(&s); }
-};
-struct SwsCloser {
-  void operator()(SwsContext* s) const { sws_freeContext(s); }
 };
 
 int read_from_queue(void* opaque, uint8_t* buf, int size) {

@@ -1,4 +1,5 @@
 #include "codecs/media_encoder.h"
+#include "codecs/ffmpeg_support.h"
 
 extern "C" {
 #include <libavcodec/avcodec.h>
@@ -16,24 +17,13 @@ namespace tutti::codecs {
 
 namespace {
 
-Error av_error(const char* call, int code) {
-  char buf[AV_ERROR_MAX_STRING_SIZE] = {};
-  av_strerror(code, buf, sizeof buf);
-  return Error{std::string("FFmpeg: ") + call + ": " + buf};
-}
+using ffmpeg::CodecCloser;
+using ffmpeg::FrameCloser;
+using ffmpeg::PacketCloser;
+using ffmpeg::SwrCloser;
+using ffmpeg::SwsCloser;
+Error av_error(const char* call, int code) { return ffmpeg::error(call, code); }
 
-struct CodecCloser {
-  void operator()(AVCodecContext* c) const { avcodec_free_context(&c); }
-};
-struct FrameCloser {
-  void operator()(AVFrame* f) const { av_frame_free(&f); }
-};
-struct PacketCloser {
-  void operator()(AVPacket* p) const { av_packet_free(&p); }
-};
-struct SwsCloser {
-  void operator()(SwsContext* s) const { sws_freeContext(s); }
-};
 
 int16_t to_s16(float v) { return int16_t(std::lround(std::clamp(v, -1.f, 1.f) * 32767.f)); }
 
@@ -131,6 +121,17 @@ struct EncodedStream {
       if (int w = av_interleaved_write_frame(mux.ctx(), pkt.get()); w < 0) return av_error("av_interleaved_write_frame", w);
     }
   }
+  // After the codec is opened: the muxer's stream for it, and the container's header.
+  Status add_stream_and_header(AVDictionary** opts) {
+    stream = avformat_new_stream(mux.ctx(), nullptr);
+    if (!stream) return Error{"FFmpeg: avformat_new_stream failed"};
+    if (int r = avcodec_parameters_from_context(stream->codecpar, enc.get()); r < 0) return av_error("avcodec_parameters_from_context", r);
+    stream->time_base = enc->time_base;
+    const int r = avformat_write_header(mux.ctx(), opts);
+    av_dict_free(opts);
+    if (r < 0) return av_error("avformat_write_header", r);
+    return Status::Ok();
+  }
   Status send(AVFrame* frame) {
     if (int r = avcodec_send_frame(enc.get(), frame); r < 0 && r != AVERROR_EOF) return av_error("avcodec_send_frame", r);
     return write_packets();
@@ -171,16 +172,10 @@ class FfmpegAudioEncoder final : public AudioStreamEncoder {
     c->time_base = AVRational{1, rate};
     if (s_.mux.ctx()->oformat->flags & AVFMT_GLOBALHEADER) c->flags |= AV_CODEC_FLAG_GLOBAL_HEADER;
     if (int r = avcodec_open2(c, codec, nullptr); r < 0) return av_error("avcodec_open2", r);
-    s_.stream = avformat_new_stream(s_.mux.ctx(), nullptr);
-    if (!s_.stream) return Error{"FFmpeg: avformat_new_stream failed"};
-    if (int r = avcodec_parameters_from_context(s_.stream->codecpar, c); r < 0) return av_error("avcodec_parameters_from_context", r);
-    s_.stream->time_base = c->time_base;
     // Ogg pages of 20 ms instead of the default second, so a stream's bytes leave promptly.
     AVDictionary* opts = nullptr;
     if (f == AudioFormat::Opus) av_dict_set(&opts, "page_duration", "20000", 0);
-    const int written = avformat_write_header(s_.mux.ctx(), &opts);
-    av_dict_free(&opts);
-    if (written < 0) return av_error("avformat_write_header", written);
+    if (Status s = s_.add_stream_and_header(&opts); !s) return s;
     frame_size_ = c->frame_size > 0 ? c->frame_size : 1152;
     frame_.reset(av_frame_alloc());
     if (!frame_) return Error{"FFmpeg: out of memory"};
@@ -256,15 +251,9 @@ class FfmpegVideoEncoder final : public VideoStreamEncoder {
     av_opt_set(c->priv_data, "preset", "veryfast", 0);
     if (s_.mux.ctx()->oformat->flags & AVFMT_GLOBALHEADER) c->flags |= AV_CODEC_FLAG_GLOBAL_HEADER;
     if (int r = avcodec_open2(c, codec, nullptr); r < 0) return av_error("avcodec_open2", r);
-    s_.stream = avformat_new_stream(s_.mux.ctx(), nullptr);
-    if (!s_.stream) return Error{"FFmpeg: avformat_new_stream failed"};
-    if (int r = avcodec_parameters_from_context(s_.stream->codecpar, c); r < 0) return av_error("avcodec_parameters_from_context", r);
-    s_.stream->time_base = c->time_base;
     AVDictionary* opts = nullptr;
     if (container == "mp4") av_dict_set(&opts, "movflags", "frag_keyframe+empty_moov+default_base_moof", 0);
-    const int r = avformat_write_header(s_.mux.ctx(), &opts);
-    av_dict_free(&opts);
-    if (r < 0) return av_error("avformat_write_header", r);
+    if (Status s = s_.add_stream_and_header(&opts); !s) return s;
     sws_.reset(sws_getContext(width, height, AV_PIX_FMT_RGB24, width, height, AV_PIX_FMT_YUV420P, SWS_BILINEAR, nullptr, nullptr, nullptr));
     frame_.reset(av_frame_alloc());
     if (!sws_ || !frame_) return Error{"FFmpeg: could not set up the frame conversion"};

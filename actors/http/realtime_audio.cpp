@@ -60,23 +60,6 @@ Expected<std::vector<uint8_t>> base64_decode(const std::string& text) {
 }
 
 namespace {
-std::string base64(const std::vector<uint8_t>& in) {
-  static const char* k = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  size_t i = 0;
-  for (; i + 2 < in.size(); i += 3) {
-    const uint32_t v = (uint32_t(in[i]) << 16) | (uint32_t(in[i + 1]) << 8) | in[i + 2];
-    out += k[v >> 18], out += k[(v >> 12) & 63], out += k[(v >> 6) & 63], out += k[v & 63];
-  }
-  if (i + 1 == in.size()) {
-    const uint32_t v = uint32_t(in[i]) << 16;
-    out += k[v >> 18], out += k[(v >> 12) & 63], out += "==";
-  } else if (i + 2 == in.size()) {
-    const uint32_t v = (uint32_t(in[i]) << 16) | (uint32_t(in[i + 1]) << 8);
-    out += k[v >> 18], out += k[(v >> 12) & 63], out += k[(v >> 6) & 63], out += '=';
-  }
-  return out;
-}
 int16_t to16(float v) { return int16_t(std::lround(std::clamp(v, -1.f, 1.f) * 32767.f)); }
 }  // namespace
 
@@ -167,10 +150,18 @@ std::string encode_wire_audio(std::span<const float> samples, AudioWire w) {
     for (size_t i = 0; i < samples.size(); ++i)
       bytes[i] = w == AudioWire::G711Ulaw ? linear_to_ulaw(to16(samples[i])) : linear_to_alaw(to16(samples[i]));
   }
-  return base64(bytes);
+  return base64_encode(bytes);
 }
 
 namespace {
+// The end of an audio answer, as both Realtime outputs report it.
+void finish_chunk(const actors::media_delta& d, MediaChunk& c) {
+  if (d.finish_reason.empty()) return;
+  c.done = true;
+  if (d.finish_reason == "cancelled") c.error = "cancelled";
+  else if (d.finish_reason == "error") c.error = d.error.empty() ? "generation failed" : d.error;
+}
+
 class WireAudioOutput final : public MediaOutput {
  public:
   explicit WireAudioOutput(AudioWire w) : w_(w) {}
@@ -181,11 +172,7 @@ class WireAudioOutput final : public MediaOutput {
       c.bytes.assign(b64.begin(), b64.end());
       c.frames = int(d.samples.size());
     }
-    if (!d.finish_reason.empty()) {
-      c.done = true;
-      if (d.finish_reason == "cancelled") c.error = "cancelled";
-      else if (d.finish_reason == "error") c.error = d.error.empty() ? "generation failed" : d.error;
-    }
+    finish_chunk(d, c);
     return c;
   }
 
@@ -224,11 +211,9 @@ class OpusAudioOutput final : public MediaOutput {
       c.bytes.insert(c.bytes.end(), packet->begin(), packet->end());
     }
     pending_.erase(pending_.begin(), pending_.begin() + long(at));
-    if (!d.finish_reason.empty()) {
-      c.done = true;
-      if (d.finish_reason == "cancelled") c.error = "cancelled";
-      else if (d.finish_reason == "error") c.error = d.error.empty() ? "generation failed" : d.error;
-    }
+    const std::string encode_error = c.error;
+    finish_chunk(d, c);
+    if (!encode_error.empty() && c.error.empty()) c.error = encode_error;
     return c;
   }
 
