@@ -11,6 +11,7 @@
 
 #include "codecs/media_decoder.h"
 #include "codecs/opus_codec.h"
+#include "http_client.h"
 #include "test_support.h"
 
 namespace tutti::codecs {
@@ -273,18 +274,7 @@ namespace {
 
 // What ffprobe (FFmpeg's own tool, not our decoder) says of a file: "codec,rate" or similar.
 std::string ffprobe(const std::vector<uint8_t>& bytes, const std::string& name, const std::string& entries) {
-  const std::string path = std::string(TUTTI_BINARY_DIR) + "/test-data/out-" + name;
-  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), long(bytes.size()));
-  const std::string cmd = "ffprobe -v error -show_entries " + entries + " -of csv=p=0 '" + path + "' 2>&1";
-  std::string out;
-  if (FILE* p = popen(cmd.c_str(), "r")) {
-    char buf[256];
-    while (fgets(buf, sizeof buf, p)) out += buf;
-    pclose(p);
-  }
-  out = out.substr(0, out.find('\n'));  // the first stream (fragmented MP4 lists it twice)
-  while (!out.empty() && out.back() == ',') out.pop_back();
-  return out;
+  return test::ffprobe(std::string(bytes.begin(), bytes.end()), "out-" + name, entries);
 }
 
 TEST(MediaEncoder, StreamsEveryAudioFormatThatFfprobeAndOurDecoderRead) {

@@ -8,6 +8,7 @@
 
 #include <thread>
 
+#include "http_client.h"
 #include "server_support.h"
 
 namespace tutti {
@@ -19,28 +20,9 @@ namespace net = boost::asio;
 using tcp = net::ip::tcp;
 using json = nlohmann::json;
 
-struct Reply {
-  int status = 0;
-  std::string body;
-};
-
-// One request on a fresh connection; reads until the server closes or the response ends.
+using test::Reply;
 Reply call(uint16_t port, bhttp::verb verb, const std::string& target, const std::string& body = "") {
-  net::io_context ioc;
-  beast::tcp_stream stream(ioc);
-  stream.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
-  bhttp::request<bhttp::string_body> req{verb, target, 11};
-  req.set(bhttp::field::host, "127.0.0.1");
-  req.set(bhttp::field::content_type, "application/json");
-  req.body() = body;
-  req.prepare_payload();
-  bhttp::write(stream, req);
-  beast::flat_buffer buf;
-  bhttp::response<bhttp::string_body> res;
-  beast::error_code ec;
-  bhttp::read(stream, buf, res, ec);
-  Reply r{int(res.result_int()), res.body()};
-  return r;
+  return test::http_call(port, verb, target, body);
 }
 
 struct HttpFixture : ::testing::Test {

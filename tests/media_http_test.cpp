@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "codecs/media_decoder.h"
+#include "http_client.h"
 #include "server_support.h"
 
 namespace tutti {
@@ -23,43 +24,12 @@ namespace net = boost::asio;
 using tcp = net::ip::tcp;
 using json = nlohmann::json;
 
-struct Reply {
-  int status = 0;
-  std::string body, content_type;
-};
-
+using test::Reply;
 Reply call(uint16_t port, bhttp::verb verb, const std::string& target, const std::string& body = "") {
-  net::io_context ioc;
-  beast::tcp_stream stream(ioc);
-  stream.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
-  bhttp::request<bhttp::string_body> req{verb, target, 11};
-  req.set(bhttp::field::host, "127.0.0.1");
-  req.set(bhttp::field::content_type, "application/json");
-  req.body() = body;
-  req.prepare_payload();
-  bhttp::write(stream, req);
-  beast::flat_buffer buf;
-  bhttp::response_parser<bhttp::string_body> parser;
-  parser.body_limit(64 << 20);
-  beast::error_code ec;
-  bhttp::read(stream, buf, parser, ec);
-  const auto& res = parser.get();
-  return {int(res.result_int()), res.body(), std::string(res[bhttp::field::content_type])};
+  return test::http_call(port, verb, target, body);
 }
-
 std::string ffprobe(const std::string& bytes, const std::string& name, const std::string& entries) {
-  const std::string path = std::string(TUTTI_BINARY_DIR) + "/test-data/http-" + name;
-  std::ofstream(path, std::ios::binary).write(bytes.data(), long(bytes.size()));
-  const std::string cmd = "ffprobe -v error -show_entries " + entries + " -of csv=p=0 '" + path + "' 2>&1";
-  std::string out;
-  if (FILE* p = popen(cmd.c_str(), "r")) {
-    char buf[256];
-    while (fgets(buf, sizeof buf, p)) out += buf;
-    pclose(p);
-  }
-  out = out.substr(0, out.find('\n'));
-  while (!out.empty() && out.back() == ',') out.pop_back();
-  return out;
+  return test::ffprobe(bytes, "http-" + name, entries);
 }
 
 struct MediaFixture : ::testing::Test {

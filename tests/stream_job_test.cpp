@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "actors/http/stream_job.hpp"
+#include "http_client.h"
 #include "server_support.h"
 
 namespace tutti {
@@ -26,19 +27,8 @@ using tcp = net::ip::tcp;
 using json = nlohmann::json;
 
 std::pair<int, json> call(uint16_t port, bhttp::verb verb, const std::string& target, const std::string& body = "") {
-  net::io_context ioc;
-  beast::tcp_stream stream(ioc);
-  stream.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
-  bhttp::request<bhttp::string_body> req{verb, target, 11};
-  req.set(bhttp::field::host, "127.0.0.1");
-  req.body() = body;
-  req.prepare_payload();
-  bhttp::write(stream, req);
-  beast::flat_buffer buf;
-  bhttp::response<bhttp::string_body> res;
-  beast::error_code ec;
-  bhttp::read(stream, buf, res, ec);
-  return {int(res.result_int()), json::parse(res.body(), nullptr, false)};
+  const test::Reply r = test::http_call(port, verb, target, body);
+  return {r.status, json::parse(r.body, nullptr, false)};
 }
 
 uint16_t free_port() {
