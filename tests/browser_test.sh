@@ -14,17 +14,35 @@ model="$work/browser-model.gguf"
 ffmpeg -nostdin -loglevel error -y -f lavfi -i "anullsrc=r=48000:cl=mono:d=0.4" -f lavfi -i "sine=f=150:r=48000:d=0.8" \
   -f lavfi -i "anullsrc=r=48000:cl=mono:d=1.2" -filter_complex "[0][1][2]concat=n=3:v=0:a=1,volume=2" -c:a pcm_s16le "$work/turn.wav" ||
   { echo "ffmpeg could not make the turn"; exit 1; }
-port=$((20000 + RANDOM % 20000))
-debug=$((port + 1))
-"$tutti" serve --model "$model" --host 127.0.0.1 --port "$port" >"$work/serve.log" 2>&1 &
-server=$!
+# Ports below Linux's ephemeral range (32768+), so no other test's socket can hold them; a
+# port that is taken anyway is retried. The server's own log says it is ours.
+server=""
 browser=""
 trap 'kill $server $browser 2>/dev/null; wait 2>/dev/null' EXIT
-for _ in $(seq 1 100); do
-  curl -sf "http://127.0.0.1:$port/health" >/dev/null && break
+for attempt in 1 2 3 4 5; do
+  port=$((20000 + (RANDOM * 7 + $$ + attempt * 131) % 12000))
+  debug=$((port + 1))
+  "$tutti" serve --model "$model" --host 127.0.0.1 --port "$port" >"$work/serve.log" 2>&1 &
+  server=$!
+  for _ in $(seq 1 100); do
+    grep -q "127.0.0.1:$port" "$work/serve.log" 2>/dev/null && curl -sf "http://127.0.0.1:$port/health" >/dev/null && break
+    kill -0 $server 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -0 $server 2>/dev/null && break
+  echo "port $port was taken; trying another"
+done
+served=""
+for _ in $(seq 1 30); do
+  curl -sf "http://127.0.0.1:$port/" -o "$work/page.html" && grep -q "v1/realtime" "$work/page.html" && { served=1; break; }
   sleep 0.1
 done
-curl -sf "http://127.0.0.1:$port/" | grep -q "v1/realtime" || { echo "the page is not served"; exit 1; }
+if [ -z "$served" ]; then
+  echo "the page is not served on port $port (server alive: $(kill -0 $server 2>/dev/null && echo yes || echo no))"
+  head -c 300 "$work/page.html" 2>/dev/null; echo
+  tail -5 "$work/serve.log"
+  exit 1
+fi
 rm -rf "$work/profile"
 chromium --headless=new --no-sandbox --disable-gpu --no-first-run --user-data-dir="$work/profile" \
   --use-fake-ui-for-media-stream --use-fake-device-for-media-stream --use-file-for-fake-audio-capture="$work/turn.wav" \

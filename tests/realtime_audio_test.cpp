@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "actors/http/realtime_audio.hpp"
+#include "codecs/media_encoder.h"
 #include "codecs/opus_codec.h"
 #include "server_support.h"
 
@@ -337,6 +338,44 @@ TEST(RealtimeVoice, FasterThanRealTimeInputIsHandledInOrder) {
   // Still answering ordinary events.
   c.send({{"type", "input_audio_buffer.clear"}});
   c.until("input_audio_buffer.cleared");
+}
+
+// Video in: an image in a conversation item (a data URL) and a binary video frame become
+// video tokens of the conversation, counted in the answer's input; a corrupt image is an
+// error event.
+TEST(RealtimeVoice, ImagesBecomeVideoTokensInTheConversation) {
+  test::ServerUnderTest sut;
+  VoiceClient c(sut.port);
+  c.next();
+  std::vector<uint8_t> rgb(64 * 48 * 3);
+  for (size_t i = 0; i < rgb.size(); ++i) rgb[i] = uint8_t((i * 13) % 256);
+  auto png = codecs::encode_image("png", 64, 48, rgb);
+  ASSERT_TRUE(png);
+  const std::string b64 = base64_encode(*png);
+  json text_part = {{"type", "input_text"}, {"text", "what is this?"}};
+  json image_part = {{"type", "input_image"}, {"image_url", "data:image/png;base64," + b64}};
+  json with_image = {{"type", "message"}, {"role", "user"}};
+  with_image["content"] = json::array({text_part, image_part});
+  c.send({{"type", "conversation.item.create"}, {"item", with_image}});
+  const json item = c.until("conversation.item.created");
+  ASSERT_EQ(item["item"]["content"].size(), 2u);
+  EXPECT_EQ(item["item"]["content"][1]["type"], "input_image");
+  c.send({{"type", "session.update"}, {"session", {{"tutti", {{"binary_audio", "opus"}}}, {"max_response_output_tokens", 3}}}});
+  c.until("session.updated");
+  c.ws.binary(true);
+  c.ws.write(net::buffer(std::string(1, '\x03') + std::string(png->begin(), png->end())));
+  c.ws.write(net::buffer(std::string("\x03not an image")));
+  c.ws.text(true);
+  EXPECT_EQ(c.until("conversation.item.created")["item"]["content"][0]["type"], "input_image");
+  EXPECT_EQ(c.until("error")["error"]["code"], "invalid_image");
+  json bad_image = {{"type", "message"}, {"role", "user"}};
+  bad_image["content"] = json::array({json{{"type", "input_image"}, {"image", "@@@"}}});
+  c.send({{"type", "conversation.item.create"}, {"item", bad_image}});
+  EXPECT_EQ(c.until("error")["error"]["code"], "invalid_image");
+  c.send({{"type", "response.create"}});
+  const json done = c.until("response.done");
+  // Two frames of 16x16 patches (256 tokens each, between begin and end) are in the prompt.
+  EXPECT_GE(done["response"]["usage"]["input_tokens"].get<int>(), 2 * 258);
 }
 
 }  // namespace

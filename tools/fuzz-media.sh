@@ -16,6 +16,7 @@ clang++ -fsanitize=fuzzer "$probe" -o "$work/obj/probe" 2>/dev/null || { echo "f
 
 bin="$work/media_fuzz"
 sources=(codecs/byte_queue.cpp codecs/media_decoder.cpp codecs/opus_codec.cpp codecs/media_encoder.cpp
+         codecs/patch_tokenizer.cpp codecs/rvq.cpp codecs/audio_tokenizer.cpp codecs/mdct.cpp
          actors/http/openai.cpp actors/http/media.cpp pipeline/unicode.cpp pipeline/model_config.cpp pipeline/gguf.cpp
          kernels/tensor_type.cpp tests/fuzz/media_fuzz.cpp)
 newest=0

@@ -7,6 +7,9 @@ extern "C" {
 #include <algorithm>
 #include <cmath>
 
+#include "codecs/audio_tokenizer.h"
+#include "codecs/media_decoder.h"
+#include "codecs/patch_tokenizer.h"
 #include "pipeline/unicode.h"
 
 namespace tutti::http {
@@ -160,6 +163,28 @@ std::string base64_encode(const std::vector<uint8_t>& in) {
     out += k[v >> 18], out += k[(v >> 12) & 63], out += k[(v >> 6) & 63], out += '=';
   }
   return out;
+}
+
+Expected<std::vector<int32_t>> image_to_video_tokens(std::span<const uint8_t> image, const ModalityInfo& video,
+                                                     const codecs::Codebooks& books) {
+  const codecs::PatchGeometry g{int(video.width), int(video.height), int(video.patch_size)};
+  codecs::ByteQueue q(image.size() + 1);
+  (void)q.push(image);
+  q.close();
+  std::vector<uint8_t> rgb;
+  codecs::DecodeLimits limits;
+  limits.max_seconds = 60;
+  const Status s = codecs::decode_video(q, g.width, g.height, [&](const codecs::VideoFrame& f) {
+    if (rgb.empty()) rgb = f.rgb;
+  }, limits);
+  if (!s) return s.error();
+  if (rgb.empty()) return Error{"the image has no frame"};
+  const auto codes = codecs::encode_frame(g, books, rgb);
+  std::vector<int32_t> ids = {int32_t(video.begin_token)};
+  const auto tokens = codecs::codes_to_tokens(video, codes);
+  ids.insert(ids.end(), tokens.begin(), tokens.end());
+  ids.push_back(int32_t(video.end_token));
+  return ids;
 }
 
 std::vector<uint8_t> scale_rgb(const std::vector<uint8_t>& rgb, int w, int h, int out_w, int out_h) {

@@ -14,6 +14,7 @@
 
 #include "actors/http/openai.hpp"
 #include "codecs/media_encoder.h"
+#include "codecs/rvq.h"
 #include "pipeline/model_config.h"
 
 namespace tutti::http {
@@ -56,6 +57,12 @@ std::unique_ptr<MediaOutput> make_image_output(int width, int height);
 std::unique_ptr<MediaOutput> make_video_output(int width, int height, double fps);
 
 std::string base64_encode(const std::vector<uint8_t>& bytes);
+
+// An image (PNG, JPEG: anything FFmpeg decodes; its first frame) as a span of video tokens:
+// the video modality's begin token, one code per patch and stage at its frame size, the end
+// token. Video in for conversations.
+Expected<std::vector<int32_t>> image_to_video_tokens(std::span<const uint8_t> image, const ModalityInfo& video,
+                                                     const codecs::Codebooks& books);
 
 // Scales an RGB24 image (bilinear, through swscale).
 std::vector<uint8_t> scale_rgb(const std::vector<uint8_t>& rgb, int w, int h, int out_w, int out_h);

@@ -150,12 +150,47 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     feed_audio(resample_linear(*samples, audio_wire_rate(in_wire_), 24000), event_id);
   }
 
-  // Binary messages (the Opus framing): kind byte, then an Opus packet (48 kHz, 20 ms).
+  // An image (base64 PNG/JPEG) as video tokens; an error event (and nothing) if it is not.
+  std::optional<std::vector<int32_t>> image_tokens(const std::string& b64, const std::string& event_id) {
+    const ModalityInfo* video = srv_.pipe.codecs ? srv_.pipe.codecs->info(Modality::Video) : nullptr;
+    if (!video) {
+      error("invalid_request_error", "video_not_supported", "this model has no video modality", event_id);
+      return std::nullopt;
+    }
+    auto bytes = base64_decode(b64);
+    if (!bytes) {
+      error("invalid_request_error", "invalid_image", bytes.error().message, event_id);
+      return std::nullopt;
+    }
+    return image_bytes_tokens(*bytes, event_id);
+  }
+  std::optional<std::vector<int32_t>> image_bytes_tokens(std::span<const uint8_t> bytes, const std::string& event_id) {
+    auto ids = image_to_video_tokens(bytes, *srv_.pipe.codecs->info(Modality::Video), *srv_.pipe.codecs->books(Modality::Video));
+    if (!ids) {
+      error("invalid_request_error", "invalid_image", "the image could not be decoded: " + ids.error().message, event_id);
+      return std::nullopt;
+    }
+    return std::move(ids).value();
+  }
+
+  // Binary messages (the tutti framing): kind byte, then an Opus packet (48 kHz, 20 ms) for
+  // audio in, or an image (PNG/JPEG) for a video frame in.
   void handle_binary(const std::string& msg) {
     if (!binary_opus_)
       return error("invalid_request_error", "binary_not_enabled", "binary messages need session.update tutti.binary_audio = opus", "");
+    if (!msg.empty() && uint8_t(msg[0]) == uint8_t(BinaryKind::VideoIn)) {
+      auto ids = image_bytes_tokens(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(msg.data()) + 1, msg.size() - 1), "");
+      if (!ids) return;
+      const std::string id = "item_" + std::to_string(srv_.next_id++);
+      conversation_.push_back({"user", "", std::move(*ids)});
+      last_item_id_ = id;
+      json image_part = json::object();
+      image_part["type"] = "input_image";
+      return emit({{"type", "conversation.item.created"},
+                   {"item", {{"id", id}, {"type", "message"}, {"role", "user"}, {"content", json::array({image_part})}}}});
+    }
     if (msg.empty() || uint8_t(msg[0]) != uint8_t(BinaryKind::AudioIn))
-      return error("invalid_request_error", "unsupported_binary_kind", "binary messages of kind 1 (audio in) are supported", "");
+      return error("invalid_request_error", "unsupported_binary_kind", "binary messages of kind 1 (audio in) and 3 (video frame in) are supported", "");
     if (!has_audio()) return error("invalid_request_error", "audio_not_supported", "this model has no audio modality", "");
     if (!opus_in_) {
       codecs::OpusFormat f;
@@ -275,15 +310,36 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
       if (!item.is_object() || item.value("type", "message") != "message" || (role != "user" && role != "system" && role != "assistant"))
         return error("invalid_request_error", "invalid_item", "only message items with role user, system or assistant are supported", event_id);
       std::string content;
-      for (const json& part : item.value("content", json::array()))
-        if (part.is_object() && (part.value("type", "") == "input_text" || part.value("type", "") == "text" || part.value("type", "") == "output_text"))
-          content += part.value("text", "");
-      if (content.empty()) return error("invalid_request_error", "empty_item", "the item has no text content", event_id);
-      conversation_.push_back({role, content, {}});
+      std::vector<std::vector<int32_t>> images;
+      for (const json& part : item.value("content", json::array())) {
+        if (!part.is_object()) continue;
+        const std::string t = part.value("type", "");
+        if (t == "input_text" || t == "text" || t == "output_text") content += part.value("text", "");
+        if (t == "input_image") {  // {"image_url": "data:image/png;base64,..."} or {"image": base64}
+          std::string data = part.contains("image_url") && part["image_url"].is_string() ? part["image_url"].get<std::string>()
+                             : part.value("image", "");
+          if (data.rfind("data:", 0) == 0 && data.find(',') != std::string::npos) data = data.substr(data.find(',') + 1);
+          auto ids = image_tokens(data, event_id);
+          if (!ids) return;  // the error event went out
+          images.push_back(std::move(*ids));
+        }
+      }
+      if (content.empty() && images.empty())
+        return error("invalid_request_error", "empty_item", "the item has no text or image content", event_id);
+      json parts = json::array();
+      if (!content.empty()) {
+        conversation_.push_back({role, content, {}});
+        parts.push_back({{"type", "input_text"}, {"text", content}});
+      }
+      for (auto& ids : images) {
+        conversation_.push_back({role, "", std::move(ids)});
+        json image_part = json::object();
+        image_part["type"] = "input_image";
+        parts.push_back(image_part);
+      }
       const std::string id = item.value("id", "item_" + std::to_string(srv_.next_id++));
       last_item_id_ = id;
-      return emit({{"type", "conversation.item.created"},
-                   {"item", {{"id", id}, {"type", "message"}, {"role", role}, {"content", {{{"type", "input_text"}, {"text", content}}}}}}});
+      return emit({{"type", "conversation.item.created"}, {"item", {{"id", id}, {"type", "message"}, {"role", role}, {"content", parts}}}});
     }
     if (type == "response.create") return start_response(ev.value("response", json::object()), event_id);
     if (type == "input_audio_buffer.append") return append_audio(ev, event_id);

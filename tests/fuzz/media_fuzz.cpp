@@ -1,6 +1,6 @@
 // libFuzzer target for every path that takes a client's bytes as media or as a media
-// request: FFmpeg demux/decode of audio and video from a byte stream, Opus packets, and the
-// media endpoints' JSON parsing. Built with clang (-fsanitize=fuzzer,address) by
+// request: FFmpeg demux/decode of audio and video from a byte stream, images turned into
+// video tokens, Opus packets, and the media endpoints' JSON parsing. Built with clang (-fsanitize=fuzzer,address) by
 // tools/fuzz-media.sh, which ctest runs for a bounded time.
 #include <cstddef>
 #include <cstdint>
@@ -43,6 +43,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static auto opus = codecs::OpusFrameDecoder::create(codecs::OpusFormat{});
   if (opus && size > 0) (void)(*opus)->decode(bytes);
   static const ModalityTable table = layout();
+  // Client images become video tokens in conversations.
+  static const codecs::Codebooks books = [] {
+    codecs::Codebooks b;
+    b.dim = 192, b.size = 256, b.stages = 1;
+    b.books.assign(1, std::vector<float>(size_t(192) * 256, 0.f));
+    return b;
+  }();
+  (void)http::image_to_video_tokens(bytes, *table.find(Modality::Video), books);
   const std::string body(reinterpret_cast<const char*>(data), size);
   for (http::MediaKind k : {http::MediaKind::Speech, http::MediaKind::Music, http::MediaKind::Image, http::MediaKind::Video})
     (void)http::parse_media_request(k, body, table, "tutti");
