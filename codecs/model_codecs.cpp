@@ -23,6 +23,7 @@ Expected<ModelCodecs> load_model_codecs(const GgufFile& file) {
       cb->books.push_back(std::move(book));
     }
     if (Status s = cb->validate(); !s) return s.error();
+    cb->prepare();
     mc.codebooks[m.modality] = std::move(cb);
   }
   return mc;

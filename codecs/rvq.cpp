@@ -44,12 +44,23 @@ std::vector<float> half_norms_of(const std::vector<float>& book, int size, int d
 
 }  // namespace
 
+void Codebooks::prepare() {
+  half_norms.clear();
+  for (const auto& b : books) half_norms.push_back(half_norms_of(b, size, dim));
+}
+
 void rvq_encode(const Codebooks& cb, std::span<const float> x, std::span<int32_t> codes, std::span<float> residual) {
   std::vector<float> r(x.begin(), x.begin() + cb.dim);
+  std::vector<float> computed;
   for (int s = 0; s < cb.stages; ++s) {
-    // Half norms per call keep Codebooks plain data; 256 x dim is small next to the search.
-    const std::vector<float> h = half_norms_of(cb.books[size_t(s)], cb.size, cb.dim);
-    const int c = nearest(cb.books[size_t(s)].data(), h.data(), cb.size, cb.dim, r.data());
+    const float* h = nullptr;
+    if (size_t(s) < cb.half_norms.size()) {
+      h = cb.half_norms[size_t(s)].data();
+    } else {  // codebooks made by hand without prepare()
+      computed = half_norms_of(cb.books[size_t(s)], cb.size, cb.dim);
+      h = computed.data();
+    }
+    const int c = nearest(cb.books[size_t(s)].data(), h, cb.size, cb.dim, r.data());
     codes[size_t(s)] = c;
     const float* v = cb.code(s, c);
     for (int i = 0; i < cb.dim; ++i) r[size_t(i)] -= v[i];
@@ -144,6 +155,7 @@ Expected<Codebooks> train_rvq(std::span<const float> data, int dim, int size, in
     }
     cb.books.push_back(std::move(book));
   }
+  cb.prepare();
   return cb;
 }
 

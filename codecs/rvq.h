@@ -16,7 +16,11 @@ namespace tutti::codecs {
 struct Codebooks {
   int dim = 0, size = 0, stages = 0;
   std::vector<std::vector<float>> books;  // per stage: size * dim floats, code-major
+  // Per stage, |code|^2 / 2 for the nearest-code search: filled by prepare() (train_rvq and
+  // the model loader call it), so encoding does not recompute them for every vector.
+  std::vector<std::vector<float>> half_norms;
   const float* code(int stage, int c) const { return books[size_t(stage)].data() + size_t(c) * size_t(dim); }
+  void prepare();
   Status validate() const;
 };
 

@@ -22,13 +22,7 @@ namespace {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device on this machine";          \
   } while (0)
 
-std::vector<float> random_floats(size_t n, uint32_t seed, float scale = 1.f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
+using test::random_floats;
 
 // A device buffer filled from (and read back to) host vectors.
 struct DeviceBuffer {

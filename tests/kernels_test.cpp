@@ -7,17 +7,12 @@
 
 #include "kernels/backend.h"
 #include "kernels/cpu/matmul_kernels.h"
+#include "test_support.h"
 
 namespace tutti {
 namespace {
 
-std::vector<float> random_floats(size_t n, uint32_t seed, float scale = 1.f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
+using test::random_floats;
 
 struct MatmulCase {
   std::string isa;

@@ -13,6 +13,7 @@
 #include "actors/http/realtime_audio.hpp"
 #include "codecs/media_encoder.h"
 #include "codecs/opus_codec.h"
+#include "http_client.h"
 #include "server_support.h"
 
 namespace tutti {
@@ -150,15 +151,8 @@ TEST(RealtimeVoice, SpeechIsDetectedCommittedAndAnsweredWithAudio) {
   EXPECT_GT(usage["input_token_details"]["audio_tokens"].get<int>(), 40) << "about 1.3 s of committed audio at 200 tokens/s";
   EXPECT_EQ(usage["output_token_details"]["audio_tokens"], usage["output_tokens"]);
   // The turn's latency is on /metrics.
-  net::io_context ioc;
-  beast::tcp_stream http(ioc);
-  http.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), sut.port));
-  beast::http::request<beast::http::empty_body> req{beast::http::verb::get, "/metrics", 11};
-  beast::http::write(http, req);
-  beast::flat_buffer b;
-  beast::http::response<beast::http::string_body> res;
-  beast::http::read(http, b, res);
-  EXPECT_NE(res.body().find("tutti_realtime_speech_to_first_audio_seconds_count 1"), std::string::npos);
+  const std::string metrics = test::http_call(sut.port, beast::http::verb::get, "/metrics").body;
+  EXPECT_NE(metrics.find("tutti_realtime_speech_to_first_audio_seconds_count 1"), std::string::npos);
 }
 
 TEST(RealtimeVoice, BargeInCancelsTheAnswerAndSaysWhatWasHeard) {
@@ -290,15 +284,7 @@ TEST(RealtimeVoice, HugeFramesAndVanishingClientsAffectOnlyTheirSession) {
     gone.until("response.output_audio.delta");
   }  // leaves mid-answer
   for (int i = 0; i < 100; ++i) {  // its sequence is released
-    net::io_context ioc;
-    beast::tcp_stream http(ioc);
-    http.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), sut.port));
-    beast::http::request<beast::http::empty_body> req{beast::http::verb::get, "/metrics", 11};
-    beast::http::write(http, req);
-    beast::flat_buffer b;
-    beast::http::response<beast::http::string_body> res;
-    beast::http::read(http, b, res);
-    if (res.body().find("tutti_running_sequences 0") != std::string::npos) break;
+    if (test::http_call(sut.port, beast::http::verb::get, "/metrics").body.find("tutti_running_sequences 0") != std::string::npos) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     ASSERT_LT(i, 99) << "the departed client's sequence was never released";
   }

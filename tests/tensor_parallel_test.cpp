@@ -8,6 +8,7 @@
 #include <random>
 
 #include "pipeline/tensor_parallel.h"
+#include "test_support.h"
 
 namespace tutti {
 namespace {
@@ -16,13 +17,7 @@ struct Dims {
   int D = 128, H = 8, Hkv = 4, hd = 16, F = 256, T = 5;
 };
 
-std::vector<float> random_floats(size_t n, uint32_t seed, float scale) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
+using test::random_floats;
 
 // A random matrix in `type`, owning its bytes.
 struct OwnedMatrix {

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -15,6 +16,15 @@
 #include "pipeline/model_builder.h"
 
 namespace tutti::test {
+
+// n values from a normal distribution (mean 0, deviation `scale`), the same for a seed.
+inline std::vector<float> random_floats(size_t n, uint32_t seed, float scale = 1.f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
 
 // TUTTI_SHARED_DIR, or ../shared beside the source tree. Empty if absent.
 inline std::string shared_dir() {

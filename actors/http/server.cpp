@@ -202,10 +202,6 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   // ---- media answers: speech and music streamed in their format, images as JSON
- public:
-  void on_media(MediaChunk c, int32_t tokens, int32_t prompt_tokens);
-
- private:
   void start_media(MediaKind kind, const std::string& body) {
     auto parsed = parse_media_request(kind, body, srv_.cfg.modalities, srv_.cfg.model_name, srv_.cfg.max_media_seconds);
     if (std::holds_alternative<ApiError>(parsed)) {
@@ -243,7 +239,10 @@ class Session : public std::enable_shared_from_this<Session> {
             {"output_tokens_details", {{out_key, media_output_tokens_}}}};
   }
 
-  void on_media_chunk(MediaChunk c, int32_t tokens, int32_t prompt_tokens) {
+  // Called on the I/O thread by the sink's posts, like on_delta (public for that; kept here
+  // beside the rest of the media code).
+ public:
+  void on_media(MediaChunk c, int32_t tokens, int32_t prompt_tokens) {
     if (!generating_) return;
     if (c.done) {
       generating_ = false;
@@ -295,6 +294,8 @@ class Session : public std::enable_shared_from_this<Session> {
     }
   }
 
+
+ private:
   // ---- video jobs: create, poll, retrieve (the create / poll / retrieve pattern)
   void create_video_job(const std::string& body);
   void video_job_request(const std::string& path, bool get);
@@ -468,8 +469,6 @@ class VideoJob : public std::enable_shared_from_this<VideoJob> {
   DeliveryCredit credit_;
   sink_actor sink_;
 };
-
-void Session::on_media(MediaChunk c, int32_t tokens, int32_t prompt_tokens) { on_media_chunk(std::move(c), tokens, prompt_tokens); }
 
 void Session::create_video_job(const std::string& body) {
   auto parsed = parse_media_request(MediaKind::Video, body, srv_.cfg.modalities, srv_.cfg.model_name, srv_.cfg.max_media_seconds);
