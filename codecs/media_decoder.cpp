@@ -44,6 +44,12 @@ int read_from_queue(void* opaque, uint8_t* buf, int size) {
   return n;
 }
 
+// Bounds on what a client's stream may declare, checked before anything is sized from it.
+constexpr size_t kMaxAllocation = size_t(256) << 20;
+constexpr int kMaxSampleRate = 384000;
+constexpr int kMaxChannels = 64;
+constexpr int64_t kMaxPixels = int64_t(7680) * 4320;  // 8K UHD
+
 // An opened input with its decoder for the best stream of `type`.
 struct Input {
   std::unique_ptr<AVIOContext, IoCloser> io;
@@ -55,8 +61,14 @@ struct Input {
 Expected<Input> open_input(ByteQueue& queue, AVMediaType type, bool live) {
   // FFmpeg would log every oddity of every client's stream to stderr; the errors that matter
   // come back to the session as Errors instead. (Process-wide, set once.)
-  static std::once_flag quiet;
-  std::call_once(quiet, [] { av_log_set_level(AV_LOG_QUIET); });
+  // A header can claim any size or rate, and FFmpeg sizes its buffers from it: no single
+  // allocation may exceed kMaxAllocation, so a hostile header fails as ENOMEM instead of
+  // taking gigabytes. (Process-wide, set once; larger than any frame the server decodes.)
+  static std::once_flag once;
+  std::call_once(once, [] {
+    av_log_set_level(AV_LOG_QUIET);
+    av_max_alloc(kMaxAllocation);
+  });
   Input in;
   constexpr int kBuffer = 32 * 1024;
   auto* buffer = static_cast<uint8_t*>(av_malloc(kBuffer));
@@ -90,6 +102,14 @@ Expected<Input> open_input(ByteQueue& queue, AVMediaType type, bool live) {
   if (int r = avcodec_parameters_to_context(in.dec.get(), fmt->streams[in.stream]->codecpar); r < 0)
     return av_error("avcodec_parameters_to_context", r);
   in.dec->thread_count = 1;  // the server's cores belong to the executor
+  in.dec->max_pixels = kMaxPixels;
+  if (type == AVMEDIA_TYPE_AUDIO) {
+    // The resampler's filter is sized from the input rate: an APC header claiming 2^31 Hz
+    // made swr_init ask for 2 GB (found by the fuzz target).
+    const int rate = in.dec->sample_rate, channels = in.dec->ch_layout.nb_channels;
+    if (rate <= 0 || rate > kMaxSampleRate) return Error{"unsupported audio sample rate " + std::to_string(rate)};
+    if (channels < 0 || channels > kMaxChannels) return Error{"unsupported audio channel count " + std::to_string(channels)};
+  }
   if (int r = avcodec_open2(in.dec.get(), codec, nullptr); r < 0) return av_error("avcodec_open2", r);
   return in;
 }

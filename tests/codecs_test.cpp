@@ -240,6 +240,15 @@ TEST(MediaDecoder, CorruptTruncatedAndAbortedStreamsEndWithErrorsOnly) {
   EXPECT_NE(none.error().message.find("no audio stream"), std::string::npos) << none.error().message;
 }
 
+// Found by the fuzz target: a Cryo APC header that claims 2^31 Hz made the resampler ask
+// for 2 GB. Declared rates and channel counts are checked before anything is sized.
+TEST(MediaDecoder, AHeaderClaimingAnAbsurdRateIsRefusedBeforeAnythingIsSized) {
+  const std::string apc = "CRYO_APCrmat\":\"mp3\".\021:\"hellose_format\":\"mp3\",\"speed\":2.5}\n";
+  auto r = decode_audio_bytes(std::vector<uint8_t>(apc.begin(), apc.end()), 24000);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("sample rate"), std::string::npos) << r.error().message;
+}
+
 TEST(MediaDecoder, DecodesVideoAndImagesScaledToTheModelsSize) {
   const std::string ts = make_media("pattern.ts", "-f lavfi -i testsrc=size=160x120:rate=10 -t 1 -c:v libx264 -pix_fmt yuv420p -f mpegts");
   const std::string png = make_media("pattern.png", "-f lavfi -i testsrc=size=64x48:rate=1 -frames:v 1 -c:v png -f image2");

@@ -50,5 +50,7 @@ if [ -z "$(ls -A "$work/corpus")" ]; then
   echo '{"messages":[{"role":"user","content":"hi"}],"stream":true}' >"$work/corpus/chat.json"
 fi
 echo "fuzz-media: running for $seconds s"
-ASAN_OPTIONS=detect_leaks=1 "$bin" "$work/corpus" -max_total_time="$seconds" -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
+# A fixed seed (FUZZ_SEED to change it) makes the run in ctest repeatable; long runs for
+# finding new inputs pass their own.
+ASAN_OPTIONS=detect_leaks=1 "$bin" "$work/corpus" -seed="${FUZZ_SEED:-1}" -max_total_time="$seconds" -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
   -artifact_prefix="$work/" -print_final_stats=1 2>&1 | tail -15
