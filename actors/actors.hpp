@@ -47,6 +47,11 @@ struct text_request {
   // Token ids spliced into the prompt (audio a user spoke, an image): the prompt names part k
   // with the marker "\x1e" k "\x1f" where it belongs; the text between is tokenized.
   std::vector<std::vector<int32_t>> media_parts;
+  // Only compute the prompt's K/V, cut right after the last media part, and finish without
+  // an answer (the sink gets a final delta, finish "length", no text): a realtime session
+  // prefills the speech it has so far while the user is still talking, and the prefix cache
+  // keeps it for the turn's real request.
+  bool prefill_only = false;
 };
 
 // One executor step's outcome for the requests it advanced (parallel arrays).
@@ -84,7 +89,7 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, text_request& x) {
   return f(caf::meta::type_name("text_request"), x.id, x.prompt, x.max_tokens, x.temperature, x.top_p, x.top_k, x.seed,
            x.request_class, x.tokens_per_second, x.low_watermark_s, x.high_watermark_s, x.add_special, x.ignore_eos,
-           x.modality, x.media_parts);
+           x.modality, x.media_parts, x.prefill_only);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, media_delta& x) {

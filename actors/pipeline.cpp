@@ -22,7 +22,7 @@ void configure_for_compute(caf::actor_system_config& cfg, int workers) {
 Expected<std::vector<int32_t>> encode_prompt(const Tokenizer& tokenizer, const text_request& r) {
   std::vector<int32_t> ids;
   bool first = true;
-  size_t at = 0;
+  size_t at = 0, end_of_last_part = 0;
   auto text = [&](const std::string& piece) {
     if (piece.empty() && !first) return;
     const auto t = tokenizer.encode(piece, r.add_special && first, false);
@@ -43,7 +43,13 @@ Expected<std::vector<int32_t>> encode_prompt(const Tokenizer& tokenizer, const t
     }
     if (k >= r.media_parts.size()) return Error{"a media marker names part " + std::to_string(k) + " of " + std::to_string(r.media_parts.size())};
     ids.insert(ids.end(), r.media_parts[k].begin(), r.media_parts[k].end());
+    end_of_last_part = ids.size();
     at = close + 1;
+  }
+  if (r.prefill_only) {
+    // What follows the last part (its end token, the rest of the template) is not known yet.
+    ids.resize(end_of_last_part);
+    return ids;
   }
   text(r.prompt.substr(at));
   return ids;
@@ -210,6 +216,7 @@ executor_actor::behavior_type executor_impl(executor_actor::stateful_pointer<exe
         er.seq.id = r.id;
         er.seq.prompt = ids;
         er.seq.max_new_tokens = r.max_tokens;
+        er.seq.prefill_only = r.prefill_only;
         er.seq.cls = parse_request_class(r.request_class).value_or(RequestClass::Interactive);
         er.seq.pacing = pacing;
         if (r.tokens_per_second > 0) er.seq.pacing.tokens_per_second = r.tokens_per_second;
@@ -322,7 +329,7 @@ encoder_actor::behavior_type encoder_impl(encoder_actor::stateful_pointer<encode
 Expected<PipelineHandles> spawn_pipeline(caf::actor_system& system, Model& model,
                                          std::shared_ptr<const Tokenizer> tokenizer, const PipelineConfig& config) {
   if (Status s = config.validate(); !s) return s.error();
-  auto kv = model.make_kv_cache(config.kv_cache_bytes, config.kv_cache_type, config.kv_block_tokens);
+  auto kv = model.make_kv_cache(config.kv_cache_bytes, config.kv_cache_type, config.kv_block_tokens, config.prefix_cache);
   if (!kv) return kv.error();
   PipelineHandles h;
   h.metrics = std::make_shared<ServingMetrics>();

@@ -19,6 +19,7 @@ struct PipelineConfig {
   size_t kv_cache_bytes = size_t(256) << 20;
   TensorType kv_cache_type = TensorType::F16;
   int kv_block_tokens = 16;
+  bool prefix_cache = true;  // see PagedKvCache
   SchedulerConfig scheduler;
   RealtimePacing pacing;  // watermarks for realtime requests (their rate comes with each request)
   Status validate() const;

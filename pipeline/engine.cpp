@@ -49,6 +49,9 @@ void Engine::record(const std::vector<EngineEvent>& events, const EngineStepStat
   m.running = scheduler_.running();
   m.held_for_client = scheduler_.held_for_client();
   m.kv_blocks_used = kv_->total_blocks() - kv_->free_blocks();
+  m.kv_blocks_cached = kv_->cached_blocks();
+  m.prefill_tokens = scheduler_.prefill_tokens_total();
+  m.prefix_cache_hit_tokens = scheduler_.cached_tokens_total();
 }
 
 Status Engine::submit(EngineRequest r, double now) {
@@ -134,8 +137,13 @@ std::vector<EngineEvent> Engine::step(double now, EngineStepStats* stats) {
   const std::vector<int64_t> finished = scheduler_.on_step_done(plan, outcomes, now);
   for (int64_t id : finished) {
     live_.erase(id);
+    bool told = false;
     for (size_t k : event_of)
-      if (events[k].seq == id && events[k].finish == FinishReason::None) events[k].finish = FinishReason::Length;
+      if (events[k].seq == id) {
+        told = true;
+        if (events[k].finish == FinishReason::None) events[k].finish = FinishReason::Length;
+      }
+    if (!told) events.push_back({id, -1, -1, FinishReason::Length, {}});  // a prefill-only request is done
   }
   EngineStepStats step_stats{int(plan.batch.chunks.size()), plan.tokens,
                              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()};

@@ -1,5 +1,6 @@
 #include "pipeline/kv_cache.h"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace tutti {
@@ -22,6 +23,7 @@ Expected<std::unique_ptr<PagedKvCache>> PagedKvCache::create(Backend& backend, c
 PagedKvCache::PagedKvCache(Backend& backend, const KvCacheConfig& config, int n_blocks, size_t block_bytes, void* pool)
     : backend_(backend), config_(config), n_blocks_(n_blocks), block_bytes_(block_bytes), pool_(pool) {
   free_.reserve(size_t(n_blocks));
+  info_.resize(size_t(n_blocks));
   for (int b = n_blocks - 1; b >= 0; --b) free_.push_back(b);  // hand out low ids first
 }
 
@@ -37,23 +39,115 @@ int PagedKvCache::blocks_needed(int64_t seq, int n_tokens) const {
 Status PagedKvCache::reserve(int64_t seq, int n_tokens) {
   if (n_tokens < 0) return Error{"negative sequence length"};
   const int need = blocks_needed(seq, n_tokens);
-  if (need > int(free_.size()))
+  if (need > free_blocks())
     return Error{"KV cache exhausted: sequence needs " + std::to_string(need) + " more blocks of " +
-                 std::to_string(config_.block_tokens) + " tokens, " + std::to_string(free_.size()) + " of " +
+                 std::to_string(config_.block_tokens) + " tokens, " + std::to_string(free_blocks()) + " of " +
                  std::to_string(n_blocks_) + " are free"};
   auto& table = tables_[seq].blocks;
-  for (int i = 0; i < need; ++i) {
-    table.push_back(free_.back());
-    free_.pop_back();
-  }
+  for (int i = 0; i < need; ++i) table.push_back(take_block());
   return Status::Ok();
+}
+
+int32_t PagedKvCache::take_block() {
+  int32_t b;
+  if (!free_.empty()) {
+    b = free_.back();
+    free_.pop_back();
+  } else {  // evict: the caller checked free_blocks(), so an idle cached block exists
+    b = idle_cached_.front();
+    idle_cached_.pop_front();
+    BlockInfo& old = info_[size_t(b)];
+    by_hash_.erase(old.hash);
+    old.published = false;
+    old.tokens.clear();
+  }
+  info_[size_t(b)].refs = 1;
+  return b;
 }
 
 void PagedKvCache::release(int64_t seq) {
   auto it = tables_.find(seq);
   if (it == tables_.end()) return;
-  for (auto it2 = it->second.blocks.rbegin(); it2 != it->second.blocks.rend(); ++it2) free_.push_back(*it2);
+  // Last block first: of a released chain, its tail is evicted before its head (a cached
+  // block is only useful while the ones before it are cached too).
+  for (auto b = it->second.blocks.rbegin(); b != it->second.blocks.rend(); ++b) {
+    BlockInfo& info = info_[size_t(*b)];
+    if (--info.refs > 0) continue;
+    if (info.published) {
+      idle_cached_.push_back(*b);
+      info.idle = std::prev(idle_cached_.end());
+    } else {
+      free_.push_back(*b);
+    }
+  }
   tables_.erase(it);
+}
+
+namespace {
+// Chain hash of a block: its tokens mixed into the hash of everything before it (FNV-1a
+// over the ids, then a 64-bit finaliser).
+uint64_t chain_hash(uint64_t parent, std::span<const int32_t> tokens) {
+  uint64_t h = parent ^ 0xcbf29ce484222325ull;
+  for (int32_t t : tokens) {
+    h ^= uint32_t(t);
+    h *= 0x100000001b3ull;
+  }
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdull;
+  h ^= h >> 33;
+  return h;
+}
+}  // namespace
+
+int PagedKvCache::adopt_prefix(int64_t seq, std::span<const int32_t> tokens) {
+  if (!config_.prefix_cache || tokens.empty()) return 0;
+  auto existing = tables_.find(seq);
+  if (existing != tables_.end() && !existing->second.blocks.empty()) return existing->second.length;
+  const size_t bt = size_t(config_.block_tokens);
+  const size_t max_blocks = (tokens.size() - 1) / bt;  // at least one token left to compute
+  Sequence adopted;
+  for (size_t i = 0; i < max_blocks; ++i) {
+    const auto block_tokens = tokens.subspan(i * bt, bt);
+    const uint64_t h = chain_hash(adopted.chain, block_tokens);
+    auto hit = by_hash_.find(h);
+    if (hit == by_hash_.end()) break;
+    BlockInfo& info = info_[size_t(hit->second)];
+    if (info.parent != adopted.chain || !std::equal(block_tokens.begin(), block_tokens.end(), info.tokens.begin())) break;
+    if (info.refs++ == 0) idle_cached_.erase(info.idle);
+    adopted.blocks.push_back(hit->second);
+    adopted.chain = h;
+    adopted.published++;
+  }
+  if (adopted.blocks.empty()) return 0;
+  adopted.length = int(adopted.blocks.size() * bt);
+  const int length = adopted.length;
+  tables_[seq] = std::move(adopted);
+  return length;
+}
+
+void PagedKvCache::publish(int64_t seq, std::span<const int32_t> tokens, int computed) {
+  if (!config_.prefix_cache) return;
+  auto it = tables_.find(seq);
+  if (it == tables_.end()) return;
+  Sequence& s = it->second;
+  const size_t bt = size_t(config_.block_tokens);
+  const size_t full = std::min({size_t(std::max(computed, 0)), tokens.size(), size_t(s.length)}) / bt;
+  for (size_t i = size_t(s.published); i < full && i < s.blocks.size(); ++i) {
+    const auto block_tokens = tokens.subspan(i * bt, bt);
+    const uint64_t h = chain_hash(s.chain, block_tokens);
+    BlockInfo& info = info_[size_t(s.blocks[i])];
+    // The same prefix may be cached already (computed by another sequence at the same time):
+    // this block then stays private and is freed when seq ends.
+    if (!info.published && !by_hash_.count(h)) {
+      info.published = true;
+      info.hash = h;
+      info.parent = s.chain;
+      info.tokens.assign(block_tokens.begin(), block_tokens.end());
+      by_hash_[h] = s.blocks[i];
+    }
+    s.chain = h;
+    s.published = int(i + 1);
+  }
 }
 
 const std::vector<int32_t>& PagedKvCache::block_table(int64_t seq) const {

@@ -3,11 +3,23 @@
 // free list for reuse. Running out of blocks is an Error for the caller to handle (the
 // scheduler preempts or refuses work), never a crash.
 //
+// Prefix cache: a full block whose K/V are written is published under a hash of its tokens
+// and of every token before it (a chain, so equal hashes mean equal prefixes; the tokens are
+// compared too). A new sequence whose prompt starts with published blocks adopts them
+// instead of computing them again: a conversation's next turn, the same system prompt, or a
+// user's speech prefilled while they were still talking (the realtime session). Blocks are
+// reference-counted; an adopted block is shared read-only (a sequence writes only at or
+// after its own length, and adoption stops at a block boundary). A published block nobody
+// uses stays cached until its room is needed: free_blocks() counts it, and reserve() takes
+// free blocks first, then the least recently released cached ones.
+//
 // Ownership: the cache owns the pool memory (allocated through the Backend) and the block
 // tables. It is used by one thread (the executor's), like the Backend.
 #pragma once
 
 #include <cstdint>
+#include <list>
+#include <span>
 #include <unordered_map>
 #include <vector>
 
@@ -23,6 +35,7 @@ struct KvCacheConfig {
   int block_tokens = 16;     // positions per block
   TensorType type = TensorType::F16;  // F16 (default, half the memory) or F32
   size_t pool_bytes = 256u << 20;
+  bool prefix_cache = true;  // publish and adopt full blocks of equal prefixes
 };
 
 class PagedKvCache {
@@ -35,7 +48,9 @@ class PagedKvCache {
 
   const KvCacheConfig& config() const { return config_; }
   int total_blocks() const { return n_blocks_; }
-  int free_blocks() const { return int(free_.size()); }
+  // Blocks reserve() can hand out: never used, plus cached ones no sequence holds.
+  int free_blocks() const { return int(free_.size() + idle_cached_.size()); }
+  int cached_blocks() const { return int(idle_cached_.size()); }  // published, held by no sequence
   size_t block_bytes() const { return block_bytes_; }
   int max_tokens() const { return n_blocks_ * config_.block_tokens; }
 
@@ -44,7 +59,17 @@ class PagedKvCache {
   Status reserve(int64_t seq, int n_tokens);
   // Blocks needed to grow `seq` to n_tokens positions (0 if it already has them).
   int blocks_needed(int64_t seq, int n_tokens) const;
-  void release(int64_t seq);  // frees all of seq's blocks; unknown seq is a no-op
+  // Drops seq's hold on its blocks: shared and published ones stay for others, the rest are
+  // free. Unknown seq is a no-op.
+  void release(int64_t seq);
+  // For a sequence that holds no blocks yet: adopts the published blocks that hold a prefix
+  // of `tokens` (whole blocks, leaving at least one token to compute so the sequence has
+  // logits) and returns how many positions it now has cached (its length). 0 when nothing
+  // matches or the prefix cache is off.
+  int adopt_prefix(int64_t seq, std::span<const int32_t> tokens);
+  // Publishes seq's full blocks among its first `computed` positions of `tokens` (their K/V
+  // are written), so later sequences can adopt them.
+  void publish(int64_t seq, std::span<const int32_t> tokens, int computed);
   bool contains(int64_t seq) const { return tables_.count(seq) != 0; }
   const std::vector<int32_t>& block_table(int64_t seq) const;
   int capacity(int64_t seq) const;  // positions reserved for seq
@@ -62,12 +87,27 @@ class PagedKvCache {
   int n_blocks_;
   size_t block_bytes_;
   void* pool_;
-  std::vector<int32_t> free_;  // stack of free block ids
+  int32_t take_block();  // a free block, else the least recently used idle cached one
+
+  std::vector<int32_t> free_;  // stack of free block ids (never published, or evicted)
   struct Sequence {
     std::vector<int32_t> blocks;
     int length = 0;
+    int published = 0;   // leading blocks whose chain hash is known (adopted or published)
+    uint64_t chain = 0;  // chain hash through block `published - 1`
   };
   std::unordered_map<int64_t, Sequence> tables_;
+  // Per block: sequences holding it, and for published blocks their place in the cache.
+  struct BlockInfo {
+    int refs = 0;
+    bool published = false;
+    uint64_t hash = 0, parent = 0;      // chain hash of this block and of the one before it
+    std::vector<int32_t> tokens;        // its tokens (checked on adoption: no false hits)
+    std::list<int32_t>::iterator idle;  // into idle_cached_ while refs == 0
+  };
+  std::vector<BlockInfo> info_;
+  std::unordered_map<uint64_t, int32_t> by_hash_;
+  std::list<int32_t> idle_cached_;  // published blocks with no holder; front is evicted first
 };
 
 }  // namespace tutti

@@ -91,6 +91,10 @@ std::string ServingMetrics::render() const {
   out += "tutti_executor_steps_total " + std::to_string(steps.load()) + "\n";
   header("tutti_executor_wakeups_total", "counter", "Turns of the executor's step loop, including those that found nothing due.");
   out += "tutti_executor_wakeups_total " + std::to_string(executor_wakeups.load()) + "\n";
+  header("tutti_prefill_tokens_total", "counter", "Prompt tokens computed by prefill.");
+  out += "tutti_prefill_tokens_total " + std::to_string(prefill_tokens.load()) + "\n";
+  header("tutti_prefix_cache_hit_tokens_total", "counter", "Prompt tokens found in the prefix cache instead of computed.");
+  out += "tutti_prefix_cache_hit_tokens_total " + std::to_string(prefix_cache_hit_tokens.load()) + "\n";
   auto gauge = [&](const char* name, const char* help, int64_t v) {
     header(name, "gauge", help);
     out += std::string(name) + " " + std::to_string(v) + "\n";
@@ -98,7 +102,8 @@ std::string ServingMetrics::render() const {
   gauge("tutti_queue_depth", "Admitted requests waiting to start.", queue_depth);
   gauge("tutti_running_sequences", "Sequences holding KV cache blocks.", running);
   gauge("tutti_sequences_held_for_client", "Sequences paused until their client reads (flow control).", held_for_client);
-  gauge("tutti_kv_blocks_in_use", "KV cache blocks in use.", kv_blocks_used);
+  gauge("tutti_kv_blocks_in_use", "KV cache blocks held by sequences.", kv_blocks_used);
+  gauge("tutti_kv_blocks_cached", "KV cache blocks of the prefix cache held by no sequence (reusable, evicted when room is needed).", kv_blocks_cached);
   gauge("tutti_kv_blocks_total", "KV cache blocks in the pool.", kv_blocks_total);
   return out;
 }

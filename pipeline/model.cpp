@@ -81,7 +81,7 @@ size_t Model::total_weight_bytes() const {
   return n;
 }
 
-Expected<std::unique_ptr<PagedKvCache>> Model::make_kv_cache(size_t pool_bytes, TensorType type, int block_tokens) const {
+Expected<std::unique_ptr<PagedKvCache>> Model::make_kv_cache(size_t pool_bytes, TensorType type, int block_tokens, bool prefix_cache) const {
   KvCacheConfig c;
   c.n_layers = int(hparams().n_layer);
   c.kv_dim = int(hparams().n_head_kv * hparams().head_dim);
@@ -89,6 +89,7 @@ Expected<std::unique_ptr<PagedKvCache>> Model::make_kv_cache(size_t pool_bytes, 
   c.block_tokens = block_tokens;
   c.type = type;
   c.pool_bytes = pool_bytes;
+  c.prefix_cache = prefix_cache;
   return PagedKvCache::create(backend_, c);
 }
 

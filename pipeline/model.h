@@ -39,7 +39,7 @@ class Model {
 
   // A KV cache shaped for this model.
   Expected<std::unique_ptr<PagedKvCache>> make_kv_cache(size_t pool_bytes, TensorType type = TensorType::F16,
-                                                        int block_tokens = 16) const;
+                                                        int block_tokens = 16, bool prefix_cache = true) const;
 
   // Runs one step: reserves KV blocks, writes K/V of every token, returns the logits that
   // the batch asks for. Errors (bad token id, position gap, KV exhausted) leave the cache's

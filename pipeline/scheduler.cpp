@@ -36,7 +36,8 @@ Scheduler::Scheduler(SchedulerConfig config, KvCapacity& kv) : config_(config), 
 
 Status Scheduler::submit(SequenceRequest r, double now) {
   if (r.prompt.empty()) return Error{"request " + std::to_string(r.id) + " has an empty prompt"};
-  if (r.max_new_tokens < 1) return Error{"max_new_tokens must be at least 1"};
+  if (r.prefill_only) r.max_new_tokens = 0;
+  else if (r.max_new_tokens < 1) return Error{"max_new_tokens must be at least 1"};
   if (seqs_.count(r.id) || done_.count(r.id)) return Error{"request id " + std::to_string(r.id) + " is already in use"};
   if (r.cls == RequestClass::Realtime && !(r.pacing.tokens_per_second > 0 && r.pacing.low_watermark_s >= 0 &&
                                           r.pacing.high_watermark_s > r.pacing.low_watermark_s))
@@ -204,6 +205,13 @@ StepPlan Scheduler::plan(double now) {
     if (int(plan.batch.chunks.size()) >= config_.max_sequences_per_step || tokens_left <= 0) break;
     Sequence& s = *c.seq;
     if (!s.running && int(running_.size()) >= config_.max_running) continue;
+    // A sequence that holds no KV yet starts from what the prefix cache has of its tokens.
+    const bool admitting = !s.running && s.computed == 0;
+    if (admitting) s.computed = kv_.adopt_prefix(s.req.id, s.tokens);
+    auto unadmit = [&] {
+      if (admitting && s.computed > 0) kv_.release(s.req.id);
+      if (admitting) s.computed = 0;
+    };
     const int remaining = int(s.tokens.size()) - s.computed;
     int n = s.decoding() ? 1 : std::min({remaining, config_.prefill_chunk, tokens_left});
     auto free_blocks = [&] { return kv_.free_blocks() - planned_blocks; };
@@ -227,13 +235,21 @@ StepPlan Scheduler::plan(double now) {
       n /= 2;
       need = kv_.blocks_needed(s.req.id, s.computed + n);
     }
-    if (need > free_blocks()) continue;  // waits for blocks
+    if (need > free_blocks()) {  // waits for blocks
+      unadmit();
+      continue;
+    }
+    if (admitting) {
+      s.stats.cached_tokens = s.computed;
+      cached_tokens_ += uint64_t(s.computed);
+    }
+    if (!s.decoding()) prefill_tokens_ += uint64_t(n);
     SequenceChunk chunk;
     chunk.seq_id = s.req.id;
     chunk.start_pos = s.computed;
     chunk.tokens.assign(s.tokens.begin() + s.computed, s.tokens.begin() + s.computed + n);
     plan.batch.chunks.push_back(std::move(chunk));
-    plan.samples.push_back(s.computed + n == int(s.tokens.size()));
+    plan.samples.push_back(!s.req.prefill_only && s.computed + n == int(s.tokens.size()));
     plan.tokens += n;
     planned.push_back(s.req.id);
     planned_blocks += need;
@@ -256,6 +272,12 @@ std::vector<int64_t> Scheduler::on_step_done(const StepPlan& plan, const std::ve
     if (it == seqs_.end()) continue;
     Sequence& s = it->second;
     s.computed = chunk.start_pos + int(chunk.tokens.size());
+    kv_.publish(s.req.id, s.tokens, s.computed);
+    if (s.req.prefill_only && s.computed == int(s.tokens.size())) {  // its K/V are cached: done
+      finished.push_back(s.req.id);
+      retire(it);
+      continue;
+    }
     if (!plan.samples[i] || next >= tokens.size()) continue;
     const TokenOutcome& out = tokens[next++];
     if (s.req.cls == RequestClass::Realtime && s.stream_start >= 0) note_underrun(s, now);

@@ -64,6 +64,10 @@ struct SequenceRequest {
   std::vector<int32_t> prompt;
   int max_new_tokens = 16;
   RealtimePacing pacing;  // realtime only
+  // Compute the prompt's K/V and finish without sampling (max_new_tokens is ignored): its full
+  // blocks stay in the prefix cache for a request that will start with the same tokens (a
+  // user's speech prefilled while they are still talking).
+  bool prefill_only = false;
 };
 
 // What the scheduler needs from the KV cache; PagedKvCache through KvCacheCapacity, a
@@ -76,6 +80,10 @@ class KvCapacity {
   virtual int block_tokens() const = 0;
   virtual int blocks_needed(int64_t seq, int n_tokens) const = 0;
   virtual void release(int64_t seq) = 0;
+  // Prefix cache (see PagedKvCache): positions of `tokens` a new sequence finds cached, and
+  // publishing what a step computed. Without one: nothing is cached.
+  virtual int adopt_prefix(int64_t /*seq*/, const std::vector<int32_t>& /*tokens*/) { return 0; }
+  virtual void publish(int64_t /*seq*/, const std::vector<int32_t>& /*tokens*/, int /*computed*/) {}
 };
 
 class KvCacheCapacity final : public KvCapacity {
@@ -86,6 +94,8 @@ class KvCacheCapacity final : public KvCapacity {
   int block_tokens() const override { return kv_.config().block_tokens; }
   int blocks_needed(int64_t seq, int n) const override { return kv_.blocks_needed(seq, n); }
   void release(int64_t seq) override { kv_.release(seq); }
+  int adopt_prefix(int64_t seq, const std::vector<int32_t>& tokens) override { return kv_.adopt_prefix(seq, tokens); }
+  void publish(int64_t seq, const std::vector<int32_t>& tokens, int computed) override { kv_.publish(seq, tokens, computed); }
 
  private:
   PagedKvCache& kv_;
@@ -118,6 +128,7 @@ struct SequenceStats {
   int generated = 0;
   int underruns = 0;                // realtime: times playback caught up with generation
   int preemptions = 0;
+  int cached_tokens = 0;            // prompt positions found in the prefix cache (last admission)
   bool finished = false;
 };
 
@@ -153,6 +164,9 @@ class Scheduler {
   int held_for_client() const;
   int running() const { return int(running_.size()); }
   bool idle() const { return waiting_.empty() && running_.empty(); }
+  // Prompt tokens computed, and prompt tokens found in the prefix cache instead, since start.
+  uint64_t prefill_tokens_total() const { return prefill_tokens_; }
+  uint64_t cached_tokens_total() const { return cached_tokens_; }
   const SchedulerConfig& config() const { return config_; }
 
  private:
@@ -191,6 +205,7 @@ class Scheduler {
   std::deque<int64_t> waiting_;       // admitted, holding no KV (arrival order; preempted go first)
   std::vector<int64_t> running_;      // holding KV
   std::map<int64_t, SequenceStats> done_;
+  uint64_t prefill_tokens_ = 0, cached_tokens_ = 0;
 };
 
 }  // namespace tutti

@@ -20,6 +20,7 @@ struct Settings {
   int kv_cache_mb = 256;
   std::string kv_cache_type = "f16";
   int kv_block_tokens = 16;
+  bool prefix_cache = true;
   // [scheduler]
   int max_batch = 32;
   int step_token_budget = 512;
@@ -30,6 +31,7 @@ struct Settings {
   int client_window = 256;
   // [realtime]
   double low_watermark_ms = 200;
+  int prefill_while_speaking_ms = 300;
   double high_watermark_ms = 600;
   // [server]
   std::string host = "127.0.0.1";

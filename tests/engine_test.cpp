@@ -78,6 +78,48 @@ TEST(Engine, BatchedSequencesMatchRunsAloneIncludingSeededSampling) {
   EXPECT_EQ(e->kv_cache().free_blocks(), e->kv_cache().total_blocks());
 }
 
+// A conversation's next turn and a prompt prefilled ahead (prefill_only) start from the
+// prefix cache: fewer tokens computed, and not one generated token different from a run
+// without it.
+TEST(Engine, PrefixCacheReusesEarlierPromptsAndChangesNoToken) {
+  Fixture f;
+  for (bool cached : {true, false}) {
+    auto e = std::make_unique<Engine>(*f.model, std::move(f.model->make_kv_cache(4 << 20, TensorType::F32, 16, cached)).value(),
+                                      SchedulerConfig{}, nullptr);
+    double now = 0;
+    EngineRequest first = make(1, RequestClass::Interactive, 40, 8, 0.8f, 5);
+    ASSERT_TRUE(e->submit(first, now).ok());
+    auto got = drain(*e, now);
+    // The next turn: the first prompt, its answer, and new tokens.
+    EngineRequest next = make(2, RequestClass::Interactive, 0, 6, 0.8f, 9);
+    next.seq.prompt = first.seq.prompt;
+    next.seq.prompt.insert(next.seq.prompt.end(), got[1].first.begin(), got[1].first.end());
+    for (int k = 0; k < 11; ++k) next.seq.prompt.push_back(300 + k);
+    ASSERT_TRUE(e->submit(next, now).ok());
+    got = drain(*e, now);
+    EXPECT_EQ(got[2].first, f.alone(next));
+    // 40 prompt + 7 computed answer tokens: 2 full blocks of 16.
+    EXPECT_EQ(e->scheduler().cached_tokens_total(), cached ? 32u : 0u);
+
+    // Prefill ahead: a prefill-only request finishes with no token, and keeps its K/V.
+    EngineRequest ahead = make(3, RequestClass::Realtime, 37, 1);
+    ahead.seq.prefill_only = true;
+    ASSERT_TRUE(e->submit(ahead, now).ok());
+    got = drain(*e, now);
+    EXPECT_TRUE(got[3].first.empty());
+    EXPECT_EQ(got[3].second, FinishReason::Length);
+    EXPECT_EQ(e->kv_cache().free_blocks(), e->kv_cache().total_blocks());
+    EngineRequest turn = make(4, RequestClass::Realtime, 0, 5, 0.9f, 1);
+    turn.seq.prompt = ahead.seq.prompt;
+    turn.seq.prompt.insert(turn.seq.prompt.end(), {5, 6, 7});
+    const uint64_t before = e->scheduler().prefill_tokens_total();
+    ASSERT_TRUE(e->submit(turn, now).ok());
+    got = drain(*e, now);
+    EXPECT_EQ(got[4].first, f.alone(turn));
+    EXPECT_EQ(e->scheduler().prefill_tokens_total() - before, cached ? 40u - 32u : 40u);
+  }
+}
+
 TEST(Engine, StopTokenEndsTheSequenceWithoutEmittingIt) {
   Fixture f;
   auto e = f.engine();

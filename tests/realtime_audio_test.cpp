@@ -155,6 +155,52 @@ TEST(RealtimeVoice, SpeechIsDetectedCommittedAndAnsweredWithAudio) {
   EXPECT_NE(metrics.find("tutti_realtime_speech_to_first_audio_seconds_count 1"), std::string::npos);
 }
 
+// A counter or gauge from /metrics (-1 if absent).
+double metric(uint16_t port, const std::string& name) {
+  const std::string body = test::http_call(port, beast::http::verb::get, "/metrics").body;
+  const size_t at = body.find("\n" + name + " ");
+  return at == std::string::npos ? -1 : std::stod(body.substr(at + name.size() + 2));
+}
+
+// Prefill while the user is still talking: the speech so far is prefilled before the turn
+// ends, and the turn's request finds it in the prefix cache. Without it (interval 0) the
+// whole prompt is computed at the end of the turn.
+TEST(RealtimeVoice, SpeechIsPrefilledWhileTheUserIsStillTalking) {
+  for (int interval : {300, 0}) {
+    http::ServerConfig sc;
+    sc.prefill_while_speaking_ms = interval;
+    test::ServerUnderTest sut(sc);
+    VoiceClient c(sut.port);
+    c.next();
+    c.send({{"type", "session.update"},
+            {"session", {{"modalities", {"audio"}}, {"max_response_output_tokens", 20},
+                         {"turn_detection", {{"type", "server_vad"}, {"silence_duration_ms", 300}}}}}});
+    c.until("session.updated");
+    const auto talk = utterance();
+    const size_t first = 24000 * 7 / 10;  // 250 ms of silence, then 450 ms of speech
+    c.speak(std::vector<float>(talk.begin(), talk.begin() + long(first)));
+    c.until("input_audio_buffer.speech_started");
+    if (interval > 0) {
+      // The user is still talking: a prefill starts and finishes.
+      for (int i = 0; i < 500 && !(metric(sut.port, "tutti_realtime_speech_prefills_total") >= 1 &&
+                                   metric(sut.port, "tutti_running_sequences") == 0 && metric(sut.port, "tutti_queue_depth") == 0);
+           ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      EXPECT_GE(metric(sut.port, "tutti_realtime_speech_prefills_total"), 1);
+      EXPECT_EQ(metric(sut.port, "tutti_prefix_cache_hit_tokens_total"), 0);
+    }
+    c.speak(std::vector<float>(talk.begin() + long(first), talk.end()));
+    EXPECT_EQ(c.until("response.done")["response"]["status"], "completed");
+    const double hits = metric(sut.port, "tutti_prefix_cache_hit_tokens_total");
+    if (interval > 0) {
+      EXPECT_GE(hits, 48) << "at least the first 300 ms of speech (60 tokens) was cached, in blocks of 16";
+    } else {
+      EXPECT_EQ(hits, 0);
+      EXPECT_EQ(metric(sut.port, "tutti_realtime_speech_prefills_total"), 0);
+    }
+  }
+}
+
 TEST(RealtimeVoice, BargeInCancelsTheAnswerAndSaysWhatWasHeard) {
   test::ServerUnderTest sut;
   VoiceClient c(sut.port);

@@ -283,11 +283,24 @@ std::vector<VoiceActivityDetector::Event> VoiceInput::push(std::span<const float
   return vad_ ? vad_->push(pcm) : std::vector<VoiceActivityDetector::Event>{};
 }
 
+int64_t VoiceInput::first_frame(int64_t from_ms) const {
+  const int64_t frame_ms = int64_t(m_.frame_size) * 1000 / m_.sample_rate;
+  // Encoder frame j covers input [(j-1) N, (j+1) N): frames from from_ms on.
+  return std::clamp<int64_t>((from_ms - base_ms_) / frame_ms, 0, int64_t(codes_.size()) / m_.num_stages);
+}
+
+std::vector<int32_t> VoiceInput::peek(int64_t from_ms) const {
+  const int64_t stages = m_.num_stages, first = first_frame(from_ms);
+  std::vector<int32_t> ids = {int32_t(m_.begin_token)};
+  const auto tokens = codecs::codes_to_tokens(m_, std::span<const int32_t>(codes_.data() + first * stages, codes_.size() - size_t(first * stages)));
+  ids.insert(ids.end(), tokens.begin(), tokens.end());
+  return ids;
+}
+
 std::vector<int32_t> VoiceInput::take(int64_t from_ms, int64_t to_ms) {
   const int64_t frame_ms = int64_t(m_.frame_size) * 1000 / m_.sample_rate, stages = m_.num_stages;
-  // Encoder frame j covers input [(j-1) N, (j+1) N): frames from from_ms on.
   const int64_t frames = int64_t(codes_.size()) / stages;
-  const int64_t first = std::clamp<int64_t>((from_ms - base_ms_) / frame_ms, 0, frames);
+  const int64_t first = first_frame(from_ms);
   const int64_t last = std::clamp<int64_t>((to_ms - base_ms_) / frame_ms + 1, first, frames);
   std::vector<int32_t> ids;
   if ((last - first) * frame_ms >= 100) {

@@ -89,6 +89,9 @@ class VoiceInput {
   // Ids of [from_ms, to_ms] (stream time, as the VAD's events give it) of the buffered audio,
   // wrapped in begin/end; empty if that is under 100 ms. Clears the buffer.
   std::vector<int32_t> take(int64_t from_ms, int64_t to_ms);
+  // The ids take(from_ms, now) would start with: the begin token and the codes so far (no
+  // end token; the buffer stays). What a session prefills while the user is still talking.
+  std::vector<int32_t> peek(int64_t from_ms) const;
   void clear();
   // Stream time: where the buffer starts and ends, in ms since the first sample.
   int64_t buffer_start_ms() const { return base_ms_; }
@@ -96,6 +99,8 @@ class VoiceInput {
   const std::optional<VadConfig>& vad_config() const { return vad_config_; }
 
  private:
+  int64_t first_frame(int64_t from_ms) const;  // the encoder frame from_ms falls in
+
   ModalityInfo m_;
   std::shared_ptr<const codecs::Codebooks> books_;
   std::optional<VadConfig> vad_config_;

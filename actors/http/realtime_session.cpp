@@ -9,12 +9,30 @@ namespace tutti::http {
 
 using namespace detail;
 
+// The owner of a speech prefill's generation (text_request::prefill_only): nothing reaches
+// the client. When it ends, the session may start the next one.
+struct SpeechPrefill {
+  std::function<void()> on_done;  // runs once, on the I/O thread
+  void on_prompt_tokens(int32_t) {}
+  void on_refused(const std::string&) { done(); }
+  void on_delta(const text_delta& d) {
+    if (!d.finish_reason.empty()) done();
+  }
+  void on_media(MediaChunk, int32_t, int32_t) {}
+  void done() {
+    if (auto f = std::move(on_done)) f();
+    on_done = nullptr;
+  }
+};
+
 // ---- /v1/realtime: the OpenAI Realtime event grammar for text over a WebSocket.
 // Client events: session.update, conversation.item.create, response.create, response.cancel.
 // Server events: session.created / .updated, conversation.item.created, response.created,
 // response.output_text.delta / .done, response.done (with usage), and non-fatal error events
 // that carry the client's event_id. One response at a time per session.
 class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
+  struct Item;  // of the conversation (below)
+
  public:
   RealtimeSession(tcp::socket socket, HttpServer::Impl& srv)
       : ws_(std::move(socket)), srv_(srv), max_tokens_(std::min(256, srv.cfg.max_tokens)) {
@@ -25,6 +43,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     --srv_.metrics.active_connections;
     if (generating_) caf::anon_send<caf::message_priority::high>(srv_.pipe.executor, cancel_atom::value, request_id_);
     if (sink_) caf::anon_send_exit(sink_, caf::exit_reason::user_shutdown);
+    if (prefill_) caf::anon_send<caf::message_priority::high>(srv_.pipe.executor, cancel_atom::value, prefill_id_);
   }
 
   void start(bhttp::request<bhttp::string_body> req) {
@@ -223,13 +242,37 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
           srv_.metrics.barge_ins++;
           caf::anon_send<caf::message_priority::high>(srv_.pipe.executor, cancel_atom::value, request_id_);
         }
+        prefilled_ms_ = e.at_ms;
       } else {
         emit({{"type", "input_audio_buffer.speech_stopped"}, {"audio_end_ms", e.at_ms}, {"item_id", speech_item_id_}});
-        commit_audio(std::max<int64_t>(0, speech_start_ms_ - vad_config_->prefix_padding_ms), e.at_ms, "");
+        commit_audio(speech_from_ms(), e.at_ms, "");
         if (auto_response_ && !generating_) start_response(json::object(), "");
       }
     }
+    if (!speech_item_id_.empty()) prefill_speech();
   }
+
+  // Prefill while the user is still talking: every prefill_while_speaking_ms of new speech,
+  // the conversation plus the speech so far is prefilled (one at a time), so that at the end
+  // of the turn the request finds it in the prefix cache and computes only what came since.
+  // Only between responses: during one, the conversation is about to change.
+  void prefill_speech() {
+    const int interval = srv_.cfg.prefill_while_speaking_ms;
+    if (interval <= 0 || generating_ || prefill_ || voice().buffer_end_ms() - prefilled_ms_ < interval) return;
+    prefilled_ms_ = voice().buffer_end_ms();
+    const Item speech{"user", "", voice().peek(speech_from_ms())};
+    text_request r = conversation_request(&speech);
+    r.prefill_only = true;
+    r.request_class = "interactive";
+    r.id = prefill_id_ = srv_.next_id++;
+    prefill_ = std::make_shared<SpeechPrefill>();
+    prefill_->on_done = [weak = std::weak_ptr<RealtimeSession>(shared_from_this())] {
+      if (auto self = weak.lock()) self->prefill_.reset();
+    };
+    srv_.metrics.speech_prefills++;
+    spawn_generation(srv_.system, srv_.ioc, srv_.pipe.encoder, r, std::weak_ptr<SpeechPrefill>(prefill_));
+  }
+  int64_t speech_from_ms() const { return std::max<int64_t>(0, speech_start_ms_ - vad_config_->prefix_padding_ms); }
 
   // The buffered audio from `from_ms` to `to_ms` (stream time) becomes a user item of audio
   // tokens.
@@ -253,11 +296,16 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
 
   // The conversation as a prompt: text items through the chat template, audio items as
   // spliced token ids (media markers).
-  text_request conversation_request() const {
+  // `pending`: an item not in the conversation yet (speech still being spoken) at its end.
+  text_request conversation_request(const Item* pending = nullptr) const {
     std::vector<ChatMessage> messages;
     text_request r;
     if (!instructions_.empty()) messages.push_back({"system", instructions_});
-    for (const Item& it : conversation_) {
+    std::vector<const Item*> items;
+    for (const Item& it : conversation_) items.push_back(&it);
+    if (pending) items.push_back(pending);
+    for (const Item* item : items) {
+      const Item& it = *item;
       if (it.ids.empty()) {
         std::string clean = it.text;  // marker bytes from a client are not markers
         clean.erase(std::remove_if(clean.begin(), clean.end(), [](char c) { return c == '\x1e' || c == '\x1f'; }), clean.end());
@@ -542,6 +590,9 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
   int64_t request_id_ = 0;
   std::string response_id_, item_id_, response_event_id_, text_;
   sink_actor sink_;
+  // The speech prefill in flight (one at a time), and the buffer time it reached.
+  std::shared_ptr<SpeechPrefill> prefill_;
+  int64_t prefill_id_ = 0, prefilled_ms_ = 0;
 };
 
 void start_realtime(tcp::socket socket, bhttp::request<bhttp::string_body> req, HttpServer::Impl& srv) {

@@ -319,6 +319,7 @@ class Session : public std::enable_shared_from_this<Session> {
     counter("tutti_completion_tokens_total", "Generated tokens of finished generations.", m.completion_tokens);
     counter("tutti_http_connections", "Open HTTP connections.", m.active_connections, "gauge");
     counter("tutti_realtime_barge_ins_total", "Responses cut short by the user speaking.", m.barge_ins);
+    counter("tutti_realtime_speech_prefills_total", "Prefills of a user's speech started while they were still talking.", m.speech_prefills);
     b += "# HELP tutti_realtime_speech_to_first_audio_seconds End of the user's speech (commit) to the first audio delta sent.\n"
          "# TYPE tutti_realtime_speech_to_first_audio_seconds histogram\n";
     m.speech_to_first_audio.render(b, "tutti_realtime_speech_to_first_audio_seconds", "");

@@ -37,6 +37,10 @@ struct ServerConfig {
   ModalityTable modalities;           // the model's media modalities (media endpoints)
   double max_media_seconds = 30;      // longest speech, music or video answer
   ChatTemplate chat_template = ChatTemplate::Plain;
+  // Realtime voice: while the user is still talking, prefill the conversation and the speech
+  // so far each time this much more has arrived (the turn's request then finds it in the
+  // prefix cache and computes only the rest); 0: prefill at the end of the turn only.
+  int prefill_while_speaking_ms = 300;
 };
 
 // Counters the server exports on /metrics (atomics: written by the I/O and actor threads).
@@ -45,6 +49,7 @@ struct ServerMetrics {
   // Realtime voice: end of the user's speech (the commit) to the first audio delta sent.
   Histogram speech_to_first_audio{{0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2, 2, 5}};
   std::atomic<uint64_t> barge_ins{0};
+  std::atomic<uint64_t> speech_prefills{0};  // prefills of speech started while the user was talking
 };
 
 class HttpServer {

@@ -2,7 +2,11 @@
 // server, each speaking turns in real time (100 ms appends) and listening to the answers,
 // while text requests arrive at random. Reports end of speech (the server's commit) to the
 // first audio delta, p50/p99, and underruns of the answers' playback, per session count,
-// with text time-to-first-token beside them.
+// with text time-to-first-token beside them. Each session count runs once per mode (same
+// binary, same load; --modes): `speaking` = the prefix cache and prefill while the user is
+// still talking (the default server), `cache` = the prefix cache only (earlier turns reused,
+// the new speech computed at its end), `off` = neither (every turn's whole prompt computed
+// at the end of speech).
 #include <boost/asio.hpp>
 #include <boost/beast.hpp>
 
@@ -133,12 +137,16 @@ VoiceResult voice_session(uint16_t port, Clock::time_point until, int answer_tok
   return r;
 }
 
-double ttft_once(uint16_t port) {
+double ttft_once(uint16_t port, uint64_t seed) {
   net::io_context ioc;
   tcp::socket s(ioc);
   s.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
+  // A different prompt each time: text requests find nothing in the prefix cache, so the
+  // modes compare the voice turns' prefill and not a cached text prompt.
+  std::mt19937_64 rng(seed);
+  static const char* words[] = {"river", "stone", "light", "winter", "quiet", "market", "signal", "orange", "paper", "engine"};
   std::string prompt;
-  for (int i = 0; i < 60; ++i) prompt += "word ";
+  for (int i = 0; i < 60; ++i) prompt += std::string(words[rng() % 10]) + " ";
   const std::string body = json{{"prompt", prompt}, {"max_tokens", 8}, {"stream", true}}.dump();
   const auto t0 = Clock::now();
   net::write(s, net::buffer("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body));
@@ -165,69 +173,77 @@ double pct(std::vector<double> v, double p) {
 
 int cmd_bench_voice(const std::vector<std::string>& argv) {
   auto opts = engine_options();
-  for (auto o : {"sessions", "seconds", "text-rate", "answer-tokens"}) opts.insert(o);
+  for (auto o : {"sessions", "seconds", "text-rate", "answer-tokens", "modes"}) opts.insert(o);
   Args args(argv, opts, {});
   if (!args.ok()) return fail(args.error());
   const double seconds = args.get_double("seconds", 12);
   const double text_rate = args.get_double("text-rate", 2);
   const int answer_tokens = int(args.get_int("answer-tokens", 400));  // 2 s of audio
-  std::vector<int> counts;
-  {
-    std::string list = args.get("sessions", "1,4,8,16");
+  auto split = [](const std::string& list) {
+    std::vector<std::string> out;
     size_t p = 0;
     while (p <= list.size()) {
       const size_t q = std::min(list.find(',', p), list.size());
-      if (q > p) counts.push_back(std::max(1, std::atoi(list.substr(p, q - p).c_str())));
+      if (q > p) out.push_back(list.substr(p, q - p));
       p = q + 1;
     }
-  }
+    return out;
+  };
+  std::vector<int> counts;
+  for (const std::string& c : split(args.get("sessions", "1,4,8,16"))) counts.push_back(std::max(1, std::atoi(c.c_str())));
+  const std::vector<std::string> modes = split(args.get("modes", "speaking,off"));
+  for (const std::string& m : modes)
+    if (m != "speaking" && m != "cache" && m != "off") return fail("--modes takes speaking, cache and off");
   auto engine = open_engine(args, true);
   if (!engine) return 1;
   std::shared_ptr<const Tokenizer> tokenizer(std::move(engine->tokenizer));
   std::printf("voice turns: 0.3 s silence + 0.8 s voiced + 0.6 s silence streamed in real time, answers of %d audio tokens (%.1f s), "
               "text requests at %.1f/s, %.0f s per run\n", answer_tokens, answer_tokens / 200.0, text_rate, seconds);
-  std::printf("%9s %8s %18s %18s %10s %16s %7s\n", "sessions", "turns", "speech->audio p50", "speech->audio p99", "underruns",
+  std::printf("%9s %-9s %8s %18s %18s %10s %16s %7s\n", "sessions", "mode", "turns", "speech->audio p50", "speech->audio p99", "underruns",
               "text TTFT p50/p99", "errors");
-  for (int n : counts) {
-    actors::PipelineConfig pc;
-    pc.kv_cache_bytes = size_t(engine->settings.kv_cache_mb) << 20;
-    pc.scheduler.max_waiting = 1024;
-    pc.scheduler.max_running = 1024;
-    auto running = RunningServer::start(*engine->model, tokenizer, pc, engine->settings.caf_workers);
-    if (!running) return fail(running.error().message);
-    const uint16_t port = (*running)->port;
-    const auto until = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
-    std::mutex mu;
-    VoiceResult all;
-    std::vector<double> ttft;
-    std::vector<std::thread> threads;
-    for (int i = 0; i < n; ++i)
-      threads.emplace_back([&, i] {
-        std::this_thread::sleep_for(std::chrono::milliseconds(137 * i % 1700));  // sessions start out of step
-        VoiceResult r = voice_session(port, until, answer_tokens);
-        std::lock_guard<std::mutex> lock(mu);
-        all.speech_to_audio.insert(all.speech_to_audio.end(), r.speech_to_audio.begin(), r.speech_to_audio.end());
-        all.underruns += r.underruns, all.turns += r.turns, all.errors += r.errors;
-      });
-    std::mt19937 rng(5);
-    std::exponential_distribution<double> gap(text_rate);
-    const auto t0 = Clock::now();
-    double t = gap(rng);
-    while (Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(0)) < until) {
-      std::this_thread::sleep_until(t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(t)));
-      if (Clock::now() >= until) break;
-      threads.emplace_back([&] {
-        const double v = ttft_once(port);
-        std::lock_guard<std::mutex> lock(mu);
-        if (v >= 0) ttft.push_back(v);
-      });
-      t += gap(rng);
+  for (int n : counts)
+    for (const std::string& mode : modes) {
+      actors::PipelineConfig pc;
+      pc.prefix_cache = mode != "off";
+      pc.kv_cache_bytes = size_t(engine->settings.kv_cache_mb) << 20;
+      pc.scheduler.max_waiting = 1024;
+      pc.scheduler.max_running = 1024;
+      auto running = RunningServer::start(*engine->model, tokenizer, pc, engine->settings.caf_workers,
+                                          mode == "speaking" ? engine->settings.prefill_while_speaking_ms : 0);
+      if (!running) return fail(running.error().message);
+      const uint16_t port = (*running)->port;
+      const auto until = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+      std::mutex mu;
+      VoiceResult all;
+      std::vector<double> ttft;
+      std::vector<std::thread> threads;
+      for (int i = 0; i < n; ++i)
+        threads.emplace_back([&, i] {
+          std::this_thread::sleep_for(std::chrono::milliseconds(137 * i % 1700));  // sessions start out of step
+          VoiceResult r = voice_session(port, until, answer_tokens);
+          std::lock_guard<std::mutex> lock(mu);
+          all.speech_to_audio.insert(all.speech_to_audio.end(), r.speech_to_audio.begin(), r.speech_to_audio.end());
+          all.underruns += r.underruns, all.turns += r.turns, all.errors += r.errors;
+        });
+      std::mt19937 rng(5);
+      std::exponential_distribution<double> gap(text_rate);
+      const auto t0 = Clock::now();
+      double t = gap(rng);
+      while (Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(0)) < until) {
+        std::this_thread::sleep_until(t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(t)));
+        if (Clock::now() >= until) break;
+        threads.emplace_back([&, seed = rng()] {
+          const double v = ttft_once(port, seed);
+          std::lock_guard<std::mutex> lock(mu);
+          if (v >= 0) ttft.push_back(v);
+        });
+        t += gap(rng);
+      }
+      for (auto& th : threads) th.join();
+      std::printf("%9d %-9s %8d %15.0f ms %15.0f ms %10d %8.0f/%.0f ms %7d\n", n, mode.c_str(), all.turns, pct(all.speech_to_audio, 0.5) * 1e3,
+                  pct(all.speech_to_audio, 0.99) * 1e3, all.underruns, pct(ttft, 0.5) * 1e3, pct(ttft, 0.99) * 1e3, all.errors);
+      std::fflush(stdout);
     }
-    for (auto& th : threads) th.join();
-    std::printf("%9d %8d %15.0f ms %15.0f ms %10d %8.0f/%.0f ms %7d\n", n, all.turns, pct(all.speech_to_audio, 0.5) * 1e3,
-                pct(all.speech_to_audio, 0.99) * 1e3, all.underruns, pct(ttft, 0.5) * 1e3, pct(ttft, 0.99) * 1e3, all.errors);
-    std::fflush(stdout);
-  }
   return 0;
 }
 

@@ -37,10 +37,12 @@ int cmd_serve(const std::vector<std::string>& argv) {
   sc.read_timeout_s = st.read_timeout_s;
   sc.write_timeout_s = st.write_timeout_s;
   sc.send_buffer_bytes = st.send_buffer_bytes;
+  sc.prefill_while_speaking_ms = st.prefill_while_speaking_ms;
   actors::PipelineConfig pc;
   pc.kv_cache_bytes = size_t(st.kv_cache_mb) << 20;
   pc.kv_cache_type = st.kv_cache_type == "f32" ? TensorType::F32 : TensorType::F16;
   pc.kv_block_tokens = st.kv_block_tokens;
+  pc.prefix_cache = st.prefix_cache;
   pc.scheduler.max_sequences_per_step = st.max_batch;
   pc.scheduler.step_token_budget = st.step_token_budget;
   pc.scheduler.prefill_chunk = std::min(st.prefill_chunk, st.step_token_budget);

@@ -18,7 +18,8 @@ struct RunningServer {
 
   // `model` and `tokenizer` outlive the server.
   static Expected<std::unique_ptr<RunningServer>> start(Model& model, std::shared_ptr<const Tokenizer> tokenizer,
-                                                        const actors::PipelineConfig& pc, int caf_workers) {
+                                                        const actors::PipelineConfig& pc, int caf_workers,
+                                                        int prefill_while_speaking_ms = http::ServerConfig{}.prefill_while_speaking_ms) {
     auto s = std::make_unique<RunningServer>();
     actors::configure_for_compute(s->cfg, caf_workers);
     s->system = std::make_unique<caf::actor_system>(s->cfg);
@@ -30,6 +31,7 @@ struct RunningServer {
     sc.max_tokens = 1 << 16;
     sc.model_name = model.hparams().name.empty() ? "tutti" : model.hparams().name;
     sc.modalities = model.config().modalities;
+    sc.prefill_while_speaking_ms = prefill_while_speaking_ms;
     s->server = std::make_unique<http::HttpServer>(*s->system, s->pipe, sc);
     auto port = s->server->start();
     if (!port) return port.error();
