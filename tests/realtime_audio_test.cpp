@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "actors/http/realtime_audio.hpp"
+#include "codecs/media_decoder.h"
 #include "codecs/media_encoder.h"
 #include "codecs/opus_codec.h"
 #include "http_client.h"
@@ -408,6 +409,70 @@ TEST(RealtimeVoice, ImagesBecomeVideoTokensInTheConversation) {
   const json done = c.until("response.done");
   // Two frames of 16x16 patches (256 tokens each, between begin and end) are in the prompt.
   EXPECT_GE(done["response"]["usage"]["input_tokens"].get<int>(), 2 * 258);
+}
+
+// Frames a JPEG decodes into (at the video modality's 128x128).
+int jpeg_frames(const std::string& jpeg) {
+  codecs::ByteQueue q(jpeg.size() + 1);
+  (void)q.push(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(jpeg.data()), jpeg.size()));
+  q.close();
+  int frames = 0;
+  Status s = codecs::decode_video(q, 128, 128, [&](const codecs::VideoFrame&) { ++frames; });
+  EXPECT_TRUE(s.ok()) << s.message();
+  return frames;
+}
+
+// Video out (a tutti extension): a response with the video modality streams each finished
+// frame as a JPEG, in tutti.response.output_video.delta events or, with the binary framing,
+// in binary messages of kind 4. Audio and video together are refused.
+TEST(RealtimeVoice, VideoAnswersStreamFramesAsJpeg) {
+  test::ServerUnderTest sut;
+  VoiceClient c(sut.port);
+  c.next();
+  c.send({{"type", "conversation.item.create"}, {"item", {{"type", "message"}, {"role", "user"}, {"content", {{{"type", "input_text"}, {"text", "show me"}}}}}}});
+  c.until("conversation.item.created");
+  c.send({{"type", "session.update"}, {"session", {{"modalities", {"audio", "video"}}}}});
+  EXPECT_EQ(c.until("error")["error"]["code"], "invalid_value");
+  c.send({{"type", "response.create"}, {"response", {{"modalities", {"video"}}}}});
+  std::vector<json> events;
+  json done = c.until("response.done", &events);
+  EXPECT_EQ(done["response"]["status"], "completed");
+  int deltas = 0;
+  for (const json& e : events)
+    if (e["type"] == "tutti.response.output_video.delta") {
+      EXPECT_EQ(e["frame_index"], deltas);
+      EXPECT_EQ(e["content_type"], "image/jpeg");
+      auto jpeg = base64_decode(e["delta"].get<std::string>());
+      ASSERT_TRUE(jpeg);
+      EXPECT_EQ(jpeg_frames(std::string(jpeg->begin(), jpeg->end())), 1);
+      ++deltas;
+    }
+  // 2 s at 4 fps, 256 codes a frame.
+  EXPECT_EQ(deltas, 8);
+  EXPECT_EQ(done["response"]["usage"]["output_token_details"]["tutti.video_tokens"], 8 * 256);
+  bool video_done = false;
+  for (const json& e : events) video_done |= e["type"] == "tutti.response.output_video.done" && e["frames"] == 8;
+  EXPECT_TRUE(video_done);
+
+  // The binary framing: frames as kind-4 binary messages.
+  c.send({{"type", "session.update"}, {"session", {{"tutti", {{"binary_audio", "opus"}}}, {"max_response_output_tokens", 2 * 256 + 10}}}});
+  c.until("session.updated");
+  c.send({{"type", "response.create"}, {"response", {{"modalities", {"video"}}}}});
+  int binary_frames = 0;
+  for (;;) {
+    beast::flat_buffer b;
+    c.ws.read(b);
+    const std::string msg = beast::buffers_to_string(b.data());
+    if (c.ws.got_binary()) {
+      ASSERT_FALSE(msg.empty());
+      EXPECT_EQ(uint8_t(msg[0]), 4);
+      EXPECT_EQ(jpeg_frames(msg.substr(1)), 1);
+      ++binary_frames;
+      continue;
+    }
+    if (json::parse(msg)["type"] == "response.done") break;
+  }
+  EXPECT_EQ(binary_frames, 2) << "max_response_output_tokens rounds down to whole frames";
 }
 
 }  // namespace

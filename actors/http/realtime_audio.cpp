@@ -225,14 +225,41 @@ class OpusAudioOutput final : public MediaOutput {
 
 std::unique_ptr<MediaOutput> make_opus_audio_output() { return std::make_unique<OpusAudioOutput>(); }
 
-std::vector<std::string> split_length_prefixed(const std::vector<uint8_t>& b) {
+namespace {
+class JpegFrameOutput final : public MediaOutput {
+ public:
+  MediaChunk on_delta(const actors::media_delta& d) override {
+    MediaChunk c;
+    if (!d.rgb.empty()) {
+      auto jpeg = codecs::encode_image("jpeg", d.width, d.height, d.rgb);
+      if (!jpeg) {
+        c.error = jpeg.error().message;
+      } else {
+        for (int k = 0; k < 4; ++k) c.bytes.push_back(uint8_t(jpeg->size() >> (8 * k)));
+        c.bytes.insert(c.bytes.end(), jpeg->begin(), jpeg->end());
+        c.frames = 1;
+      }
+    }
+    const std::string encode_error = c.error;
+    finish_chunk(d, c);
+    if (!encode_error.empty() && c.error.empty()) c.error = encode_error;
+    return c;
+  }
+};
+}  // namespace
+
+std::unique_ptr<MediaOutput> make_jpeg_frame_output() { return std::make_unique<JpegFrameOutput>(); }
+
+std::vector<std::string> split_length_prefixed(const std::vector<uint8_t>& b, int length_bytes) {
   std::vector<std::string> out;
+  const size_t w = size_t(length_bytes);
   size_t at = 0;
-  while (at + 2 <= b.size()) {
-    const size_t n = size_t(b[at]) | size_t(b[at + 1]) << 8;
-    if (at + 2 + n > b.size()) break;
-    out.emplace_back(reinterpret_cast<const char*>(b.data() + at + 2), n);
-    at += 2 + n;
+  while (at + w <= b.size()) {
+    size_t n = 0;
+    for (size_t k = 0; k < w; ++k) n |= size_t(b[at + k]) << (8 * k);
+    if (n > b.size() - at - w) break;
+    out.emplace_back(reinterpret_cast<const char*>(b.data() + at + w), n);
+    at += w + n;
   }
   return out;
 }

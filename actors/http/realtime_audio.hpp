@@ -38,7 +38,12 @@ enum class BinaryKind : uint8_t { AudioIn = 1, AudioOut = 2, VideoIn = 3, VideoO
 // An audio answer as Opus packets (48 kHz mono, 20 ms): chunk.bytes holds them each behind
 // a 2-byte little-endian length; chunk.frames counts the 24 kHz samples they carry.
 std::unique_ptr<MediaOutput> make_opus_audio_output();
-std::vector<std::string> split_length_prefixed(const std::vector<uint8_t>& bytes);
+// A video answer as JPEG frames (video out on the WebSocket): chunk.bytes holds each finished
+// frame's JPEG behind a 4-byte little-endian length; chunk.frames counts the frames.
+std::unique_ptr<MediaOutput> make_jpeg_frame_output();
+// The pieces of chunk.bytes, each behind a little-endian length of `length_bytes` (2 for
+// Opus packets, 4 for JPEG frames).
+std::vector<std::string> split_length_prefixed(const std::vector<uint8_t>& bytes, int length_bytes = 2);
 
 // An audio answer as Realtime deltas: each chunk's bytes are the base64 of its samples in
 // the wire format (resampled to 8 kHz for G.711), chunk.frames the number of 24 kHz samples.

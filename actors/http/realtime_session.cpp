@@ -69,6 +69,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
   // format (base64 text in chunk.bytes).
   void on_media(MediaChunk c, int32_t tokens, int32_t prompt_tokens) {
     if (!generating_) return;
+    if (video_answer_) return on_video(std::move(c), tokens, prompt_tokens);
     if (!c.bytes.empty() && !barged_in_) {  // after a barge-in nothing more is sent
       if (audio_sent_samples_ == 0) {
         first_audio_at_ = std::chrono::steady_clock::now();
@@ -112,6 +113,38 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
                                                             {"audio_tokens", input_audio_tokens_}}},
                                    {"output_token_details", {{"text_tokens", 0}, {"audio_tokens", tokens}}}}}}}});
   }
+  // A video answer (tutti extension): each finished frame as a JPEG, in a binary message of
+  // kind 4 when the binary framing is on, else in a tutti.response.output_video.delta event.
+  void on_video(MediaChunk c, int32_t tokens, int32_t prompt_tokens) {
+    for (const std::string& jpeg : split_length_prefixed(c.bytes, 4)) {
+      if (binary_opus_) {
+        send_binary(char(BinaryKind::VideoOut) + jpeg, tokens);
+      } else {
+        emit({{"type", "tutti.response.output_video.delta"}, {"response_id", response_id_}, {"item_id", item_id_}, {"output_index", 0},
+              {"content_index", 0}, {"frame_index", video_frames_sent_}, {"content_type", "image/jpeg"},
+              {"delta", base64_encode(std::vector<uint8_t>(jpeg.begin(), jpeg.end()))}}, tokens);
+      }
+      ++video_frames_sent_;
+    }
+    if (c.bytes.empty() && !c.done) {
+      if (out_.empty()) credit_.delivered(srv_.pipe.executor, tokens);
+      else out_.back().tokens_through = tokens;
+    }
+    if (!c.done && c.error.empty()) return;
+    generating_ = false;
+    const bool cancelled = c.error == "cancelled";
+    if (!c.error.empty() && !cancelled) error("server_error", "", c.error, response_event_id_);
+    emit({{"type", "tutti.response.output_video.done"}, {"response_id", response_id_}, {"item_id", item_id_}, {"output_index", 0},
+          {"content_index", 0}, {"frames", video_frames_sent_}});
+    const std::string status = cancelled ? "cancelled" : !c.error.empty() ? "failed" : "completed";
+    emit({{"type", "response.done"},
+          {"response", {{"id", response_id_}, {"object", "realtime.response"}, {"status", status}, {"modalities", {"video"}},
+                        {"usage", {{"input_tokens", prompt_tokens}, {"output_tokens", tokens}, {"total_tokens", prompt_tokens + tokens},
+                                   {"input_token_details", {{"text_tokens", std::max(0, prompt_tokens - input_audio_tokens_)},
+                                                            {"audio_tokens", input_audio_tokens_}}},
+                                   {"output_token_details", {{"text_tokens", 0}, {"audio_tokens", 0}, {"tutti.video_tokens", tokens}}}}}}}});
+  }
+
   void on_refused(const std::string& message) {
     generating_ = false;
     error("invalid_request_error", "", message, response_event_id_);
@@ -152,6 +185,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
   }
 
   bool has_audio() const { return srv_.pipe.codecs && srv_.pipe.codecs->info(Modality::Audio); }
+  bool has_video() const { return srv_.pipe.codecs && srv_.pipe.codecs->info(Modality::Video); }
 
   // ---- input audio: buffered, voice-detected, encoded to audio tokens as it arrives
   VoiceInput& voice() {
@@ -424,7 +458,11 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
           if (x.is_string()) modalities.push_back(x);
       }
     const bool audio = std::count(modalities.begin(), modalities.end(), "audio") > 0;
+    const bool video = std::count(modalities.begin(), modalities.end(), "video") > 0;
     if (audio && !has_audio()) return error("invalid_request_error", "audio_not_supported", "this model has no audio modality", event_id);
+    if (video && !has_video()) return error("invalid_request_error", "video_not_supported", "this model has no video modality", event_id);
+    if (audio && video)
+      return error("invalid_request_error", "invalid_value", "a response carries one media modality: audio or video", event_id);
     input_audio_tokens_ = 0;
     for (const auto& part : r.media_parts) input_audio_tokens_ += int32_t(part.size());
     if (audio) {
@@ -434,6 +472,17 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
       r.temperature = std::max(r.temperature, 0.7f);  // greedy decoding repeats one code
       r.request_class = "realtime";  // paced against its playback clock
       r.tokens_per_second = srv_.pipe.codecs->info(Modality::Audio)->tokens_per_second();
+    } else if (video) {
+      // A video answer: frames of the video modality, paced at its token rate; up to
+      // max_response_output_tokens codes when set, else 2 seconds.
+      const ModalityInfo& v = *srv_.pipe.codecs->info(Modality::Video);
+      const int per_frame = int(std::lround(v.tokens_per_second() / std::max(1.0, double(v.frame_rate))));
+      r.modality = "video";
+      r.max_tokens = max_tokens_set_ ? std::max(per_frame, max_tokens_ / per_frame * per_frame)
+                                     : per_frame * std::max(1, int(2 * v.frame_rate));
+      r.temperature = std::max(r.temperature, 0.7f);
+      r.request_class = "realtime";
+      r.tokens_per_second = v.tokens_per_second();
     } else {
       r.max_tokens = max_tokens_;
     }
@@ -444,12 +493,15 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     response_event_id_ = event_id;
     text_.clear();
     audio_sent_samples_ = 0;
+    video_frames_sent_ = 0;
+    video_answer_ = video;
     first_audio_at_.reset();
     generating_ = true;
     credit_.start(request_id_);
     emit({{"type", "response.created"}, {"response", {{"id", response_id_}, {"object", "realtime.response"}, {"status", "in_progress"}, {"modalities", modalities}}}});
     std::shared_ptr<MediaOutput> out;
     if (audio) out = binary_opus_ ? make_opus_audio_output() : make_wire_audio_output(out_wire_);
+    if (video) out = make_jpeg_frame_output();
     sink_ = spawn_generation(srv_.system, srv_.ioc, srv_.pipe.encoder, r, std::weak_ptr<RealtimeSession>(shared_from_this()), out);
   }
 
@@ -477,11 +529,15 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
         if (!s[key].is_array()) return std::string("'") + key + "' must be an array";
         std::vector<std::string> m;
         for (const json& x : s[key]) {
-          if (!x.is_string() || (x != "text" && x != "audio")) return std::string("'") + key + "' holds text and audio only";
+          if (!x.is_string() || (x != "text" && x != "audio" && x != "video"))
+            return std::string("'") + key + "' holds text, audio and video only";
           m.push_back(x);
         }
         if (m.empty()) return std::string("'") + key + "' must not be empty";
         if (std::count(m.begin(), m.end(), "audio") && !has_audio()) return std::string("this model has no audio modality");
+        if (std::count(m.begin(), m.end(), "video") && !has_video()) return std::string("this model has no video modality");
+        if (std::count(m.begin(), m.end(), "audio") && std::count(m.begin(), m.end(), "video"))
+          return std::string("a response carries one media modality: audio or video");
         modalities_ = m;
       }
     if (s.contains("tutti")) {
@@ -587,6 +643,8 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
   std::optional<std::chrono::steady_clock::time_point> committed_at_, first_audio_at_;
   bool barged_in_ = false;
   bool generating_ = false;
+  bool video_answer_ = false;   // the response in progress is video (frames as JPEG)
+  int video_frames_sent_ = 0;
   int64_t request_id_ = 0;
   std::string response_id_, item_id_, response_event_id_, text_;
   sink_actor sink_;
