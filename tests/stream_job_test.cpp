@@ -62,6 +62,7 @@ TEST(StreamJobs, RequestsAreValidated) {
   for (const auto& [body, p] : {std::pair<std::string, std::string>{R"({"input":"http://x","output":"zmq:tcp://127.0.0.1:1"})", "input"},
                                 {R"({"input":"zmq:tcp://127.0.0.1:1","output":"zmq:tcp://host:notaport"})", "output"},
                                 {R"({"input":"zmq:tcp://127.0.0.1:1","output":"zmq:tcp://127.0.0.1:2","task":"dance"})", "task"},
+                                {R"({"input":"zmq:tcp://127.0.0.1:1","output":"zmq:tcp://127.0.0.1:2","modality":"smell"})", "modality"},
                                 {R"({"input":"zmq:tcp://127.0.0.1:1","output":"zmq:tcp://127.0.0.1:1"})", "output"},
                                 {"[]", ""}}) {
     auto r = http::parse_stream_job(body);
@@ -70,20 +71,32 @@ TEST(StreamJobs, RequestsAreValidated) {
   }
 }
 
-TEST(StreamJobs, FfmpegInZeroMqOutAndGarbageOnlyCountsGaps) {
-  test::ServerUnderTest sut;
-  const uint16_t in = free_port(), out = free_port();
+// A stream job answering one spoken turn that the real ffmpeg publishes in real time, with
+// the real ffmpeg reading the job's output (for media answers) into a file. Returns the job's
+// state after its first answer, and the codec ffprobe finds in what the reader got.
+struct TurnThroughJob {
+  std::string id;
+  json state;
+  std::string codec;
+};
+TurnThroughJob turn_through_job(test::ServerUnderTest& sut, const std::string& modality, uint16_t in, uint16_t out) {
+  TurnThroughJob r;
   auto [status, job] = call(sut.port, bhttp::verb::post, "/v1/streams",
                             json{{"input", "zmq:tcp://127.0.0.1:" + std::to_string(in)}, {"output", "zmq:tcp://127.0.0.1:" + std::to_string(out)},
-                                 {"task", "respond"}, {"max_response_seconds", 3}}.dump());
-  ASSERT_EQ(status, 200) << job.dump();
-  const std::string id = job["id"];
+                                 {"task", "respond"}, {"max_response_seconds", 3}, {"modality", modality}}.dump());
+  EXPECT_EQ(status, 200) << job.dump();
+  if (status != 200) return r;
+  r.id = job["id"];
+  const std::string& id = r.id;
   EXPECT_EQ(job["status"], "running");
+  EXPECT_EQ(job["modality"], modality);
+  const bool media = modality != "text";
   // The reader: ffmpeg subscribed to the job's output, copying what comes to a file.
   const std::string dir = std::string(TUTTI_BINARY_DIR) + "/test-data";
   const std::string answer = dir + "/zmq-answer-" + std::to_string(out) + ".ts";
   std::remove(answer.c_str());
   std::thread reader([&] {
+    if (!media) return;
     (void)std::system(("timeout -s INT 25 ffmpeg -nostdin -loglevel info -y -probesize 4096 -analyzeduration 200000 -i zmq:tcp://127.0.0.1:" + std::to_string(out) +
                        " -c copy -flush_packets 1 -f mpegts '" + answer + "' >'" + answer + ".log' 2>&1").c_str());
   });
@@ -101,9 +114,14 @@ TEST(StreamJobs, FfmpegInZeroMqOutAndGarbageOnlyCountsGaps) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   publisher.join();
+  r.state = state;
   EXPECT_GE(state["turns"].get<int>(), 1) << state.dump();
-  ASSERT_GE(state["responses"].get<int>(), 1) << state.dump();
+  EXPECT_GE(state["responses"].get<int>(), 1) << state.dump();
   EXPECT_GT(state["bytes_in"].get<int>(), 0);
+  if (!media) {
+    reader.join();
+    return r;
+  }
   EXPECT_GT(state["bytes_out"].get<int>(), 0);
   // Let the reader write what it received (ffmpeg writes once it has probed the stream).
   for (int i = 0; i < 100; ++i) {
@@ -122,8 +140,20 @@ TEST(StreamJobs, FfmpegInZeroMqOutAndGarbageOnlyCountsGaps) {
   }
   std::string reader_log;
   if (std::ifstream lf(answer + ".log"); lf) reader_log.assign(std::istreambuf_iterator<char>(lf), {});
-  EXPECT_EQ(probe.substr(0, probe.find('\n')), "aac") << "the reader got no playable answer; its log:\n"
-                                                       << reader_log.substr(reader_log.size() > 1500 ? reader_log.size() - 1500 : 0);
+  r.codec = probe.substr(0, probe.find('\n'));
+  if (r.codec.empty())
+    ADD_FAILURE() << "the reader got no playable answer; its log:\n" << reader_log.substr(reader_log.size() > 1500 ? reader_log.size() - 1500 : 0);
+  return r;
+}
+
+TEST(StreamJobs, FfmpegInZeroMqOutAndGarbageOnlyCountsGaps) {
+  test::ServerUnderTest sut;
+  const uint16_t in = free_port(), out = free_port();
+  TurnThroughJob turn = turn_through_job(sut, "audio", in, out);
+  ASSERT_FALSE(turn.id.empty());
+  EXPECT_EQ(turn.codec, "aac");
+  const std::string id = turn.id;
+  json state;
 
   // Garbage from another publisher on the same address: gaps, and the job keeps running.
   {
@@ -155,6 +185,24 @@ TEST(StreamJobs, FfmpegInZeroMqOutAndGarbageOnlyCountsGaps) {
                             {"output", "zmq:tcp://127.0.0.1:" + std::to_string(busy.local_endpoint().port())}}.dump());
   EXPECT_EQ(s2, 400);
   EXPECT_NE(e2["error"]["message"].get<std::string>().find("cannot publish"), std::string::npos) << e2.dump();
+}
+
+// Video answers are H.264 in MPEG-TS on the output; text answers are events on the job.
+TEST(StreamJobs, VideoAnswersArePublishedAndTextAnswersAreJobEvents) {
+  test::ServerUnderTest sut;
+  TurnThroughJob video = turn_through_job(sut, "video", free_port(), free_port());
+  EXPECT_EQ(video.codec, "h264");
+  TurnThroughJob text = turn_through_job(sut, "text", free_port(), free_port());
+  ASSERT_FALSE(text.id.empty());
+  bool done = false;
+  for (const json& e : text.state["events"])
+    if (e["type"] == "response.done") {
+      done = true;
+      EXPECT_TRUE(e["text"].is_string());
+      EXPECT_GT(e["output_tokens"].get<int>(), 0);
+    }
+  EXPECT_TRUE(done) << text.state.dump();
+  EXPECT_EQ(text.state["bytes_out"], 0);
 }
 
 }  // namespace

@@ -257,8 +257,8 @@ class ImageOutput final : public MediaOutput {
 
 class VideoOutput final : public MediaOutput {
  public:
-  VideoOutput(int w, int h, double fps) : w_(w), h_(h) {
-    auto e = codecs::make_video_encoder("mp4", w, h, fps, [this](std::span<const uint8_t> b) { pending_.insert(pending_.end(), b.begin(), b.end()); });
+  VideoOutput(int w, int h, double fps, const std::string& container) : w_(w), h_(h) {
+    auto e = codecs::make_video_encoder(container, w, h, fps, [this](std::span<const uint8_t> b) { pending_.insert(pending_.end(), b.begin(), b.end()); });
     if (e) encoder_ = std::move(e).value();
     else error_ = e.error().message;
   }
@@ -292,6 +292,8 @@ class VideoOutput final : public MediaOutput {
 
 std::unique_ptr<MediaOutput> make_audio_output(codecs::AudioFormat f, int rate) { return std::make_unique<AudioOutput>(f, rate); }
 std::unique_ptr<MediaOutput> make_image_output(int w, int h) { return std::make_unique<ImageOutput>(w, h); }
-std::unique_ptr<MediaOutput> make_video_output(int w, int h, double fps) { return std::make_unique<VideoOutput>(w, h, fps); }
+std::unique_ptr<MediaOutput> make_video_output(int w, int h, double fps, const std::string& container) {
+  return std::make_unique<VideoOutput>(w, h, fps, container);
+}
 
 }  // namespace tutti::http

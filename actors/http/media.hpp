@@ -53,8 +53,8 @@ class MediaOutput {
 std::unique_ptr<MediaOutput> make_audio_output(codecs::AudioFormat format, int sample_rate);
 // One image: the finished frame scaled to width x height, as PNG bytes.
 std::unique_ptr<MediaOutput> make_image_output(int width, int height);
-// A video: frames scaled to width x height, H.264 in fragmented MP4.
-std::unique_ptr<MediaOutput> make_video_output(int width, int height, double fps);
+// A video: frames scaled to width x height, H.264 in fragmented MP4 (or "mpegts").
+std::unique_ptr<MediaOutput> make_video_output(int width, int height, double fps, const std::string& container = "mp4");
 
 std::string base64_encode(const std::vector<uint8_t>& bytes);
 

@@ -50,6 +50,11 @@ std::variant<StreamJobRequest, ApiError> parse_stream_job(const std::string& bod
       return bad("'max_response_seconds' must be from 0.2 to 60", "max_response_seconds");
     r.max_response_seconds = j["max_response_seconds"];
   }
+  if (j.contains("modality")) {
+    if (!j["modality"].is_string() || (j["modality"] != "audio" && j["modality"] != "video" && j["modality"] != "text"))
+      return bad("'modality' must be audio, video or text", "modality");
+    r.modality = j["modality"];
+  }
   if (r.input == r.output) return bad("'input' and 'output' must differ", "output");
   return r;
 }
@@ -92,6 +97,7 @@ class StreamJob : public std::enable_shared_from_this<StreamJob> {
 
   nlohmann::json to_json() const {
     return {{"id", id_}, {"object", "stream"}, {"status", status_}, {"input", req_.input}, {"output", req_.output}, {"task", req_.task},
+            {"modality", req_.modality},
             {"created_at", created_}, {"bytes_in", bytes_in_.load()}, {"bytes_out", bytes_out_}, {"gaps", gaps_.load()},
             {"turns", turns_}, {"responses", responses_}, {"events", nlohmann::json(events_)}};
   }
@@ -103,7 +109,22 @@ class StreamJob : public std::enable_shared_from_this<StreamJob> {
     generating_ = false;
     event("error", {{"message", message}});
   }
-  void on_delta(const actors::text_delta&) {}
+  // A text answer: its deltas are events on the job.
+  void on_delta(const actors::text_delta& d) {
+    credit_.delivered(srv_.pipe.executor, d.completion_tokens);
+    if (!d.text.empty()) {
+      text_ += d.text;
+      event("response.output_text.delta", {{"request", request_id_}, {"delta", d.text}});
+    }
+    if (d.finish_reason.empty()) return;
+    generating_ = false;
+    ++responses_;
+    const bool failed = d.finish_reason == "error" || d.finish_reason == "cancelled";
+    event(failed ? "response.failed" : "response.done",
+          {{"output_tokens", d.completion_tokens}, {"input_tokens", d.prompt_tokens}, {"text", text_},
+           {"error", failed ? nlohmann::json(d.error.empty() ? d.finish_reason : d.error) : nlohmann::json(nullptr)}});
+    text_.clear();
+  }
   void on_media(MediaChunk c, int32_t tokens, int32_t prompt_tokens) {
     credit_.delivered(srv_.pipe.executor, tokens);  // the PUB socket never blocks: it drops for slow readers
     if (!c.bytes.empty() && !stopping_) {
@@ -125,7 +146,7 @@ class StreamJob : public std::enable_shared_from_this<StreamJob> {
     fields["type"] = type;
     fields["at"] = unix_now();
     events_.push_back(std::move(fields));
-    while (events_.size() > 50) events_.pop_front();
+    while (events_.size() > 100) events_.pop_front();  // a log of the recent ones
   }
 
   void receive_loop() {
@@ -205,17 +226,31 @@ class StreamJob : public std::enable_shared_from_this<StreamJob> {
       r.media_parts.push_back(conversation_[k]);
     }
     r.prompt = prompt + "assistant:";
-    const ModalityInfo* audio = srv_.pipe.codecs->info(Modality::Audio);
-    r.modality = "audio";
-    r.max_tokens = int32_t(req_.max_response_seconds * audio->tokens_per_second());
     r.temperature = 0.8f;
-    r.request_class = "realtime";
-    r.tokens_per_second = audio->tokens_per_second();
+    std::shared_ptr<MediaOutput> out;
+    if (req_.modality == "text") {
+      r.max_tokens = std::min(srv_.cfg.max_tokens, 256);
+      r.request_class = "interactive";
+    } else {
+      // A media answer, paced as a realtime stream at its modality's token rate.
+      const Modality m = req_.modality == "video" ? Modality::Video : Modality::Audio;
+      const ModalityInfo& info = *srv_.pipe.codecs->info(m);
+      r.modality = req_.modality;
+      r.request_class = "realtime";
+      r.tokens_per_second = info.tokens_per_second();
+      if (m == Modality::Video) {  // whole frames
+        const int per_frame = int(std::lround(info.tokens_per_second() / std::max(1.0, double(info.frame_rate))));
+        r.max_tokens = per_frame * std::max(1, int(std::lround(req_.max_response_seconds * info.frame_rate)));
+        out = make_video_output(int(info.width), int(info.height), info.frame_rate, "mpegts");
+      } else {
+        r.max_tokens = int32_t(req_.max_response_seconds * info.tokens_per_second());
+        out = make_audio_output(codecs::AudioFormat::MpegTs, 24000);
+      }
+    }
     generating_ = true;
     credit_.start(request_id_);
     event("response.started", {{"request", request_id_}});
-    sink_ = spawn_generation(srv_.system, srv_.ioc, srv_.pipe.encoder, r, std::weak_ptr<StreamJob>(shared_from_this()),
-                             std::shared_ptr<MediaOutput>(make_audio_output(codecs::AudioFormat::MpegTs, 24000)));
+    sink_ = spawn_generation(srv_.system, srv_.ioc, srv_.pipe.encoder, r, std::weak_ptr<StreamJob>(shared_from_this()), out);
   }
 
   std::string id_;
@@ -234,6 +269,7 @@ class StreamJob : public std::enable_shared_from_this<StreamJob> {
   int turns_ = 0, responses_ = 0;
   std::deque<nlohmann::json> events_;
   std::deque<std::vector<int32_t>> conversation_;
+  std::string text_;  // of the text answer in progress
   bool generating_ = false;
   int64_t request_id_ = 0;
   DeliveryCredit credit_;
@@ -248,6 +284,8 @@ std::pair<int, std::string> stream_jobs_create(HttpServer::Impl& srv, const std:
   if (active >= 4) return {429, ApiError{429, "rate_limit_error", "too_many_streams", "4 stream jobs are already running", ""}.body()};
   if (!srv.pipe.codecs || !srv.pipe.codecs->info(Modality::Audio))
     return {400, ApiError{400, "invalid_request_error", "unsupported_modality", "this model has no audio modality", ""}.body()};
+  if (std::get<StreamJobRequest>(parsed).modality == "video" && !srv.pipe.codecs->info(Modality::Video))
+    return {400, ApiError{400, "invalid_request_error", "unsupported_modality", "this model has no video modality", "modality"}.body()};
   const std::string id = "stream_" + std::to_string(srv.next_id++);
   auto job = std::make_shared<StreamJob>(id, std::get<StreamJobRequest>(std::move(parsed)), srv);
   if (Status s = job->start(); !s) return {400, ApiError{400, "invalid_request_error", "", s.message(), "output"}.body()};

@@ -23,8 +23,11 @@ namespace tutti::http {
 struct StreamJobRequest {
   std::string input, output, task = "respond";
   double max_response_seconds = 5;
+  // What the answers are: audio (AAC in MPEG-TS on the output), video (H.264 in MPEG-TS on
+  // the output) or text (response.output_text.delta events on the job, nothing published).
+  std::string modality = "audio";
 };
-// zmq:tcp://HOST:PORT URLs for input and output; task "respond".
+// zmq:tcp://HOST:PORT URLs for input and output; task "respond"; modality audio|video|text.
 std::variant<StreamJobRequest, ApiError> parse_stream_job(const std::string& body);
 
 }  // namespace tutti::http
