@@ -48,6 +48,19 @@ Reader boolean(bool Settings::*field) {
     return std::nullopt;
   };
 }
+Reader text_list(std::vector<std::string> Settings::*field) {
+  return [=](const toml::node& n, Settings& s) -> std::optional<std::string> {
+    const toml::array* a = n.as_array();
+    if (!a) return "must be an array of strings";
+    std::vector<std::string> out;
+    for (const toml::node& e : *a) {
+      if (!e.is_string()) return "must be an array of strings";
+      out.push_back(*e.value<std::string>());
+    }
+    s.*field = std::move(out);
+    return std::nullopt;
+  };
+}
 Reader text(std::string Settings::*field, std::vector<std::string> allowed = {}) {
   return [=](const toml::node& n, Settings& s) -> std::optional<std::string> {
     if (!n.is_string()) return "must be a string";
@@ -89,6 +102,12 @@ const std::map<std::string, std::map<std::string, Reader>>& schema() {
                   {"write_timeout_s", real(&Settings::write_timeout_s, 0.1, 86400)},
                   {"send_buffer_bytes", integer(&Settings::send_buffer_bytes, 0, 1 << 30)}}},
       {"threads", {{"caf_workers", integer(&Settings::caf_workers, 1, 256)}}},
+      {"access", {{"api_keys", text_list(&Settings::api_keys)}, {"api_key_file", text(&Settings::api_key_file)},
+                  {"requests_per_minute", integer(&Settings::requests_per_minute, 0, 1 << 30)},
+                  {"concurrent_sessions", integer(&Settings::concurrent_sessions, 0, 1 << 20)},
+                  {"tokens_per_minute", integer64(&Settings::tokens_per_minute, 0, int64_t(1) << 50)}}},
+      {"ledger", {{"path", text(&Settings::ledger_path)}, {"synchronous", text(&Settings::ledger_synchronous, {"normal", "full"})}}},
+      {"shutdown", {{"drain_seconds", real(&Settings::drain_seconds, 0, 3600)}}},
   };
   return s;
 }

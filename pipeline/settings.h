@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "pipeline/expected.h"
 
@@ -42,8 +43,19 @@ struct Settings {
   double read_timeout_s = 60;
   double write_timeout_s = 60;
   int send_buffer_bytes = 0;
+  // [access]
+  std::vector<std::string> api_keys;   // bearer tokens; none (and no key file): the server is open
+  std::string api_key_file;            // one key per line, or "name key"
+  int requests_per_minute = 0;         // per key; 0: no limit
+  int concurrent_sessions = 0;
+  int64_t tokens_per_minute = 0;       // per key and modality
+  // [ledger]
+  std::string ledger_path = "usage.db";  // "": no ledger
+  std::string ledger_synchronous = "normal";
   // [threads]
   int caf_workers = 2;
+  // [shutdown]
+  double drain_seconds = 10;
 };
 
 Expected<Settings> parse_settings(const std::string& toml_text, const std::string& source_name);

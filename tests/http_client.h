@@ -8,16 +8,21 @@
 #include <cstdio>
 #include <fstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace tutti::test {
 
 struct Reply {
   int status = 0;
   std::string body, content_type;
+  std::string retry_after, www_authenticate;
 };
 
-// One request; reads until the response ends or the server closes. Bodies up to 64 MiB.
-inline Reply http_call(uint16_t port, boost::beast::http::verb verb, const std::string& target, const std::string& body = "") {
+// One request (with extra header fields, e.g. Authorization); reads until the response ends
+// or the server closes. Bodies up to 64 MiB.
+inline Reply http_call(uint16_t port, boost::beast::http::verb verb, const std::string& target, const std::string& body = "",
+                       const std::vector<std::pair<std::string, std::string>>& headers = {}) {
   namespace beast = boost::beast;
   namespace bhttp = boost::beast::http;
   boost::asio::io_context ioc;
@@ -26,6 +31,7 @@ inline Reply http_call(uint16_t port, boost::beast::http::verb verb, const std::
   bhttp::request<bhttp::string_body> req{verb, target, 11};
   req.set(bhttp::field::host, "127.0.0.1");
   req.set(bhttp::field::content_type, "application/json");
+  for (const auto& [name, value] : headers) req.set(name, value);
   req.body() = body;
   req.prepare_payload();
   bhttp::write(stream, req);
@@ -35,7 +41,8 @@ inline Reply http_call(uint16_t port, boost::beast::http::verb verb, const std::
   beast::error_code ec;
   bhttp::read(stream, buf, parser, ec);
   const auto& res = parser.get();
-  return {int(res.result_int()), res.body(), std::string(res[bhttp::field::content_type])};
+  return {int(res.result_int()), res.body(), std::string(res[bhttp::field::content_type]), std::string(res[bhttp::field::retry_after]),
+          std::string(res[bhttp::field::www_authenticate])};
 }
 
 // ffprobe's csv answer for `entries` (e.g. "stream=codec_name,sample_rate") of the bytes,

@@ -15,6 +15,7 @@ packages=(
   libopus-dev libogg-dev                       # Opus frames and Ogg Opus streams
   libavformat-dev libavcodec-dev libswresample-dev libswscale-dev libavutil-dev  # FFmpeg 5.1
   libzmq3-dev cppzmq-dev  # ZeroMQ: FFmpeg streams piped in and out (stream jobs)
+  libsqlite3-dev          # the usage ledger (SQLite in WAL mode)
   ffmpeg espeak-ng sox  # tests: ffprobe checks outputs; speech, tones and noise as test signals
   clang libclang-rt-14-dev  # tests: the media fuzz target (libFuzzer)
   chromium curl             # tests: the browser client in headless Chromium

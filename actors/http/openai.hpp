@@ -22,6 +22,7 @@ struct ApiError {
   std::string code;
   std::string message;
   std::string param;
+  double retry_after_s = 0;  // > 0: a Retry-After header (limits, busy, shutting down)
   std::string body() const;  // {"error": {...}}
 };
 

@@ -1,5 +1,7 @@
 // /v1/realtime: Realtime WebSocket sessions (text and voice). See realtime_audio.hpp for the
 // wire formats and the VAD, session_support.hpp for what sessions share.
+#include <sstream>
+
 #include "actors/http/realtime_audio.hpp"
 #include "actors/http/session_support.hpp"
 #include "codecs/audio_tokenizer.h"
@@ -34,14 +36,19 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
   struct Item;  // of the conversation (below)
 
  public:
-  RealtimeSession(tcp::socket socket, HttpServer::Impl& srv)
-      : ws_(std::move(socket)), srv_(srv), max_tokens_(std::min(256, srv.cfg.max_tokens)) {
+  // `key`: the name of the key the client presented; the session holds one of its
+  // concurrent sessions (admitted by the HTTP session before the upgrade) while it lasts.
+  RealtimeSession(tcp::socket socket, HttpServer::Impl& srv, std::string key)
+      : ws_(std::move(socket)), srv_(srv), max_tokens_(std::min(256, srv.cfg.max_tokens)), key_(std::move(key)),
+        session_hold_(srv, key_, false, true) {
     ++srv_.metrics.active_connections;
     apply_socket_options(ws_.next_layer().socket(), srv_.cfg);
   }
   ~RealtimeSession() {
     --srv_.metrics.active_connections;
+    srv_.on_drain.erase(drain_id_);
     if (generating_) caf::anon_send<caf::message_priority::high>(srv_.pipe.executor, cancel_atom::value, request_id_);
+    end_response("cancelled", "the client went away or the server stopped", 0, 0, video_answer_ ? "video" : "text");
     if (sink_) caf::anon_send_exit(sink_, caf::exit_reason::user_shutdown);
     if (prefill_) caf::anon_send<caf::message_priority::high>(srv_.pipe.executor, cancel_atom::value, prefill_id_);
   }
@@ -55,6 +62,26 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     timeouts.idle_timeout = millis(srv_.cfg.read_timeout_s);
     timeouts.keep_alive_pings = true;
     ws_.set_option(timeouts);
+    // A browser that offers subprotocols (the key travels in one) needs one chosen back:
+    // "realtime" when offered, never the key's.
+    const std::string offered(req[bhttp::field::sec_websocket_protocol]);
+    if (!offered.empty()) {
+      std::string chosen;
+      std::istringstream list(offered);
+      for (std::string p; std::getline(list, p, ',');) {
+        p.erase(0, p.find_first_not_of(' '));
+        p.erase(p.find_last_not_of(' ') + 1);
+        if (chosen.empty() && p.rfind("openai-insecure-api-key.", 0) != 0) chosen = p;
+        if (p == "realtime") chosen = p;
+      }
+      if (!chosen.empty())
+        ws_.set_option(beast::websocket::stream_base::decorator(
+            [chosen](beast::websocket::response_type& res) { res.set(bhttp::field::sec_websocket_protocol, chosen); }));
+    }
+    drain_id_ = uint64_t(srv_.next_id++);
+    srv_.on_drain[drain_id_] = [weak = std::weak_ptr<RealtimeSession>(shared_from_this())] {
+      if (auto self = weak.lock()) self->go_away();
+    };
     ws_.async_accept(req, [self = shared_from_this()](beast::error_code ec) {
       if (ec) return;
       self->session_id_ = "sess_" + std::to_string(self->srv_.next_id++);
@@ -64,6 +91,18 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
   }
 
   void on_prompt_tokens(int32_t) {}
+
+  // The server drains: close with "going away" once the response in flight is done and
+  // every event is written (flush() calls close_going_away then).
+  void go_away() {
+    going_away_ = true;
+    flush();
+  }
+  void close_going_away() {
+    if (closing_) return;
+    closing_ = true;
+    ws_.async_close(beast::websocket::close_code::going_away, [self = shared_from_this()](beast::error_code) {});
+  }
 
   // An audio answer's deltas: the sink already turned samples into the session's output wire
   // format (base64 text in chunk.bytes).
@@ -93,6 +132,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     if (!c.done && c.error.empty()) return;
     generating_ = false;
     const bool cancelled = c.error == "cancelled";
+    end_response(cancelled ? "cancelled" : !c.error.empty() ? "failed" : "completed", cancelled ? "" : c.error, prompt_tokens, tokens, "audio");
     if (!c.error.empty() && !cancelled) error("server_error", "", c.error, response_event_id_);
     emit({{"type", "response.output_audio.done"}, {"response_id", response_id_}, {"item_id", item_id_}, {"output_index", 0}, {"content_index", 0}});
     emit({{"type", "response.output_audio_transcript.done"}, {"response_id", response_id_}, {"item_id", item_id_}, {"output_index", 0},
@@ -133,6 +173,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     if (!c.done && c.error.empty()) return;
     generating_ = false;
     const bool cancelled = c.error == "cancelled";
+    end_response(cancelled ? "cancelled" : !c.error.empty() ? "failed" : "completed", cancelled ? "" : c.error, prompt_tokens, tokens, "video");
     if (!c.error.empty() && !cancelled) error("server_error", "", c.error, response_event_id_);
     emit({{"type", "tutti.response.output_video.done"}, {"response_id", response_id_}, {"item_id", item_id_}, {"output_index", 0},
           {"content_index", 0}, {"frames", video_frames_sent_}});
@@ -147,6 +188,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
 
   void on_refused(const std::string& message) {
     generating_ = false;
+    end_response("failed", message, 0, 0, "text");
     error("invalid_request_error", "", message, response_event_id_);
     finish_response("failed", 0, 0);
   }
@@ -162,6 +204,8 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     }
     if (d.finish_reason.empty()) return;
     generating_ = false;
+    end_response(d.finish_reason == "cancelled" ? "cancelled" : d.finish_reason == "error" ? "failed" : d.finish_reason == "length" ? "incomplete" : "completed",
+                 d.error, d.prompt_tokens, d.completion_tokens, "text");
     if (d.finish_reason == "error") error("server_error", "", d.error, response_event_id_);
     emit({{"type", "response.output_text.done"}, {"response_id", response_id_}, {"item_id", item_id_}, {"output_index", 0},
           {"content_index", 0}, {"text", text_}});
@@ -463,6 +507,20 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     if (video && !has_video()) return error("invalid_request_error", "video_not_supported", "this model has no video modality", event_id);
     if (audio && video)
       return error("invalid_request_error", "invalid_value", "a response carries one media modality: audio or video", event_id);
+    // Each response counts against the key's limits (the session itself holds a session).
+    const std::string answer_modality = audio ? "audio" : video ? "video" : "text";
+    if (auto refusal = srv_.admit(key_, answer_modality, false)) {
+      json e = {{"type", refusal->code == "server_shutting_down" ? "server_error" : "rate_limit_error"}, {"code", refusal->code},
+                {"message", refusal->message}, {"retry_after_s", refusal->retry_after_s}};
+      e["event_id"] = event_id.empty() ? json(nullptr) : json(event_id);
+      srv_.metrics.errors++;
+      return emit({{"type", "error"}, {"error", e}});
+    }
+    response_hold_ = Hold(srv_, key_, true, false);
+    response_hold_active_ = true;
+    response_started_ = HttpServer::Impl::unix_seconds();
+    response_started_steady_ = std::chrono::steady_clock::now();
+    request_class_ = r.request_class;
     input_audio_tokens_ = 0;
     for (const auto& part : r.media_parts) input_audio_tokens_ += int32_t(part.size());
     if (audio) {
@@ -570,6 +628,25 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     return std::nullopt;
   }
 
+  // A response ended: its usage record (before response.done goes out), its hold released.
+  void end_response(const std::string& outcome, const std::string& err, int prompt_tokens, int output_tokens, const std::string& modality) {
+    if (!response_hold_active_) return;
+    response_hold_active_ = false;
+    UsageRecord r;
+    r.request_id = response_id_;
+    r.key = key_;
+    r.endpoint = "/v1/realtime";
+    r.request_class = request_class_;
+    r.started_at = response_started_;
+    if (first_audio_at_) r.first_output_s = std::chrono::duration<double>(*first_audio_at_ - response_started_steady_).count();
+    r.tokens_in["text"] = std::max(0, prompt_tokens - input_audio_tokens_);
+    r.tokens_in["audio"] = input_audio_tokens_;
+    r.tokens_out[modality] = output_tokens;
+    r.outcome = outcome, r.error = err;
+    srv_.account(std::move(r));
+    response_hold_.release();
+  }
+
   void finish_response(const std::string& status, int prompt_tokens, int completion_tokens) {
     emit({{"type", "response.done"},
           {"response", {{"id", response_id_}, {"object", "realtime.response"}, {"status", status},
@@ -601,7 +678,11 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     flush();
   }
   void flush() {
-    if (writing_ || out_.empty()) return;
+    if (writing_) return;
+    if (out_.empty()) {
+      if (going_away_ && !generating_) close_going_away();
+      return;
+    }
     writing_ = true;
     ws_.binary(out_.front().binary);
     ws_.async_write(net::buffer(out_.front().data), [self = shared_from_this()](beast::error_code ec, size_t) {
@@ -648,13 +729,23 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
   int64_t request_id_ = 0;
   std::string response_id_, item_id_, response_event_id_, text_;
   sink_actor sink_;
+  // Access and accounting: the client's key, the session's hold (one of the key's concurrent
+  // sessions) and the response's (a running generation), and what its record needs.
+  std::string key_;
+  Hold session_hold_, response_hold_;
+  bool response_hold_active_ = false;
+  double response_started_ = 0;
+  std::chrono::steady_clock::time_point response_started_steady_;
+  std::string request_class_;
+  uint64_t drain_id_ = 0;
+  bool going_away_ = false;
   // The speech prefill in flight (one at a time), and the buffer time it reached.
   std::shared_ptr<SpeechPrefill> prefill_;
   int64_t prefill_id_ = 0, prefilled_ms_ = 0;
 };
 
-void start_realtime(tcp::socket socket, bhttp::request<bhttp::string_body> req, HttpServer::Impl& srv) {
-  std::make_shared<RealtimeSession>(std::move(socket), srv)->start(std::move(req));
+void start_realtime(tcp::socket socket, bhttp::request<bhttp::string_body> req, HttpServer::Impl& srv, const std::string& key) {
+  std::make_shared<RealtimeSession>(std::move(socket), srv, key)->start(std::move(req));
 }
 
 }  // namespace tutti::http

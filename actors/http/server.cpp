@@ -21,6 +21,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (generating_) {  // the client went away mid-generation: free its sequence
       caf::anon_send<caf::message_priority::high>(srv_.pipe.executor, cancel_atom::value, request_id_);
     }
+    end_usage("cancelled", "the client went away or the server stopped");
     if (sink_) caf::anon_send_exit(sink_, caf::exit_reason::user_shutdown);
   }
 
@@ -33,20 +34,28 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   // ---- called on the I/O thread by the sink actor's posts
-  void on_prompt_tokens(int32_t n) { prompt_tokens_ = n; }
+  void on_prompt_tokens(int32_t n) {
+    prompt_tokens_ = n;
+    if (usage_.tokens_in.empty()) usage_.tokens_in["text"] = n;  // media answers add their own
+  }
   void on_refused(const std::string& message) {
     generating_ = false;
     srv_.metrics.errors++;
+    end_usage("failed", message);
     respond_error(ApiError{400, "invalid_request_error", "", message, ""}, keep_alive_);
   }
   void on_delta(const text_delta& d) {
     if (!generating_) return;
     completion_tokens_ = d.completion_tokens;
+    if (usage_.first_output_s < 0 && d.completion_tokens > 0) usage_.first_output_s = HttpServer::Impl::unix_seconds() - usage_.started_at;
     const bool final_delta = !d.finish_reason.empty();
     if (final_delta) {
       generating_ = false;
       srv_.metrics.completion_tokens += uint64_t(d.completion_tokens);
       srv_.metrics.prompt_tokens += uint64_t(d.prompt_tokens);
+      usage_.tokens_in["text"] = d.prompt_tokens;
+      usage_.tokens_out["text"] = d.completion_tokens;
+      end_usage(outcome_of(d.finish_reason), d.error);
     }
     if (d.finish_reason == "error" && !sse_started_) {
       srv_.metrics.errors++;
@@ -98,6 +107,40 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
  private:
+  // Starts the account of a generation producing `modality`: refused (429, or 503 while
+  // shutting down) with a record when the key's limits say so.
+  bool begin_usage(const std::string& modality, const std::string& request_class) {
+    UsageRecord u;
+    u.request_id = "http-" + std::to_string(srv_.next_id++);
+    u.key = key_, u.endpoint = endpoint_, u.request_class = request_class;
+    u.started_at = HttpServer::Impl::unix_seconds();
+    if (auto refusal = srv_.admit(key_, modality, true)) {
+      u.outcome = "refused", u.error = refusal->code;
+      srv_.account(u);
+      srv_.metrics.errors++;
+      respond_error(refusal_error(*refusal), keep_alive_);
+      return false;
+    }
+    usage_ = std::move(u);
+    accounted_ = false;
+    hold_ = Hold(srv_, key_, true, true);
+    return true;
+  }
+  // Ends it: the record (before the last bytes go out), the hold released. Once.
+  void end_usage(const std::string& outcome, const std::string& error = "") {
+    if (accounted_) return;
+    accounted_ = true;
+    usage_.outcome = outcome, usage_.error = error;
+    srv_.account(usage_);
+    hold_.release();
+  }
+  static std::string outcome_of(const std::string& finish_reason) {
+    if (finish_reason == "stop") return "completed";
+    if (finish_reason == "length") return "incomplete";
+    if (finish_reason == "cancelled") return "cancelled";
+    return "failed";
+  }
+
   void read() {
     parser_.emplace();
     parser_->body_limit(srv_.cfg.max_body_bytes);
@@ -120,17 +163,38 @@ class Session : public std::enable_shared_from_this<Session> {
     const std::string target(req.target());
     const std::string path = target.substr(0, target.find('?'));
     const bool get = req.method() == bhttp::verb::get, post = req.method() == bhttp::verb::post;
-    if (path == "/v1/realtime") {
-      if (!beast::websocket::is_upgrade(req))
-        return respond_error(ApiError{400, "invalid_request_error", "", "/v1/realtime expects a WebSocket upgrade", ""}, false);
-      return start_realtime(stream_.release_socket(), std::move(req), srv_);
-    }
+    // Open to all: the health check, and the browser page (static; its WebSocket presents
+    // the key like any client).
     if (path == "/health" && get) return respond_json(200, R"({"status":"ok"})");
     if ((path == "/" || path == "/index.html") && get) {
       bhttp::response<bhttp::string_body> res{bhttp::status::ok, 11};
       res.set(bhttp::field::content_type, "text/html; charset=utf-8");
       res.body() = kWebClientHtml;
       return send(std::move(res), keep_alive_);
+    }
+    // Everything else needs a key when keys are configured (a bearer token; browsers'
+    // WebSockets put it in a subprotocol instead).
+    std::string presented = ApiKeys::bearer(std::string(req[bhttp::field::authorization]));
+    if (presented.empty() && path == "/v1/realtime")
+      presented = ApiKeys::from_subprotocols(std::string(req[bhttp::field::sec_websocket_protocol]));
+    auto key = srv_.authenticate(presented);
+    if (!key) {
+      srv_.metrics.errors++;
+      return respond_error(ApiError{401, "invalid_request_error", "invalid_api_key",
+                                    presented.empty() ? "an API key is required: Authorization: Bearer KEY" : "the API key is not valid", ""},
+                           false);
+    }
+    key_ = *key;
+    endpoint_ = path;
+    if (path == "/v1/realtime") {
+      if (!beast::websocket::is_upgrade(req))
+        return respond_error(ApiError{400, "invalid_request_error", "", "/v1/realtime expects a WebSocket upgrade", ""}, false);
+      // A WebSocket session is one of its key's concurrent sessions for as long as it lasts.
+      if (auto refusal = srv_.admit(key_, "text", true)) {
+        srv_.metrics.errors++;
+        return respond_error(refusal_error(*refusal), false);
+      }
+      return start_realtime(stream_.release_socket(), std::move(req), srv_, key_);
     }
     if (path == "/v1/models" && get) {
       json m = {{"object", "list"}, {"data", json::array({{{"id", srv_.cfg.model_name}, {"object", "model"}, {"created", 0}, {"owned_by", "tutti"}}})}};
@@ -150,7 +214,7 @@ class Session : public std::enable_shared_from_this<Session> {
       }
     if (path == "/v1/videos" && post) return create_video_job(req.body());
     if (path == "/v1/streams" && post) {
-      auto [status, json_body] = stream_jobs_create(srv_, req.body());
+      auto [status, json_body] = stream_jobs_create(srv_, req.body(), key_);
       if (status != 200) srv_.metrics.errors++;
       return respond_json(status, std::move(json_body));
     }
@@ -187,7 +251,9 @@ class Session : public std::enable_shared_from_this<Session> {
       srv_.metrics.errors++;
       return respond_error(std::get<ApiError>(parsed), keep_alive_);
     }
+    if (!begin_usage("text", std::get<ParsedRequest>(parsed).request.request_class)) return;
     parsed_ = std::get<ParsedRequest>(std::move(parsed));
+    usage_.model = parsed_.model;
     request_id_ = srv_.next_id++;
     parsed_.request.id = request_id_;
     id_ = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(request_id_);
@@ -208,7 +274,9 @@ class Session : public std::enable_shared_from_this<Session> {
       srv_.metrics.errors++;
       return respond_error(std::get<ApiError>(parsed), keep_alive_);
     }
+    if (!begin_usage(std::get<MediaRequest>(parsed).request.modality, std::get<MediaRequest>(parsed).request.request_class)) return;
     media_ = std::get<MediaRequest>(std::move(parsed));
+    usage_.model = media_.model;
     images_.clear();
     media_prompt_tokens_ = media_output_tokens_ = 0;
     begin_media_generation();
@@ -244,6 +312,7 @@ class Session : public std::enable_shared_from_this<Session> {
  public:
   void on_media(MediaChunk c, int32_t tokens, int32_t prompt_tokens) {
     if (!generating_) return;
+    if (usage_.first_output_s < 0 && !c.bytes.empty()) usage_.first_output_s = HttpServer::Impl::unix_seconds() - usage_.started_at;
     if (c.done) {
       generating_ = false;
       media_prompt_tokens_ += prompt_tokens;
@@ -251,9 +320,12 @@ class Session : public std::enable_shared_from_this<Session> {
       srv_.metrics.completion_tokens += uint64_t(tokens);
       srv_.metrics.prompt_tokens += uint64_t(prompt_tokens);
     }
+    usage_.tokens_in = {{"text", media_prompt_tokens_ + (c.done ? 0 : prompt_tokens)}};
+    usage_.tokens_out = {{media_.request.modality, media_output_tokens_ + (c.done ? 0 : tokens)}};
     if (!c.error.empty()) {
       generating_ = false;
       srv_.metrics.errors++;
+      end_usage(c.error == "cancelled" ? "cancelled" : "failed", c.error);
       if (!sse_started_) {
         const bool busy = c.error.rfind("busy", 0) == 0, refused = c.error.rfind("this model has no", 0) == 0;
         return respond_error(ApiError{busy ? 429 : refused ? 400 : 500, busy ? "rate_limit_error" : refused ? "invalid_request_error" : "server_error",
@@ -270,6 +342,7 @@ class Session : public std::enable_shared_from_this<Session> {
       if (!c.bytes.empty()) images_.push_back(base64_encode(c.bytes));
       if (!c.done) return;
       if (int(images_.size()) < media_.n) return begin_media_generation();
+      end_usage("completed");
       json data = json::array();
       for (const std::string& b64 : images_) data.push_back({{"b64_json", b64}});
       return respond_json(200, json{{"created", created_}, {"data", data}, {"usage", media_usage()}}.dump());
@@ -288,6 +361,7 @@ class Session : public std::enable_shared_from_this<Session> {
       else out_.back().tokens_through = tokens;
     }
     if (c.done) {
+      end_usage("completed");
       queue("0\r\nX-Tutti-Usage: " + media_usage().dump() + "\r\n\r\n");
       close_after_writes_ = true;
       flush();
@@ -320,6 +394,11 @@ class Session : public std::enable_shared_from_this<Session> {
     counter("tutti_http_connections", "Open HTTP connections.", m.active_connections, "gauge");
     counter("tutti_realtime_barge_ins_total", "Responses cut short by the user speaking.", m.barge_ins);
     counter("tutti_realtime_speech_prefills_total", "Prefills of a user's speech started while they were still talking.", m.speech_prefills);
+    counter("tutti_auth_failures_total", "Requests refused for a missing or invalid API key.", m.auth_failures);
+    counter("tutti_limit_refusals_total", "Requests refused by a key's limits (or while shutting down).", m.limit_refusals);
+    counter("tutti_ledger_records_total", "Usage records committed to the ledger.", m.ledger_records);
+    counter("tutti_ledger_errors_total", "Usage records the ledger could not commit.", m.ledger_errors);
+    counter("tutti_generations_running", "Generations running (HTTP, realtime responses, jobs).", uint64_t(std::max<int64_t>(0, m.generations)), "gauge");
     b += "# HELP tutti_realtime_speech_to_first_audio_seconds End of the user's speech (commit) to the first audio delta sent.\n"
          "# TYPE tutti_realtime_speech_to_first_audio_seconds histogram\n";
     m.speech_to_first_audio.render(b, "tutti_realtime_speech_to_first_audio_seconds", "");
@@ -333,6 +412,8 @@ class Session : public std::enable_shared_from_this<Session> {
   void respond_error(const ApiError& e, bool keep_alive) {
     bhttp::response<bhttp::string_body> res{bhttp::status(e.status), 11};
     res.set(bhttp::field::content_type, "application/json");
+    if (e.retry_after_s > 0) res.set(bhttp::field::retry_after, std::to_string(int(std::ceil(e.retry_after_s))));
+    if (e.status == 401) res.set(bhttp::field::www_authenticate, "Bearer");
     res.body() = e.body();
     send(std::move(res), keep_alive);
   }
@@ -400,6 +481,12 @@ class Session : public std::enable_shared_from_this<Session> {
   DeliveryCredit credit_;
   std::deque<Outgoing> out_;
   bool writing_ = false, close_after_writes_ = false;
+  // Access and accounting: the key of the request in flight, its hold (generation count,
+  // concurrent session), and its usage record, written once when it ends.
+  std::string key_, endpoint_;
+  Hold hold_;
+  UsageRecord usage_;
+  bool accounted_ = true;
 };
 
 // ---- video jobs: generation runs detached from any connection; clients poll the job and
@@ -418,6 +505,8 @@ class VideoJob : public std::enable_shared_from_this<VideoJob> {
   long created() const { return created_; }
   int64_t request_id() const { return req_.request.id; }
   void set_sink(sink_actor s) { sink_ = std::move(s); }
+  // Called once when the job ends (completed, failed or cancelled) with its usage record.
+  void on_end(std::function<void(UsageRecord)> f) { on_end_ = std::move(f); }
 
   json to_json() const {
     json j = {{"id", id_}, {"object", "video"}, {"model", req_.model}, {"status", status_}, {"progress", int(progress_ * 100)},
@@ -444,7 +533,10 @@ class VideoJob : public std::enable_shared_from_this<VideoJob> {
     if (status_ == "queued") status_ = "in_progress";
     progress_ = std::min(0.99, double(c.frames) / frames_total);
     if (!c.error.empty()) return fail(c.error);
-    if (c.done) status_ = "completed", progress_ = 1.0;
+    if (c.done) {
+      status_ = "completed", progress_ = 1.0;
+      end("completed", "");
+    }
   }
   void cancel() {
     if (!active()) return;
@@ -458,7 +550,24 @@ class VideoJob : public std::enable_shared_from_this<VideoJob> {
     status_ = "failed";
     error_ = message;
     mp4_.clear();
+    end(message == "cancelled" ? "cancelled" : "failed", message);
   }
+  void end(const std::string& outcome, const std::string& error) {
+    if (!on_end_) return;
+    UsageRecord r;
+    r.request_id = id_;
+    r.model = req_.model;
+    r.endpoint = "/v1/videos";
+    r.request_class = req_.request.request_class;
+    r.started_at = double(created_);
+    r.tokens_in["text"] = prompt_tokens_;
+    r.tokens_out["video"] = output_tokens_;
+    r.outcome = outcome, r.error = error;
+    auto f = std::move(on_end_);
+    on_end_ = nullptr;
+    f(std::move(r));
+  }
+  std::function<void(UsageRecord)> on_end_;
   std::string id_;
   MediaRequest req_;
   executor_actor executor_;
@@ -492,6 +601,10 @@ void Session::create_video_job(const std::string& body) {
     if (oldest == srv_.jobs.end()) break;
     srv_.jobs.erase(oldest);
   }
+  if (auto refusal = srv_.admit(key_, "video", false)) {
+    srv_.metrics.errors++;
+    return respond_error(refusal_error(*refusal), keep_alive_);
+  }
   MediaRequest req = std::get<MediaRequest>(std::move(parsed));
   req.request.id = srv_.next_id++;
   req.request.seed = uint64_t(req.request.id);
@@ -499,6 +612,13 @@ void Session::create_video_job(const std::string& body) {
   const ModalityInfo* m = srv_.cfg.modalities.find(Modality::Video);
   auto job = std::make_shared<VideoJob>(id, req, srv_.pipe.executor, unix_now());
   job->start_credit();
+  // Accounted when it ends; a job counts as a running generation until then (drain waits).
+  auto hold = std::make_shared<Hold>(srv_, key_, true, false);
+  job->on_end([srv = &srv_, key = key_, hold](UsageRecord r) {
+    r.key = key;
+    srv->account(std::move(r));
+    hold->release();
+  });
   srv_.jobs[id] = job;
   job->set_sink(spawn_generation(srv_.system, srv_.ioc, srv_.pipe.encoder, req.request, std::weak_ptr<VideoJob>(job),
                                  std::shared_ptr<MediaOutput>(make_video_output(req.out_width, req.out_height, m->frame_rate))));
@@ -544,6 +664,11 @@ HttpServer::HttpServer(caf::actor_system& system, PipelineHandles pipeline, Serv
 HttpServer::~HttpServer() { stop(); }
 
 Expected<uint16_t> HttpServer::start() {
+  if (!impl_->cfg.ledger_path.empty() && !impl_->ledger) {
+    auto ledger = UsageLedger::open(impl_->cfg.ledger_path, impl_->cfg.ledger_synchronous);
+    if (!ledger) return ledger.error();
+    impl_->ledger = std::move(ledger).value();
+  }
   beast::error_code ec;
   const auto address = net::ip::make_address(impl_->cfg.host, ec);
   if (ec) return Error{"listen address '" + impl_->cfg.host + "' is invalid: " + ec.message()};
@@ -568,6 +693,28 @@ void HttpServer::stop() {
     impl_->ioc.stop();
   });
   if (impl_->thread.joinable()) impl_->thread.join();
+}
+
+int HttpServer::drain(double seconds) {
+  if (!impl_ || impl_->stopped) return 0;
+  impl_->draining = true;
+  // On the I/O thread: no new connections; WebSockets close once their response is done.
+  net::post(impl_->ioc, [this] {
+    beast::error_code ignored;
+    impl_->acceptor.close(ignored);
+    for (auto& [id, go_away] : std::map<uint64_t, std::function<void()>>(impl_->on_drain)) go_away();
+  });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                                   std::chrono::duration<double>(seconds));
+  while (metrics_.generations > 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  const int cut = int(std::max<int64_t>(0, metrics_.generations.load()));
+  // Let the last writes and close frames go out, then stop; sessions still running end as
+  // cancelled (and are recorded) when the I/O context goes.
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  stop();
+  impl_.reset();  // every session's destructor has run: the ledger is complete
+  return cut;
 }
 
 }  // namespace tutti::http

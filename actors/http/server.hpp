@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "actors/http/access.hpp"
 #include "actors/http/openai.hpp"
 #include "actors/pipeline.hpp"
 #include "pipeline/metrics.h"
@@ -41,6 +42,13 @@ struct ServerConfig {
   // so far each time this much more has arrived (the turn's request then finds it in the
   // prefix cache and computes only the rest); 0: prefill at the end of the turn only.
   int prefill_while_speaking_ms = 300;
+  // Access: keys required on every endpoint but /health and the static page at / (none: open),
+  // and limits per key. See access.hpp.
+  ApiKeys api_keys;
+  KeyLimits key_limits;
+  // The usage ledger (ledger.hpp): "" for none.
+  std::string ledger_path;
+  std::string ledger_synchronous = "normal";
 };
 
 // Counters the server exports on /metrics (atomics: written by the I/O and actor threads).
@@ -50,6 +58,8 @@ struct ServerMetrics {
   Histogram speech_to_first_audio{{0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2, 2, 5}};
   std::atomic<uint64_t> barge_ins{0};
   std::atomic<uint64_t> speech_prefills{0};  // prefills of speech started while the user was talking
+  std::atomic<uint64_t> auth_failures{0}, limit_refusals{0}, ledger_records{0}, ledger_errors{0};
+  std::atomic<int64_t> generations{0};  // generations running (HTTP, realtime responses, jobs)
 };
 
 class HttpServer {
@@ -59,16 +69,22 @@ class HttpServer {
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
 
-  // Binds and starts serving on a background thread; the bound port (useful with port 0).
+  // Opens the ledger, binds and starts serving on a background thread; the bound port
+  // (useful with port 0).
   Expected<uint16_t> start();
   void stop();  // closes the listener and every session; idempotent
+  // Graceful shutdown: stops accepting, refuses new generations (503, or an error event),
+  // lets running generations finish for up to `seconds`, closes WebSockets with "going away"
+  // once their response is done, then stops (what is still running ends as cancelled and is
+  // recorded) and flushes the ledger. Returns the generations that had to be cut short.
+  int drain(double seconds);
   const ServerMetrics& metrics() const { return metrics_; }
 
   struct Impl;  // defined in server.cpp (sessions need it)
 
  private:
+  ServerMetrics metrics_;      // outlives impl_: sessions ended by its destruction count in it
   std::unique_ptr<Impl> impl_;
-  ServerMetrics metrics_;
 };
 
 }  // namespace tutti::http

@@ -8,10 +8,16 @@
 #include <boost/beast.hpp>
 
 #include <chrono>
+#include <cstdio>
+#include <random>
+#include <cmath>
+#include <functional>
+#include <utility>
 #include <deque>
 #include <map>
 #include <optional>
 
+#include "actors/http/ledger.hpp"
 #include "actors/http/media.hpp"
 #include "actors/http/server.hpp"
 
@@ -34,6 +40,14 @@ struct HttpServer::Impl {
   PipelineHandles pipe;
   ServerConfig cfg;
   ServerMetrics& metrics;
+  // Access and accounting, on the I/O thread: per-key limits, the usage ledger (or none).
+  // Declared before the I/O context: sessions that end when it is destroyed still record.
+  KeyLimiter limiter;
+  std::unique_ptr<UsageLedger> ledger;
+  // Graceful shutdown: set once drain() starts; what WebSocket sessions do then (close with
+  // "going away" after their response), by session, registered while they live.
+  std::atomic<bool> draining{false};
+  std::map<uint64_t, std::function<void()>> on_drain;
   net::io_context ioc{1};
   tcp::acceptor acceptor{ioc};
   std::thread thread;
@@ -44,12 +58,95 @@ struct HttpServer::Impl {
   // ZeroMQ stream jobs by id (stream_job.cpp); their state is touched on the I/O thread.
   std::map<std::string, std::shared_ptr<StreamJob>> streams;
 
+  // Ids (next_id) restart with the process; ledger records carry this random prefix too, so
+  // a request of one run never collides with one of another in the ledger.
+  const std::string instance_id = [] {
+    std::random_device rd;
+    char buf[24];
+    std::snprintf(buf, sizeof buf, "%08x%08x", unsigned(rd()), unsigned(rd()));
+    return std::string(buf);
+  }();
+
   Impl(caf::actor_system& s, PipelineHandles p, ServerConfig c, ServerMetrics& m)
-      : system(s), pipe(std::move(p)), cfg(std::move(c)), metrics(m) {}
+      : system(s), pipe(std::move(p)), cfg(std::move(c)), metrics(m), limiter(cfg.key_limits) {}
   void accept();
+
+  // The name of the key a request presents ("" when the server is open); nullopt: refused.
+  std::optional<std::string> authenticate(const std::string& presented) {
+    if (!cfg.api_keys.enabled()) return std::string();
+    auto name = cfg.api_keys.match(presented);
+    if (!name) metrics.auth_failures++;
+    return name;
+  }
+  // May a generation of `key` producing `modality` start now? (Counts it if so.)
+  std::optional<Refusal> admit(const std::string& key, const std::string& modality, bool holds_session) {
+    if (draining) return Refusal{"server_shutting_down", "the server is shutting down", 5};
+    auto refusal = limiter.begin(key, unix_seconds(), modality, holds_session);
+    if (refusal) metrics.limit_refusals++;
+    return refusal;
+  }
+  // A request ended: its record goes to the ledger (before its last bytes are sent), its
+  // tokens to the key's quota.
+  void account(UsageRecord r) {
+    r.finished_at = unix_seconds();
+    r.request_id = instance_id + ":" + r.request_id;
+    if (r.model.empty()) r.model = cfg.model_name;
+    for (const auto* m : {&r.tokens_in, &r.tokens_out})
+      for (const auto& [modality, n] : *m) limiter.add_tokens(r.key, modality, n, r.finished_at);
+    if (!ledger) return;
+    if (auto ok = ledger->record(r); ok) {
+      metrics.ledger_records++;
+    } else {
+      metrics.ledger_errors++;  // loud: billing depends on it (the message never holds a key)
+      std::fprintf(stderr, "tutti: %s (request %s)\n", ok.error().message.c_str(), r.request_id.c_str());
+    }
+  }
+  static double unix_seconds() {
+    return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  }
 };
 
 namespace detail {
+
+// A running generation's hold on the server: counted in `generations` (drain waits for it)
+// and, with holds_session, one of its key's concurrent sessions. Released once, by
+// release() or the destructor. I/O thread only.
+class Hold {
+ public:
+  Hold() = default;
+  Hold(HttpServer::Impl& srv, std::string key, bool counts_generation, bool holds_session)
+      : srv_(&srv), key_(std::move(key)), generation_(counts_generation), session_(holds_session) {
+    if (generation_) srv_->metrics.generations++;
+  }
+  Hold(Hold&& o) noexcept { *this = std::move(o); }
+  Hold& operator=(Hold&& o) noexcept {
+    if (this != &o) {
+      release();
+      srv_ = std::exchange(o.srv_, nullptr);
+      key_ = std::move(o.key_);
+      generation_ = o.generation_, session_ = o.session_;
+    }
+    return *this;
+  }
+  ~Hold() { release(); }
+  void release() {
+    if (!srv_) return;
+    if (generation_) srv_->metrics.generations--;
+    if (session_) srv_->limiter.end_session(key_);
+    srv_ = nullptr;
+  }
+
+ private:
+  HttpServer::Impl* srv_ = nullptr;
+  std::string key_;
+  bool generation_ = false, session_ = false;
+};
+
+// The error a refusal (limits, shutting down) becomes: 429 with a retry hint, or 503.
+inline ApiError refusal_error(const Refusal& r) {
+  const bool shutting_down = r.code == "server_shutting_down";
+  return ApiError{shutting_down ? 503 : 429, shutting_down ? "server_error" : "rate_limit_error", r.code, r.message, "", r.retry_after_s};
+}
 
 inline std::chrono::milliseconds millis(double seconds) { return std::chrono::milliseconds(int64_t(seconds * 1000)); }
 
@@ -133,12 +230,14 @@ sink_actor spawn_generation(caf::actor_system& system, net::io_context& io, enco
 }  // namespace detail
 
 // Stream jobs (stream_job.cpp), on the I/O thread: each returns an HTTP status and body.
-std::pair<int, std::string> stream_jobs_create(HttpServer::Impl& srv, const std::string& body);
+// `key`: the name of the key that created the job; its answers are recorded under it.
+std::pair<int, std::string> stream_jobs_create(HttpServer::Impl& srv, const std::string& body, const std::string& key);
 std::pair<int, std::string> stream_jobs_get(HttpServer::Impl& srv, const std::string& id);
 std::pair<int, std::string> stream_jobs_delete(HttpServer::Impl& srv, const std::string& id);
 void stream_jobs_stop_all(HttpServer::Impl& srv);
 
 // Starts a Realtime WebSocket session on an upgraded connection (realtime_session.cpp).
-void start_realtime(tcp::socket socket, bhttp::request<bhttp::string_body> req, HttpServer::Impl& srv);
+// Starts a Realtime WebSocket session for the client's key (name; "" when the server is open).
+void start_realtime(tcp::socket socket, bhttp::request<bhttp::string_body> req, HttpServer::Impl& srv, const std::string& key);
 
 }  // namespace tutti::http

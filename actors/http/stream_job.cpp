@@ -61,8 +61,8 @@ std::variant<StreamJobRequest, ApiError> parse_stream_job(const std::string& bod
 
 class StreamJob : public std::enable_shared_from_this<StreamJob> {
  public:
-  StreamJob(std::string id, StreamJobRequest req, HttpServer::Impl& srv)
-      : id_(std::move(id)), req_(std::move(req)), srv_(srv), pub_(ctx_, zmq::socket_type::pub), created_(unix_now()) {}
+  StreamJob(std::string id, StreamJobRequest req, HttpServer::Impl& srv, std::string key)
+      : id_(std::move(id)), req_(std::move(req)), srv_(srv), key_(std::move(key)), pub_(ctx_, zmq::socket_type::pub), created_(unix_now()) {}
   ~StreamJob() { stop(); }
 
   // On the I/O thread: binds the output, starts the receiver and decoder threads.
@@ -86,7 +86,10 @@ class StreamJob : public std::enable_shared_from_this<StreamJob> {
     queue_.abort();
     if (rx_.joinable()) rx_.join();
     if (dec_.joinable()) dec_.join();
-    if (generating_) caf::anon_send<caf::message_priority::high>(srv_.pipe.executor, cancel_atom::value, request_id_);
+    if (generating_) {
+      caf::anon_send<caf::message_priority::high>(srv_.pipe.executor, cancel_atom::value, request_id_);
+      account("cancelled", "the job was stopped", 0, 0);
+    }
     generating_ = false;
     if (status_ == "running") status_ = "stopped";
     try {
@@ -107,6 +110,7 @@ class StreamJob : public std::enable_shared_from_this<StreamJob> {
   void on_prompt_tokens(int32_t) {}
   void on_refused(const std::string& message) {
     generating_ = false;
+    account("failed", message, 0, 0);
     event("error", {{"message", message}});
   }
   // A text answer: its deltas are events on the job.
@@ -120,6 +124,7 @@ class StreamJob : public std::enable_shared_from_this<StreamJob> {
     generating_ = false;
     ++responses_;
     const bool failed = d.finish_reason == "error" || d.finish_reason == "cancelled";
+    account(d.finish_reason == "cancelled" ? "cancelled" : failed ? "failed" : "completed", d.error, d.prompt_tokens, d.completion_tokens);
     event(failed ? "response.failed" : "response.done",
           {{"output_tokens", d.completion_tokens}, {"input_tokens", d.prompt_tokens}, {"text", text_},
            {"error", failed ? nlohmann::json(d.error.empty() ? d.finish_reason : d.error) : nlohmann::json(nullptr)}});
@@ -137,11 +142,26 @@ class StreamJob : public std::enable_shared_from_this<StreamJob> {
     if (!c.done) return;
     generating_ = false;
     ++responses_;
+    account(c.error.empty() ? "completed" : c.error == "cancelled" ? "cancelled" : "failed", c.error, prompt_tokens, tokens);
     event(c.error.empty() ? "response.done" : "response.failed",
           {{"output_tokens", tokens}, {"input_tokens", prompt_tokens}, {"error", c.error.empty() ? nlohmann::json(nullptr) : nlohmann::json(c.error)}});
   }
 
  private:
+  // One record per answer, under the key that created the job.
+  void account(const std::string& outcome, const std::string& error, int32_t prompt_tokens, int32_t output_tokens) {
+    UsageRecord r;
+    r.request_id = id_ + "-" + std::to_string(request_id_);
+    r.key = key_;
+    r.endpoint = "/v1/streams";
+    r.request_class = req_.modality == "text" ? "interactive" : "realtime";
+    r.started_at = response_started_;
+    r.tokens_in["audio"] = int64_t(audio_tokens_in_);
+    r.tokens_in["text"] = std::max<int64_t>(0, int64_t(prompt_tokens) - int64_t(audio_tokens_in_));
+    r.tokens_out[req_.modality] = output_tokens;
+    r.outcome = outcome, r.error = error;
+    srv_.account(std::move(r));
+  }
   void event(const std::string& type, nlohmann::json fields) {
     fields["type"] = type;
     fields["at"] = unix_now();
@@ -227,6 +247,9 @@ class StreamJob : public std::enable_shared_from_this<StreamJob> {
     }
     r.prompt = prompt + "assistant:";
     r.temperature = 0.8f;
+    response_started_ = HttpServer::Impl::unix_seconds();
+    audio_tokens_in_ = 0;
+    for (const auto& part : r.media_parts) audio_tokens_in_ += part.size();
     std::shared_ptr<MediaOutput> out;
     if (req_.modality == "text") {
       r.max_tokens = std::min(srv_.cfg.max_tokens, 256);
@@ -256,6 +279,7 @@ class StreamJob : public std::enable_shared_from_this<StreamJob> {
   std::string id_;
   StreamJobRequest req_;
   HttpServer::Impl& srv_;
+  std::string key_;  // of the client that created the job: its answers are recorded under it
   zmq::context_t ctx_;
   zmq::socket_t pub_;  // I/O thread only
   codecs::ByteQueue queue_{size_t(1) << 20};
@@ -270,13 +294,15 @@ class StreamJob : public std::enable_shared_from_this<StreamJob> {
   std::deque<nlohmann::json> events_;
   std::deque<std::vector<int32_t>> conversation_;
   std::string text_;  // of the text answer in progress
+  double response_started_ = 0;
+  size_t audio_tokens_in_ = 0;
   bool generating_ = false;
   int64_t request_id_ = 0;
   DeliveryCredit credit_;
   sink_actor sink_;
 };
 
-std::pair<int, std::string> stream_jobs_create(HttpServer::Impl& srv, const std::string& body) {
+std::pair<int, std::string> stream_jobs_create(HttpServer::Impl& srv, const std::string& body, const std::string& key) {
   auto parsed = parse_stream_job(body);
   if (std::holds_alternative<ApiError>(parsed)) return {400, std::get<ApiError>(parsed).body()};
   int active = 0;
@@ -287,7 +313,8 @@ std::pair<int, std::string> stream_jobs_create(HttpServer::Impl& srv, const std:
   if (std::get<StreamJobRequest>(parsed).modality == "video" && !srv.pipe.codecs->info(Modality::Video))
     return {400, ApiError{400, "invalid_request_error", "unsupported_modality", "this model has no video modality", "modality"}.body()};
   const std::string id = "stream_" + std::to_string(srv.next_id++);
-  auto job = std::make_shared<StreamJob>(id, std::get<StreamJobRequest>(std::move(parsed)), srv);
+  if (auto refusal = srv.admit(key, "audio", false)) return {refusal_error(*refusal).status, refusal_error(*refusal).body()};
+  auto job = std::make_shared<StreamJob>(id, std::get<StreamJobRequest>(std::move(parsed)), srv, key);
   if (Status s = job->start(); !s) return {400, ApiError{400, "invalid_request_error", "", s.message(), "output"}.body()};
   srv.streams[id] = job;
   return {200, job->to_json().dump()};

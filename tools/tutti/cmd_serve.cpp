@@ -1,5 +1,7 @@
 // tutti serve: the server. Loads the model, spawns the actor pipeline, serves HTTP until
-// SIGINT or SIGTERM.
+// SIGINT or SIGTERM, then drains: no new work, running generations get
+// `shutdown.drain_seconds` to finish, the rest end as cancelled, the ledger is flushed, and
+// the process exits 0.
 #include <csignal>
 #include <cstdio>
 
@@ -12,7 +14,7 @@ namespace tutti::cli {
 
 int cmd_serve(const std::vector<std::string>& argv) {
   auto opts = engine_options();
-  for (auto o : {"host", "port", "max-batch", "step-budget", "max-tokens", "max-waiting", "caf-threads"}) opts.insert(o);
+  for (auto o : {"host", "port", "max-batch", "step-budget", "max-tokens", "max-waiting", "caf-threads", "api-key", "ledger"}) opts.insert(o);
   Args args(argv, opts, {});
   if (!args.ok()) return fail(args.error());
   auto settings = read_settings(args);
@@ -38,6 +40,16 @@ int cmd_serve(const std::vector<std::string>& argv) {
   sc.write_timeout_s = st.write_timeout_s;
   sc.send_buffer_bytes = st.send_buffer_bytes;
   sc.prefill_while_speaking_ms = st.prefill_while_speaking_ms;
+  // Access: keys from the settings, the key file and --api-key (never printed).
+  for (const std::string& k : st.api_keys)
+    if (Status s = sc.api_keys.add(k); !s) return fail("[access] api_keys: " + s.message());
+  if (!st.api_key_file.empty())
+    if (Status s = sc.api_keys.add_file(st.api_key_file); !s) return fail(s.message());
+  if (args.has("api-key"))
+    if (Status s = sc.api_keys.add(args.get("api-key")); !s) return fail("--api-key: " + s.message());
+  sc.key_limits = {st.requests_per_minute, st.concurrent_sessions, st.tokens_per_minute};
+  sc.ledger_path = args.get("ledger", st.ledger_path);
+  sc.ledger_synchronous = st.ledger_synchronous;
   actors::PipelineConfig pc;
   pc.kv_cache_bytes = size_t(st.kv_cache_mb) << 20;
   pc.kv_cache_type = st.kv_cache_type == "f32" ? TensorType::F32 : TensorType::F16;
@@ -86,13 +98,17 @@ int cmd_serve(const std::vector<std::string>& argv) {
   http::HttpServer server(system, *pipe, sc);
   auto bound = server.start();
   if (!bound) return fail(bound.error().message);
-  std::fprintf(stderr, "tutti: serving %s (%s, chat template %s) on http://%s:%u with %s\n", model_path.c_str(),
+  std::fprintf(stderr, "tutti: serving %s (%s, chat template %s) on http://%s:%u with %s; %s; ledger %s\n", model_path.c_str(),
                sc.model_name.c_str(), http::chat_template_name(sc.chat_template), sc.host.c_str(), unsigned(*bound),
-               backend->describe().c_str());
+               backend->describe().c_str(),
+               sc.api_keys.enabled() ? (std::to_string(sc.api_keys.size()) + " API key(s) required").c_str() : "open (no API keys)",
+               sc.ledger_path.empty() ? "off" : sc.ledger_path.c_str());
   int sig = 0;
   sigwait(&signals, &sig);
-  std::fprintf(stderr, "tutti: signal %d, shutting down\n", sig);
-  server.stop();
+  std::fprintf(stderr, "tutti: signal %d, draining for up to %.0f s\n", sig, st.drain_seconds);
+  const int cut = server.drain(st.drain_seconds);
+  std::fprintf(stderr, "tutti: stopped (%d generation(s) cut short); %llu usage record(s) written\n", cut,
+               static_cast<unsigned long long>(server.metrics().ledger_records.load()));
   caf::anon_send_exit(pipe->encoder, caf::exit_reason::user_shutdown);
   caf::anon_send_exit(pipe->executor, caf::exit_reason::user_shutdown);
   caf::anon_send_exit(pipe->decoder, caf::exit_reason::user_shutdown);

@@ -14,6 +14,7 @@ int cmd_bench(const std::vector<std::string>& args);
 int cmd_serve(const std::vector<std::string>& args);  // the HTTP server
 int cmd_bench_serve(const std::vector<std::string>& args);
 int cmd_bench_media(const std::vector<std::string>& args);
-int cmd_bench_voice(const std::vector<std::string>& args);  // realtime voice sessions under load  // tokenizer speeds, speech time to first byte  // the server under mixed load, pacing on and off
+int cmd_bench_voice(const std::vector<std::string>& args);  // realtime voice sessions under load
+int cmd_usage(const std::vector<std::string>& args);        // the usage ledger per key and period
 
 }  // namespace tutti::cli

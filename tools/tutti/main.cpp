@@ -28,6 +28,10 @@ commands:
                                                a unified model: codebooks trained on the media
   serve [--model FILE] [--host H] [--port P]   OpenAI-compatible HTTP server (127.0.0.1:8080)
         [--max-batch N --step-budget N --max-tokens N --max-waiting N]
+        [--api-key KEY] [--ledger FILE]        keys required (also [access] in the config); the usage ledger
+  usage [--ledger usage.db] [--period day|all] [--since S --until S] [--json]
+                                               usage per key and period, from the ledger
+  bench voice ... [--modes speaking,cache,off] compare prefill while speaking / prefix cache / neither
 
 engine options (generate, tokenize, bench):
   --config FILE --threads N --kernels auto|avx512|avx2|scalar --kv-cache-mb N --kv-cache-type f16|f32
@@ -52,6 +56,7 @@ int main(int argc, char** argv) {
     return tutti::cli::cmd_bench_serve(std::vector<std::string>(args.begin() + 1, args.end()));
   if (command == "bench") return tutti::cli::cmd_bench(args);
   if (command == "serve") return tutti::cli::cmd_serve(args);
+  if (command == "usage") return tutti::cli::cmd_usage(args);
   std::fprintf(stderr, "tutti: unknown command '%s'\n\n%s", command.c_str(), kUsage);
   return 2;
 }
