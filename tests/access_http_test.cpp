@@ -170,6 +170,9 @@ TEST(Drain, RunningGenerationsFinishNewOnesAreRefused) {
   http::ServerConfig sc;
   sc.ledger_path = path;
   test::ServerUnderTest sut(sc);
+  Ws idle(sut.port, "");  // a WebSocket with no response running: closed with "going away"
+  ASSERT_EQ(idle.refused, 0);
+  idle.next();
   // A realtime-paced stream of 40 tokens at 50/s: under a second, still running when the
   // drain starts.
   std::string got;
@@ -194,6 +197,11 @@ TEST(Drain, RunningGenerationsFinishNewOnesAreRefused) {
   EXPECT_NE(got.find("data: [DONE]"), std::string::npos);
   auto ledger = std::move(http::UsageLedger::open(path)).value();
   EXPECT_EQ(*ledger->count(), 1);
+  beast::flat_buffer b;
+  beast::error_code read_ec;
+  idle.ws.read(b, read_ec);  // the close frame (the server may be gone before our reply: any error)
+  EXPECT_TRUE(read_ec);
+  EXPECT_EQ(idle.ws.reason().code, beast::websocket::close_code::going_away) << read_ec.message();
 }
 
 }  // namespace
