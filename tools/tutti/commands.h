@@ -16,5 +16,6 @@ int cmd_bench_serve(const std::vector<std::string>& args);
 int cmd_bench_media(const std::vector<std::string>& args);
 int cmd_bench_voice(const std::vector<std::string>& args);  // realtime voice sessions under load
 int cmd_usage(const std::vector<std::string>& args);        // the usage ledger per key and period
+int cmd_loadtest(const std::vector<std::string>& args);     // mixed load against a server, with a report
 
 }  // namespace tutti::cli

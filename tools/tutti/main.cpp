@@ -29,6 +29,9 @@ commands:
   serve [--model FILE] [--host H] [--port P]   OpenAI-compatible HTTP server (127.0.0.1:8080)
         [--max-batch N --step-budget N --max-tokens N --max-waiting N]
         [--api-key KEY] [--ledger FILE]        keys required (also [access] in the config); the usage ledger
+  loadtest [SCENARIO.toml] [--target HOST:PORT] [--api-key KEY] [--out PREFIX] [--quiet]
+                                               mixed load (voice, text, speech, images): JSON + HTML report
+  loadtest compare A.json B.json               run B against run A, a ratio per metric
   usage [--ledger usage.db] [--period day|all] [--since S --until S] [--json]
                                                usage per key and period, from the ledger
   bench voice ... [--modes speaking,cache,off] compare prefill while speaking / prefix cache / neither
@@ -57,6 +60,7 @@ int main(int argc, char** argv) {
   if (command == "bench") return tutti::cli::cmd_bench(args);
   if (command == "serve") return tutti::cli::cmd_serve(args);
   if (command == "usage") return tutti::cli::cmd_usage(args);
+  if (command == "loadtest") return tutti::cli::cmd_loadtest(args);
   std::fprintf(stderr, "tutti: unknown command '%s'\n\n%s", command.c_str(), kUsage);
   return 2;
 }

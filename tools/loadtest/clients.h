@@ -1,0 +1,53 @@
+// The load test's clients, one request or session each, on the caller's thread: a streamed
+// chat completion (SSE, chunked or not), a speech request, an image request, and a realtime
+// voice session that speaks real audio at real-time pace and listens to the answers. Each
+// records what it measured in the Recorder under its stage; failures are counted by kind
+// ("errors.text.http_429", "errors.voice.connect", ...), never thrown.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "tools/loadtest/report.h"
+
+namespace tutti::loadtest {
+
+using Clock = std::chrono::steady_clock;
+
+struct Target {
+  std::string host;
+  uint16_t port = 0;
+  std::string api_key;
+  std::string model;
+  Clock::time_point start;  // the run's start: samples are stamped relative to it
+  Clock::time_point deadline;  // no request or session outlives it
+  double since_start() const { return std::chrono::duration<double>(Clock::now() - start).count(); }
+};
+
+// The first model the server lists (GET /v1/models): what requests name when the scenario
+// names none. Also checks that the server answers and accepts the key.
+Expected<std::string> served_model(const Target& t);
+
+void run_text_request(const Target& t, Recorder& rec, int stage, int prompt_words, int max_tokens, uint64_t seed);
+void run_speech_request(const Target& t, Recorder& rec, int stage, const std::string& input, const std::string& format);
+void run_image_request(const Target& t, Recorder& rec, int stage, const std::string& prompt, const std::string& size);
+
+struct VoiceOptions {
+  const std::vector<float>* speech = nullptr;  // 24 kHz mono, one turn (silence around it is added)
+  double barge_in = 0;                         // fraction of answers the speaker talks over
+  int answer_tokens = 200;
+  uint64_t seed = 1;
+  std::string label;
+};
+// Turns until keep_going() says no (checked between turns) or the deadline.
+void run_voice_session(const Target& t, Recorder& rec, const VoiceOptions& o, const std::function<int()>& stage,
+                       const std::function<bool()>& keep_going);
+
+// Speech for the voice sessions: the WAV file decoded to 24 kHz mono, or, with no file, a
+// sentence spoken by espeak-ng.
+Expected<std::vector<float>> load_voice(const std::string& wav_path);
+
+}  // namespace tutti::loadtest
