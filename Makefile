@@ -6,7 +6,7 @@ MODEL_DIR ?= models
 DEFAULT_MODEL ?= $(MODEL_DIR)/default.gguf
 TUTTI := $(BUILD_DIR)/tools/tutti/tutti
 
-.PHONY: deps configure build serve test clean model
+.PHONY: deps configure build serve test clean model soak fuzz sanitize
 
 deps:
 	@bash tools/install-deps.sh
@@ -31,6 +31,23 @@ serve: build model
 
 test: build
 	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
+
+# Hardening checks that take minutes (not part of `make test`):
+# soak: steady mixed load on the default model (SOAK_SECONDS, default 600); memory, file
+# descriptors, sequences, KV blocks and the ledger checked at the end.
+SOAK_SECONDS ?= 600
+soak: build model
+	@bash tools/soak.sh $(SOAK_SECONDS) $(BUILD_DIR)/soak
+# fuzz: the media/request fuzz target for FUZZ_SECONDS (default 300) with a random seed.
+FUZZ_SECONDS ?= 300
+fuzz: build
+	@FUZZ_SEED=0 bash tools/fuzz-media.sh $(FUZZ_SECONDS) $(BUILD_DIR)/fuzz
+# sanitize: the whole suite built with AddressSanitizer and UndefinedBehaviorSanitizer.
+sanitize: deps
+	@cmake -S . -B build-sanitize -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTUTTI_CUDA=OFF \
+	  -DCMAKE_CXX_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" >/dev/null
+	@cmake --build build-sanitize -j $(JOBS)
+	@cd build-sanitize && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j $(JOBS) -E 'media_fuzz|browser'
 
 clean:
 	rm -rf $(BUILD_DIR)

@@ -283,6 +283,7 @@ void run_voice_session(const Target& t, Recorder& rec, const VoiceOptions& o, co
       }
       if (type == "error") count_error(rec, "voice", s, 0, "event_" + e["error"].value("code", std::string("error")));
       if (type == "response.done") {
+        rec.count("voice.responses", s);
         const std::string status = e["response"].value("status", "");
         if (status == "cancelled" && st.barging) {
           rec.add("voice.barge_in_to_cancel_s", s, t.since_start(), seconds(now - st.barge_started));
