@@ -117,17 +117,13 @@ using register_atom = caf::atom_constant<caf::atom("register")>;
 using delta_atom = caf::atom_constant<caf::atom("delta")>;
 using credit_atom = caf::atom_constant<caf::atom("credit")>;
 using media_atom = caf::atom_constant<caf::atom("media")>;
+using connect_atom = caf::atom_constant<caf::atom("connect")>;
 
 // ---- interfaces
 
 // The transport side of a session: receives the text (or media) of its requests as it is
 // produced.
 using sink_actor = caf::typed_actor<caf::reacts_to<delta_atom, text_delta>, caf::reacts_to<media_atom, media_delta>>;
-
-// Decoder: learns which sink each request belongs to (its prompt size and answer modality),
-// then turns step events into deltas for it. A request's deltas leave in token order.
-using decoder_actor = caf::typed_actor<caf::reacts_to<register_atom, int64_t, int32_t, std::string, sink_actor>,
-                                       caf::reacts_to<events_atom, step_events>>;
 
 // Executor: admits tokenized requests (replies with nothing; a refusal reaches the sink as a
 // final delta with the error), cancels, and runs the step loop by sending itself step_atom
@@ -143,6 +139,13 @@ using decoder_actor = caf::typed_actor<caf::reacts_to<register_atom, int64_t, in
 using executor_actor = caf::typed_actor<caf::reacts_to<submit_atom, text_request, std::vector<int32_t>, sink_actor>,
                                         caf::reacts_to<cancel_atom, int64_t>, caf::reacts_to<credit_atom, int64_t, int32_t>,
                                         caf::reacts_to<step_atom>, caf::reacts_to<relook_atom>>;
+
+// Decoder: learns which sink each request belongs to (its prompt size and answer modality),
+// then turns step events into deltas for it. A request's deltas leave in token order.
+// It is told the executor once at start (connect_atom): a request whose decoding fails is
+// ended with the error and its sequence cancelled there.
+using decoder_actor = caf::typed_actor<caf::reacts_to<register_atom, int64_t, int32_t, std::string, sink_actor>,
+                                       caf::reacts_to<events_atom, step_events>, caf::reacts_to<connect_atom, executor_actor>>;
 
 // Encoder: tokenizes a request and passes it on; replies with the prompt's token count, or an
 // error (empty prompt, prompt too long) that the transport turns into its protocol's form.

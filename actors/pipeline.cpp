@@ -1,6 +1,7 @@
 #include "actors/pipeline.hpp"
 
 #include <chrono>
+#include <cstdio>
 #include <map>
 #include <set>
 
@@ -68,6 +69,8 @@ double seconds_now() {
 
 // ---- decoder: token ids to text deltas, or media, per request, in order.
 struct decoder_state {
+  std::function<void(const std::string&, int64_t)> fault_injection;
+  executor_actor executor;  // told once at start (connect_atom)
   struct Entry {
     sink_actor sink;
     StreamingDetokenizer detok;
@@ -83,6 +86,11 @@ struct decoder_state {
   std::shared_ptr<const codecs::ModelCodecs> codecs;
   std::map<int64_t, Entry> requests;
 };
+
+// Ends one request whose decoding failed: its sink gets the final delta with the error (in
+// the form its modality expects), its sequence is cancelled, its state dropped.
+void fail_request(decoder_actor::stateful_pointer<decoder_state> self, std::map<int64_t, decoder_state::Entry>::iterator it,
+                  const std::string& error);
 
 // One generated code (or the end) of a media answer: audio leaves frame by frame, images and
 // video frames once all their patches are there.
@@ -122,12 +130,37 @@ void decode_media(decoder_actor::stateful_pointer<decoder_state> self, int64_t i
   self->send(e.sink, media_atom::value, std::move(d));
 }
 
+void fail_request(decoder_actor::stateful_pointer<decoder_state> self, std::map<int64_t, decoder_state::Entry>::iterator it,
+                  const std::string& error) {
+  decoder_state::Entry& e = it->second;
+  if (e.media) {
+    media_delta d;
+    d.request = it->first;
+    d.finish_reason = "error";
+    d.error = error;
+    d.prompt_tokens = e.prompt_tokens, d.completion_tokens = e.completion_tokens;
+    self->send(e.sink, media_atom::value, std::move(d));
+  } else {
+    text_delta d;
+    d.request = it->first;
+    d.finish_reason = "error";
+    d.error = error;
+    d.prompt_tokens = e.prompt_tokens, d.completion_tokens = e.completion_tokens;
+    self->send(e.sink, delta_atom::value, std::move(d));
+  }
+  if (self->state.executor) caf::anon_send<caf::message_priority::high>(self->state.executor, cancel_atom::value, it->first);
+  self->state.requests.erase(it);
+}
+
 decoder_actor::behavior_type decoder_impl(decoder_actor::stateful_pointer<decoder_state> self,
                                           std::shared_ptr<const Tokenizer> tokenizer,
-                                          std::shared_ptr<const codecs::ModelCodecs> codecs) {
+                                          std::shared_ptr<const codecs::ModelCodecs> codecs,
+                                          std::function<void(const std::string&, int64_t)> fault_injection) {
   self->state.tokenizer = std::move(tokenizer);
   self->state.codecs = std::move(codecs);
+  self->state.fault_injection = std::move(fault_injection);
   return {
+      [=](connect_atom, executor_actor executor) { self->state.executor = std::move(executor); },
       [=](register_atom, int64_t id, int32_t prompt_tokens, const std::string& modality, sink_actor sink) {
         decoder_state::Entry e{std::move(sink), StreamingDetokenizer(*self->state.tokenizer), prompt_tokens, 0};
         if (auto m = parse_modality(modality); m && *m != Modality::Text) {
@@ -143,8 +176,21 @@ decoder_actor::behavior_type decoder_impl(decoder_actor::stateful_pointer<decode
           if (it == self->state.requests.end()) continue;
           auto& e = it->second;
           const auto finish = FinishReason(ev.finish[i]);
+          // A failure decoding one request ends that request with the reason (and cancels
+          // its sequence); the others go on.
+          try {
+            if (self->state.fault_injection) self->state.fault_injection("decode", ev.request[i]);
+          } catch (const std::exception& x) {
+            fail_request(self, it, std::string("decoding failed: ") + x.what());
+            continue;
+          }
           if (e.media) {
-            decode_media(self, ev.request[i], e, ev.token[i], finish, ev.error[i]);
+            try {
+              decode_media(self, ev.request[i], e, ev.token[i], finish, ev.error[i]);
+            } catch (const std::exception& x) {
+              fail_request(self, it, std::string("decoding failed: ") + x.what());
+              continue;
+            }
             if (finish != FinishReason::None) self->state.requests.erase(it);
             continue;
           }
@@ -204,6 +250,7 @@ void schedule_step(executor_actor::stateful_pointer<executor_state> self) {
 executor_actor::behavior_type executor_impl(executor_actor::stateful_pointer<executor_state> self,
                                             std::shared_ptr<Engine> engine, std::shared_ptr<const Tokenizer> tokenizer,
                                             decoder_actor decoder, RealtimePacing pacing,
+                                            std::function<void(const std::string&, int64_t)> fault_injection,
                                             std::shared_ptr<ServingMetrics> metrics) {
   self->state.metrics = std::move(metrics);
   self->state.tokenizer = std::move(tokenizer);
@@ -268,7 +315,18 @@ executor_actor::behavior_type executor_impl(executor_actor::stateful_pointer<exe
         self->state.step_queued = false;
         if (self->state.metrics) self->state.metrics->executor_wakeups++;
         EngineStepStats stats;
-        std::vector<EngineEvent> events = self->state.engine->step(seconds_now(), &stats);
+        std::vector<EngineEvent> events;
+        try {
+          if (fault_injection) fault_injection("step", -1);
+          events = self->state.engine->step(seconds_now(), &stats);
+        } catch (const std::exception& e) {
+          // A step failed in a way the engine could not contain: said loudly, every sequence
+          // it held ends with the reason (their clients get it), and the loop goes on with an
+          // empty engine rather than hanging or taking the server down.
+          std::fprintf(stderr, "tutti: executor step failed: %s; ending its sequences\n", e.what());
+          if (self->state.metrics) self->state.metrics->step_failures++;
+          events = self->state.engine->fail_all(std::string("the model step failed: ") + e.what());
+        }
         if (!events.empty()) {
           step_events ev;
           for (const EngineEvent& e : events) {
@@ -302,13 +360,19 @@ struct encoder_state {
 
 encoder_actor::behavior_type encoder_impl(encoder_actor::stateful_pointer<encoder_state> self,
                                           std::shared_ptr<const Tokenizer> tokenizer, executor_actor executor,
-                                          decoder_actor decoder) {
+                                          decoder_actor decoder, std::function<void(const std::string&, int64_t)> fault_injection) {
   self->state.tokenizer = std::move(tokenizer);
   self->state.executor = executor;
   self->state.decoder = decoder;
   return {
       [=](encode_atom, const text_request& r, const sink_actor& sink) -> caf::result<int32_t> {
-        auto encoded = encode_prompt(*self->state.tokenizer, r);
+        Expected<std::vector<int32_t>> encoded = Error{""};
+        try {  // a failure encoding one request refuses it; the encoder goes on
+          if (fault_injection) fault_injection("encode", r.id);
+          encoded = encode_prompt(*self->state.tokenizer, r);
+        } catch (const std::exception& e) {
+          return caf::make_error(caf::sec::invalid_argument, std::string("encoding failed: ") + e.what());
+        }
         if (!encoded) return caf::make_error(caf::sec::invalid_argument, encoded.error().message);
         std::vector<int32_t> ids = std::move(encoded).value();
         // Too long for the cache, or no room now: the executor refuses it through the
@@ -337,10 +401,11 @@ Expected<PipelineHandles> spawn_pipeline(caf::actor_system& system, Model& model
   auto codecs = codecs::load_model_codecs(model.file());
   if (!codecs) return codecs.error();
   h.codecs = std::make_shared<const codecs::ModelCodecs>(std::move(codecs).value());
-  h.decoder = system.spawn(decoder_impl, tokenizer, h.codecs);
-  h.executor = system.spawn<caf::detached>(executor_impl, std::move(engine), tokenizer, h.decoder, config.pacing,
+  h.decoder = system.spawn(decoder_impl, tokenizer, h.codecs, config.fault_injection);
+  h.executor = system.spawn<caf::detached>(executor_impl, std::move(engine), tokenizer, h.decoder, config.pacing, config.fault_injection,
                                                h.metrics);
-  h.encoder = system.spawn(encoder_impl, tokenizer, h.executor, h.decoder);
+  caf::anon_send(h.decoder, connect_atom::value, h.executor);
+  h.encoder = system.spawn(encoder_impl, tokenizer, h.executor, h.decoder, config.fault_injection);
   return h;
 }
 

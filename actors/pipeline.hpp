@@ -4,7 +4,9 @@
 // (Tokenizer, Engine, StreamingDetokenizer), tested without actors.
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <string>
 
 #include "actors/actors.hpp"
 #include "codecs/model_codecs.h"
@@ -22,6 +24,10 @@ struct PipelineConfig {
   bool prefix_cache = true;  // see PagedKvCache
   SchedulerConfig scheduler;
   RealtimePacing pacing;  // watermarks for realtime requests (their rate comes with each request)
+  // Fault injection for tests: called as each stage handles a request ("encode", "decode"
+  // with its id) and before each executor step ("step", -1); what it throws is handled as a
+  // real failure of that stage would be. Empty in the server.
+  std::function<void(const std::string& stage, int64_t request)> fault_injection;
   Status validate() const;
 };
 

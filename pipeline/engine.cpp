@@ -84,6 +84,18 @@ Status Engine::submit(EngineRequest r, double now) {
   return Status::Ok();
 }
 
+std::vector<EngineEvent> Engine::fail_all(const std::string& reason) {
+  std::vector<EngineEvent> events;
+  for (const auto& [id, live] : live_) {
+    scheduler_.remove(id);
+    events.push_back({id, -1, -1, FinishReason::Error, reason});
+  }
+  live_.clear();
+  if (metrics_) record(events, EngineStepStats{}, 0);  // counted as finished; gauges: nothing runs
+  for (const EngineEvent& e : events) scheduler_.forget(e.seq);
+  return events;
+}
+
 std::vector<EngineEvent> Engine::step(double now, EngineStepStats* stats) {
   std::vector<EngineEvent> events;
   StepPlan plan = scheduler_.plan(now);

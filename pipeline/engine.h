@@ -73,6 +73,10 @@ class Engine {
   bool on_delivered(int64_t id, int delivered, double now) { return scheduler_.on_delivered(id, delivered, now); }
   // Runs at most one forward pass; returns the events of this step (empty: nothing to do).
   std::vector<EngineEvent> step(double now, EngineStepStats* stats = nullptr);
+  // After a step failed in a way the engine could not contain (an exception): every live
+  // sequence ends with `reason` (one Error event each), its KV released, so the engine is
+  // empty and usable again.
+  std::vector<EngineEvent> fail_all(const std::string& reason);
   bool idle() const { return scheduler_.idle(); }
 
   const Scheduler& scheduler() const { return scheduler_; }

@@ -91,6 +91,8 @@ std::string ServingMetrics::render() const {
   out += "tutti_executor_steps_total " + std::to_string(steps.load()) + "\n";
   header("tutti_executor_wakeups_total", "counter", "Turns of the executor's step loop, including those that found nothing due.");
   out += "tutti_executor_wakeups_total " + std::to_string(executor_wakeups.load()) + "\n";
+  header("tutti_executor_step_failures_total", "counter", "Steps that failed with an exception (their sequences ended with the error).");
+  out += "tutti_executor_step_failures_total " + std::to_string(step_failures.load()) + "\n";
   header("tutti_prefill_tokens_total", "counter", "Prompt tokens computed by prefill.");
   out += "tutti_prefill_tokens_total " + std::to_string(prefill_tokens.load()) + "\n";
   header("tutti_prefix_cache_hit_tokens_total", "counter", "Prompt tokens found in the prefix cache instead of computed.");

@@ -148,6 +148,49 @@ TEST_F(PipelineFixture, CancelAndRefusalEndOnlyTheirRequests) {
   EXPECT_NE(big[4].error.find("KV cache holds"), std::string::npos) << big[4].error;
 }
 
+// Fault isolation: a failure decoding one request, or encoding one, ends only that request
+// with the reason; a step that throws ends the sequences it held with the reason, and the
+// executor goes on serving new requests. (The failures are injected where each stage would
+// meet a real one.)
+TEST_F(PipelineFixture, AFailureEndsOnlyWhatItTouchesAndServingGoesOn) {
+  std::atomic<bool> fail_when_two_run{false};
+  PipelineConfig pc;
+  pc.scheduler.client_window = 0;  // this test's sink gives no credit
+  pc.fault_injection = [&](const std::string& stage, int64_t id) {
+    if (stage == "decode" && id == 2) throw std::runtime_error("bad codes for request 2");
+    if (stage == "encode" && id == 4) throw std::runtime_error("tokenizer blew up");
+    // The step after the one that had both long requests running (the gauge it updated).
+    if (stage == "step" && pipe.metrics && pipe.metrics->running.load() >= 2 && fail_when_two_run.exchange(false))
+      throw std::runtime_error("device fault");
+  };
+  start(pc);
+  auto out = run({req(1, "Hello world", 6), req(2, "Hello there", 6), req(3, "Good morning", 6), req(4, "Hi", 6)});
+  EXPECT_EQ(out[2].finish, "error");
+  EXPECT_NE(out[2].error.find("decoding failed: bad codes"), std::string::npos) << out[2].error;
+  EXPECT_EQ(out[4].finish, "refused");
+  EXPECT_NE(out[4].error.find("encoding failed"), std::string::npos) << out[4].error;
+  for (int64_t id : {1, 3}) {
+    const auto [text, n] = alone(id == 1 ? "Hello world" : "Good morning", 6);
+    EXPECT_EQ(out[id].text, text) << id;
+    EXPECT_EQ(out[id].finish, n == 6 ? "length" : "stop") << id;
+  }
+  // A step fails while two long requests run: both end with the reason...
+  text_request a = req(10, "first long one", 4000), b = req(11, "second long one", 4000);
+  a.ignore_eos = b.ignore_eos = true;
+  fail_when_two_run = true;
+  auto failed = run({a, b});
+  for (int64_t id : {10, 11}) {
+    EXPECT_EQ(failed[id].finish, "error") << id;
+    EXPECT_NE(failed[id].error.find("the model step failed: device fault"), std::string::npos) << failed[id].error;
+    EXPECT_LT(failed[id].completion_tokens, 4000);
+  }
+  EXPECT_EQ(pipe.metrics->step_failures.load(), 1u);
+  // ...and the executor serves the next request as if nothing happened.
+  auto after = run({req(12, "Hello world", 6)});
+  EXPECT_EQ(after[12].text, alone("Hello world", 6).first);
+  EXPECT_EQ(pipe.metrics->running.load(), 0);
+}
+
 // The step loop's wake-ups stay bounded however many requests come and go: with a stream
 // ahead of its playback clock the executor looks again every 2 ms through one timer. (A
 // wake-up that started a new timer of its own, as each submit once did, made the loop turn

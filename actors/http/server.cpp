@@ -680,7 +680,19 @@ Expected<uint16_t> HttpServer::start() {
   if (ec) return Error{"cannot listen on " + impl_->cfg.host + ":" + std::to_string(impl_->cfg.port) + ": " + ec.message()};
   const uint16_t port = impl_->acceptor.local_endpoint().port();
   impl_->accept();
-  impl_->thread = std::thread([this] { impl_->ioc.run(); });
+  impl_->thread = std::thread([this] {
+    // An exception escaping one session's handler ends that handler (its session is dropped
+    // with it); it is said loudly and the I/O thread goes on serving everyone else.
+    for (;;) {
+      try {
+        impl_->ioc.run();
+        return;
+      } catch (const std::exception& e) {
+        impl_->metrics.errors++;
+        std::fprintf(stderr, "tutti: a session failed on the I/O thread: %s\n", e.what());
+      }
+    }
+  });
   return port;
 }
 

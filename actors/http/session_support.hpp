@@ -217,7 +217,13 @@ sink_actor spawn_generation(caf::actor_system& system, net::io_context& io, enco
             },
             [=](media_atom, const media_delta& d) {
               if (!media) return;  // a text request never gets media deltas
-              MediaChunk chunk = media->on_delta(d);
+              MediaChunk chunk;
+              try {  // a failure encoding this answer ends it with the reason, nothing else
+                chunk = media->on_delta(d);
+              } catch (const std::exception& e) {
+                chunk.done = true;
+                chunk.error = std::string("encoding the answer failed: ") + e.what();
+              }
               const bool last = chunk.done;
               net::post(*ioc, [weak, chunk = std::move(chunk), t = d.completion_tokens, p = d.prompt_tokens]() mutable {
                 if (auto s = weak.lock()) s->on_media(std::move(chunk), t, p);
