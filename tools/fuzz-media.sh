@@ -17,7 +17,8 @@ clang++ -fsanitize=fuzzer "$probe" -o "$work/obj/probe" 2>/dev/null || { echo "f
 bin="$work/media_fuzz"
 sources=(codecs/byte_queue.cpp codecs/media_decoder.cpp codecs/opus_codec.cpp codecs/media_encoder.cpp
          codecs/patch_tokenizer.cpp codecs/rvq.cpp codecs/audio_tokenizer.cpp codecs/mdct.cpp
-         actors/http/openai.cpp actors/http/media.cpp pipeline/unicode.cpp pipeline/model_config.cpp pipeline/gguf.cpp
+         actors/http/openai.cpp actors/http/media.cpp actors/http/access.cpp pipeline/unicode.cpp pipeline/model_config.cpp
+         pipeline/gguf.cpp pipeline/tokenizer.cpp
          kernels/tensor_type.cpp tests/fuzz/media_fuzz.cpp)
 newest=0
 for f in "${sources[@]/#/$src/}" "$src"/codecs/*.h "$src"/actors/http/*.hpp; do
@@ -38,17 +39,9 @@ if [ ! -x "$bin" ] || [ "$(stat -c %Y "$bin")" -lt "$newest" ]; then
     $(pkg-config --libs opus ogg libavformat libavcodec libswresample libswscale libavutil icu-uc) -lpthread
 fi
 
-# Seeds: small valid inputs of each kind.
-if [ -z "$(ls -A "$work/corpus")" ]; then
-  ff() { ffmpeg -nostdin -loglevel error -y "$@"; }
-  ff -f lavfi -i sine=frequency=440:duration=0.2 -c:a pcm_s16le -f wav "$work/corpus/seed.wav"
-  ff -f lavfi -i sine=frequency=440:duration=0.2 -c:a libmp3lame -f mp3 "$work/corpus/seed.mp3"
-  ff -f lavfi -i sine=frequency=440:duration=0.2 -c:a libopus -f ogg "$work/corpus/seed.ogg"
-  ff -f lavfi -i testsrc=size=32x24:rate=1 -frames:v 1 -c:v png -f image2 "$work/corpus/seed.png"
-  echo '{"input":"hello","response_format":"mp3","speed":1.5}' >"$work/corpus/speech.json"
-  echo '{"prompt":"x","size":"256x256","n":2}' >"$work/corpus/image.json"
-  echo '{"messages":[{"role":"user","content":"hi"}],"stream":true}' >"$work/corpus/chat.json"
-fi
+# Seeds: the corpus in the repository (small valid inputs of each kind, and every input that
+# once crashed, as regression seeds).
+cp -n "$src"/tests/fuzz/corpus/* "$work/corpus/"
 echo "fuzz-media: running for $seconds s"
 # A fixed seed (FUZZ_SEED to change it) makes the run in ctest repeatable; long runs for
 # finding new inputs pass their own.

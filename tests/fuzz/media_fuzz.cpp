@@ -1,12 +1,18 @@
-// libFuzzer target for every path that takes a client's bytes as media or as a media
-// request: FFmpeg demux/decode of audio and video from a byte stream, images turned into
-// video tokens, Opus packets, and the media endpoints' JSON parsing. Built with clang (-fsanitize=fuzzer,address) by
+// libFuzzer target for every path that takes a client's or a file's bytes: FFmpeg
+// demux/decode of audio and video from a byte stream (MPEG-TS from ZeroMQ included), images
+// turned into video tokens, Opus packets, the media and chat endpoints' JSON parsing, the
+// API key header forms, and GGUF files (the parser, the model config and the tokenizer read
+// from them). Seeds: tests/fuzz/corpus. Built with clang (-fsanitize=fuzzer,address) by
 // tools/fuzz-media.sh, which ctest runs for a bounded time.
 #include <cstddef>
 #include <cstdint>
 #include <string>
 
+#include "actors/http/access.hpp"
 #include "actors/http/media.hpp"
+#include "pipeline/gguf.h"
+#include "pipeline/model_config.h"
+#include "pipeline/tokenizer.h"
 #include "codecs/media_decoder.h"
 #include "codecs/opus_codec.h"
 
@@ -55,5 +61,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (http::MediaKind k : {http::MediaKind::Speech, http::MediaKind::Music, http::MediaKind::Image, http::MediaKind::Video})
     (void)http::parse_media_request(k, body, table, "tutti");
   (void)http::parse_request(body, true, http::ChatTemplate::ChatML, "tutti", 512);
+  (void)http::ApiKeys::bearer(body);
+  (void)http::ApiKeys::from_subprotocols(body);
+  // A model file: validated before anything is read from it.
+  if (auto file = GgufFile::parse(data, size, "fuzz.gguf")) {
+    (void)read_model_config(**file);
+    if (auto tok = Tokenizer::from_gguf(**file)) (void)(*tok)->encode(body, true, false);
+  }
   return 0;
 }
