@@ -27,6 +27,25 @@ using json = nlohmann::json;
 
 double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
+// Fields of a server's JSON, whatever it sent: a missing or mistyped field is the fallback,
+// never an exception (the harness measures servers, it must not die on one's mistakes).
+std::string str(const json& j, const char* key, const std::string& fallback = "") {
+  if (!j.is_object()) return fallback;
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : fallback;
+}
+int64_t integer(const json& j, const char* key, int64_t fallback) {
+  if (!j.is_object()) return fallback;
+  auto it = j.find(key);
+  return it != j.end() && it->is_number_integer() ? it->get<int64_t>() : fallback;
+}
+const json& field(const json& j, const char* key) {
+  static const json null;
+  if (!j.is_object()) return null;
+  auto it = j.find(key);
+  return it != j.end() ? *it : null;
+}
+
 // One HTTP exchange; body bytes go to on_data as they arrive (chunked or not). Returns the
 // status, or 0 with `error` set to what went wrong (connect, timeout, protocol).
 int exchange(const Target& t, const std::string& path, const std::string& body, const std::function<void(const char*, size_t)>& on_data,
@@ -99,9 +118,9 @@ Expected<std::string> served_model(const Target& t) {
   if (ec) return Error{"GET /v1/models: " + ec.message()};
   if (res.result_int() != 200) return Error{"GET /v1/models answered " + std::to_string(res.result_int()) + ": " + res.body()};
   const json j = json::parse(res.body(), nullptr, false);
-  if (j.is_discarded() || !j.contains("data") || !j["data"].is_array() || j["data"].empty() || !j["data"][0].contains("id"))
-    return Error{"GET /v1/models: no model in the answer"};
-  return j["data"][0]["id"].get<std::string>();
+  const json& data = field(j, "data");
+  if (!data.is_array() || data.empty() || str(data[0], "id").empty()) return Error{"GET /v1/models: no model in the answer"};
+  return str(data[0], "id");
 }
 
 void run_text_request(const Target& t, Recorder& rec, int stage, int prompt_words, int max_tokens, uint64_t seed) {
@@ -128,15 +147,13 @@ void run_text_request(const Target& t, Recorder& rec, int stage, int prompt_word
       if (line.rfind("data: ", 0) != 0 || line == "data: [DONE]") continue;
       const json j = json::parse(line.substr(6), nullptr, false);
       if (j.is_discarded()) continue;
+      if (!j.is_object()) continue;
       if (j.contains("error")) stream_error = true;
-      if (j.contains("usage") && j["usage"].is_object()) usage_tokens = j["usage"].value("completion_tokens", int64_t(-1));
-      if (!j.contains("choices") || !j["choices"].is_array() || j["choices"].empty()) continue;
-      const json& c = j["choices"][0];
-      std::string text;
-      if (c.contains("delta") && c["delta"].is_object() && c["delta"].contains("content") && c["delta"]["content"].is_string())
-        text = c["delta"]["content"];
-      else if (c.contains("text") && c["text"].is_string())
-        text = c["text"];
+      if (field(j, "usage").is_object()) usage_tokens = integer(field(j, "usage"), "completion_tokens", -1);
+      const json& choices = field(j, "choices");
+      if (!choices.is_array() || choices.empty()) continue;
+      const json& c = choices[0];
+      std::string text = str(field(c, "delta"), "content", str(c, "text"));
       if (text.empty()) continue;
       const Clock::time_point now = Clock::now();
       if (first) rec.add("text.ttft_s", stage, t.since_start(), seconds(now - sent));
@@ -185,7 +202,7 @@ void run_image_request(const Target& t, Recorder& rec, int stage, const std::str
   const int status = exchange(t, "/v1/images/generations", body.dump(), [&](const char* d, size_t n) { got.append(d, n); }, error);
   if (status != 200) return count_error(rec, "image", stage, status, error);
   const json j = json::parse(got, nullptr, false);
-  if (j.is_discarded() || !j.contains("data") || j["data"].empty()) return count_error(rec, "image", stage, 0, "protocol");
+  if (!field(j, "data").is_array() || field(j, "data").empty()) return count_error(rec, "image", stage, 0, "protocol");
   rec.add("image.latency_s", stage, t.since_start(), seconds(Clock::now() - sent));
   rec.count("image.completed", stage);
 }
@@ -253,14 +270,14 @@ void run_voice_session(const Target& t, Recorder& rec, const VoiceOptions& o, co
       ws.read(buf, ec);
       if (ec) break;
       const json e = json::parse(beast::buffers_to_string(buf.data()), nullptr, false);
-      if (e.is_discarded()) continue;
-      const std::string type = e.value("type", "");
+      if (!e.is_object()) continue;
+      const std::string type = str(e, "type");
       const Clock::time_point now = Clock::now();
       std::lock_guard<std::mutex> lock(mu);
       const int s = stage();
       if (type == "input_audio_buffer.committed") st.commit_at = now, st.have_commit = true;
-      if (type == "response.output_audio.delta" && e.contains("delta") && e["delta"].is_string()) {
-        const auto bytes = http::base64_decode(e["delta"].get<std::string>());
+      if (type == "response.output_audio.delta" && field(e, "delta").is_string()) {
+        const auto bytes = http::base64_decode(str(e, "delta"));
         const double dur = bytes ? double(bytes->size()) / (2 * 24000) : 0;
         if (!st.have_audio) {
           st.have_audio = true;
@@ -281,10 +298,13 @@ void run_voice_session(const Target& t, Recorder& rec, const VoiceOptions& o, co
         }
         st.received += dur;
       }
-      if (type == "error") count_error(rec, "voice", s, 0, "event_" + e["error"].value("code", std::string("error")));
+      if (type == "error") {
+        const json& err = field(e, "error");
+        count_error(rec, "voice", s, 0, "event_" + str(err, "code", str(err, "type", "error")));
+      }
       if (type == "response.done") {
         rec.count("voice.responses", s);
-        const std::string status = e["response"].value("status", "");
+        const std::string status = str(field(e, "response"), "status");
         if (status == "cancelled" && st.barging) {
           rec.add("voice.barge_in_to_cancel_s", s, t.since_start(), seconds(now - st.barge_started));
           rec.count("voice.barge_ins", s);
