@@ -133,21 +133,15 @@ void decode_media(decoder_actor::stateful_pointer<decoder_state> self, int64_t i
 void fail_request(decoder_actor::stateful_pointer<decoder_state> self, std::map<int64_t, decoder_state::Entry>::iterator it,
                   const std::string& error) {
   decoder_state::Entry& e = it->second;
-  if (e.media) {
-    media_delta d;
+  auto final_delta = [&](auto d) {  // text_delta or media_delta: the same fields
     d.request = it->first;
     d.finish_reason = "error";
     d.error = error;
     d.prompt_tokens = e.prompt_tokens, d.completion_tokens = e.completion_tokens;
-    self->send(e.sink, media_atom::value, std::move(d));
-  } else {
-    text_delta d;
-    d.request = it->first;
-    d.finish_reason = "error";
-    d.error = error;
-    d.prompt_tokens = e.prompt_tokens, d.completion_tokens = e.completion_tokens;
-    self->send(e.sink, delta_atom::value, std::move(d));
-  }
+    return d;
+  };
+  if (e.media) self->send(e.sink, media_atom::value, final_delta(media_delta{}));
+  else self->send(e.sink, delta_atom::value, final_delta(text_delta{}));
   if (self->state.executor) caf::anon_send<caf::message_priority::high>(self->state.executor, cancel_atom::value, it->first);
   self->state.requests.erase(it);
 }

@@ -133,7 +133,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     generating_ = false;
     const bool cancelled = c.error == "cancelled";
     end_response(cancelled ? "cancelled" : !c.error.empty() ? "failed" : "completed", cancelled ? "" : c.error, prompt_tokens, tokens, "audio");
-    if (!c.error.empty() && !cancelled) error("server_error", "", c.error, response_event_id_);
+    if (!c.error.empty() && !cancelled) generation_error(c.error);
     emit({{"type", "response.output_audio.done"}, {"response_id", response_id_}, {"item_id", item_id_}, {"output_index", 0}, {"content_index", 0}});
     emit({{"type", "response.output_audio_transcript.done"}, {"response_id", response_id_}, {"item_id", item_id_}, {"output_index", 0},
           {"content_index", 0}, {"transcript", ""}});
@@ -174,7 +174,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     generating_ = false;
     const bool cancelled = c.error == "cancelled";
     end_response(cancelled ? "cancelled" : !c.error.empty() ? "failed" : "completed", cancelled ? "" : c.error, prompt_tokens, tokens, "video");
-    if (!c.error.empty() && !cancelled) error("server_error", "", c.error, response_event_id_);
+    if (!c.error.empty() && !cancelled) generation_error(c.error);
     emit({{"type", "tutti.response.output_video.done"}, {"response_id", response_id_}, {"item_id", item_id_}, {"output_index", 0},
           {"content_index", 0}, {"frames", video_frames_sent_}});
     const std::string status = cancelled ? "cancelled" : !c.error.empty() ? "failed" : "completed";
@@ -189,7 +189,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
   void on_refused(const std::string& message) {
     generating_ = false;
     end_response("failed", message, 0, 0, "text");
-    error("invalid_request_error", "", message, response_event_id_);
+    generation_error(message);
     finish_response("failed", 0, 0);
   }
   void on_delta(const text_delta& d) {
@@ -206,7 +206,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     generating_ = false;
     end_response(d.finish_reason == "cancelled" ? "cancelled" : d.finish_reason == "error" ? "failed" : d.finish_reason == "length" ? "incomplete" : "completed",
                  d.error, d.prompt_tokens, d.completion_tokens, "text");
-    if (d.finish_reason == "error") error("server_error", "", d.error, response_event_id_);
+    if (d.finish_reason == "error") generation_error(d.error);
     emit({{"type", "response.output_text.done"}, {"response_id", response_id_}, {"item_id", item_id_}, {"output_index", 0},
           {"content_index", 0}, {"text", text_}});
     if (d.finish_reason != "error" && d.finish_reason != "cancelled")
@@ -652,6 +652,15 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
           {"response", {{"id", response_id_}, {"object", "realtime.response"}, {"status", status},
                         {"usage", {{"input_tokens", prompt_tokens}, {"output_tokens", completion_tokens},
                                    {"total_tokens", prompt_tokens + completion_tokens}}}}}});
+  }
+
+  // A response that could not be generated: busy (the server's queue is full: retry), a
+  // refusal of the request, or a failure while generating.
+  void generation_error(const std::string& message) {
+    if (message.rfind("busy", 0) == 0) return error("rate_limit_error", "server_busy", message, response_event_id_);
+    if (message.rfind("request needs", 0) == 0 || message.rfind("this model has no", 0) == 0)
+      return error("invalid_request_error", "invalid_request", message, response_event_id_);
+    error("server_error", "generation_failed", message, response_event_id_);
   }
 
   void error(const std::string& type, const std::string& code, const std::string& message, const std::string& event_id) {
