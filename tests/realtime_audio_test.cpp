@@ -182,9 +182,10 @@ TEST(RealtimeVoice, SpeechIsPrefilledWhileTheUserIsStillTalking) {
     c.speak(std::vector<float>(talk.begin(), talk.begin() + long(first)));
     c.until("input_audio_buffer.speech_started");
     if (interval > 0) {
-      // The user is still talking: a prefill starts and finishes.
-      for (int i = 0; i < 500 && !(metric(sut.port, "tutti_realtime_speech_prefills_total") >= 1 &&
-                                   metric(sut.port, "tutti_running_sequences") == 0 && metric(sut.port, "tutti_queue_depth") == 0);
+      // The user is still talking: a prefill starts and finishes (its blocks are then in the
+      // cache, held by no sequence: at least 3 blocks of 16 for 300 ms of speech).
+      for (int i = 0; i < 1000 && !(metric(sut.port, "tutti_realtime_speech_prefills_total") >= 1 &&
+                                    metric(sut.port, "tutti_kv_blocks_cached") >= 3);
            ++i)
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
       EXPECT_GE(metric(sut.port, "tutti_realtime_speech_prefills_total"), 1);

@@ -48,6 +48,16 @@ struct HttpServer::Impl {
   // "going away" after their response), by session, registered while they live.
   std::atomic<bool> draining{false};
   std::map<uint64_t, std::function<void()>> on_drain;
+  // Ids (next_id) restart with the process; ledger records carry this random prefix too, so
+  // a request of one run never collides with one of another in the ledger. (Before the I/O
+  // context, like the ledger: sessions ended by its destruction record with it; ASan found
+  // the use after free when it stood after.)
+  const std::string instance_id = [] {
+    std::random_device rd;
+    char buf[24];
+    std::snprintf(buf, sizeof buf, "%08x%08x", unsigned(rd()), unsigned(rd()));
+    return std::string(buf);
+  }();
   net::io_context ioc{1};
   tcp::acceptor acceptor{ioc};
   std::thread thread;
@@ -57,15 +67,6 @@ struct HttpServer::Impl {
   std::map<std::string, std::shared_ptr<VideoJob>> jobs;
   // ZeroMQ stream jobs by id (stream_job.cpp); their state is touched on the I/O thread.
   std::map<std::string, std::shared_ptr<StreamJob>> streams;
-
-  // Ids (next_id) restart with the process; ledger records carry this random prefix too, so
-  // a request of one run never collides with one of another in the ledger.
-  const std::string instance_id = [] {
-    std::random_device rd;
-    char buf[24];
-    std::snprintf(buf, sizeof buf, "%08x%08x", unsigned(rd()), unsigned(rd()));
-    return std::string(buf);
-  }();
 
   Impl(caf::actor_system& s, PipelineHandles p, ServerConfig c, ServerMetrics& m)
       : system(s), pipe(std::move(p)), cfg(std::move(c)), metrics(m), limiter(cfg.key_limits) {}
