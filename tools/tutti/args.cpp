@@ -71,4 +71,15 @@ bool Args::require(const std::string& name) {
   return false;
 }
 
+std::vector<std::string> split_list(const std::string& list) {
+  std::vector<std::string> out;
+  size_t p = 0;
+  while (p <= list.size()) {
+    const size_t q = std::min(list.find(',', p), list.size());
+    if (q > p) out.push_back(list.substr(p, q - p));
+    p = q + 1;
+  }
+  return out;
+}
+
 }  // namespace tutti::cli

@@ -11,6 +11,9 @@
 
 namespace tutti::cli {
 
+// "a,b,,c" -> {"a", "b", "c"}: a comma-separated option value (empty items dropped).
+std::vector<std::string> split_list(const std::string& list);
+
 class Args {
  public:
   // `options` take a value, `switches` do not.

@@ -179,19 +179,9 @@ int cmd_bench_voice(const std::vector<std::string>& argv) {
   const double seconds = args.get_double("seconds", 12);
   const double text_rate = args.get_double("text-rate", 2);
   const int answer_tokens = int(args.get_int("answer-tokens", 400));  // 2 s of audio
-  auto split = [](const std::string& list) {
-    std::vector<std::string> out;
-    size_t p = 0;
-    while (p <= list.size()) {
-      const size_t q = std::min(list.find(',', p), list.size());
-      if (q > p) out.push_back(list.substr(p, q - p));
-      p = q + 1;
-    }
-    return out;
-  };
   std::vector<int> counts;
-  for (const std::string& c : split(args.get("sessions", "1,4,8,16"))) counts.push_back(std::max(1, std::atoi(c.c_str())));
-  const std::vector<std::string> modes = split(args.get("modes", "speaking,off"));
+  for (const std::string& c : split_list(args.get("sessions", "1,4,8,16"))) counts.push_back(std::max(1, std::atoi(c.c_str())));
+  const std::vector<std::string> modes = split_list(args.get("modes", "speaking,off"));
   for (const std::string& m : modes)
     if (m != "speaking" && m != "cache" && m != "off") return fail("--modes takes speaking, cache and off");
   auto engine = open_engine(args, true);

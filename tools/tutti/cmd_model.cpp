@@ -97,17 +97,6 @@ int model_random(const std::vector<std::string>& argv) {
   return 0;
 }
 
-std::vector<std::string> split_files(const std::string& list) {
-  std::vector<std::string> out;
-  size_t p = 0;
-  while (p <= list.size()) {
-    const size_t q = std::min(list.find(',', p), list.size());
-    if (q > p) out.push_back(list.substr(p, q - p));
-    p = q + 1;
-  }
-  return out;
-}
-
 void show_progress(const std::string& what, double f) { std::fprintf(stderr, "\r[%3.0f%%] %-32s", f * 100, what.c_str()); }
 
 // tutti model pack --backbone TEXT.gguf --out UNIFIED.gguf [--audio F,..] [--image F,..]
@@ -119,7 +108,7 @@ int model_pack(const std::vector<std::string>& argv) {
     if (!args.require(r)) return fail(args.error());
   std::map<Modality, codecs::PackMaterial> material;
   for (Modality m : kMediaModalities)
-    if (args.has(modality_name(m))) material[m].files = split_files(args.get(modality_name(m)));
+    if (args.has(modality_name(m))) material[m].files = split_list(args.get(modality_name(m)));
   codecs::PackOptions o;
   o.kmeans_iterations = int(args.get_int("iterations", 8));
   o.seed = uint64_t(args.get_int("seed", 1));
