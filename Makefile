@@ -38,10 +38,10 @@ test: build
 SOAK_SECONDS ?= 600
 soak: build model
 	@bash tools/soak.sh $(SOAK_SECONDS) $(BUILD_DIR)/soak
-# fuzz: the media/request fuzz target for FUZZ_SECONDS (default 300) with a random seed.
+# fuzz: the input fuzz target (every parser of client or file bytes) for FUZZ_SECONDS (default 300) with a random seed.
 FUZZ_SECONDS ?= 300
 fuzz: build
-	@FUZZ_SEED=0 bash tools/fuzz-media.sh $(FUZZ_SECONDS) $(BUILD_DIR)/fuzz
+	@FUZZ_SEED=0 bash tools/fuzz.sh $(FUZZ_SECONDS) $(BUILD_DIR)/fuzz
 # sanitize: the whole suite built with AddressSanitizer and UndefinedBehaviorSanitizer. Any
 # report fails its test (halt_on_error), except what tools/ubsan.supp names (not ours).
 sanitize: deps
@@ -50,7 +50,7 @@ sanitize: deps
 	@cmake --build build-sanitize -j $(JOBS)
 	@cd build-sanitize && ASAN_OPTIONS=detect_leaks=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:suppressions=$(CURDIR)/tools/ubsan.supp \
-	  ctest --output-on-failure -j $(JOBS) -E 'media_fuzz|browser'
+	  ctest --output-on-failure -j $(JOBS) -E 'input_fuzz|browser'
 
 clean:
 	rm -rf $(BUILD_DIR)

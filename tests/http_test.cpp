@@ -226,7 +226,15 @@ TEST(HttpFlowControl, ClientThatStopsReadingPausesOnlyItsOwnGeneration) {
     held = metric(sut.port, "tutti_sequences_held_for_client");
   }
   ASSERT_EQ(held, 1) << "the unread stream never paused";
-  const double generated = metric(sut.port, "tutti_generated_tokens_total{class=\"interactive\"}");
+  // Writes already in flight may still drain into the socket buffers and return credit (slow
+  // under sanitizers): wait until the count stands still.
+  double generated = metric(sut.port, "tutti_generated_tokens_total{class=\"interactive\"}");
+  for (int i = 0; i < 50; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    const double now = metric(sut.port, "tutti_generated_tokens_total{class=\"interactive\"}");
+    if (now == generated) break;
+    generated = now;
+  }
   EXPECT_GT(generated, 0);
   EXPECT_LT(generated, 3000) << "the whole answer was generated into buffers";
 

@@ -1,10 +1,12 @@
-// /v1/realtime over a real WebSocket on loopback: the OpenAI Realtime event grammar for text,
-// and non-fatal errors that keep the session open.
+// The Realtime client event grammar as a plain function, then /v1/realtime over a real
+// WebSocket on loopback: the event grammar for text, and non-fatal errors that keep the
+// session open.
 #include <gtest/gtest.h>
 
 #include <boost/asio.hpp>
 #include <boost/beast.hpp>
 
+#include "actors/http/realtime_events.hpp"
 #include "server_support.h"
 
 namespace tutti {
@@ -14,6 +16,108 @@ namespace beast = boost::beast;
 namespace net = boost::asio;
 using tcp = net::ip::tcp;
 using json = nlohmann::json;
+
+namespace rt = http::realtime;
+
+rt::EventError parse_error(const json& j) {
+  auto r = rt::parse_client_event(j.dump());
+  EXPECT_TRUE(std::holds_alternative<rt::EventError>(r)) << j.dump();
+  return std::holds_alternative<rt::EventError>(r) ? std::get<rt::EventError>(r) : rt::EventError{};
+}
+template <class T>
+T parse_as(const json& j, std::string* event_id = nullptr) {
+  auto r = rt::parse_client_event(j.dump());
+  if (!std::holds_alternative<rt::ClientEvent>(r)) {
+    ADD_FAILURE() << j.dump() << ": " << std::get<rt::EventError>(r).message;
+    return T{};
+  }
+  auto& ev = std::get<rt::ClientEvent>(r);
+  if (event_id) *event_id = ev.event_id;
+  EXPECT_TRUE(std::holds_alternative<T>(ev.body)) << j.dump();
+  return std::holds_alternative<T>(ev.body) ? std::get<T>(ev.body) : T{};
+}
+
+TEST(RealtimeEvents, SessionUpdateReadsBothSpellingsAndChecksTheWholeUpdate) {
+  std::string id;
+  auto u = parse_as<rt::SessionUpdate>({{"type", "session.update"}, {"event_id", "e1"},
+                                        {"session", {{"instructions", "Hi"}, {"temperature", 0.5}, {"max_response_output_tokens", -3},
+                                                     {"input_audio_format", "g711_ulaw"}, {"modalities", {"text", "audio"}},
+                                                     {"turn_detection", {{"silence_duration_ms", 300}, {"create_response", false}}}}}},
+                                       &id);
+  EXPECT_EQ(id, "e1");
+  EXPECT_EQ(u.instructions, "Hi");
+  EXPECT_FLOAT_EQ(*u.temperature, 0.5f);
+  EXPECT_EQ(u.max_output_tokens, 1);  // clamped up
+  EXPECT_EQ(u.input_wire, http::AudioWire::G711Ulaw);
+  EXPECT_FALSE(u.output_wire.has_value());
+  EXPECT_EQ(u.modalities, (std::vector<std::string>{"text", "audio"}));
+  EXPECT_EQ(u.turn_detection, rt::SessionUpdate::Turns::ServerVad);
+  EXPECT_EQ(u.vad.silence_duration_ms, 300);
+  EXPECT_FALSE(u.create_response);
+  // The GA spelling: audio.input.format / audio.output.format, turn detection under audio.input.
+  u = parse_as<rt::SessionUpdate>({{"type", "session.update"},
+                                   {"session", {{"audio", {{"input", {{"format", {{"type", "audio/pcma"}}}, {"turn_detection", nullptr}}},
+                                                           {"output", {{"format", {{"type", "audio/pcm"}, {"rate", 24000}}}}}}}}}});
+  EXPECT_EQ(u.input_wire, http::AudioWire::G711Alaw);
+  EXPECT_EQ(u.output_wire, http::AudioWire::Pcm16);
+  EXPECT_EQ(u.turn_detection, rt::SessionUpdate::Turns::Manual);
+  EXPECT_EQ(parse_as<rt::SessionUpdate>({{"type", "session.update"}, {"session", json::object()}}).turn_detection,
+            rt::SessionUpdate::Turns::Keep);
+  // One bad field refuses the whole update.
+  EXPECT_EQ(parse_error({{"type", "session.update"}, {"session", {{"instructions", "x"}, {"modalities", {"audio", "video"}}}}}).code,
+            "invalid_value");
+  EXPECT_EQ(parse_error({{"type", "session.update"}, {"session", {{"output_audio_format", "mp3"}}}}).code, "invalid_value");
+  EXPECT_EQ(parse_error({{"type", "session.update"}, {"session", {{"turn_detection", {{"threshold", 2}}}}}}).code, "invalid_value");
+  EXPECT_EQ(parse_error({{"type", "session.update"}, {"session", {{"turn_detection", {{"threshold", "high"}}}}}}).code, "invalid_value");
+  EXPECT_EQ(parse_error({{"type", "session.update"}, {"session", {{"tutti", {{"binary_audio", "flac"}}}}}}).code, "invalid_value");
+  EXPECT_EQ(parse_error({{"type", "session.update"}, {"session", 3}}).code, "invalid_value");
+  EXPECT_EQ(parse_as<rt::SessionUpdate>({{"type", "session.update"}, {"session", {{"tutti", {{"binary_audio", "opus"}}}}}}).binary_opus, true);
+}
+
+TEST(RealtimeEvents, ItemsResponsesAndAudioEvents) {
+  auto item = parse_as<rt::ItemCreate>(json::parse(R"({"type": "conversation.item.create", "item": {"id": "mine", "role": "system",
+      "content": [{"type": "input_text", "text": "a"}, {"type": "input_image", "image_url": "data:image/png;base64,QUJD"},
+                  {"type": "text", "text": "b"}, 7]}})"));
+  EXPECT_EQ(item.id, "mine");
+  EXPECT_EQ(item.role, "system");
+  EXPECT_EQ(item.text, "ab");
+  EXPECT_EQ(item.images_base64, std::vector<std::string>{"QUJD"});
+  EXPECT_EQ(parse_error({{"type", "conversation.item.create"}, {"item", {{"role", "tool"}, {"content", {{{"type", "text"}, {"text", "x"}}}}}}}).code,
+            "invalid_item");
+  EXPECT_EQ(parse_error({{"type", "conversation.item.create"}, {"item", {{"content", json::array()}}}}).code, "empty_item");
+  EXPECT_EQ(parse_error({{"type", "conversation.item.create"}, {"item", {{"content", "hello"}}}}).code, "invalid_value");
+  EXPECT_EQ(parse_error({{"type", "conversation.item.create"}, {"item", {{"role", 5}}}}).code, "invalid_value");
+
+  auto resp = parse_as<rt::ResponseCreate>({{"type", "response.create"}, {"response", {{"modalities", {"audio", 3}}, {"tutti", {{"rate", 5}}}}}});
+  EXPECT_EQ(resp.modalities, std::vector<std::string>{"audio"});
+  ASSERT_TRUE(resp.tutti.has_value());
+  EXPECT_EQ((*resp.tutti)["rate"], 5);
+  EXPECT_FALSE(parse_as<rt::ResponseCreate>({{"type", "response.create"}}).modalities.has_value());
+  EXPECT_EQ(parse_error({{"type", "response.create"}, {"response", "now"}}).code, "invalid_value");
+
+  EXPECT_EQ(parse_as<rt::AudioAppend>({{"type", "input_audio_buffer.append"}, {"audio", "AAAA"}}).audio_base64, "AAAA");
+  EXPECT_EQ(parse_error({{"type", "input_audio_buffer.append"}, {"audio", 1}, {"event_id", "z"}}).event_id, "z");
+  parse_as<rt::AudioCommit>({{"type", "input_audio_buffer.commit"}});
+  parse_as<rt::AudioClear>({{"type", "input_audio_buffer.clear"}});
+  parse_as<rt::ResponseCancel>({{"type", "response.cancel"}});
+
+  EXPECT_EQ(std::get<rt::EventError>(rt::parse_client_event("[1,2]")).code, "invalid_json");
+  EXPECT_EQ(std::get<rt::EventError>(rt::parse_client_event("")).code, "invalid_json");
+  EXPECT_EQ(parse_error({{"event_id", "q"}}).code, "missing_type");
+  EXPECT_EQ(parse_error({{"type", "session.delete"}}).code, "unknown_event");
+
+  EXPECT_EQ(rt::choose_subprotocol("openai-insecure-api-key.sk-1, x-other ,realtime"), "realtime");
+  EXPECT_EQ(rt::choose_subprotocol(" openai-insecure-api-key.sk-1 ,x-other"), "x-other");
+  EXPECT_EQ(rt::choose_subprotocol("openai-insecure-api-key.sk-1"), "");
+  EXPECT_EQ(rt::choose_subprotocol(",,"), "");
+
+  EXPECT_FALSE(rt::parse_binary_message("").has_value());
+  EXPECT_FALSE(rt::parse_binary_message(std::string(1, char(http::BinaryKind::AudioOut)) + "x").has_value());
+  auto bin = rt::parse_binary_message(std::string(1, char(http::BinaryKind::VideoIn)) + "jpg");
+  ASSERT_TRUE(bin.has_value());
+  EXPECT_EQ(bin->kind, http::BinaryKind::VideoIn);
+  EXPECT_EQ(std::string(bin->payload.begin(), bin->payload.end()), "jpg");
+}
 
 struct RealtimeFixture : ::testing::Test {
   std::unique_ptr<test::ServerUnderTest> sut;

@@ -1,8 +1,7 @@
 // /v1/realtime: Realtime WebSocket sessions (text and voice). See realtime_audio.hpp for the
 // wire formats and the VAD, session_support.hpp for what sessions share.
-#include <sstream>
-
 #include "actors/http/realtime_audio.hpp"
+#include "actors/http/realtime_events.hpp"
 #include "actors/http/session_support.hpp"
 #include "codecs/audio_tokenizer.h"
 #include "codecs/opus_codec.h"
@@ -27,8 +26,9 @@ struct SpeechPrefill {
   }
 };
 
-// ---- /v1/realtime: the OpenAI Realtime event grammar for text over a WebSocket.
-// Client events: session.update, conversation.item.create, response.create, response.cancel.
+// ---- /v1/realtime: the OpenAI Realtime event grammar over a WebSocket.
+// Client events (parsed by realtime_events.hpp): session.update, conversation.item.create,
+// response.create, response.cancel, input_audio_buffer.append / .commit / .clear.
 // Server events: session.created / .updated, conversation.item.created, response.created,
 // response.output_text.delta / .done, response.done (with usage), and non-fatal error events
 // that carry the client's event_id. One response at a time per session.
@@ -64,20 +64,10 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     ws_.set_option(timeouts);
     // A browser that offers subprotocols (the key travels in one) needs one chosen back:
     // "realtime" when offered, never the key's.
-    const std::string offered(req[bhttp::field::sec_websocket_protocol]);
-    if (!offered.empty()) {
-      std::string chosen;
-      std::istringstream list(offered);
-      for (std::string p; std::getline(list, p, ',');) {
-        p.erase(0, p.find_first_not_of(' '));
-        p.erase(p.find_last_not_of(' ') + 1);
-        if (chosen.empty() && p.rfind("openai-insecure-api-key.", 0) != 0) chosen = p;
-        if (p == "realtime") chosen = p;
-      }
-      if (!chosen.empty())
-        ws_.set_option(beast::websocket::stream_base::decorator(
-            [chosen](beast::websocket::response_type& res) { res.set(bhttp::field::sec_websocket_protocol, chosen); }));
-    }
+    const std::string chosen = realtime::choose_subprotocol(req[bhttp::field::sec_websocket_protocol]);
+    if (!chosen.empty())
+      ws_.set_option(beast::websocket::stream_base::decorator(
+          [chosen](beast::websocket::response_type& res) { res.set(bhttp::field::sec_websocket_protocol, chosen); }));
     drain_id_ = uint64_t(srv_.next_id++);
     srv_.on_drain[drain_id_] = [weak = std::weak_ptr<RealtimeSession>(shared_from_this())] {
       if (auto self = weak.lock()) self->go_away();
@@ -238,19 +228,9 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     return *voice_;
   }
 
-  void append_audio(const json& ev, const std::string& event_id) {
-    if (!has_audio()) return error("invalid_request_error", "audio_not_supported", "this model has no audio modality", event_id);
-    if (!ev.contains("audio") || !ev["audio"].is_string())
-      return error("invalid_request_error", "missing_audio", "'audio' must be a base64 string", event_id);
-    auto samples = decode_wire_audio(ev["audio"].get<std::string>(), in_wire_);
-    if (!samples) return error("invalid_request_error", "invalid_audio", samples.error().message, event_id);
-    feed_audio(resample_linear(*samples, audio_wire_rate(in_wire_), 24000), event_id);
-  }
-
   // An image (base64 PNG/JPEG) as video tokens; an error event (and nothing) if it is not.
   std::optional<std::vector<int32_t>> image_tokens(const std::string& b64, const std::string& event_id) {
-    const ModalityInfo* video = srv_.pipe.codecs ? srv_.pipe.codecs->info(Modality::Video) : nullptr;
-    if (!video) {
+    if (!has_video()) {
       error("invalid_request_error", "video_not_supported", "this model has no video modality", event_id);
       return std::nullopt;
     }
@@ -262,6 +242,10 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     return image_bytes_tokens(*bytes, event_id);
   }
   std::optional<std::vector<int32_t>> image_bytes_tokens(std::span<const uint8_t> bytes, const std::string& event_id) {
+    if (!has_video()) {  // a binary video frame reaches here directly
+      error("invalid_request_error", "video_not_supported", "this model has no video modality", event_id);
+      return std::nullopt;
+    }
     auto ids = image_to_video_tokens(bytes, *srv_.pipe.codecs->info(Modality::Video), *srv_.pipe.codecs->books(Modality::Video));
     if (!ids) {
       error("invalid_request_error", "invalid_image", "the image could not be decoded: " + ids.error().message, event_id);
@@ -275,8 +259,11 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
   void handle_binary(const std::string& msg) {
     if (!binary_opus_)
       return error("invalid_request_error", "binary_not_enabled", "binary messages need session.update tutti.binary_audio = opus", "");
-    if (!msg.empty() && uint8_t(msg[0]) == uint8_t(BinaryKind::VideoIn)) {
-      auto ids = image_bytes_tokens(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(msg.data()) + 1, msg.size() - 1), "");
+    const auto bin = realtime::parse_binary_message(msg);
+    if (!bin)
+      return error("invalid_request_error", "unsupported_binary_kind", "binary messages of kind 1 (audio in) and 3 (video frame in) are supported", "");
+    if (bin->kind == BinaryKind::VideoIn) {
+      auto ids = image_bytes_tokens(bin->payload, "");
       if (!ids) return;
       const std::string id = "item_" + std::to_string(srv_.next_id++);
       conversation_.push_back({"user", "", std::move(*ids)});
@@ -286,8 +273,6 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
       return emit({{"type", "conversation.item.created"},
                    {"item", {{"id", id}, {"type", "message"}, {"role", "user"}, {"content", json::array({image_part})}}}});
     }
-    if (msg.empty() || uint8_t(msg[0]) != uint8_t(BinaryKind::AudioIn))
-      return error("invalid_request_error", "unsupported_binary_kind", "binary messages of kind 1 (audio in) and 3 (video frame in) are supported", "");
     if (!has_audio()) return error("invalid_request_error", "audio_not_supported", "this model has no audio modality", "");
     if (!opus_in_) {
       codecs::OpusFormat f;
@@ -296,7 +281,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
       if (!d) return error("server_error", "", d.error().message, "");
       opus_in_ = std::move(d).value();
     }
-    auto pcm = opus_in_->decode(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(msg.data()) + 1, msg.size() - 1));
+    auto pcm = opus_in_->decode(bin->payload);
     if (!pcm) return error("invalid_request_error", "invalid_opus", pcm.error().message, "");
     feed_audio(resample_linear(*pcm, 48000, 24000), "");
   }
@@ -324,7 +309,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
       } else {
         emit({{"type", "input_audio_buffer.speech_stopped"}, {"audio_end_ms", e.at_ms}, {"item_id", speech_item_id_}});
         commit_audio(speech_from_ms(), e.at_ms, "");
-        if (auto_response_ && !generating_) start_response(json::object(), "");
+        if (auto_response_ && !generating_) start_response(realtime::ResponseCreate{}, "");
       }
     }
     if (!speech_item_id_.empty()) prefill_speech();
@@ -413,94 +398,101 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
 
   void handle(const std::string& text, bool is_text) {
     if (!is_text) return handle_binary(text);
-    json ev = json::parse(text, nullptr, false);
-    if (ev.is_discarded() || !ev.is_object()) return error("invalid_request_error", "invalid_json", "the message is not a JSON object", "");
-    const std::string event_id = ev.value("event_id", "");
-    if (!ev.contains("type") || !ev["type"].is_string()) return error("invalid_request_error", "missing_type", "the event has no 'type'", event_id);
-    const std::string type = ev["type"];
-    if (type == "session.update") {
-      const json s = ev.value("session", json::object());
-      if (!s.is_object()) return error("invalid_request_error", "invalid_value", "'session' must be an object", event_id);
-      if (s.contains("instructions") && s["instructions"].is_string()) instructions_ = s["instructions"];
-      if (s.contains("temperature") && s["temperature"].is_number()) temperature_ = s["temperature"];
-      if (s.contains("max_response_output_tokens") && s["max_response_output_tokens"].is_number_integer()) {
-        max_tokens_ = std::clamp(int(s["max_response_output_tokens"]), 1, srv_.cfg.max_tokens);
-        max_tokens_set_ = true;
-      }
-      if (auto e = update_audio_settings(s)) return error("invalid_request_error", "invalid_value", *e, event_id);
-      return emit({{"type", "session.updated"}, {"session", session_json()}});
-    }
-    if (type == "conversation.item.create") {
-      const json item = ev.value("item", json::object());
-      const std::string role = item.value("role", "user");
-      if (!item.is_object() || item.value("type", "message") != "message" || (role != "user" && role != "system" && role != "assistant"))
-        return error("invalid_request_error", "invalid_item", "only message items with role user, system or assistant are supported", event_id);
-      std::string content;
-      std::vector<std::vector<int32_t>> images;
-      for (const json& part : item.value("content", json::array())) {
-        if (!part.is_object()) continue;
-        const std::string t = part.value("type", "");
-        if (t == "input_text" || t == "text" || t == "output_text") content += part.value("text", "");
-        if (t == "input_image") {  // {"image_url": "data:image/png;base64,..."} or {"image": base64}
-          std::string data = part.contains("image_url") && part["image_url"].is_string() ? part["image_url"].get<std::string>()
-                             : part.value("image", "");
-          if (data.rfind("data:", 0) == 0 && data.find(',') != std::string::npos) data = data.substr(data.find(',') + 1);
-          auto ids = image_tokens(data, event_id);
-          if (!ids) return;  // the error event went out
-          images.push_back(std::move(*ids));
-        }
-      }
-      if (content.empty() && images.empty())
-        return error("invalid_request_error", "empty_item", "the item has no text or image content", event_id);
-      json parts = json::array();
-      if (!content.empty()) {
-        conversation_.push_back({role, content, {}});
-        parts.push_back({{"type", "input_text"}, {"text", content}});
-      }
-      for (auto& ids : images) {
-        conversation_.push_back({role, "", std::move(ids)});
-        json image_part = json::object();
-        image_part["type"] = "input_image";
-        parts.push_back(image_part);
-      }
-      const std::string id = item.value("id", "item_" + std::to_string(srv_.next_id++));
-      last_item_id_ = id;
-      return emit({{"type", "conversation.item.created"}, {"item", {{"id", id}, {"type", "message"}, {"role", role}, {"content", parts}}}});
-    }
-    if (type == "response.create") return start_response(ev.value("response", json::object()), event_id);
-    if (type == "input_audio_buffer.append") return append_audio(ev, event_id);
-    if (type == "input_audio_buffer.commit") {
-      if (!has_audio()) return error("invalid_request_error", "audio_not_supported", "this model has no audio modality", event_id);
-      return commit_audio(voice().buffer_start_ms(), voice().buffer_end_ms(), event_id);
-    }
-    if (type == "input_audio_buffer.clear") {
-      clear_audio();
-      return emit({{"type", "input_audio_buffer.cleared"}});
-    }
-    if (type == "response.cancel") {
-      if (!generating_) return error("invalid_request_error", "response_cancel_not_active", "no response is in progress", event_id);
-      caf::anon_send<caf::message_priority::high>(srv_.pipe.executor, cancel_atom::value, request_id_);
-      return;
-    }
-    error("invalid_request_error", "unknown_event", "unknown event type '" + type + "'", event_id);
+    auto parsed = realtime::parse_client_event(text);
+    if (auto* e = std::get_if<realtime::EventError>(&parsed)) return error("invalid_request_error", e->code, e->message, e->event_id);
+    auto& ev = std::get<realtime::ClientEvent>(parsed);
+    std::visit([&](auto& body) { apply(body, ev.event_id); }, ev.body);
   }
 
-  void start_response(const json& resp, const std::string& event_id) {
+  // ---- the client events (realtime_events.hpp has their grammar)
+  void apply(realtime::SessionUpdate& u, const std::string& event_id) {
+    // What depends on the model; the rest was checked by the parser. Nothing applies unless
+    // all of it is valid.
+    if (u.modalities) {
+      const auto& m = *u.modalities;
+      if (std::count(m.begin(), m.end(), "audio") && !has_audio())
+        return error("invalid_request_error", "invalid_value", "this model has no audio modality", event_id);
+      if (std::count(m.begin(), m.end(), "video") && !has_video())
+        return error("invalid_request_error", "invalid_value", "this model has no video modality", event_id);
+      modalities_ = m;
+    }
+    if (u.instructions) instructions_ = *u.instructions;
+    if (u.temperature) temperature_ = *u.temperature;
+    if (u.max_output_tokens) {
+      max_tokens_ = std::min(*u.max_output_tokens, srv_.cfg.max_tokens);
+      max_tokens_set_ = true;
+    }
+    if (u.input_wire) in_wire_ = *u.input_wire;
+    if (u.output_wire) out_wire_ = *u.output_wire;
+    if (u.binary_opus) binary_opus_ = *u.binary_opus;
+    using Turns = realtime::SessionUpdate::Turns;
+    if (u.turn_detection == Turns::Manual) {
+      vad_config_.reset();
+      voice_.reset();
+    } else if (u.turn_detection == Turns::ServerVad) {
+      vad_config_ = u.vad;
+      auto_response_ = u.create_response;
+      voice_.reset();
+    }
+    emit({{"type", "session.updated"}, {"session", session_json()}});
+  }
+
+  void apply(realtime::ItemCreate& item, const std::string& event_id) {
+    std::vector<std::vector<int32_t>> images;
+    for (const std::string& b64 : item.images_base64) {
+      auto ids = image_tokens(b64, event_id);
+      if (!ids) return;  // the error event went out
+      images.push_back(std::move(*ids));
+    }
+    json parts = json::array();
+    if (!item.text.empty()) {
+      conversation_.push_back({item.role, item.text, {}});
+      parts.push_back({{"type", "input_text"}, {"text", item.text}});
+    }
+    for (auto& ids : images) {
+      conversation_.push_back({item.role, "", std::move(ids)});
+      json image_part = json::object();
+      image_part["type"] = "input_image";
+      parts.push_back(image_part);
+    }
+    const std::string id = item.id.empty() ? "item_" + std::to_string(srv_.next_id++) : item.id;
+    last_item_id_ = id;
+    emit({{"type", "conversation.item.created"}, {"item", {{"id", id}, {"type", "message"}, {"role", item.role}, {"content", parts}}}});
+  }
+
+  void apply(realtime::ResponseCreate& resp, const std::string& event_id) { start_response(resp, event_id); }
+
+  void apply(realtime::AudioAppend& a, const std::string& event_id) {
+    if (!has_audio()) return error("invalid_request_error", "audio_not_supported", "this model has no audio modality", event_id);
+    auto samples = decode_wire_audio(a.audio_base64, in_wire_);
+    if (!samples) return error("invalid_request_error", "invalid_audio", samples.error().message, event_id);
+    feed_audio(resample_linear(*samples, audio_wire_rate(in_wire_), 24000), event_id);
+  }
+
+  void apply(realtime::AudioCommit&, const std::string& event_id) {
+    if (!has_audio()) return error("invalid_request_error", "audio_not_supported", "this model has no audio modality", event_id);
+    commit_audio(voice().buffer_start_ms(), voice().buffer_end_ms(), event_id);
+  }
+
+  void apply(realtime::AudioClear&, const std::string&) {
+    clear_audio();
+    emit({{"type", "input_audio_buffer.cleared"}});
+  }
+
+  void apply(realtime::ResponseCancel&, const std::string& event_id) {
+    if (!generating_) return error("invalid_request_error", "response_cancel_not_active", "no response is in progress", event_id);
+    caf::anon_send<caf::message_priority::high>(srv_.pipe.executor, cancel_atom::value, request_id_);
+  }
+
+  void start_response(const realtime::ResponseCreate& resp, const std::string& event_id) {
     if (generating_) return error("invalid_request_error", "conversation_already_has_active_response", "a response is already in progress", event_id);
     if (conversation_.empty() && instructions_.empty())
       return error("invalid_request_error", "empty_conversation", "add an item before asking for a response", event_id);
-    if (!resp.is_object()) return error("invalid_request_error", "invalid_value", "'response' must be an object", event_id);
     text_request r = conversation_request();
     request_id_ = srv_.next_id++;
     r.id = request_id_;
     r.temperature = temperature_;
-    std::vector<std::string> modalities = modalities_;
-    for (const char* key : {"modalities", "output_modalities"})
-      if (resp.contains(key) && resp[key].is_array()) {
-        modalities.clear();
-        for (const json& x : resp[key])
-          if (x.is_string()) modalities.push_back(x);
-      }
+    const std::vector<std::string> modalities = resp.modalities.value_or(modalities_);
     const bool audio = std::count(modalities.begin(), modalities.end(), "audio") > 0;
     const bool video = std::count(modalities.begin(), modalities.end(), "video") > 0;
     if (audio && !has_audio()) return error("invalid_request_error", "audio_not_supported", "this model has no audio modality", event_id);
@@ -544,8 +536,8 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     } else {
       r.max_tokens = max_tokens_;
     }
-    if (resp.contains("tutti"))  // extension: class, rate, watermarks
-      if (auto e = apply_tutti_extension(resp["tutti"], r)) return error(e->type, "invalid_value", e->message, event_id);
+    if (resp.tutti)  // extension: class, rate, watermarks
+      if (auto e = apply_tutti_extension(*resp.tutti, r)) return error(e->type, "invalid_value", e->message, event_id);
     response_id_ = "resp_" + std::to_string(request_id_);
     item_id_ = "item_" + std::to_string(srv_.next_id++);
     response_event_id_ = event_id;
@@ -561,71 +553,6 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     if (audio) out = binary_opus_ ? make_opus_audio_output() : make_wire_audio_output(out_wire_);
     if (video) out = make_jpeg_frame_output();
     sink_ = spawn_generation(srv_.system, srv_.ioc, srv_.pipe.encoder, r, std::weak_ptr<RealtimeSession>(shared_from_this()), out);
-  }
-
-  // session.update's audio fields, in both spellings clients use; a message on a bad value.
-  std::optional<std::string> update_audio_settings(const json& s) {
-    auto wire = [&](const json& v, AudioWire& out, const char* name) -> std::optional<std::string> {
-      auto w = parse_audio_wire(v);
-      if (!w) return std::string("'") + name + "' must be pcm16, g711_ulaw or g711_alaw (or audio/pcm at 24000, audio/pcmu, audio/pcma)";
-      out = *w;
-      return std::nullopt;
-    };
-    if (s.contains("input_audio_format"))
-      if (auto e = wire(s["input_audio_format"], in_wire_, "input_audio_format")) return e;
-    if (s.contains("output_audio_format"))
-      if (auto e = wire(s["output_audio_format"], out_wire_, "output_audio_format")) return e;
-    const json audio = s.value("audio", json::object());
-    if (audio.is_object()) {
-      if (audio.contains("input") && audio["input"].is_object() && audio["input"].contains("format"))
-        if (auto e = wire(audio["input"]["format"], in_wire_, "audio.input.format")) return e;
-      if (audio.contains("output") && audio["output"].is_object() && audio["output"].contains("format"))
-        if (auto e = wire(audio["output"]["format"], out_wire_, "audio.output.format")) return e;
-    }
-    for (const char* key : {"modalities", "output_modalities"})
-      if (s.contains(key)) {
-        if (!s[key].is_array()) return std::string("'") + key + "' must be an array";
-        std::vector<std::string> m;
-        for (const json& x : s[key]) {
-          if (!x.is_string() || (x != "text" && x != "audio" && x != "video"))
-            return std::string("'") + key + "' holds text, audio and video only";
-          m.push_back(x);
-        }
-        if (m.empty()) return std::string("'") + key + "' must not be empty";
-        if (std::count(m.begin(), m.end(), "audio") && !has_audio()) return std::string("this model has no audio modality");
-        if (std::count(m.begin(), m.end(), "video") && !has_video()) return std::string("this model has no video modality");
-        if (std::count(m.begin(), m.end(), "audio") && std::count(m.begin(), m.end(), "video"))
-          return std::string("a response carries one media modality: audio or video");
-        modalities_ = m;
-      }
-    if (s.contains("tutti")) {
-      const json& t = s["tutti"];
-      if (!t.is_object()) return std::string("'tutti' must be an object");
-      if (t.contains("binary_audio")) {
-        if (t["binary_audio"].is_null() || t["binary_audio"] == "none") binary_opus_ = false;
-        else if (t["binary_audio"] == "opus") binary_opus_ = true;
-        else return std::string("'tutti.binary_audio' must be opus or none");
-      }
-    }
-    json td = s.contains("turn_detection") ? s["turn_detection"] : audio.value("input", json::object()).value("turn_detection", json("keep"));
-    if (td.is_null()) {
-      vad_config_.reset();
-      voice_.reset();
-    } else if (td.is_object()) {
-      if (td.value("type", "server_vad") != "server_vad") return std::string("turn_detection.type must be server_vad (or null)");
-      VadConfig c;
-      c.threshold = td.value("threshold", c.threshold);
-      c.prefix_padding_ms = td.value("prefix_padding_ms", c.prefix_padding_ms);
-      c.silence_duration_ms = td.value("silence_duration_ms", c.silence_duration_ms);
-      if (c.threshold < 0 || c.threshold > 1 || c.prefix_padding_ms < 0 || c.silence_duration_ms < 20 || c.silence_duration_ms > 10000)
-        return std::string("turn_detection: threshold 0..1, prefix_padding_ms >= 0, silence_duration_ms 20..10000");
-      auto_response_ = td.value("create_response", true);
-      vad_config_ = c;
-      voice_.reset();
-    } else if (!(td.is_string() && td == "keep")) {
-      return std::string("'turn_detection' must be an object or null");
-    }
-    return std::nullopt;
   }
 
   // A response ended: its usage record (before response.done goes out), its hold released.

@@ -1,0 +1,201 @@
+#include "actors/http/realtime_events.hpp"
+
+#include <algorithm>
+#include <climits>
+
+namespace tutti::http::realtime {
+
+using json = nlohmann::json;
+
+namespace {
+
+// A field's value that fails validation: the message of the error event.
+struct Invalid {
+  std::string message;
+};
+using Checked = std::optional<Invalid>;
+
+Checked read_wire(const json& v, std::optional<AudioWire>& out, const char* name) {
+  auto w = parse_audio_wire(v);
+  if (!w) return Invalid{std::string("'") + name + "' must be pcm16, g711_ulaw or g711_alaw (or audio/pcm at 24000, audio/pcmu, audio/pcma)"};
+  out = *w;
+  return std::nullopt;
+}
+
+Checked read_modalities(const json& v, const char* name, std::optional<std::vector<std::string>>& out) {
+  if (!v.is_array()) return Invalid{std::string("'") + name + "' must be an array"};
+  std::vector<std::string> m;
+  for (const json& x : v) {
+    if (!x.is_string() || (x != "text" && x != "audio" && x != "video"))
+      return Invalid{std::string("'") + name + "' holds text, audio and video only"};
+    m.push_back(x);
+  }
+  if (m.empty()) return Invalid{std::string("'") + name + "' must not be empty"};
+  if (std::count(m.begin(), m.end(), "audio") && std::count(m.begin(), m.end(), "video"))
+    return Invalid{"a response carries one media modality: audio or video"};
+  out = std::move(m);
+  return std::nullopt;
+}
+
+Checked read_turn_detection(const json& td, SessionUpdate& u) {
+  if (td.is_null()) {
+    u.turn_detection = SessionUpdate::Turns::Manual;
+    return std::nullopt;
+  }
+  if (!td.is_object()) return Invalid{"'turn_detection' must be an object or null"};
+  if (td.value("type", "server_vad") != "server_vad") return Invalid{"turn_detection.type must be server_vad (or null)"};
+  VadConfig c;
+  c.threshold = td.value("threshold", c.threshold);
+  c.prefix_padding_ms = td.value("prefix_padding_ms", c.prefix_padding_ms);
+  c.silence_duration_ms = td.value("silence_duration_ms", c.silence_duration_ms);
+  if (!(c.threshold >= 0 && c.threshold <= 1) || c.prefix_padding_ms < 0 || c.prefix_padding_ms > 10000 ||
+      c.silence_duration_ms < 20 || c.silence_duration_ms > 10000)
+    return Invalid{"turn_detection: threshold 0..1, prefix_padding_ms 0..10000, silence_duration_ms 20..10000"};
+  u.turn_detection = SessionUpdate::Turns::ServerVad;
+  u.vad = c;
+  u.create_response = td.value("create_response", true);
+  return std::nullopt;
+}
+
+// session.update's fields, in both spellings clients use (the beta's flat fields and the GA
+// API's audio.input / audio.output objects).
+std::variant<SessionUpdate, Invalid> read_session_update(const json& s) {
+  if (!s.is_object()) return Invalid{"'session' must be an object"};
+  SessionUpdate u;
+  if (s.contains("instructions") && s["instructions"].is_string()) u.instructions = s["instructions"].get<std::string>();
+  if (s.contains("temperature") && s["temperature"].is_number()) u.temperature = s["temperature"].get<float>();
+  if (s.contains("max_response_output_tokens") && s["max_response_output_tokens"].is_number_integer())
+    u.max_output_tokens = int(std::clamp<int64_t>(s["max_response_output_tokens"].get<int64_t>(), 1, INT_MAX));
+  if (s.contains("input_audio_format"))
+    if (auto e = read_wire(s["input_audio_format"], u.input_wire, "input_audio_format")) return *e;
+  if (s.contains("output_audio_format"))
+    if (auto e = read_wire(s["output_audio_format"], u.output_wire, "output_audio_format")) return *e;
+  const json audio = s.value("audio", json::object());
+  const json audio_in = audio.is_object() ? audio.value("input", json::object()) : json::object();
+  if (audio.is_object()) {
+    if (audio_in.is_object() && audio_in.contains("format"))
+      if (auto e = read_wire(audio_in["format"], u.input_wire, "audio.input.format")) return *e;
+    if (audio.contains("output") && audio["output"].is_object() && audio["output"].contains("format"))
+      if (auto e = read_wire(audio["output"]["format"], u.output_wire, "audio.output.format")) return *e;
+  }
+  for (const char* key : {"modalities", "output_modalities"})
+    if (s.contains(key))
+      if (auto e = read_modalities(s[key], key, u.modalities)) return *e;
+  if (s.contains("tutti")) {
+    const json& t = s["tutti"];
+    if (!t.is_object()) return Invalid{"'tutti' must be an object"};
+    if (t.contains("binary_audio")) {
+      if (t["binary_audio"].is_null() || t["binary_audio"] == "none") u.binary_opus = false;
+      else if (t["binary_audio"] == "opus") u.binary_opus = true;
+      else return Invalid{"'tutti.binary_audio' must be opus or none"};
+    }
+  }
+  if (s.contains("turn_detection")) {
+    if (auto e = read_turn_detection(s["turn_detection"], u)) return *e;
+  } else if (audio_in.is_object() && audio_in.contains("turn_detection")) {
+    if (auto e = read_turn_detection(audio_in["turn_detection"], u)) return *e;
+  }
+  return u;
+}
+
+std::variant<ItemCreate, EventError> read_item(const json& ev, const std::string& event_id) {
+  const json item = ev.value("item", json::object());
+  const auto invalid = EventError{"invalid_item", "only message items with role user, system or assistant are supported", event_id};
+  if (!item.is_object() || item.value("type", "message") != "message") return invalid;
+  ItemCreate c;
+  c.role = item.value("role", "user");
+  if (c.role != "user" && c.role != "system" && c.role != "assistant") return invalid;
+  c.id = item.value("id", "");
+  const json content = item.value("content", json::array());
+  if (!content.is_array()) return EventError{"invalid_value", "'item.content' must be an array", event_id};
+  for (const json& part : content) {
+    if (!part.is_object()) continue;
+    const std::string t = part.value("type", "");
+    if (t == "input_text" || t == "text" || t == "output_text") c.text += part.value("text", "");
+    if (t == "input_image") {  // {"image_url": "data:image/png;base64,..."} or {"image": base64}
+      std::string data = part.contains("image_url") && part["image_url"].is_string() ? part["image_url"].get<std::string>()
+                                                                                      : part.value("image", "");
+      if (data.rfind("data:", 0) == 0 && data.find(',') != std::string::npos) data = data.substr(data.find(',') + 1);
+      c.images_base64.push_back(std::move(data));
+    }
+  }
+  if (c.text.empty() && c.images_base64.empty())
+    return EventError{"empty_item", "the item has no text or image content", event_id};
+  return c;
+}
+
+std::variant<ClientEvent, EventError> parse_object(const json& ev) {
+  const std::string event_id = ev.contains("event_id") && ev["event_id"].is_string() ? ev["event_id"].get<std::string>() : "";
+  if (!ev.contains("type") || !ev["type"].is_string()) return EventError{"missing_type", "the event has no 'type'", event_id};
+  const std::string type = ev["type"];
+  auto event = [&](ClientEventBody body) { return ClientEvent{event_id, std::move(body)}; };
+  if (type == "session.update") {
+    auto u = read_session_update(ev.value("session", json::object()));
+    if (auto* e = std::get_if<Invalid>(&u)) return EventError{"invalid_value", e->message, event_id};
+    return event(std::get<SessionUpdate>(std::move(u)));
+  }
+  if (type == "conversation.item.create") {
+    auto item = read_item(ev, event_id);
+    if (auto* e = std::get_if<EventError>(&item)) return *e;
+    return event(std::get<ItemCreate>(std::move(item)));
+  }
+  if (type == "response.create") {
+    const json resp = ev.value("response", json::object());
+    if (!resp.is_object()) return EventError{"invalid_value", "'response' must be an object", event_id};
+    ResponseCreate r;
+    for (const char* key : {"modalities", "output_modalities"})
+      if (resp.contains(key) && resp[key].is_array()) {
+        r.modalities.emplace();
+        for (const json& x : resp[key])
+          if (x.is_string()) r.modalities->push_back(x);
+      }
+    if (resp.contains("tutti")) r.tutti = resp["tutti"];
+    return event(std::move(r));
+  }
+  if (type == "input_audio_buffer.append") {
+    if (!ev.contains("audio") || !ev["audio"].is_string())
+      return EventError{"missing_audio", "'audio' must be a base64 string", event_id};
+    return event(AudioAppend{ev["audio"].get<std::string>()});
+  }
+  if (type == "input_audio_buffer.commit") return event(AudioCommit{});
+  if (type == "input_audio_buffer.clear") return event(AudioClear{});
+  if (type == "response.cancel") return event(ResponseCancel{});
+  return EventError{"unknown_event", "unknown event type '" + type + "'", event_id};
+}
+
+}  // namespace
+
+std::variant<ClientEvent, EventError> parse_client_event(std::string_view text) {
+  const json ev = json::parse(text, nullptr, false);
+  if (ev.is_discarded() || !ev.is_object()) return EventError{"invalid_json", "the message is not a JSON object", ""};
+  try {
+    return parse_object(ev);
+  } catch (const json::exception& e) {  // a field of the wrong type (json::value on a mismatch)
+    const std::string event_id = ev.contains("event_id") && ev["event_id"].is_string() ? ev["event_id"].get<std::string>() : "";
+    return EventError{"invalid_value", std::string("a field has the wrong type: ") + e.what(), event_id};
+  }
+}
+
+std::optional<BinaryMessage> parse_binary_message(std::string_view msg) {
+  if (msg.empty()) return std::nullopt;
+  const auto kind = BinaryKind(uint8_t(msg[0]));
+  if (kind != BinaryKind::AudioIn && kind != BinaryKind::VideoIn) return std::nullopt;
+  return BinaryMessage{kind, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(msg.data()) + 1, msg.size() - 1)};
+}
+
+std::string choose_subprotocol(std::string_view offered) {
+  std::string chosen;
+  while (!offered.empty()) {
+    const size_t comma = offered.find(',');
+    std::string_view p = offered.substr(0, comma);
+    offered = comma == std::string_view::npos ? std::string_view() : offered.substr(comma + 1);
+    while (!p.empty() && (p.front() == ' ' || p.front() == '\t')) p.remove_prefix(1);
+    while (!p.empty() && (p.back() == ' ' || p.back() == '\t')) p.remove_suffix(1);
+    if (p.empty() || p.rfind("openai-insecure-api-key.", 0) == 0) continue;
+    if (p == "realtime") return std::string(p);
+    if (chosen.empty()) chosen = p;
+  }
+  return chosen;
+}
+
+}  // namespace tutti::http::realtime
