@@ -123,9 +123,10 @@ struct RealtimeFixture : ::testing::Test {
   std::unique_ptr<test::ServerUnderTest> sut;
   net::io_context ioc;
   std::unique_ptr<beast::websocket::stream<tcp::socket>> ws;
+  bool unified_model = true;
 
   void SetUp() override {
-    sut = std::make_unique<test::ServerUnderTest>();
+    sut = std::make_unique<test::ServerUnderTest>(http::ServerConfig{}, test::ServerUnderTest::default_pipeline(), unified_model);
     ws = std::make_unique<beast::websocket::stream<tcp::socket>>(ioc);
     ws->next_layer().connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), sut->port));
     ws->handshake("127.0.0.1", "/v1/realtime");
@@ -210,6 +211,28 @@ TEST_F(RealtimeFixture, ErrorsAreEventsAndTheSessionStaysOpen) {
   send({{"type", "response.cancel"}});
   const json done = until("response.done");
   EXPECT_TRUE(done["response"]["status"] == "cancelled" || done["response"]["status"] == "completed");
+}
+
+// Media a text-only model cannot take is refused with an error event, whatever its framing.
+struct TextOnlyRealtime : RealtimeFixture {
+  TextOnlyRealtime() { unified_model = false; }
+};
+TEST_F(TextOnlyRealtime, MediaInputIsAnErrorEvent) {
+  EXPECT_EQ(next()["type"], "session.created");
+  send({{"type", "input_audio_buffer.append"}, {"audio", "AAAA"}});
+  EXPECT_EQ(until("error")["error"]["code"], "audio_not_supported");
+  send({{"type", "session.update"}, {"session", {{"modalities", {"text", "video"}}}}});
+  EXPECT_EQ(until("error")["error"]["code"], "invalid_value");
+  send({{"type", "session.update"}, {"session", {{"tutti", {{"binary_audio", "opus"}}}}}});
+  until("session.updated");
+  ws->binary(true);
+  send_raw(std::string(1, char(http::BinaryKind::VideoIn)) + "\x89PNG");
+  send_raw(std::string(1, char(http::BinaryKind::AudioIn)) + "\xf8\xff\xfe");
+  ws->text(true);
+  EXPECT_EQ(until("error")["error"]["code"], "video_not_supported");
+  EXPECT_EQ(until("error")["error"]["code"], "audio_not_supported");
+  send({{"type", "conversation.item.create"}, {"item", {{"content", {{{"type", "input_text"}, {"text", "still here"}}}}}}});
+  EXPECT_EQ(until("conversation.item.created")["item"]["content"][0]["text"], "still here");
 }
 
 }  // namespace

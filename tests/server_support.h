@@ -23,10 +23,11 @@ struct ServerUnderTest {
     return pc;
   }
 
-  explicit ServerUnderTest(http::ServerConfig sc = {}, actors::PipelineConfig pc = default_pipeline()) {
+  // `unified`: a model with the media modalities (the default), or a text-only Llama.
+  explicit ServerUnderTest(http::ServerConfig sc = {}, actors::PipelineConfig pc = default_pipeline(), bool unified = true) {
     RandomModelSpec spec;
-    spec.dim = 64; spec.layers = 2; spec.heads = 4; spec.kv_heads = 2; spec.ffn = 96; spec.unified = true; spec.seed = 4;
-    model = std::move(Model::load(random_model(spec, "http-unified.gguf"), *backend)).value();
+    spec.dim = 64; spec.layers = 2; spec.heads = 4; spec.kv_heads = 2; spec.ffn = 96; spec.unified = unified; spec.seed = 4;
+    model = std::move(Model::load(random_model(spec, unified ? "http-unified.gguf" : "http-text.gguf"), *backend)).value();
     tokenizer = std::shared_ptr<const Tokenizer>(std::move(Tokenizer::from_gguf(model->file())).value());
     actors::configure_for_compute(cfg, 2);
     sys = std::make_unique<caf::actor_system>(cfg);
