@@ -14,6 +14,7 @@
 #include "actors/http/media.hpp"
 #include "actors/http/realtime_audio.hpp"
 #include "codecs/media_decoder.h"
+#include "tools/loadtest/realtime_client.h"
 
 namespace tutti::loadtest {
 
@@ -226,22 +227,6 @@ Expected<std::vector<float>> load_voice(const std::string& wav_path) {
 
 void run_voice_session(const Target& t, Recorder& rec, const VoiceOptions& o, const std::function<int()>& stage,
                        const std::function<bool()>& keep_going) {
-  net::io_context ioc;
-  beast::websocket::stream<beast::tcp_stream> ws(ioc);
-  try {
-    beast::get_lowest_layer(ws).expires_at(t.deadline);
-    beast::get_lowest_layer(ws).connect(tcp::endpoint(net::ip::make_address(t.host), t.port));
-    beast::get_lowest_layer(ws).expires_never();
-    const std::string key = t.api_key;
-    ws.set_option(beast::websocket::stream_base::decorator([key](beast::websocket::request_type& r) {
-      if (!key.empty()) r.set(bhttp::field::authorization, "Bearer " + key);
-    }));
-    ws.handshake(t.host, "/v1/realtime");
-  } catch (const std::exception& e) {
-    return count_error(rec, "voice", stage(), 0, "connect");
-  }
-  rec.count("voice.sessions", stage());
-  const int trace = rec.new_trace(o.label);
   // A turn: 0.3 s of silence, the speech, 0.8 s of silence (the server's VAD ends the turn).
   std::vector<float> turn(size_t(24000 * 0.3), 0.f);
   turn.insert(turn.end(), o.speech->begin(), o.speech->end());
@@ -262,17 +247,12 @@ void run_voice_session(const Target& t, Recorder& rec, const VoiceOptions& o, co
     double received = 0, played_origin = 0;  // seconds of audio received; playback clock origin
     int responses = 0, underruns = 0;
   } st;
-  std::thread reader([&] {
-    beast::flat_buffer buf;
-    for (;;) {
-      buf.consume(buf.size());
-      beast::error_code ec;
-      ws.read(buf, ec);
-      if (ec) break;
-      const json e = json::parse(beast::buffers_to_string(buf.data()), nullptr, false);
-      if (!e.is_object()) continue;
-      const std::string type = str(e, "type");
-      const Clock::time_point now = Clock::now();
+  std::atomic<int> trace{-1};  // this stream's margin trace, once connected
+  // Events, on the connection's thread.
+  auto on_event = [&](const json& e, Clock::time_point now) {
+    if (!e.is_object()) return;
+    const std::string type = str(e, "type");
+    {
       std::lock_guard<std::mutex> lock(mu);
       const int s = stage();
       if (type == "input_audio_buffer.committed") st.commit_at = now, st.have_commit = true;
@@ -289,7 +269,7 @@ void run_voice_session(const Target& t, Recorder& rec, const VoiceOptions& o, co
           // Playback started at the first delta and runs in real time; it waits (a gap the
           // listener hears) when the audio received so far is used up.
           const double margin = st.received - (seconds(now - st.first_audio) - st.played_origin);
-          rec.trace(trace, t.since_start(), margin);
+          if (trace >= 0) rec.trace(trace, t.since_start(), margin);
           if (margin < 0) {
             ++st.underruns;
             rec.count("voice.underruns", s);
@@ -319,16 +299,18 @@ void run_voice_session(const Target& t, Recorder& rec, const VoiceOptions& o, co
         cv.notify_all();
       }
     }
+  };
+  auto on_closed = [&] {
     std::lock_guard<std::mutex> lock(mu);
     st.closed = true;
     cv.notify_all();
-  });
-
-  auto send = [&](const json& j) {
-    beast::error_code ec;
-    ws.write(net::buffer(j.dump()), ec);
-    return !ec;
   };
+  auto client = RealtimeClient::connect(t.host, t.port, t.api_key,
+                                        std::chrono::duration_cast<std::chrono::milliseconds>(t.deadline - Clock::now()), on_event, on_closed);
+  if (!client) return count_error(rec, "voice", stage(), 0, "connect");
+  auto send = [&](const json& j) { return (*client)->send(j); };
+  rec.count("voice.sessions", stage());
+  trace = rec.new_trace(o.label);
   std::mt19937_64 rng(o.seed);
   std::uniform_real_distribution<double> coin(0, 1);
   bool ok = send({{"type", "session.update"},
@@ -373,16 +355,12 @@ void run_voice_session(const Target& t, Recorder& rec, const VoiceOptions& o, co
       break;
     }
   }
-  beast::error_code ignored;
   {
     // Wait briefly for the last answer, then leave.
     std::unique_lock<std::mutex> lock(mu);
     cv.wait_for(lock, std::chrono::seconds(5), [&] { return !st.have_audio || st.closed; });
   }
-  // The reader is blocked in read: ending the TCP connection ends it (a WebSocket close from
-  // this thread would race the reader's use of the stream).
-  beast::get_lowest_layer(ws).socket().shutdown(tcp::socket::shutdown_both, ignored);
-  reader.join();
+  (*client)->close();
 }
 
 }  // namespace tutti::loadtest

@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "actors/http/realtime_audio.hpp"
+#include "tools/loadtest/realtime_client.h"
 #include "tools/tutti/commands.h"
 #include "tools/tutti/engine.h"
 #include "tools/tutti/loopback_server.h"
@@ -55,85 +56,68 @@ struct VoiceResult {
 // One session: turns until `until`, each answered before the next starts.
 VoiceResult voice_session(uint16_t port, Clock::time_point until, int answer_tokens) {
   VoiceResult r;
-  try {
-    net::io_context ioc;
-    beast::websocket::stream<tcp::socket> ws(ioc);
-    ws.next_layer().connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
-    ws.handshake("127.0.0.1", "/v1/realtime");
-    auto send = [&](const json& j) { ws.write(net::buffer(j.dump())); };
-    beast::flat_buffer buf;
-    auto next = [&]() {
-      buf.consume(buf.size());
-      ws.read(buf);
-      return json::parse(beast::buffers_to_string(buf.data()));
-    };
-    next();  // session.created
-    send({{"type", "session.update"},
-          {"session", {{"modalities", {"audio"}}, {"max_response_output_tokens", answer_tokens},
-                       {"turn_detection", {{"type", "server_vad"}, {"silence_duration_ms", 300}}}}}});
-    const auto audio = turn_audio();
-    // A reader thread takes events as they come (the commit arrives while the client is
-    // still sending the turn's trailing silence); the writer speaks in real time.
-    std::mutex mu;
-    std::condition_variable cv;
-    int answered = 0;
-    bool failed = false;
-    std::thread reader([&] {
-      Clock::time_point committed{}, first{};
-      bool have_commit = false, have_audio = false;
-      double playback_end = 0;
-      try {
-        for (;;) {
-          const json e = next();
-          const std::string type = e["type"];
-          if (type == "input_audio_buffer.committed") committed = Clock::now(), have_commit = true;
-          if (type == "response.output_audio.delta") {
-            const double samples = double(http::base64_decode(e["delta"].get<std::string>())->size() / 2);
-            if (!have_audio) {
-              first = Clock::now();
-              have_audio = true;
-              if (have_commit) r.speech_to_audio.push_back(std::chrono::duration<double>(first - committed).count());
-            } else if (since(first) > playback_end + 0.001) {
-              ++r.underruns;  // playback ran dry before this delta came
-              playback_end = since(first);
-            }
-            playback_end += samples / 24000;
-          }
-          if (type == "error") ++r.errors;
-          if (type == "response.done") {
-            have_commit = have_audio = false;
-            playback_end = 0;
-            std::lock_guard<std::mutex> lock(mu);
-            ++answered;
-            cv.notify_all();
-          }
-        }
-      } catch (const std::exception&) {  // the socket closed: the run is over
-        std::lock_guard<std::mutex> lock(mu);
-        failed = true;
-        cv.notify_all();
+  // Events come on the connection's thread (the commit arrives while this thread is still
+  // sending the turn's trailing silence); this thread speaks in real time.
+  std::mutex mu;
+  std::condition_variable cv;
+  int answered = 0;
+  bool failed = false;
+  Clock::time_point committed{}, first{};
+  bool have_commit = false, have_audio = false;
+  double playback_end = 0;
+  auto on_event = [&](const json& e, Clock::time_point now) {
+    std::lock_guard<std::mutex> lock(mu);
+    const std::string type = e.value("type", "");
+    if (type == "input_audio_buffer.committed") committed = now, have_commit = true;
+    if (type == "response.output_audio.delta" && e.contains("delta") && e["delta"].is_string()) {
+      const auto bytes = http::base64_decode(e["delta"].get<std::string>());
+      const double samples = bytes ? double(bytes->size() / 2) : 0;
+      if (!have_audio) {
+        first = now;
+        have_audio = true;
+        if (have_commit) r.speech_to_audio.push_back(std::chrono::duration<double>(first - committed).count());
+      } else if (std::chrono::duration<double>(now - first).count() > playback_end + 0.001) {
+        ++r.underruns;  // playback ran dry before this delta came
+        playback_end = std::chrono::duration<double>(now - first).count();
       }
-    });
-    while (Clock::now() < until) {
-      const auto start = Clock::now();
-      for (size_t at = 0, k = 0; at < audio.size(); at += 2400, ++k) {
-        std::this_thread::sleep_until(start + std::chrono::milliseconds(100 * k));
-        send({{"type", "input_audio_buffer.append"},
-              {"audio", http::encode_wire_audio(std::span<const float>(audio.data() + at, std::min<size_t>(2400, audio.size() - at)),
-                                                http::AudioWire::Pcm16)}});
-      }
-      ++r.turns;
-      std::unique_lock<std::mutex> lock(mu);  // the answer plays out before the next turn
-      if (!cv.wait_for(lock, std::chrono::seconds(30), [&] { return answered >= r.turns || failed; }) || failed) break;
+      playback_end += samples / 24000;
     }
-    beast::error_code ignored;
-    ws.next_layer().shutdown(tcp::socket::shutdown_both, ignored);
-    reader.join();
-    return r;
-    ws.close(beast::websocket::close_code::normal);
-  } catch (const std::exception&) {
+    if (type == "error") ++r.errors;
+    if (type == "response.done") {
+      have_commit = have_audio = false;
+      playback_end = 0;
+      ++answered;
+      cv.notify_all();
+    }
+  };
+  auto on_closed = [&] {
+    std::lock_guard<std::mutex> lock(mu);
+    failed = true;
+    cv.notify_all();
+  };
+  auto client = loadtest::RealtimeClient::connect("127.0.0.1", port, "", std::chrono::seconds(10), on_event, on_closed);
+  if (!client) {
     ++r.errors;
+    return r;
   }
+  (*client)->send({{"type", "session.update"},
+                   {"session", {{"modalities", {"audio"}}, {"max_response_output_tokens", answer_tokens},
+                                {"turn_detection", {{"type", "server_vad"}, {"silence_duration_ms", 300}}}}}});
+  const auto audio = turn_audio();
+  while (Clock::now() < until) {
+    const auto start = Clock::now();
+    for (size_t at = 0, k = 0; at < audio.size(); at += 2400, ++k) {
+      std::this_thread::sleep_until(start + std::chrono::milliseconds(100 * k));
+      (*client)->send({{"type", "input_audio_buffer.append"},
+                       {"audio", http::encode_wire_audio(std::span<const float>(audio.data() + at, std::min<size_t>(2400, audio.size() - at)),
+                                                         http::AudioWire::Pcm16)}});
+    }
+    std::unique_lock<std::mutex> lock(mu);  // the answer plays out before the next turn
+    ++r.turns;
+    if (!cv.wait_for(lock, std::chrono::seconds(30), [&] { return answered >= r.turns || failed; }) || failed) break;
+  }
+  (*client)->close();
+  std::lock_guard<std::mutex> lock(mu);
   return r;
 }
 
