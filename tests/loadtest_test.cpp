@@ -10,6 +10,8 @@
 #include <boost/beast.hpp>
 
 #include <atomic>
+#include <map>
+#include <mutex>
 #include <thread>
 
 #include "tools/loadtest/report.h"
@@ -44,7 +46,9 @@ class FixedDelayServer {
     for (auto& t : sessions_) t.join();
   }
   uint16_t port = 0;
-  std::atomic<int> chats{0}, speeches{0};
+  std::atomic<int> chats{0}, speeches{0}, musics{0}, videos{0}, video_polls{0}, video_deletes{0};
+  static constexpr size_t kMusicBytes = 48000;  // 1 s of 16-bit 24 kHz audio
+  static constexpr size_t kVideoBytes = 1000;
 
  private:
   void accept_loop() {
@@ -74,6 +78,22 @@ class FixedDelayServer {
       ++speeches;
       return reply(429, R"({"error":{"type":"rate_limit_error","message":"busy"}})");
     }
+    if (req.target() == "/v1/music/generations") {  // the whole answer after the first-token delay
+      ++musics;
+      std::this_thread::sleep_for(std::chrono::microseconds(int64_t(kFirst * 1e6)));
+      return reply(200, std::string(kMusicBytes, '\0'));
+    }
+    // Video jobs: queued when created, completed at the second status poll.
+    const std::string target(req.target());
+    if (target == "/v1/videos") return reply(200, json{{"id", "video_" + std::to_string(++videos)}, {"status", "queued"}}.dump());
+    if (target.rfind("/v1/videos/", 0) == 0) {
+      if (req.method() == bhttp::verb::delete_) return ++video_deletes, reply(200, "{}");
+      if (target.size() > 8 && target.compare(target.size() - 8, 8, "/content") == 0) return reply(200, std::string(kVideoBytes, 'v'));
+      std::lock_guard<std::mutex> lock(mu_);
+      const int polls = ++polls_[target];
+      ++video_polls;
+      return reply(200, json{{"status", polls >= 2 ? "completed" : "in_progress"}}.dump());
+    }
     if (req.target() != "/v1/chat/completions") return reply(404, "{}");
     ++chats;
     // Chunked SSE: headers at once, then the events at fixed times.
@@ -92,6 +112,8 @@ class FixedDelayServer {
     chunk("data: [DONE]\n\n");
     net::write(s, net::buffer(std::string("0\r\n\r\n")), ec);
   }
+  std::mutex mu_;
+  std::map<std::string, int> polls_;  // status polls per video job
   net::io_context ioc_;
   tcp::acceptor acceptor_;
   std::thread thread_;
@@ -103,7 +125,7 @@ TEST(LoadTest, MeasuresAKnownServerCorrectly) {
   FixedDelayServer server;
   auto sc = parse_scenario("[run]\ntarget = \"127.0.0.1:" + std::to_string(server.port) +
                                "\"\nname = \"fixed\"\ndrain_s = 5\n"
-                               "[[stage]]\nduration_s = 1.5\ntext_rate = 8\nspeech_rate = 3\n"
+                               "[[stage]]\nduration_s = 1.5\ntext_rate = 8\nspeech_rate = 3\nmusic_rate = 3\nvideo_rate = 3\n"
                                "[[stage]]\nduration_s = 1.5\ntext_rate = 16\n",
                            "fixed.toml");
   ASSERT_TRUE(sc) << sc.error().message;
@@ -136,6 +158,21 @@ TEST(LoadTest, MeasuresAKnownServerCorrectly) {
   EXPECT_EQ(r["counters"]["errors.speech.http_429"]["all"], server.speeches.load());
   EXPECT_GT(server.speeches.load(), 0);
   EXPECT_FALSE(r["metrics"].contains("speech.ttfb_s")) << "a refused request has no time to first byte";
+  // Music: every request answered after the delay with 1 s of audio.
+  EXPECT_GT(server.musics.load(), 0);
+  EXPECT_EQ(r["counters"]["music.requests"]["all"], server.musics.load());
+  EXPECT_EQ(r["counters"]["music.completed"]["all"], server.musics.load());
+  EXPECT_GE(r["metrics"]["music.ttfb_s"]["all"]["p50"].get<double>(), kFirst - 0.002);
+  EXPECT_GE(r["metrics"]["music.rtf"]["all"]["p50"].get<double>(), kFirst - 0.002) << "e2e over 1 s of audio";
+  // Video jobs: each created, polled to completion (2 polls, 100 ms apart), downloaded, deleted.
+  const int64_t videos = server.videos.load();
+  EXPECT_GT(videos, 0);
+  EXPECT_EQ(r["counters"]["video.requests"]["all"], videos);
+  EXPECT_EQ(r["counters"]["video.completed"]["all"], videos);
+  EXPECT_EQ(server.video_polls.load(), 2 * videos);
+  EXPECT_EQ(server.video_deletes.load(), videos);
+  EXPECT_EQ(r["counters"]["video.bytes"]["all"], int64_t(FixedDelayServer::kVideoBytes) * videos);
+  EXPECT_GE(r["metrics"]["video.latency_s"]["all"]["p50"].get<double>(), 0.2 - 0.002);
   // The forms people read, and a run compared with itself.
   const std::string html = html_report(r);
   EXPECT_NE(html.find("<svg"), std::string::npos);

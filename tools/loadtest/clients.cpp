@@ -2,6 +2,7 @@
 
 #include <boost/asio.hpp>
 #include <boost/beast.hpp>
+#include <zmq.hpp>
 
 #include <cmath>
 #include <condition_variable>
@@ -14,6 +15,7 @@
 #include "actors/http/media.hpp"
 #include "actors/http/realtime_audio.hpp"
 #include "codecs/media_decoder.h"
+#include "codecs/media_encoder.h"
 #include "tools/loadtest/realtime_client.h"
 
 namespace tutti::loadtest {
@@ -49,8 +51,8 @@ const json& field(const json& j, const char* key) {
 
 // One HTTP exchange; body bytes go to on_data as they arrive (chunked or not). Returns the
 // status, or 0 with `error` set to what went wrong (connect, timeout, protocol).
-int exchange(const Target& t, const std::string& path, const std::string& body, const std::function<void(const char*, size_t)>& on_data,
-             std::string& error) {
+int exchange(const Target& t, bhttp::verb verb, const std::string& path, const std::string& body,
+             const std::function<void(const char*, size_t)>& on_data, std::string& error) {
   net::io_context ioc;
   beast::tcp_stream stream(ioc);
   stream.expires_at(t.deadline);
@@ -60,12 +62,12 @@ int exchange(const Target& t, const std::string& path, const std::string& body, 
     error = ec == beast::error::timeout ? "timeout" : "connect";
     return 0;
   }
-  bhttp::request<bhttp::string_body> req{bhttp::verb::post, path, 11};
+  bhttp::request<bhttp::string_body> req{verb, path, 11};
   req.set(bhttp::field::host, t.host);
-  req.set(bhttp::field::content_type, "application/json");
+  if (verb == bhttp::verb::post) req.set(bhttp::field::content_type, "application/json");
   if (!t.api_key.empty()) req.set(bhttp::field::authorization, "Bearer " + t.api_key);
   req.body() = body;
-  req.prepare_payload();
+  if (verb == bhttp::verb::post) req.prepare_payload();
   bhttp::write(stream, req, ec);
   if (ec) {
     error = "connect";
@@ -98,6 +100,23 @@ int exchange(const Target& t, const std::string& path, const std::string& body, 
 
 void count_error(Recorder& rec, const std::string& kind, int stage, int status, const std::string& error) {
   rec.count("errors." + kind + "." + (status ? "http_" + std::to_string(status) : error), stage);
+}
+
+// A JSON exchange: the status and the parsed body (null when it is not JSON).
+std::pair<int, json> json_exchange(const Target& t, bhttp::verb verb, const std::string& path, const std::string& body,
+                                   std::string& error) {
+  std::string got;
+  const int status = exchange(t, verb, path, body, [&](const char* d, size_t n) { got.append(d, n); }, error);
+  json j = json::parse(got, nullptr, false);
+  return {status, j.is_discarded() ? json() : std::move(j)};
+}
+
+// A free TCP port on loopback, for a ZeroMQ socket to bind (the kernel's pick; released
+// before use, so another process could take it first: the bind then fails and is counted).
+uint16_t free_port() {
+  net::io_context ioc;
+  tcp::acceptor a(ioc, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0));
+  return a.local_endpoint().port();
 }
 
 }  // namespace
@@ -165,7 +184,7 @@ void run_text_request(const Target& t, Recorder& rec, int stage, int prompt_word
     }
   };
   std::string error;
-  const int status = exchange(t, "/v1/chat/completions", body.dump(), on_data, error);
+  const int status = exchange(t, bhttp::verb::post, "/v1/chat/completions", body.dump(), on_data, error);
   if (status != 200 || stream_error) return count_error(rec, "text", stage, status == 200 ? 0 : status, stream_error ? "stream_error" : error);
   rec.add("text.e2e_s", stage, t.since_start(), seconds(Clock::now() - sent));
   rec.count("text.tokens", stage, usage_tokens >= 0 ? usage_tokens : events);
@@ -179,7 +198,7 @@ void run_speech_request(const Target& t, Recorder& rec, int stage, const std::st
   double ttfb = -1;
   size_t bytes = 0;
   std::string error;
-  const int status = exchange(t, "/v1/audio/speech", body.dump(), [&](const char*, size_t n) {
+  const int status = exchange(t, bhttp::verb::post, "/v1/audio/speech", body.dump(), [&](const char*, size_t n) {
     if (ttfb < 0) ttfb = seconds(Clock::now() - sent);
     bytes += n;
   }, error);
@@ -200,12 +219,165 @@ void run_image_request(const Target& t, Recorder& rec, int stage, const std::str
   const json body = {{"model", t.model}, {"prompt", prompt}, {"size", size}, {"n", 1}, {"response_format", "b64_json"}};
   const Clock::time_point sent = Clock::now();
   std::string got, error;
-  const int status = exchange(t, "/v1/images/generations", body.dump(), [&](const char* d, size_t n) { got.append(d, n); }, error);
+  const int status = exchange(t, bhttp::verb::post, "/v1/images/generations", body.dump(), [&](const char* d, size_t n) { got.append(d, n); }, error);
   if (status != 200) return count_error(rec, "image", stage, status, error);
   const json j = json::parse(got, nullptr, false);
   if (!field(j, "data").is_array() || field(j, "data").empty()) return count_error(rec, "image", stage, 0, "protocol");
   rec.add("image.latency_s", stage, t.since_start(), seconds(Clock::now() - sent));
   rec.count("image.completed", stage);
+}
+
+void run_music_request(const Target& t, Recorder& rec, int stage, const std::string& prompt, double seconds_long, const std::string& format) {
+  rec.count("music.requests", stage);
+  const json body = {{"model", t.model}, {"prompt", prompt}, {"duration", seconds_long}, {"response_format", format}};
+  const Clock::time_point sent = Clock::now();
+  double ttfb = -1;
+  size_t bytes = 0;
+  std::string error;
+  const int status = exchange(t, bhttp::verb::post, "/v1/music/generations", body.dump(), [&](const char*, size_t n) {
+    if (ttfb < 0) ttfb = seconds(Clock::now() - sent);
+    bytes += n;
+  }, error);
+  if (status != 200) return count_error(rec, "music", stage, status, error);
+  if (ttfb >= 0) rec.add("music.ttfb_s", stage, t.since_start(), ttfb);
+  const double e2e = seconds(Clock::now() - sent);
+  rec.add("music.e2e_s", stage, t.since_start(), e2e);
+  if (format == "wav" || format == "pcm") {  // 16-bit mono at 24 kHz: bytes are seconds
+    const double audio_s = double(bytes) / (2 * 24000);
+    if (audio_s > 0) rec.add("music.rtf", stage, t.since_start(), e2e / audio_s);
+  }
+  rec.count("music.completed", stage);
+}
+
+void run_video_request(const Target& t, Recorder& rec, int stage, const std::string& prompt, double seconds_long, const std::string& size) {
+  rec.count("video.requests", stage);
+  json body = {{"model", t.model}, {"prompt", prompt}, {"seconds", seconds_long}};
+  if (!size.empty()) body["size"] = size;
+  const Clock::time_point sent = Clock::now();
+  std::string error;
+  auto [status, job] = json_exchange(t, bhttp::verb::post, "/v1/videos", body.dump(), error);
+  if (status != 200) return count_error(rec, "video", stage, status, error);
+  const std::string id = str(job, "id");
+  if (id.empty()) return count_error(rec, "video", stage, 0, "protocol");
+  // The job runs on the server; its status is polled as a client would.
+  std::string state = str(job, "status");
+  while (state != "completed" && state != "failed" && Clock::now() < t.deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    auto [s2, j2] = json_exchange(t, bhttp::verb::get, "/v1/videos/" + id, "", error);
+    if (s2 != 200) return count_error(rec, "video", stage, s2, error);
+    state = str(j2, "status");
+  }
+  if (state != "completed") return count_error(rec, "video", stage, 0, state == "failed" ? "job_failed" : "timeout");
+  rec.add("video.latency_s", stage, t.since_start(), seconds(Clock::now() - sent));
+  size_t bytes = 0;
+  status = exchange(t, bhttp::verb::get, "/v1/videos/" + id + "/content", "", [&](const char*, size_t n) { bytes += n; }, error);
+  if (status != 200 || bytes == 0) return count_error(rec, "video", stage, status, status ? "empty" : error);
+  rec.add("video.e2e_s", stage, t.since_start(), seconds(Clock::now() - sent));
+  rec.count("video.bytes", stage, int64_t(bytes));
+  rec.count("video.completed", stage);
+  (void)json_exchange(t, bhttp::verb::delete_, "/v1/videos/" + id, "", error);  // the server keeps finished jobs until then
+}
+
+void run_stream_job(const Target& t, Recorder& rec, const StreamJobOptions& o, const std::function<int()>& stage,
+                    const std::function<bool()>& keep_going) {
+  // The feed: XPUB, so that the job's subscription is seen before anything is published
+  // (PUB/SUB drops what is sent before a subscriber joins).
+  zmq::context_t ctx;
+  zmq::socket_t feed(ctx, zmq::socket_type::xpub), answers(ctx, zmq::socket_type::sub);
+  uint16_t in_port = 0, out_port = 0;
+  try {
+    in_port = free_port();
+    feed.set(zmq::sockopt::linger, 0);
+    feed.bind("tcp://127.0.0.1:" + std::to_string(in_port));
+    out_port = free_port();
+    answers.set(zmq::sockopt::linger, 0);
+    answers.set(zmq::sockopt::subscribe, "");
+    answers.connect("tcp://127.0.0.1:" + std::to_string(out_port));
+  } catch (const zmq::error_t&) {
+    return count_error(rec, "stream", stage(), 0, "zmq_bind");
+  }
+  std::string error;
+  const json request = {{"input", "zmq:tcp://127.0.0.1:" + std::to_string(in_port)},
+                        {"output", "zmq:tcp://127.0.0.1:" + std::to_string(out_port)},
+                        {"task", "respond"},
+                        {"modality", "audio"},
+                        {"max_response_seconds", o.max_response_seconds}};
+  auto [status, job] = json_exchange(t, bhttp::verb::post, "/v1/streams", request.dump(), error);
+  if (status != 200) return count_error(rec, "stream", stage(), status, error);
+  const std::string id = str(job, "id");
+  if (id.empty()) return count_error(rec, "stream", stage(), 0, "protocol");
+  rec.count("stream.jobs", stage());
+  auto end_job = [&] { (void)json_exchange(t, bhttp::verb::delete_, "/v1/streams/" + id, "", error); };
+  feed.set(zmq::sockopt::rcvtimeo, 5000);
+  zmq::message_t subscription;
+  if (!feed.recv(subscription)) {
+    end_job();
+    return count_error(rec, "stream", stage(), 0, "not_subscribed");
+  }
+
+  // MPEG-TS (AAC) of the live feed, as the muxer produces it; each 100 ms step's bytes are
+  // one ZeroMQ message, as ffmpeg's zmq: output sends them.
+  std::string pending;
+  auto encoder = codecs::make_audio_encoder(codecs::AudioFormat::MpegTs, 24000,
+                                            [&](std::span<const uint8_t> b) { pending.append(reinterpret_cast<const char*>(b.data()), b.size()); });
+  if (!encoder) {
+    end_job();
+    return count_error(rec, "stream", stage(), 0, "encoder");
+  }
+  const std::vector<float> silence(2400, 0.f);
+  const Clock::time_point start = Clock::now();
+  int64_t step = 0;
+  size_t answer_bytes = 0;
+  Clock::time_point first_byte{}, last_byte{};
+  bool publish_ok = true;
+  // One 100 ms step of the feed, at real-time pace; what the job published meanwhile is read.
+  auto play = [&](std::span<const float> samples) {
+    std::this_thread::sleep_until(start + std::chrono::milliseconds(100 * step++));
+    if (!(*encoder)->push(samples)) publish_ok = false;
+    if (!pending.empty()) {
+      feed.send(zmq::buffer(pending), zmq::send_flags::dontwait);
+      pending.clear();
+    }
+    zmq::message_t m;
+    while (answers.recv(m, zmq::recv_flags::dontwait)) {
+      const Clock::time_point now = Clock::now();
+      if (answer_bytes == 0) first_byte = now;
+      last_byte = now;
+      answer_bytes += m.size();
+    }
+  };
+  const std::vector<float>& speech = *o.speech;
+  while (publish_ok && keep_going() && Clock::now() < t.deadline) {
+    // A turn: 0.3 s of silence, the speech (its end marked), then silence while the answer
+    // comes: until 1 s passes without answer bytes after some came, or 15 s without any.
+    for (int i = 0; i < 3; ++i) play(silence);
+    for (size_t at = 0; at < speech.size(); at += 2400)
+      play(std::span<const float>(speech.data() + at, std::min<size_t>(2400, speech.size() - at)));
+    const Clock::time_point speech_end = Clock::now();
+    const int s = stage();
+    rec.count("stream.turns", s);
+    answer_bytes = 0;
+    while (publish_ok && Clock::now() < t.deadline) {
+      play(silence);
+      const Clock::time_point now = Clock::now();
+      if (answer_bytes == 0 && now - speech_end > std::chrono::seconds(15)) break;
+      if (answer_bytes > 0 && now - last_byte > std::chrono::seconds(1)) break;
+    }
+    if (answer_bytes == 0) {
+      count_error(rec, "stream", s, 0, "no_answer");
+      continue;
+    }
+    rec.add("stream.speech_end_to_first_byte_s", s, t.since_start(), seconds(first_byte - speech_end));
+    rec.add("stream.answer_delivery_s", s, t.since_start(), seconds(last_byte - first_byte));
+    rec.count("stream.answers", s);
+    rec.count("stream.answer_bytes", s, int64_t(answer_bytes));
+  }
+  auto [gs, state] = json_exchange(t, bhttp::verb::get, "/v1/streams/" + id, "", error);
+  if (gs == 200) {
+    rec.count("stream.gaps", stage(), integer(state, "gaps", 0));
+    if (str(state, "status") != "running") count_error(rec, "stream", stage(), 0, "job_" + str(state, "status", "unknown"));
+  }
+  end_job();
 }
 
 Expected<std::vector<float>> load_voice(const std::string& wav_path) {

@@ -71,8 +71,9 @@ json Recorder::to_json(const Scenario& sc, double elapsed) const {
   out["elapsed_s"] = elapsed;
   json stages = json::array();
   for (const Stage& s : sc.stages)
-    stages.push_back({{"duration_s", s.duration_s}, {"voice_sessions", s.voice_sessions}, {"text_rate", s.text_rate},
-                      {"speech_rate", s.speech_rate}, {"image_rate", s.image_rate}});
+    stages.push_back({{"duration_s", s.duration_s}, {"voice_sessions", s.voice_sessions}, {"stream_jobs", s.stream_jobs},
+                      {"text_rate", s.text_rate}, {"speech_rate", s.speech_rate}, {"music_rate", s.music_rate},
+                      {"image_rate", s.image_rate}, {"video_rate", s.video_rate}});
   out["stages"] = stages;
   const int n_stages = int(sc.stages.size());
   json metrics = json::object();
@@ -110,7 +111,9 @@ json Recorder::to_json(const Scenario& sc, double elapsed) const {
   };
   out["throughput"] = {{"text.tokens_per_s", elapsed > 0 ? double(counter("text.tokens")) / elapsed : 0},
                        {"requests_per_s", elapsed > 0 ? double(counter("text.requests") + counter("speech.requests") +
-                                                               counter("image.requests") + counter("voice.turns")) / elapsed
+                                                               counter("music.requests") + counter("image.requests") +
+                                                               counter("video.requests") + counter("voice.turns") +
+                                                               counter("stream.turns")) / elapsed
                                                       : 0}};
   json traces = json::array();
   for (const auto& t : traces_) {
@@ -223,11 +226,16 @@ std::string html_report(const json& r) {
   o << "<h1>tutti load test</h1><p>Scenario <b>" << escape(r.value("scenario", "")) << "</b> against <b>"
     << escape(r.value("target", "")) << "</b>, " << r.value("elapsed_s", 0.0) << " s.</p>";
   // Stages (the load) and the summary table.
-  o << "<h2>Load</h2><table><tr><th>stage</th><th>seconds</th><th>voice sessions</th><th>text/s</th><th>speech/s</th><th>images/s</th></tr>";
+  // (Reports written before a field existed lack it: 0.)
+  o << "<h2>Load</h2><table><tr><th>stage</th><th>seconds</th><th>voice sessions</th><th>stream jobs</th><th>text/s</th>"
+       "<th>speech/s</th><th>music/s</th><th>images/s</th><th>videos/s</th></tr>";
   int i = 0;
-  for (const json& s : r["stages"])
-    o << "<tr><td>" << i++ << "</td><td>" << s["duration_s"] << "</td><td>" << s["voice_sessions"] << "</td><td>" << s["text_rate"]
-      << "</td><td>" << s["speech_rate"] << "</td><td>" << s["image_rate"] << "</td></tr>";
+  for (const json& s : r["stages"]) {
+    o << "<tr><td>" << i++ << "</td><td>" << s["duration_s"] << "</td>";
+    for (const char* k : {"voice_sessions", "stream_jobs", "text_rate", "speech_rate", "music_rate", "image_rate", "video_rate"})
+      o << "<td>" << s.value(k, json(0)) << "</td>";
+    o << "</tr>";
+  }
   o << "</table><h2>Latencies</h2><table><tr><th>metric</th><th>count</th><th>p50</th><th>p90</th><th>p99</th><th>max</th></tr>";
   for (const auto& [name, m] : r["metrics"].items()) {
     const json& a = m["all"];
@@ -237,13 +245,18 @@ std::string html_report(const json& r) {
   o << "</table><h2>Counts</h2><table><tr><th>counter</th><th>total</th></tr>";
   for (const auto& [name, c] : r["counters"].items()) o << "<tr><td>" << escape(name) << "</td><td>" << c["all"] << "</td></tr>";
   o << "</table>";
-  // Latency percentiles against load: x = the stage's offered load (voice sessions plus
-  // requests per second), one line per percentile and metric.
+  // Latency percentiles against load: x = the stage's offered load (voice sessions and
+  // stream jobs plus requests per second), one line per percentile and metric.
   std::vector<double> load;
-  for (const json& s : r["stages"])
-    load.push_back(s["voice_sessions"].get<double>() + s["text_rate"].get<double>() + s["speech_rate"].get<double>() + s["image_rate"].get<double>());
+  for (const json& s : r["stages"]) {
+    double l = 0;
+    for (const char* k : {"voice_sessions", "stream_jobs", "text_rate", "speech_rate", "music_rate", "image_rate", "video_rate"})
+      l += s.value(k, 0.0);
+    load.push_back(l);
+  }
   o << "<h2>Latency against load</h2>";
-  for (const char* metric : {"text.ttft_s", "text.itl_s", "voice.speech_end_to_audio_s", "voice.commit_to_audio_s", "speech.ttfb_s"}) {
+  for (const char* metric : {"text.ttft_s", "text.itl_s", "voice.speech_end_to_audio_s", "voice.commit_to_audio_s",
+                             "stream.speech_end_to_first_byte_s", "speech.ttfb_s", "music.ttfb_s", "video.latency_s"}) {
     if (!r["metrics"].contains(metric)) continue;
     std::vector<std::pair<std::string, std::vector<std::pair<double, double>>>> series;
     for (const char* q : {"p50", "p90", "p99"}) {
@@ -253,7 +266,7 @@ std::string html_report(const json& r) {
         if (by[s]["count"].get<int64_t>() > 0) pts.push_back({load[s], by[s][q].get<double>() * 1e3});
       series.push_back({q, pts});
     }
-    o << "<p>" << svg_chart(std::string(metric) + " by stage", "offered load (voice sessions + requests/s)", "ms", series) << "</p>";
+    o << "<p>" << svg_chart(std::string(metric) + " by stage", "offered load (sessions + jobs + requests/s)", "ms", series) << "</p>";
   }
   if (!r["traces"].empty()) {
     std::vector<std::pair<std::string, std::vector<std::pair<double, double>>>> series;

@@ -25,9 +25,9 @@ int sample(const Distribution& d, std::mt19937_64& rng) {
 
 Expected<nlohmann::json> run_scenario(const Scenario& sc, const std::function<void(const std::string&)>& progress) {
   std::vector<float> voice;
-  int max_sessions = 0;
-  for (const Stage& s : sc.stages) max_sessions = std::max(max_sessions, s.voice_sessions);
-  if (max_sessions > 0) {
+  int max_sessions = 0, max_jobs = 0;
+  for (const Stage& s : sc.stages) max_sessions = std::max(max_sessions, s.voice_sessions), max_jobs = std::max(max_jobs, s.stream_jobs);
+  if (max_sessions > 0 || max_jobs > 0) {
     auto v = load_voice(sc.voice_wav);
     if (!v) return v.error();
     voice = std::move(v).value();
@@ -67,11 +67,17 @@ Expected<nlohmann::json> run_scenario(const Scenario& sc, const std::function<vo
   std::vector<VoiceOptions> voice_opts(static_cast<size_t>(max_sessions));
   std::vector<std::atomic<bool>> voice_running(size_t(std::max(1, max_sessions)));
   auto want_voice = [&](int i) { return !ended && sc.stages[size_t(stage_now())].voice_sessions > i; };
+  // Stream jobs alike: job i runs while the current stage asks for more than i.
+  std::vector<std::thread> jobs;
+  std::vector<StreamJobOptions> job_opts(static_cast<size_t>(max_jobs));
+  std::vector<std::atomic<bool>> job_running(size_t(std::max(1, max_jobs)));
+  auto want_job = [&](int i) { return !ended && sc.stages[size_t(stage_now())].stream_jobs > i; };
 
   std::mt19937_64 rng(sc.seed);
   std::exponential_distribution<double> unit(1.0);
-  double next_text = unit(rng), next_speech = unit(rng), next_image = unit(rng);  // in units of rate * time
-  double text_clock = 0, speech_clock = 0, image_clock = 0;
+  // Each kind's next arrival, in units of rate * time, and its clock.
+  double next_text = unit(rng), next_speech = unit(rng), next_image = unit(rng), next_music = unit(rng), next_video = unit(rng);
+  double text_clock = 0, speech_clock = 0, image_clock = 0, music_clock = 0, video_clock = 0;
   double last_t = 0;
   auto launch = [&](auto&& fn) {
     if (sc.max_requests > 0 && started >= sc.max_requests) return;
@@ -114,6 +120,12 @@ Expected<nlohmann::json> run_scenario(const Scenario& sc, const std::function<vo
              [&] { launch([&, stage] { run_speech_request(target, rec, stage, sc.speech_input, sc.speech_format); }); });
     arrivals(s.image_rate, next_image, image_clock,
              [&] { launch([&, stage] { run_image_request(target, rec, stage, sc.image_prompt, sc.image_size); }); });
+    arrivals(s.music_rate, next_music, music_clock, [&] {
+      launch([&, stage] { run_music_request(target, rec, stage, sc.music_prompt, sc.music_seconds, sc.music_format); });
+    });
+    arrivals(s.video_rate, next_video, video_clock, [&] {
+      launch([&, stage] { run_video_request(target, rec, stage, sc.video_prompt, sc.video_seconds, sc.video_size); });
+    });
     for (int i = 0; i < s.voice_sessions && i < max_sessions; ++i) {
       if (voice_running[size_t(i)]) continue;
       voice_running[size_t(i)] = true;
@@ -127,15 +139,31 @@ Expected<nlohmann::json> run_scenario(const Scenario& sc, const std::function<vo
         voice_running[size_t(i)] = false;
       });
     }
+    for (int i = 0; i < s.stream_jobs && i < max_jobs; ++i) {
+      if (job_running[size_t(i)]) continue;
+      job_running[size_t(i)] = true;
+      StreamJobOptions& jo = job_opts[size_t(i)];
+      jo.speech = &voice, jo.max_response_seconds = sc.stream_response_seconds, jo.label = "stream job " + std::to_string(i + 1);
+      if (jobs.size() <= size_t(i)) jobs.resize(size_t(i) + 1);
+      if (jobs[size_t(i)].joinable()) jobs[size_t(i)].join();
+      jobs[size_t(i)] = std::thread([&, i] {
+        run_stream_job(target, rec, job_opts[size_t(i)], stage_now, [&, i] { return want_job(i); });
+        job_running[size_t(i)] = false;
+      });
+    }
     if (progress && Clock::now() >= next_progress) {
       next_progress = Clock::now() + std::chrono::seconds(1);
-      char line[256];
-      int voices_now = 0;
+      char line[400];
+      int voices_now = 0, jobs_now = 0;
       for (int i = 0; i < max_sessions; ++i) voices_now += voice_running[size_t(i)];
-      std::snprintf(line, sizeof line, "[stage %d/%zu %5.1f/%.0f s] text %lld (%lld done)  voice %d sessions, %lld turns  speech %lld  image %lld  in flight %d",
+      for (int i = 0; i < max_jobs; ++i) jobs_now += job_running[size_t(i)];
+      std::snprintf(line, sizeof line,
+                    "[stage %d/%zu %5.1f/%.0f s] text %lld (%lld done)  voice %d sessions, %lld turns  streams %d, %lld turns  "
+                    "speech %lld  music %lld  image %lld  video %lld  in flight %d",
                     stage + 1, sc.stages.size(), t, total, (long long)rec.total("text.requests"), (long long)rec.total("text.completed"),
-                    voices_now, (long long)rec.total("voice.turns"), (long long)rec.total("speech.requests"),
-                    (long long)rec.total("image.requests"), int(in_flight));
+                    voices_now, (long long)rec.total("voice.turns"), jobs_now, (long long)rec.total("stream.turns"),
+                    (long long)rec.total("speech.requests"), (long long)rec.total("music.requests"), (long long)rec.total("image.requests"),
+                    (long long)rec.total("video.requests"), int(in_flight));
       progress(line);
     }
     for (auto it = workers.begin(); it != workers.end();) {
@@ -152,6 +180,8 @@ Expected<nlohmann::json> run_scenario(const Scenario& sc, const std::function<vo
   ended = true;
   for (auto& v : voices)
     if (v.joinable()) v.join();
+  for (auto& j : jobs)
+    if (j.joinable()) j.join();
   for (auto& w : workers) w.thread.join();
   return rec.to_json(sc, target.since_start());
 }

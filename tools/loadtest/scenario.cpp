@@ -96,7 +96,8 @@ Expected<Scenario> parse_scenario(const std::string& text, const std::string& na
       Stage st;
       for (Status r : {read(*t, "duration_s", st.duration_s, where), read(*t, "voice_sessions", st.voice_sessions, where),
                        read(*t, "text_rate", st.text_rate, where), read(*t, "speech_rate", st.speech_rate, where),
-                       read(*t, "image_rate", st.image_rate, where)})
+                       read(*t, "image_rate", st.image_rate, where), read(*t, "stream_jobs", st.stream_jobs, where),
+                       read(*t, "music_rate", st.music_rate, where), read(*t, "video_rate", st.video_rate, where)})
         if (!r) return r.error();
       if (st.duration_s <= 0) return Error{where + ".duration_s must be positive"};
       s.stages.push_back(st);
@@ -118,8 +119,19 @@ Expected<Scenario> parse_scenario(const std::string& text, const std::string& na
   if (const toml::table* t = root["image"].as_table())
     for (Status r : {read(*t, "prompt", s.image_prompt, "image"), read(*t, "size", s.image_size, "image")})
       if (!r) return r.error();
+  if (const toml::table* t = root["music"].as_table())
+    for (Status r : {read(*t, "prompt", s.music_prompt, "music"), read(*t, "duration_s", s.music_seconds, "music"),
+                     read(*t, "response_format", s.music_format, "music")})
+      if (!r) return r.error();
+  if (const toml::table* t = root["video"].as_table())
+    for (Status r : {read(*t, "prompt", s.video_prompt, "video"), read(*t, "seconds", s.video_seconds, "video"),
+                     read(*t, "size", s.video_size, "video")})
+      if (!r) return r.error();
+  if (const toml::table* t = root["stream"].as_table())
+    if (Status r = read(*t, "max_response_seconds", s.stream_response_seconds, "stream"); !r) return r.error();
   for (const auto& [key, value] : root)
-    if (key != "run" && key != "stage" && key != "text" && key != "voice" && key != "speech" && key != "image")
+    if (key != "run" && key != "stage" && key != "text" && key != "voice" && key != "speech" && key != "image" && key != "music" &&
+        key != "video" && key != "stream")
       return Error{name + ": unknown section [" + std::string(key.str()) + "]"};
   return s;
 }

@@ -2,12 +2,16 @@
 // client does. See config/loadtest-default.toml for every field with its default.
 //
 //   [run]     target = "127.0.0.1:8080", api_key, model, max_requests, drain_s, seed
-//   [[stage]] duration_s, voice_sessions, text_rate, speech_rate, image_rate   (ramps: one
-//             table per stage; the counts and rates hold for that stage)
+//   [[stage]] duration_s, voice_sessions, stream_jobs, text_rate, speech_rate, music_rate,
+//             image_rate, video_rate   (ramps: one table per stage; the counts and rates
+//             hold for that stage)
 //   [text]    chat SSE requests: prompt_words / max_tokens as {mean, sd, min, max}
 //   [voice]   realtime sessions: wav (a file; empty: speech made with espeak-ng), barge_in
 //             (fraction of answers interrupted), answer_tokens
-//   [speech]  input, response_format      [image]  prompt, size
+//   [stream]  FFmpeg-over-ZeroMQ stream jobs: max_response_seconds (each speaks the voice
+//             turns as AAC in MPEG-TS over ZeroMQ and listens to the job's output)
+//   [speech]  input, response_format      [music]  prompt, duration_s, response_format
+//   [image]   prompt, size                [video]  prompt, seconds, size
 //
 // Load goes only to loopback addresses (127.0.0.0/8, ::1, localhost): the harness measures
 // servers of the project's own, never someone else's.
@@ -31,6 +35,9 @@ struct Stage {
   double text_rate = 0;    // chat requests per second (Poisson arrivals)
   double speech_rate = 0;  // /v1/audio/speech requests per second
   double image_rate = 0;   // /v1/images/generations requests per second
+  int stream_jobs = 0;     // concurrent FFmpeg-over-ZeroMQ stream jobs (POST /v1/streams)
+  double music_rate = 0;   // /v1/music/generations requests per second
+  double video_rate = 0;   // /v1/videos jobs per second
 };
 
 struct Scenario {
@@ -51,6 +58,13 @@ struct Scenario {
   std::string speech_format = "wav";
   std::string image_prompt = "a red circle on a blue square";
   std::string image_size = "256x256";
+  std::string music_prompt = "a calm piano melody";
+  double music_seconds = 2;
+  std::string music_format = "wav";
+  std::string video_prompt = "a ball rolling across a table";
+  double video_seconds = 1;
+  std::string video_size;  // empty: the server's default
+  double stream_response_seconds = 2;
 
   double total_seconds() const;
 };
