@@ -119,6 +119,31 @@ uint16_t free_port() {
   return a.local_endpoint().port();
 }
 
+// Speech and music: audio streamed as it is made (kind "speech" or "music"); time to first
+// byte, end to end, and the real-time factor.
+void run_audio_request(const Target& t, Recorder& rec, int stage, const std::string& kind, const std::string& path, const json& body,
+                       const std::string& format) {
+  rec.count(kind + ".requests", stage);
+  const Clock::time_point sent = Clock::now();
+  double ttfb = -1;
+  size_t bytes = 0;
+  std::string error;
+  const int status = exchange(t, bhttp::verb::post, path, body.dump(), [&](const char*, size_t n) {
+    if (ttfb < 0) ttfb = seconds(Clock::now() - sent);
+    bytes += n;
+  }, error);
+  if (status != 200) return count_error(rec, kind, stage, status, error);
+  if (ttfb >= 0) rec.add(kind + ".ttfb_s", stage, t.since_start(), ttfb);
+  const double e2e = seconds(Clock::now() - sent);
+  rec.add(kind + ".e2e_s", stage, t.since_start(), e2e);
+  // Real-time factor for 16-bit 24 kHz WAV/PCM (other formats: bytes are not seconds).
+  if (format == "wav" || format == "pcm") {
+    const double audio_s = double(bytes) / (2 * 24000);
+    if (audio_s > 0) rec.add(kind + ".rtf", stage, t.since_start(), e2e / audio_s);
+  }
+  rec.count(kind + ".completed", stage);
+}
+
 }  // namespace
 
 Expected<std::string> served_model(const Target& t) {
@@ -192,26 +217,13 @@ void run_text_request(const Target& t, Recorder& rec, int stage, int prompt_word
 }
 
 void run_speech_request(const Target& t, Recorder& rec, int stage, const std::string& input, const std::string& format) {
-  rec.count("speech.requests", stage);
-  const json body = {{"model", t.model}, {"input", input}, {"response_format", format}, {"voice", "alloy"}};
-  const Clock::time_point sent = Clock::now();
-  double ttfb = -1;
-  size_t bytes = 0;
-  std::string error;
-  const int status = exchange(t, bhttp::verb::post, "/v1/audio/speech", body.dump(), [&](const char*, size_t n) {
-    if (ttfb < 0) ttfb = seconds(Clock::now() - sent);
-    bytes += n;
-  }, error);
-  if (status != 200) return count_error(rec, "speech", stage, status, error);
-  if (ttfb >= 0) rec.add("speech.ttfb_s", stage, t.since_start(), ttfb);
-  const double e2e = seconds(Clock::now() - sent);
-  rec.add("speech.e2e_s", stage, t.since_start(), e2e);
-  // Real-time factor for 16-bit 24 kHz WAV/PCM (other formats: bytes are not seconds).
-  if (format == "wav" || format == "pcm") {
-    const double audio_s = double(bytes) / (2 * 24000);
-    if (audio_s > 0) rec.add("speech.rtf", stage, t.since_start(), e2e / audio_s);
-  }
-  rec.count("speech.completed", stage);
+  run_audio_request(t, rec, stage, "speech", "/v1/audio/speech",
+                    {{"model", t.model}, {"input", input}, {"response_format", format}, {"voice", "alloy"}}, format);
+}
+
+void run_music_request(const Target& t, Recorder& rec, int stage, const std::string& prompt, double seconds_long, const std::string& format) {
+  run_audio_request(t, rec, stage, "music", "/v1/music/generations",
+                    {{"model", t.model}, {"prompt", prompt}, {"duration", seconds_long}, {"response_format", format}}, format);
 }
 
 void run_image_request(const Target& t, Recorder& rec, int stage, const std::string& prompt, const std::string& size) {
@@ -225,28 +237,6 @@ void run_image_request(const Target& t, Recorder& rec, int stage, const std::str
   if (!field(j, "data").is_array() || field(j, "data").empty()) return count_error(rec, "image", stage, 0, "protocol");
   rec.add("image.latency_s", stage, t.since_start(), seconds(Clock::now() - sent));
   rec.count("image.completed", stage);
-}
-
-void run_music_request(const Target& t, Recorder& rec, int stage, const std::string& prompt, double seconds_long, const std::string& format) {
-  rec.count("music.requests", stage);
-  const json body = {{"model", t.model}, {"prompt", prompt}, {"duration", seconds_long}, {"response_format", format}};
-  const Clock::time_point sent = Clock::now();
-  double ttfb = -1;
-  size_t bytes = 0;
-  std::string error;
-  const int status = exchange(t, bhttp::verb::post, "/v1/music/generations", body.dump(), [&](const char*, size_t n) {
-    if (ttfb < 0) ttfb = seconds(Clock::now() - sent);
-    bytes += n;
-  }, error);
-  if (status != 200) return count_error(rec, "music", stage, status, error);
-  if (ttfb >= 0) rec.add("music.ttfb_s", stage, t.since_start(), ttfb);
-  const double e2e = seconds(Clock::now() - sent);
-  rec.add("music.e2e_s", stage, t.since_start(), e2e);
-  if (format == "wav" || format == "pcm") {  // 16-bit mono at 24 kHz: bytes are seconds
-    const double audio_s = double(bytes) / (2 * 24000);
-    if (audio_s > 0) rec.add("music.rtf", stage, t.since_start(), e2e / audio_s);
-  }
-  rec.count("music.completed", stage);
 }
 
 void run_video_request(const Target& t, Recorder& rec, int stage, const std::string& prompt, double seconds_long, const std::string& size) {
