@@ -3,8 +3,8 @@
 # `tutti loadtest` for SECONDS (default 600), sampling the server's memory (RSS) and open file
 # descriptors. Passes when, at the end: no sequence, KV block or generation is left, memory
 # grew less than 15% over the second half of the run, file descriptors are back to where they
-# were, and the usage ledger holds one record per HTTP request the load test made and one per
-# realtime response.
+# were, and the usage ledger holds one record per HTTP request the load test made (video jobs
+# once) and one per realtime and stream-job response.
 # Usage: tools/soak.sh [SECONDS] [WORKDIR]
 set -euo pipefail
 seconds="${1:-600}"
@@ -33,9 +33,12 @@ drain_s = 30
 [[stage]]
 duration_s = $seconds
 voice_sessions = 2
-text_rate = 2.0
-speech_rate = 0.1
-image_rate = 0.05
+stream_jobs = 1
+text_rate = 1.0
+speech_rate = 0.05
+music_rate = 0.05
+image_rate = 0.02
+video_rate = 0.01
 [voice]
 barge_in = 0.25
 answer_tokens = 300
@@ -76,10 +79,16 @@ c = {k: v["all"] for k, v in report["counters"].items()}
 db = sqlite3.connect(f"{work}/usage.db")
 by_endpoint = dict(db.execute("select endpoint, count(*) from usage group by endpoint").fetchall())
 records = sum(by_endpoint.values())
-requests = c.get("text.requests", 0) + c.get("speech.requests", 0) + c.get("image.requests", 0) + c.get("voice.responses", 0)
-http_complete = (by_endpoint.get("/v1/chat/completions", 0) == c.get("text.requests", 0)
-                 and by_endpoint.get("/v1/audio/speech", 0) == c.get("speech.requests", 0)
-                 and by_endpoint.get("/v1/images/generations", 0) == c.get("image.requests", 0))
+requests = sum(c.get(k, 0) for k in ("text.requests", "speech.requests", "music.requests", "image.requests", "video.requests",
+                                      "voice.responses", "stream.responses"))
+# Every HTTP generation (a video job counts once, however often it is polled) has its record.
+http_complete = all(by_endpoint.get(endpoint, 0) == c.get(counter, 0) for endpoint, counter in (
+    ("/v1/chat/completions", "text.requests"), ("/v1/audio/speech", "speech.requests"), ("/v1/music/generations", "music.requests"),
+    ("/v1/images/generations", "image.requests"), ("/v1/videos", "video.requests")))
+# Stream jobs: one record per answer; the jobs reported their answers before they were
+# deleted, and an answer running at the deletion is recorded as cancelled: at most one a job.
+streams = by_endpoint.get("/v1/streams", 0)
+streams_complete = c.get("stream.responses", 0) <= streams <= c.get("stream.responses", 0) + c.get("stream.jobs", 0)
 # A realtime response the client did not wait for (its session ended) is recorded as
 # cancelled without the client seeing its response.done: at most one per session.
 realtime = by_endpoint.get("/v1/realtime", 0)
@@ -93,7 +102,8 @@ checks = {
     "no generations running": metrics.get("tutti_generations_running", -1) == 0,
     "memory flat (<15% growth over the second half)": growth < 0.15,
     "file descriptors back (±2)": abs(fds_after - fds_before) <= 2,
-    "ledger complete (one record per HTTP request; realtime responses all there)": http_complete and realtime_complete,
+    "ledger complete (one record per HTTP request; realtime and stream-job responses all there)":
+        http_complete and realtime_complete and streams_complete,
 }
 for name, ok in checks.items():
     print(("  ok    " if ok else "  FAIL  ") + name)

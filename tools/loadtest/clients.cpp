@@ -365,6 +365,7 @@ void run_stream_job(const Target& t, Recorder& rec, const StreamJobOptions& o, c
   auto [gs, state] = json_exchange(t, bhttp::verb::get, "/v1/streams/" + id, "", error);
   if (gs == 200) {
     rec.count("stream.gaps", stage(), integer(state, "gaps", 0));
+    rec.count("stream.responses", stage(), integer(state, "responses", 0));  // as the server counted them
     if (str(state, "status") != "running") count_error(rec, "stream", stage(), 0, "job_" + str(state, "status", "unknown"));
   }
   end_job();
