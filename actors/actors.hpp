@@ -79,6 +79,7 @@ struct media_delta {
   std::vector<float> samples;  // audio, music: new mono samples at the modality's rate
   std::vector<uint8_t> rgb;    // image, video: one finished frame (RGB24)
   int32_t width = 0, height = 0;
+  int32_t token = -1;          // the generated id this delta decodes (-1: none, as in the final one)
   std::string finish_reason;   // empty until the last delta: stop | length | cancelled | error
   std::string error;
   int32_t prompt_tokens = 0;
@@ -93,8 +94,8 @@ typename Inspector::result_type inspect(Inspector& f, text_request& x) {
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, media_delta& x) {
-  return f(caf::meta::type_name("media_delta"), x.request, x.samples, x.rgb, x.width, x.height, x.finish_reason, x.error,
-           x.prompt_tokens, x.completion_tokens);
+  return f(caf::meta::type_name("media_delta"), x.request, x.samples, x.rgb, x.width, x.height, x.token, x.finish_reason,
+           x.error, x.prompt_tokens, x.completion_tokens);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, step_events& x) {

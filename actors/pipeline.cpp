@@ -101,6 +101,7 @@ void decode_media(decoder_actor::stateful_pointer<decoder_state> self, int64_t i
   d.request = id;
   if (token >= 0) {
     ++e.completion_tokens;
+    d.token = token;
     const int32_t code = int32_t((uint32_t(token) - m.token_offset) % m.codebook_size);  // the engine keeps slots in stage order
     if (e.audio) {
       d.samples = e.audio->push(std::span<const int32_t>(&code, 1));

@@ -32,38 +32,6 @@ http::ServerConfig with_key() {
   return sc;
 }
 
-// A WebSocket handshake to /v1/realtime; the HTTP status when it is refused (0: accepted).
-struct Ws {
-  net::io_context ioc;
-  beast::websocket::stream<tcp::socket> ws{ioc};
-  int refused = 0;
-  std::string protocol;
-  Ws(uint16_t port, const std::string& subprotocols, const std::string& bearer = "") {
-    ws.next_layer().connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
-    ws.set_option(beast::websocket::stream_base::decorator([&](beast::websocket::request_type& req) {
-      if (!subprotocols.empty()) req.set(bhttp::field::sec_websocket_protocol, subprotocols);
-      if (!bearer.empty()) req.set(bhttp::field::authorization, "Bearer " + bearer);
-    }));
-    beast::websocket::response_type res;
-    beast::error_code ec;
-    ws.handshake(res, "127.0.0.1", "/v1/realtime", ec);
-    if (ec) refused = int(res.result_int());
-    protocol = std::string(res[bhttp::field::sec_websocket_protocol]);
-  }
-  json next() {
-    beast::flat_buffer b;
-    ws.read(b);
-    return json::parse(beast::buffers_to_string(b.data()));
-  }
-  json until(const std::string& type) {
-    for (int i = 0; i < 10000; ++i) {
-      json e = next();
-      if (e["type"] == type) return e;
-    }
-    return {};
-  }
-};
-
 TEST(Access, KeysAreRequiredEverywhereButHealthAndThePage) {
   test::ServerUnderTest sut(with_key());
   EXPECT_EQ(test::http_call(sut.port, bhttp::verb::get, "/health").status, 200);
@@ -82,9 +50,9 @@ TEST(Access, KeysAreRequiredEverywhereButHealthAndThePage) {
   const auto wrong = test::http_call(sut.port, bhttp::verb::post, "/v1/completions", kCompletion, {{"Authorization", "Bearer sk-secret-999999"}});
   EXPECT_EQ(wrong.body.find("sk-secret"), std::string::npos);
   // WebSockets: refused without a key; a bearer header or the browser's subprotocol form.
-  EXPECT_EQ(Ws(sut.port, "").refused, 401);
-  EXPECT_EQ(Ws(sut.port, "", kKey).refused, 0);
-  Ws browser(sut.port, "realtime, openai-insecure-api-key." + kKey);
+  EXPECT_EQ(test::RealtimeWs(sut.port, "").refused, 401);
+  EXPECT_EQ(test::RealtimeWs(sut.port, "", kKey).refused, 0);
+  test::RealtimeWs browser(sut.port, "realtime, openai-insecure-api-key." + kKey);
   EXPECT_EQ(browser.refused, 0);
   EXPECT_EQ(browser.protocol, "realtime") << "the chosen subprotocol is never the key's";
   EXPECT_EQ(browser.next()["type"], "session.created");
@@ -101,17 +69,17 @@ TEST(Access, LimitsAreHttp429WithRetryAfterAndRealtimeErrorEvents) {
   EXPECT_EQ(test::http_call(sut.port, bhttp::verb::post, "/v1/completions", kCompletion, kAuth).status, 200);
   EXPECT_EQ(test::http_call(sut.port, bhttp::verb::post, "/v1/completions", kCompletion, kAuth).status, 200);
   // The WebSocket session is the key's one concurrent session; a second is refused.
-  Ws session(sut.port, "", kKey);
+  test::RealtimeWs session(sut.port, "", kKey);
   ASSERT_EQ(session.refused, 0);
   session.next();
-  EXPECT_EQ(Ws(sut.port, "", kKey).refused, 429);
+  EXPECT_EQ(test::RealtimeWs(sut.port, "", kKey).refused, 429);
   // The session was the minute's third request, its first response the fourth; the next
   // response is an error event.
-  session.ws.write(net::buffer(json{{"type", "conversation.item.create"},
-                                    {"item", {{"type", "message"}, {"role", "user"}, {"content", {{{"type", "input_text"}, {"text", "hi"}}}}}}}.dump()));
-  session.ws.write(net::buffer(json{{"type", "response.create"}}.dump()));
+  session.send({{"type", "conversation.item.create"},
+                {"item", {{"type", "message"}, {"role", "user"}, {"content", {{{"type", "input_text"}, {"text", "hi"}}}}}}});
+  session.send({{"type", "response.create"}});
   EXPECT_EQ(session.until("response.done")["response"]["status"].is_string(), true);
-  session.ws.write(net::buffer(json{{"type", "response.create"}, {"event_id", "ev-9"}}.dump()));
+  session.send({{"type", "response.create"}, {"event_id", "ev-9"}});
   const json refused = session.until("error");
   EXPECT_EQ(refused["error"]["code"], "rate_limit_exceeded");
   EXPECT_EQ(refused["error"]["event_id"], "ev-9");
@@ -147,17 +115,18 @@ TEST(Ledger, EveryRequestIsRecordedOnceWhateverItsEnd) {
     char buf[256];
     (void)s.read_some(net::buffer(buf));  // the answer has begun
   }
-  // Over the limit: refused, and recorded as such.
+  // Over the limit: refused, and recorded as such (a video job too, though it never starts).
   EXPECT_EQ(test::http_call(port, bhttp::verb::post, "/v1/completions", kCompletion, kAuth).status, 429);
+  EXPECT_EQ(test::http_call(port, bhttp::verb::post, "/v1/videos", R"({"prompt":"x","seconds":1})", kAuth).status, 429);
   std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the cancellation reaches the session
   sut.reset();  // the server stops: everything is recorded
   auto ledger = std::move(http::UsageLedger::open(path)).value();
-  EXPECT_EQ(*ledger->count(), 5);
+  EXPECT_EQ(*ledger->count(), 6);
   auto totals = std::move(ledger->totals("all")).value();
   ASSERT_EQ(totals.size(), 1u);
   EXPECT_EQ(totals[0].key, "tests");
-  EXPECT_EQ(totals[0].requests, 5);
-  EXPECT_EQ(totals[0].failed, 1) << "the refused one";
+  EXPECT_EQ(totals[0].requests, 6);
+  EXPECT_EQ(totals[0].failed, 2) << "the refused ones";
   EXPECT_EQ(totals[0].tokens_out["text"], 4 + 3 + totals[0].tokens_out["text"] - 7);  // plus what the cancelled one produced
   EXPECT_GE(totals[0].tokens_out["text"], 7);
   EXPECT_GT(totals[0].tokens_out["audio"], 0);
@@ -170,7 +139,7 @@ TEST(Drain, RunningGenerationsFinishNewOnesAreRefused) {
   http::ServerConfig sc;
   sc.ledger_path = path;
   test::ServerUnderTest sut(sc);
-  Ws idle(sut.port, "");  // a WebSocket with no response running: closed with "going away"
+  test::RealtimeWs idle(sut.port, "");  // a WebSocket with no response running: closed with "going away"
   ASSERT_EQ(idle.refused, 0);
   idle.next();
   // A realtime-paced stream of 40 tokens at 50/s: under a second, still running when the

@@ -1,6 +1,10 @@
-// What the transport tests share: one HTTP request on a fresh loopback connection, and what
-// FFmpeg's own ffprobe says of a file (so tests check media with a decoder that is not ours).
+// What the transport tests share: one HTTP request on a fresh loopback connection, a
+// Realtime WebSocket client, and what FFmpeg's own ffprobe says of a file (so tests check
+// media with a decoder that is not ours).
 #pragma once
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <boost/asio.hpp>
 #include <boost/beast.hpp>
@@ -44,6 +48,49 @@ inline Reply http_call(uint16_t port, boost::beast::http::verb verb, const std::
   return {int(res.result_int()), res.body(), std::string(res[bhttp::field::content_type]), std::string(res[bhttp::field::retry_after]),
           std::string(res[bhttp::field::www_authenticate])};
 }
+
+// A Realtime WebSocket client on the test's thread (synchronous: one thread reads and
+// writes). A refused upgrade leaves `refused` at the HTTP status; `protocol` is the
+// subprotocol the server chose. `ws` is there for what a test does below the events
+// (binary messages, oversized frames, close codes).
+struct RealtimeWs {
+  boost::asio::io_context ioc;
+  boost::beast::websocket::stream<boost::asio::ip::tcp::socket> ws{ioc};
+  int refused = 0;
+  std::string protocol;
+
+  explicit RealtimeWs(uint16_t port, const std::string& subprotocols = "", const std::string& bearer = "") {
+    namespace bhttp = boost::beast::http;
+    ws.next_layer().connect(boost::asio::ip::tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), port));
+    ws.set_option(boost::beast::websocket::stream_base::decorator([&](boost::beast::websocket::request_type& req) {
+      if (!subprotocols.empty()) req.set(bhttp::field::sec_websocket_protocol, subprotocols);
+      if (!bearer.empty()) req.set(bhttp::field::authorization, "Bearer " + bearer);
+    }));
+    boost::beast::websocket::response_type res;
+    boost::beast::error_code ec;
+    ws.handshake(res, "127.0.0.1", "/v1/realtime", ec);
+    if (ec) refused = int(res.result_int());
+    protocol = std::string(res[bhttp::field::sec_websocket_protocol]);
+  }
+  void send(const nlohmann::json& event) { ws.write(boost::asio::buffer(event.dump())); }
+  // A message as it is, in the stream's current mode (ws.binary(true) for binary ones).
+  void send_raw(const std::string& message) { ws.write(boost::asio::buffer(message)); }
+  nlohmann::json next() {
+    boost::beast::flat_buffer b;
+    ws.read(b);
+    return nlohmann::json::parse(boost::beast::buffers_to_string(b.data()));
+  }
+  // Events until one of `type` (all of them into `seen`); a test failure if none comes.
+  nlohmann::json until(const std::string& type, std::vector<nlohmann::json>* seen = nullptr) {
+    for (int i = 0; i < 100000; ++i) {
+      nlohmann::json e = next();
+      if (seen) seen->push_back(e);
+      if (e["type"] == type) return e;
+    }
+    ADD_FAILURE() << "no " << type;
+    return {};
+  }
+};
 
 // ffprobe's csv answer for `entries` (e.g. "stream=codec_name,sample_rate") of the bytes,
 // first stream only (fragmented MP4 lists its stream twice), written to test-data/NAME.

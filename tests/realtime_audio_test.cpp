@@ -82,29 +82,10 @@ TEST(RealtimeAudio, VadFindsSpeechAndItsEnd) {
   EXPECT_NEAR(double(events[1].at_ms), 1500 + 500, 40);
 }
 
-struct VoiceClient {
-  net::io_context ioc;
-  beast::websocket::stream<tcp::socket> ws{ioc};
-  explicit VoiceClient(uint16_t port) {
-    ws.next_layer().connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
-    ws.handshake("127.0.0.1", "/v1/realtime");
-  }
-  void send(const json& j) { ws.write(net::buffer(j.dump())); }
-  json next() {
-    beast::flat_buffer b;
-    ws.read(b);
-    return json::parse(beast::buffers_to_string(b.data()));
-  }
-  json until(const std::string& type, std::vector<json>* seen = nullptr) {
-    for (int i = 0; i < 100000; ++i) {
-      json e = next();
-      if (seen) seen->push_back(e);
-      if (e["type"] == type) return e;
-    }
-    ADD_FAILURE() << "no " << type;
-    return {};
-  }
-  void speak(const std::vector<float>& pcm) {  // 100 ms appends
+// A Realtime client that speaks: 100 ms appends of PCM16.
+struct VoiceClient : test::RealtimeWs {
+  explicit VoiceClient(uint16_t port) : RealtimeWs(port) {}
+  void speak(const std::vector<float>& pcm) {
     for (size_t at = 0; at < pcm.size(); at += 2400)
       send({{"type", "input_audio_buffer.append"},
             {"audio", encode_wire_audio(std::span<const float>(pcm.data() + at, std::min<size_t>(2400, pcm.size() - at)), AudioWire::Pcm16)}});
@@ -151,6 +132,15 @@ TEST(RealtimeVoice, SpeechIsDetectedCommittedAndAnsweredWithAudio) {
   const json usage = done["response"]["usage"];
   EXPECT_GT(usage["input_token_details"]["audio_tokens"].get<int>(), 40) << "about 1.3 s of committed audio at 200 tokens/s";
   EXPECT_EQ(usage["output_token_details"]["audio_tokens"], usage["output_tokens"]);
+  // The answer is the assistant's part of the conversation now: the next prompt holds its
+  // audio (whole frames of it, between begin and end tokens), not only the user's turns.
+  c.send({{"type", "conversation.item.create"},
+          {"item", {{"type", "message"}, {"role", "user"}, {"content", {{{"type", "input_text"}, {"text", "Again"}}}}}}});
+  c.until("conversation.item.created");
+  c.send({{"type", "response.create"}, {"response", {{"modalities", {"text"}}}}});
+  const json next = c.until("response.done");
+  EXPECT_GE(next["response"]["usage"]["input_tokens"].get<int>(),
+            usage["input_tokens"].get<int>() + usage["output_tokens"].get<int>() - 8 + 2);
   // The turn's latency is on /metrics.
   const std::string metrics = test::http_call(sut.port, beast::http::verb::get, "/metrics").body;
   EXPECT_NE(metrics.find("tutti_realtime_speech_to_first_audio_seconds_count 1"), std::string::npos);
@@ -261,7 +251,7 @@ TEST(RealtimeVoice, OpusBinaryFramingBothWays) {
   c.next();
   // Binary before it is enabled: an error event.
   c.ws.binary(true);
-  c.ws.write(net::buffer(std::string("\x01abc")));
+  c.send_raw(std::string("\x01abc"));
   EXPECT_EQ(c.until("error")["error"]["code"], "binary_not_enabled");
   c.ws.text(true);
   c.send({{"type", "session.update"},
@@ -277,11 +267,11 @@ TEST(RealtimeVoice, OpusBinaryFramingBothWays) {
   for (size_t at = 0; at + 960 <= turn.size(); at += 960) {
     auto packet = (*enc)->encode(std::span<const float>(turn.data() + at, 960));
     ASSERT_TRUE(packet);
-    c.ws.write(net::buffer(std::string(1, '\x01') + std::string(packet->begin(), packet->end())));
+    c.send_raw(std::string(1, '\x01') + std::string(packet->begin(), packet->end()));
   }
   // A corrupt packet and an unknown kind: error events, the session goes on.
-  c.ws.write(net::buffer(std::string("\x01\xff")));
-  c.ws.write(net::buffer(std::string("\x07xyz")));
+  c.send_raw(std::string("\x01\xff"));
+  c.send_raw(std::string("\x07xyz"));
   auto dec = codecs::OpusFrameDecoder::create(f);
   ASSERT_TRUE(dec);
   size_t samples = 0;
@@ -397,8 +387,8 @@ TEST(RealtimeVoice, ImagesBecomeVideoTokensInTheConversation) {
   c.send({{"type", "session.update"}, {"session", {{"tutti", {{"binary_audio", "opus"}}}, {"max_response_output_tokens", 3}}}});
   c.until("session.updated");
   c.ws.binary(true);
-  c.ws.write(net::buffer(std::string(1, '\x03') + std::string(png->begin(), png->end())));
-  c.ws.write(net::buffer(std::string("\x03not an image")));
+  c.send_raw(std::string(1, '\x03') + std::string(png->begin(), png->end()));
+  c.send_raw(std::string("\x03not an image"));
   c.ws.text(true);
   EXPECT_EQ(c.until("conversation.item.created")["item"]["content"][0]["type"], "input_image");
   EXPECT_EQ(c.until("error")["error"]["code"], "invalid_image");

@@ -7,6 +7,7 @@
 #include <boost/beast.hpp>
 
 #include "actors/http/realtime_events.hpp"
+#include "http_client.h"
 #include "server_support.h"
 
 namespace tutti {
@@ -121,37 +122,21 @@ TEST(RealtimeEvents, ItemsResponsesAndAudioEvents) {
 
 struct RealtimeFixture : ::testing::Test {
   std::unique_ptr<test::ServerUnderTest> sut;
-  net::io_context ioc;
-  std::unique_ptr<beast::websocket::stream<tcp::socket>> ws;
+  std::unique_ptr<test::RealtimeWs> client;
   bool unified_model = true;
 
   void SetUp() override {
     sut = std::make_unique<test::ServerUnderTest>(http::ServerConfig{}, test::ServerUnderTest::default_pipeline(), unified_model);
-    ws = std::make_unique<beast::websocket::stream<tcp::socket>>(ioc);
-    ws->next_layer().connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), sut->port));
-    ws->handshake("127.0.0.1", "/v1/realtime");
+    client = std::make_unique<test::RealtimeWs>(sut->port);
   }
   void TearDown() override {
     beast::error_code ec;
-    ws->close(beast::websocket::close_code::normal, ec);
+    client->ws.close(beast::websocket::close_code::normal, ec);
   }
-  void send(const json& j) { ws->write(net::buffer(j.dump())); }
-  void send_raw(const std::string& s) { ws->write(net::buffer(s)); }
-  json next() {
-    beast::flat_buffer b;
-    ws->read(b);
-    return json::parse(beast::buffers_to_string(b.data()));
-  }
-  // Reads events until one of `type` arrives; collects all on the way.
-  json until(const std::string& type, std::vector<json>* seen = nullptr) {
-    for (int i = 0; i < 10000; ++i) {
-      json e = next();
-      if (seen) seen->push_back(e);
-      if (e["type"] == type) return e;
-    }
-    ADD_FAILURE() << "no " << type;
-    return {};
-  }
+  void send(const json& j) { client->send(j); }
+  void send_raw(const std::string& s) { client->send_raw(s); }
+  json next() { return client->next(); }
+  json until(const std::string& type, std::vector<json>* seen = nullptr) { return client->until(type, seen); }
 };
 
 TEST_F(RealtimeFixture, TextConversationFollowsTheEventGrammar) {
@@ -225,10 +210,10 @@ TEST_F(TextOnlyRealtime, MediaInputIsAnErrorEvent) {
   EXPECT_EQ(until("error")["error"]["code"], "invalid_value");
   send({{"type", "session.update"}, {"session", {{"tutti", {{"binary_audio", "opus"}}}}}});
   until("session.updated");
-  ws->binary(true);
+  client->ws.binary(true);
   send_raw(std::string(1, char(http::BinaryKind::VideoIn)) + "\x89PNG");
   send_raw(std::string(1, char(http::BinaryKind::AudioIn)) + "\xf8\xff\xfe");
-  ws->text(true);
+  client->ws.text(true);
   EXPECT_EQ(until("error")["error"]["code"], "video_not_supported");
   EXPECT_EQ(until("error")["error"]["code"], "audio_not_supported");
   send({{"type", "conversation.item.create"}, {"item", {{"content", {{{"type", "input_text"}, {"text", "still here"}}}}}}});

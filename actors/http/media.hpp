@@ -42,6 +42,7 @@ struct MediaChunk {
   bool done = false;
   std::string error;     // the answer failed (finish "error") or could not be encoded
   int frames = 0;        // frames (images, video) finished so far
+  std::vector<int32_t> tokens;  // the generated ids this chunk covers (what a conversation keeps of the answer)
 };
 
 class MediaOutput {

@@ -99,6 +99,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
   void on_media(MediaChunk c, int32_t tokens, int32_t prompt_tokens) {
     if (!generating_) return;
     if (video_answer_) return on_video(std::move(c), tokens, prompt_tokens);
+    answer_ids_.insert(answer_ids_.end(), c.tokens.begin(), c.tokens.end());
     if (!c.bytes.empty() && !barged_in_) {  // after a barge-in nothing more is sent
       if (audio_sent_samples_ == 0) {
         first_audio_at_ = std::chrono::steady_clock::now();
@@ -127,13 +128,15 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     emit({{"type", "response.output_audio.done"}, {"response_id", response_id_}, {"item_id", item_id_}, {"output_index", 0}, {"content_index", 0}});
     emit({{"type", "response.output_audio_transcript.done"}, {"response_id", response_id_}, {"item_id", item_id_}, {"output_index", 0},
           {"content_index", 0}, {"transcript", ""}});
-    if (cancelled && barged_in_) {
-      // Barge-in: tell the client how much of the answer could have been heard — what was
-      // sent, but no more than the time since the first audio went out.
-      const double elapsed = first_audio_at_ ? std::chrono::duration<double>(std::chrono::steady_clock::now() - *first_audio_at_).count() : 0;
-      const int64_t played_ms = std::min<int64_t>(audio_sent_samples_ * 1000 / 24000, int64_t(elapsed * 1000));
+    // What could have been heard: what was sent, but no more than the time since the first
+    // audio went out.
+    const double elapsed = first_audio_at_ ? std::chrono::duration<double>(std::chrono::steady_clock::now() - *first_audio_at_).count() : 0;
+    const int64_t played_ms = std::min<int64_t>(audio_sent_samples_ * 1000 / 24000, int64_t(elapsed * 1000));
+    if (cancelled && barged_in_)  // barge-in: the client learns where the user cut in
       emit({{"type", "conversation.item.truncated"}, {"item_id", item_id_}, {"content_index", 0}, {"audio_end_ms", played_ms}});
-    }
+    // The answer joins the conversation as the assistant's audio: all of it when it finished,
+    // what was heard when it was cut short, nothing when it failed.
+    if (c.error.empty() || cancelled) remember_audio_answer(cancelled ? played_ms : -1);
     barged_in_ = false;
     const std::string status = cancelled ? "cancelled" : !c.error.empty() ? "failed" : "completed";
     emit({{"type", "response.done"},
@@ -142,6 +145,23 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
                                    {"input_token_details", {{"text_tokens", std::max(0, prompt_tokens - input_audio_tokens_)},
                                                             {"audio_tokens", input_audio_tokens_}}},
                                    {"output_token_details", {{"text_tokens", 0}, {"audio_tokens", tokens}}}}}}}});
+  }
+  // The audio answer's ids (whole frames; up to `heard_ms` when not -1) become an assistant
+  // item, wrapped in the modality's begin and end tokens as a user's speech is.
+  void remember_audio_answer(int64_t heard_ms) {
+    const ModalityInfo& m = *srv_.pipe.codecs->info(Modality::Audio);
+    const size_t stages = size_t(std::max<int64_t>(1, m.num_stages));
+    size_t keep = answer_ids_.size() / stages * stages;
+    if (heard_ms >= 0) {
+      const int64_t frame_ms = std::max<int64_t>(1, int64_t(m.frame_size) * 1000 / m.sample_rate);
+      keep = std::min(keep, size_t(heard_ms / frame_ms) * stages);
+    }
+    if (keep == 0) return;
+    std::vector<int32_t> ids{int32_t(m.begin_token)};
+    ids.insert(ids.end(), answer_ids_.begin(), answer_ids_.begin() + std::ptrdiff_t(keep));
+    ids.push_back(int32_t(m.end_token));
+    conversation_.push_back({"assistant", "", std::move(ids)});
+    last_item_id_ = item_id_;
   }
   // A video answer (tutti extension): each finished frame as a JPEG, in a binary message of
   // kind 4 when the binary framing is on, else in a tutti.response.output_video.delta event.
@@ -199,8 +219,10 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     if (d.finish_reason == "error") generation_error(d.error);
     emit({{"type", "response.output_text.done"}, {"response_id", response_id_}, {"item_id", item_id_}, {"output_index", 0},
           {"content_index", 0}, {"text", text_}});
-    if (d.finish_reason != "error" && d.finish_reason != "cancelled")
+    if (d.finish_reason != "error" && d.finish_reason != "cancelled") {
       conversation_.push_back({"assistant", text_, {}});
+      last_item_id_ = item_id_;
+    }
     const std::string status = d.finish_reason == "cancelled" ? "cancelled" : d.finish_reason == "error" ? "failed"
                                : d.finish_reason == "length" ? "incomplete" : "completed";
     finish_response(status, d.prompt_tokens, d.completion_tokens);
@@ -543,6 +565,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     response_event_id_ = event_id;
     text_.clear();
     audio_sent_samples_ = 0;
+    answer_ids_.clear();
     video_frames_sent_ = 0;
     video_answer_ = video;
     first_audio_at_.reset();
@@ -655,6 +678,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
   bool binary_opus_ = false;         // tutti.binary_audio = "opus": audio as binary Opus messages
   std::unique_ptr<codecs::OpusFrameDecoder> opus_in_;
   int64_t speech_start_ms_ = 0, audio_sent_samples_ = 0;
+  std::vector<int32_t> answer_ids_;  // the audio answer's generated ids so far
   int32_t input_audio_tokens_ = 0;
   std::string speech_item_id_, last_item_id_;
   std::optional<std::chrono::steady_clock::time_point> committed_at_, first_audio_at_;

@@ -586,13 +586,22 @@ void Session::create_video_job(const std::string& body) {
     srv_.metrics.errors++;
     return respond_error(std::get<ApiError>(parsed), keep_alive_);
   }
+  // A job refused before it starts has its record too, as every other request does.
+  auto refuse = [&](const ApiError& e) {
+    UsageRecord u;
+    u.request_id = "http-" + std::to_string(srv_.next_id++);
+    u.key = key_, u.endpoint = "/v1/videos", u.request_class = std::get<MediaRequest>(parsed).request.request_class;
+    u.started_at = HttpServer::Impl::unix_seconds();
+    u.outcome = "refused", u.error = e.code;
+    srv_.account(std::move(u));
+    srv_.metrics.errors++;
+    respond_error(e, keep_alive_);
+  };
   int active = 0;
   for (auto& [id, job] : srv_.jobs) active += job->active();
-  if (active >= VideoJob::kMaxActive) {
-    srv_.metrics.errors++;
-    return respond_error(ApiError{429, "rate_limit_error", "too_many_video_jobs",
-                                  std::to_string(active) + " videos are already being generated; try again later", ""}, keep_alive_);
-  }
+  if (active >= VideoJob::kMaxActive)
+    return refuse(ApiError{429, "rate_limit_error", "too_many_video_jobs",
+                           std::to_string(active) + " videos are already being generated; try again later", ""});
   // Forget the oldest finished jobs beyond the limit.
   while (srv_.jobs.size() >= VideoJob::kMaxKept) {
     auto oldest = srv_.jobs.end();
@@ -601,10 +610,7 @@ void Session::create_video_job(const std::string& body) {
     if (oldest == srv_.jobs.end()) break;
     srv_.jobs.erase(oldest);
   }
-  if (auto refusal = srv_.admit(key_, "video", false)) {
-    srv_.metrics.errors++;
-    return respond_error(refusal_error(*refusal), keep_alive_);
-  }
+  if (auto refusal = srv_.admit(key_, "video", false)) return refuse(refusal_error(*refusal));
   MediaRequest req = std::get<MediaRequest>(std::move(parsed));
   req.request.id = srv_.next_id++;
   req.request.seed = uint64_t(req.request.id);

@@ -225,6 +225,7 @@ sink_actor spawn_generation(caf::actor_system& system, net::io_context& io, enco
                 chunk.done = true;
                 chunk.error = std::string("encoding the answer failed: ") + e.what();
               }
+              if (d.token >= 0) chunk.tokens.push_back(d.token);
               const bool last = chunk.done;
               net::post(*ioc, [weak, chunk = std::move(chunk), t = d.completion_tokens, p = d.prompt_tokens]() mutable {
                 if (auto s = weak.lock()) s->on_media(std::move(chunk), t, p);
