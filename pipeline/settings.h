@@ -33,6 +33,7 @@ struct Settings {
   // [realtime]
   double low_watermark_ms = 200;
   int prefill_while_speaking_ms = 300;
+  int max_conversation_tokens = 4096;
   double high_watermark_ms = 600;
   // [server]
   std::string host = "127.0.0.1";

@@ -198,6 +198,33 @@ TEST_F(RealtimeFixture, ErrorsAreEventsAndTheSessionStaysOpen) {
   EXPECT_TRUE(done["response"]["status"] == "cancelled" || done["response"]["status"] == "completed");
 }
 
+// A long conversation stays within max_conversation_tokens: the oldest items go (down to
+// 3/4 of the budget), and every response is still served.
+TEST(RealtimeConversation, OldestItemsGoWhenTheConversationOutgrowsItsBudget) {
+  http::ServerConfig sc;
+  sc.max_conversation_tokens = 400;
+  test::ServerUnderTest sut(sc);
+  test::RealtimeWs c(sut.port);
+  c.next();
+  c.send({{"type", "session.update"}, {"session", {{"max_response_output_tokens", 4}, {"temperature", 0}}}});
+  c.until("session.updated");
+  int most = 0;
+  for (int turn = 0; turn < 12; ++turn) {
+    c.send({{"type", "conversation.item.create"},
+            {"item", {{"type", "message"}, {"role", "user"}, {"content", {{{"type", "input_text"}, {"text", std::string(90, 'a' + turn)}}}}}}});
+    c.until("conversation.item.created");
+    c.send({{"type", "response.create"}});
+    const json done = c.until("response.done");
+    ASSERT_NE(done["response"]["status"], "failed") << done.dump();
+    most = std::max(most, done["response"]["usage"]["input_tokens"].get<int>());
+  }
+  EXPECT_LE(most, 400 + 64) << "the prompt stays within the budget (plus the chat template's own tokens)";
+  const std::string metrics = test::http_call(sut.port, beast::http::verb::get, "/metrics").body;
+  const size_t at = metrics.find("\ntutti_realtime_conversation_items_dropped_total ");
+  ASSERT_NE(at, std::string::npos);
+  EXPECT_GT(std::stoi(metrics.substr(at + 49)), 0);
+}
+
 // Media a text-only model cannot take is refused with an error event, whatever its framing.
 struct TextOnlyRealtime : RealtimeFixture {
   TextOnlyRealtime() { unified_model = false; }

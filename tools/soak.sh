@@ -36,9 +36,9 @@ voice_sessions = 2
 stream_jobs = 1
 text_rate = 1.0
 speech_rate = 0.05
-music_rate = 0.05
-image_rate = 0.02
-video_rate = 0.01
+music_rate = 0.03
+image_rate = 0.01
+video_rate = 0.005
 [voice]
 barge_in = 0.25
 answer_tokens = 300

@@ -346,6 +346,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     if (interval <= 0 || generating_ || prefill_ || voice().buffer_end_ms() - prefilled_ms_ < interval) return;
     prefilled_ms_ = voice().buffer_end_ms();
     const Item speech{"user", "", voice().peek(speech_from_ms())};
+    trim_conversation(&speech);
     text_request r = conversation_request(&speech);
     r.prefill_only = true;
     r.request_class = "interactive";
@@ -356,6 +357,22 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     };
     srv_.metrics.speech_prefills++;
     spawn_generation(srv_.system, srv_.ioc, srv_.pipe.encoder, r, std::weak_ptr<SpeechPrefill>(prefill_));
+  }
+  // The conversation stays within max_conversation_tokens: when what a request would carry
+  // is over it, the oldest items go until it is at most 3/4 of it (the newest item always
+  // stays). Trimming in steps keeps the prompt's beginning, and so the prefix cache, stable
+  // between trims. Media items count their ids; text their bytes (an upper bound: every
+  // token covers at least a byte); `pending` is the speech about to be prefilled.
+  void trim_conversation(const Item* pending = nullptr) {
+    auto cost = [](const Item& it) { return int64_t(it.ids.empty() ? it.text.size() : it.ids.size()); };
+    int64_t total = int64_t(instructions_.size()) + (pending ? cost(*pending) : 0);
+    for (const Item& it : conversation_) total += cost(it);
+    const int64_t budget = srv_.cfg.max_conversation_tokens;
+    if (total <= budget) return;
+    size_t drop = 0;
+    while (drop + 1 < conversation_.size() && total > budget * 3 / 4) total -= cost(conversation_[drop++]);
+    conversation_.erase(conversation_.begin(), conversation_.begin() + std::ptrdiff_t(drop));
+    srv_.metrics.conversation_items_dropped += drop;
   }
   int64_t speech_from_ms() const { return std::max<int64_t>(0, speech_start_ms_ - vad_config_->prefix_padding_ms); }
 
@@ -510,6 +527,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     if (generating_) return error("invalid_request_error", "conversation_already_has_active_response", "a response is already in progress", event_id);
     if (conversation_.empty() && instructions_.empty())
       return error("invalid_request_error", "empty_conversation", "add an item before asking for a response", event_id);
+    trim_conversation();
     text_request r = conversation_request();
     request_id_ = srv_.next_id++;
     r.id = request_id_;

@@ -394,6 +394,8 @@ class Session : public std::enable_shared_from_this<Session> {
     counter("tutti_http_connections", "Open HTTP connections.", m.active_connections, "gauge");
     counter("tutti_realtime_barge_ins_total", "Responses cut short by the user speaking.", m.barge_ins);
     counter("tutti_realtime_speech_prefills_total", "Prefills of a user's speech started while they were still talking.", m.speech_prefills);
+    counter("tutti_realtime_conversation_items_dropped_total", "Oldest realtime conversation items dropped to keep within max_conversation_tokens.",
+            m.conversation_items_dropped);
     counter("tutti_auth_failures_total", "Requests refused for a missing or invalid API key.", m.auth_failures);
     counter("tutti_limit_refusals_total", "Requests refused by a key's limits (or while shutting down).", m.limit_refusals);
     counter("tutti_ledger_records_total", "Usage records committed to the ledger.", m.ledger_records);

@@ -42,6 +42,9 @@ struct ServerConfig {
   // so far each time this much more has arrived (the turn's request then finds it in the
   // prefix cache and computes only the rest); 0: prefill at the end of the turn only.
   int prefill_while_speaking_ms = 300;
+  // Realtime conversations: the prompt a session builds stays within this many tokens (the
+  // oldest items go first; see RealtimeSession::trim_conversation).
+  int max_conversation_tokens = 4096;
   // Access: keys required on every endpoint but /health and the static page at / (none: open),
   // and limits per key. See access.hpp.
   ApiKeys api_keys;
@@ -58,6 +61,7 @@ struct ServerMetrics {
   Histogram speech_to_first_audio{{0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2, 2, 5}};
   std::atomic<uint64_t> barge_ins{0};
   std::atomic<uint64_t> speech_prefills{0};  // prefills of speech started while the user was talking
+  std::atomic<uint64_t> conversation_items_dropped{0};  // realtime items trimmed off the oldest end
   std::atomic<uint64_t> auth_failures{0}, limit_refusals{0}, ledger_records{0}, ledger_errors{0};
   std::atomic<int64_t> generations{0};  // generations running (HTTP, realtime responses, jobs)
 };

@@ -40,6 +40,7 @@ int cmd_serve(const std::vector<std::string>& argv) {
   sc.write_timeout_s = st.write_timeout_s;
   sc.send_buffer_bytes = st.send_buffer_bytes;
   sc.prefill_while_speaking_ms = st.prefill_while_speaking_ms;
+  sc.max_conversation_tokens = st.max_conversation_tokens;
   // Access: keys from the settings, the key file and --api-key (never printed).
   for (const std::string& k : st.api_keys)
     if (Status s = sc.api_keys.add(k); !s) return fail("[access] api_keys: " + s.message());
@@ -82,6 +83,8 @@ int cmd_serve(const std::vector<std::string>& argv) {
   sc.chat_template = tmpl && *tmpl ? http::detect_chat_template(**tmpl) : http::ChatTemplate::Plain;
   sc.model_name = (*model)->hparams().name.empty() ? "tutti" : (*model)->hparams().name;
   sc.modalities = (*model)->config().modalities;
+  if (const uint32_t context = (*model)->hparams().n_ctx_train; context > 0)
+    sc.max_conversation_tokens = std::min(sc.max_conversation_tokens, int(context));
 
   // Block the signals in every thread the runtime starts; the main thread waits for them.
   sigset_t signals;
