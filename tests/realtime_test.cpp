@@ -6,6 +6,7 @@
 #include <boost/asio.hpp>
 #include <boost/beast.hpp>
 
+#include "actors/http/conversation.hpp"
 #include "actors/http/realtime_events.hpp"
 #include "http_client.h"
 #include "server_support.h"
@@ -196,6 +197,14 @@ TEST_F(RealtimeFixture, ErrorsAreEventsAndTheSessionStaysOpen) {
   send({{"type", "response.cancel"}});
   const json done = until("response.done");
   EXPECT_TRUE(done["response"]["status"] == "cancelled" || done["response"]["status"] == "completed");
+}
+
+TEST(RealtimeConversation, OldestItemsToDropKeepsTheNewestAndTrimsInSteps) {
+  const int64_t items[] = {100, 100, 100, 100};
+  EXPECT_EQ(http::oldest_items_to_drop(items, 0, 400), 0u) << "fits";
+  EXPECT_EQ(http::oldest_items_to_drop(items, 50, 400), 2u) << "over: down to 3/4 of the budget (300), not just under it";
+  EXPECT_EQ(http::oldest_items_to_drop(items, 0, 100), 3u) << "the newest stays, even over the budget";
+  EXPECT_EQ(http::oldest_items_to_drop(std::span<const int64_t>(), 500, 100), 0u);
 }
 
 // A long conversation stays within max_conversation_tokens: the oldest items go (down to

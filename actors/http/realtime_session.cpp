@@ -1,5 +1,6 @@
 // /v1/realtime: Realtime WebSocket sessions (text and voice). See realtime_audio.hpp for the
 // wire formats and the VAD, session_support.hpp for what sessions share.
+#include "actors/http/conversation.hpp"
 #include "actors/http/realtime_audio.hpp"
 #include "actors/http/realtime_events.hpp"
 #include "actors/http/session_support.hpp"
@@ -358,19 +359,16 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     srv_.metrics.speech_prefills++;
     spawn_generation(srv_.system, srv_.ioc, srv_.pipe.encoder, r, std::weak_ptr<SpeechPrefill>(prefill_));
   }
-  // The conversation stays within max_conversation_tokens: when what a request would carry
-  // is over it, the oldest items go until it is at most 3/4 of it (the newest item always
-  // stays). Trimming in steps keeps the prompt's beginning, and so the prefix cache, stable
-  // between trims. Media items count their ids; text their bytes (an upper bound: every
+  // The conversation stays within max_conversation_tokens (oldest_items_to_drop, in
+  // conversation.hpp). Media items count their ids; text their bytes (an upper bound: every
   // token covers at least a byte); `pending` is the speech about to be prefilled.
   void trim_conversation(const Item* pending = nullptr) {
     auto cost = [](const Item& it) { return int64_t(it.ids.empty() ? it.text.size() : it.ids.size()); };
-    int64_t total = int64_t(instructions_.size()) + (pending ? cost(*pending) : 0);
-    for (const Item& it : conversation_) total += cost(it);
-    const int64_t budget = srv_.cfg.max_conversation_tokens;
-    if (total <= budget) return;
-    size_t drop = 0;
-    while (drop + 1 < conversation_.size() && total > budget * 3 / 4) total -= cost(conversation_[drop++]);
+    std::vector<int64_t> costs;
+    for (const Item& it : conversation_) costs.push_back(cost(it));
+    if (pending) costs.push_back(cost(*pending));  // the newest: never dropped
+    const size_t drop = std::min(conversation_.size(),
+                                 oldest_items_to_drop(costs, int64_t(instructions_.size()), srv_.cfg.max_conversation_tokens));
     conversation_.erase(conversation_.begin(), conversation_.begin() + std::ptrdiff_t(drop));
     srv_.metrics.conversation_items_dropped += drop;
   }

@@ -6,6 +6,7 @@
 #include <deque>
 #include <thread>
 
+#include "actors/http/conversation.hpp"
 #include "actors/http/realtime_audio.hpp"
 #include "actors/http/session_support.hpp"
 #include "codecs/media_decoder.h"
@@ -235,7 +236,11 @@ class StreamJob : public std::enable_shared_from_this<StreamJob> {
     if (ids.empty()) return;
     ++turns_;
     conversation_.push_back(std::move(ids));
-    while (conversation_.size() > 8) conversation_.pop_front();  // bounded context
+    std::vector<int64_t> costs;  // bounded as realtime conversations are
+    for (const auto& item : conversation_) costs.push_back(int64_t(item.size()));
+    const size_t drop = oldest_items_to_drop(costs, 0, srv_.cfg.max_conversation_tokens);
+    conversation_.erase(conversation_.begin(), conversation_.begin() + std::ptrdiff_t(drop));
+    srv_.metrics.conversation_items_dropped += drop;
     if (generating_) return;  // answered with the next turn
     actors::text_request r;
     request_id_ = srv_.next_id++;
