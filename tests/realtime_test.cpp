@@ -115,7 +115,8 @@ TEST(RealtimeEvents, ItemsResponsesAndAudioEvents) {
 
   EXPECT_FALSE(rt::parse_binary_message("").has_value());
   EXPECT_FALSE(rt::parse_binary_message(std::string(1, char(http::BinaryKind::AudioOut)) + "x").has_value());
-  auto bin = rt::parse_binary_message(std::string(1, char(http::BinaryKind::VideoIn)) + "jpg");
+  const std::string frame = std::string(1, char(http::BinaryKind::VideoIn)) + "jpg";  // the payload is a view into it
+  auto bin = rt::parse_binary_message(frame);
   ASSERT_TRUE(bin.has_value());
   EXPECT_EQ(bin->kind, http::BinaryKind::VideoIn);
   EXPECT_EQ(std::string(bin->payload.begin(), bin->payload.end()), "jpg");

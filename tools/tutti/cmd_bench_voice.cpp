@@ -66,8 +66,9 @@ VoiceResult voice_session(uint16_t port, Clock::time_point until, int answer_tok
   bool have_commit = false, have_audio = false;
   double playback_end = 0;
   auto on_event = [&](const json& e, Clock::time_point now) {
+    if (!e.is_object() || !e.contains("type") || !e["type"].is_string()) return;
     std::lock_guard<std::mutex> lock(mu);
-    const std::string type = e.value("type", "");
+    const std::string type = e["type"];
     if (type == "input_audio_buffer.committed") committed = now, have_commit = true;
     if (type == "response.output_audio.delta" && e.contains("delta") && e["delta"].is_string()) {
       const auto bytes = http::base64_decode(e["delta"].get<std::string>());
