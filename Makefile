@@ -29,8 +29,10 @@ PORT ?= 8080
 serve: build model
 	$(TUTTI) serve --model $(DEFAULT_MODEL) --host $(HOST) --port $(PORT)
 
+# A relative TUTTI_SHARED_DIR (e.g. ../shared) means relative to where make runs; ctest runs
+# the tests in the build folder, so it is made absolute first.
 test: build
-	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
+	@cd $(BUILD_DIR) && $(if $(TUTTI_SHARED_DIR),TUTTI_SHARED_DIR=$(abspath $(TUTTI_SHARED_DIR))) ctest --output-on-failure -j $(JOBS)
 
 # Hardening checks that take minutes (not part of `make test`):
 # soak: steady mixed load on the default model (SOAK_SECONDS, default 600); memory, file
@@ -50,7 +52,7 @@ sanitize: deps
 	@cmake --build build-sanitize -j $(JOBS)
 	@cd build-sanitize && ASAN_OPTIONS=detect_leaks=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:suppressions=$(CURDIR)/tools/ubsan.supp \
-	  ctest --output-on-failure -j $(JOBS) -E 'input_fuzz|browser'
+	  $(if $(TUTTI_SHARED_DIR),TUTTI_SHARED_DIR=$(abspath $(TUTTI_SHARED_DIR))) ctest --output-on-failure -j $(JOBS) -E 'input_fuzz|browser'
 
 clean:
 	rm -rf $(BUILD_DIR)
