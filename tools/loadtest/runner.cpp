@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <functional>
 #include <list>
 #include <mutex>
 #include <random>
@@ -15,6 +16,41 @@ namespace tutti::loadtest {
 namespace {
 
 constexpr int kMaxInFlight = 512;  // requests at once; beyond, arrivals are counted as dropped
+
+// The long-lived clients of one kind (voice sessions, stream jobs): client i runs on its own
+// thread while the current stage asks for more than i; one that ends early (its connection
+// failed, say) is started again while it is still wanted. Used from the runner's thread.
+class ClientPool {
+ public:
+  explicit ClientPool(int max) : max_(max), running_(size_t(std::max(1, max))), threads_(size_t(std::max(0, max))) {}
+  ~ClientPool() { join(); }
+  // Starts run(i) for each i below `wanted` (and the pool's size) that is not running.
+  void fill(int wanted, const std::function<void(int)>& run) {
+    for (int i = 0; i < wanted && i < max_; ++i) {
+      if (running_[size_t(i)]) continue;
+      running_[size_t(i)] = true;
+      if (threads_[size_t(i)].joinable()) threads_[size_t(i)].join();
+      threads_[size_t(i)] = std::thread([this, i, run] {
+        run(i);
+        running_[size_t(i)] = false;
+      });
+    }
+  }
+  int running() const {
+    int n = 0;
+    for (int i = 0; i < max_; ++i) n += running_[size_t(i)];
+    return n;
+  }
+  void join() {
+    for (auto& t : threads_)
+      if (t.joinable()) t.join();
+  }
+
+ private:
+  int max_;
+  std::vector<std::atomic<bool>> running_;
+  std::vector<std::thread> threads_;
+};
 
 int sample(const Distribution& d, std::mt19937_64& rng) {
   std::normal_distribution<double> n(d.mean, d.sd);
@@ -62,16 +98,9 @@ Expected<nlohmann::json> run_scenario(const Scenario& sc, const std::function<vo
   };
   std::list<Worker> workers;  // this thread only; finished ones are joined as the run goes
 
-  // Voice sessions: session i runs while the current stage asks for more than i.
-  std::vector<std::thread> voices;
-  std::vector<VoiceOptions> voice_opts(static_cast<size_t>(max_sessions));
-  std::vector<std::atomic<bool>> voice_running(size_t(std::max(1, max_sessions)));
-  auto want_voice = [&](int i) { return !ended && sc.stages[size_t(stage_now())].voice_sessions > i; };
-  // Stream jobs alike: job i runs while the current stage asks for more than i.
-  std::vector<std::thread> jobs;
-  std::vector<StreamJobOptions> job_opts(static_cast<size_t>(max_jobs));
-  std::vector<std::atomic<bool>> job_running(size_t(std::max(1, max_jobs)));
-  auto want_job = [&](int i) { return !ended && sc.stages[size_t(stage_now())].stream_jobs > i; };
+  // Voice sessions and stream jobs: client i runs while the current stage asks for more than i.
+  auto wanted = [&](int Stage::*count, int i) { return !ended && sc.stages[size_t(stage_now())].*count > i; };
+  ClientPool voices(max_sessions), jobs(max_jobs);  // after what their clients use: joined first
 
   std::mt19937_64 rng(sc.seed);
   std::exponential_distribution<double> unit(1.0);
@@ -126,42 +155,25 @@ Expected<nlohmann::json> run_scenario(const Scenario& sc, const std::function<vo
     arrivals(s.video_rate, next_video, video_clock, [&] {
       launch([&, stage] { run_video_request(target, rec, stage, sc.video_prompt, sc.video_seconds, sc.video_size); });
     });
-    for (int i = 0; i < s.voice_sessions && i < max_sessions; ++i) {
-      if (voice_running[size_t(i)]) continue;
-      voice_running[size_t(i)] = true;
-      VoiceOptions& vo = voice_opts[size_t(i)];
+    voices.fill(s.voice_sessions, [&](int i) {
+      VoiceOptions vo;
       vo.speech = &voice, vo.barge_in = sc.barge_in, vo.answer_tokens = sc.answer_tokens, vo.seed = sc.seed * 1000 + uint64_t(i);
       vo.label = "voice " + std::to_string(i + 1);
-      if (voices.size() <= size_t(i)) voices.resize(size_t(i) + 1);
-      if (voices[size_t(i)].joinable()) voices[size_t(i)].join();
-      voices[size_t(i)] = std::thread([&, i] {
-        run_voice_session(target, rec, voice_opts[size_t(i)], stage_now, [&, i] { return want_voice(i); });
-        voice_running[size_t(i)] = false;
-      });
-    }
-    for (int i = 0; i < s.stream_jobs && i < max_jobs; ++i) {
-      if (job_running[size_t(i)]) continue;
-      job_running[size_t(i)] = true;
-      StreamJobOptions& jo = job_opts[size_t(i)];
+      run_voice_session(target, rec, vo, stage_now, [&, i] { return wanted(&Stage::voice_sessions, i); });
+    });
+    jobs.fill(s.stream_jobs, [&](int i) {
+      StreamJobOptions jo;
       jo.speech = &voice, jo.max_response_seconds = sc.stream_response_seconds, jo.label = "stream job " + std::to_string(i + 1);
-      if (jobs.size() <= size_t(i)) jobs.resize(size_t(i) + 1);
-      if (jobs[size_t(i)].joinable()) jobs[size_t(i)].join();
-      jobs[size_t(i)] = std::thread([&, i] {
-        run_stream_job(target, rec, job_opts[size_t(i)], stage_now, [&, i] { return want_job(i); });
-        job_running[size_t(i)] = false;
-      });
-    }
+      run_stream_job(target, rec, jo, stage_now, [&, i] { return wanted(&Stage::stream_jobs, i); });
+    });
     if (progress && Clock::now() >= next_progress) {
       next_progress = Clock::now() + std::chrono::seconds(1);
       char line[400];
-      int voices_now = 0, jobs_now = 0;
-      for (int i = 0; i < max_sessions; ++i) voices_now += voice_running[size_t(i)];
-      for (int i = 0; i < max_jobs; ++i) jobs_now += job_running[size_t(i)];
       std::snprintf(line, sizeof line,
                     "[stage %d/%zu %5.1f/%.0f s] text %lld (%lld done)  voice %d sessions, %lld turns  streams %d, %lld turns  "
                     "speech %lld  music %lld  image %lld  video %lld  in flight %d",
                     stage + 1, sc.stages.size(), t, total, (long long)rec.total("text.requests"), (long long)rec.total("text.completed"),
-                    voices_now, (long long)rec.total("voice.turns"), jobs_now, (long long)rec.total("stream.turns"),
+                    voices.running(), (long long)rec.total("voice.turns"), jobs.running(), (long long)rec.total("stream.turns"),
                     (long long)rec.total("speech.requests"), (long long)rec.total("music.requests"), (long long)rec.total("image.requests"),
                     (long long)rec.total("video.requests"), int(in_flight));
       progress(line);
@@ -178,10 +190,8 @@ Expected<nlohmann::json> run_scenario(const Scenario& sc, const std::function<vo
   }
   // The run is over: no new work; what runs gets until the deadline (sockets expire then).
   ended = true;
-  for (auto& v : voices)
-    if (v.joinable()) v.join();
-  for (auto& j : jobs)
-    if (j.joinable()) j.join();
+  voices.join();
+  jobs.join();
   for (auto& w : workers) w.thread.join();
   return rec.to_json(sc, target.since_start());
 }
