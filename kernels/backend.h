@@ -78,6 +78,16 @@ struct AttentionSeq {
   int32_t row = 0;
 };
 
+enum class RopeLayout : uint8_t { Normal, Neox };
+
+struct RopeParams {
+  int n_rot = 0;                         // rotated values per head (even, <= head_dim)
+  float base = 10000.f;
+  float freq_scale = 1.f;                // linear rope scaling (1 / factor)
+  RopeLayout layout = RopeLayout::Normal;
+  const float* freq_factors = nullptr;   // n_rot/2 divisors, backend memory (Llama 3.1+ rope_freqs), or none
+};
+
 struct AttentionShape {
   int n_head = 0;
   int n_head_kv = 0;
@@ -111,10 +121,14 @@ class Backend {
   virtual void embed(const MatrixView& table, const int32_t* ids, int n, float* out) = 0;
   // y[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight, for n rows of dim values.
   virtual void rms_norm(const float* x, const float* weight, float* y, int n, int dim, float eps) = 0;
-  // Rotates adjacent pairs (x[2i], x[2i+1]) of the first n_rot values of each head of each
-  // row by positions[t] * base^(-2i / n_rot) (the GGUF llama "normal" layout).
-  virtual void rope(float* x, const int32_t* positions, int n, int n_heads, int head_dim, int n_rot,
-                    float base) = 0;
+  // Rotates the first n_rot values of each head of each row, pair i (i < n_rot/2) by
+  //   freq_scale * (positions[t] * base^(-2i / n_rot)) / freq_factors[i]
+  // with the angle built as ggml builds it (repeated multiplication in float). The pairs are
+  // (x[2i], x[2i+1]) in the Normal layout (GGUF llama) and (x[i], x[i + n_rot/2]) in Neox
+  // (qwen2, qwen3).
+  virtual void rope(float* x, const int32_t* positions, int n, int n_heads, int head_dim, const RopeParams& p) = 0;
+  // x[t] += bias for n rows of dim values (attention biases).
+  virtual void add_rows(float* x, const float* bias, int n, int dim) = 0;
   // Writes rows of k and v ([n_rows][kv_dim]) into the cache at their sequences' positions.
   virtual void kv_store(const KvLayerView& kv, std::span<const AttentionSeq> seqs, const float* k,
                         const float* v) = 0;

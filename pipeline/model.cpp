@@ -38,10 +38,12 @@ Status Model::bind_weights() {
     const GgufTensorInfo* t = file_->find_tensor(name);
     return backend_.upload_weights(MatrixView{t->type, t->data, int64_t(t->ne[1]), int64_t(t->ne[0])});
   };
-  auto norm = [&](const std::string& name) {
+  // A 1-D tensor (norm, bias, frequency factors) as f32 in backend memory; null if absent.
+  auto vec = [&](const std::string& name) -> float* {
     const GgufTensorInfo* t = file_->find_tensor(name);
-    std::vector<float> host(h.n_embd);
-    dequantize_row(t->type, t->data, host.data(), h.n_embd);
+    if (!t) return nullptr;
+    std::vector<float> host(size_t(t->ne[0]));
+    dequantize_row(t->type, t->data, host.data(), host.size());
     auto* dev = static_cast<float*>(backend_.alloc(host.size() * 4));
     backend_.copy_to_device(dev, host.data(), host.size() * 4);
     owned_.push_back(dev);
@@ -49,7 +51,9 @@ Status Model::bind_weights() {
   };
   token_embd_ = matrix("token_embd.weight");
   output_ = h.tied_output ? token_embd_ : matrix("output.weight");
-  output_norm_ = norm("output_norm.weight");
+  output_norm_ = vec("output_norm.weight");
+  rope_freqs_ = h.rope_freqs ? vec("rope_freqs.weight") : nullptr;
+  rope_ = RopeParams{int(h.n_rot), h.rope_freq_base, h.rope_freq_scale, h.block.rope, rope_freqs_};
   layers_.resize(h.n_layer);
   for (uint32_t i = 0; i < h.n_layer; ++i) {
     const std::string b = "blk." + std::to_string(i) + ".";
@@ -61,8 +65,17 @@ Status Model::bind_weights() {
     l.ffn_gate = matrix(b + "ffn_gate.weight");
     l.ffn_up = matrix(b + "ffn_up.weight");
     l.ffn_down = matrix(b + "ffn_down.weight");
-    l.attn_norm = norm(b + "attn_norm.weight");
-    l.ffn_norm = norm(b + "ffn_norm.weight");
+    l.attn_norm = vec(b + "attn_norm.weight");
+    l.ffn_norm = vec(b + "ffn_norm.weight");
+    if (h.qkv_bias) {
+      l.q_bias = vec(b + "attn_q.bias");
+      l.k_bias = vec(b + "attn_k.bias");
+      l.v_bias = vec(b + "attn_v.bias");
+    }
+    if (h.block.qk_norm) {
+      l.q_norm = vec(b + "attn_q_norm.weight");
+      l.k_norm = vec(b + "attn_k_norm.weight");
+    }
   }
   return Status::Ok();
 }
@@ -174,8 +187,17 @@ Status Model::forward(const Batch& batch, PagedKvCache& kv, StepLogits& out) {
     backend_.rms_norm(x, l.attn_norm, n, T, int(D), h.rms_eps);
     const MatmulTask qkv[] = {{l.attn_q, q}, {l.attn_k, k}, {l.attn_v, v}};
     backend_.matmul(qkv, n, T);
-    backend_.rope(q, positions_.data(), T, int(h.n_head), int(h.head_dim), int(h.n_rot), h.rope_freq_base);
-    backend_.rope(k, positions_.data(), T, int(h.n_head_kv), int(h.head_dim), int(h.n_rot), h.rope_freq_base);
+    if (l.q_bias) {
+      backend_.add_rows(q, l.q_bias, T, int(Q));
+      backend_.add_rows(k, l.k_bias, T, int(KV));
+      backend_.add_rows(v, l.v_bias, T, int(KV));
+    }
+    if (l.q_norm) {  // per head: rows of head_dim values
+      backend_.rms_norm(q, l.q_norm, q, T * int(h.n_head), int(h.head_dim), h.rms_eps);
+      backend_.rms_norm(k, l.k_norm, k, T * int(h.n_head_kv), int(h.head_dim), h.rms_eps);
+    }
+    backend_.rope(q, positions_.data(), T, int(h.n_head), int(h.head_dim), rope_);
+    backend_.rope(k, positions_.data(), T, int(h.n_head_kv), int(h.head_dim), rope_);
     backend_.kv_store(view, attn_seqs_, k, v);
     backend_.prefetch_weights(wo_w);
     backend_.attention(view, attn_seqs_, shape, q, att);

@@ -1,6 +1,7 @@
 // The Llama-family transformer over a device-neutral Backend: loads a GGUF file's weights
 // (resident on the backend, in place on the CPU) and runs the forward pass over a ragged
-// batch with a paged KV cache.
+// batch with a paged KV cache. What varies between architectures (biases, q/k norms, the
+// rotary layout and frequency factors) comes from the file's BlockDescription.
 //
 // Ownership: a Model owns its GgufFile (the mmap), its backend-side norm vectors and its
 // activation workspace; it borrows the Backend, which must outlive it. forward() is called
@@ -51,10 +52,16 @@ class Model {
   Status bind_weights();
   float* buffer(size_t index, size_t floats);
 
+  // One block's weights; the vectors the block description may leave out are null then.
   struct Layer {
     MatrixView attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down;
     float* attn_norm = nullptr;
     float* ffn_norm = nullptr;
+    float* q_bias = nullptr;  // BlockDescription::qkv_bias
+    float* k_bias = nullptr;
+    float* v_bias = nullptr;
+    float* q_norm = nullptr;  // BlockDescription::qk_norm
+    float* k_norm = nullptr;
   };
 
   std::shared_ptr<const GgufFile> file_;
@@ -62,6 +69,8 @@ class Model {
   Backend& backend_;
   MatrixView token_embd_, output_;
   float* output_norm_ = nullptr;
+  float* rope_freqs_ = nullptr;  // frequency factors (rope_freqs.weight), or null
+  RopeParams rope_;
   std::vector<Layer> layers_;
   std::vector<float*> owned_;  // backend allocations for norms
 

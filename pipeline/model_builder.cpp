@@ -222,28 +222,72 @@ uint32_t extend_vocabulary(GgufWriter& w, const VocabularyMetadata& vocab, const
   return n_vocab;
 }
 
+namespace {
+
+// Llama 3.1's rope frequency factors (what converters write as rope_freqs.weight): pairs whose
+// wavelength exceeds the original context / low_freq_factor are slowed by `factor`, those
+// below original / high_freq_factor are kept, and those between blend smoothly.
+std::vector<float> llama31_rope_factors(uint32_t n_rot, float base) {
+  const double factor = 8, low_freq_factor = 1, high_freq_factor = 4, original = 8192;
+  const double low_wavelen = original / low_freq_factor, high_wavelen = original / high_freq_factor;
+  std::vector<float> out;
+  for (uint32_t i = 0; i < n_rot / 2; ++i) {
+    const double freq = std::pow(double(base), -2.0 * i / n_rot), wavelen = 2 * 3.14159265358979323846 / freq;
+    double f = 1;
+    if (wavelen > low_wavelen) {
+      f = factor;
+    } else if (wavelen > high_wavelen) {
+      const double smooth = (original / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+      f = 1 / ((1 - smooth) / factor + smooth);
+    }
+    out.push_back(float(f));
+  }
+  return out;
+}
+
+std::vector<uint8_t> f32_bytes(const std::vector<float>& v) {
+  std::vector<uint8_t> b(v.size() * 4);
+  std::memcpy(b.data(), v.data(), b.size());
+  return b;
+}
+
+}  // namespace
+
 Status write_random_model(const RandomModelSpec& s, const VocabularyMetadata& vocab, const std::string& path,
                           const Progress& progress) {
-  if (s.dim == 0 || s.heads == 0 || s.dim % s.heads) return Error{"dim must be a positive multiple of heads"};
+  const bool llama31 = s.architecture == "llama31", qwen2 = s.architecture == "qwen2", qwen3 = s.architecture == "qwen3";
+  if (!llama31 && !qwen2 && !qwen3 && s.architecture != "llama")
+    return Error{"architecture '" + s.architecture + "' is not one tutti can make (llama, llama31, qwen2, qwen3)"};
+  if (s.dim == 0 || s.heads == 0) return Error{"dim and heads must be positive"};
+  if (s.head_dim == 0 && s.dim % s.heads) return Error{"dim must be a multiple of heads"};
+  if (s.head_dim && !qwen3) return Error{"a head size other than dim / heads needs the qwen3 block"};
   if (s.kv_heads == 0 || s.heads % s.kv_heads) return Error{"heads must be a multiple of kv-heads"};
   if (s.layers == 0 || s.ffn == 0) return Error{"layers and ffn must be positive"};
-  if ((s.dim / s.heads) % 2) return Error{"head size must be even for rotary embeddings"};
+  const uint64_t hd = s.head_dim ? s.head_dim : s.dim / s.heads;
+  if (hd % 2) return Error{"head size must be even for rotary embeddings"};
+  const uint64_t q_dim = s.heads * hd, kv_dim = s.kv_heads * hd;
   const uint32_t block = tensor_type_info(s.type).block_values;
-  if (s.dim % block || s.ffn % block) return Error{"dim and ffn must be multiples of " + std::to_string(block) + " for this type"};
+  if (s.dim % block || s.ffn % block || q_dim % block)
+    return Error{"dim, ffn and heads x head size must be multiples of " + std::to_string(block) + " for this type"};
 
   GgufWriter w;
-  w.set_string("general.architecture", "llama");
+  const std::string arch = llama31 ? "llama" : s.architecture, a = arch + ".";
+  w.set_string("general.architecture", arch);
   w.set_string("general.name", s.name);
   w.set_u32("general.file_type", uint32_t(s.type));
-  w.set_u32("llama.block_count", s.layers);
-  w.set_u32("llama.context_length", s.context);
-  w.set_u32("llama.embedding_length", s.dim);
-  w.set_u32("llama.feed_forward_length", s.ffn);
-  w.set_u32("llama.attention.head_count", s.heads);
-  w.set_u32("llama.attention.head_count_kv", s.kv_heads);
-  w.set_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
-  w.set_f32("llama.rope.freq_base", s.rope_base);
-  w.set_u32("llama.rope.dimension_count", s.dim / s.heads);
+  w.set_u32(a + "block_count", s.layers);
+  w.set_u32(a + "context_length", s.context);
+  w.set_u32(a + "embedding_length", s.dim);
+  w.set_u32(a + "feed_forward_length", s.ffn);
+  w.set_u32(a + "attention.head_count", s.heads);
+  w.set_u32(a + "attention.head_count_kv", s.kv_heads);
+  w.set_f32(a + "attention.layer_norm_rms_epsilon", 1e-5f);
+  w.set_f32(a + "rope.freq_base", s.rope_base);
+  w.set_u32(a + "rope.dimension_count", uint32_t(hd));
+  if (qwen3) {
+    w.set_u32(a + "attention.key_length", uint32_t(hd));
+    w.set_u32(a + "attention.value_length", uint32_t(hd));
+  }
 
   uint32_t n_vocab = vocab.n_tokens;
   ModalityTable modalities;
@@ -251,26 +295,36 @@ Status write_random_model(const RandomModelSpec& s, const VocabularyMetadata& vo
   n_vocab = extend_vocabulary(w, vocab, modalities);
 
   Rng rng(s.seed);
-  const uint64_t hd = s.dim / s.heads;
-  const float in_scale = 1.f / std::sqrt(float(s.dim)), ff_scale = 1.f / std::sqrt(float(s.ffn));
+  const float in_scale = 1.f / std::sqrt(float(s.dim)), q_scale = 1.f / std::sqrt(float(q_dim)),
+              ff_scale = 1.f / std::sqrt(float(s.ffn));
   const double total = s.layers + 2;
   if (progress) progress("embeddings", 0);
   w.add_tensor("token_embd.weight", s.type, {s.dim, n_vocab}, random_matrix(rng, s.type, s.dim, n_vocab, 1.f));
+  if (llama31) w.add_tensor("rope_freqs.weight", TensorType::F32, {hd / 2}, f32_bytes(llama31_rope_factors(uint32_t(hd), s.rope_base)));
   for (uint32_t l = 0; l < s.layers; ++l) {
     if (progress) progress("layer " + std::to_string(l), (l + 1) / total);
     const std::string b = "blk." + std::to_string(l) + ".";
     w.add_tensor(b + "attn_norm.weight", TensorType::F32, {s.dim}, ones(s.dim));
-    w.add_tensor(b + "attn_q.weight", s.type, {s.dim, s.dim}, random_matrix(rng, s.type, s.dim, s.dim, in_scale));
-    w.add_tensor(b + "attn_k.weight", s.type, {s.dim, s.kv_heads * hd}, random_matrix(rng, s.type, s.dim, s.kv_heads * hd, in_scale));
-    w.add_tensor(b + "attn_v.weight", s.type, {s.dim, s.kv_heads * hd}, random_matrix(rng, s.type, s.dim, s.kv_heads * hd, in_scale));
-    w.add_tensor(b + "attn_output.weight", s.type, {s.dim, s.dim}, random_matrix(rng, s.type, s.dim, s.dim, in_scale));
+    w.add_tensor(b + "attn_q.weight", s.type, {s.dim, q_dim}, random_matrix(rng, s.type, s.dim, q_dim, in_scale));
+    w.add_tensor(b + "attn_k.weight", s.type, {s.dim, kv_dim}, random_matrix(rng, s.type, s.dim, kv_dim, in_scale));
+    w.add_tensor(b + "attn_v.weight", s.type, {s.dim, kv_dim}, random_matrix(rng, s.type, s.dim, kv_dim, in_scale));
+    if (qwen2)
+      for (const auto& [name, n] : {std::pair<const char*, uint64_t>{"attn_q.bias", q_dim}, {"attn_k.bias", kv_dim}, {"attn_v.bias", kv_dim}})
+        w.add_tensor(b + name, TensorType::F32, {n}, random_matrix(rng, TensorType::F32, n, 1, 0.1f));
+    if (qwen3)
+      for (const char* name : {"attn_q_norm.weight", "attn_k_norm.weight"}) {
+        std::vector<float> g(hd);
+        for (auto& x : g) x = 1.f + 0.1f * rng.uniform();
+        w.add_tensor(b + name, TensorType::F32, {hd}, f32_bytes(g));
+      }
+    w.add_tensor(b + "attn_output.weight", s.type, {q_dim, s.dim}, random_matrix(rng, s.type, q_dim, s.dim, q_scale));
     w.add_tensor(b + "ffn_norm.weight", TensorType::F32, {s.dim}, ones(s.dim));
     w.add_tensor(b + "ffn_gate.weight", s.type, {s.dim, s.ffn}, random_matrix(rng, s.type, s.dim, s.ffn, in_scale));
     w.add_tensor(b + "ffn_up.weight", s.type, {s.dim, s.ffn}, random_matrix(rng, s.type, s.dim, s.ffn, in_scale));
     w.add_tensor(b + "ffn_down.weight", s.type, {s.ffn, s.dim}, random_matrix(rng, s.type, s.ffn, s.dim, ff_scale));
   }
   w.add_tensor("output_norm.weight", TensorType::F32, {s.dim}, ones(s.dim));
-  w.add_tensor("output.weight", s.type, {s.dim, n_vocab}, random_matrix(rng, s.type, s.dim, n_vocab, in_scale));
+  if (!s.tied) w.add_tensor("output.weight", s.type, {s.dim, n_vocab}, random_matrix(rng, s.type, s.dim, n_vocab, in_scale));
   for (const ModalityInfo& m : modalities.entries)
     for (uint32_t st = 0; st < m.num_stages; ++st)
       w.add_tensor("codec." + std::string(modality_name(m.modality)) + ".codebook." + std::to_string(st), TensorType::F32,

@@ -28,7 +28,12 @@ Expected<VocabularyMetadata> read_vocabulary(const GgufFile& file);
 VocabularyMetadata builtin_vocabulary(int n_merges = 2000);
 
 struct RandomModelSpec {
+  // "llama", "llama31" (llama with Llama 3.1 rope frequency factors), "qwen2" (attention
+  // biases, rotary halves) or "qwen3" (per-head q/k norms, rotary halves).
+  std::string architecture = "llama";
   uint32_t dim = 256, layers = 2, heads = 4, kv_heads = 4, ffn = 512;
+  uint32_t head_dim = 0;  // 0: dim / heads; qwen3 may set another (attention.key_length)
+  bool tied = false;      // no output.weight: logits use token_embd.weight
   uint32_t context = 4096;
   TensorType type = TensorType::F32;  // matrices; norms stay f32
   uint64_t seed = 1;

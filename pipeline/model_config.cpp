@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 
 namespace tutti {
 
@@ -112,15 +113,80 @@ Status check_tensor(const GgufFile& f, const std::string& name, std::vector<uint
 
 }  // namespace
 
+namespace {
+
+// The architectures tutti runs, and what their blocks add to the Llama block.
+constexpr BlockDescription kArchitectures[] = {
+    // Llama 1-3.x (and files converted to its layout: Mistral, TinyLlama, ...). Optional
+    // q/k/v biases as llama.cpp reads them; Llama 3.1+ frequency factors.
+    {"llama", RopeLayout::Normal, TensorUse::Optional, false, true, false},
+    // Qwen2 / Qwen2.5: attention biases, rotary halves.
+    {"qwen2", RopeLayout::Neox, TensorUse::Required, false, false, false},
+    // Qwen3: per-head RMSNorm of q and k before the rotary embedding, head size from
+    // key_length.
+    {"qwen3", RopeLayout::Neox, TensorUse::Absent, true, false, true},
+};
+
+// Architectures that are known, and what they need that tutti does not have.
+struct Unsupported {
+  const char* architecture;
+  const char* missing;
+};
+constexpr Unsupported kUnsupported[] = {
+    {"gemma", "GELU feed-forward and scaled embeddings (gemma) are not implemented"},
+    {"gemma2", "sliding-window attention (gemma2) is not implemented"},
+    {"gemma3", "sliding-window attention (gemma3) is not implemented"},
+    {"gemma3n", "sliding-window attention (gemma3n) is not implemented"},
+    {"qwen2moe", "mixture-of-experts feed-forward (qwen2moe) is not implemented"},
+    {"qwen3moe", "mixture-of-experts feed-forward (qwen3moe) is not implemented"},
+    {"mixtral", "mixture-of-experts feed-forward (mixtral) is not implemented"},
+    {"deepseek2", "multi-head latent attention and mixture-of-experts (deepseek2) are not implemented"},
+    {"phi2", "parallel attention and feed-forward with LayerNorm (phi2) are not implemented"},
+    {"phi3", "fused QKV and gate-up projections (phi3) are not implemented"},
+    {"falcon", "parallel attention and feed-forward with LayerNorm (falcon) are not implemented"},
+    {"gpt2", "learned positions and LayerNorm (gpt2) are not implemented"},
+    {"starcoder2", "LayerNorm and a GELU feed-forward (starcoder2) are not implemented"},
+    {"command-r", "parallel attention and feed-forward with LayerNorm (command-r) are not implemented"},
+    {"olmo2", "post-norm blocks (olmo2) are not implemented"},
+    {"bert", "encoder-only blocks (bert) are not implemented"},
+};
+
+
+// Norms, biases and frequency factors are applied element-wise in f32 arithmetic: they must be
+// plain arrays.
+Status check_plain(const GgufFile& f, const std::string& name) {
+  const GgufTensorInfo* t = f.find_tensor(name);
+  if (t && is_quantized(t->type))
+    return Error{f.path() + ": tensor '" + name + "' is " + std::string(tensor_type_info(t->type).name) +
+                 "; it must be f32, f16 or bf16"};
+  return Status::Ok();
+}
+
+}  // namespace
+
+const BlockDescription* find_block_description(const std::string& architecture) {
+  for (const BlockDescription& b : kArchitectures)
+    if (architecture == b.architecture) return &b;
+  return nullptr;
+}
+
 Expected<ModelConfig> read_model_config(const GgufFile& f) {
   ModelConfig cfg;
   LlamaHparams& h = cfg.hparams;
   Reader r{f, {}};
   h.architecture = r.str("general.architecture", "");
   if (r.err) return *r.err;
-  if (h.architecture.empty()) return Error{f.path() + ": general.architecture is missing"};
-  if (h.architecture != "llama")
-    return Error{f.path() + ": architecture '" + h.architecture + "' is not supported (tutti runs the llama family)"};
+  auto fail = [&](const std::string& what) { return Error{f.path() + ": " + what}; };
+  if (h.architecture.empty()) return fail("general.architecture is missing");
+  const BlockDescription* block = find_block_description(h.architecture);
+  if (!block) {
+    for (const Unsupported& u : kUnsupported)
+      if (h.architecture == u.architecture) return fail(u.missing);
+    std::string known;
+    for (const BlockDescription& b : kArchitectures) known += std::string(known.empty() ? "" : ", ") + b.architecture;
+    return fail("architecture '" + h.architecture + "' is not supported (tutti runs " + known + ")");
+  }
+  h.block = *block;
   h.name = r.str("general.name", "");
   const std::string a = h.architecture + ".";
   h.n_layer = uint32_t(r.uint(a + "block_count"));
@@ -131,44 +197,104 @@ Expected<ModelConfig> read_model_config(const GgufFile& f) {
   h.n_head_kv = uint32_t(r.uint(a + "attention.head_count_kv", h.n_head));
   h.rms_eps = float(r.real(a + "attention.layer_norm_rms_epsilon", 1e-5));
   h.rope_freq_base = float(r.real(a + "rope.freq_base", 10000.0));
+  const std::string scaling = r.str(a + "rope.scaling.type", "none");
+  const double scaling_factor = r.real(a + "rope.scaling.factor", 1.0);
   if (r.err) return *r.err;
-  auto fail = [&](const std::string& what) { return Error{f.path() + ": " + what}; };
   if (h.n_layer == 0 || h.n_layer > 1024) return fail("block_count " + std::to_string(h.n_layer) + " is out of range");
-  if (h.n_head == 0 || h.n_embd == 0 || h.n_embd % h.n_head != 0)
-    return fail("embedding_length " + std::to_string(h.n_embd) + " is not a multiple of head_count " + std::to_string(h.n_head));
+  if (h.n_head == 0 || h.n_head > 4096) return fail("head_count " + std::to_string(h.n_head) + " is out of range");
   if (h.n_head_kv == 0 || h.n_head % h.n_head_kv != 0)
     return fail("head_count " + std::to_string(h.n_head) + " is not a multiple of head_count_kv " + std::to_string(h.n_head_kv));
   if (h.n_ff == 0) return fail("feed_forward_length is zero");
-  h.head_dim = h.n_embd / h.n_head;
+  if (h.n_embd == 0) return fail("embedding_length is zero");
+  if (const GgufValue* experts = f.find(a + "expert_count"); experts && experts->is_integer() && experts->u > 0)
+    return fail("mixture-of-experts feed-forward (" + a + "expert_count " + std::to_string(experts->u) + ") is not implemented");
+  if (f.find(a + "attention.sliding_window"))
+    return fail("sliding-window attention (" + a + "attention.sliding_window) is not implemented");
+
+  // Head size: embedding_length / head_count, or key_length where the block has it (Qwen3
+  // heads are wider than the embedding split: 16 x 128 over 1024).
+  const uint64_t key_length = r.uint(a + "attention.key_length", 0), value_length = r.uint(a + "attention.value_length", 0);
+  if (r.err) return *r.err;
+  if (key_length || value_length) {
+    if (!h.block.head_dim_keys && key_length != h.n_embd / h.n_head)
+      return fail(a + "attention.key_length " + std::to_string(key_length) + " differs from embedding_length / head_count");
+    if (key_length != value_length)
+      return fail("different key and value head sizes (" + std::to_string(key_length) + ", " + std::to_string(value_length) +
+                  ") are not implemented");
+    h.head_dim = uint32_t(key_length);
+  } else {
+    if (h.n_embd % h.n_head != 0)
+      return fail("embedding_length " + std::to_string(h.n_embd) + " is not a multiple of head_count " + std::to_string(h.n_head));
+    h.head_dim = h.n_embd / h.n_head;
+  }
+  if (h.head_dim == 0 || h.head_dim > 1024) return fail("head size " + std::to_string(h.head_dim) + " is out of range");
   h.n_rot = uint32_t(r.uint(a + "rope.dimension_count", h.head_dim));
   if (r.err) return *r.err;
-  if (h.n_rot > h.head_dim || h.n_rot % 2 != 0) return fail("rope.dimension_count " + std::to_string(h.n_rot) + " is invalid for head size " + std::to_string(h.head_dim));
+  if (h.n_rot > h.head_dim || h.n_rot % 2 != 0 || h.n_rot == 0)
+    return fail("rope.dimension_count " + std::to_string(h.n_rot) + " is invalid for head size " + std::to_string(h.head_dim));
   if (!(h.rms_eps > 0) || !(h.rope_freq_base > 0)) return fail("rms epsilon and rope base must be positive");
+  if (scaling == "linear") {
+    if (!(scaling_factor > 0)) return fail(a + "rope.scaling.factor must be positive");
+    h.rope_freq_scale = float(1.0 / scaling_factor);
+  } else if (scaling == "yarn") {
+    return fail("YaRN rope scaling (" + a + "rope.scaling.type = yarn) is not implemented");
+  } else if (scaling != "none") {
+    return fail("rope scaling '" + scaling + "' (" + a + "rope.scaling.type) is not implemented");
+  }
 
   const GgufTensorInfo* embd = f.find_tensor("token_embd.weight");
   if (!embd) return fail("required tensor 'token_embd.weight' is missing");
-  if (embd->n_dims != 2 || embd->ne[0] != h.n_embd) return fail("token_embd.weight has shape " + embd->shape_string() + ", expected [" + std::to_string(h.n_embd) + ", n_vocab]");
+  if (embd->n_dims != 2 || embd->ne[0] != h.n_embd) return fail("tensor 'token_embd.weight' has shape " + embd->shape_string() + ", expected [" + std::to_string(h.n_embd) + ", n_vocab]");
   h.n_vocab = uint32_t(embd->ne[1]);
   if (const GgufValue* vs = f.find(a + "vocab_size"); vs && vs->is_integer() && vs->u != h.n_vocab)
     return fail("vocab_size " + std::to_string(vs->u) + " disagrees with token_embd.weight " + embd->shape_string());
 
-  const uint64_t q_dim = uint64_t(h.n_head) * h.head_dim, kv_dim = uint64_t(h.n_head_kv) * h.head_dim;
+  // Every tensor the block reads, with its shape; anything else in the file (but tutti's own
+  // codec tensors) is a part of a model tutti would silently leave out, so it is refused.
+  std::map<std::string, bool> expected;  // name -> required
+  const uint64_t q_dim = h.q_dim(), kv_dim = h.kv_dim();
+  auto want = [&](const std::string& name, std::vector<uint64_t> shape, bool required) -> Status {
+    expected[name] = required;
+    return check_tensor(f, name, std::move(shape), required);
+  };
+  expected["token_embd.weight"] = true;
+  const GgufTensorInfo* first_bias = f.find_tensor("blk.0.attn_q.bias");
+  h.qkv_bias = h.block.qkv_bias == TensorUse::Required || (h.block.qkv_bias == TensorUse::Optional && first_bias);
   for (uint32_t i = 0; i < h.n_layer; ++i) {
     const std::string b = "blk." + std::to_string(i) + ".";
-    for (auto s : {check_tensor(f, b + "attn_norm.weight", {h.n_embd}), check_tensor(f, b + "attn_q.weight", {h.n_embd, q_dim}),
-                   check_tensor(f, b + "attn_k.weight", {h.n_embd, kv_dim}), check_tensor(f, b + "attn_v.weight", {h.n_embd, kv_dim}),
-                   check_tensor(f, b + "attn_output.weight", {q_dim, h.n_embd}), check_tensor(f, b + "ffn_norm.weight", {h.n_embd}),
-                   check_tensor(f, b + "ffn_gate.weight", {h.n_embd, h.n_ff}), check_tensor(f, b + "ffn_up.weight", {h.n_embd, h.n_ff}),
-                   check_tensor(f, b + "ffn_down.weight", {h.n_ff, h.n_embd})})
+    for (auto s : {want(b + "attn_norm.weight", {h.n_embd}, true), want(b + "attn_q.weight", {h.n_embd, q_dim}, true),
+                   want(b + "attn_k.weight", {h.n_embd, kv_dim}, true), want(b + "attn_v.weight", {h.n_embd, kv_dim}, true),
+                   want(b + "attn_output.weight", {q_dim, h.n_embd}, true), want(b + "ffn_norm.weight", {h.n_embd}, true),
+                   want(b + "ffn_gate.weight", {h.n_embd, h.n_ff}, true), want(b + "ffn_up.weight", {h.n_embd, h.n_ff}, true),
+                   want(b + "ffn_down.weight", {h.n_ff, h.n_embd}, true)})
       if (!s) return s.error();
+    if (h.qkv_bias)
+      for (auto s : {want(b + "attn_q.bias", {q_dim}, true), want(b + "attn_k.bias", {kv_dim}, true),
+                     want(b + "attn_v.bias", {kv_dim}, true)})
+        if (!s) return s.error();
+    if (h.block.qk_norm)
+      for (auto s : {want(b + "attn_q_norm.weight", {h.head_dim}, true), want(b + "attn_k_norm.weight", {h.head_dim}, true)})
+        if (!s) return s.error();
   }
-  if (Status s = check_tensor(f, "output_norm.weight", {h.n_embd}); !s) return s.error();
-  if (Status s = check_tensor(f, "output.weight", {h.n_embd, h.n_vocab}, false); !s) return s.error();
+  if (Status s = want("output_norm.weight", {h.n_embd}, true); !s) return s.error();
+  if (Status s = want("output.weight", {h.n_embd, h.n_vocab}, false); !s) return s.error();
   h.tied_output = f.find_tensor("output.weight") == nullptr;
-  // Norm weights are applied element-wise in f32 arithmetic; they must be plain arrays.
-  for (auto& t : f.tensors())
-    if (t.name.find("_norm.weight") != std::string::npos && t.type != TensorType::F32 && t.type != TensorType::F16 && t.type != TensorType::BF16)
-      return fail("norm tensor '" + t.name + "' must be f32, f16 or bf16");
+  if (h.block.rope_freqs) {
+    if (Status s = want("rope_freqs.weight", {h.n_rot / 2}, false); !s) return s.error();
+    h.rope_freqs = f.find_tensor("rope_freqs.weight") != nullptr;
+  }
+  for (const GgufTensorInfo& t : f.tensors()) {
+    if (t.name.rfind("codec.", 0) == 0) continue;  // tutti's codebooks (docs/unified-gguf.md)
+    if (!expected.count(t.name))
+      return fail("tensor '" + t.name + "' is not part of the " + h.architecture + " block tutti implements" +
+                  (t.name == "rope_freqs.weight" ? " (rope frequency factors)" : ""));
+  }
+  for (const auto& [name, required] : expected) {
+    const bool vector = name.find("_norm.weight") != std::string::npos || name.find(".bias") != std::string::npos ||
+                        name == "rope_freqs.weight";
+    if (vector)
+      if (Status s = check_plain(f, name); !s) return s.error();
+  }
 
   // ---- tutti.* modality table
   const GgufValue* list = f.find("tutti.modalities");

@@ -10,15 +10,32 @@
 #include <string>
 #include <vector>
 
+#include "kernels/backend.h"
 #include "pipeline/expected.h"
 #include "pipeline/gguf.h"
 #include "pipeline/token_range.h"
 
 namespace tutti {
 
+// What a decoder block of one architecture is made of, in the one place the forward pass
+// reads it from (Model::forward never asks for an architecture's name). Every block is the
+// Llama block, pre-norm RMSNorm attention and SwiGLU feed-forward, plus these variations.
+// A new architecture is an entry in kArchitectures (model_config.cpp) and any op it newly
+// needs; one that needs something unimplemented is refused there with the thing named.
+enum class TensorUse : uint8_t { Absent, Optional, Required };
+struct BlockDescription {
+  const char* architecture = "llama";
+  RopeLayout rope = RopeLayout::Normal;  // which pairs the rotary embedding turns
+  TensorUse qkv_bias = TensorUse::Absent;  // blk.N.attn_{q,k,v}.bias, added after the projections
+  bool qk_norm = false;                    // blk.N.attn_{q,k}_norm.weight [head_dim]: RMSNorm per head before RoPE
+  bool rope_freqs = false;                 // rope_freqs.weight [n_rot/2] may divide each pair's frequency
+  bool head_dim_keys = false;              // {arch}.attention.key_length / value_length set the head size
+};
+
 struct LlamaHparams {
   std::string architecture;  // general.architecture
   std::string name;          // general.name, if any
+  BlockDescription block;
   uint32_t n_vocab = 0;
   uint32_t n_ctx_train = 0;
   uint32_t n_embd = 0;
@@ -26,12 +43,21 @@ struct LlamaHparams {
   uint32_t n_ff = 0;
   uint32_t n_head = 0;
   uint32_t n_head_kv = 0;
-  uint32_t head_dim = 0;  // n_embd / n_head
+  uint32_t head_dim = 0;  // n_embd / n_head, or key_length where the block reads it
   uint32_t n_rot = 0;     // rotary dimensions per head
   float rms_eps = 1e-5f;
   float rope_freq_base = 10000.f;
-  bool tied_output = false;  // output.weight absent: logits use token_embd.weight
+  float rope_freq_scale = 1.f;   // linear rope scaling: 1 / {arch}.rope.scaling.factor
+  bool rope_freqs = false;       // rope_freqs.weight present (Llama 3.1+ frequency factors)
+  bool tied_output = false;      // output.weight absent: logits use token_embd.weight
+  bool qkv_bias = false;         // the block's attention biases are present
+
+  uint32_t q_dim() const { return n_head * head_dim; }
+  uint32_t kv_dim() const { return n_head_kv * head_dim; }
 };
+
+// The block of an architecture tutti implements, or null.
+const BlockDescription* find_block_description(const std::string& architecture);
 
 enum class Modality : uint8_t { Text = 0, Audio, Image, Video, Music };
 constexpr std::array<Modality, 4> kMediaModalities = {Modality::Audio, Modality::Image, Modality::Video,

@@ -95,10 +95,15 @@ Expected<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const GgufFile& f) {
       t->pre_ = unicode::PreTokenizer::Llama3;
       t->ignore_merges_ = true;
       t->add_bos_ = true;
-    } else {
-      // "gpt-2", "default" and names this build does not know: the GPT-2 split.
+    } else if (t->pre_name_ == "qwen2") {
+      t->pre_ = unicode::PreTokenizer::Qwen2;
+      t->add_bos_ = false;
+    } else if (t->pre_name_ == "default" || t->pre_name_ == "gpt-2" || t->pre_name_ == "gpt2") {
       t->pre_ = unicode::PreTokenizer::Gpt2;
       t->add_bos_ = false;
+    } else {
+      // Another engine's split would give other ids without any sign of it: refuse.
+      return fail("pre-tokenizer '" + t->pre_name_ + "' is not implemented (tutti has default/gpt-2, llama-bpe, qwen2)");
     }
   } else {
     t->pre_name_ = "spm";

@@ -1,6 +1,6 @@
 // Text tokenizers read from GGUF metadata: SentencePiece-style (tokenizer.ggml.model =
 // "llama": score-driven merges, byte fallback) and byte-level BPE ("gpt2": ranked merges
-// after a GPT-2 or Llama 3 pre-tokenizer split). Behaviour follows the reference engine so
+// after a GPT-2, Llama 3 or Qwen2 pre-tokenizer split). Behaviour follows the reference engine so
 // the ids of downloaded models come out the same.
 //
 // A Tokenizer is immutable after creation and safe to use from any thread.

@@ -189,7 +189,9 @@ std::vector<size_t> split_gpt2(const std::vector<uint32_t>& cps) {
   return out;
 }
 
-std::vector<size_t> split_llama3(const std::vector<uint32_t>& cps) {
+// The Llama 3 split; Qwen2's differs only in taking digits one at a time (\p{N} instead of
+// \p{N}{1,3}), so max_digits is 3 or 1.
+std::vector<size_t> split_llama3(const std::vector<uint32_t>& cps, size_t max_digits) {
   Splitter s(cps);
   std::vector<size_t> out;
   const size_t n = cps.size();
@@ -217,9 +219,9 @@ std::vector<size_t> split_llama3(const std::vector<uint32_t>& cps) {
         continue;
       }
     }
-    // \p{N}{1,3}
+    // \p{N}{1,3} (Llama 3) or \p{N} (Qwen2)
     if (f.number) {
-      while (s.flags(pos).number && pos - start < 3) ++pos;
+      while (s.flags(pos).number && pos - start < max_digits) ++pos;
       emit();
       continue;
     }
@@ -273,7 +275,12 @@ const ByteMap& byte_map() {
 
 std::vector<std::string> pre_tokenize(std::string_view text, PreTokenizer kind) {
   const std::vector<uint32_t> cps = decode_utf8(text);
-  const std::vector<size_t> lens = kind == PreTokenizer::Gpt2 ? split_gpt2(cps) : split_llama3(cps);
+  std::vector<size_t> lens;
+  switch (kind) {
+    case PreTokenizer::Gpt2: lens = split_gpt2(cps); break;
+    case PreTokenizer::Llama3: lens = split_llama3(cps, 3); break;
+    case PreTokenizer::Qwen2: lens = split_llama3(cps, 1); break;
+  }
   std::vector<std::string> words;
   words.reserve(lens.size());
   size_t p = 0;

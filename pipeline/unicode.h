@@ -1,6 +1,6 @@
 // Unicode helpers for the tokenizers: UTF-8 decoding that never fails (invalid bytes become
 // U+FFFD, as the reference engine does), general categories from ICU, and the byte-level
-// BPE pre-tokenizer splits (GPT-2 and Llama 3), hand-written as in the reference engine so
+// BPE pre-tokenizer splits (GPT-2, Llama 3, Qwen2), hand-written as in the reference engine so
 // the lookahead `\s+(?!\S)` behaves exactly as the regular expressions specify.
 #pragma once
 
@@ -24,7 +24,12 @@ bool is_number(uint32_t cp);      // \p{N}
 bool is_whitespace(uint32_t cp);  // \s (Unicode White_Space)
 bool is_assigned(uint32_t cp);    // not Cn
 
-enum class PreTokenizer { Gpt2, Llama3 };
+// The byte-level BPE splits, as the reference engine's regular expressions define them:
+//   Gpt2:   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+//   Llama3: (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|
+//           \s*[\r\n]+|\s+(?!\S)|\s+
+//   Qwen2:  as Llama3 with \p{N} in place of \p{N}{1,3} (Qwen2, Qwen2.5 and Qwen3 vocabularies)
+enum class PreTokenizer { Gpt2, Llama3, Qwen2 };
 // Splits text into pre-tokens (each returned as its code points re-encoded in UTF-8).
 std::vector<std::string> pre_tokenize(std::string_view text, PreTokenizer kind);
 

@@ -49,9 +49,11 @@ TEST(Cuda, MatmulMatchesReferenceForEveryTypeAndTokenCount) {
     CudaBackendOptions o;
     o.f32_weights_to_bf16 = !keep_f32;
     auto gpu = make_cuda_backend(o);
-    for (TensorType type : {TensorType::F32, TensorType::F16, TensorType::BF16, TensorType::Q8_0, TensorType::Q4_0}) {
+    for (const TensorTypeInfo& info : all_tensor_types()) {
+      const TensorType type = info.type;
       if (keep_f32 && type != TensorType::F32) continue;
-      for (int64_t cols : {32, 96, 1024}) {
+      const std::vector<int64_t> widths = is_super_block(type) ? std::vector<int64_t>{256, 768} : std::vector<int64_t>{32, 96, 1024};
+      for (int64_t cols : widths) {
         for (int tokens : {1, 3, 8, 9, 16, 33}) {
           const int64_t rows = 37;
           const auto wf = random_floats(size_t(rows * cols), 1, 0.1f);
@@ -102,15 +104,30 @@ TEST(Cuda, RowKernelsMatchTheCpuBackend) {
     cpu->rms_norm(x.data(), w.data(), ref.data(), n, dim, 1e-5f);
     near(dy.read(), ref, 1e-5, "rms_norm");
   }
-  {  // rope, partial rotation too
+  {  // rope: both layouts, partial rotation, frequency factors and linear scaling
     const std::vector<int32_t> pos = {0, 1, 7, 300, 4095};
-    for (int n_rot : {head_dim, 16}) {
-      DeviceBuffer dx(*gpu, x);
-      gpu->rope(dx.f(), pos.data(), n, heads, head_dim, n_rot, 10000.f);
-      std::vector<float> ref = x;
-      cpu->rope(ref.data(), pos.data(), n, heads, head_dim, n_rot, 10000.f);
-      near(dx.read(), ref, 1e-5, "rope");
-    }
+    for (RopeLayout layout : {RopeLayout::Normal, RopeLayout::Neox})
+      for (int n_rot : {head_dim, 16})
+        for (bool factors : {false, true}) {
+          std::vector<float> ff(size_t(n_rot / 2));
+          for (size_t i = 0; i < ff.size(); ++i) ff[i] = 1.f + 0.5f * float(i);
+          DeviceBuffer dff(*gpu, ff), dx(*gpu, x);
+          RopeParams gp{n_rot, 500000.f, factors ? 0.5f : 1.f, layout, factors ? dff.f() : nullptr};
+          RopeParams cp = gp;
+          cp.freq_factors = factors ? ff.data() : nullptr;
+          gpu->rope(dx.f(), pos.data(), n, heads, head_dim, gp);
+          std::vector<float> ref = x;
+          cpu->rope(ref.data(), pos.data(), n, heads, head_dim, cp);
+          near(dx.read(), ref, 1e-5, "rope");
+        }
+  }
+  {  // add_rows (attention biases)
+    const auto bias = random_floats(size_t(dim), 13);
+    DeviceBuffer dx(*gpu, x), db(*gpu, bias);
+    gpu->add_rows(dx.f(), db.f(), n, dim);
+    std::vector<float> ref = x;
+    cpu->add_rows(ref.data(), bias.data(), n, dim);
+    near(dx.read(), ref, 1e-6, "add_rows");
   }
   {  // swiglu, add
     DeviceBuffer dg(*gpu, x), du(*gpu, y), dout(*gpu, x.size() * 4);
@@ -131,10 +148,12 @@ TEST(Cuda, RowKernelsMatchTheCpuBackend) {
     cpu->gather_rows(x.data(), rows.data(), int(rows.size()), dim, ref.data());
     near(dout.read(), ref, 0, "gather_rows");
   }
-  for (TensorType type : {TensorType::F16, TensorType::Q8_0, TensorType::Q4_0}) {  // embed
-    const int vocab = 50;
+  for (TensorType type : {TensorType::F16, TensorType::Q8_0, TensorType::Q4_0, TensorType::Q5_1, TensorType::Q4_K,
+                          TensorType::Q6_K, TensorType::Q3_K}) {  // embed
+    const int vocab = 50, dim = 256;
     const auto table_f = random_floats(size_t(vocab * dim), 6);
     std::vector<uint8_t> table(row_bytes(type, dim) * vocab);
+    (void)x;
     for (int r = 0; r < vocab; ++r) quantize_row(type, table_f.data() + r * dim, table.data() + r * row_bytes(type, dim), dim);
     const MatrixView host{type, table.data(), vocab, dim};
     const MatrixView dev = gpu->upload_weights(host);
@@ -199,8 +218,18 @@ RandomModelSpec spec_of(TensorType type) {
 // path, beside a decode row) gives the CPU backend's logits within BF16 tolerance.
 TEST(Cuda, ForwardPassMatchesTheCpuBackend) {
   TUTTI_REQUIRE_CUDA();
-  for (TensorType type : {TensorType::F32, TensorType::F16, TensorType::Q8_0, TensorType::Q4_0}) {
-    const std::string path = test::random_model(spec_of(type), std::string("cuda-") + std::string(tensor_type_info(type).name) + ".gguf");
+  struct Case {
+    TensorType type;
+    std::string architecture;
+  };
+  for (const Case& c : {Case{TensorType::F32, "llama"}, Case{TensorType::F16, "llama"}, Case{TensorType::Q8_0, "llama"},
+                        Case{TensorType::Q4_0, "llama"}, Case{TensorType::Q4_K, "llama"}, Case{TensorType::Q6_K, "qwen2"},
+                        Case{TensorType::Q5_K, "qwen3"}, Case{TensorType::F32, "llama31"}}) {
+    const TensorType type = c.type;
+    RandomModelSpec spec = spec_of(type);
+    if (is_super_block(type)) spec.dim = 256, spec.ffn = 512;
+    spec.architecture = c.architecture;
+    const std::string path = test::random_model(spec, "cuda-" + c.architecture + "-" + std::string(tensor_type_info(type).name) + ".gguf");
     std::vector<std::vector<float>> logits;
     for (bool on_gpu : {false, true}) {
       std::unique_ptr<Backend> backend = on_gpu ? make_cuda_backend() : make_cpu_backend({2});
@@ -222,7 +251,7 @@ TEST(Cuda, ForwardPassMatchesTheCpuBackend) {
     double max_abs = 0;
     for (float v : logits[0]) max_abs = std::max(max_abs, double(std::fabs(v)));
     for (size_t i = 0; i < logits[0].size(); ++i)
-      ASSERT_NEAR(logits[1][i], logits[0][i], 2e-2 * (max_abs + 1)) << tensor_type_info(type).name << " logit " << i;
+      ASSERT_NEAR(logits[1][i], logits[0][i], 2e-2 * (max_abs + 1)) << c.architecture << " " << tensor_type_info(type).name << " logit " << i;
   }
 }
 

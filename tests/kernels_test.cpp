@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 
 #include "kernels/backend.h"
@@ -21,6 +22,25 @@ struct MatmulCase {
 
 class MatmulTest : public testing::TestWithParam<MatmulCase> {};
 
+// Widths the type's blocks divide: odd numbers of 32-blocks, and of 256-value super-blocks.
+std::vector<int64_t> widths_for(TensorType type) {
+  if (is_super_block(type)) return {256, 768, 1024};
+  return {32, 96, 160, 1024};
+}
+
+// Row-major weights of `type`, quantized from random values with ggml's reference quantizer.
+std::vector<uint8_t> random_weights(TensorType type, int64_t rows, int64_t cols, uint32_t seed) {
+  const auto wf = random_floats(size_t(rows * cols), seed, 0.1f);
+  std::vector<uint8_t> w(row_bytes(type, size_t(cols)) * size_t(rows));
+  for (int64_t r = 0; r < rows; ++r)
+    quantize_row(type, wf.data() + r * cols, w.data() + size_t(r) * row_bytes(type, size_t(cols)), size_t(cols));
+  return w;
+}
+
+// Token counts that take every path: 1-2 (decode tiles), 3-7 (wider decode tiles), 8 and
+// more (GEMM, one and several 16-token groups, with remainders).
+constexpr int kTokenCounts[] = {1, 2, 3, 5, 9, 17, 35};
+
 TEST_P(MatmulTest, MatchesDoublePrecisionReference) {
   const auto [isa, type] = GetParam();
   std::unique_ptr<Backend> backend;
@@ -29,15 +49,11 @@ TEST_P(MatmulTest, MatchesDoublePrecisionReference) {
   } catch (const std::exception& e) {
     GTEST_SKIP() << "kernel set '" << isa << "' unavailable here: " << e.what();
   }
-  // Widths with an odd number of 32-blocks and rows/tokens that are not tile multiples.
-  for (int64_t cols : {32, 96, 160, 1024}) {
-    for (int tokens : {1, 2, 3, 5, 9}) {
-      const int64_t rows = 37;
-      const auto wf = random_floats(size_t(rows * cols), 1, 0.1f);
+  for (int64_t cols : widths_for(type)) {
+    for (int tokens : kTokenCounts) {
+      const int64_t rows = 37;  // not a multiple of any tile or panel
+      const auto w = random_weights(type, rows, cols, 1);
       const auto x = random_floats(size_t(tokens * cols), 2);
-      std::vector<uint8_t> w(row_bytes(type, size_t(cols)) * size_t(rows));
-      for (int64_t r = 0; r < rows; ++r)
-        quantize_row(type, wf.data() + r * cols, w.data() + size_t(r) * row_bytes(type, size_t(cols)), size_t(cols));
       std::vector<float> y(size_t(tokens * rows), NAN);
       const MatmulTask task{MatrixView{type, w.data(), rows, cols}, y.data()};
       backend->matmul({&task, 1}, x.data(), tokens);
@@ -55,7 +71,7 @@ TEST_P(MatmulTest, MatchesDoublePrecisionReference) {
           const double got = y[size_t(t * rows + r)];
           // Quantized kernels round activations to 8 bits; the batched bf16 path (AVX-512,
           // from 8 tokens on) rounds them, and the widened weights, to bf16.
-          const bool quant = type == TensorType::Q8_0 || type == TensorType::Q4_0;
+          const bool quant = is_quantized(type);
           const bool bf16_path = isa == "avx512" && tokens >= 8 && (quant || type == TensorType::BF16);
           const double tol = quant || bf16_path ? 1e-2 * mag : 1e-5 * mag + 1e-6;
           ASSERT_NEAR(got, ref, tol) << isa << " " << tensor_type_info(type).name << " cols " << cols << " tokens "
@@ -69,8 +85,7 @@ TEST_P(MatmulTest, MatchesDoublePrecisionReference) {
 std::vector<MatmulCase> matmul_cases() {
   std::vector<MatmulCase> v;
   for (const char* isa : {"scalar", "avx2", "avx512"})
-    for (TensorType t : {TensorType::F32, TensorType::F16, TensorType::BF16, TensorType::Q8_0, TensorType::Q4_0})
-      v.push_back({isa, t});
+    for (const TensorTypeInfo& t : all_tensor_types()) v.push_back({isa, t.type});
   return v;
 }
 
@@ -78,8 +93,21 @@ INSTANTIATE_TEST_SUITE_P(AllIsas, MatmulTest, testing::ValuesIn(matmul_cases()),
   return info.param.isa + "_" + std::string(tensor_type_info(info.param.type).name);
 });
 
-// The quantized kernels of every ISA agree with the scalar ones to float rounding: they all
-// compute the same integer block sums.
+// Every kernel set has a product for every tensor type, at every size.
+TEST(Matmul, EveryKernelSetCoversEveryType) {
+  std::vector<const cpu::MatmulKernels*> sets = {&cpu::scalar_kernels()};
+  if (cpu::avx2_kernels()) sets.push_back(cpu::avx2_kernels());
+  if (cpu::avx512_kernels()) sets.push_back(cpu::avx512_kernels());
+  for (const cpu::MatmulKernels* k : sets)
+    for (const TensorTypeInfo& t : all_tensor_types())
+      for (int tokens : kTokenCounts) {
+        cpu::InputFormat input;
+        EXPECT_NE(k->kernel(t.type, tokens, input), nullptr) << k->isa << " " << t.name << " at " << tokens << " tokens";
+      }
+}
+
+// The quantized kernels of every ISA agree with the scalar ones to float rounding, on both
+// paths: they all compute the same integer block sums of the same quantized activations.
 TEST(Matmul, QuantizedIsasAgreeWithScalar) {
   auto scalar = make_cpu_backend({1, "scalar"});
   for (const char* isa : {"avx2", "avx512"}) {
@@ -89,21 +117,89 @@ TEST(Matmul, QuantizedIsasAgreeWithScalar) {
     } catch (const std::exception&) {
       continue;
     }
-    for (TensorType type : {TensorType::Q8_0, TensorType::Q4_0}) {
-      const int64_t rows = 19, cols = 288;
-      const int tokens = 6;
-      const auto wf = random_floats(size_t(rows * cols), 3);
-      const auto x = random_floats(size_t(tokens * cols), 4);
-      std::vector<uint8_t> w(row_bytes(type, size_t(cols)) * size_t(rows));
-      for (int64_t r = 0; r < rows; ++r)
-        quantize_row(type, wf.data() + r * cols, w.data() + size_t(r) * row_bytes(type, size_t(cols)), size_t(cols));
-      std::vector<float> y1(size_t(rows * tokens)), y2(size_t(rows * tokens));
-      const MatmulTask t1{MatrixView{type, w.data(), rows, cols}, y1.data()};
-      const MatmulTask t2{MatrixView{type, w.data(), rows, cols}, y2.data()};
-      scalar->matmul({&t1, 1}, x.data(), tokens);
-      b->matmul({&t2, 1}, x.data(), tokens);
-      for (size_t i = 0; i < y1.size(); ++i) ASSERT_NEAR(y1[i], y2[i], 1e-4 * (1 + std::fabs(y1[i]))) << isa;
+    for (const TensorTypeInfo& info : all_tensor_types()) {
+      const TensorType type = info.type;
+      if (!is_quantized(type)) continue;
+      // The AVX-512 GEMM of the 32-value types is bf16 (see MatchesDoublePrecisionReference).
+      const bool exact_gemm = std::string(isa) == "avx2" || type == TensorType::Q8_0 || is_super_block(type);
+      const int64_t rows = 19, cols = is_super_block(type) ? 768 : 288;
+      const auto w = random_weights(type, rows, cols, 3);
+      for (int tokens : {6, 20}) {
+        if (tokens >= 8 && !exact_gemm) continue;
+        const auto x = random_floats(size_t(tokens * cols), 4);
+        std::vector<float> y1(size_t(rows * tokens)), y2(size_t(rows * tokens));
+        const MatmulTask t1{MatrixView{type, w.data(), rows, cols}, y1.data()};
+        const MatmulTask t2{MatrixView{type, w.data(), rows, cols}, y2.data()};
+        scalar->matmul({&t1, 1}, x.data(), tokens);
+        b->matmul({&t2, 1}, x.data(), tokens);
+        for (size_t i = 0; i < y1.size(); ++i)
+          ASSERT_NEAR(y1[i], y2[i], 1e-4 * (1 + std::fabs(y1[i]))) << isa << " " << info.name << " tokens " << tokens << " at " << i;
+      }
     }
+  }
+}
+
+// The reference conversions: quantizing and dequantizing stays within the type's step size
+// of the original, and quantizing what was dequantized reproduces the values (the formats'
+// bit layouts are each other's inverse).
+TEST(TensorTypes, QuantizeDequantizeRoundTrips) {
+  for (const TensorTypeInfo& info : all_tensor_types()) {
+    const size_t n = 1024;
+    const auto x = random_floats(n, 21, 0.5f);
+    std::vector<uint8_t> q(row_bytes(info.type, n)), q2(q.size());
+    std::vector<float> back(n), again(n);
+    quantize_row(info.type, x.data(), q.data(), n);
+    dequantize_row(info.type, q.data(), back.data(), n);
+    double err = 0, ref = 0;
+    for (size_t i = 0; i < n; ++i) err += double(back[i] - x[i]) * (back[i] - x[i]), ref += double(x[i]) * x[i];
+    // Relative RMS error bounds: roughly 2^-(bits) of each format, with room.
+    const double bound = info.type == TensorType::Q2_K ? 0.5 : info.type == TensorType::Q3_K ? 0.25 : is_quantized(info.type) ? 0.12 : 1e-2;
+    EXPECT_LT(std::sqrt(err / ref), bound) << info.name;
+    quantize_row(info.type, back.data(), q2.data(), n);
+    dequantize_row(info.type, q2.data(), again.data(), n);
+    double drift = 0;
+    for (size_t i = 0; i < n; ++i) drift += double(again[i] - back[i]) * (again[i] - back[i]);
+    // Q3_K's scale search is not idempotent: on values already on its grid it can pick the
+    // mirrored scale (its grid -4..3 is asymmetric) and land one step off.
+    EXPECT_LT(std::sqrt(drift / ref), info.type == TensorType::Q3_K ? 0.1 : 0.02) << info.name << ": requantizing moved values";
+  }
+}
+
+// Hand-built blocks with known values: the bit positions the GGUF formats define.
+TEST(TensorTypes, BlockLayoutsDecodeAsGgufDefines) {
+  {  // Q4_K: d = 1, dmin = 0.5; sub-block 5 (values 160..191) has scale 3 and min 2.
+    BlockQ4_K b{};
+    b.d = fp32_to_fp16(1.f);
+    b.dmin = fp32_to_fp16(0.5f);
+    // j = 5 >= 4: scale = (q[9] & 15) | (q[1] >> 6) << 4, min = (q[9] >> 4) | (q[5] >> 6) << 4.
+    b.scales[9] = 3 | 2 << 4;
+    b.qs[32 * 2 + 7] = 0x90;  // value 64*2 + 32 + 7 = 167: high nibble 9
+    float y[256];
+    dequantize_row(TensorType::Q4_K, &b, y, 256);
+    EXPECT_FLOAT_EQ(y[167], 1.f * 3 * 9 - 0.5f * 2);
+    EXPECT_FLOAT_EQ(y[166], -1.f);  // quant 0: only the min
+    EXPECT_FLOAT_EQ(y[10], 0.f);    // sub-block 0: scale and min 0
+  }
+  {  // Q6_K: d = 0.25, scale of sub-block 9 (values 144..159) = -2; value 150 = 128 + 22.
+    BlockQ6_K b{};
+    b.d = fp32_to_fp16(0.25f);
+    b.scales[9] = -2;
+    b.ql[64 + 22] = 0x05;          // low nibble 5
+    b.qh[32 + 22] = 0x02;          // top bits 2 -> quant 5 | 2 << 4 = 37, minus 32 = 5
+    float y[256];
+    dequantize_row(TensorType::Q6_K, &b, y, 256);
+    EXPECT_FLOAT_EQ(y[150], 0.25f * -2 * 5);
+  }
+  {  // Q5_0: value 20 = high nibble of qs[4] plus bit 20 of qh, minus 16.
+    BlockQ5_0 b{};
+    b.d = fp32_to_fp16(2.f);
+    b.qs[4] = 0x30;
+    const uint32_t qh = 1u << 20;
+    std::memcpy(b.qh, &qh, 4);
+    float y[32];
+    dequantize_row(TensorType::Q5_0, &b, y, 32);
+    EXPECT_FLOAT_EQ(y[20], 2.f * ((3 | 16) - 16));
+    EXPECT_FLOAT_EQ(y[4], 2.f * -16);
   }
 }
 
@@ -120,25 +216,37 @@ TEST(Kernels, RmsNormRopeSwigluMatchReference) {
     const double s = 1.0 / std::sqrt(ss / dim + 1e-5);
     for (int i = 0; i < dim; ++i) ASSERT_NEAR(y[t * dim + i], x[t * dim + i] * s * w[i], 1e-5);
   }
-  // RoPE: adjacent pairs rotated by pos * base^(-2i/n_rot), only the first n_rot values.
+  // RoPE: pair i rotated by freq_scale * pos * base^(-2i/n_rot) / factor_i, only the first
+  // n_rot values; pairs (2i, 2i+1) in the Normal layout, (i, i + n_rot/2) in Neox.
   const int heads = 2, hd = 16, n_rot = 8;
-  auto q = random_floats(n * heads * hd, 7);
-  auto q0 = q;
   const int32_t pos[n] = {0, 5, 1000};
-  b->rope(q.data(), pos, n, heads, hd, n_rot, 10000.f);
-  for (int t = 0; t < n; ++t)
-    for (int h = 0; h < heads; ++h)
-      for (int i = 0; i < hd / 2; ++i) {
-        const float* a = &q0[size_t((t * heads + h) * hd + 2 * i)];
-        const float* r = &q[size_t((t * heads + h) * hd + 2 * i)];
-        if (2 * i >= n_rot) {
-          ASSERT_EQ(r[0], a[0]);
-          continue;
+  const float factors[n_rot / 2] = {1.f, 1.5f, 4.f, 8.f};
+  for (RopeLayout layout : {RopeLayout::Normal, RopeLayout::Neox})
+    for (bool scaled : {false, true}) {
+      auto q = random_floats(n * heads * hd, 7);
+      auto q0 = q;
+      const RopeParams p{n_rot, 10000.f, scaled ? 0.25f : 1.f, layout, scaled ? factors : nullptr};
+      b->rope(q.data(), pos, n, heads, hd, p);
+      for (int t = 0; t < n; ++t)
+        for (int h = 0; h < heads; ++h) {
+          const float* a = &q0[size_t((t * heads + h) * hd)];
+          const float* r = &q[size_t((t * heads + h) * hd)];
+          for (int i = n_rot; i < hd; ++i) ASSERT_EQ(r[i], a[i]);
+          for (int i = 0; i < n_rot / 2; ++i) {
+            const int i0 = layout == RopeLayout::Normal ? 2 * i : i, i1 = layout == RopeLayout::Normal ? 2 * i + 1 : i + n_rot / 2;
+            const double th = (scaled ? 0.25 / factors[i] : 1.0) * pos[t] * std::pow(10000.0, -2.0 * i / n_rot);
+            ASSERT_NEAR(r[i0], a[i0] * std::cos(th) - a[i1] * std::sin(th), 2e-3) << "layout " << int(layout);
+            ASSERT_NEAR(r[i1], a[i0] * std::sin(th) + a[i1] * std::cos(th), 2e-3) << "layout " << int(layout);
+          }
         }
-        const double th = pos[t] * std::pow(10000.0, -2.0 * i / n_rot);
-        ASSERT_NEAR(r[0], a[0] * std::cos(th) - a[1] * std::sin(th), 2e-3);
-        ASSERT_NEAR(r[1], a[0] * std::sin(th) + a[1] * std::cos(th), 2e-3);
-      }
+    }
+  {  // add_rows
+    auto xb = random_floats(n * dim, 14), bias = random_floats(dim, 15);
+    auto ref = xb;
+    b->add_rows(xb.data(), bias.data(), n, dim);
+    for (int t = 0; t < n; ++t)
+      for (int i = 0; i < dim; ++i) ASSERT_FLOAT_EQ(xb[t * dim + i], ref[t * dim + i] + bias[i]);
+  }
   auto g = random_floats(100, 8), u = random_floats(100, 9);
   std::vector<float> o(100);
   b->swiglu(g.data(), u.data(), o.data(), 100);

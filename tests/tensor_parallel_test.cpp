@@ -46,8 +46,9 @@ std::vector<float> attention_block(Backend& b, const LayerWeights& w, int heads,
   auto q = product(b, w.attn_q, xn, d.T), k = product(b, w.attn_k, xn, d.T), v = product(b, w.attn_v, xn, d.T);
   std::vector<int32_t> pos(size_t(d.T));
   for (int i = 0; i < d.T; ++i) pos[size_t(i)] = i;
-  b.rope(q.data(), pos.data(), d.T, heads, d.hd, d.hd, 10000.f);
-  b.rope(k.data(), pos.data(), d.T, kv_heads, d.hd, d.hd, 10000.f);
+  const RopeParams rope{d.hd, 10000.f};
+  b.rope(q.data(), pos.data(), d.T, heads, d.hd, rope);
+  b.rope(k.data(), pos.data(), d.T, kv_heads, d.hd, rope);
   const int bt = 4, blocks = (d.T + bt - 1) / bt, kv_dim = kv_heads * d.hd;
   std::vector<float> pool(size_t(blocks) * 2 * bt * kv_dim);
   std::vector<int32_t> table(static_cast<size_t>(blocks));

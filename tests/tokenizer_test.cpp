@@ -67,6 +67,16 @@ TEST(Tokenizer, Gpt2BpeVectors) {
   check_vocab(path);
 }
 
+TEST(Tokenizer, Llama3BpeVectors) {
+  TUTTI_REQUIRE_SHARED("vocab/ggml-vocab-llama-bpe.gguf", path);
+  check_vocab(path);
+}
+
+TEST(Tokenizer, Qwen2BpeVectors) {
+  TUTTI_REQUIRE_SHARED("vocab/ggml-vocab-qwen2.gguf", path);
+  check_vocab(path);
+}
+
 TEST(Tokenizer, SpmAddsBosAndParsesControlTokensOnlyWhenAsked) {
   TUTTI_REQUIRE_SHARED("vocab/ggml-vocab-llama-spm.gguf", path);
   auto f = GgufFile::open(path);

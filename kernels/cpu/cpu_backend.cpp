@@ -2,6 +2,7 @@
 // from what the CPU supports (AVX-512 VNNI/BF16, AVX2, or portable scalar code), weights
 // used in place from the mmap.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <new>
@@ -89,43 +90,39 @@ class CpuBackend final : public Backend {
   void matmul(std::span<const MatmulTask> tasks, const float* x, int n_tokens) override {
     if (tasks.empty() || n_tokens <= 0) return;
     const int64_t cols = tasks[0].weight.cols;
-    bool quantized = false, widened = false, lanes = false;
-    const bool gemm = kernels_.bf16_gemm_min_tokens > 0 && n_tokens >= kernels_.bf16_gemm_min_tokens;
+    // Each task's kernel, and every activation layout they read, prepared once.
+    std::array<bool, cpu::kInputFormats> needed{};
+    kernel_of_.clear();
     for (auto& t : tasks) {
       if (t.weight.cols != cols) throw std::logic_error("matmul tasks must share the input width");
-      const bool q = t.weight.type == TensorType::Q8_0 || t.weight.type == TensorType::Q4_0;
-      // Activation formats: row-quantized int8 blocks for the few-token integer kernels;
-      // at GEMM sizes, token-lane int8 for Q8_0 and token-lane bf16 for Q4_0 and BF16.
-      widened |= gemm && (t.weight.type == TensorType::Q4_0 || t.weight.type == TensorType::BF16);
-      quantized |= q && !gemm;
-      lanes |= gemm && t.weight.type == TensorType::Q8_0;
+      cpu::InputFormat input;
+      const cpu::MatmulRowsFn fn = kernels_.kernel(t.weight.type, n_tokens, input);
+      if (!fn)
+        throw std::logic_error(std::string("the ") + kernels_.isa + " kernels have no product for " +
+                               std::string(tensor_type_info(t.weight.type).name) + " weights");
+      kernel_of_.push_back(fn);
+      needed[size_t(input)] = true;
     }
-    if (widened) {
-      cpu::resize_bf16_input(xb_, n_tokens, cols);
-      const int chunks = std::min(n_tokens, pool_.size() * 4);
-      pool_.run(chunks, [&](int c, int) {
-        kernels_.pack_bf16(x, xb_, int(int64_t(n_tokens) * c / chunks), int(int64_t(n_tokens) * (c + 1) / chunks));
-      });
-    }
-    if (quantized) {
-      resize_quantized_input(qx_, n_tokens, cols);
-      const int chunks = std::min(n_tokens, pool_.size() * 4);
-      pool_.run(chunks, [&](int c, int) {
-        cpu::quantize_input_rows(x, qx_, int(int64_t(n_tokens) * c / chunks), int(int64_t(n_tokens) * (c + 1) / chunks));
-      });
-    }
-    if (lanes) {
-      cpu::resize_int8_lanes(xl_, n_tokens, cols);
-      pool_.run(xl_.n_groups, [&](int g, int) { kernels_.quantize_lanes(x, xl_, g); });
-    }
+    prepare_inputs(needed, x, n_tokens, cols);
     weights_.clear();
     for (auto& t : tasks) weights_.push_back(t.weight);
     split_rows(weights_, chunks_);
+    using F = cpu::InputFormat;
+    auto prepared = [&](F f) { return needed[size_t(f)]; };
     pool_.run(int(chunks_.size()), [&](int c, int) {
       const Chunk& ch = chunks_[size_t(c)];
       const MatmulTask& t = tasks[size_t(ch.task)];
-      MatmulArgs args{t.weight, x, &qx_, widened ? &xb_ : nullptr, lanes ? &xl_ : nullptr, t.out, n_tokens};
-      kernels_.for_type(t.weight.type)(args, ch.begin, ch.end);
+      cpu::MatmulArgs args;
+      args.w = t.weight;
+      args.x = x;
+      args.qx = prepared(F::Q8Blocks) ? &qx_ : nullptr;
+      args.qk = prepared(F::Q8KBlocks) ? &qk_ : nullptr;
+      args.xb = prepared(F::Bf16Lanes) ? &xb_ : nullptr;
+      args.xl = prepared(F::Int8Lanes) ? &xl_ : nullptr;
+      args.xkl = prepared(F::Q8KLanes) ? &xkl_ : nullptr;
+      args.y = t.out;
+      args.n_tokens = n_tokens;
+      kernel_of_[size_t(ch.task)](args, ch.begin, ch.end);
     });
   }
 
@@ -161,31 +158,40 @@ class CpuBackend final : public Backend {
     }
   }
 
-  void rope(float* x, const int32_t* positions, int n, int n_heads, int head_dim, int n_rot, float base) override {
+  void rope(float* x, const int32_t* positions, int n, int n_heads, int head_dim, const RopeParams& p) override {
     // Angles as ggml computes them: theta_i = pos * base^(-2i/n_rot), built by repeated
-    // multiplication in float, so that results match files converted for that engine.
-    const float theta_scale = std::pow(base, -2.0f / float(n_rot));
+    // multiplication in float, divided by the pair's frequency factor and scaled, so that
+    // results match files converted for that engine.
+    const float theta_scale = std::pow(p.base, -2.0f / float(p.n_rot));
+    const int pairs = p.n_rot / 2;
+    // Normal: pair i is (2i, 2i+1); Neox: (i, i + n_rot/2).
+    const int first_step = p.layout == RopeLayout::Normal ? 2 : 1, second = p.layout == RopeLayout::Normal ? 1 : pairs;
     auto rows = [&](int t_begin, int t_end) {
-    for (int t = t_begin; t < t_end; ++t) {
-      float* row = x + size_t(t) * n_heads * head_dim;
-      float theta = float(positions[t]);
-      for (int i = 0; i < n_rot / 2; ++i) {
-        const float c = std::cos(theta), s = std::sin(theta);
-        for (int h = 0; h < n_heads; ++h) {
-          float* p = row + size_t(h) * head_dim + 2 * i;
-          const float x0 = p[0], x1 = p[1];
-          p[0] = x0 * c - x1 * s;
-          p[1] = x0 * s + x1 * c;
+      for (int t = t_begin; t < t_end; ++t) {
+        float* row = x + size_t(t) * n_heads * head_dim;
+        float theta = float(positions[t]);
+        for (int i = 0; i < pairs; ++i) {
+          const float angle = p.freq_scale * (p.freq_factors ? theta / p.freq_factors[i] : theta);
+          const float c = std::cos(angle), s = std::sin(angle);
+          for (int h = 0; h < n_heads; ++h) {
+            float* a = row + size_t(h) * head_dim + i * first_step;
+            const float x0 = a[0], x1 = a[second];
+            a[0] = x0 * c - x1 * s;
+            a[second] = x0 * s + x1 * c;
+          }
+          theta *= theta_scale;
         }
-        theta *= theta_scale;
       }
-    }
     };
     if (n < 16) {
       rows(0, n);
     } else {
-      pool_.run(pool_.size(), [&](int p, int) { rows(n * p / pool_.size(), n * (p + 1) / pool_.size()); });
+      pool_.run(pool_.size(), [&](int part, int) { rows(n * part / pool_.size(), n * (part + 1) / pool_.size()); });
     }
+  }
+
+  void add_rows(float* x, const float* bias, int n, int dim) override {
+    for (int t = 0; t < n; ++t) cpu::add_f32(x + size_t(t) * dim, bias, size_t(dim));
   }
 
   void kv_store(const KvLayerView& kv, std::span<const AttentionSeq> seqs, const float* k, const float* v) override {
@@ -288,6 +294,35 @@ class CpuBackend final : public Backend {
     int64_t begin, end;
   };
 
+  // Fills the activation layouts the kernels of one product read (Float needs nothing).
+  void prepare_inputs(const std::array<bool, cpu::kInputFormats>& needed, const float* x, int n_tokens, int64_t cols) {
+    using F = cpu::InputFormat;
+    const int chunks = std::min(n_tokens, pool_.size() * 4);
+    auto token_chunks = [&](auto&& fill) {
+      pool_.run(chunks, [&](int c, int) { fill(int(int64_t(n_tokens) * c / chunks), int(int64_t(n_tokens) * (c + 1) / chunks)); });
+    };
+    if (needed[size_t(F::Q8Blocks)]) {
+      cpu::resize_quantized_input(qx_, n_tokens, cols);
+      token_chunks([&](int b, int e) { cpu::quantize_input_rows(x, qx_, b, e); });
+    }
+    if (needed[size_t(F::Q8KBlocks)]) {
+      cpu::resize_q8k_input(qk_, n_tokens, cols);
+      token_chunks([&](int b, int e) { cpu::quantize_q8k_rows(x, qk_, b, e); });
+    }
+    if (needed[size_t(F::Bf16Lanes)]) {
+      cpu::resize_bf16_input(xb_, n_tokens, cols);
+      token_chunks([&](int b, int e) { kernels_.pack_bf16(x, xb_, b, e); });
+    }
+    if (needed[size_t(F::Int8Lanes)]) {
+      cpu::resize_int8_lanes(xl_, n_tokens, cols);
+      pool_.run(xl_.n_groups, [&](int g, int) { kernels_.quantize_lanes(x, xl_, g); });
+    }
+    if (needed[size_t(F::Q8KLanes)]) {
+      cpu::resize_q8k_lanes(xkl_, n_tokens, cols);
+      pool_.run(xkl_.n_groups, [&](int g, int) { kernels_.quantize_k_lanes(x, xkl_, g); });
+    }
+  }
+
   // Splits the rows of a matmul's weights into one contiguous chunk per thread: every chunk
   // start is a cold stream (DRAM latency before the prefetch runs ahead), and finer chunks
   // measured slower at batch 1 (3.9 ms vs 4.6 ms of matrix products per step, 250M Q8_0).
@@ -330,8 +365,11 @@ class CpuBackend final : public Backend {
   ThreadPool pool_;
   // Reused across calls so the step loop does not allocate.
   cpu::QuantizedInput qx_;
+  cpu::Q8KInput qk_;
   cpu::Bf16Input xb_;
   cpu::Int8Lanes xl_;
+  cpu::Q8KLanes xkl_;
+  std::vector<cpu::MatmulRowsFn> kernel_of_;  // per task of the current product
   std::vector<Chunk> chunks_, prefetch_chunks_;
   std::vector<MatrixView> weights_;
   std::vector<Item> items_;

@@ -56,10 +56,15 @@ void widen_rows_bf16(const MatrixView& w, int64_t r0, int rows, uint16_t* panel)
       case TensorType::BF16:
         std::memcpy(dst, src, size_t(k) * 2);
         break;
-      default: {  // F32 / F16: through f32
-        std::vector<float> tmp(static_cast<size_t>(k));
+      default: {  // every other type through f32 (its reference dequantizer)
+        thread_local std::vector<float> tmp;
+        tmp.resize(size_t(k));
         dequantize_row(w.type, src, tmp.data(), size_t(k));
-        for (int64_t i = 0; i < k; ++i) dst[i] = fp32_to_bf16(tmp[size_t(i)]);
+        int64_t i = 0;
+        for (; i + 32 <= k; i += 32)
+          _mm512_storeu_si512(dst + i, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(_mm512_loadu_ps(tmp.data() + i + 16),
+                                                                                       _mm512_loadu_ps(tmp.data() + i))));
+        for (; i < k; ++i) dst[i] = fp32_to_bf16(tmp[size_t(i)]);
       }
     }
   }

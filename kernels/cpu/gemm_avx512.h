@@ -11,12 +11,18 @@ namespace tutti::cpu {
 constexpr int kGemmRows = 12;       // bf16 GEMM panel height (<= 16); also the row unit of the kernel set
 constexpr int kBf16MinTokens = 8;   // from this many tokens on, the GEMM paths run
 
-// Rows [r0, r1) of y for all tokens. Q8_0: needs MatmulArgs::xl; Q4_0 / BF16: needs xb.
+// Rows [r0, r1) of y for all tokens. Q8_0: needs MatmulArgs::xl; the 4/5-bit 32-value types
+// and BF16: needs xb.
 void gemm_i8_rows_avx512(const MatmulArgs& a, int64_t r0, int64_t r1);
 void gemm_bf16_rows_avx512(const MatmulArgs& a, int64_t r0, int64_t r1);
 
 // Activation packing for the two paths (thread-safe for disjoint groups / token ranges).
 void quantize_int8_lanes_avx512(const float* x, Int8Lanes& l, int group);
 void pack_bf16_rows_avx512(const float* x, Bf16Input& b, int t_begin, int t_end);
+
+// The K-quant kernels (kquant_avx512.cpp): decode and GEMM entries of every K-quant type,
+// and the Q8_K lanes their GEMM reads.
+void add_kquant_kernels_avx512(MatmulKernels& k);
+void quantize_q8k_lanes_avx512(const float* x, Q8KLanes& l, int group);
 
 }  // namespace tutti::cpu

@@ -3,10 +3,12 @@
 // Tiles of R weight rows x C tokens keep R*C accumulators in registers, so each weight
 // vector loaded from memory serves C tokens and each activation vector serves R rows: at
 // batch 1 the loop streams weights at memory speed, at large batches it is compute-bound.
-// Q8_0 / Q4_0 weights are read in place, two 32-value blocks per 512-bit register, and
-// multiplied with VPDPBUSD (u8 x s8 -> s32):
+// Q8_0 and the 4/5-bit 32-value types are read in place, two blocks per 512-bit register,
+// and multiplied with VPDPBUSD (u8 x s8 -> s32):
 //   Q8_0: activations as u8 (q + 128), the +128 removed by starting the sum at -128*sum(w);
-//   Q4_0: nibbles (0..15) as u8, the -8 offset folded in as -8*sum(a) lane biases.
+//   Q4_0 / Q5_0: quants (0..15 / 0..31) as u8, the offset folded in as -8*sum(a) lane biases
+//   (doubled for 16); Q4_1 / Q5_1 add their min times the activation block's sum.
+// The K-quants are in kquant_avx512.cpp.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -237,44 +239,104 @@ struct Q8_0RowKernel {
   }
 };
 
-struct Q4_0Kernel {
+// The 4- and 5-bit 32-value block types, two blocks per 512-bit register. Their quants are
+// unsigned (nibbles, plus a fifth bit from qh), so they enter VPDPBUSD as the u8 operand
+// against the signed activations; the offset types (Q4_0: q - 8, Q5_0: q - 16) start the sum
+// at -offset * sum(x) per lane (QuantizedInput::q4_bias, doubled for 16), and the affine
+// types (Q4_1, Q5_1: d*q + m) add m * s per block (s = d_x * sum(q_x), QuantizedInput::s_pair).
+template <class B>
+struct Block32Traits;
+template <>
+struct Block32Traits<BlockQ4_0> {
+  static constexpr int kQuantOffset = 2, kScaleOffset = 0, kFifthBit = -1, kMinOffset = -1, kBiasShift = 0;
+};
+template <>
+struct Block32Traits<BlockQ4_1> {
+  static constexpr int kQuantOffset = 4, kScaleOffset = 0, kFifthBit = -1, kMinOffset = 2, kBiasShift = -1;
+};
+template <>
+struct Block32Traits<BlockQ5_0> {
+  static constexpr int kQuantOffset = 6, kScaleOffset = 0, kFifthBit = 2, kMinOffset = -1, kBiasShift = 1;
+};
+template <>
+struct Block32Traits<BlockQ5_1> {
+  static constexpr int kQuantOffset = 8, kScaleOffset = 0, kFifthBit = 4, kMinOffset = 2, kBiasShift = -1;
+};
+
+template <class B>
+struct Block32Kernel {
+  using T = Block32Traits<B>;
+  static constexpr int kBytes = int(sizeof(B));
+
+  // The 32 quants of block b0 (and b1, when two) as bytes 0..31 (32..63), in value order.
+  template <bool two>
+  static __m512i load_quants(const uint8_t* b0) {
+    const uint8_t* b1 = b0 + kBytes;
+    const __m128i q0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + T::kQuantOffset));
+    const __m128i q1 = two ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(b1 + T::kQuantOffset)) : _mm_setzero_si128();
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    const __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(q0), q1, 1);
+    const __m256i lo = _mm256_and_si256(both, low4);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(both, 4), low4);
+    const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);  // lo0 lo1 hi0 hi1
+    __m512i w = _mm512_shuffle_i64x2(v, v, _MM_SHUFFLE(3, 1, 2, 0));         // lo0 hi0 lo1 hi1
+    if constexpr (T::kFifthBit >= 0) {
+      uint32_t h0, h1 = 0;
+      std::memcpy(&h0, b0 + T::kFifthBit, 4);
+      if (two) std::memcpy(&h1, b1 + T::kFifthBit, 4);
+      const __mmask64 bits = __mmask64(h0) | __mmask64(h1) << 32;
+      w = _mm512_or_si512(w, _mm512_maskz_mov_epi8(bits, _mm512_set1_epi8(16)));
+    }
+    return w;
+  }
+
+  template <bool two>
+  static __m512 pair_f16(const uint8_t* b0, int offset) {
+    return pair_scales(b0 + offset, b0 + kBytes + offset, two);
+  }
+
+  template <int R, int C, bool two>
+  static void step(const uint8_t* const* rows, const uint8_t* ahead, const QuantizedInput& q, int c0, int64_t p,
+                   __m512 (&acc)[R][C]) {
+    __m512i w[R];
+    __m512 dw[R], mw[R];
+    for (int r = 0; r < R; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(ahead + (p * R + r) * 2 * kBytes), _MM_HINT_T0);
+      const uint8_t* b0 = rows[r] + p * 2 * kBytes;
+      w[r] = load_quants<two>(b0);
+      dw[r] = pair_f16<two>(b0, T::kScaleOffset);
+      if constexpr (T::kMinOffset >= 0) mw[r] = pair_f16<two>(b0, T::kMinOffset);
+    }
+    for (int c = 0; c < C; ++c) {
+      const __m512i x = _mm512_loadu_si512(q.qs_row(c0 + c) + p * 64);
+      const __m512 dx = _mm512_loadu_ps(q.d_pair_row(c0 + c) + p * 16);
+      __m512i bias = _mm512_setzero_si512();
+      if constexpr (T::kBiasShift >= 0) {
+        bias = _mm512_loadu_si512(q.q4_bias_row(c0 + c) + p * 16);
+        if constexpr (T::kBiasShift > 0) bias = _mm512_slli_epi32(bias, T::kBiasShift);
+      }
+      __m512 sx;
+      if constexpr (T::kMinOffset >= 0) sx = _mm512_loadu_ps(q.s_pair_row(c0 + c) + p * 16);
+      for (int r = 0; r < R; ++r) {
+        const __m512i isum = _mm512_dpbusd_epi32(bias, w[r], x);
+        acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dw[r], dx), acc[r][c]);
+        if constexpr (T::kMinOffset >= 0) acc[r][c] = _mm512_fmadd_ps(mw[r], sx, acc[r][c]);
+      }
+    }
+  }
+
   template <int R, int C>
   static void tile(const MatmulArgs& a, int64_t r0, int c0) {
     const QuantizedInput& q = *a.qx;
-    const int64_t nb = q.n_blocks, np = q.n_pairs;
+    const int64_t full = q.n_blocks / 2;
     const uint8_t* rows[R];
     for (int r = 0; r < R; ++r) rows[r] = a.w.row(r0 + r);
     __m512 acc[R][C];
     for (int r = 0; r < R; ++r)
       for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
-    const __m256i low4 = _mm256_set1_epi8(0x0f);
     const uint8_t* ahead = rows[0] + kPrefetchBytes;
-    for (int64_t p = 0; p < np; ++p) {
-      const bool has_b1 = 2 * p + 1 < nb;
-      __m512i w[R];
-      __m512 dw[R];
-      for (int r = 0; r < R; ++r) {
-        if ((p & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(ahead + (p * R + 2 * r) * 36), _MM_HINT_T0);
-        const uint8_t* b0 = rows[r] + p * 36;
-        const __m128i q0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + 2));
-        const __m128i q1 = has_b1 ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + 20)) : _mm_setzero_si128();
-        const __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(q0), q1, 1);
-        const __m256i lo = _mm256_and_si256(both, low4);
-        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(both, 4), low4);
-        const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);  // lo0 lo1 hi0 hi1
-        w[r] = _mm512_shuffle_i64x2(v, v, _MM_SHUFFLE(3, 1, 2, 0));             // lo0 hi0 lo1 hi1
-        dw[r] = pair_scales(b0, b0 + 18, has_b1);
-      }
-      for (int c = 0; c < C; ++c) {
-        const __m512i x = _mm512_loadu_si512(q.qs_row(c0 + c) + p * 64);
-        const __m512i bias = _mm512_loadu_si512(q.q4_bias_row(c0 + c) + p * 16);
-        const __m512 dx = _mm512_loadu_ps(q.d_pair_row(c0 + c) + p * 16);
-        for (int r = 0; r < R; ++r) {
-          const __m512i isum = _mm512_dpbusd_epi32(bias, w[r], x);
-          acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dw[r], dx), acc[r][c]);
-        }
-      }
-    }
+    for (int64_t p = 0; p < full; ++p) step<R, C, true>(rows, ahead, q, c0, p, acc);
+    if (q.n_blocks % 2) step<R, C, false>(rows, ahead, q, c0, full, acc);
     for (int r = 0; r < R; ++r)
       for (int c = 0; c < C; ++c) a.y[size_t(c0 + c) * a.w.rows + r0 + r] = _mm512_reduce_add_ps(acc[r][c]);
   }
@@ -294,32 +356,42 @@ void rows_fn(const MatmulArgs& a, int64_t r0, int64_t r1) {
     TileDriver<K, 4, 4>::run(a, r0, r1);
 }
 
-template <class K>
-void quant_rows_fn(const MatmulArgs& a, int64_t r0, int64_t r1) {
-  if (a.xl && a.n_tokens >= kBf16MinTokens && a.w.type == TensorType::Q8_0)
-    gemm_i8_rows_avx512(a, r0, r1);
-  else if (a.w.type == TensorType::Q8_0 && a.n_tokens <= kShadowMaxTokens && !a.qx->shadow.empty())
+// Q8_0 at 1-2 tokens reads rows as they lie in memory (the shadow layout); 3-7 tokens unpack
+// block pairs.
+void q8_0_decode(const MatmulArgs& a, int64_t r0, int64_t r1) {
+  if (a.n_tokens <= kShadowMaxTokens && !a.qx->shadow.empty())
     rows_fn<Q8_0RowKernel>(a, r0, r1);
-  else if (a.xb && a.n_tokens >= kBf16MinTokens)
-    gemm_bf16_rows_avx512(a, r0, r1);
   else
-    rows_fn<K>(a, r0, r1);
+    rows_fn<Q8_0Kernel>(a, r0, r1);
+}
+
+MatmulKernels make_avx512() {
+  MatmulKernels k;
+  k.isa = "avx512-vnni";
+  using F = InputFormat;
+  auto& t = k.types;
+  t[size_t(TensorType::F32)] = {rows_fn<FloatKernel<FloatWeights<float>>>, F::Float};
+  t[size_t(TensorType::F16)] = {rows_fn<FloatKernel<FloatWeights<F16Tag>>>, F::Float};
+  t[size_t(TensorType::BF16)] = {rows_fn<FloatKernel<FloatWeights<BF16Tag>>>, F::Float, gemm_bf16_rows_avx512, F::Bf16Lanes};
+  t[size_t(TensorType::Q8_0)] = {q8_0_decode, F::Q8Blocks, gemm_i8_rows_avx512, F::Int8Lanes};
+  t[size_t(TensorType::Q4_0)] = {rows_fn<Block32Kernel<BlockQ4_0>>, F::Q8Blocks, gemm_bf16_rows_avx512, F::Bf16Lanes};
+  t[size_t(TensorType::Q4_1)] = {rows_fn<Block32Kernel<BlockQ4_1>>, F::Q8Blocks, gemm_bf16_rows_avx512, F::Bf16Lanes};
+  t[size_t(TensorType::Q5_0)] = {rows_fn<Block32Kernel<BlockQ5_0>>, F::Q8Blocks, gemm_bf16_rows_avx512, F::Bf16Lanes};
+  t[size_t(TensorType::Q5_1)] = {rows_fn<Block32Kernel<BlockQ5_1>>, F::Q8Blocks, gemm_bf16_rows_avx512, F::Bf16Lanes};
+  add_kquant_kernels_avx512(k);
+  k.row_tile = kGemmRows;
+  k.gemm_min_tokens = kBf16MinTokens;
+  k.pack_bf16 = pack_bf16_rows_avx512;
+  k.quantize_lanes = quantize_int8_lanes_avx512;
+  k.quantize_k_lanes = quantize_q8k_lanes_avx512;
+  k.avx512_attention = true;
+  return k;
 }
 
 }  // namespace
 
 const MatmulKernels* avx512_kernels() {
-  static const MatmulKernels k{"avx512-vnni",
-                               rows_fn<FloatKernel<FloatWeights<float>>>,
-                               rows_fn<FloatKernel<FloatWeights<F16Tag>>>,
-                               quant_rows_fn<FloatKernel<FloatWeights<BF16Tag>>>,
-                               quant_rows_fn<Q8_0Kernel>,
-                               quant_rows_fn<Q4_0Kernel>,
-                               kGemmRows,
-                               kBf16MinTokens,
-                               pack_bf16_rows_avx512,
-                               quantize_int8_lanes_avx512,
-                               true};
+  static const MatmulKernels k = make_avx512();
   return &k;
 }
 

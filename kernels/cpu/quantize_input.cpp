@@ -16,7 +16,9 @@ void resize_quantized_input(QuantizedInput& q, int n_tokens, int64_t cols) {
   q.qs.resize(t * q.n_pairs * 64);
   q.qu.resize(t * q.n_pairs * 64);
   q.d.resize(t * q.n_blocks);
+  q.s.resize(t * q.n_blocks);
   q.d_pair.resize(t * q.n_pairs * 16);
+  q.s_pair.resize(t * q.n_pairs * 16);
   q.q4_bias.resize(t * q.n_pairs * 16);
   q.n_chunks = (q.n_blocks * 34 + 63) / 64;
   const size_t shadow_tokens = n_tokens <= kShadowMaxTokens ? t : 0;
@@ -31,7 +33,9 @@ void quantize_input_rows(const float* x, QuantizedInput& q, int t_begin, int t_e
     int8_t* qs = q.qs.data() + size_t(t) * q.n_pairs * 64;
     uint8_t* qu = q.qu.data() + size_t(t) * q.n_pairs * 64;
     float* d = q.d.data() + size_t(t) * q.n_blocks;
+    float* sums = q.s.data() + size_t(t) * q.n_blocks;
     float* dp = q.d_pair.data() + size_t(t) * q.n_pairs * 16;
+    float* sp = q.s_pair.data() + size_t(t) * q.n_pairs * 16;
     int32_t* bias = q.q4_bias.data() + size_t(t) * q.n_pairs * 16;
     for (int64_t b = 0; b < q.n_blocks; ++b) {
       const float* v = xr + b * 32;
@@ -47,6 +51,10 @@ void quantize_input_rows(const float* x, QuantizedInput& q, int t_begin, int t_e
 #pragma omp simd
       for (int j = 0; j < 32; ++j) qu[b * 32 + j] = uint8_t(out[j] + 128);
       d[b] = fp16_to_fp32(fp32_to_fp16(scale));
+      int32_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int j = 0; j < 32; ++j) sum += out[j];
+      sums[b] = fp16_to_fp32(fp32_to_fp16(scale * float(sum)));  // as ggml's Q8_1: d * sum, stored f16
     }
     if (q.n_blocks % 2) {  // zero the missing half of the last pair
       std::fill(qs + q.n_blocks * 32, qs + q.n_pairs * 64, 0);
@@ -82,9 +90,12 @@ void quantize_input_rows(const float* x, QuantizedInput& q, int t_begin, int t_e
     }
     for (int64_t p = 0; p < q.n_pairs; ++p) {
       const float d0 = d[2 * p], d1 = 2 * p + 1 < q.n_blocks ? d[2 * p + 1] : 0.f;
+      const float s0 = sums[2 * p] / 8, s1 = 2 * p + 1 < q.n_blocks ? sums[2 * p + 1] / 8 : 0.f;
       for (int l = 0; l < 8; ++l) {
         dp[p * 16 + l] = d0;
         dp[p * 16 + 8 + l] = d1;
+        sp[p * 16 + l] = s0;
+        sp[p * 16 + 8 + l] = s1;
       }
       for (int l = 0; l < 16; ++l) {
         const int8_t* s = qs + p * 64 + l * 4;
@@ -92,6 +103,28 @@ void quantize_input_rows(const float* x, QuantizedInput& q, int t_begin, int t_e
       }
     }
   }
+}
+
+void resize_q8k_input(Q8KInput& q, int n_tokens, int64_t cols) {
+  q.n_tokens = n_tokens;
+  q.cols = cols;
+  q.n_super = cols / 256;
+  q.blocks.resize(size_t(n_tokens) * size_t(q.n_super));
+}
+
+void quantize_q8k_rows(const float* x, Q8KInput& q, int t_begin, int t_end) {
+  for (int t = t_begin; t < t_end; ++t)
+    quantize_row_q8_k(x + size_t(t) * size_t(q.cols), q.blocks.data() + size_t(t) * size_t(q.n_super), size_t(q.cols));
+}
+
+void resize_q8k_lanes(Q8KLanes& l, int n_tokens, int64_t cols) {
+  l.n_tokens = n_tokens;
+  l.cols = cols;
+  l.n_super = cols / 256;
+  l.n_groups = (n_tokens + 15) / 16;
+  l.q.resize(size_t(l.n_groups) * size_t(cols) * 16);
+  l.d.resize(size_t(l.n_groups) * size_t(l.n_super) * 16);
+  l.bsums.resize(size_t(l.n_groups) * size_t(l.n_super) * 8 * 16);
 }
 
 void resize_bf16_input(Bf16Input& b, int n_tokens, int64_t cols) {

@@ -11,6 +11,10 @@
 //                  aligned 16-byte loads: [quants of every row][one f16 scale per 32 values].
 //                  Q8_0 quants are int8 per value; Q4_0 quants are the file's 16 bytes per
 //                  block (low nibbles values 0..15, high nibbles 16..31).
+//   Q4_1, Q5_0, Q5_1, Q2_K..Q6_K
+//                  kept in the file's block layout, decoded 16 values at a time by
+//                  blocks.cuh (the same bit positions as kernels/tensor_type.cpp). Correct
+//                  first: their products read bytes, not aligned 16-byte vectors.
 // Every matrix needs cols % 32 == 0 (true of every Llama shape); upload refuses others.
 //
 // Products: up to kSkinnyTokens tokens read each weight row once per 8 tokens with one warp
@@ -34,6 +38,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/cuda/blocks.cuh"
 #include "kernels/cuda/cuda_backend.h"
 
 namespace tutti {
@@ -76,10 +81,17 @@ constexpr int kWarp = 32;
 
 struct DeviceMatrix {
   TensorType type;
-  const uint8_t* quants;  // row-major values (or Q4_0 nibble bytes)
+  const uint8_t* quants;  // row-major values (or Q4_0 nibble bytes; or GGUF blocks, see in_file_layout)
   const __half* scales;   // Q8_0/Q4_0: rows * cols/32 scales
   int64_t rows, cols;
+  int64_t row_bytes;      // bytes per row of the GGUF-layout types
 };
+
+// Types kept as the file stores them and read through blocks.cuh.
+__host__ __device__ constexpr bool in_file_layout(TensorType t) {
+  return t == TensorType::Q4_1 || t == TensorType::Q5_0 || t == TensorType::Q5_1 || t == TensorType::Q2_K ||
+         t == TensorType::Q3_K || t == TensorType::Q4_K || t == TensorType::Q5_K || t == TensorType::Q6_K;
+}
 
 __device__ __forceinline__ float bf16_bits_to_float(uint16_t b) { return __uint_as_float(uint32_t(b) << 16); }
 __device__ __forceinline__ float half_bits_to_float(uint16_t b) { return __half2float(__ushort_as_half(b)); }
@@ -90,6 +102,16 @@ __device__ __forceinline__ void dot16(const DeviceMatrix& w, int64_t r, int64_t 
                                       float (&acc)[NT]) {
   float v[16];
   switch (w.type) {
+    case TensorType::Q4_1:
+    case TensorType::Q5_0:
+    case TensorType::Q5_1:
+    case TensorType::Q2_K:
+    case TensorType::Q3_K:
+    case TensorType::Q4_K:
+    case TensorType::Q5_K:
+    case TensorType::Q6_K:
+      cuda::decode16(w.type, w.quants + r * w.row_bytes, k, v);
+      break;
     case TensorType::Q8_0: {
       const int4 q = *reinterpret_cast<const int4*>(w.quants + r * cols + k);
       const int8_t* qb = reinterpret_cast<const int8_t*>(&q);
@@ -183,6 +205,7 @@ __global__ void widen_to_bf16(DeviceMatrix w, __nv_bfloat16* out) {
     case TensorType::F16: v = half_bits_to_float(reinterpret_cast<const uint16_t*>(w.quants)[i]); break;
     case TensorType::BF16: v = bf16_bits_to_float(reinterpret_cast<const uint16_t*>(w.quants)[i]); break;
     case TensorType::F32: v = reinterpret_cast<const float*>(w.quants)[i]; break;
+    default: v = cuda::decode1(w.type, w.quants + r * w.row_bytes, k); break;
   }
   out[i] = __float2bfloat16(v);
 }
@@ -211,6 +234,7 @@ __global__ void embed_rows(DeviceMatrix table, const int32_t* __restrict__ ids, 
       case TensorType::F16: v = half_bits_to_float(reinterpret_cast<const uint16_t*>(table.quants)[row * table.cols + k]); break;
       case TensorType::BF16: v = bf16_bits_to_float(reinterpret_cast<const uint16_t*>(table.quants)[row * table.cols + k]); break;
       case TensorType::F32: v = reinterpret_cast<const float*>(table.quants)[row * table.cols + k]; break;
+      default: v = cuda::decode1(table.type, table.quants + row * table.row_bytes, k); break;
     }
     o[k] = v;
   }
@@ -254,23 +278,32 @@ __global__ void rms_norm_rows(const float* __restrict__ x, const float* __restri
 }
 
 // One thread per (row, rotated pair); every head of the row shares the angle. The angle is
-// built by repeated multiplication in float, as the CPU backend (and ggml) does.
+// built by repeated multiplication in float, as the CPU backend (and ggml) does, then divided
+// by the pair's frequency factor and scaled. Normal layout: pair (2p, 2p+1); Neox: (p, p + n_rot/2).
 __global__ void rope_rows(float* x, const int32_t* __restrict__ positions, int n, int n_heads, int head_dim, int n_rot,
-                          float theta_scale) {
+                          float theta_scale, float freq_scale, bool neox, const float* __restrict__ freq_factors) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const int pairs = n_rot / 2;
   if (i >= int64_t(n) * pairs) return;
   const int t = int(i / pairs), p = int(i % pairs);
   float theta = float(positions[t]);
   for (int j = 0; j < p; ++j) theta *= theta_scale;
-  const float c = cosf(theta), s = sinf(theta);
+  const float angle = freq_scale * (freq_factors ? theta / freq_factors[p] : theta);
+  const float c = cosf(angle), s = sinf(angle);
+  const int first = neox ? p : 2 * p, second = neox ? pairs : 1;
   float* row = x + int64_t(t) * n_heads * head_dim;
   for (int h = 0; h < n_heads; ++h) {
-    float* q = row + int64_t(h) * head_dim + 2 * p;
-    const float x0 = q[0], x1 = q[1];
+    float* q = row + int64_t(h) * head_dim + first;
+    const float x0 = q[0], x1 = q[second];
     q[0] = x0 * c - x1 * s;
-    q[1] = x0 * s + x1 * c;
+    q[second] = x0 * s + x1 * c;
   }
+}
+
+// x[t] += bias over rows of dim values.
+__global__ void add_rows_kernel(float* x, const float* __restrict__ bias, int64_t n, int dim) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) x[i] += bias[i % dim];
 }
 
 __global__ void swiglu_kernel(const float* __restrict__ gate, const float* __restrict__ up, float* out, int64_t n) {
@@ -486,6 +519,18 @@ class CudaBackend final : public Backend {
       case TensorType::BF16:
         staged.assign(static_cast<const uint8_t*>(host.data), static_cast<const uint8_t*>(host.data) + n * 2);
         break;
+      case TensorType::Q4_1:
+      case TensorType::Q5_0:
+      case TensorType::Q5_1:
+      case TensorType::Q2_K:
+      case TensorType::Q3_K:
+      case TensorType::Q4_K:
+      case TensorType::Q5_K:
+      case TensorType::Q6_K: {  // in the file's block layout (blocks.cuh reads it)
+        const size_t bytes = host.row_bytes() * size_t(host.rows);
+        staged.assign(static_cast<const uint8_t*>(host.data), static_cast<const uint8_t*>(host.data) + bytes);
+        break;
+      }
       case TensorType::Q8_0:
       case TensorType::Q4_0: {
         const bool q8 = host.type == TensorType::Q8_0;
@@ -549,13 +594,21 @@ class CudaBackend final : public Backend {
     check_launch("rms_norm");
   }
 
-  void rope(float* x, const int32_t* positions, int n, int n_heads, int head_dim, int n_rot, float base) override {
+  void rope(float* x, const int32_t* positions, int n, int n_heads, int head_dim, const RopeParams& p) override {
     if (n <= 0) return;
     const int32_t* d_pos = stage(positions, size_t(n));
-    const int64_t work = int64_t(n) * (n_rot / 2);
-    rope_rows<<<blocks_for(work, 256), 256, 0, stream_>>>(x, d_pos, n, n_heads, head_dim, n_rot,
-                                                          std::pow(base, -2.0f / float(n_rot)));
+    const int64_t work = int64_t(n) * (p.n_rot / 2);
+    rope_rows<<<blocks_for(work, 256), 256, 0, stream_>>>(x, d_pos, n, n_heads, head_dim, p.n_rot,
+                                                          std::pow(p.base, -2.0f / float(p.n_rot)), p.freq_scale,
+                                                          p.layout == RopeLayout::Neox, p.freq_factors);
     check_launch("rope");
+  }
+
+  void add_rows(float* x, const float* bias, int n, int dim) override {
+    if (n <= 0) return;
+    const int64_t total = int64_t(n) * dim;
+    add_rows_kernel<<<blocks_for(total, 256), 256, 0, stream_>>>(x, bias, total, dim);
+    check_launch("add_rows");
   }
 
   void kv_store(const KvLayerView& kv, std::span<const AttentionSeq> seqs, const float* k, const float* v) override {
@@ -627,7 +680,7 @@ class CudaBackend final : public Backend {
   }
 
   DeviceMatrix device_matrix(const MatrixView& w) const {
-    DeviceMatrix d{w.type, static_cast<const uint8_t*>(w.data), nullptr, w.rows, w.cols};
+    DeviceMatrix d{w.type, static_cast<const uint8_t*>(w.data), nullptr, w.rows, w.cols, int64_t(w.row_bytes())};
     const size_t n = size_t(w.rows) * size_t(w.cols);
     if (w.type == TensorType::Q8_0) d.scales = reinterpret_cast<const __half*>(d.quants + n);
     if (w.type == TensorType::Q4_0) d.scales = reinterpret_cast<const __half*>(d.quants + n / 2);
