@@ -386,7 +386,18 @@ void GgufWriter::set_value(const std::string& key, const GgufValue& src) {
 
 void GgufWriter::add_tensor(const std::string& name, TensorType type, std::vector<uint64_t> shape,
                             std::vector<uint8_t> data) {
-  tensors_.push_back({name, type, std::move(shape), std::move(data)});
+  tensors_.push_back({name, type, std::move(shape), std::move(data), {}});
+}
+
+void GgufWriter::add_tensor(const std::string& name, TensorType type, std::vector<uint64_t> shape, TensorProducer produce) {
+  tensors_.push_back({name, type, std::move(shape), {}, std::move(produce)});
+}
+
+uint64_t GgufWriter::Tensor::bytes() const {
+  if (!produce) return data.size();
+  uint64_t rows = 1;
+  for (size_t d = 1; d < shape.size(); ++d) rows *= shape[d];
+  return shape.empty() ? 0 : uint64_t(row_bytes(type, size_t(shape[0]))) * rows;
 }
 
 namespace {
@@ -423,11 +434,15 @@ void put_scalar(Out& o, const GgufValue& v) {
 }
 }  // namespace
 
-std::vector<uint8_t> GgufWriter::to_bytes() const {
-  Out o;
-  uint64_t alignment = 32;
+uint64_t GgufWriter::alignment() const {
   for (auto& kv : kv_)
-    if (kv.first == "general.alignment" && kv.second.u) alignment = kv.second.u;
+    if (kv.first == "general.alignment" && kv.second.u) return kv.second.u;
+  return 32;
+}
+
+std::vector<uint8_t> GgufWriter::header() const {
+  Out o;
+  const uint64_t align = alignment();
   o.put<uint32_t>(0x46554747u);
   o.put<uint32_t>(3);
   o.put<uint64_t>(tensors_.size());
@@ -455,26 +470,65 @@ std::vector<uint8_t> GgufWriter::to_bytes() const {
     for (uint64_t d : t.shape) o.put<uint64_t>(d);
     o.put<uint32_t>(uint32_t(t.type));
     o.put<uint64_t>(offset);
-    offset = (offset + t.data.size() + alignment - 1) / alignment * alignment;
+    offset = (offset + t.bytes() + align - 1) / align * align;
   }
-  o.pad(alignment);
-  for (auto& t : tensors_) {
-    o.b.insert(o.b.end(), t.data.begin(), t.data.end());
-    o.pad(alignment);
-  }
+  o.pad(align);
   return o.b;
 }
 
+std::vector<uint8_t> GgufWriter::to_bytes() const {
+  std::vector<uint8_t> b = header();
+  const uint64_t align = alignment();
+  std::vector<uint8_t> made;
+  for (auto& t : tensors_) {
+    const std::vector<uint8_t>* data = &t.data;
+    if (t.produce) {
+      made.clear();
+      if (!t.produce(made) || made.size() != t.bytes()) made.assign(t.bytes(), 0);
+      data = &made;
+    }
+    b.insert(b.end(), data->begin(), data->end());
+    b.resize((b.size() + align - 1) / align * align, 0);
+  }
+  return b;
+}
+
 Status GgufWriter::write(const std::string& path) const {
-  const std::vector<uint8_t> bytes = to_bytes();
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  auto failed = [&](const std::string& why) {
+    std::remove(tmp.c_str());
+    return Error{path + ": " + why};
+  };
   {
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
     if (!f) return Error{path + ": cannot create: " + std::strerror(errno)};
-    f.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
-    if (!f) return Error{path + ": write failed"};
+    const std::vector<uint8_t> head = header();
+    f.write(reinterpret_cast<const char*>(head.data()), std::streamsize(head.size()));
+    const uint64_t align = alignment();
+    uint64_t at = head.size();
+    std::vector<uint8_t> made;
+    const std::vector<char> zeros(align, 0);
+    for (auto& t : tensors_) {
+      const std::vector<uint8_t>* data = &t.data;
+      if (t.produce) {
+        made.clear();
+        if (Status s = t.produce(made); !s) return failed("tensor '" + t.name + "': " + s.message());
+        if (made.size() != t.bytes())
+          return failed("tensor '" + t.name + "' came out " + std::to_string(made.size()) + " bytes, expected " +
+                        std::to_string(t.bytes()));
+        data = &made;
+      }
+      f.write(reinterpret_cast<const char*>(data->data()), std::streamsize(data->size()));
+      at += data->size();
+      const uint64_t pad = (at + align - 1) / align * align - at;
+      f.write(zeros.data(), std::streamsize(pad));
+      at += pad;
+      if (!f) return failed("write failed");
+    }
+    f.flush();
+    if (!f) return failed("write failed");
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) return Error{path + ": cannot rename: " + std::strerror(errno)};
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) return failed(std::string("cannot rename: ") + std::strerror(errno));
   return Status::Ok();
 }
 

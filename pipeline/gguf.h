@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -120,6 +121,12 @@ class GgufWriter {
   // `data` holds the tensor in its own type's layout (row_bytes(type, ne0) * rows bytes).
   void add_tensor(const std::string& name, TensorType type, std::vector<uint64_t> shape,
                   std::vector<uint8_t> data);
+  // A tensor whose bytes are made while the file is written, one tensor at a time and in
+  // order, so that writing never holds more than one of them (`tutti model quantize` over
+  // files larger than memory). `produce` fills `out` with exactly the tensor's bytes.
+  using TensorProducer = std::function<Status(std::vector<uint8_t>& out)>;
+  void add_tensor(const std::string& name, TensorType type, std::vector<uint64_t> shape, TensorProducer produce);
+  // Writes to a temporary file beside `path` and renames it into place when complete.
   Status write(const std::string& path) const;
   const std::vector<std::pair<std::string, GgufValue>>& entries() const { return kv_; }
   std::vector<uint8_t> to_bytes() const;
@@ -130,7 +137,11 @@ class GgufWriter {
     TensorType type;
     std::vector<uint64_t> shape;
     std::vector<uint8_t> data;
+    TensorProducer produce;  // set for tensors made at write time
+    uint64_t bytes() const;
   };
+  std::vector<uint8_t> header() const;  // everything before the first tensor's data
+  uint64_t alignment() const;
   std::vector<std::pair<std::string, GgufValue>> kv_;
   std::vector<Tensor> tensors_;
   void put(const std::string& key, GgufValue v);

@@ -106,10 +106,11 @@ class CpuBackend final : public Backend {
     prepare_inputs(needed, x, n_tokens, cols);
     weights_.clear();
     for (auto& t : tasks) weights_.push_back(t.weight);
-    split_rows(weights_, chunks_);
+    split_rows(weights_, chunks_, runs_);
     using F = cpu::InputFormat;
     auto prepared = [&](F f) { return needed[size_t(f)]; };
-    pool_.run(int(chunks_.size()), [&](int c, int) {
+    pool_.run(int(runs_.size()) - 1, [&](int run, int) {
+      for (int c = runs_[size_t(run)]; c < runs_[size_t(run) + 1]; ++c) {
       const Chunk& ch = chunks_[size_t(c)];
       const MatmulTask& t = tasks[size_t(ch.task)];
       cpu::MatmulArgs args;
@@ -123,6 +124,7 @@ class CpuBackend final : public Backend {
       args.y = t.out;
       args.n_tokens = n_tokens;
       kernel_of_[size_t(ch.task)](args, ch.begin, ch.end);
+      }
     });
   }
 
@@ -130,7 +132,7 @@ class CpuBackend final : public Backend {
     // The first rows of each chunk matmul() will hand out (a thread's own stream prefetches
     // ahead of itself once it runs). Lines land in this core's L2; those of the other
     // workers' chunks reach them through the shared L3.
-    split_rows(weights, prefetch_chunks_);
+    split_rows(weights, prefetch_chunks_, prefetch_runs_);
     for (const Chunk& c : prefetch_chunks_) {
       const MatrixView& w = weights[size_t(c.task)];
       const char* p = reinterpret_cast<const char*>(w.row(c.begin));
@@ -307,7 +309,8 @@ class CpuBackend final : public Backend {
     }
     if (needed[size_t(F::Q8KBlocks)]) {
       cpu::resize_q8k_input(qk_, n_tokens, cols);
-      token_chunks([&](int b, int e) { cpu::quantize_q8k_rows(x, qk_, b, e); });
+      const auto rows = kernels_.quantize_k_rows ? kernels_.quantize_k_rows : cpu::quantize_q8k_rows;
+      token_chunks([&](int b, int e) { rows(x, qk_, b, e); });
     }
     if (needed[size_t(F::Bf16Lanes)]) {
       cpu::resize_bf16_input(xb_, n_tokens, cols);
@@ -323,20 +326,43 @@ class CpuBackend final : public Backend {
     }
   }
 
-  // Splits the rows of a matmul's weights into one contiguous chunk per thread: every chunk
-  // start is a cold stream (DRAM latency before the prefetch runs ahead), and finer chunks
-  // measured slower at batch 1 (3.9 ms vs 4.6 ms of matrix products per step, 250M Q8_0).
+  // Splits the rows of a matmul's weights into one contiguous run per thread, of equal bytes
+  // (the tasks' types may differ: Q6_K value rows beside Q4_K query rows), a run crossing
+  // from one task into the next where it must: every run start is a cold stream (DRAM
+  // latency before the prefetch runs ahead), and finer chunks measured slower at batch 1
+  // (3.9 ms vs 4.6 ms of matrix products per step, 250M Q8_0). chunks[runs[i], runs[i+1])
+  // are run i's pieces, in order.
   template <class Weights>
-  void split_rows(const Weights& weights, std::vector<Chunk>& out) const {  // NOLINT
-    int64_t total_rows = 0;
-    for (const MatrixView& w : weights) total_rows += w.rows;
+  void split_rows(const Weights& weights, std::vector<Chunk>& chunks, std::vector<int>& runs) const {  // NOLINT
+    uint64_t total = 0;
+    for (const MatrixView& w : weights) total += uint64_t(w.rows) * w.row_bytes();
+    const int parts = pool_.size();
     const int64_t tile = kernels_.row_tile;
-    int64_t per = std::max<int64_t>(tile, total_rows / int64_t(pool_.size()));
-    per = (per + tile - 1) / tile * tile;
-    out.clear();
-    for (int i = 0; i < int(std::size(weights)); ++i)
-      for (int64_t r = 0; r < weights[size_t(i)].rows; r += per)
-        out.push_back({i, r, std::min(weights[size_t(i)].rows, r + per)});
+    chunks.clear();
+    runs.assign(1, 0);
+    uint64_t done = 0;  // bytes assigned to finished runs and the current one
+    int part = 0;
+    for (int i = 0; i < int(std::size(weights)); ++i) {
+      const MatrixView& w = weights[size_t(i)];
+      const uint64_t rb = std::max<uint64_t>(1, w.row_bytes());
+      int64_t r = 0;
+      while (r < w.rows) {
+        // Rows of this task that fill the current run up to its share of the bytes.
+        const uint64_t goal = total * uint64_t(part + 1) / uint64_t(parts);
+        int64_t take = part + 1 == parts ? w.rows - r : int64_t(((goal > done ? goal - done : 0) + rb - 1) / rb);
+        take = std::min(w.rows - r, (take + tile - 1) / tile * tile);
+        if (take > 0) {
+          chunks.push_back({i, r, r + take});
+          r += take;
+          done += uint64_t(take) * rb;
+        }
+        if (part + 1 < parts && done >= goal) {
+          runs.push_back(int(chunks.size()));
+          ++part;
+        }
+      }
+    }
+    if (runs.back() != int(chunks.size())) runs.push_back(int(chunks.size()));
   }
 
   // Runs fn over [0, n) split between the threads, or inline when n is too small for the
@@ -371,6 +397,7 @@ class CpuBackend final : public Backend {
   cpu::Q8KLanes xkl_;
   std::vector<cpu::MatmulRowsFn> kernel_of_;  // per task of the current product
   std::vector<Chunk> chunks_, prefetch_chunks_;
+  std::vector<int> runs_, prefetch_runs_;
   std::vector<MatrixView> weights_;
   std::vector<Item> items_;
   std::vector<std::vector<float>> scratch_;  // per thread: attention scores

@@ -24,5 +24,6 @@ void pack_bf16_rows_avx512(const float* x, Bf16Input& b, int t_begin, int t_end)
 // and the Q8_K lanes their GEMM reads.
 void add_kquant_kernels_avx512(MatmulKernels& k);
 void quantize_q8k_lanes_avx512(const float* x, Q8KLanes& l, int group);
+void quantize_q8k_rows_avx512(const float* x, Q8KInput& q, int t_begin, int t_end);
 
 }  // namespace tutti::cpu

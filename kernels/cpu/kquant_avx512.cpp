@@ -70,17 +70,19 @@ struct KLoad<TensorType::Q4_K> {
     k.dmin = half(b.dmin);
   }
   // The 8 scales and 8 mins of the 12 packed bytes (k4_scale_min for all j at once), each
-  // duplicated for its two 16-value halves.
+  // duplicated for its two 16-value halves. In vector registers: a 16-byte load that goes
+  // through the stack as four words defeats store forwarding and stalls every super-block.
+  // With the packed words u0 u1 u2, the four result words are
+  //   scales 0-3: u0 & 0x3f..   scales 4-7: (u2 & 0x0f..) | ((u0 >> 6) & 0x03..) << 4
+  //   mins 0-3:   u1 & 0x3f..   mins 4-7:   ((u2 >> 4) & 0x0f..) | ((u1 >> 6) & 0x03..) << 4
+  // (the 16-byte load reads 4 bytes past the scales, inside the block; they are masked away).
   static void load_k4_scales(const uint8_t* packed, KRegs& k) {
-    uint32_t u[4];
-    std::memcpy(u, packed, 12);
-    constexpr uint32_t k6 = 0x3f3f3f3f, k4 = 0x0f0f0f0f, k2 = 0x03030303;
-    u[3] = ((u[2] >> 4) & k4) | (((u[1] >> 6) & k2) << 4);  // mins 4-7
-    const uint32_t mins03 = u[1] & k6;
-    u[1] = (u[2] & k4) | (((u[0] >> 6) & k2) << 4);  // scales 4-7
-    u[2] = mins03;
-    u[0] &= k6;  // scales 0-3
-    const __m128i sm = _mm_loadu_si128(reinterpret_cast<const __m128i*>(u));
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(packed));
+    const __m128i low = _mm_srlv_epi32(_mm_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 0)), _mm_setr_epi32(0, 0, 0, 4));
+    const __m128i low_masked = _mm_and_si128(low, _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
+    const __m128i top = _mm_and_si128(_mm_srli_epi32(_mm_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0)), 6), _mm_set1_epi32(0x03030303));
+    const __m128i top_masked = _mm_and_si128(_mm_slli_epi32(top, 4), _mm_setr_epi32(0, -1, 0, -1));
+    const __m128i sm = _mm_or_si128(low_masked, top_masked);  // bytes 0-7 the scales, 8-15 the mins
     const __m128i dup_scales = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
     const __m128i dup_mins = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
     k.scale16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sm, dup_scales));
@@ -171,16 +173,18 @@ struct KLoad<TensorType::Q3_K> {
       k.q[2 * h] = _mm512_or_si512(q01, _mm512_maskz_mov_epi8(h01, four));
       k.q[2 * h + 1] = _mm512_or_si512(q23, _mm512_maskz_mov_epi8(h23, four));
     }
-    // The 16 6-bit scales (q3k_scales for all j at once), minus 32.
-    uint32_t u[4];
-    std::memcpy(u, b.scales, 12);
-    constexpr uint32_t k4 = 0x0f0f0f0f, k2 = 0x03030303;
-    const uint32_t top = u[2];
-    u[2] = ((u[0] >> 4) & k4) | (((top >> 4) & k2) << 4);
-    u[3] = ((u[1] >> 4) & k4) | (((top >> 6) & k2) << 4);
-    u[0] = (u[0] & k4) | (((top >> 0) & k2) << 4);
-    u[1] = (u[1] & k4) | (((top >> 2) & k2) << 4);
-    const __m128i sc = _mm_sub_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(u)), _mm_set1_epi8(32));
+    // The 16 6-bit scales (q3k_scales for all j at once), minus 32, in vector registers (see
+    // load_k4_scales). With the packed words u0 u1 and top = u2, result word w is
+    //   (u(w % 2) >> 4 * (w / 2)) & 0x0f..  |  ((top >> 2w) & 0x03..) << 4
+    // 12 bytes exactly: the block ends 2 bytes after them, and the row may end the mapping.
+    int32_t w2;
+    std::memcpy(&w2, b.scales + 8, 4);
+    const __m128i v = _mm_insert_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.scales)), w2, 2);
+    const __m128i low = _mm_and_si128(_mm_srlv_epi32(_mm_shuffle_epi32(v, _MM_SHUFFLE(1, 0, 1, 0)), _mm_setr_epi32(0, 0, 4, 4)),
+                                      _mm_set1_epi32(0x0f0f0f0f));
+    const __m128i top = _mm_and_si128(_mm_srlv_epi32(_mm_shuffle_epi32(v, _MM_SHUFFLE(2, 2, 2, 2)), _mm_setr_epi32(0, 2, 4, 6)),
+                                      _mm_set1_epi32(0x03030303));
+    const __m128i sc = _mm_sub_epi8(_mm_or_si128(low, _mm_slli_epi32(top, 4)), _mm_set1_epi8(32));
     k.scale16 = _mm256_cvtepi8_epi16(sc);
     k.min16 = _mm256_slli_epi16(k.scale16, 2);  // 4 * scale
     k.d = k.dmin = half(b.d);
@@ -395,57 +399,74 @@ void add_kquant_kernels_avx512(MatmulKernels& k) {
   k.types[size_t(TensorType::Q6_K)] = entry<TensorType::Q6_K>();
 }
 
-// Quantizes the 16 tokens of group g into Q8KLanes, with quantize_row_q8_k's arithmetic: scale
-// -127 / (the value of largest magnitude, the first one in order), round to nearest even.
+namespace {
+
+// One 256-value super-block of activations as quantize_row_q8_k makes it: scale -127 / (the
+// value of largest magnitude, the first one in order), round to nearest even, clamp to 127.
+// Returns false (nothing written) for an all-zero block. q: the 256 quants; sums: per 16.
+bool quantize_q8k_block(const float* xr, int8_t* q, int32_t* sums, float& d) {
+  const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  __m512 v[16];
+  __m512 amax = _mm512_setzero_ps();
+  for (int i = 0; i < 16; ++i) {
+    v[i] = _mm512_loadu_ps(xr + 16 * i);
+    amax = _mm512_max_ps(amax, _mm512_and_ps(v[i], abs_mask));
+  }
+  const float am = _mm512_reduce_max_ps(amax);
+  if (am == 0.f) return false;
+  float max = 0.f;
+  for (int i = 0; i < 16; ++i) {
+    const __mmask16 at = _mm512_cmp_ps_mask(_mm512_and_ps(v[i], abs_mask), _mm512_set1_ps(am), _CMP_EQ_OQ);
+    if (at) {
+      max = xr[16 * i + __builtin_ctz(unsigned(at))];
+      break;
+    }
+  }
+  const float iscale = -127.f / max;
+  const __m512 vs = _mm512_set1_ps(iscale);
+  for (int i = 0; i < 16; ++i) {
+    const __m512i qi = _mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v[i], vs)), _mm512_set1_epi32(127));
+    sums[i] = _mm512_reduce_add_epi32(qi);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16 * i), _mm512_cvtsepi32_epi8(qi));
+  }
+  d = 1 / iscale;
+  return true;
+}
+
+}  // namespace
+
+void quantize_q8k_rows_avx512(const float* x, Q8KInput& in, int t_begin, int t_end) {
+  for (int t = t_begin; t < t_end; ++t)
+    for (int64_t s = 0; s < in.n_super; ++s) {
+      BlockQ8_K& b = in.blocks[size_t(t) * size_t(in.n_super) + size_t(s)];
+      int32_t sums[16];
+      if (!quantize_q8k_block(x + size_t(t) * size_t(in.cols) + size_t(s) * 256, b.qs, sums, b.d)) {
+        std::memset(&b, 0, sizeof b);
+        continue;
+      }
+      for (int i = 0; i < 16; ++i) b.bsums[i] = int16_t(sums[i]);
+    }
+}
+
+// Quantizes the 16 tokens of group g into Q8KLanes with quantize_q8k_block's arithmetic.
 void quantize_q8k_lanes_avx512(const float* x, Q8KLanes& l, int g) {
   auto* dst = reinterpret_cast<int32_t*>(l.q.data()) + size_t(g) * size_t(l.cols / 4) * 16;
-  const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
   for (int lane = 0; lane < 16; ++lane) {
     const int t = g * 16 + lane;
     for (int64_t s = 0; s < l.n_super; ++s) {
       float* d = l.d.data() + (size_t(g) * size_t(l.n_super) + size_t(s)) * 16 + size_t(lane);
       int32_t* bsums = l.bsums.data() + (size_t(g) * size_t(l.n_super) + size_t(s)) * 8 * 16 + size_t(lane);
       int32_t* words = dst + size_t(s) * 64 * 16 + size_t(lane);
-      if (t >= l.n_tokens) {
+      alignas(16) int8_t q[256];
+      int32_t sums[16];
+      if (t >= l.n_tokens || !quantize_q8k_block(x + size_t(t) * size_t(l.cols) + size_t(s) * 256, q, sums, *d)) {
         *d = 0.f;
         for (int i = 0; i < 8; ++i) bsums[i * 16] = 0;
         for (int w = 0; w < 64; ++w) words[w * 16] = 0;
         continue;
       }
-      const float* xr = x + size_t(t) * size_t(l.cols) + size_t(s) * 256;
-      __m512 v[16];
-      __m512 amax = _mm512_setzero_ps();
-      for (int i = 0; i < 16; ++i) {
-        v[i] = _mm512_loadu_ps(xr + 16 * i);
-        amax = _mm512_max_ps(amax, _mm512_and_ps(v[i], abs_mask));
-      }
-      const float am = _mm512_reduce_max_ps(amax);
-      if (am == 0.f) {
-        *d = 0.f;
-        for (int i = 0; i < 8; ++i) bsums[i * 16] = 0;
-        for (int w = 0; w < 64; ++w) words[w * 16] = 0;
-        continue;
-      }
-      float max = 0.f;
-      for (int i = 0; i < 16; ++i) {
-        const __mmask16 at = _mm512_cmp_ps_mask(_mm512_and_ps(v[i], abs_mask), _mm512_set1_ps(am), _CMP_EQ_OQ);
-        if (at) {
-          max = xr[16 * i + __builtin_ctz(unsigned(at))];
-          break;
-        }
-      }
-      const float iscale = -127.f / max;
-      const __m512 vs = _mm512_set1_ps(iscale);
-      int32_t sums16[16];
-      for (int i = 0; i < 16; ++i) {
-        const __m512i q = _mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v[i], vs)), _mm512_set1_epi32(127));
-        sums16[i] = _mm512_reduce_add_epi32(q);
-        alignas(16) int32_t four[4];
-        _mm_store_si128(reinterpret_cast<__m128i*>(four), _mm512_cvtsepi32_epi8(q));
-        for (int w = 0; w < 4; ++w) words[size_t(4 * i + w) * 16] = four[w];
-      }
-      for (int i = 0; i < 8; ++i) bsums[i * 16] = int32_t(uint32_t(uint16_t(sums16[2 * i])) | uint32_t(uint16_t(sums16[2 * i + 1])) << 16);
-      *d = 1 / iscale;
+      for (int w = 0; w < 64; ++w) std::memcpy(&words[w * 16], q + 4 * w, 4);
+      for (int i = 0; i < 8; ++i) bsums[i * 16] = int32_t(uint32_t(uint16_t(sums[2 * i])) | uint32_t(uint16_t(sums[2 * i + 1])) << 16);
     }
   }
 }

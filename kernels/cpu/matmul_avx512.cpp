@@ -384,6 +384,7 @@ MatmulKernels make_avx512() {
   k.pack_bf16 = pack_bf16_rows_avx512;
   k.quantize_lanes = quantize_int8_lanes_avx512;
   k.quantize_k_lanes = quantize_q8k_lanes_avx512;
+  k.quantize_k_rows = quantize_q8k_rows_avx512;
   k.avx512_attention = true;
   return k;
 }

@@ -167,6 +167,7 @@ struct MatmulKernels {
   void (*pack_bf16)(const float* x, Bf16Input& b, int t_begin, int t_end) = nullptr;
   void (*quantize_lanes)(const float* x, Int8Lanes& l, int group) = nullptr;
   void (*quantize_k_lanes)(const float* x, Q8KLanes& l, int group) = nullptr;
+  void (*quantize_k_rows)(const float* x, Q8KInput& q, int t_begin, int t_end) = nullptr;
   // Whether attend_group_avx512 may run with this kernel set (it needs the same ISA).
   bool avx512_attention = false;
 

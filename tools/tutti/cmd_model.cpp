@@ -6,6 +6,7 @@
 #include "codecs/model_pack.h"
 #include "pipeline/model_builder.h"
 #include "pipeline/model_config.h"
+#include "pipeline/quantize.h"
 #include "pipeline/tokenizer.h"
 #include "tools/tutti/commands.h"
 #include "tools/tutti/engine.h"
@@ -61,7 +62,8 @@ int model_info(const std::vector<std::string>& argv) {
 }
 
 int model_random(const std::vector<std::string>& argv) {
-  Args args(argv, {"out", "vocab", "dim", "layers", "heads", "kv-heads", "ffn", "type", "seed", "context", "name"}, {"unified"});
+  Args args(argv, {"out", "vocab", "dim", "layers", "heads", "kv-heads", "ffn", "type", "seed", "context", "name", "arch", "head-dim"},
+            {"unified", "tied"});
   if (!args.ok()) return fail(args.error());
   for (auto r : {"out", "vocab", "dim", "layers", "heads", "ffn", "type"})
     if (!args.require(r)) return fail(args.error());
@@ -75,9 +77,16 @@ int model_random(const std::vector<std::string>& argv) {
   s.context = uint32_t(args.get_int("context", 4096));
   s.unified = args.has("unified");
   s.name = args.get("name", "tutti-random");
+  s.architecture = args.get("arch", "llama");
+  s.head_dim = uint32_t(args.get_int("head-dim", 0));
+  s.tied = args.has("tied");
   if (!args.ok()) return fail(args.error());
   auto type = parse_tensor_type(args.get("type"));
-  if (!type) return fail("--type must be f32, f16, bf16, q8_0 or q4_0");
+  if (!type) {
+    std::string names;
+    for (const TensorTypeInfo& t : all_tensor_types()) names += std::string(names.empty() ? "" : ", ") + std::string(t.name);
+    return fail("--type must be one of " + names);
+  }
   s.type = *type;
   std::shared_ptr<const GgufFile> vocab_file;
   VocabularyMetadata vocab;
@@ -119,6 +128,32 @@ int model_pack(const std::vector<std::string>& argv) {
   return 0;
 }
 
+// tutti model quantize IN.gguf OUT.gguf TYPE [--threads N]
+int model_quantize(const std::vector<std::string>& argv) {
+  Args args(argv, {"threads"}, {});
+  if (!args.ok()) return fail(args.error());
+  if (args.positional().size() != 3) return fail("usage: tutti model quantize IN.gguf OUT.gguf TYPE (" + quantize_mix_names() + ")");
+  const std::string& in = args.positional()[0];
+  const std::string& out = args.positional()[1];
+  const auto mix = parse_quantize_mix(args.positional()[2]);
+  if (!mix) return fail("unknown type '" + args.positional()[2] + "' (" + quantize_mix_names() + ")");
+  if (std::filesystem::exists(out) && std::filesystem::equivalent(in, out)) return fail("OUT must differ from IN");
+  QuantizeOptions o;
+  o.threads = int(args.get_int("threads", 0));
+  if (!args.ok()) return fail(args.error());
+  o.progress = [](size_t i, size_t n, const TensorPlan& p) {
+    std::fprintf(stderr, "[%4zu/%4zu] %-32s %-5s -> %-5s %s\n", i + 1, n, p.name.c_str(),
+                 std::string(tensor_type_info(p.from).name).c_str(), std::string(tensor_type_info(p.to).name).c_str(),
+                 p.from == p.to ? "" : p.reason.c_str());
+  };
+  auto summary = quantize_model(in, out, mix->mix, o);
+  if (!summary) return fail(summary.error().message);
+  std::fprintf(stderr, "wrote %s: %.1f MiB -> %.1f MiB, %.2f bits per weight over the quantized matrices%s\n", out.c_str(),
+               double(summary->bytes_in) / (1 << 20), double(summary->bytes_out) / (1 << 20), summary->bits_per_weight,
+               summary->requantized ? (" (" + std::to_string(summary->requantized) + " matrices were already quantized: requantizing loses precision)").c_str() : "");
+  return 0;
+}
+
 // The embedded default model: a random-weight text backbone with the built-in vocabulary,
 // packed with codebooks trained on media tutti generates itself. Small enough to create in
 // seconds and to run anywhere.
@@ -156,13 +191,14 @@ int model_init(const std::vector<std::string>& argv) {
 }  // namespace
 
 int cmd_model(const std::vector<std::string>& argv) {
-  if (argv.empty()) return fail("usage: tutti model info|random|init|pack ...");
+  if (argv.empty()) return fail("usage: tutti model info|random|init|pack|quantize ...");
   const std::vector<std::string> rest(argv.begin() + 1, argv.end());
   if (argv[0] == "info") return model_info(rest);
   if (argv[0] == "random") return model_random(rest);
   if (argv[0] == "init") return model_init(rest);
   if (argv[0] == "pack") return model_pack(rest);
-  return fail("unknown model command '" + argv[0] + "' (info, random, init, pack)");
+  if (argv[0] == "quantize") return model_quantize(rest);
+  return fail("unknown model command '" + argv[0] + "' (info, random, init, pack, quantize)");
 }
 
 }  // namespace tutti::cli
