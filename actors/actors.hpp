@@ -45,7 +45,10 @@ struct text_request {
   // range, decoded into media by the decoder). For media, max_tokens counts codes.
   std::string modality = "text";
   // Token ids spliced into the prompt (audio a user spoke, an image): the prompt names part k
-  // with the marker "\x1e" k "\x1f" where it belongs; the text between is tokenized.
+  // with the marker "\x1e" k "\x1f" where it belongs; the text between is tokenized. A chat
+  // template's control tokens (<|im_start|>, <|eot_id|>, ...) are named "\x1d" text "\x1f" and
+  // become the vocabulary's id for that text. Client text never carries these marker bytes
+  // (the transports strip them: http::without_markers).
   std::vector<std::vector<int32_t>> media_parts;
   // Only compute the prompt's K/V, cut right after the last media part, and finish without
   // an answer (the sink gets a final delta, finish "length", no text): a realtime session

@@ -31,21 +31,33 @@ Expected<std::vector<int32_t>> encode_prompt(const Tokenizer& tokenizer, const t
     first = false;
   };
   for (;;) {
-    const size_t open = r.prompt.find('\x1e', at);
+    const size_t open = r.prompt.find_first_of("\x1d\x1e", at);
     if (open == std::string::npos) break;
     const size_t close = r.prompt.find('\x1f', open);
-    if (close == std::string::npos) return Error{"an unterminated media marker in the prompt"};
+    if (close == std::string::npos) return Error{"an unterminated marker in the prompt"};
     text(r.prompt.substr(at, open - at));
+    const std::string inside = r.prompt.substr(open + 1, close - open - 1);
+    at = close + 1;
+    if (r.prompt[open] == '\x1d') {
+      // A template's control token: its id where the vocabulary has it, else its text (a
+      // vocabulary of another family: the transcript stays readable).
+      if (auto id = tokenizer.token_id(inside)) {
+        ids.push_back(*id);
+      } else {
+        const auto t = tokenizer.encode(inside, false, false);
+        ids.insert(ids.end(), t.begin(), t.end());
+      }
+      continue;
+    }
     size_t k = 0;
     try {
-      k = std::stoul(r.prompt.substr(open + 1, close - open - 1));
+      k = std::stoul(inside);
     } catch (...) {
       return Error{"a media marker without a number"};
     }
     if (k >= r.media_parts.size()) return Error{"a media marker names part " + std::to_string(k) + " of " + std::to_string(r.media_parts.size())};
     ids.insert(ids.end(), r.media_parts[k].begin(), r.media_parts[k].end());
     end_of_last_part = ids.size();
-    at = close + 1;
   }
   if (r.prefill_only) {
     // What follows the last part (its end token, the rest of the template) is not known yet.

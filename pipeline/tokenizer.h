@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -42,6 +43,12 @@ class Tokenizer {
   // add_special: BOS/EOS as the vocabulary asks. parse_special: control tokens written in
   // the text (e.g. "<s>") become their ids; user-defined tokens always do.
   std::vector<int32_t> encode(std::string_view text, bool add_special = true, bool parse_special = false) const;
+
+  // The id of the token whose text is exactly `text` (a chat template's <|im_start|>), if any.
+  std::optional<int32_t> token_id(std::string_view text) const {
+    const int32_t id = find(text);
+    return id < 0 ? std::nullopt : std::optional<int32_t>(id);
+  }
 
   // The bytes a token stands for (control tokens render as nothing unless `special`).
   std::string piece(int32_t id, bool special = false) const;

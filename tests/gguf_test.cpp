@@ -294,5 +294,93 @@ TEST(ModelConfig, RejectsInconsistentFiles) {
   EXPECT_NE(config_error(mutate(base, "m9.gguf", [&](GgufWriter& w) { w.set_u32("tutti.music.token_offset", uint32_t(audio_off)); })).find("overlap"), std::string::npos);
 }
 
+std::vector<uint8_t> f32_bytes(size_t n, float v = 1.f) {
+  std::vector<float> f(n, v);
+  std::vector<uint8_t> b(n * 4);
+  std::memcpy(b.data(), f.data(), b.size());
+  return b;
+}
+
+TEST(ModelConfig, ReadsEachArchitecturesBlock) {
+  RandomModelSpec s;
+  s.dim = 64; s.layers = 2; s.heads = 4; s.kv_heads = 2; s.ffn = 96;
+  s.architecture = "qwen3";
+  s.head_dim = 32;
+  auto c = read_model_config(*load(test::random_model(s, "cfg-qwen3.gguf")));
+  ASSERT_TRUE(c) << c.error().message;
+  EXPECT_EQ(c->hparams.head_dim, 32u);
+  EXPECT_EQ(c->hparams.q_dim(), 128u);
+  EXPECT_TRUE(c->hparams.block.qk_norm);
+  EXPECT_EQ(c->hparams.block.rope, RopeLayout::Neox);
+  s.architecture = "qwen2";
+  s.head_dim = 0;
+  c = read_model_config(*load(test::random_model(s, "cfg-qwen2.gguf")));
+  ASSERT_TRUE(c) << c.error().message;
+  EXPECT_TRUE(c->hparams.qkv_bias);
+  EXPECT_EQ(c->hparams.block.rope, RopeLayout::Neox);
+  s.architecture = "llama31";
+  c = read_model_config(*load(test::random_model(s, "cfg-llama31.gguf")));
+  ASSERT_TRUE(c) << c.error().message;
+  EXPECT_TRUE(c->hparams.rope_freqs);
+  EXPECT_FALSE(c->hparams.qkv_bias);
+  EXPECT_EQ(c->hparams.block.rope, RopeLayout::Normal);
+}
+
+// What a block needs and a file lacks (or has that tutti would leave out) is a one-line error
+// naming the file and the tensor or key.
+TEST(ModelConfig, RejectsWhatTheBlockNeedsAndLacks) {
+  RandomModelSpec s;
+  s.dim = 64; s.layers = 1; s.heads = 4; s.kv_heads = 2; s.ffn = 64;
+  s.architecture = "qwen2";
+  const std::string qwen2 = test::random_model(s, "cfg-bad-qwen2.gguf");
+  s.architecture = "qwen3";
+  const std::string qwen3 = test::random_model(s, "cfg-bad-qwen3.gguf");
+  s.architecture = "llama31";
+  const std::string llama31 = test::random_model(s, "cfg-bad-llama31.gguf");
+  auto has = [](const std::string& error, const std::string& part) {
+    EXPECT_NE(error.find(part), std::string::npos) << "error: " << error << "\nexpected: " << part;
+  };
+  has(config_error(mutate(qwen2, "b1.gguf", [](GgufWriter&) {}, "blk.0.attn_k.bias")), "required tensor 'blk.0.attn_k.bias' is missing");
+  has(config_error(mutate(qwen2, "b2.gguf", [](GgufWriter& w) { w.add_tensor("blk.0.attn_v.bias", TensorType::F32, {16}, f32_bytes(16)); },
+                          "blk.0.attn_v.bias")),
+      "tensor 'blk.0.attn_v.bias' has shape [16], expected [32]");
+  has(config_error(mutate(qwen3, "b3.gguf", [](GgufWriter& w) { w.add_tensor("blk.0.attn_q_norm.weight", TensorType::F32, {64}, f32_bytes(64)); },
+                          "blk.0.attn_q_norm.weight")),
+      "tensor 'blk.0.attn_q_norm.weight' has shape [64], expected [16]");
+  has(config_error(mutate(llama31, "b4.gguf", [](GgufWriter& w) { w.add_tensor("rope_freqs.weight", TensorType::F32, {7}, f32_bytes(7)); },
+                          "rope_freqs.weight")),
+      "tensor 'rope_freqs.weight' has shape [7], expected [8]");
+  has(config_error(mutate(llama31, "b5.gguf", [](GgufWriter& w) { w.add_tensor("blk.0.attn_output.bias", TensorType::F32, {64}, f32_bytes(64)); })),
+      "tensor 'blk.0.attn_output.bias' is not part of the llama block");
+  has(config_error(mutate(qwen2, "b6.gguf", [](GgufWriter& w) { w.add_tensor("rope_freqs.weight", TensorType::F32, {8}, f32_bytes(8)); })),
+      "tensor 'rope_freqs.weight' is not part of the qwen2 block");
+  has(config_error(mutate(qwen2, "b7.gguf", [](GgufWriter& w) { w.set_string("general.architecture", "gemma2"); })),
+      "sliding-window attention (gemma2) is not implemented");
+  has(config_error(mutate(llama31, "b8.gguf", [](GgufWriter& w) { w.set_u32("llama.expert_count", 8); })),
+      "mixture-of-experts feed-forward (llama.expert_count 8) is not implemented");
+  has(config_error(mutate(llama31, "b9.gguf", [](GgufWriter& w) { w.set_string("llama.rope.scaling.type", "yarn"); })),
+      "YaRN rope scaling");
+  has(config_error(mutate(qwen3, "b10.gguf", [](GgufWriter& w) { w.set_u32("qwen3.attention.value_length", 8); })),
+      "different key and value head sizes (16, 8) are not implemented");
+  has(config_error(mutate(qwen2, "b11.gguf", [](GgufWriter& w) { w.add_tensor("blk.0.attn_norm.weight", TensorType::Q8_0, {64}, std::vector<uint8_t>(68)); },
+                          "blk.0.attn_norm.weight")),
+      "tensor 'blk.0.attn_norm.weight' is q8_0; it must be f32, f16 or bf16");
+  // Every error names the file.
+  EXPECT_EQ(config_error(mutate(qwen2, "b12.gguf", [](GgufWriter&) {}, "blk.0.attn_q.bias")).rfind(test::temp_path("b12.gguf"), 0), 0u);
+  // Linear rope scaling is read (a factor of 4 slows every pair 4x).
+  auto linear = read_model_config(*load(mutate(llama31, "b13.gguf", [](GgufWriter& w) {
+    w.set_string("llama.rope.scaling.type", "linear");
+    w.set_f32("llama.rope.scaling.factor", 4.f);
+  })));
+  ASSERT_TRUE(linear) << linear.error().message;
+  EXPECT_FLOAT_EQ(linear->hparams.rope_freq_scale, 0.25f);
+}
+
+// Super-block types need whole 256-value super-blocks per row.
+TEST(Gguf, SuperBlockRowsMustBeWhole) {
+  EXPECT_NE(parse_error(one_tensor(2, {320, 2}, 12, 0, 64)).find("q4_k block size 256"), std::string::npos);
+  EXPECT_NE(parse_error(one_tensor(2, {100, 2}, 14, 0, 64)).find("q6_k block size 256"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace tutti

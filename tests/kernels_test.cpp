@@ -139,6 +139,46 @@ TEST(Matmul, QuantizedIsasAgreeWithScalar) {
   }
 }
 
+// Every kernel set quantizes activations to Q8_K exactly as the reference (ggml's) does, in
+// rows and in lanes: the integer sums of both paths rest on it.
+TEST(Matmul, Q8KActivationsAreBitExactInEveryLayout) {
+  const int tokens = 19;
+  const int64_t cols = 768;
+  auto x = random_floats(size_t(tokens) * cols, 31, 2.f);
+  for (int64_t i = 0; i < cols; ++i) x[size_t(cols + i)] = 0.f;  // an all-zero row
+  x[size_t(2 * cols + 5)] = 9.f;                                  // a positive maximum
+  x[size_t(3 * cols + 7)] = -9.f, x[size_t(3 * cols + 9)] = 9.f;  // a tie: the first one counts
+  std::vector<BlockQ8_K> ref(size_t(tokens) * size_t(cols / 256));
+  for (int t = 0; t < tokens; ++t) quantize_row_q8_k(x.data() + size_t(t) * cols, ref.data() + size_t(t) * (cols / 256), size_t(cols));
+  std::vector<const cpu::MatmulKernels*> sets = {&cpu::scalar_kernels()};
+  if (cpu::avx512_kernels() && cpu::cpu_has_avx512()) sets.push_back(cpu::avx512_kernels());
+  for (const cpu::MatmulKernels* k : sets) {
+    cpu::Q8KInput rows;
+    cpu::resize_q8k_input(rows, tokens, cols);
+    (k->quantize_k_rows ? k->quantize_k_rows : cpu::quantize_q8k_rows)(x.data(), rows, 0, tokens);
+    ASSERT_EQ(std::memcmp(rows.blocks.data(), ref.data(), ref.size() * sizeof(BlockQ8_K)), 0) << k->isa << " rows";
+    if (!k->quantize_k_lanes) continue;
+    cpu::Q8KLanes lanes;
+    cpu::resize_q8k_lanes(lanes, tokens, cols);
+    for (int g = 0; g < lanes.n_groups; ++g) k->quantize_k_lanes(x.data(), lanes, g);
+    for (int t = 0; t < tokens; ++t)
+      for (int64_t s = 0; s < cols / 256; ++s) {
+        const BlockQ8_K& b = ref[size_t(t) * size_t(cols / 256) + size_t(s)];
+        const size_t g = size_t(t / 16), lane = size_t(t % 16);
+        ASSERT_EQ(lanes.d[(g * size_t(lanes.n_super) + size_t(s)) * 16 + lane], b.d) << k->isa << " token " << t;
+        for (int i = 0; i < 8; ++i) {
+          const int32_t pair = lanes.bsums[((g * size_t(lanes.n_super) + size_t(s)) * 8 + size_t(i)) * 16 + lane];
+          ASSERT_EQ(int16_t(pair & 0xffff), b.bsums[2 * i]);
+          ASSERT_EQ(int16_t(pair >> 16), b.bsums[2 * i + 1]);
+        }
+        for (int v = 0; v < 256; ++v) {
+          const int64_t k_col = s * 256 + v;
+          ASSERT_EQ(lanes.q[((g * size_t(cols / 4) + size_t(k_col / 4)) * 16 + lane) * 4 + size_t(k_col % 4)], b.qs[v]);
+        }
+      }
+  }
+}
+
 // The reference conversions: quantizing and dequantizing stays within the type's step size
 // of the original, and quantizing what was dequantized reproduces the values (the formats'
 // bit layouts are each other's inverse).

@@ -1,5 +1,7 @@
 #include "actors/http/openai.hpp"
 
+#include <algorithm>
+
 #include "pipeline/unicode.h"
 
 namespace tutti::http {
@@ -29,15 +31,29 @@ const char* chat_template_name(ChatTemplate t) {
   return "plain";
 }
 
+std::string without_markers(std::string text) {
+  text.erase(std::remove_if(text.begin(), text.end(), [](char c) { return c == '\x1d' || c == '\x1e' || c == '\x1f'; }),
+             text.end());
+  return text;
+}
+
+namespace {
+std::string control(const char* token) { return std::string("\x1d") + token + "\x1f"; }
+}  // namespace
+
 std::string format_chat(ChatTemplate t, const std::vector<ChatMessage>& messages) {
   std::string out;
   switch (t) {
-    case ChatTemplate::ChatML:
-      for (auto& m : messages) out += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
-      return out + "<|im_start|>assistant\n";
-    case ChatTemplate::Llama3:
-      for (auto& m : messages) out += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + m.content + "<|eot_id|>";
-      return out + "<|start_header_id|>assistant<|end_header_id|>\n\n";
+    case ChatTemplate::ChatML: {
+      const std::string start = control("<|im_start|>"), end = control("<|im_end|>");
+      for (auto& m : messages) out += start + m.role + "\n" + m.content + end + "\n";
+      return out + start + "assistant\n";
+    }
+    case ChatTemplate::Llama3: {
+      const std::string start = control("<|start_header_id|>"), end = control("<|end_header_id|>"), eot = control("<|eot_id|>");
+      for (auto& m : messages) out += start + m.role + end + "\n\n" + m.content + eot;
+      return out + start + "assistant" + end + "\n\n";
+    }
     case ChatTemplate::Llama2: {
       // [INST] <<SYS>>\nsystem\n<</SYS>>\n\nuser [/INST] assistant </s><s>[INST] user [/INST]
       std::string system;
@@ -51,7 +67,7 @@ std::string format_chat(ChatTemplate t, const std::vector<ChatMessage>& messages
           out += m.content + " [/INST]";
           first_user = false;
         } else {
-          out += " " + m.content + " </s><s>";
+          out += " " + m.content + " " + control("</s>") + control("<s>");
         }
       }
       return out;
@@ -134,13 +150,13 @@ std::variant<ParsedRequest, ApiError> parse_request_fields(const std::string& bo
       } else {
         return bad("each message needs 'content'", "messages");
       }
-      messages.push_back({role == "developer" ? "system" : role, content});
+      messages.push_back({role == "developer" ? "system" : role, without_markers(content)});
     }
     p.request.prompt = format_chat(tmpl, messages);
   } else {
     const json* prompt = field("prompt");
     if (!prompt || !prompt->is_string()) return bad("'prompt' must be a string", "prompt");
-    p.request.prompt = prompt->get<std::string>();
+    p.request.prompt = without_markers(prompt->get<std::string>());
   }
   auto number = [&](const char* name, double lo, double hi, double fallback, double& out) -> std::optional<ApiError> {
     const json* v = field(name);

@@ -35,7 +35,14 @@ const char* chat_template_name(ChatTemplate t);
 struct ChatMessage {
   std::string role, content;
 };
+// The prompt: the template's control tokens as "\x1d" token "\x1f" markers (encode_prompt
+// turns them into vocabulary ids), the messages' contents as text. Contents must come through
+// without_markers when they are a client's (media markers in them are kept: the realtime
+// session puts its own there).
 std::string format_chat(ChatTemplate t, const std::vector<ChatMessage>& messages);
+// `text` with the prompt's marker bytes (\x1d, \x1e, \x1f) removed: a client's text cannot
+// splice media or control tokens into a prompt.
+std::string without_markers(std::string text);
 
 struct ParsedRequest {
   actors::text_request request;

@@ -407,9 +407,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     for (const Item* item : items) {
       const Item& it = *item;
       if (it.ids.empty()) {
-        std::string clean = it.text;  // marker bytes from a client are not markers
-        clean.erase(std::remove_if(clean.begin(), clean.end(), [](char c) { return c == '\x1e' || c == '\x1f'; }), clean.end());
-        messages.push_back({it.role, clean});
+        messages.push_back({it.role, without_markers(it.text)});  // marker bytes from a client are not markers
       } else {
         messages.push_back({it.role, "\x1e" + std::to_string(r.media_parts.size()) + "\x1f"});
         r.media_parts.push_back(it.ids);

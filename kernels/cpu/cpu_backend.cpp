@@ -3,6 +3,7 @@
 // used in place from the mmap.
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <new>
@@ -68,6 +69,7 @@ class CpuBackend final : public Backend {
   explicit CpuBackend(const CpuBackendOptions& o)
       : kernels_(choose_kernels(o.isa)), pool_(o.threads > 0 ? o.threads : default_threads()) {
     scratch_.resize(size_t(pool_.size()));
+    run_state_ = std::make_unique<std::atomic<uint64_t>[]>(size_t(pool_.size()) + 1);
   }
 
   Device device() const override { return Device::Cpu; }
@@ -109,10 +111,12 @@ class CpuBackend final : public Backend {
     split_rows(weights_, chunks_, runs_);
     using F = cpu::InputFormat;
     auto prepared = [&](F f) { return needed[size_t(f)]; };
-    pool_.run(int(runs_.size()) - 1, [&](int run, int) {
-      for (int c = runs_[size_t(run)]; c < runs_[size_t(run) + 1]; ++c) {
-      const Chunk& ch = chunks_[size_t(c)];
-      const MatmulTask& t = tasks[size_t(ch.task)];
+    // Each thread streams its own run from the front; one that finishes early takes work
+    // from the back of the others' (whole units of kUnitBytes), so the two meet where the
+    // slower one has got to instead of one waiting for the other.
+    cut_units(weights_);
+    auto run_unit = [&](const Unit& u) {
+      const MatmulTask& t = tasks[size_t(u.task)];
       cpu::MatmulArgs args;
       args.w = t.weight;
       args.x = x;
@@ -123,8 +127,14 @@ class CpuBackend final : public Backend {
       args.xkl = prepared(F::Q8KLanes) ? &xkl_ : nullptr;
       args.y = t.out;
       args.n_tokens = n_tokens;
-      kernel_of_[size_t(ch.task)](args, ch.begin, ch.end);
-      }
+      kernel_of_[size_t(u.task)](args, u.begin, u.end);
+    };
+    const int n_runs = int(runs_.size()) - 1;
+    pool_.run(n_runs, [&](int run, int) {
+      for (int u; (u = claim(run, true)) >= 0;) run_unit(units_[size_t(u)]);
+      for (int other = 0; other < n_runs; ++other)
+        if (other != run)
+          for (int u; (u = claim(other, false)) >= 0;) run_unit(units_[size_t(u)]);
     });
   }
 
@@ -365,6 +375,43 @@ class CpuBackend final : public Backend {
     if (runs.back() != int(chunks.size())) runs.push_back(int(chunks.size()));
   }
 
+  // The runs' chunks cut into units of about kUnitBytes (whole row tiles), the smallest work
+  // a thread takes from another's run; run r owns units [unit_runs_[r], unit_runs_[r + 1]),
+  // and run_state_[r] packs its unclaimed range (front << 32 | back).
+  static constexpr uint64_t kUnitBytes = 64 << 10;
+  struct Unit {
+    int task;
+    int64_t begin, end;
+  };
+  template <class Weights>
+  void cut_units(const Weights& weights) {
+    units_.clear();
+    const int n_runs = int(runs_.size()) - 1;
+    for (int r = 0; r < n_runs; ++r) {
+      const int first = int(units_.size());
+      for (int c = runs_[size_t(r)]; c < runs_[size_t(r) + 1]; ++c) {
+        const Chunk& ch = chunks_[size_t(c)];
+        const uint64_t rb = std::max<uint64_t>(1, weights[size_t(ch.task)].row_bytes());
+        const int64_t tile = kernels_.row_tile;
+        const int64_t rows = std::max<int64_t>(tile, int64_t(kUnitBytes / rb) / tile * tile);
+        for (int64_t b = ch.begin; b < ch.end; b += rows) units_.push_back({ch.task, b, std::min(ch.end, b + rows)});
+      }
+      run_state_[size_t(r)].store(uint64_t(first) << 32 | uint64_t(units_.size()), std::memory_order_relaxed);
+    }
+  }
+  // The next unclaimed unit of run r, from its front (its owner) or back (a helper); -1 when
+  // none is left.
+  int claim(int r, bool front) {
+    std::atomic<uint64_t>& st = run_state_[size_t(r)];
+    uint64_t cur = st.load(std::memory_order_relaxed);
+    for (;;) {
+      const uint32_t f = uint32_t(cur >> 32), b = uint32_t(cur);
+      if (f >= b) return -1;
+      const uint64_t next = front ? (uint64_t(f + 1) << 32 | b) : (uint64_t(f) << 32 | (b - 1));
+      if (st.compare_exchange_weak(cur, next, std::memory_order_acq_rel, std::memory_order_relaxed)) return int(front ? f : b - 1);
+    }
+  }
+
   // Runs fn over [0, n) split between the threads, or inline when n is too small for the
   // hand-out to pay (element-wise ops of a decode step).
   template <class Fn>
@@ -398,6 +445,8 @@ class CpuBackend final : public Backend {
   std::vector<cpu::MatmulRowsFn> kernel_of_;  // per task of the current product
   std::vector<Chunk> chunks_, prefetch_chunks_;
   std::vector<int> runs_, prefetch_runs_;
+  std::vector<Unit> units_;
+  std::unique_ptr<std::atomic<uint64_t>[]> run_state_;  // one per thread
   std::vector<MatrixView> weights_;
   std::vector<Item> items_;
   std::vector<std::vector<float>> scratch_;  // per thread: attention scores
