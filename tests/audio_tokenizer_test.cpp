@@ -270,6 +270,7 @@ TEST(PatchTokenizer, TrainedCodebooksReconstructTestPatterns) {
 #include "codecs/model_codecs.h"
 #include "codecs/model_pack.h"
 #include "pipeline/model.h"
+#include "pipeline/quantize.h"
 #include "pipeline/tokenizer.h"
 
 namespace tutti::codecs {
@@ -326,6 +327,36 @@ TEST(ModelPack, BuildsAUnifiedModelWhoseCodebooksCarryNewSpeech) {
   Status s = pack_unified_model(backbone, missing, out + ".2", o);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("/nonexistent.wav"), std::string::npos);
+}
+
+// Backbones of any tensor type pack: the new vocabulary rows of token_embd (Q4_K) and output
+// (Q6_K) are written in each matrix's own type, whose blocks always fit the rows (every row of
+// a matrix has the same width).
+TEST(ModelPack, PacksKQuantBackbones) {
+  RandomModelSpec spec;
+  spec.dim = 256; spec.layers = 1; spec.heads = 4; spec.kv_heads = 2; spec.ffn = 512; spec.architecture = "qwen2";
+  const std::string f32 = test::random_model(spec, "pack-kq-f32.gguf");
+  const std::string backbone = std::string(TUTTI_BINARY_DIR) + "/test-data/pack-kq-q4_k_m.gguf";
+  ASSERT_TRUE(quantize_model(f32, backbone, QuantizeMix::Q4_K_M));
+  std::map<Modality, PackMaterial> material;
+  material[Modality::Image] = generated_material(default_modalities(1000), 4).at(Modality::Image);
+  const std::string out = std::string(TUTTI_BINARY_DIR) + "/test-data/packed-kq.gguf";
+  PackOptions o;
+  o.kmeans_iterations = 2;
+  ASSERT_TRUE(pack_unified_model(backbone, material, out, o).ok());
+  auto file = GgufFile::open(out);
+  ASSERT_TRUE(file) << file.error().message;
+  EXPECT_EQ((*file)->find_tensor("token_embd.weight")->type, TensorType::Q4_K);
+  EXPECT_EQ((*file)->find_tensor("output.weight")->type, TensorType::Q6_K);
+  auto backend = make_cpu_backend({1});
+  auto model = Model::load(out, *backend);
+  ASSERT_TRUE(model) << model.error().message;
+  auto kv = std::move((*model)->make_kv_cache(4 << 20)).value();
+  Batch b;
+  b.chunks = {{0, 0, {1, 2, int32_t((*model)->hparams().n_vocab - 1)}, false}};  // the last new token too
+  StepLogits logits;
+  ASSERT_TRUE((*model)->forward(b, *kv, logits).ok());
+  for (int v = 0; v < logits.n_vocab; ++v) ASSERT_TRUE(std::isfinite(logits.row(0)[v]));
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <random>
 
 #include "kernels/cuda/cuda_backend.h"
@@ -280,6 +281,35 @@ TEST(Cuda, SharedF32ModelGreedyIdsMatchTheCpuBackend) {
   }
   EXPECT_EQ(runs[1], runs[0]) << "F32 kept";
   EXPECT_EQ(runs[2], runs[0]) << "F32 as BF16";
+}
+
+// The newer architectures' shared f32 files (rope frequency factors, Qwen2 biases and rotary
+// halves, Qwen3 q/k norms): the CUDA backend with F32 kept gives the CPU backend's ids.
+TEST(Cuda, SharedArchitectureModelsGreedyIdsMatchTheCpuBackend) {
+  TUTTI_REQUIRE_CUDA();
+  const std::string dir = test::shared_dir();
+  if (dir.empty()) GTEST_SKIP() << "../shared/ is absent (set TUTTI_SHARED_DIR)";
+  for (const char* name : {"tiny-llama31-f32", "tiny-qwen2-f32", "tiny-qwen3-f32"}) {
+    const std::string path = dir + "/models/" + name + ".gguf";
+    if (!std::filesystem::exists(path)) continue;
+    std::vector<std::vector<int32_t>> runs;
+    for (bool on_gpu : {false, true}) {
+      CudaBackendOptions o;
+      o.f32_weights_to_bf16 = false;
+      std::unique_ptr<Backend> backend = on_gpu ? make_cuda_backend(o) : make_cpu_backend({2});
+      auto model = Model::load(path, *backend);
+      ASSERT_TRUE(model) << model.error().message;
+      auto kv = std::move((*model)->make_kv_cache(16 << 20)).value();
+      Sampler sampler({});
+      GenerateOptions g;
+      g.max_tokens = 32;
+      g.stop_at_eog = false;
+      auto r = generate(**model, *kv, nullptr, {1, 15043, 3186}, sampler, g);
+      ASSERT_TRUE(r) << r.error().message;
+      runs.push_back(r->tokens);
+    }
+    EXPECT_EQ(runs[1], runs[0]) << name;
+  }
 }
 
 // Out of GPU memory is an error with the sizes, and the backend stays usable.

@@ -18,7 +18,7 @@ bin="$work/input_fuzz"
 sources=(codecs/byte_queue.cpp codecs/media_decoder.cpp codecs/opus_codec.cpp codecs/media_encoder.cpp
          codecs/patch_tokenizer.cpp codecs/rvq.cpp codecs/audio_tokenizer.cpp codecs/mdct.cpp
          actors/http/openai.cpp actors/http/media.cpp actors/http/access.cpp actors/http/realtime_events.cpp actors/http/realtime_audio.cpp pipeline/unicode.cpp pipeline/model_config.cpp
-         pipeline/gguf.cpp pipeline/tokenizer.cpp
+         pipeline/gguf.cpp pipeline/tokenizer.cpp pipeline/quantize.cpp
          kernels/tensor_type.cpp tests/fuzz/input_fuzz.cpp)
 newest=0
 for f in "${sources[@]/#/$src/}" "$src"/codecs/*.h "$src"/actors/http/*.hpp; do

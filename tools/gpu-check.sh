@@ -2,7 +2,8 @@
 # The GPU check, in one call on a lent machine (about 5 minutes on an H100): builds the CUDA
 # backend for sm_90, runs the GPU tests (the CUDA backend against the CPU backend), then the
 # benchmarks on a random ~1B model (dim 2048, 16 layers, 32 heads, 8 KV heads, ffn 5632) in
-# BF16 and Q8_0, and prints one table. Prepare with tools/gpu-prepare.sh on the dev machine.
+# BF16, Q8_0 and Q4_K_M (made by `tutti model quantize` from the BF16 file), and prints one
+# table. Prepare with tools/gpu-prepare.sh on the dev machine.
 # Results also land in $OUT (the device tool brings them back).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,9 +33,13 @@ TUTTI_SHARED_DIR="$PWD/.gpu-shared" ./build-gpu/tests/kernels_test --gtest_filte
 tests_rc=${PIPESTATUS[0]}
 
 B=./build-gpu/tools/tutti/tutti
-for t in bf16 q8_0; do
-  [ -f "/tmp/m1b-$t.gguf" ] || $B model random --out "/tmp/m1b-$t.gguf" --vocab builtin --dim 2048 --layers 16 --heads 32 \
-    --kv-heads 8 --ffn 5632 --type "$t" >/dev/null || exit 1
+for t in bf16 q8_0 q4_k_m; do
+  if [ "$t" = q4_k_m ]; then
+    [ -f "/tmp/m1b-$t.gguf" ] || $B model quantize /tmp/m1b-bf16.gguf "/tmp/m1b-$t.gguf" q4_k_m --threads 16 >/dev/null 2>&1 || exit 1
+  else
+    [ -f "/tmp/m1b-$t.gguf" ] || $B model random --out "/tmp/m1b-$t.gguf" --vocab builtin --dim 2048 --layers 16 --heads 32 \
+      --kv-heads 8 --ffn 5632 --type "$t" >/dev/null || exit 1
+  fi
   timeout 240 $B bench --model "/tmp/m1b-$t.gguf" --device cuda --batches 1,64,256 --prompt-tokens 2048 --context 16 \
     --kv-cache-mb 16384 --min-seconds 1 --json >"$OUT/bench-$t.json" 2>"$OUT/bench-$t.log" || { tail -20 "$OUT/bench-$t.log"; }
 done
@@ -43,7 +48,7 @@ python3 - "$OUT" <<'PY'
 import json, sys, os
 out = sys.argv[1]
 print("\n%-6s %10s %10s %12s %12s %12s %10s %14s" % ("type", "copy GB/s", "b1 tok/s", "b1/copy bw", "b64 tok/s", "b256 tok/s", "pp2048", "host ms/step b1"))
-for t in ("bf16", "q8_0"):
+for t in ("bf16", "q8_0", "q4_k_m"):
     p = os.path.join(out, "bench-%s.json" % t)
     try:
         j = json.load(open(p))

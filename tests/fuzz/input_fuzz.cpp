@@ -23,6 +23,7 @@
 #include "actors/http/realtime_audio.hpp"
 #include "actors/http/realtime_events.hpp"
 #include "pipeline/gguf.h"
+#include "pipeline/quantize.h"
 #include "pipeline/model_config.h"
 #include "pipeline/tokenizer.h"
 #include "codecs/media_decoder.h"
@@ -147,6 +148,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (auto file = GgufFile::parse(data, size, "fuzz.gguf")) {
     (void)read_model_config(**file);
     if (auto tok = Tokenizer::from_gguf(**file)) (void)(*tok)->encode(body, true, false);
+    // Every block format decodes whatever bytes a tensor holds (the first row of each, as the
+    // embedding lookup and the quantizer read them), and the quantizer plans the file.
+    std::vector<float> row;
+    for (const GgufTensorInfo& t : (*file)->tensors()) {
+      if (t.ne[0] > (1u << 16)) continue;
+      row.resize(size_t(t.ne[0]));
+      dequantize_row(t.type, t.data, row.data(), row.size());
+    }
+    (void)plan_quantization(**file, QuantizeMix::Q4_K_M);
   }
   return 0;
 }
