@@ -101,17 +101,9 @@ template <int NT>
 __device__ __forceinline__ void dot16(const DeviceMatrix& w, int64_t r, int64_t k, const float* x, int64_t cols,
                                       float (&acc)[NT]) {
   float v[16];
-  switch (w.type) {
-    case TensorType::Q4_1:
-    case TensorType::Q5_0:
-    case TensorType::Q5_1:
-    case TensorType::Q2_K:
-    case TensorType::Q3_K:
-    case TensorType::Q4_K:
-    case TensorType::Q5_K:
-    case TensorType::Q6_K:
-      cuda::decode16(w.type, w.quants + r * w.row_bytes, k, v);
-      break;
+  if (in_file_layout(w.type)) {
+    cuda::decode16(w.type, w.quants + r * w.row_bytes, k, v);
+  } else switch (w.type) {
     case TensorType::Q8_0: {
       const int4 q = *reinterpret_cast<const int4*>(w.quants + r * cols + k);
       const int8_t* qb = reinterpret_cast<const int8_t*>(&q);
@@ -519,14 +511,9 @@ class CudaBackend final : public Backend {
       case TensorType::BF16:
         staged.assign(static_cast<const uint8_t*>(host.data), static_cast<const uint8_t*>(host.data) + n * 2);
         break;
-      case TensorType::Q4_1:
-      case TensorType::Q5_0:
-      case TensorType::Q5_1:
-      case TensorType::Q2_K:
-      case TensorType::Q3_K:
-      case TensorType::Q4_K:
-      case TensorType::Q5_K:
-      case TensorType::Q6_K: {  // in the file's block layout (blocks.cuh reads it)
+      default: {  // in the file's block layout (blocks.cuh reads it)
+        if (!in_file_layout(host.type))
+          throw std::runtime_error("CUDA backend: no kernels for " + std::string(tensor_type_info(host.type).name) + " weights");
         const size_t bytes = host.row_bytes() * size_t(host.rows);
         staged.assign(static_cast<const uint8_t*>(host.data), static_cast<const uint8_t*>(host.data) + bytes);
         break;
