@@ -33,6 +33,12 @@ int model_info(const std::vector<std::string>& argv) {
               h.n_ff, h.n_head, h.n_head_kv, h.head_dim);
   std::printf("rope:          %u dims, base %g; rms eps %g; context %u; output %s\n", h.n_rot, double(h.rope_freq_base),
               double(h.rms_eps), h.n_ctx_train, h.tied_output ? "tied to token_embd" : "separate");
+  std::string block = h.block.rope == RopeLayout::Neox ? "rotary halves (neox)" : "rotary pairs (normal)";
+  if (h.qkv_bias) block += ", q/k/v biases";
+  if (h.block.qk_norm) block += ", per-head q/k norms";
+  if (h.rope_freqs) block += ", rope frequency factors";
+  if (h.rope_freq_scale != 1.f) block += ", linear rope scaling x" + std::to_string(1 / h.rope_freq_scale);
+  std::printf("block:         %s\n", block.c_str());
   uint64_t params = 0;
   std::map<std::string, std::pair<int, uint64_t>> by_type;
   for (auto& t : f.tensors()) {
