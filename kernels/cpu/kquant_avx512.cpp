@@ -27,8 +27,6 @@ namespace tutti::cpu {
 
 namespace {
 
-// Weights are prefetched this far ahead of a row's progress (as the other avx512 kernels).
-constexpr int64_t kPrefetchBytes = 12 * 1024;
 
 // One super-block in registers.
 struct KRegs {
@@ -248,9 +246,7 @@ struct KDecode {
   }
 
   static void rows(const MatmulArgs& a, int64_t r0, int64_t r1) {
-    const char* first = reinterpret_cast<const char*>(a.w.row(r0));
-    const size_t window = std::min<size_t>(kPrefetchBytes, size_t(r1 - r0) * a.w.row_bytes());
-    for (size_t b = 0; b < window; b += 64) _mm_prefetch(first + b, _MM_HINT_T0);
+    prefetch_first_rows(a.w, r0, r1);
     if (a.n_tokens <= 2)
       TileDriver<KDecode, 2, 2>::run(a, r0, r1);
     else

@@ -50,11 +50,6 @@ struct FloatWeights<BF16Tag> {
   static float scalar(const uint8_t* row, int64_t i) { return bf16_to_fp32(reinterpret_cast<const uint16_t*>(row)[i]); }
 };
 
-// Weights are prefetched kPrefetchBytes ahead of the tile's progress through its rows, at
-// the pace they are consumed: the hardware prefetcher alone does not run far enough ahead to
-// hide DRAM latency while the core is busy with the arithmetic (measured: 20 -> 40 GB/s per
-// core on Zen 5 for Q8_0 at batch 1).
-constexpr int64_t kPrefetchBytes = 12 * 1024;
 
 // F32 / F16 / BF16 weights against f32 activations; conversion happens in registers.
 template <class W>
@@ -346,10 +341,7 @@ struct Block32Kernel {
 // 3-7 tokens: 4 x 4 integer tiles; from kBf16MinTokens on: the bf16 GEMM.
 template <class K>
 void rows_fn(const MatmulArgs& a, int64_t r0, int64_t r1) {
-  // The tiles prefetch kPrefetchBytes ahead of themselves; start that window now.
-  const char* first = reinterpret_cast<const char*>(a.w.row(r0));
-  const size_t window = std::min<size_t>(kPrefetchBytes, size_t(r1 - r0) * a.w.row_bytes());
-  for (size_t b = 0; b < window; b += 64) _mm_prefetch(first + b, _MM_HINT_T0);
+  prefetch_first_rows(a.w, r0, r1);
   if (a.n_tokens <= 2)
     TileDriver<K, 4, 2>::run(a, r0, r1);
   else
