@@ -109,25 +109,26 @@ void dequant_q4_1(const void* src, float* y, size_t n) {
   }
 }
 
-void min_max(const float* x, int n, float& min, float& max) {
-  min = FLT_MAX;
-  max = -FLT_MAX;
-  for (int j = 0; j < n; ++j) min = std::min(min, x[j]), max = std::max(max, x[j]);
+// The affine 32-value blocks (Q4_1, Q5_1): d = (max - min) / nmax and m = min, stored f16;
+// scaled[j] = (x[j] - min) / d + 0.5, which each type truncates its own way (as ggml).
+void affine_block(const float* x, float nmax, uint16_t& d_out, uint16_t& m_out, float (&scaled)[32]) {
+  float min = FLT_MAX, max = -FLT_MAX;
+  for (int j = 0; j < 32; ++j) min = std::min(min, x[j]), max = std::max(max, x[j]);
+  const float d = (max - min) / nmax;
+  const float id = d ? 1.f / d : 0.f;
+  d_out = fp32_to_fp16(d);
+  m_out = fp32_to_fp16(min);
+  for (int j = 0; j < 32; ++j) scaled[j] = (x[j] - min) * id + 0.5f;
 }
 
 void quant_q4_1(const float* src, void* dst, size_t n) {
   auto* b = static_cast<BlockQ4_1*>(dst);
   for (size_t i = 0; i < n / 32; ++i) {
-    const float* x = src + i * 32;
-    float min, max;
-    min_max(x, 32, min, max);
-    const float d = (max - min) / 15.f;
-    const float id = d ? 1.f / d : 0.f;
-    b[i].d = fp32_to_fp16(d);
-    b[i].m = fp32_to_fp16(min);
+    float scaled[32];
+    affine_block(src + i * 32, 15.f, b[i].d, b[i].m, scaled);
     for (int j = 0; j < 16; ++j) {
-      const int lo = std::min(15, int(int8_t((x[j] - min) * id + 0.5f)));
-      const int hi = std::min(15, int(int8_t((x[j + 16] - min) * id + 0.5f)));
+      const int lo = std::min(15, int(int8_t(scaled[j])));
+      const int hi = std::min(15, int(int8_t(scaled[j + 16])));
       b[i].qs[j] = uint8_t(lo | hi << 4);
     }
   }
@@ -186,15 +187,10 @@ void dequant_q5_1(const void* src, float* y, size_t n) {
 void quant_q5_1(const float* src, void* dst, size_t n) {
   auto* b = static_cast<BlockQ5_1*>(dst);
   for (size_t i = 0; i < n / 32; ++i) {
-    const float* x = src + i * 32;
-    float min, max;
-    min_max(x, 32, min, max);
-    const float d = (max - min) / 31.f;
-    const float id = d ? 1.f / d : 0.f;
-    b[i].d = fp32_to_fp16(d);
-    b[i].m = fp32_to_fp16(min);
+    float scaled[32];
+    affine_block(src + i * 32, 31.f, b[i].d, b[i].m, scaled);
     int q[32];
-    for (int j = 0; j < 32; ++j) q[j] = int(uint8_t((x[j] - min) * id + 0.5f));
+    for (int j = 0; j < 32; ++j) q[j] = int(uint8_t(scaled[j]));
     pack_q5(q, b[i].qs, b[i].qh);
   }
 }
