@@ -208,8 +208,8 @@ Expected<ModelConfig> read_model_config(const GgufFile& f) {
   if (h.n_embd == 0) return fail("embedding_length is zero");
   if (const GgufValue* experts = f.find(a + "expert_count"); experts && experts->is_integer() && experts->u > 0)
     return fail("mixture-of-experts feed-forward (" + a + "expert_count " + std::to_string(experts->u) + ") is not implemented");
-  if (f.find(a + "attention.sliding_window"))
-    return fail("sliding-window attention (" + a + "attention.sliding_window) is not implemented");
+  // {arch}.attention.sliding_window is read by no block here: llama.cpp's llama, qwen2 and
+  // qwen3 attend over the whole context whatever it says (Qwen2.5 files carry it unused).
 
   // Head size: embedding_length / head_count, or key_length where the block has it (Qwen3
   // heads are wider than the embedding split: 16 x 128 over 1024).
