@@ -151,6 +151,7 @@ TEST(Matmul, Q8KActivationsAreBitExactInEveryLayout) {
   std::vector<BlockQ8_K> ref(size_t(tokens) * size_t(cols / 256));
   for (int t = 0; t < tokens; ++t) quantize_row_q8_k(x.data() + size_t(t) * cols, ref.data() + size_t(t) * (cols / 256), size_t(cols));
   std::vector<const cpu::MatmulKernels*> sets = {&cpu::scalar_kernels()};
+  if (cpu::avx2_kernels() && cpu::cpu_has_avx2()) sets.push_back(cpu::avx2_kernels());
   if (cpu::avx512_kernels() && cpu::cpu_has_avx512()) sets.push_back(cpu::avx512_kernels());
   for (const cpu::MatmulKernels* k : sets) {
     cpu::Q8KInput rows;
