@@ -2,7 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <map>
+#include <set>
 
 namespace tutti {
 
@@ -251,13 +251,13 @@ Expected<ModelConfig> read_model_config(const GgufFile& f) {
 
   // Every tensor the block reads, with its shape; anything else in the file (but tutti's own
   // codec tensors) is a part of a model tutti would silently leave out, so it is refused.
-  std::map<std::string, bool> expected;  // name -> required
+  std::set<std::string> expected;
   const uint64_t q_dim = h.q_dim(), kv_dim = h.kv_dim();
   auto want = [&](const std::string& name, std::vector<uint64_t> shape, bool required) -> Status {
-    expected[name] = required;
+    expected.insert(name);
     return check_tensor(f, name, std::move(shape), required);
   };
-  expected["token_embd.weight"] = true;
+  expected.insert("token_embd.weight");
   const GgufTensorInfo* first_bias = f.find_tensor("blk.0.attn_q.bias");
   h.qkv_bias = h.block.qkv_bias == TensorUse::Required || (h.block.qkv_bias == TensorUse::Optional && first_bias);
   for (uint32_t i = 0; i < h.n_layer; ++i) {
@@ -289,7 +289,7 @@ Expected<ModelConfig> read_model_config(const GgufFile& f) {
       return fail("tensor '" + t.name + "' is not part of the " + h.architecture + " block tutti implements" +
                   (t.name == "rope_freqs.weight" ? " (rope frequency factors)" : ""));
   }
-  for (const auto& [name, required] : expected) {
+  for (const std::string& name : expected) {
     const bool vector = name.find("_norm.weight") != std::string::npos || name.find(".bias") != std::string::npos ||
                         name == "rope_freqs.weight";
     if (vector)
