@@ -9,24 +9,7 @@ namespace tutti {
 
 namespace {
 
-constexpr TensorTypeInfo kTypes[] = {
-    {TensorType::F32, "f32", 1, 4, false},       {TensorType::F16, "f16", 1, 2, false},
-    {TensorType::BF16, "bf16", 1, 2, false},     {TensorType::Q8_0, "q8_0", 32, 34, false},
-    {TensorType::Q4_0, "q4_0", 32, 18, false},   {TensorType::Q4_1, "q4_1", 32, 20, false},
-    {TensorType::Q5_0, "q5_0", 32, 22, false},   {TensorType::Q5_1, "q5_1", 32, 24, false},
-    {TensorType::Q2_K, "q2_k", 256, 84, true},   {TensorType::Q3_K, "q3_k", 256, 110, true},
-    {TensorType::Q4_K, "q4_k", 256, 144, true},  {TensorType::Q5_K, "q5_k", 256, 176, true},
-    {TensorType::Q6_K, "q6_k", 256, 210, true},
-};
-
-constexpr bool geometry_matches() {
-  for (const TensorTypeInfo& t : kTypes) {
-    const detail::TypeGeometry& g = detail::kGeometry[uint32_t(t.type)];
-    if (g.block_values != t.block_values || g.block_bytes != t.block_bytes) return false;
-  }
-  return true;
-}
-static_assert(geometry_matches(), "detail::kGeometry must agree with kTypes");
+using detail::kTypes;
 
 // ggml's rounding for the quantizers: to nearest, ties to even (valid for |x| < 2^22).
 inline int nearest_int(float x) {

@@ -5,6 +5,7 @@
 // one entry in each backend's kernel table.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -37,7 +38,6 @@ struct TensorTypeInfo {
   std::string_view name;
   uint32_t block_values;  // values per block (1 for plain arrays)
   uint32_t block_bytes;   // bytes per block
-  bool super_block;       // a K-quant: 256 values in sub-blocks with quantized scales
 };
 
 // ---- Block layouts, as GGUF defines them (little-endian; f16 fields as raw bits).
@@ -93,14 +93,26 @@ static_assert(sizeof(BlockQ8_K) == 292);
 void quantize_row_q8_k(const float* src, BlockQ8_K* dst, size_t n);
 
 namespace detail {
-// Indexed by type id; entries with block_values == 0 are ids this build does not implement.
+// The one table of implemented types; everything else here is derived from it.
+inline constexpr TensorTypeInfo kTypes[] = {
+    {TensorType::F32, "f32", 1, 4},           {TensorType::F16, "f16", 1, 2},
+    {TensorType::BF16, "bf16", 1, 2},         {TensorType::Q8_0, "q8_0", 32, sizeof(BlockQ8_0)},
+    {TensorType::Q4_0, "q4_0", 32, sizeof(BlockQ4_0)}, {TensorType::Q4_1, "q4_1", 32, sizeof(BlockQ4_1)},
+    {TensorType::Q5_0, "q5_0", 32, sizeof(BlockQ5_0)}, {TensorType::Q5_1, "q5_1", 32, sizeof(BlockQ5_1)},
+    {TensorType::Q2_K, "q2_k", 256, sizeof(BlockQ2_K)}, {TensorType::Q3_K, "q3_k", 256, sizeof(BlockQ3_K)},
+    {TensorType::Q4_K, "q4_k", 256, sizeof(BlockQ4_K)}, {TensorType::Q5_K, "q5_k", 256, sizeof(BlockQ5_K)},
+    {TensorType::Q6_K, "q6_k", 256, sizeof(BlockQ6_K)},
+};
+// kTypes indexed by type id, for the per-row lookups; block_values == 0 marks an id this build
+// does not implement.
 struct TypeGeometry {
   uint32_t block_values = 0, block_bytes = 0;
 };
-constexpr TypeGeometry kGeometry[kTensorTypeIdLimit] = {
-    {1, 4}, {1, 2}, {32, 18}, {32, 20}, {}, {}, {32, 22}, {32, 24}, {32, 34}, {},
-    {256, 84}, {256, 110}, {256, 144}, {256, 176}, {256, 210}, {}, {}, {}, {}, {},
-    {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {1, 2}};
+inline constexpr auto kGeometry = [] {
+  std::array<TypeGeometry, kTensorTypeIdLimit> g{};
+  for (const TensorTypeInfo& t : kTypes) g[uint32_t(t.type)] = {t.block_values, t.block_bytes};
+  return g;
+}();
 }  // namespace detail
 
 // Returns nothing for a type id this build does not implement (the caller names it in its error).
