@@ -476,20 +476,36 @@ std::vector<uint8_t> GgufWriter::header() const {
   return o.b;
 }
 
-std::vector<uint8_t> GgufWriter::to_bytes() const {
-  std::vector<uint8_t> b = header();
+Status GgufWriter::emit(const std::function<bool(const void*, size_t)>& put) const {
+  const std::vector<uint8_t> head = header();
+  if (!put(head.data(), head.size())) return Error{"write failed"};
   const uint64_t align = alignment();
+  uint64_t at = head.size();
   std::vector<uint8_t> made;
+  const std::vector<uint8_t> zeros(align, 0);
   for (auto& t : tensors_) {
     const std::vector<uint8_t>* data = &t.data;
     if (t.produce) {
       made.clear();
-      if (!t.produce(made) || made.size() != t.bytes()) made.assign(t.bytes(), 0);
+      if (Status s = t.produce(made); !s) return Error{"tensor '" + t.name + "': " + s.message()};
+      if (made.size() != t.bytes())
+        return Error{"tensor '" + t.name + "' came out " + std::to_string(made.size()) + " bytes, expected " +
+                     std::to_string(t.bytes())};
       data = &made;
     }
-    b.insert(b.end(), data->begin(), data->end());
-    b.resize((b.size() + align - 1) / align * align, 0);
+    const uint64_t end = at + data->size(), pad = (end + align - 1) / align * align - end;
+    if (!put(data->data(), data->size()) || !put(zeros.data(), pad)) return Error{"write failed"};
+    at = end + pad;
   }
+  return Status::Ok();
+}
+
+std::vector<uint8_t> GgufWriter::to_bytes() const {
+  std::vector<uint8_t> b;
+  (void)emit([&](const void* p, size_t n) {
+    b.insert(b.end(), static_cast<const uint8_t*>(p), static_cast<const uint8_t*>(p) + n);
+    return true;
+  });
   return b;
 }
 
@@ -502,29 +518,11 @@ Status GgufWriter::write(const std::string& path) const {
   {
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
     if (!f) return Error{path + ": cannot create: " + std::strerror(errno)};
-    const std::vector<uint8_t> head = header();
-    f.write(reinterpret_cast<const char*>(head.data()), std::streamsize(head.size()));
-    const uint64_t align = alignment();
-    uint64_t at = head.size();
-    std::vector<uint8_t> made;
-    const std::vector<char> zeros(align, 0);
-    for (auto& t : tensors_) {
-      const std::vector<uint8_t>* data = &t.data;
-      if (t.produce) {
-        made.clear();
-        if (Status s = t.produce(made); !s) return failed("tensor '" + t.name + "': " + s.message());
-        if (made.size() != t.bytes())
-          return failed("tensor '" + t.name + "' came out " + std::to_string(made.size()) + " bytes, expected " +
-                        std::to_string(t.bytes()));
-        data = &made;
-      }
-      f.write(reinterpret_cast<const char*>(data->data()), std::streamsize(data->size()));
-      at += data->size();
-      const uint64_t pad = (at + align - 1) / align * align - at;
-      f.write(zeros.data(), std::streamsize(pad));
-      at += pad;
-      if (!f) return failed("write failed");
-    }
+    const Status s = emit([&](const void* p, size_t n) {
+      f.write(static_cast<const char*>(p), std::streamsize(n));
+      return bool(f);
+    });
+    if (!s) return failed(s.message());
     f.flush();
     if (!f) return failed("write failed");
   }

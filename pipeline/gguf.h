@@ -129,6 +129,7 @@ class GgufWriter {
   // Writes to a temporary file beside `path` and renames it into place when complete.
   Status write(const std::string& path) const;
   const std::vector<std::pair<std::string, GgufValue>>& entries() const { return kv_; }
+  // The whole file in memory (tests); a producer that fails ends the bytes there.
   std::vector<uint8_t> to_bytes() const;
 
  private:
@@ -141,6 +142,9 @@ class GgufWriter {
     uint64_t bytes() const;
   };
   std::vector<uint8_t> header() const;  // everything before the first tensor's data
+  // Hands the file's bytes to `put` in order, each tensor made (if produced) and padded to
+  // the alignment; stops at the first producer or `put` that fails.
+  Status emit(const std::function<bool(const void*, size_t)>& put) const;
   uint64_t alignment() const;
   std::vector<std::pair<std::string, GgufValue>> kv_;
   std::vector<Tensor> tensors_;
