@@ -255,12 +255,16 @@ std::vector<uint8_t> f32_bytes(const std::vector<float>& v) {
 
 Status write_random_model(const RandomModelSpec& s, const VocabularyMetadata& vocab, const std::string& path,
                           const Progress& progress) {
-  const bool llama31 = s.architecture == "llama31", qwen2 = s.architecture == "qwen2", qwen3 = s.architecture == "qwen3";
-  if (!llama31 && !qwen2 && !qwen3 && s.architecture != "llama")
-    return Error{"architecture '" + s.architecture + "' is not one tutti can make (llama, llama31, qwen2, qwen3)"};
+  // "llama31" is the llama block with Llama 3.1 frequency factors; otherwise the name is a
+  // block description's, and the file gets the tensors that description reads.
+  const bool llama31 = s.architecture == "llama31";
+  const std::string arch = llama31 ? "llama" : s.architecture, a = arch + ".";
+  const BlockDescription* desc = find_block_description(arch);
+  if (!desc) return Error{"architecture '" + s.architecture + "' is not one tutti can make (llama, llama31, qwen2, qwen3)"};
+  const bool biases = desc->qkv_bias == TensorUse::Required;
   if (s.dim == 0 || s.heads == 0) return Error{"dim and heads must be positive"};
   if (s.head_dim == 0 && s.dim % s.heads) return Error{"dim must be a multiple of heads"};
-  if (s.head_dim && !qwen3) return Error{"a head size other than dim / heads needs the qwen3 block"};
+  if (s.head_dim && !desc->head_dim_keys) return Error{"a head size other than dim / heads needs the qwen3 block"};
   if (s.kv_heads == 0 || s.heads % s.kv_heads) return Error{"heads must be a multiple of kv-heads"};
   if (s.layers == 0 || s.ffn == 0) return Error{"layers and ffn must be positive"};
   const uint64_t hd = s.head_dim ? s.head_dim : s.dim / s.heads;
@@ -271,7 +275,6 @@ Status write_random_model(const RandomModelSpec& s, const VocabularyMetadata& vo
     return Error{"dim, ffn and heads x head size must be multiples of " + std::to_string(block) + " for this type"};
 
   GgufWriter w;
-  const std::string arch = llama31 ? "llama" : s.architecture, a = arch + ".";
   w.set_string("general.architecture", arch);
   w.set_string("general.name", s.name);
   w.set_u32("general.file_type", uint32_t(s.type));
@@ -284,7 +287,7 @@ Status write_random_model(const RandomModelSpec& s, const VocabularyMetadata& vo
   w.set_f32(a + "attention.layer_norm_rms_epsilon", 1e-5f);
   w.set_f32(a + "rope.freq_base", s.rope_base);
   w.set_u32(a + "rope.dimension_count", uint32_t(hd));
-  if (qwen3) {
+  if (desc->head_dim_keys) {
     w.set_u32(a + "attention.key_length", uint32_t(hd));
     w.set_u32(a + "attention.value_length", uint32_t(hd));
   }
@@ -308,10 +311,10 @@ Status write_random_model(const RandomModelSpec& s, const VocabularyMetadata& vo
     w.add_tensor(b + "attn_q.weight", s.type, {s.dim, q_dim}, random_matrix(rng, s.type, s.dim, q_dim, in_scale));
     w.add_tensor(b + "attn_k.weight", s.type, {s.dim, kv_dim}, random_matrix(rng, s.type, s.dim, kv_dim, in_scale));
     w.add_tensor(b + "attn_v.weight", s.type, {s.dim, kv_dim}, random_matrix(rng, s.type, s.dim, kv_dim, in_scale));
-    if (qwen2)
+    if (biases)
       for (const auto& [name, n] : {std::pair<const char*, uint64_t>{"attn_q.bias", q_dim}, {"attn_k.bias", kv_dim}, {"attn_v.bias", kv_dim}})
         w.add_tensor(b + name, TensorType::F32, {n}, random_matrix(rng, TensorType::F32, n, 1, 0.1f));
-    if (qwen3)
+    if (desc->qk_norm)
       for (const char* name : {"attn_q_norm.weight", "attn_k_norm.weight"}) {
         std::vector<float> g(hd);
         for (auto& x : g) x = 1.f + 0.1f * rng.uniform();

@@ -151,7 +151,6 @@ constexpr Unsupported kUnsupported[] = {
     {"bert", "encoder-only blocks (bert) are not implemented"},
 };
 
-
 // Norms, biases and frequency factors are applied element-wise in f32 arithmetic: they must be
 // plain arrays.
 Status check_plain(const GgufFile& f, const std::string& name) {
@@ -255,7 +254,9 @@ Expected<ModelConfig> read_model_config(const GgufFile& f) {
   const uint64_t q_dim = h.q_dim(), kv_dim = h.kv_dim();
   auto want = [&](const std::string& name, std::vector<uint64_t> shape, bool required) -> Status {
     expected.insert(name);
-    return check_tensor(f, name, std::move(shape), required);
+    const bool vector = shape.size() == 1;  // a norm, bias or frequency factors
+    if (Status s = check_tensor(f, name, std::move(shape), required); !s) return s;
+    return vector ? check_plain(f, name) : Status::Ok();
   };
   expected.insert("token_embd.weight");
   const GgufTensorInfo* first_bias = f.find_tensor("blk.0.attn_q.bias");
@@ -288,12 +289,6 @@ Expected<ModelConfig> read_model_config(const GgufFile& f) {
     if (!expected.count(t.name))
       return fail("tensor '" + t.name + "' is not part of the " + h.architecture + " block tutti implements" +
                   (t.name == "rope_freqs.weight" ? " (rope frequency factors)" : ""));
-  }
-  for (const std::string& name : expected) {
-    const bool vector = name.find("_norm.weight") != std::string::npos || name.find(".bias") != std::string::npos ||
-                        name == "rope_freqs.weight";
-    if (vector)
-      if (Status s = check_plain(f, name); !s) return s.error();
   }
 
   // ---- tutti.* modality table
