@@ -16,6 +16,10 @@ constexpr QuantizeMixInfo kMixes[] = {
     {QuantizeMix::Q2_K, "q2_k", TensorType::Q2_K, 10},
 };
 
+const QuantizeMixInfo& mix_info(QuantizeMix mix) {
+  return *std::find_if(std::begin(kMixes), std::end(kMixes), [&](const QuantizeMixInfo& m) { return m.mix == mix; });
+}
+
 bool has(const std::string& name, const char* part) { return name.find(part) != std::string::npos; }
 
 // llama.cpp's choice of layers that get more bits in the "_M" mixes: the first and last
@@ -56,7 +60,7 @@ std::string quantize_mix_names() {
 }
 
 Expected<std::vector<TensorPlan>> plan_quantization(const GgufFile& file, QuantizeMix mix) {
-  const QuantizeMixInfo info = *std::find_if(std::begin(kMixes), std::end(kMixes), [&](auto& m) { return m.mix == mix; });
+  const QuantizeMixInfo& info = mix_info(mix);
   const bool has_output = file.find_tensor("output.weight") != nullptr;
   int n_attn_v = 0, n_ffn_down = 0;
   for (const GgufTensorInfo& t : file.tensors()) {
@@ -134,7 +138,7 @@ Expected<QuantizeSummary> quantize_model(const std::string& in_path, const std::
   auto planned = plan_quantization(*file, mix);
   if (!planned) return planned.error();
   const std::vector<TensorPlan> plans = std::move(planned).value();
-  const QuantizeMixInfo info = *std::find_if(std::begin(kMixes), std::end(kMixes), [&](auto& m) { return m.mix == mix; });
+  const QuantizeMixInfo& info = mix_info(mix);
   const int threads = o.threads > 0 ? o.threads : std::max(1, int(std::thread::hardware_concurrency()));
 
   GgufWriter w;

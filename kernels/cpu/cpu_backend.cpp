@@ -115,7 +115,7 @@ class CpuBackend final : public Backend {
     // from the back of the others' (whole units of kUnitBytes), so the two meet where the
     // slower one has got to instead of one waiting for the other.
     cut_units(weights_);
-    auto run_unit = [&](const Unit& u) {
+    auto run_unit = [&](const Chunk& u) {
       const MatmulTask& t = tasks[size_t(u.task)];
       cpu::MatmulArgs args;
       args.w = t.weight;
@@ -379,10 +379,6 @@ class CpuBackend final : public Backend {
   // a thread takes from another's run; run r owns units [unit_runs_[r], unit_runs_[r + 1]),
   // and run_state_[r] packs its unclaimed range (front << 32 | back).
   static constexpr uint64_t kUnitBytes = 64 << 10;
-  struct Unit {
-    int task;
-    int64_t begin, end;
-  };
   template <class Weights>
   void cut_units(const Weights& weights) {
     units_.clear();
@@ -445,7 +441,7 @@ class CpuBackend final : public Backend {
   std::vector<cpu::MatmulRowsFn> kernel_of_;  // per task of the current product
   std::vector<Chunk> chunks_, prefetch_chunks_;
   std::vector<int> runs_, prefetch_runs_;
-  std::vector<Unit> units_;
+  std::vector<Chunk> units_;
   std::unique_ptr<std::atomic<uint64_t>[]> run_state_;  // one per thread
   std::vector<MatrixView> weights_;
   std::vector<Item> items_;
