@@ -54,8 +54,12 @@ TEST(Quantize, MoreBitsGoToTheLayersLlamaCppPicks) {
   for (const TensorPlan& p : *plans) {
     if (p.name.find("attn_v.weight") != std::string::npos) v += p.to == TensorType::Q6_K ? '6' : '4';
     if (p.name.find("ffn_down") != std::string::npos) down += p.to == TensorType::Q6_K ? '6' : '4';
-    if (p.name == "output.weight") EXPECT_EQ(p.to, TensorType::Q6_K);
-    if (p.name.find("norm") != std::string::npos) EXPECT_EQ(p.to, TensorType::F32) << p.name;
+    if (p.name == "output.weight") {
+      EXPECT_EQ(p.to, TensorType::Q6_K);
+    }
+    if (p.name.find("norm") != std::string::npos) {
+      EXPECT_EQ(p.to, TensorType::F32) << p.name;
+    }
   }
   // First and last eighth and every third layer between (llama.cpp's use_more_bits).
   EXPECT_EQ(v, "64464466");

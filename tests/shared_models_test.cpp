@@ -102,10 +102,11 @@ void check_model(const std::string& name, const std::string& isa, double min_for
     forced_same += a.forced_same;
     steps += a.steps;
     report += " " + std::to_string(a.prefix) + "/" + std::to_string(c.greedy.size());
-    if (min_forced >= 1.0)
+    if (min_forced >= 1.0) {
       EXPECT_EQ(a.prefix, c.greedy.size()) << name << " '" << c.prompt.substr(0, 40) << (c.prompt.size() > 40 ? "...'" : "'")
                                            << " with " << isa << ": the first " << a.prefix << " of " << c.greedy.size()
                                            << " ids match";
+    }
   }
   const double share = steps ? double(forced_same) / double(steps) : 0;
   // The figures the README reports: free-running prefix per prompt, teacher-forced agreement.
