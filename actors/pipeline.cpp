@@ -289,8 +289,10 @@ executor_actor::behavior_type executor_impl(executor_actor::stateful_pointer<exe
           if (!info) return end_unadmitted(self, r.id, FinishReason::Error, "this model has no " + r.modality + " modality");
           er.seq.prompt.push_back(int32_t(info->begin_token));
           // Images and video frames are whole grids: no early end.
+          const bool audio_like = info->modality == Modality::Audio || info->modality == Modality::Music;
           er.media = MediaLayout{int32_t(info->token_offset), int32_t(info->codebook_size), int32_t(info->num_stages),
-                                 info->transform == "mdct" ? int32_t(info->end_token) : -1};
+                                 audio_like ? int32_t(info->end_token) : -1,
+                                 std::vector<int32_t>(info->slot_offsets.begin(), info->slot_offsets.end())};
         } else if (!model.config().modalities.empty()) {
           // Text requests on a unified model never sample media codes.
           er.sampling.allowed = model.config().modalities.text_ranges(model.hparams().n_vocab);

@@ -78,19 +78,19 @@ std::vector<float> AudioDecoder::finish() {
 std::vector<int32_t> codes_to_tokens(const ModalityInfo& m, std::span<const int32_t> codes) {
   std::vector<int32_t> t(codes.size());
   for (size_t i = 0; i < codes.size(); ++i)
-    t[i] = int32_t(m.token_offset + (uint32_t(i) % m.num_stages) * m.codebook_size + uint32_t(codes[i]));
+    t[i] = int32_t(m.slot_offset(uint32_t(i) % m.num_stages) + uint32_t(codes[i]));
   return t;
 }
 
 Expected<std::vector<int32_t>> tokens_to_codes(const ModalityInfo& m, std::span<const int32_t> tokens) {
   std::vector<int32_t> c(tokens.size());
   for (size_t i = 0; i < tokens.size(); ++i) {
-    const int64_t rel = int64_t(tokens[i]) - int64_t(m.token_offset);
-    const int64_t stage = int64_t(i % m.num_stages);
-    if (rel < stage * m.codebook_size || rel >= (stage + 1) * int64_t(m.codebook_size))
-      return Error{"token " + std::to_string(tokens[i]) + " is not a stage-" + std::to_string(stage) + " code of " +
+    const uint32_t slot = uint32_t(i % m.num_stages);
+    const int64_t rel = int64_t(tokens[i]) - int64_t(m.slot_offset(slot));
+    if (rel < 0 || rel >= int64_t(m.codebook_size))
+      return Error{"token " + std::to_string(tokens[i]) + " is not a slot-" + std::to_string(slot) + " code of " +
                    modality_name(m.modality)};
-    c[i] = int32_t(rel - stage * m.codebook_size);
+    c[i] = int32_t(rel);
   }
   return c;
 }

@@ -65,9 +65,11 @@ Status Engine::submit(EngineRequest r, double now) {
   const size_t prompt = r.seq.prompt.size();
   if (r.media) {
     const MediaLayout& m = *r.media;
-    if (m.size < 1 || m.stages < 1 || m.offset < 0 || int64_t(m.offset) + int64_t(m.size) * m.stages > n_vocab ||
-        m.end_token >= n_vocab)
-      return Error{"the media layout lies outside the vocabulary"};
+    bool inside = m.size >= 1 && m.stages >= 1 && m.end_token < n_vocab &&
+                  (m.slot_offsets.empty() || m.slot_offsets.size() == size_t(m.stages));
+    for (int s = 0; inside && s < m.stages; ++s)
+      inside = m.slot_offset(s) >= 0 && int64_t(m.slot_offset(s)) + m.size <= n_vocab;
+    if (!inside) return Error{"the media layout lies outside the vocabulary"};
     if (m.end_token >= 0) r.sampling.stop_tokens.push_back(m.end_token);
     r.stop_at_eog = false;  // a media answer ends at its own end token or its length
   }
@@ -132,7 +134,7 @@ std::vector<EngineEvent> Engine::step(double now, EngineStepStats* stats) {
       const MediaLayout& m = *live.media;
       const SequenceStats* st = scheduler_.stats(id);
       const int stage = (st ? st->generated : 0) % m.stages;
-      std::vector<TokenRange> allowed = {{m.offset + stage * m.size, m.offset + (stage + 1) * m.size}};
+      std::vector<TokenRange> allowed = {{m.slot_offset(stage), m.slot_offset(stage) + m.size}};
       if (stage == 0 && m.end_token >= 0) allowed.push_back({m.end_token, m.end_token + 1});
       live.sampler.set_allowed(std::move(allowed));
     }

@@ -22,12 +22,15 @@
 
 namespace tutti {
 
-// Media generation: token i of the answer is a code of stage i % stages, so each step may
-// sample only that stage's range; the modality's end token (when end_token >= 0) is allowed
-// at frame boundaries (stage 0) and ends the sequence.
+// Media generation: token i of the answer is a code of frame slot i % stages, so each step
+// may sample only that slot's `size` codes (from slot_offsets[slot], or offset + slot * size
+// when slot_offsets is empty); the modality's end token (when end_token >= 0) is allowed at
+// frame boundaries (slot 0) and ends the sequence.
 struct MediaLayout {
   int32_t offset = 0, size = 0, stages = 0;
   int32_t end_token = -1;
+  std::vector<int32_t> slot_offsets;
+  int32_t slot_offset(int slot) const { return slot_offsets.empty() ? offset + slot * size : slot_offsets[size_t(slot)]; }
 };
 
 struct EngineRequest {

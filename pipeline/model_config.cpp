@@ -18,6 +18,20 @@ std::optional<Modality> parse_modality(const std::string& name) {
   return std::nullopt;
 }
 
+const char* token_layout_name(TokenLayout l) { return l == TokenLayout::Orpheus ? "orpheus" : "tutti"; }
+std::optional<TokenLayout> parse_token_layout(const std::string& name) {
+  if (name == "tutti") return TokenLayout::Tutti;
+  if (name == "orpheus") return TokenLayout::Orpheus;
+  return std::nullopt;
+}
+
+uint32_t ModalityInfo::token_end() const {
+  if (slot_offsets.empty()) return token_offset + codebook_size * num_stages;
+  uint32_t end = token_offset;
+  for (uint32_t o : slot_offsets) end = std::max(end, o + codebook_size);
+  return end;
+}
+
 double ModalityInfo::tokens_per_second() const {
   switch (modality) {
     case Modality::Audio:
@@ -317,8 +331,38 @@ Expected<ModelConfig> read_model_config(const GgufFile& f) {
       mi.height = uint32_t(r.uint(p + "height", 0));
       mi.frame_rate = float(r.real(p + "frame_rate", 0));
       if (r.err) return *r.err;
-      const uint64_t end = uint64_t(mi.token_offset) + uint64_t(mi.codebook_size) * mi.num_stages;
       if (mi.codebook_size == 0 || mi.num_stages == 0 || mi.num_stages > 64) return fail(p + "codebook_size/num_stages are invalid");
+      if (const std::string layout = r.str(p + "layout", "tutti"); !r.err) {
+        auto l = parse_token_layout(layout);
+        if (!l) return fail(p + "layout '" + layout + "' is not tutti or orpheus");
+        mi.layout = *l;
+      }
+      // Slots (SNAC): each slot's first id and level, contiguous over all slots.
+      for (auto [key, out] : {std::pair{"slot_offsets", &mi.slot_offsets}, {"frame_levels", &mi.slot_levels}}) {
+        const GgufValue* v = f.find(p + key);
+        if (!v) continue;
+        if (v->type != GgufValueType::ARRAY || v->count != mi.num_stages ||
+            (v->element_type != GgufValueType::I32 && v->element_type != GgufValueType::U32))
+          return fail(p + key + " must be an array of num_stages integers");
+        for (uint64_t i = 0; i < v->count; ++i) {
+          const int64_t x = v->array_i64(i);
+          if (x < 0 || x >= int64_t(h.n_vocab)) return fail(p + key + " holds " + std::to_string(x));
+          out->push_back(uint32_t(x));
+        }
+      }
+      if (mi.transform == "snac" && (mi.slot_offsets.empty() || mi.slot_levels.empty()))
+        return fail(p + "slot_offsets and frame_levels are required for a snac codec");
+      if (!mi.slot_offsets.empty()) {
+        const uint32_t lowest = *std::min_element(mi.slot_offsets.begin(), mi.slot_offsets.end());
+        if (lowest != mi.token_offset) return fail(p + "token_offset must be the lowest slot offset");
+        // Every id of the range belongs to some slot (no holes for text to fall into).
+        std::vector<uint32_t> starts(mi.slot_offsets);
+        std::sort(starts.begin(), starts.end());
+        for (size_t i = 0; i + 1 < starts.size(); ++i)
+          if (starts[i + 1] != starts[i] && starts[i + 1] != starts[i] + mi.codebook_size)
+            return fail(p + "slot_offsets leave a gap or overlap part of a codebook");
+      }
+      const uint64_t end = mi.token_end();
       if (end > h.n_vocab) return fail(p + "token range [" + std::to_string(mi.token_offset) + ", " + std::to_string(end) + ") exceeds the vocabulary of " + std::to_string(h.n_vocab));
       for (uint32_t tok : {mi.begin_token, mi.end_token}) {
         if (tok >= h.n_vocab) return fail(p + "begin/end token " + std::to_string(tok) + " is outside the vocabulary");
@@ -329,9 +373,10 @@ Expected<ModelConfig> read_model_config(const GgufFile& f) {
       if (!audio_like && (mi.patch_size == 0 || mi.width == 0 || mi.height == 0)) return fail(p + "patch_size, width and height are required for " + name);
       if (mi.modality == Modality::Video && !(mi.frame_rate > 0)) return fail(p + "frame_rate is required for video");
       if (mi.codebook_dim == 0) return fail(p + "codebook_dim must be positive");
-      for (uint32_t s = 0; s < mi.num_stages; ++s)
-        if (Status st = check_tensor(f, "codec." + name + ".codebook." + std::to_string(s), {mi.codebook_dim, mi.codebook_size}); !st)
-          return st.error();
+      if (mi.transform != "snac")  // SNAC's tensors are checked by its loader (codecs/snac.cpp)
+        for (uint32_t s = 0; s < mi.num_stages; ++s)
+          if (Status st = check_tensor(f, "codec." + name + ".codebook." + std::to_string(s), {mi.codebook_dim, mi.codebook_size}); !st)
+            return st.error();
       cfg.modalities.entries.push_back(mi);
     }
     // Code ranges of different modalities must not overlap.
@@ -361,6 +406,11 @@ void write_modality_metadata(GgufWriter& w, const ModalityInfo& m) {
   if (m.width) w.set_u32(p + "width", m.width);
   if (m.height) w.set_u32(p + "height", m.height);
   if (m.frame_rate > 0) w.set_f32(p + "frame_rate", m.frame_rate);
+  if (!m.slot_offsets.empty()) {
+    w.set_string(p + "layout", token_layout_name(m.layout));
+    w.set_i32_array(p + "slot_offsets", {m.slot_offsets.begin(), m.slot_offsets.end()});
+    w.set_i32_array(p + "frame_levels", {m.slot_levels.begin(), m.slot_levels.end()});
+  }
 }
 
 void write_modality_list(GgufWriter& w, const ModalityTable& table) {

@@ -68,6 +68,13 @@ std::optional<Modality> parse_modality(const std::string& name);
 // One media modality's slice of the shared vocabulary and its codec parameters.
 // Token ids [token_offset, token_offset + codebook_size * num_stages) are its codes: residual
 // stage s uses [token_offset + s * codebook_size, token_offset + (s + 1) * codebook_size).
+// How a modality's codes sit in the vocabulary: tutti's own rows added after the backbone's
+// ("tutti"), or, for SNAC, the rows an Orpheus-style backbone already has (<custom_token_N>
+// = 128256 + N; docs/unified-gguf.md).
+enum class TokenLayout { Tutti, Orpheus };
+const char* token_layout_name(TokenLayout l);
+std::optional<TokenLayout> parse_token_layout(const std::string& name);
+
 struct ModalityInfo {
   Modality modality = Modality::Audio;
   uint32_t token_offset = 0;
@@ -76,7 +83,7 @@ struct ModalityInfo {
   uint32_t begin_token = 0;
   uint32_t end_token = 0;
   // Codec parameters (0 where they do not apply to this modality).
-  std::string transform;     // "mdct" for audio and music, "patch" for image and video
+  std::string transform;     // the codec type: "mdct" or "snac" (audio, music), "patch" (image, video)
   uint32_t sample_rate = 0;  // audio, music: samples per second
   uint32_t frame_size = 0;   // audio, music: samples per transform frame
   uint32_t patch_size = 0;   // image, video: square patch edge in pixels
@@ -84,8 +91,20 @@ struct ModalityInfo {
   uint32_t height = 0;
   float frame_rate = 0;      // video frames per second
   uint32_t codebook_dim = 0; // length of one codebook vector (codec.<m>.codebook.<s> is [dim, size])
+  // A frame is num_stages slots; slot s samples codebook_size codes from slot_offset(s), and
+  // its code belongs to level slot_levels[s]. Empty (MDCT, patches): slot s is stage s, at
+  // token_offset + s * codebook_size. SNAC files carry both (tutti.<m>.slot_offsets,
+  // tutti.<m>.frame_levels): slots of one level share ids in the tutti layout, and every
+  // slot has its own ids in the Orpheus layout.
+  std::vector<uint32_t> slot_offsets;
+  std::vector<uint32_t> slot_levels;
+  TokenLayout layout = TokenLayout::Tutti;
 
-  uint32_t token_end() const { return token_offset + codebook_size * num_stages; }
+  uint32_t slot_offset(uint32_t slot) const {
+    return slot_offsets.empty() ? token_offset + slot * codebook_size : slot_offsets[slot];
+  }
+  // The code ids are [token_offset, token_end()): contiguous in every layout.
+  uint32_t token_end() const;
   // Tokens per second of media, which decides how many real-time streams a step can carry.
   double tokens_per_second() const;
 };
