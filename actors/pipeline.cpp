@@ -91,7 +91,7 @@ struct decoder_state {
     // Media answers: the modality, its streaming audio decoder or the codes of the frame
     // being generated.
     const ModalityInfo* media = nullptr;
-    std::unique_ptr<codecs::AudioDecoder> audio;
+    std::unique_ptr<codecs::AudioCodeDecoder> audio;
     std::vector<int32_t> frame_codes;
   };
   std::shared_ptr<const Tokenizer> tokenizer;
@@ -114,9 +114,13 @@ void decode_media(decoder_actor::stateful_pointer<decoder_state> self, int64_t i
   if (token >= 0) {
     ++e.completion_tokens;
     d.token = token;
-    const int32_t code = int32_t((uint32_t(token) - m.token_offset) % m.codebook_size);  // the engine keeps slots in stage order
+    // Every slot's first id lies a whole number of codebooks past token_offset (the loader
+    // checks it), and the engine samples each slot from its own range.
+    const int32_t code = int32_t((uint32_t(token) - m.token_offset) % m.codebook_size);
     if (e.audio) {
-      d.samples = e.audio->push(std::span<const int32_t>(&code, 1));
+      auto samples = e.audio->push(std::span<const int32_t>(&code, 1));
+      if (!samples) throw std::runtime_error(samples.error().message);
+      d.samples = std::move(*samples);
     } else {
       e.frame_codes.push_back(code);
       const codecs::PatchGeometry g{int(m.width), int(m.height), int(m.patch_size)};
@@ -172,8 +176,11 @@ decoder_actor::behavior_type decoder_impl(decoder_actor::stateful_pointer<decode
         decoder_state::Entry e{std::move(sink), StreamingDetokenizer(*self->state.tokenizer), prompt_tokens, 0};
         if (auto m = parse_modality(modality); m && *m != Modality::Text) {
           e.media = self->state.codecs->info(*m);  // the executor refuses a modality the model lacks
-          if (e.media && e.media->transform == "mdct")
-            e.audio = std::make_unique<codecs::AudioDecoder>(int(e.media->frame_size), self->state.codecs->books(*m));
+          if (auto codec = self->state.codecs->audio(*m)) {
+            codecs::AudioDecodeOptions o;
+            o.seed = uint64_t(id);  // SNAC's noise blocks: each answer its own noise
+            e.audio = codec->decoder(o);
+          }
         }
         self->state.requests.emplace(id, std::move(e));
       },

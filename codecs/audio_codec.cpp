@@ -17,18 +17,30 @@ int AudioCodec::levels() const {
 
 std::vector<int32_t> AudioCodec::encode(std::span<const float> samples, ThreadPool* pool) const {
   auto e = encoder(pool);
-  std::vector<int32_t> out = e->push(samples);
+  std::vector<int32_t> out;
+  const size_t piece = size_t(sample_rate());  // a second at a time, as decode
+  for (size_t at = 0; at < samples.size(); at += piece) {
+    const auto c = e->push(samples.subspan(at, std::min(piece, samples.size() - at)));
+    out.insert(out.end(), c.begin(), c.end());
+  }
   const auto tail = e->finish();
   out.insert(out.end(), tail.begin(), tail.end());
   return out;
 }
 
 Expected<std::vector<float>> AudioCodec::decode(std::span<const int32_t> codes, const AudioDecodeOptions& options) const {
+  // Pieces of about a second keep each layer's buffers in cache; streaming makes the result
+  // independent of the piece size.
+  const size_t piece = size_t(codes_per_frame()) * size_t(std::max(1, sample_rate() / frame_samples()));
   auto d = decoder(options);
-  auto out = d->push(codes);
-  if (!out) return out.error();
+  std::vector<float> out;
+  for (size_t at = 0; at < codes.size(); at += piece) {
+    auto y = d->push(codes.subspan(at, std::min(piece, codes.size() - at)));
+    if (!y) return y.error();
+    out.insert(out.end(), y->begin(), y->end());
+  }
   const auto tail = d->finish();
-  out->insert(out->end(), tail.begin(), tail.end());
+  out.insert(out.end(), tail.begin(), tail.end());
   return out;
 }
 
@@ -137,7 +149,7 @@ Expected<std::shared_ptr<const AudioCodec>> make_snac(const GgufFile& f, const M
     return Error{p + "frame_levels do not match the SNAC configuration's"};
   auto model = load_snac_model(f, "codec." + name + ".", *config);
   if (!model) return model.error();
-  return std::shared_ptr<const AudioCodec>(std::make_shared<SnacCodec>(std::move(*model)));
+  return make_snac_codec(std::move(*model));
 }
 
 struct CodecEntry {
@@ -152,6 +164,10 @@ Expected<std::shared_ptr<const AudioCodec>> make_audio_codec(const GgufFile& f, 
   for (const CodecEntry& e : kAudioCodecs)
     if (m.transform == e.kind) return e.make(f, m);
   return Error{f.path() + ": tutti." + std::string(modality_name(m.modality)) + ".transform '" + m.transform + "' is not an audio codec tutti has"};
+}
+
+std::shared_ptr<const AudioCodec> make_snac_codec(std::shared_ptr<const SnacModel> model) {
+  return std::make_shared<SnacCodec>(std::move(model));
 }
 
 std::vector<std::string> audio_codec_kinds() {

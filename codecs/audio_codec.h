@@ -74,6 +74,9 @@ class AudioCodec {
 // naming the file and what is wrong with the codec's tensors or keys.
 Expected<std::shared_ptr<const AudioCodec>> make_audio_codec(const GgufFile& file, const ModalityInfo& modality);
 
+struct SnacModel;
+std::shared_ptr<const AudioCodec> make_snac_codec(std::shared_ptr<const SnacModel> model);
+
 // The codec types make_audio_codec knows, for messages and `tutti model info`.
 std::vector<std::string> audio_codec_kinds();
 

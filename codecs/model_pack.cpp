@@ -179,7 +179,7 @@ std::map<Modality, PackMaterial> generated_material(const ModalityTable& layout,
   std::normal_distribution<float> noise(0, 1);
   for (const ModalityInfo& m : layout.entries) {
     PackMaterial mat;
-    if (m.transform == "mdct") {
+    if (m.modality == Modality::Audio || m.modality == Modality::Music) {
       // Harmonic tones with vibrato, chirps, and noise bursts: 12 one-second pieces.
       const int rate = int(m.sample_rate);
       for (int piece = 0; piece < 12; ++piece) {

@@ -314,12 +314,35 @@ conv::PackedMatrix pack_transposed(const std::vector<float>& w, int cin, int cou
 
 namespace {
 
+// Float storage that is not zeroed on allocation: every layer writes the columns it hands
+// on, and what lies past them (row padding) is never read as a result.
+struct FloatBuffer {
+  std::unique_ptr<float[]> p;
+  size_t n = 0;
+  FloatBuffer() = default;
+  explicit FloatBuffer(size_t count) : p(count ? new float[count] : nullptr), n(count) {}
+  FloatBuffer(const FloatBuffer& o) : FloatBuffer(o.n) {
+    if (n) std::memcpy(p.get(), o.p.get(), n * sizeof(float));
+  }
+  FloatBuffer(FloatBuffer&&) noexcept = default;
+  FloatBuffer& operator=(FloatBuffer&&) noexcept = default;
+  FloatBuffer& operator=(const FloatBuffer& o) { return *this = FloatBuffer(o); }
+  float* data() { return p.get(); }
+  const float* data() const { return p.get(); }
+};
+
 // [channels, cols] with rows ld floats apart (ld a multiple of the GEMM's tile width).
+// Signal(c, n) holds unspecified values; Signal::zeros(c, n) holds zeros.
 struct Signal {
   int channels = 0, cols = 0, ld = conv::kGemmColumns;
-  std::vector<float> data;
+  FloatBuffer data;
   Signal() = default;
-  Signal(int c, int n) : channels(c), cols(n), ld(conv::padded_columns(std::max(n, 1))), data(size_t(c) * ld, 0.0f) {}
+  Signal(int c, int n) : channels(c), cols(n), ld(conv::padded_columns(std::max(n, 1))), data(size_t(c) * ld) {}
+  static Signal zeros(int c, int n) {
+    Signal s(c, n);
+    if (s.data.n) std::memset(s.data.data(), 0, s.data.n * sizeof(float));
+    return s;
+  }
   float* row(int c) { return data.data() + size_t(c) * ld; }
   const float* row(int c) const { return data.data() + size_t(c) * ld; }
 };
@@ -331,6 +354,7 @@ Signal concat(const Signal& a, const Signal& b, int zeros = 0) {
   for (int c = 0; c < ch; ++c) {
     if (a.cols) std::memcpy(out.row(c), a.row(c), sizeof(float) * a.cols);
     if (b.cols) std::memcpy(out.row(c) + a.cols, b.row(c), sizeof(float) * b.cols);
+    if (zeros) std::memset(out.row(c) + a.cols + b.cols, 0, sizeof(float) * zeros);
   }
   return out;
 }
@@ -385,7 +409,7 @@ class Chain : public Stage {
 class ConvStage : public Stage {
  public:
   ConvStage(const ConvWeights& w, ThreadPool* pool) : w_(w), pool_(pool), span_((w.k - 1) * w.dilation) {
-    hist_ = Signal(w.cin, w.pad);  // the left padding
+    hist_ = Signal::zeros(w.cin, w.pad);  // the left padding
   }
   Signal push(Signal x) override { return run(concat(hist_, x), false); }
   Signal finish(Signal x) override { return run(concat(hist_, x, w_.pad), true); }
@@ -424,7 +448,7 @@ class ConvStage : public Stage {
 // inputs [t * r, t * r + 2r).
 class StridedConvStage : public Stage {
  public:
-  StridedConvStage(const ConvWeights& w, ThreadPool* pool) : w_(w), pool_(pool) { hist_ = Signal(w.cin, w.pad); }
+  StridedConvStage(const ConvWeights& w, ThreadPool* pool) : w_(w), pool_(pool) { hist_ = Signal::zeros(w.cin, w.pad); }
   Signal push(Signal x) override { return run(concat(hist_, x)); }
   Signal finish(Signal x) override { return run(concat(hist_, x, w_.pad)); }
   double lag() const override { return double(w_.k - w_.stride - w_.pad) / w_.stride; }
@@ -458,11 +482,11 @@ class StridedConvStage : public Stage {
 // output ends at (T - 1) * s - 2p + 2s + s % 2.
 class ConvTransposeStage : public Stage {
  public:
-  ConvTransposeStage(const ConvWeights& w, ThreadPool* pool) : w_(w), pool_(pool), prev_(w.cin, 1), drop_(w.pad) {}
+  ConvTransposeStage(const ConvWeights& w, ThreadPool* pool) : w_(w), pool_(pool), prev_(Signal::zeros(w.cin, 1)), drop_(w.pad) {}
   Signal push(Signal x) override { return run(x, false); }
   Signal finish(Signal x) override {
     Signal y = run(x, false);
-    Signal tail = run(Signal(w_.cin, 1), true);  // the virtual zero input T
+    Signal tail = run(Signal::zeros(w_.cin, 1), true);  // the virtual zero input T
     Signal out = concat(y, tail);
     const int64_t length = (inputs_ - 1) * w_.stride - 2 * w_.pad + w_.k + w_.stride % 2;
     const int keep = int(std::max<int64_t>(0, length - (emitted_ - out.cols)));
@@ -660,7 +684,7 @@ Expected<std::vector<float>> SnacDecoder::push(std::span<const int32_t> codes) {
   if (frames == 0) return std::vector<float>{};
   // Codes to the latent: each level's codebook row through its out_proj, repeated over the
   // latent steps the code covers, summed over the levels.
-  Signal z(lat, frames * F);
+  Signal z = Signal::zeros(lat, frames * F);
   std::vector<int> seen(c.vq_strides.size());
   for (int f = 0; f < frames; ++f) {
     std::fill(seen.begin(), seen.end(), 0);
@@ -771,7 +795,7 @@ std::vector<int32_t> SnacEncoder::push(std::span<const float> samples) {
 std::vector<int32_t> SnacEncoder::finish() {
   const int64_t frame = model_->config.frame_samples();
   const int64_t pad = samples_ == 0 ? 0 : (frame - samples_ % frame) % frame;
-  Signal x(1, int(pad));  // zeros to a whole frame
+  Signal x = Signal::zeros(1, int(pad));  // zeros to a whole frame
   graph_->latents = concat(graph_->latents, graph_->chain->finish(std::move(x)));
   return quantize_frames(*model_, graph_->frame_levels, graph_->latents);
 }

@@ -194,4 +194,15 @@ void add_snac_tensors(GgufWriter& w, const std::string& prefix, const std::strin
   }
 }
 
+Expected<std::shared_ptr<const SnacModel>> load_snac_weights(const SnacWeights& s) {
+  GgufWriter w;
+  add_snac_tensors(w, "codec.audio.", "tutti.audio.snac.", s);
+  const std::vector<uint8_t> bytes = w.to_bytes();
+  auto f = GgufFile::parse(bytes.data(), bytes.size(), "snac weights");
+  if (!f) return f.error();
+  auto cfg = read_snac_config(**f, "tutti.audio.snac.");
+  if (!cfg) return cfg.error();
+  return load_snac_model(**f, "codec.audio.", *cfg);
+}
+
 }  // namespace tutti::codecs

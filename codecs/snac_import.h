@@ -38,6 +38,10 @@ SnacWeights random_snac_weights(const SnacConfig& config, uint64_t seed);
 // `config_prefix` (e.g. "tutti.audio.snac.").
 void add_snac_tensors(GgufWriter& w, const std::string& prefix, const std::string& config_prefix, const SnacWeights& s);
 
+// The weights as a loaded model, through the same GGUF layout and loader a unified file
+// uses (benchmarks and tests; the model copies what it needs).
+Expected<std::shared_ptr<const SnacModel>> load_snac_weights(const SnacWeights& s);
+
 // Where the helper scripts live (TUTTI_TOOLS_DIR, else the source tree this binary was built from).
 std::string tools_dir();
 

@@ -315,7 +315,9 @@ TEST(ModelPack, BuildsAUnifiedModelWhoseCodebooksCarryNewSpeech) {
   EXPECT_EQ((*tok)->token_text(int32_t(audio->begin_token)), "<|audio_begin|>");
   // The packed audio codebooks on a sentence they never saw.
   const auto test_speech = speech("speech-test", kTestText);
-  const auto [decoded, codes] = round_trip(test_speech, codecs->books(Modality::Audio));
+  auto books = load_codebooks(**file, *codecs->info(Modality::Audio));
+  ASSERT_TRUE(books.ok()) << books.error().message;
+  const auto [decoded, codes] = round_trip(test_speech, std::make_shared<const Codebooks>(std::move(*books)));
   const double snr = segmental_snr_db(test_speech, std::span<const float>(decoded.data(), test_speech.size()), kFrame);
   std::printf("packed audio codebooks: segmental SNR %.2f dB on new speech\n", snr);
   EXPECT_GT(snr, 1.0);

@@ -164,11 +164,11 @@ void finish_chunk(const actors::media_delta& d, MediaChunk& c) {
 
 class WireAudioOutput final : public MediaOutput {
  public:
-  explicit WireAudioOutput(AudioWire w) : w_(w) {}
+  WireAudioOutput(AudioWire w, int model_rate) : w_(w), rate_(model_rate) {}
   MediaChunk on_delta(const actors::media_delta& d) override {
     MediaChunk c;
     if (!d.samples.empty()) {
-      const std::string b64 = encode_wire_audio(resample_linear(d.samples, 24000, audio_wire_rate(w_)), w_);
+      const std::string b64 = encode_wire_audio(resample_linear(d.samples, rate_, audio_wire_rate(w_)), w_);
       c.bytes.assign(b64.begin(), b64.end());
       c.frames = int(d.samples.size());
     }
@@ -178,15 +178,16 @@ class WireAudioOutput final : public MediaOutput {
 
  private:
   AudioWire w_;
+  int rate_;
 };
 }  // namespace
 
-std::unique_ptr<MediaOutput> make_wire_audio_output(AudioWire w) { return std::make_unique<WireAudioOutput>(w); }
+std::unique_ptr<MediaOutput> make_wire_audio_output(AudioWire w, int model_rate) { return std::make_unique<WireAudioOutput>(w, model_rate); }
 
 namespace {
 class OpusAudioOutput final : public MediaOutput {
  public:
-  OpusAudioOutput() {
+  explicit OpusAudioOutput(int model_rate) : rate_(model_rate) {
     codecs::OpusFormat f;
     f.sample_rate = 48000;
     auto e = codecs::OpusFrameEncoder::create(f);
@@ -195,7 +196,7 @@ class OpusAudioOutput final : public MediaOutput {
   MediaChunk on_delta(const actors::media_delta& d) override {
     MediaChunk c;
     if (!enc_) c.error = "opus: the encoder could not be created";
-    const auto up = resample_linear(d.samples, 24000, 48000);
+    const auto up = resample_linear(d.samples, rate_, 48000);
     pending_.insert(pending_.end(), up.begin(), up.end());
     c.frames = int(d.samples.size());
     if (!d.finish_reason.empty() && !pending_.empty()) pending_.resize((pending_.size() + 959) / 960 * 960, 0.f);
@@ -218,12 +219,13 @@ class OpusAudioOutput final : public MediaOutput {
   }
 
  private:
+  int rate_;
   std::unique_ptr<codecs::OpusFrameEncoder> enc_;
   std::vector<float> pending_;
 };
 }  // namespace
 
-std::unique_ptr<MediaOutput> make_opus_audio_output() { return std::make_unique<OpusAudioOutput>(); }
+std::unique_ptr<MediaOutput> make_opus_audio_output(int model_rate) { return std::make_unique<OpusAudioOutput>(model_rate); }
 
 namespace {
 class JpegFrameOutput final : public MediaOutput {
@@ -271,7 +273,7 @@ void VoiceActivityDetector::reset() {
 }
 
 std::vector<VoiceActivityDetector::Event> VoiceActivityDetector::push(std::span<const float> samples) {
-  constexpr int kFrame = 480;  // 20 ms at 24 kHz
+  const int kFrame = rate_ / 50;  // 20 ms
   std::vector<Event> events;
   pending_.insert(pending_.end(), samples.begin(), samples.end());
   const double level_db = -70.0 + 70.0 * std::clamp(c_.threshold, 0.0, 1.0);
@@ -297,10 +299,10 @@ std::vector<VoiceActivityDetector::Event> VoiceActivityDetector::push(std::span<
   return events;
 }
 
-VoiceInput::VoiceInput(const ModalityInfo& audio, std::shared_ptr<const codecs::Codebooks> books, std::optional<VadConfig> vad)
-    : m_(audio), books_(std::move(books)), vad_config_(vad) {
-  if (vad) vad_.emplace(*vad);
-  encoder_ = std::make_unique<codecs::AudioEncoder>(int(m_.frame_size), books_);
+VoiceInput::VoiceInput(const ModalityInfo& audio, std::shared_ptr<const codecs::AudioCodec> codec, std::optional<VadConfig> vad)
+    : m_(audio), codec_(std::move(codec)), vad_config_(vad) {
+  if (vad) vad_.emplace(*vad, codec_->sample_rate());
+  encoder_ = codec_->encoder();
 }
 
 std::vector<VoiceActivityDetector::Event> VoiceInput::push(std::span<const float> pcm) {
@@ -310,10 +312,13 @@ std::vector<VoiceActivityDetector::Event> VoiceInput::push(std::span<const float
   return vad_ ? vad_->push(pcm) : std::vector<VoiceActivityDetector::Event>{};
 }
 
+int64_t VoiceInput::frame_at(int64_t ms) const {
+  return (ms - base_ms_) * codec_->sample_rate() / 1000 / codec_->frame_samples();
+}
+
 int64_t VoiceInput::first_frame(int64_t from_ms) const {
-  const int64_t frame_ms = int64_t(m_.frame_size) * 1000 / m_.sample_rate;
-  // Encoder frame j covers input [(j-1) N, (j+1) N): frames from from_ms on.
-  return std::clamp<int64_t>((from_ms - base_ms_) / frame_ms, 0, int64_t(codes_.size()) / m_.num_stages);
+  // Frame j covers about input [j N, (j + 1) N) (MDCT: [(j-1) N, (j+1) N)): frames from from_ms on.
+  return std::clamp<int64_t>(frame_at(from_ms), 0, int64_t(codes_.size()) / m_.num_stages);
 }
 
 std::vector<int32_t> VoiceInput::peek(int64_t from_ms) const {
@@ -325,12 +330,16 @@ std::vector<int32_t> VoiceInput::peek(int64_t from_ms) const {
 }
 
 std::vector<int32_t> VoiceInput::take(int64_t from_ms, int64_t to_ms) {
-  const int64_t frame_ms = int64_t(m_.frame_size) * 1000 / m_.sample_rate, stages = m_.num_stages;
+  // The encoder's look-ahead still holds the end of the turn: flush it (clear() below
+  // starts a new stream).
+  const auto tail = encoder_->finish();
+  codes_.insert(codes_.end(), tail.begin(), tail.end());
+  const int64_t stages = m_.num_stages;
   const int64_t frames = int64_t(codes_.size()) / stages;
   const int64_t first = first_frame(from_ms);
-  const int64_t last = std::clamp<int64_t>((to_ms - base_ms_) / frame_ms + 1, first, frames);
+  const int64_t last = std::clamp<int64_t>(frame_at(to_ms) + 1, first, frames);
   std::vector<int32_t> ids;
-  if ((last - first) * frame_ms >= 100) {
+  if ((last - first) * codec_->frame_samples() * 1000 >= 100 * int64_t(codec_->sample_rate())) {
     ids.push_back(int32_t(m_.begin_token));
     const auto tokens = codecs::codes_to_tokens(m_, std::span<const int32_t>(codes_.data() + first * stages, size_t((last - first) * stages)));
     ids.insert(ids.end(), tokens.begin(), tokens.end());
@@ -341,10 +350,10 @@ std::vector<int32_t> VoiceInput::take(int64_t from_ms, int64_t to_ms) {
 }
 
 void VoiceInput::clear() {
-  base_ms_ += samples_ * 1000 / 24000;
+  base_ms_ += samples_ * 1000 / codec_->sample_rate();
   codes_.clear();
   samples_ = 0;
-  encoder_ = std::make_unique<codecs::AudioEncoder>(int(m_.frame_size), books_);
+  encoder_ = codec_->encoder();
   if (vad_) vad_->reset();
 }
 

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "actors/http/media.hpp"
+#include "codecs/audio_codec.h"
 #include "codecs/audio_tokenizer.h"
 #include "pipeline/expected.h"
 
@@ -37,7 +38,7 @@ std::vector<float> resample_linear(std::span<const float> in, int from_rate, int
 enum class BinaryKind : uint8_t { AudioIn = 1, AudioOut = 2, VideoIn = 3, VideoOut = 4 };
 // An audio answer as Opus packets (48 kHz mono, 20 ms): chunk.bytes holds them each behind
 // a 2-byte little-endian length; chunk.frames counts the 24 kHz samples they carry.
-std::unique_ptr<MediaOutput> make_opus_audio_output();
+std::unique_ptr<MediaOutput> make_opus_audio_output(int model_rate);
 // A video answer as JPEG frames (video out on the WebSocket): chunk.bytes holds each finished
 // frame's JPEG behind a 4-byte little-endian length; chunk.frames counts the frames.
 std::unique_ptr<MediaOutput> make_jpeg_frame_output();
@@ -47,7 +48,7 @@ std::vector<std::string> split_length_prefixed(const std::vector<uint8_t>& bytes
 
 // An audio answer as Realtime deltas: each chunk's bytes are the base64 of its samples in
 // the wire format (resampled to 8 kHz for G.711), chunk.frames the number of 24 kHz samples.
-std::unique_ptr<MediaOutput> make_wire_audio_output(AudioWire w);
+std::unique_ptr<MediaOutput> make_wire_audio_output(AudioWire w, int model_rate);
 
 uint8_t linear_to_ulaw(int16_t s);
 int16_t ulaw_to_linear(uint8_t u);
@@ -66,31 +67,33 @@ struct VadConfig {
 };
 class VoiceActivityDetector {
  public:
-  explicit VoiceActivityDetector(VadConfig c) : c_(c) {}
+  explicit VoiceActivityDetector(VadConfig c, int sample_rate = 24000) : c_(c), rate_(sample_rate) {}
   struct Event {
     bool started = false;  // else stopped
     int64_t at_ms = 0;     // position in the input stream
   };
-  // Feeds samples (24 kHz); returns the transitions they cause.
+  // Feeds samples (at the rate it was made for); returns the transitions they cause.
   std::vector<Event> push(std::span<const float> samples);
   bool in_speech() const { return speaking_; }
   void reset();
 
  private:
   VadConfig c_;
+  int rate_;
   std::vector<float> pending_;
   int64_t frames_ = 0, silent_frames_ = 0;
   bool speaking_ = false;
 };
 
-// The input audio of one conversation (a Realtime session, a ZeroMQ stream job): 24 kHz
-// samples go through the VAD (when turn detection is on) and the audio tokenizer as they
+// The input audio of one conversation (a Realtime session, a ZeroMQ stream job): samples at
+// the codec's rate (sample_rate()) go through the VAD (when turn detection is on) and the audio tokenizer as they
 // arrive; a committed turn is the codes from its start (minus the prefix padding) to its
 // end, as the modality's vocabulary ids between its begin and end tokens.
 class VoiceInput {
  public:
-  VoiceInput(const ModalityInfo& audio, std::shared_ptr<const codecs::Codebooks> books, std::optional<VadConfig> vad);
-  std::vector<VoiceActivityDetector::Event> push(std::span<const float> pcm24k);
+  VoiceInput(const ModalityInfo& audio, std::shared_ptr<const codecs::AudioCodec> codec, std::optional<VadConfig> vad);
+  int sample_rate() const { return codec_->sample_rate(); }
+  std::vector<VoiceActivityDetector::Event> push(std::span<const float> pcm);
   // Ids of [from_ms, to_ms] (stream time, as the VAD's events give it) of the buffered audio,
   // wrapped in begin/end; empty if that is under 100 ms. Clears the buffer.
   std::vector<int32_t> take(int64_t from_ms, int64_t to_ms);
@@ -100,17 +103,18 @@ class VoiceInput {
   void clear();
   // Stream time: where the buffer starts and ends, in ms since the first sample.
   int64_t buffer_start_ms() const { return base_ms_; }
-  int64_t buffer_end_ms() const { return base_ms_ + samples_ * 1000 / 24000; }
+  int64_t buffer_end_ms() const { return base_ms_ + samples_ * 1000 / codec_->sample_rate(); }
   const std::optional<VadConfig>& vad_config() const { return vad_config_; }
 
  private:
-  int64_t first_frame(int64_t from_ms) const;  // the encoder frame from_ms falls in
+  int64_t first_frame(int64_t from_ms) const;  // the first whole frame from from_ms on
+  int64_t frame_at(int64_t ms) const;           // the frame stream time ms falls in
 
   ModalityInfo m_;
-  std::shared_ptr<const codecs::Codebooks> books_;
+  std::shared_ptr<const codecs::AudioCodec> codec_;
   std::optional<VadConfig> vad_config_;
   std::optional<VoiceActivityDetector> vad_;
-  std::unique_ptr<codecs::AudioEncoder> encoder_;
+  std::unique_ptr<codecs::AudioCodeEncoder> encoder_;
   std::vector<int32_t> codes_;
   int64_t samples_ = 0, base_ms_ = 0;
 };

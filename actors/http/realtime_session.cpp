@@ -132,7 +132,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     // What could have been heard: what was sent, but no more than the time since the first
     // audio went out.
     const double elapsed = first_audio_at_ ? std::chrono::duration<double>(std::chrono::steady_clock::now() - *first_audio_at_).count() : 0;
-    const int64_t played_ms = std::min<int64_t>(audio_sent_samples_ * 1000 / 24000, int64_t(elapsed * 1000));
+    const int64_t played_ms = std::min<int64_t>(audio_sent_samples_ * 1000 / audio_rate(), int64_t(elapsed * 1000));
     if (cancelled && barged_in_)  // barge-in: the client learns where the user cut in
       emit({{"type", "conversation.item.truncated"}, {"item_id", item_id_}, {"content_index", 0}, {"audio_end_ms", played_ms}});
     // The answer joins the conversation as the assistant's audio: all of it when it finished,
@@ -247,9 +247,11 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
   // ---- input audio: buffered, voice-detected, encoded to audio tokens as it arrives
   VoiceInput& voice() {
     if (!voice_)
-      voice_.emplace(*srv_.pipe.codecs->info(Modality::Audio), srv_.pipe.codecs->books(Modality::Audio), vad_config_);
+      voice_.emplace(*srv_.pipe.codecs->info(Modality::Audio), srv_.pipe.codecs->audio(Modality::Audio), vad_config_);
     return *voice_;
   }
+  // The audio codec's sample rate: what input is resampled to and output comes at.
+  int audio_rate() const { return srv_.pipe.codecs->audio(Modality::Audio)->sample_rate(); }
 
   // An image (base64 PNG/JPEG) as video tokens; an error event (and nothing) if it is not.
   std::optional<std::vector<int32_t>> image_tokens(const std::string& b64, const std::string& event_id) {
@@ -306,7 +308,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     }
     auto pcm = opus_in_->decode(bin->payload);
     if (!pcm) return error("invalid_request_error", "invalid_opus", pcm.error().message, "");
-    feed_audio(resample_linear(*pcm, 48000, 24000), "");
+    feed_audio(resample_linear(*pcm, 48000, audio_rate()), "");
   }
 
   void send_binary(std::string data, int32_t tokens_through) {
@@ -501,7 +503,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     if (!has_audio()) return error("invalid_request_error", "audio_not_supported", "this model has no audio modality", event_id);
     auto samples = decode_wire_audio(a.audio_base64, in_wire_);
     if (!samples) return error("invalid_request_error", "invalid_audio", samples.error().message, event_id);
-    feed_audio(resample_linear(*samples, audio_wire_rate(in_wire_), 24000), event_id);
+    feed_audio(resample_linear(*samples, audio_wire_rate(in_wire_), audio_rate()), event_id);
   }
 
   void apply(realtime::AudioCommit&, const std::string& event_id) {
@@ -587,7 +589,7 @@ class RealtimeSession : public std::enable_shared_from_this<RealtimeSession> {
     credit_.start(request_id_);
     emit({{"type", "response.created"}, {"response", {{"id", response_id_}, {"object", "realtime.response"}, {"status", "in_progress"}, {"modalities", modalities}}}});
     std::shared_ptr<MediaOutput> out;
-    if (audio) out = binary_opus_ ? make_opus_audio_output() : make_wire_audio_output(out_wire_);
+    if (audio) out = binary_opus_ ? make_opus_audio_output(audio_rate()) : make_wire_audio_output(out_wire_, audio_rate());
     if (video) out = make_jpeg_frame_output();
     sink_ = spawn_generation(srv_.system, srv_.ioc, srv_.pipe.encoder, r, std::weak_ptr<RealtimeSession>(shared_from_this()), out);
   }

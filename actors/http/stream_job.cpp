@@ -197,13 +197,13 @@ class StreamJob : public std::enable_shared_from_this<StreamJob> {
       post_event("error", {{"message", "this model has no audio modality"}});
       return;
     }
-    VoiceInput voice(*audio, srv_.pipe.codecs->books(Modality::Audio), VadConfig{});
+    VoiceInput voice(*audio, srv_.pipe.codecs->audio(Modality::Audio), VadConfig{});
     codecs::DecodeLimits limits;
     limits.max_seconds = 1e9;
     limits.live = true;
     int64_t start_ms = 0;
     while (!stopping_) {
-      const Status s = codecs::decode_audio(queue_, 24000, [&](std::span<const float> pcm) {
+      const Status s = codecs::decode_audio(queue_, voice.sample_rate(), [&](std::span<const float> pcm) {
         for (const auto& e : voice.push(pcm)) {
           if (e.started) {
             start_ms = e.at_ms;
@@ -272,7 +272,7 @@ class StreamJob : public std::enable_shared_from_this<StreamJob> {
         out = make_video_output(int(info.width), int(info.height), info.frame_rate, "mpegts");
       } else {
         r.max_tokens = int32_t(req_.max_response_seconds * info.tokens_per_second());
-        out = make_audio_output(codecs::AudioFormat::MpegTs, 24000);
+        out = make_audio_output(codecs::AudioFormat::MpegTs, srv_.pipe.codecs->audio(Modality::Audio)->sample_rate());
       }
     }
     generating_ = true;

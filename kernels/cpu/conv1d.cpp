@@ -31,7 +31,11 @@ GemmIsa detect() {
   return GemmIsa::Scalar;
 }
 
-GemmIsa g_isa = detect();
+// Chosen on first use (not at static initialisation, which may come after a caller's).
+GemmIsa& current_isa() {
+  static GemmIsa isa = detect();
+  return isa;
+}
 
 detail::TileKernel kernel_for(GemmIsa isa) {
 #if defined(__x86_64__)
@@ -49,7 +53,7 @@ constexpr int kMBlock = 8;
 }  // namespace
 
 GemmIsa best_gemm_isa() { return detect(); }
-void force_gemm_isa(GemmIsa isa) { g_isa = std::min(isa, detect()); }
+void force_gemm_isa(GemmIsa isa) { current_isa() = std::min(isa, detect()); }
 const char* gemm_isa_name(GemmIsa isa) {
   switch (isa) {
     case GemmIsa::Avx512: return "avx512";
@@ -60,7 +64,7 @@ const char* gemm_isa_name(GemmIsa isa) {
 
 void gemm(const PackedMatrix& a, const float* b, int ldb, int n, float* c, int ldc, const float* bias, ThreadPool* pool) {
   if (n <= 0 || a.m <= 0) return;
-  const detail::TileKernel tile = kernel_for(g_isa);
+  const detail::TileKernel tile = kernel_for(current_isa());
   const int col_tiles = (n + kGemmColumns - 1) / kGemmColumns;
   const int panels = a.panels();
   const int m_blocks = (panels + kMBlock - 1) / kMBlock;
