@@ -145,7 +145,8 @@ Expected<std::shared_ptr<const AudioCodec>> make_snac(const GgufFile& f, const M
   if (int(m.frame_size) != config->frame_samples()) return Error{p + "frame_size must be " + std::to_string(config->frame_samples()) + " for this SNAC"};
   if (int(m.num_stages) != config->codes_per_frame()) return Error{p + "num_stages must be " + std::to_string(config->codes_per_frame()) + " (codes per frame)"};
   if (int(m.codebook_size) != config->codebook_size) return Error{p + "codebook_size differs from the SNAC configuration's"};
-  if (m.slot_levels != std::vector<uint32_t>(config->frame_levels().begin(), config->frame_levels().end()))
+  const std::vector<int> levels = config->frame_levels();
+  if (m.slot_levels != std::vector<uint32_t>(levels.begin(), levels.end()))
     return Error{p + "frame_levels do not match the SNAC configuration's"};
   auto model = load_snac_model(f, "codec." + name + ".", *config);
   if (!model) return model.error();

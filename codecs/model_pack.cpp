@@ -71,6 +71,52 @@ std::vector<uint8_t> as_bytes(const std::vector<float>& v) {
   return b;
 }
 
+// The audio modality of a SNAC codec. Tutti layout: begin, end and the codes of every level
+// as new rows from `next` on. Orpheus layout: the backbone's own rows, which must be there.
+Expected<ModalityInfo> snac_modality(const SnacWeights& snac, TokenLayout layout, const VocabularyMetadata& vocab, uint32_t& next) {
+  const SnacConfig& c = snac.config;
+  ModalityInfo m;
+  m.modality = Modality::Audio;
+  m.transform = "snac";
+  m.layout = layout;
+  m.sample_rate = uint32_t(c.sampling_rate);
+  m.frame_size = uint32_t(c.frame_samples());
+  m.codebook_size = uint32_t(c.codebook_size);
+  m.codebook_dim = uint32_t(c.codebook_dim);
+  m.num_stages = uint32_t(c.codes_per_frame());
+  for (int l : c.frame_levels()) m.slot_levels.push_back(uint32_t(l));
+  if (layout == TokenLayout::Tutti) {
+    m.begin_token = next++;
+    m.end_token = next++;
+    m.token_offset = next;
+    for (uint32_t l : m.slot_levels) m.slot_offsets.push_back(m.token_offset + l * m.codebook_size);
+    next += uint32_t(c.vq_strides.size()) * m.codebook_size;
+    return m;
+  }
+  // Orpheus: seven slots of 4096 codes, each slot its own ids.
+  if (c.codes_per_frame() != 7 || c.codebook_size != 4096)
+    return Error{"the orpheus layout needs SNAC frames of 7 codes of 4096 (the 24 kHz speech model's)"};
+  const uint32_t end = OrpheusIds::kFirstCode + 7 * 4096;
+  if (vocab.n_tokens < end)
+    return Error{"the orpheus layout needs a vocabulary of at least " + std::to_string(end) + " tokens (<custom_token_N> = 128256 + N); this one has " +
+                 std::to_string(vocab.n_tokens)};
+  const GgufValue* tokens = nullptr;
+  for (auto& [k, v] : vocab.entries)
+    if (k == "tokenizer.ggml.tokens") tokens = &v;
+  for (uint32_t id : {OrpheusIds::kStartOfSpeech, OrpheusIds::kEndOfSpeech, OrpheusIds::kStartOfHuman, OrpheusIds::kEndOfHuman,
+                      OrpheusIds::kStartOfAi, OrpheusIds::kFirstCode}) {
+    const std::string want = "<custom_token_" + std::to_string(id - OrpheusIds::kCustomBase) + ">";
+    if (!tokens || tokens->strings.size() <= id || tokens->strings[id] != want)
+      return Error{"the orpheus layout needs token " + std::to_string(id) + " to be " + want +
+                   (tokens && tokens->strings.size() > id ? " (it is " + tokens->strings[id] + ")" : "")};
+  }
+  m.begin_token = OrpheusIds::kStartOfSpeech;
+  m.end_token = OrpheusIds::kEndOfSpeech;
+  m.token_offset = OrpheusIds::kFirstCode;
+  for (uint32_t k = 0; k < 7; ++k) m.slot_offsets.push_back(OrpheusIds::kFirstCode + k * 4096);
+  return m;
+}
+
 }  // namespace
 
 Status pack_unified_model(const std::string& backbone_path, const std::map<Modality, PackMaterial>& material,
@@ -81,7 +127,8 @@ Status pack_unified_model(const std::string& backbone_path, const std::map<Modal
   auto cfg = read_model_config(f);
   if (!cfg) return cfg.error();
   if (!cfg->modalities.empty()) return Error{backbone_path + ": already a unified model"};
-  if (material.empty()) return Error{"no media given: name training files for at least one modality"};
+  if (material.empty() && !o.snac) return Error{"no media given: name training files for at least one modality"};
+  if (o.snac && material.count(Modality::Audio)) return Error{"audio is given both as a SNAC checkpoint and as training media"};
   auto vocab = read_vocabulary(f);
   if (!vocab) return vocab.error();
   const uint32_t n_text = vocab->n_tokens;
@@ -93,6 +140,12 @@ Status pack_unified_model(const std::string& backbone_path, const std::map<Modal
   ModalityTable layout;
   uint32_t next = n_text;
   for (ModalityInfo m : default_modalities(n_text).entries) {
+    if (m.modality == Modality::Audio && o.snac) {
+      auto snac = snac_modality(*o.snac, o.audio_layout, *vocab, next);
+      if (!snac) return Error{backbone_path + ": " + snac.error().message};
+      layout.entries.push_back(*snac);
+      continue;
+    }
     if (!material.count(m.modality)) continue;
     m.begin_token = next++;
     m.end_token = next++;
@@ -105,7 +158,7 @@ Status pack_unified_model(const std::string& backbone_path, const std::map<Modal
   // Train each modality's codebooks (in parallel: they are independent).
   std::vector<std::future<Expected<Codebooks>>> jobs;
   for (const ModalityInfo& m : layout.entries)
-    jobs.push_back(std::async(std::launch::async, [&, m]() -> Expected<Codebooks> {
+    if (m.transform != "snac") jobs.push_back(std::async(std::launch::async, [&, m]() -> Expected<Codebooks> {
       auto data = training_vectors(m, material.at(m.modality));
       if (!data) return data.error();
       const size_t dim = m.codebook_dim, n = data->size() / dim;
@@ -162,11 +215,16 @@ Status pack_unified_model(const std::string& backbone_path, const std::map<Modal
     }
     w.add_tensor(t.name, t.type, shape, std::move(data));
   }
-  for (size_t i = 0; i < layout.entries.size(); ++i) {
-    const ModalityInfo& m = layout.entries[i];
+  size_t trained = 0;
+  for (const ModalityInfo& m : layout.entries) {
+    const std::string name = modality_name(m.modality);
+    if (m.transform == "snac") {
+      add_snac_tensors(w, "codec." + name + ".", "tutti." + name + ".snac.", *o.snac);
+      continue;
+    }
+    const Codebooks& cb = books[trained++];
     for (uint32_t s = 0; s < m.num_stages; ++s)
-      w.add_tensor("codec." + std::string(modality_name(m.modality)) + ".codebook." + std::to_string(s), TensorType::F32,
-                   {m.codebook_dim, m.codebook_size}, as_bytes(books[i].books[s]));
+      w.add_tensor("codec." + name + ".codebook." + std::to_string(s), TensorType::F32, {m.codebook_dim, m.codebook_size}, as_bytes(cb.books[s]));
   }
   if (o.progress) o.progress("writing", 1.0);
   return w.write(out_path);

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "codecs/snac_import.h"
 #include "pipeline/expected.h"
 #include "pipeline/model_builder.h"
 #include "pipeline/model_config.h"
@@ -27,6 +28,18 @@ struct PackOptions {
   size_t max_training_vectors = 20000;  // more are subsampled (bounds the training time)
   uint64_t seed = 1;
   Progress progress;                    // (what, fraction) while decoding and training
+  // The audio modality's codec is this SNAC instead of codebooks trained on media (no audio
+  // material needed), its codes laid out as `audio_layout` says (docs/unified-gguf.md).
+  std::shared_ptr<const SnacWeights> snac;
+  TokenLayout audio_layout = TokenLayout::Tutti;
+};
+
+// The ids an Orpheus-style vocabulary gives its speech prompt and codes.
+struct OrpheusIds {
+  static constexpr uint32_t kCustomBase = 128256;  // <custom_token_N> = kCustomBase + N
+  static constexpr uint32_t kStartOfHuman = 128259, kEndOfText = 128009, kEndOfHuman = 128260, kStartOfAi = 128261;
+  static constexpr uint32_t kStartOfSpeech = 128257, kEndOfSpeech = 128258;
+  static constexpr uint32_t kFirstCode = kCustomBase + 10;  // code c of frame slot k: kFirstCode + k * 4096 + c
 };
 
 Status pack_unified_model(const std::string& backbone_path, const std::map<Modality, PackMaterial>& material,

@@ -200,16 +200,17 @@ uint32_t extend_vocabulary(GgufWriter& w, const VocabularyMetadata& vocab, const
       for (uint64_t i = 0; i < v.count; ++i) scores.push_back(float(v.array_f64(i)));
   uint32_t n_vocab = uint32_t(tokens.size());
   for (const ModalityInfo& m : modalities.entries) {
+    if (m.layout == TokenLayout::Orpheus) continue;  // the backbone's own rows
     const std::string name = modality_name(m.modality);
     tokens.push_back("<|" + name + "_begin|>");
     tokens.push_back("<|" + name + "_end|>");
     types.push_back(3);
     types.push_back(3);
-    for (uint32_t st = 0; st < m.num_stages; ++st)
-      for (uint32_t c = 0; c < m.codebook_size; ++c) {
-        tokens.push_back("<|" + name + "_" + std::to_string(st) + "_" + std::to_string(c) + "|>");
-        types.push_back(5);  // unused as text: only sampling under the modality mask makes them
-      }
+    // Codes of stage (MDCT, patches) or level (SNAC) s: <|M_s_c|>.
+    for (uint32_t i = 0; i < m.token_end() - m.token_offset; ++i) {
+      tokens.push_back("<|" + name + "_" + std::to_string(i / m.codebook_size) + "_" + std::to_string(i % m.codebook_size) + "|>");
+      types.push_back(5);  // unused as text: only sampling under the modality mask makes them
+    }
     n_vocab = m.token_end();
   }
   w.set_string_array("tokenizer.ggml.tokens", tokens);

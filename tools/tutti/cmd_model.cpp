@@ -59,16 +59,54 @@ int model_info(const std::vector<std::string>& argv) {
     std::printf("modalities:    text only\n");
   } else {
     std::printf("modalities:    text +\n");
-    for (const ModalityInfo& m : cfg->modalities.entries)
-      std::printf("  %-6s tokens [%u, %u) = %u stages x %u codes, begin %u, end %u, %s, %.0f tokens/s of media\n",
-                  modality_name(m.modality), m.token_offset, m.token_end(), m.num_stages, m.codebook_size, m.begin_token,
-                  m.end_token, m.transform.c_str(), m.tokens_per_second());
+    for (const ModalityInfo& m : cfg->modalities.entries) {
+      std::printf("  %-6s tokens [%u, %u) = %u %s x %u codes, begin %u, end %u, %s, %.1f tokens/s of media\n",
+                  modality_name(m.modality), m.token_offset, m.token_end(), m.num_stages, m.slot_offsets.empty() ? "stages" : "slots per frame",
+                  m.codebook_size, m.begin_token, m.end_token, m.transform.c_str(), m.tokens_per_second());
+      if (m.transform == "snac") {
+        auto c = codecs::read_snac_config(**file, "tutti." + std::string(modality_name(m.modality)) + ".snac.");
+        if (!c) return fail(c.error().message);
+        std::printf("         snac: %d Hz, %zu levels (strides", c->sampling_rate, c->vq_strides.size());
+        for (int st : c->vq_strides) std::printf(" %d", st);
+        std::printf("), frames of %d samples, %.1f M parameters, %s token layout\n", c->frame_samples(),
+                    double(codecs::snac_parameter_count(*c)) / 1e6, token_layout_name(m.layout));
+      }
+    }
   }
   return 0;
 }
 
+// Appends <custom_token_0> .. <custom_token_{n-1}> (control tokens) to a vocabulary, as
+// Orpheus-style speech models extend Llama 3's: a backbone of their shape for tests.
+void add_custom_tokens(VocabularyMetadata& vocab, uint32_t n) {
+  GgufWriter tmp;
+  std::vector<std::string> tokens;
+  std::vector<int32_t> types;
+  std::vector<float> scores;
+  for (auto& [k, v] : vocab.entries) {
+    if (k == "tokenizer.ggml.tokens") tokens = v.strings;
+    if (k == "tokenizer.ggml.token_type")
+      for (uint64_t i = 0; i < v.count; ++i) types.push_back(int32_t(v.array_i64(i)));
+    if (k == "tokenizer.ggml.scores")
+      for (uint64_t i = 0; i < v.count; ++i) scores.push_back(float(v.array_f64(i)));
+  }
+  types.resize(tokens.size(), 1);
+  for (uint32_t i = 0; i < n; ++i) {
+    tokens.push_back("<custom_token_" + std::to_string(i) + ">");
+    types.push_back(3);
+  }
+  if (!scores.empty()) scores.resize(tokens.size(), -1e9f);
+  tmp.set_string_array("tokenizer.ggml.tokens", tokens);
+  tmp.set_i32_array("tokenizer.ggml.token_type", types);
+  if (!scores.empty()) tmp.set_f32_array("tokenizer.ggml.scores", scores);
+  for (const auto& [k, v] : tmp.entries())
+    for (auto& [key, value] : vocab.entries)
+      if (key == k) value = v;
+  vocab.n_tokens = uint32_t(tokens.size());
+}
+
 int model_random(const std::vector<std::string>& argv) {
-  Args args(argv, {"out", "vocab", "dim", "layers", "heads", "kv-heads", "ffn", "type", "seed", "context", "name", "arch", "head-dim"},
+  Args args(argv, {"out", "vocab", "dim", "layers", "heads", "kv-heads", "ffn", "type", "seed", "context", "name", "arch", "head-dim", "custom-tokens"},
             {"unified", "tied"});
   if (!args.ok()) return fail(args.error());
   for (auto r : {"out", "vocab", "dim", "layers", "heads", "ffn", "type"})
@@ -106,6 +144,11 @@ int model_random(const std::vector<std::string>& argv) {
     if (!v) return fail(v.error().message);
     vocab = *v;
   }
+  if (args.has("custom-tokens")) {
+    const long long n = args.get_int("custom-tokens", 0);
+    if (!args.ok() || n < 0 || n > 1000000) return fail("--custom-tokens must be a count up to 1000000");
+    add_custom_tokens(vocab, uint32_t(n));
+  }
   auto progress = [](const std::string& what, double f) { std::fprintf(stderr, "\r[%3.0f%%] %-24s", f * 100, what.c_str()); };
   if (Status st = write_random_model(s, vocab, args.get("out"), progress); !st) return fail(st.message());
   std::fprintf(stderr, "\nwrote %s\n", args.get("out").c_str());
@@ -116,8 +159,9 @@ void show_progress(const std::string& what, double f) { std::fprintf(stderr, "\r
 
 // tutti model pack --backbone TEXT.gguf --out UNIFIED.gguf [--audio F,..] [--image F,..]
 //                  [--video F,..] [--music F,..] [--iterations N]
+//                  [--snac DIR [--audio-layout tutti|orpheus]]
 int model_pack(const std::vector<std::string>& argv) {
-  Args args(argv, {"backbone", "out", "audio", "image", "video", "music", "iterations", "seed"}, {});
+  Args args(argv, {"backbone", "out", "audio", "image", "video", "music", "iterations", "seed", "snac", "audio-layout"}, {});
   if (!args.ok()) return fail(args.error());
   for (auto r : {"backbone", "out"})
     if (!args.require(r)) return fail(args.error());
@@ -129,6 +173,15 @@ int model_pack(const std::vector<std::string>& argv) {
   o.seed = uint64_t(args.get_int("seed", 1));
   o.progress = show_progress;
   if (!args.ok()) return fail(args.error());
+  if (args.has("audio-layout") && !args.has("snac")) return fail("--audio-layout applies to a SNAC codec (--snac DIR)");
+  if (args.has("snac")) {
+    auto layout = parse_token_layout(args.get("audio-layout", "tutti"));
+    if (!layout) return fail("--audio-layout must be tutti or orpheus");
+    o.audio_layout = *layout;
+    auto snac = codecs::import_snac_checkpoint(args.get("snac"));
+    if (!snac) return fail(snac.error().message);
+    o.snac = std::make_shared<const codecs::SnacWeights>(std::move(*snac));
+  }
   if (Status s = codecs::pack_unified_model(args.get("backbone"), material, args.get("out"), o); !s) return fail(s.message());
   std::fprintf(stderr, "\nwrote %s\n", args.get("out").c_str());
   return 0;
@@ -164,8 +217,10 @@ int model_quantize(const std::vector<std::string>& argv) {
 // packed with codebooks trained on media tutti generates itself. Small enough to create in
 // seconds and to run anywhere.
 int model_init(const std::vector<std::string>& argv) {
-  Args args(argv, {"out"}, {"force"});
+  Args args(argv, {"out", "codec"}, {"force"});
   if (!args.ok()) return fail(args.error());
+  const std::string codec = args.get("codec", "mdct");
+  if (codec != "mdct" && codec != "snac") return fail("--codec must be mdct (tutti's own, the default) or snac (the published 24 kHz configuration, random weights)");
   const std::string out = args.get("out", default_model_path());
   if (std::filesystem::exists(out) && !args.has("force")) {
     std::fprintf(stderr, "%s exists (use --force to recreate it)\n", out.c_str());
@@ -187,7 +242,12 @@ int model_init(const std::vector<std::string>& argv) {
   codecs::PackOptions o;
   o.progress = show_progress;
   o.seed = s.seed;
-  const Status packed = codecs::pack_unified_model(backbone, codecs::generated_material(default_modalities(vocab.n_tokens), s.seed), out, o);
+  auto material = codecs::generated_material(default_modalities(vocab.n_tokens), s.seed);
+  if (codec == "snac") {
+    o.snac = std::make_shared<const codecs::SnacWeights>(codecs::random_snac_weights(codecs::snac_24khz_config(), s.seed));
+    material.erase(Modality::Audio);
+  }
+  const Status packed = codecs::pack_unified_model(backbone, material, out, o);
   std::filesystem::remove(backbone);
   if (!packed) return fail(packed.message());
   std::fprintf(stderr, "\nwrote %s\n", out.c_str());

@@ -17,5 +17,6 @@ int cmd_bench_media(const std::vector<std::string>& args);
 int cmd_bench_voice(const std::vector<std::string>& args);  // realtime voice sessions under load
 int cmd_usage(const std::vector<std::string>& args);        // the usage ledger per key and period
 int cmd_loadtest(const std::vector<std::string>& args);     // mixed load against a server, with a report
+int cmd_codec(const std::vector<std::string>& args);        // a model's audio codec: decode | encode
 
 }  // namespace tutti::cli

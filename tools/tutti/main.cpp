@@ -16,8 +16,9 @@ commands:
                                                generate (greedy when temperature is 0)
   model info FILE                              architecture, sizes, tensor types, modalities
   model random --out FILE --vocab VOCAB.gguf|builtin --dim D --layers L --heads H
-           --kv-heads K --ffn F --type f32|f16|bf16|q8_0|q4_0 [--seed S] [--unified]
-  model init [--out FILE]                      create the embedded default model
+           --kv-heads K --ffn F --type f32|f16|bf16|q8_0|q4_0 [--seed S] [--unified] [--custom-tokens N]
+  model init [--out FILE] [--codec mdct|snac]  create the embedded default model (snac: a random-weight
+                                               SNAC of the published 24 kHz configuration as its audio codec)
   bench --model FILE [--json]                  prefill, decode and memory bandwidth
   bench serve [--model FILE] [--streams N --rate R --text-rate R --seconds S]
                                                the server under mixed load, pacing on and off
@@ -25,7 +26,12 @@ commands:
   bench voice [--model FILE] [--sessions 1,4,8 --seconds S --text-rate R]
                                                realtime voice sessions: speech->audio latency, underruns
   model pack --backbone TEXT.gguf --out FILE [--audio F,..] [--image F,..] [--video F,..] [--music F,..]
-                                               a unified model: codebooks trained on the media
+           [--snac DIR [--audio-layout tutti|orpheus]]
+                                               a unified model: codebooks trained on the media, or a
+                                               SNAC checkpoint (config.json + pytorch_model.bin) for audio
+  codec decode --model F.gguf --codes CODES.txt --out OUT.f32 [--zero-noise] [--threads N]
+  codec encode --model F.gguf --in IN.f32 --out CODES.txt
+                                               the model's audio codec on files (one line of codes per level)
   serve [--model FILE] [--host H] [--port P]   OpenAI-compatible HTTP server (127.0.0.1:8080)
         [--max-batch N --step-budget N --max-tokens N --max-waiting N]
         [--api-key KEY] [--ledger FILE]        keys required (also [access] in the config); the usage ledger
@@ -61,6 +67,7 @@ int main(int argc, char** argv) {
   if (command == "serve") return tutti::cli::cmd_serve(args);
   if (command == "usage") return tutti::cli::cmd_usage(args);
   if (command == "loadtest") return tutti::cli::cmd_loadtest(args);
+  if (command == "codec") return tutti::cli::cmd_codec(args);
   std::fprintf(stderr, "tutti: unknown command '%s'\n\n%s", command.c_str(), kUsage);
   return 2;
 }
