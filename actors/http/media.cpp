@@ -6,10 +6,12 @@ extern "C" {
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 
 #include "codecs/audio_tokenizer.h"
 #include "codecs/media_decoder.h"
 #include "codecs/patch_tokenizer.h"
+#include "actors/http/openai.hpp"
 #include "pipeline/unicode.h"
 
 namespace tutti::http {
@@ -57,6 +59,25 @@ bool parse_size(const std::string& s, int& w, int& h) {
 
 }  // namespace
 
+std::string orpheus_voice(const std::string& voice) {
+  // OpenAI's voice names to the speakers Orpheus was fine-tuned on; its own names pass.
+  static const std::map<std::string, std::string> kVoices = {
+      {"alloy", "tara"}, {"ash", "dan"},  {"ballad", "leo"}, {"coral", "leah"}, {"echo", "zac"},    {"fable", "jess"},
+      {"nova", "mia"},   {"onyx", "leo"}, {"sage", "zoe"},   {"shimmer", "mia"}, {"verse", "tara"}, {"marin", "leah"}, {"cedar", "dan"}};
+  auto it = kVoices.find(voice);
+  return it == kVoices.end() ? voice : it->second;
+}
+
+std::string speech_prompt(const ModalityInfo& audio, const std::string& voice, double speed, const std::string& text) {
+  if (audio.layout == TokenLayout::Orpheus) {
+    // As Orpheus's server formats it: start of human, "voice: text" (the tokenizer adds BOS
+    // to it), end of text, end of human, start of AI; the executor then opens the speech
+    // span (start of speech, 128257) and the codes follow.
+    return "\x1d<custom_token_3>\x1f" + orpheus_voice(voice) + ": " + text + "\x1d<|eot_id|>\x1f\x1d<custom_token_4>\x1f\x1d<custom_token_5>\x1f";
+  }
+  return "voice: " + voice + "\nspeed: " + json(speed).dump() + "\n" + text;
+}
+
 std::variant<MediaRequest, ApiError> parse_media_request(MediaKind kind, const std::string& body, const ModalityTable& modalities,
                                                          const std::string& served_model, double max_seconds) {
   if (!unicode::is_valid_utf8(body)) return bad("the request body is not valid UTF-8");
@@ -93,7 +114,7 @@ std::variant<MediaRequest, ApiError> parse_media_request(MediaKind kind, const s
       if (auto e = number_field(j, "speed", 0.25, 4.0, speed)) return *e;
       // Roughly 12 characters a second at speed 1, plus a second; at most max_seconds.
       r.seconds = std::min(max_seconds, 1.0 + double(text.size()) / (12.0 * speed));
-      r.request.prompt = "voice: " + voice + "\nspeed: " + json(speed).dump() + "\n" + text;
+      r.request.prompt = speech_prompt(*m, voice, speed, without_markers(text));
     } else {
       if (auto e = string_field(j, "prompt", true, text)) return *e;
       std::string lyrics;

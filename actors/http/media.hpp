@@ -33,6 +33,12 @@ struct MediaRequest {
 
 // Parses a body for `kind` against the model's modality table; the request's id is left 0.
 // Limits: speech input up to 4096 characters; music and video up to max_seconds.
+// The prompt of a speech request in the model's audio layout: Orpheus's own format
+// (`voice: text` between its turn tokens, OpenAI voice names mapped to its speakers) or
+// tutti's (voice, speed and text on lines).
+std::string speech_prompt(const ModalityInfo& audio, const std::string& voice, double speed, const std::string& text);
+std::string orpheus_voice(const std::string& voice);
+
 std::variant<MediaRequest, ApiError> parse_media_request(MediaKind kind, const std::string& body, const ModalityTable& modalities,
                                                          const std::string& served_model, double max_seconds = 30);
 
