@@ -146,6 +146,46 @@ TEST(RealtimeVoice, SpeechIsDetectedCommittedAndAnsweredWithAudio) {
   EXPECT_NE(metrics.find("tutti_realtime_speech_to_first_audio_seconds_count 1"), std::string::npos);
 }
 
+// The same voice turn on a model whose audio codec is SNAC: speech is encoded by SNAC's
+// encoder, the answer is sampled slot by slot at its 82 tokens/s and decoded by SNAC as
+// frames complete; the speech endpoint's answer is what ffprobe expects.
+TEST(RealtimeVoice, SnacModelAnswersAVoiceTurnAndSpeech) {
+  test::ServerUnderTest sut({}, test::ServerUnderTest::default_pipeline(), true, test::snac_model_path());
+  const ModalityInfo* audio = sut.model->config().modalities.find(Modality::Audio);
+  ASSERT_NE(audio, nullptr);
+  ASSERT_EQ(audio->transform, "snac");
+  VoiceClient c(sut.port);
+  EXPECT_EQ(c.next()["type"], "session.created");
+  c.send({{"type", "session.update"},
+          {"session", {{"modalities", {"audio", "text"}}, {"input_audio_format", "pcm16"}, {"output_audio_format", "pcm16"},
+                       {"max_response_output_tokens", 70},
+                       {"turn_detection", {{"type", "server_vad"}, {"threshold", 0.5}, {"silence_duration_ms", 300}}}}}});
+  c.until("session.updated");
+  c.speak(utterance());
+  c.until("input_audio_buffer.committed");
+  std::vector<json> events;
+  const json done = c.until("response.done", &events);
+  size_t audio_bytes = 0;
+  for (const json& e : events)
+    if (e["type"] == "response.output_audio.delta") audio_bytes += base64_decode(e["delta"].get<std::string>())->size();
+  EXPECT_EQ(done["response"]["status"], "completed") << done.dump();
+  const json usage = done["response"]["usage"];
+  // About 1.3 s of speech at 82 tokens/s, in whole frames of 7.
+  const int in_audio = usage["input_token_details"]["audio_tokens"].get<int>();
+  EXPECT_GT(in_audio, 60);
+  EXPECT_LT(in_audio, 200);
+  // Whole frames decode to 2048 samples each (PCM16: 2 bytes a sample); a frame still in
+  // the decoder's look-ahead at the end comes out with the rest.
+  const int out_tokens = usage["output_tokens"].get<int>();
+  EXPECT_GT(audio_bytes, 0u);
+  EXPECT_EQ(audio_bytes, size_t(out_tokens / 7) * 2048 * 2);
+
+  const auto r = test::http_call(sut.port, beast::http::verb::post, "/v1/audio/speech",
+                                 R"({"input":"Hello there, from SNAC.","response_format":"wav"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(test::ffprobe(r.body, "snac-speech.wav", "stream=codec_name,sample_rate"), "pcm_s16le,24000");
+}
+
 // A counter or gauge from /metrics (-1 if absent).
 double metric(uint16_t port, const std::string& name) {
   const std::string body = test::http_call(port, beast::http::verb::get, "/metrics").body;

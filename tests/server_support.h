@@ -3,6 +3,7 @@
 #pragma once
 
 #include "actors/http/server.hpp"
+#include "codecs/model_pack.h"
 #include "test_support.h"
 
 namespace tutti::test {
@@ -24,10 +25,13 @@ struct ServerUnderTest {
   }
 
   // `unified`: a model with the media modalities (the default), or a text-only Llama.
-  explicit ServerUnderTest(http::ServerConfig sc = {}, actors::PipelineConfig pc = default_pipeline(), bool unified = true) {
+  // `model_path`: another model file instead (snac_model_path()).
+  explicit ServerUnderTest(http::ServerConfig sc = {}, actors::PipelineConfig pc = default_pipeline(), bool unified = true,
+                           const std::string& model_path = "") {
     RandomModelSpec spec;
     spec.dim = 64; spec.layers = 2; spec.heads = 4; spec.kv_heads = 2; spec.ffn = 96; spec.unified = unified; spec.seed = 4;
-    model = std::move(Model::load(random_model(spec, unified ? "http-unified.gguf" : "http-text.gguf"), *backend)).value();
+    const std::string path = !model_path.empty() ? model_path : random_model(spec, unified ? "http-unified.gguf" : "http-text.gguf");
+    model = std::move(Model::load(path, *backend)).value();
     tokenizer = std::shared_ptr<const Tokenizer>(std::move(Tokenizer::from_gguf(model->file())).value());
     actors::configure_for_compute(cfg, 2);
     sys = std::make_unique<caf::actor_system>(cfg);
@@ -47,5 +51,29 @@ struct ServerUnderTest {
     caf::anon_send_exit(pipe.decoder, caf::exit_reason::user_shutdown);
   }
 };
+
+// A unified model whose audio codec is SNAC (random weights at the shared checkpoint's
+// small width, tutti layout) beside the other modalities: made once per process.
+inline std::string snac_model_path() {
+  const std::string path = temp_path("http-snac.gguf");
+  if (!std::filesystem::exists(path)) {
+    RandomModelSpec spec;
+    spec.dim = 64; spec.layers = 2; spec.heads = 4; spec.kv_heads = 2; spec.ffn = 96; spec.seed = 4;
+    const std::string backbone = random_model(spec, "http-snac-backbone.gguf");
+    codecs::SnacConfig small;
+    small.encoder_dim = 16;
+    small.decoder_dim = 128;
+    codecs::PackOptions o;
+    o.kmeans_iterations = 2;
+    o.snac = std::make_shared<const codecs::SnacWeights>(codecs::random_snac_weights(small, 11));
+    auto material = codecs::generated_material(default_modalities(1000), 3);
+    material.erase(Modality::Audio);
+    material.erase(Modality::Music);
+    Status s = codecs::pack_unified_model(backbone, material, path + ".tmp", o);
+    EXPECT_TRUE(s.ok()) << s.message();
+    std::filesystem::rename(path + ".tmp", path);
+  }
+  return path;
+}
 
 }  // namespace tutti::test
