@@ -169,6 +169,40 @@ TEST(Engine, MediaCodesFollowTheirStagesAndEndOnlyAtFrameBoundaries) {
   EXPECT_FALSE(e->submit(bad, now).ok());
 }
 
+// SNAC frames: 7 slots whose levels share ids (tutti layout: 0 1 2 2 1 2 2 over three
+// ranges) or each have their own (orpheus layout); each slot samples only its own range.
+TEST(Engine, MediaSlotsSampleTheirOwnRanges) {
+  Fixture f;
+  auto e = f.engine();
+  const std::vector<int> levels = {0, 1, 2, 2, 1, 2, 2};
+  MediaLayout tutti{100, 10, 7, 50, {}};
+  for (int l : levels) tutti.slot_offsets.push_back(100 + l * 10);
+  MediaLayout orpheus{100, 10, 7, 50, {}};
+  for (int k = 0; k < 7; ++k) orpheus.slot_offsets.push_back(100 + k * 10);
+  double now = 0;
+  for (int64_t id = 1; id <= 4; ++id) {
+    EngineRequest r = make(id, RequestClass::Interactive, 6, 28, 1.5f, uint64_t(id));
+    r.sampling.top_k = 0;
+    r.media = id % 2 ? tutti : orpheus;
+    ASSERT_TRUE(e->submit(r, now).ok());
+  }
+  auto got = drain(*e, now);
+  for (auto& [id, result] : got) {
+    const MediaLayout& m = id % 2 ? tutti : orpheus;
+    const auto& tokens = result.first;
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      const int32_t lo = m.slot_offsets[i % 7];
+      EXPECT_GE(tokens[i], lo) << id << " at " << i;
+      EXPECT_LT(tokens[i], lo + 10) << id << " at " << i;
+    }
+    if (result.second == FinishReason::Stop) EXPECT_EQ(tokens.size() % 7, 0u) << "the end token came inside a frame";
+  }
+  EngineRequest bad = make(9, RequestClass::Interactive, 4, 4);
+  bad.media = tutti;
+  bad.media->slot_offsets.pop_back();  // not one per slot
+  EXPECT_FALSE(e->submit(bad, now).ok());
+}
+
 TEST(Engine, CancelEndsOneSequenceAndFreesItsBlocks) {
   Fixture f;
   auto e = f.engine();

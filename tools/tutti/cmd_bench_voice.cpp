@@ -158,24 +158,44 @@ double pct(std::vector<double> v, double p) {
 
 int cmd_bench_voice(const std::vector<std::string>& argv) {
   auto opts = engine_options();
-  for (auto o : {"sessions", "seconds", "text-rate", "answer-tokens", "modes"}) opts.insert(o);
+  for (auto o : {"sessions", "seconds", "text-rate", "answer-seconds", "modes", "compare-model"}) opts.insert(o);
   Args args(argv, opts, {});
   if (!args.ok()) return fail(args.error());
   const double seconds = args.get_double("seconds", 12);
   const double text_rate = args.get_double("text-rate", 2);
-  const int answer_tokens = int(args.get_int("answer-tokens", 400));  // 2 s of audio
+  const double answer_seconds = args.get_double("answer-seconds", 2);
   std::vector<int> counts;
   for (const std::string& c : split_list(args.get("sessions", "1,4,8,16"))) counts.push_back(std::max(1, std::atoi(c.c_str())));
   const std::vector<std::string> modes = split_list(args.get("modes", "speaking,off"));
   for (const std::string& m : modes)
     if (m != "speaking" && m != "cache" && m != "off") return fail("--modes takes speaking, cache and off");
-  auto engine = open_engine(args, true);
-  if (!engine) return 1;
-  std::shared_ptr<const Tokenizer> tokenizer(std::move(engine->tokenizer));
-  std::printf("voice turns: 0.3 s silence + 0.8 s voiced + 0.6 s silence streamed in real time, answers of %d audio tokens (%.1f s), "
-              "text requests at %.1f/s, %.0f s per run\n", answer_tokens, answer_tokens / 200.0, text_rate, seconds);
-  std::printf("%9s %-9s %8s %18s %18s %10s %16s %7s\n", "sessions", "mode", "turns", "speech->audio p50", "speech->audio p99", "underruns",
+  // The model, and with --compare-model a second one (another audio codec, say) under the
+  // same load in the same run.
+  std::vector<std::unique_ptr<LoadedModel>> engines;
+  engines.push_back(open_engine(args, true));
+  if (!engines.back()) return 1;
+  if (args.has("compare-model")) {
+    std::vector<std::string> other;
+    for (size_t i = 0; i < argv.size(); ++i) {
+      if (argv[i] == "--model" || argv[i] == "--compare-model") { ++i; continue; }
+      other.push_back(argv[i]);
+    }
+    other.push_back("--model");
+    other.push_back(args.get("compare-model"));
+    Args args2(other, opts, {});
+    engines.push_back(open_engine(args2, true));
+    if (!engines.back()) return 1;
+  }
+  std::printf("voice turns: 0.3 s silence + 0.8 s voiced + 0.6 s silence streamed in real time, answers of %.1f s of audio, "
+              "text requests at %.1f/s, %.0f s per run\n", answer_seconds, text_rate, seconds);
+  std::printf("%-6s %9s %-9s %8s %18s %18s %10s %16s %7s\n", "codec", "sessions", "mode", "turns", "speech->audio p50", "speech->audio p99", "underruns",
               "text TTFT p50/p99", "errors");
+  for (auto& engine : engines) {
+  const ModalityInfo* audio = engine->model->config().modalities.find(Modality::Audio);
+  if (!audio) return fail(engine->settings.model_path + " has no audio modality");
+  const int answer_tokens = int(std::lround(answer_seconds * audio->tokens_per_second()));
+  const std::string codec = audio->transform;
+  std::shared_ptr<const Tokenizer> tokenizer(std::move(engine->tokenizer));
   for (int n : counts)
     for (const std::string& mode : modes) {
       actors::PipelineConfig pc;
@@ -215,10 +235,11 @@ int cmd_bench_voice(const std::vector<std::string>& argv) {
         t += gap(rng);
       }
       for (auto& th : threads) th.join();
-      std::printf("%9d %-9s %8d %15.0f ms %15.0f ms %10d %8.0f/%.0f ms %7d\n", n, mode.c_str(), all.turns, pct(all.speech_to_audio, 0.5) * 1e3,
+      std::printf("%-6s %9d %-9s %8d %15.0f ms %15.0f ms %10d %8.0f/%.0f ms %7d\n", codec.c_str(), n, mode.c_str(), all.turns, pct(all.speech_to_audio, 0.5) * 1e3,
                   pct(all.speech_to_audio, 0.99) * 1e3, all.underruns, pct(ttft, 0.5) * 1e3, pct(ttft, 0.99) * 1e3, all.errors);
       std::fflush(stdout);
     }
+  }
   return 0;
 }
 
