@@ -265,7 +265,8 @@ executor_actor::behavior_type executor_impl(executor_actor::stateful_pointer<exe
                                             std::shared_ptr<Engine> engine, std::shared_ptr<const Tokenizer> tokenizer,
                                             decoder_actor decoder, RealtimePacing pacing,
                                             std::function<void(const std::string&, int64_t)> fault_injection,
-                                            std::shared_ptr<ServingMetrics> metrics) {
+                                            std::shared_ptr<ServingMetrics> metrics,
+                                            std::shared_ptr<const codecs::ModelCodecs> codecs) {
   self->state.metrics = std::move(metrics);
   self->state.tokenizer = std::move(tokenizer);
   self->state.engine = std::move(engine);
@@ -283,6 +284,15 @@ executor_actor::behavior_type executor_impl(executor_actor::stateful_pointer<exe
         if (r.tokens_per_second > 0) er.seq.pacing.tokens_per_second = r.tokens_per_second;
         if (r.low_watermark_s >= 0) er.seq.pacing.low_watermark_s = r.low_watermark_s;
         if (r.high_watermark_s >= 0) er.seq.pacing.high_watermark_s = r.high_watermark_s;
+        // A codec that holds samples back (SNAC's look-ahead) delays playback behind the
+        // tokens: the lead must cover that too, or the listener runs dry while the stream
+        // looks ahead.
+        if (auto m = parse_modality(r.modality); m && codecs)
+          if (auto codec = codecs->audio(*m)) {
+            const double delay = double(codec->decoder_latency_samples()) / codec->sample_rate();
+            er.seq.pacing.low_watermark_s += delay;
+            er.seq.pacing.high_watermark_s += delay;
+          }
         er.sampling.temperature = r.temperature;
         er.sampling.top_p = r.top_p;
         er.sampling.top_k = r.top_k;
@@ -419,7 +429,7 @@ Expected<PipelineHandles> spawn_pipeline(caf::actor_system& system, Model& model
   h.codecs = std::make_shared<const codecs::ModelCodecs>(std::move(codecs).value());
   h.decoder = system.spawn(decoder_impl, tokenizer, h.codecs, config.fault_injection);
   h.executor = system.spawn<caf::detached>(executor_impl, std::move(engine), tokenizer, h.decoder, config.pacing, config.fault_injection,
-                                               h.metrics);
+                                               h.metrics, h.codecs);
   caf::anon_send(h.decoder, connect_atom::value, h.executor);
   h.encoder = system.spawn(encoder_impl, tokenizer, h.executor, h.decoder, config.fault_injection);
   return h;
