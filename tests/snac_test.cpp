@@ -253,3 +253,45 @@ TEST(Snac, GemmKernelSetsAgree) {
 
 }  // namespace
 }  // namespace tutti::codecs
+
+namespace tutti::codecs {
+namespace {
+
+// Malformed tensors in a unified file are one-line errors at load, naming the tensor.
+TEST(Snac, MalformedTensorsAreRefusedAtLoad) {
+  SnacConfig small;
+  small.encoder_dim = 4;
+  small.decoder_dim = 16;
+  small.codebook_size = 64;
+  const SnacWeights good = random_snac_weights(small, 2);
+  ASSERT_TRUE(load(good).ok()) << load(good).error().message;
+  auto refused = [&](SnacWeights w, const std::string& name) {
+    auto l = load(w);
+    if (l.ok()) return std::string("loaded");
+    EXPECT_EQ(l.error().message.find('\n'), std::string::npos);
+    EXPECT_NE(l.error().message.find(name), std::string::npos) << l.error().message;
+    return l.error().message;
+  };
+  SnacWeights nan = good;
+  nan.tensors[3].values[0] = std::nanf("");
+  EXPECT_NE(refused(nan, nan.tensors[3].name), "loaded");
+  SnacWeights shape = good;
+  shape.tensors[5].shape[0] += 1;
+  shape.tensors[5].values.resize(shape.tensors[5].values.size() * 2);
+  EXPECT_NE(refused(shape, shape.tensors[5].name), "loaded");
+  SnacWeights missing = good;
+  const std::string gone = missing.tensors[7].name;
+  missing.tensors.erase(missing.tensors.begin() + 7);
+  EXPECT_NE(refused(missing, gone), "loaded");
+  SnacWeights extra = good;
+  extra.tensors.push_back({"decoder.model.99.weight", {1}, {0.0f}});
+  EXPECT_NE(refused(extra, "decoder.model.99.weight"), "loaded");
+  // A decoder refuses codes outside the codebook, and stays an error, not a crash.
+  auto l = load(good);
+  SnacDecoder d(l->model, {});
+  const std::vector<int32_t> bad = {0, 1, 2, 3, 4, 5, 64};
+  EXPECT_FALSE(d.push(bad).ok());
+}
+
+}  // namespace
+}  // namespace tutti::codecs
