@@ -19,6 +19,7 @@ packages=(
   ffmpeg espeak-ng sox  # tests: ffprobe checks outputs; speech, tones and noise as test signals
   clang libclang-rt-14-dev  # tests: the media fuzz target (libFuzzer)
   chromium curl             # tests: the browser client in headless Chromium
+  python3                   # tools/snac/checkpoint.py: SNAC checkpoints read without PyTorch
 )
 
 missing=()
