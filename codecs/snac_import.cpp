@@ -169,7 +169,7 @@ SnacWeights random_snac_weights(const SnacConfig& config, uint64_t seed) {
     }
     // Kaiming-uniform over the fan-in, as PyTorch initialises convolutions; halved so the
     // residual stacks stay bounded.
-    const int64_t fan_in = s.kind == Kind::ConvTranspose ? s.shape[1] * s.shape[2] : s.shape[1] * s.shape[2];
+    const int64_t fan_in = s.shape[1] * s.shape[2];  // dim 1 x k for both conv layouts, as PyTorch computes it
     const float bound = 0.5f / std::sqrt(float(fan_in));
     std::uniform_real_distribution<float> u(-bound, bound);
     for (float& x : v) x = u(rng);
