@@ -22,6 +22,8 @@
 #include <string>
 #include <vector>
 
+#include "pipeline/request_kinds.h"
+
 namespace tutti::actors {
 
 // ---- message payloads
@@ -35,7 +37,7 @@ struct text_request {
   float top_p = 1.f;
   int32_t top_k = 0;
   uint64_t seed = 0;
-  std::string request_class = "interactive";  // realtime | interactive | batch
+  RequestClass request_class = RequestClass::Interactive;
   double tokens_per_second = 0;               // realtime pacing rate
   double low_watermark_s = -1;                // realtime target lead; -1: the server's default
   double high_watermark_s = -1;
@@ -43,7 +45,7 @@ struct text_request {
   bool ignore_eos = false;        // keep generating past end-of-generation tokens (benchmarks)
   // The answer's modality: text, or audio | image | video | music (codes of that modality's
   // range, decoded into media by the decoder). For media, max_tokens counts codes.
-  std::string modality = "text";
+  Modality modality = Modality::Text;
   // Token ids spliced into the prompt (audio a user spoke, an image): the prompt names part k
   // with the marker "\x1e" k "\x1f" where it belongs; the text between is tokenized. A chat
   // template's control tokens (<|im_start|>, <|eot_id|>, ...) are named "\x1d" text "\x1f" and
@@ -61,18 +63,21 @@ struct text_request {
 struct step_events {
   std::vector<int64_t> request;
   std::vector<int32_t> token;       // -1: no token in this event
-  std::vector<int32_t> finish;      // FinishReason as int
-  std::vector<std::string> error;
+  std::vector<FinishReason> finish;
+  std::vector<ErrorCode> code;      // for FinishReason::Error: what kind of failure
+  std::vector<std::string> error;   // its message, for people (never parsed)
 };
 
 // What a sink receives: new text of one request, and at the end why it finished.
 struct text_delta {
   int64_t request = 0;
   std::string text;
-  std::string finish_reason;  // empty until the last delta: stop | length | cancelled | error
+  FinishReason finish = FinishReason::None;  // None until the last delta
+  ErrorCode error_code = ErrorCode::none;    // with FinishReason::Error
   std::string error;
   int32_t prompt_tokens = 0;
   int32_t completion_tokens = 0;
+  bool last() const { return finish != FinishReason::None; }
 };
 
 // What a media answer's sink receives: new audio, or a finished frame, and at the end why it
@@ -83,10 +88,20 @@ struct media_delta {
   std::vector<uint8_t> rgb;    // image, video: one finished frame (RGB24)
   int32_t width = 0, height = 0;
   int32_t token = -1;          // the generated id this delta decodes (-1: none, as in the final one)
-  std::string finish_reason;   // empty until the last delta: stop | length | cancelled | error
+  FinishReason finish = FinishReason::None;  // None until the last delta
+  ErrorCode error_code = ErrorCode::none;    // with FinishReason::Error
   std::string error;
   int32_t prompt_tokens = 0;
   int32_t completion_tokens = 0;
+  bool last() const { return finish != FinishReason::None; }
+};
+
+// The encoder's answer to a request: its prompt's token count, or why it was refused (an
+// empty prompt, a marker naming no media part) before it reached the executor.
+struct encode_result {
+  int32_t prompt_tokens = 0;
+  ErrorCode code = ErrorCode::none;
+  std::string error;
 };
 
 template <class Inspector>
@@ -97,17 +112,21 @@ typename Inspector::result_type inspect(Inspector& f, text_request& x) {
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, media_delta& x) {
-  return f(caf::meta::type_name("media_delta"), x.request, x.samples, x.rgb, x.width, x.height, x.token, x.finish_reason,
-           x.error, x.prompt_tokens, x.completion_tokens);
+  return f(caf::meta::type_name("media_delta"), x.request, x.samples, x.rgb, x.width, x.height, x.token, x.finish,
+           x.error_code, x.error, x.prompt_tokens, x.completion_tokens);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, step_events& x) {
-  return f(caf::meta::type_name("step_events"), x.request, x.token, x.finish, x.error);
+  return f(caf::meta::type_name("step_events"), x.request, x.token, x.finish, x.code, x.error);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, text_delta& x) {
-  return f(caf::meta::type_name("text_delta"), x.request, x.text, x.finish_reason, x.error, x.prompt_tokens,
+  return f(caf::meta::type_name("text_delta"), x.request, x.text, x.finish, x.error_code, x.error, x.prompt_tokens,
            x.completion_tokens);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, encode_result& x) {
+  return f(caf::meta::type_name("encode_result"), x.prompt_tokens, x.code, x.error);
 }
 
 // ---- atoms
@@ -148,11 +167,13 @@ using executor_actor = caf::typed_actor<caf::reacts_to<submit_atom, text_request
 // then turns step events into deltas for it. A request's deltas leave in token order.
 // It is told the executor once at start (connect_atom): a request whose decoding fails is
 // ended with the error and its sequence cancelled there.
-using decoder_actor = caf::typed_actor<caf::reacts_to<register_atom, int64_t, int32_t, std::string, sink_actor>,
+using decoder_actor = caf::typed_actor<caf::reacts_to<register_atom, int64_t, int32_t, Modality, sink_actor>,
                                        caf::reacts_to<events_atom, step_events>, caf::reacts_to<connect_atom, executor_actor>>;
 
-// Encoder: tokenizes a request and passes it on; replies with the prompt's token count, or an
-// error (empty prompt, prompt too long) that the transport turns into its protocol's form.
-using encoder_actor = caf::typed_actor<caf::replies_to<encode_atom, text_request, sink_actor>::with<int32_t>>;
+// Encoder: tokenizes a request and passes it on; replies with the prompt's token count, or
+// the typed reason it was refused (empty prompt, a bad marker) that the transport turns into
+// its protocol's form. Refusals after that (busy, too long for the cache, no such modality)
+// reach the sink as a final delta with their code.
+using encoder_actor = caf::typed_actor<caf::replies_to<encode_atom, text_request, sink_actor>::with<encode_result>>;
 
 }  // namespace tutti::actors

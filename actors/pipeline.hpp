@@ -1,7 +1,7 @@
 // Spawning the serving pipeline's actors (see actors.hpp for the message flow): one encoder,
-// one executor (detached: it owns a compute thread), one decoder. Each actor's config,
-// state and behaviour live in actors/pipeline.cpp; the logic they run is in pipeline/
-// (Tokenizer, Engine, StreamingDetokenizer), tested without actors.
+// one executor (detached: it owns a compute thread), one decoder. Each actor's state and
+// behaviour live in its own file (actors/encoder.cpp, executor.cpp, decoder.cpp); the logic
+// they run is in pipeline/ (Tokenizer, Engine, StreamingDetokenizer), tested without actors.
 #pragma once
 
 #include <functional>
@@ -10,6 +10,7 @@
 
 #include "actors/actors.hpp"
 #include "codecs/model_codecs.h"
+#include "config/settings.h"
 #include "pipeline/metrics.h"
 #include "pipeline/model.h"
 #include "pipeline/scheduler.h"
@@ -29,6 +30,8 @@ struct PipelineConfig {
   // real failure of that stage would be. Empty in the server.
   std::function<void(const std::string& stage, int64_t request)> fault_injection;
   Status validate() const;
+  // The [kv_cache], [scheduler] and [realtime] settings.
+  static PipelineConfig from(const Settings& settings);
 };
 
 struct PipelineHandles {
@@ -38,6 +41,9 @@ struct PipelineHandles {
   std::shared_ptr<ServingMetrics> metrics;  // updated by the executor, rendered on /metrics
   std::shared_ptr<const codecs::ModelCodecs> codecs;  // the model's codebooks (read-only, shared)
 };
+
+// Asks every actor of the pipeline to quit (the executor finishes its step first).
+void stop_pipeline(const PipelineHandles& handles);
 
 // The prompt's token ids: its text tokenized (BOS as the vocabulary asks, before the first
 // piece only), with media_parts spliced in where the prompt's "\x1e" k "\x1f" markers name

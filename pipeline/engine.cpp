@@ -4,17 +4,6 @@
 
 namespace tutti {
 
-const char* finish_reason_name(FinishReason r) {
-  switch (r) {
-    case FinishReason::None: return "none";
-    case FinishReason::Length: return "length";
-    case FinishReason::Stop: return "stop";
-    case FinishReason::Cancelled: return "cancelled";
-    case FinishReason::Error: return "error";
-  }
-  return "unknown";
-}
-
 Engine::Engine(Model& model, std::unique_ptr<PagedKvCache> kv, SchedulerConfig config, const Tokenizer* tokenizer,
                std::shared_ptr<ServingMetrics> metrics)
     : model_(model), kv_(std::move(kv)), capacity_(*kv_), scheduler_(config, capacity_), tokenizer_(tokenizer),
@@ -90,7 +79,7 @@ std::vector<EngineEvent> Engine::fail_all(const std::string& reason) {
   std::vector<EngineEvent> events;
   for (const auto& [id, live] : live_) {
     scheduler_.remove(id);
-    events.push_back({id, -1, -1, FinishReason::Error, reason});
+    events.push_back({id, -1, -1, FinishReason::Error, reason, ErrorCode::generation_failed});
   }
   live_.clear();
   if (metrics_) record(events, EngineStepStats{}, 0);  // counted as finished; gauges: nothing runs
@@ -120,7 +109,7 @@ std::vector<EngineEvent> Engine::step(double now, EngineStepStats* stats) {
       scheduler_.remove(c.seq_id);
       scheduler_.forget(c.seq_id);
       live_.erase(c.seq_id);
-      events.push_back({c.seq_id, -1, -1, FinishReason::Error, s.message()});
+      events.push_back({c.seq_id, -1, -1, FinishReason::Error, s.message(), ErrorCode::generation_failed});
     }
     return events;
   }

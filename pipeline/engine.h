@@ -40,8 +40,6 @@ struct EngineRequest {
   std::optional<MediaLayout> media;
 };
 
-enum class FinishReason { None, Length, Stop, Cancelled, Error };
-const char* finish_reason_name(FinishReason r);
 
 // One thing that happened to a sequence during a step.
 struct EngineEvent {
@@ -50,6 +48,7 @@ struct EngineEvent {
   int index = -1;            // its position among the generated tokens
   FinishReason finish = FinishReason::None;
   std::string error;         // for FinishReason::Error
+  ErrorCode code = ErrorCode::none;  // for FinishReason::Error: what kind of failure
 };
 
 struct EngineStepStats {

@@ -6,18 +6,6 @@
 
 namespace tutti {
 
-namespace {
-constexpr const char* kModalityNames[] = {"text", "audio", "image", "video", "music"};
-}
-
-const char* modality_name(Modality m) { return kModalityNames[int(m)]; }
-
-std::optional<Modality> parse_modality(const std::string& name) {
-  for (int i = 0; i < 5; ++i)
-    if (name == kModalityNames[i]) return Modality(i);
-  return std::nullopt;
-}
-
 const char* token_layout_name(TokenLayout l) { return l == TokenLayout::Orpheus ? "orpheus" : "tutti"; }
 std::optional<TokenLayout> parse_token_layout(const std::string& name) {
   if (name == "tutti") return TokenLayout::Tutti;

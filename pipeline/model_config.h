@@ -13,6 +13,7 @@
 #include "kernels/backend.h"
 #include "pipeline/expected.h"
 #include "pipeline/gguf.h"
+#include "pipeline/request_kinds.h"
 #include "pipeline/token_range.h"
 
 namespace tutti {
@@ -59,11 +60,6 @@ struct LlamaHparams {
 // The block of an architecture tutti implements, or null.
 const BlockDescription* find_block_description(const std::string& architecture);
 
-enum class Modality : uint8_t { Text = 0, Audio, Image, Video, Music };
-constexpr std::array<Modality, 4> kMediaModalities = {Modality::Audio, Modality::Image, Modality::Video,
-                                                     Modality::Music};
-const char* modality_name(Modality m);
-std::optional<Modality> parse_modality(const std::string& name);
 
 // One media modality's slice of the shared vocabulary and its codec parameters.
 // Token ids [token_offset, token_offset + codebook_size * num_stages) are its codes: residual

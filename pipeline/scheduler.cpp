@@ -7,21 +7,6 @@
 
 namespace tutti {
 
-const char* request_class_name(RequestClass c) {
-  switch (c) {
-    case RequestClass::Realtime: return "realtime";
-    case RequestClass::Interactive: return "interactive";
-    case RequestClass::Batch: return "batch";
-  }
-  return "unknown";
-}
-
-std::optional<RequestClass> parse_request_class(const std::string& name) {
-  for (RequestClass c : {RequestClass::Realtime, RequestClass::Interactive, RequestClass::Batch})
-    if (name == request_class_name(c)) return c;
-  return std::nullopt;
-}
-
 Status SchedulerConfig::validate() const {
   if (max_sequences_per_step < 1) return Error{"max_sequences_per_step must be at least 1"};
   if (step_token_budget < max_sequences_per_step)
@@ -46,9 +31,9 @@ Status Scheduler::submit(SequenceRequest r, double now) {
   const int64_t capacity = int64_t(kv_.total_blocks()) * kv_.block_tokens();
   if (total > capacity)
     return Error{"request needs " + std::to_string(total) + " tokens of context; the KV cache holds " +
-                 std::to_string(capacity)};
+                 std::to_string(capacity), ErrorCode::context_length_exceeded};
   if (int(waiting_.size()) >= config_.max_waiting)
-    return Error{"busy: " + std::to_string(waiting_.size()) + " requests are already waiting"};
+    return Error{"busy: " + std::to_string(waiting_.size()) + " requests are already waiting", ErrorCode::busy};
   Sequence s;
   s.tokens = r.prompt;
   s.stats.cls = r.cls;

@@ -29,12 +29,10 @@
 #include "pipeline/batch.h"
 #include "pipeline/expected.h"
 #include "pipeline/kv_cache.h"
+#include "pipeline/request_kinds.h"
 
 namespace tutti {
 
-enum class RequestClass : uint8_t { Realtime, Interactive, Batch };
-const char* request_class_name(RequestClass c);
-std::optional<RequestClass> parse_request_class(const std::string& name);
 
 // A realtime stream is consumed at `tokens_per_second` once its first token is out. Lead is
 // how far generation is ahead of playback, in seconds of playback.

@@ -9,7 +9,7 @@
 
 #include <thread>
 
-#include "actors/http/ledger.hpp"
+#include "actors/access/ledger.hpp"
 #include "http_client.h"
 #include "server_support.h"
 
@@ -120,7 +120,7 @@ TEST(Ledger, EveryRequestIsRecordedOnceWhateverItsEnd) {
   EXPECT_EQ(test::http_call(port, bhttp::verb::post, "/v1/videos", R"({"prompt":"x","seconds":1})", kAuth).status, 429);
   std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the cancellation reaches the session
   sut.reset();  // the server stops: everything is recorded
-  auto ledger = std::move(http::UsageLedger::open(path)).value();
+  auto ledger = std::move(access::UsageLedger::open(path)).value();
   EXPECT_EQ(*ledger->count(), 6);
   auto totals = std::move(ledger->totals("all")).value();
   ASSERT_EQ(totals.size(), 1u);
@@ -164,7 +164,7 @@ TEST(Drain, RunningGenerationsFinishNewOnesAreRefused) {
   EXPECT_EQ(cut, 0);
   EXPECT_NE(got.find("\"finish_reason\":\"length\""), std::string::npos) << got.substr(got.size() > 400 ? got.size() - 400 : 0);
   EXPECT_NE(got.find("data: [DONE]"), std::string::npos);
-  auto ledger = std::move(http::UsageLedger::open(path)).value();
+  auto ledger = std::move(access::UsageLedger::open(path)).value();
   EXPECT_EQ(*ledger->count(), 1);
   beast::flat_buffer b;
   beast::error_code read_ec;

@@ -9,16 +9,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "actors/http/access.hpp"
-#include "actors/http/ledger.hpp"
+#include "actors/access/access.hpp"
+#include "actors/access/ledger.hpp"
 
 namespace tutti {
 namespace {
 
-using http::ApiKeys;
-using http::KeyLimiter;
-using http::UsageLedger;
-using http::UsageRecord;
+using access::ApiKeys;
+using access::KeyLimiter;
+using access::UsageLedger;
+using access::UsageRecord;
 
 TEST(ApiKeys, MatchNamesTheKeyAndNeverRevealsIt) {
   ApiKeys keys;
@@ -59,13 +59,13 @@ TEST(KeyLimiter, RequestsSessionsAndTokensPerMinuteWithRetryHints) {
   EXPECT_FALSE(lim.begin("a", t + 1, "text"));
   auto busy = lim.begin("a", t + 2, "text");  // third request, but two sessions are open
   ASSERT_TRUE(busy);
-  EXPECT_EQ(busy->code, "too_many_sessions");
+  EXPECT_EQ(busy->code, ErrorCode::too_many_sessions);
   EXPECT_FALSE(lim.begin("b", t + 2, "text")) << "other keys are not affected";
   lim.end_session("a");
   EXPECT_FALSE(lim.begin("a", t + 3, "text", false));  // third request of the minute
   auto rate = lim.begin("a", t + 4, "text", false);
   ASSERT_TRUE(rate);
-  EXPECT_EQ(rate->code, "rate_limit_exceeded");
+  EXPECT_EQ(rate->code, ErrorCode::rate_limited);
   EXPECT_NEAR(rate->retry_after_s, 56, 1e-9) << "until the first request of the minute expires";
   EXPECT_FALSE(lim.begin("a", t + 61, "text", false)) << "the window slides";
   // Tokens per modality: audio used up, text still allowed.
@@ -74,7 +74,7 @@ TEST(KeyLimiter, RequestsSessionsAndTokensPerMinuteWithRetryHints) {
   tokens.add_tokens("a", "audio", 50, t + 10);
   auto quota = tokens.begin("a", t + 20, "audio");
   ASSERT_TRUE(quota);
-  EXPECT_EQ(quota->code, "token_quota_exceeded");
+  EXPECT_EQ(quota->code, ErrorCode::token_quota_exceeded);
   EXPECT_NEAR(quota->retry_after_s, 40, 1e-9);
   EXPECT_FALSE(tokens.begin("a", t + 20, "text"));
   EXPECT_FALSE(tokens.begin("a", t + 61, "audio")) << "the first 60 tokens left the window";

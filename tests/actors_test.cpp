@@ -23,6 +23,7 @@ sink_actor::behavior_type forwarder(sink_actor::pointer self, caf::actor target)
 
 struct Result {
   std::string text, finish, error;
+  ErrorCode code = ErrorCode::none;
   int completion_tokens = 0;
 };
 
@@ -61,7 +62,15 @@ struct PipelineFixture : ::testing::Test {
     std::map<int64_t, Result> out;
     for (const text_request& r : reqs) {
       self->request(pipe.encoder, caf::infinite, encode_atom::value, r, sink)
-          .receive([](int32_t n) { EXPECT_GT(n, 0); }, [&](caf::error& e) { out[r.id].error = sys->render(e); out[r.id].finish = "refused"; });
+          .receive(
+              [&](const encode_result& e) {
+                if (e.code == ErrorCode::none) {
+                  EXPECT_GT(e.prompt_tokens, 0);
+                  return;
+                }
+                out[r.id].error = e.error, out[r.id].code = e.code, out[r.id].finish = "refused";
+              },
+              [&](caf::error& e) { out[r.id].error = sys->render(e); out[r.id].finish = "unreachable"; });
     }
     if (after_send) after_send(self);
     size_t finished = 0;
@@ -72,8 +81,9 @@ struct PipelineFixture : ::testing::Test {
         Result& r = out[d.request];
         r.text += d.text;
         r.completion_tokens = d.completion_tokens;
-        if (!d.finish_reason.empty()) {
-          r.finish = d.finish_reason;
+        if (d.last()) {
+          r.finish = finish_reason_name(d.finish);
+          r.code = d.error_code;
           r.error = d.error;
           ++finished;
         }
@@ -102,20 +112,20 @@ struct PipelineFixture : ::testing::Test {
   }
 };
 
-text_request req(int64_t id, std::string prompt, int max_tokens, std::string cls = "interactive") {
+text_request req(int64_t id, std::string prompt, int max_tokens, RequestClass cls = RequestClass::Interactive) {
   text_request r;
   r.id = id;
   r.prompt = std::move(prompt);
   r.max_tokens = max_tokens;
-  r.request_class = std::move(cls);
+  r.request_class = cls;
   r.tokens_per_second = 200;
   return r;
 }
 
 TEST_F(PipelineFixture, StreamsTheSameTextAsGenerationAlone) {
   start();
-  const std::vector<text_request> reqs = {req(1, "Hello world", 12), req(2, "The quick brown fox", 9, "realtime"),
-                                          req(3, "tutti streams", 15, "batch")};
+  const std::vector<text_request> reqs = {req(1, "Hello world", 12), req(2, "The quick brown fox", 9, RequestClass::Realtime),
+                                          req(3, "tutti streams", 15, RequestClass::Batch)};
   auto out = run(reqs);
   for (const text_request& r : reqs) {
     const auto [text, n] = alone(r.prompt, r.max_tokens);
@@ -142,10 +152,12 @@ TEST_F(PipelineFixture, CancelAndRefusalEndOnlyTheirRequests) {
   EXPECT_EQ(out[2].finish, alone("Hello there", 6).second == 6 ? "length" : "stop");
   EXPECT_EQ(out[3].finish, "refused");
   EXPECT_NE(out[3].error.find("empty"), std::string::npos) << out[3].error;
+  EXPECT_EQ(out[3].code, ErrorCode::invalid_request) << "the category travels as a code, not in the message";
   // A request longer than the whole cache is refused by the executor with the reason.
   auto big = run({req(4, "Hello world", 1 << 20)});
   EXPECT_EQ(big[4].finish, "error");
   EXPECT_NE(big[4].error.find("KV cache holds"), std::string::npos) << big[4].error;
+  EXPECT_EQ(big[4].code, ErrorCode::context_length_exceeded);
 }
 
 // Fault isolation: a failure decoding one request, or encoding one, ends only that request
@@ -167,8 +179,10 @@ TEST_F(PipelineFixture, AFailureEndsOnlyWhatItTouchesAndServingGoesOn) {
   auto out = run({req(1, "Hello world", 6), req(2, "Hello there", 6), req(3, "Good morning", 6), req(4, "Hi", 6)});
   EXPECT_EQ(out[2].finish, "error");
   EXPECT_NE(out[2].error.find("decoding failed: bad codes"), std::string::npos) << out[2].error;
+  EXPECT_EQ(out[2].code, ErrorCode::generation_failed);
   EXPECT_EQ(out[4].finish, "refused");
   EXPECT_NE(out[4].error.find("encoding failed"), std::string::npos) << out[4].error;
+  EXPECT_EQ(out[4].code, ErrorCode::generation_failed);
   for (int64_t id : {1, 3}) {
     const auto [text, n] = alone(id == 1 ? "Hello world" : "Good morning", 6);
     EXPECT_EQ(out[id].text, text) << id;
@@ -182,6 +196,7 @@ TEST_F(PipelineFixture, AFailureEndsOnlyWhatItTouchesAndServingGoesOn) {
   for (int64_t id : {10, 11}) {
     EXPECT_EQ(failed[id].finish, "error") << id;
     EXPECT_NE(failed[id].error.find("the model step failed: device fault"), std::string::npos) << failed[id].error;
+    EXPECT_EQ(failed[id].code, ErrorCode::generation_failed) << id;
     EXPECT_LT(failed[id].completion_tokens, 4000);
   }
   EXPECT_EQ(pipe.metrics->step_failures.load(), 1u);
@@ -201,10 +216,10 @@ TEST_F(PipelineFixture, StepLoopWakeUpsStayBoundedAsRequestsComeAndGo) {
   caf::scoped_actor self{*sys};
   auto sink = sys->spawn(forwarder, caf::actor_cast<caf::actor>(self));
   text_request stream = req(100, "a slow stream", 2000);
-  stream.request_class = "realtime";
+  stream.request_class = RequestClass::Realtime;
   stream.tokens_per_second = 5;  // ahead of playback almost all the time
   stream.ignore_eos = true;
-  self->request(pipe.encoder, caf::infinite, encode_atom::value, stream, sink).receive([](int32_t) {}, [](caf::error&) {});
+  self->request(pipe.encoder, caf::infinite, encode_atom::value, stream, sink).receive([](const encode_result&) {}, [](caf::error&) {});
   for (int64_t i = 1; i <= 30; ++i) run({req(i, "short " + std::to_string(i), 2)});
   const uint64_t before = pipe.metrics->executor_wakeups;
   std::this_thread::sleep_for(std::chrono::milliseconds(500));

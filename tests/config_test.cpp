@@ -2,7 +2,7 @@
 // mistake is an error that names the setting.
 #include <gtest/gtest.h>
 
-#include "pipeline/settings.h"
+#include "config/settings.h"
 #include "test_support.h"
 
 namespace tutti {

@@ -170,7 +170,7 @@ TEST(HttpLimits, TooManyConnectionsGet503AndServingResumes) {
     idle.back()->connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), sut.port));
   }
   // Wait until the server has accepted both (its connection gauge says so).
-  for (int i = 0; i < 100 && sut.server->metrics().active_connections < 2; ++i)
+  for (int i = 0; i < 100 && sut.server->http().metrics().active_connections < 2; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   const Reply refused = call(sut.port, bhttp::verb::get, "/health");
   EXPECT_EQ(refused.status, 503);
@@ -351,9 +351,9 @@ TEST(HttpTimeouts, SlowAndHalfOpenClientsAreDropped) {
   // never answers the server's ping.
   EXPECT_TRUE(closed_by_server(*ws_silent, std::chrono::seconds(20)));
   EXPECT_EQ(call(sut.port, bhttp::verb::get, "/health").status, 200);
-  for (int i = 0; i < 100 && sut.server->metrics().active_connections > 0; ++i)
+  for (int i = 0; i < 100 && sut.server->http().metrics().active_connections > 0; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  EXPECT_EQ(sut.server->metrics().active_connections, 0u);
+  EXPECT_EQ(sut.server->http().metrics().active_connections, 0u);
 }
 
 }  // namespace

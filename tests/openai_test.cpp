@@ -38,7 +38,7 @@ TEST(OpenAi, ParsesAChatRequest) {
   EXPECT_TRUE(p.stream);
   EXPECT_TRUE(p.include_usage);
   const ParsedRequest rt = ok(R"({"prompt":"x","tutti":{"class":"realtime","rate":50}})", false);
-  EXPECT_EQ(rt.request.request_class, "realtime");
+  EXPECT_EQ(rt.request.request_class, RequestClass::Realtime);
   EXPECT_DOUBLE_EQ(rt.request.tokens_per_second, 50);
   EXPECT_LT(rt.request.low_watermark_s, 0) << "no watermarks given: the server's defaults apply";
   const ParsedRequest wm = ok(R"({"prompt":"x","tutti":{"class":"realtime","rate":50,"low_watermark_ms":80,"high_watermark_ms":240}})", false);
@@ -60,8 +60,9 @@ TEST(OpenAi, ErrorsNameTheField) {
   EXPECT_EQ(err(R"({"messages":[{"role":"user","content":"x"}],"stream":"yes"})").param, "stream");
   EXPECT_EQ(err(R"({"prompt":"x","tutti":{"class":"realtime"}})", false).param, "tutti.rate");
   const ApiError model = err(R"({"model":"gpt-9","messages":[{"role":"user","content":"x"}]})");
-  EXPECT_EQ(model.status, 404);
-  EXPECT_EQ(model.code, "model_not_found");
+  EXPECT_EQ(model.status(), 404);
+  EXPECT_EQ(model.code, ErrorCode::model_not_found);
+  EXPECT_EQ(json::parse(model.body())["error"]["code"], "model_not_found");
   const json body = json::parse(model.body());
   EXPECT_EQ(body["error"]["param"], "model");
   EXPECT_EQ(body["error"]["type"], "invalid_request_error");
@@ -121,17 +122,17 @@ TEST(OpenAi, ChatPromptsUseTheVocabularysControlTokens) {
 }
 
 TEST(OpenAi, BodiesFollowTheSchema) {
-  const json first = json::parse(chunk_json("chatcmpl-1", "m", 100, true, "Hel", "", true));
+  const json first = json::parse(chunk_json("chatcmpl-1", "m", 100, true, "Hel", FinishReason::None, true));
   EXPECT_EQ(first["object"], "chat.completion.chunk");
   EXPECT_EQ(first["choices"][0]["delta"]["role"], "assistant");
   EXPECT_EQ(first["choices"][0]["delta"]["content"], "Hel");
   EXPECT_TRUE(first["choices"][0]["finish_reason"].is_null());
-  const json last = json::parse(chunk_json("chatcmpl-1", "m", 100, true, "", "length", false));
+  const json last = json::parse(chunk_json("chatcmpl-1", "m", 100, true, "", FinishReason::Length, false));
   EXPECT_EQ(last["choices"][0]["finish_reason"], "length");
   const json usage = json::parse(usage_chunk_json("chatcmpl-1", "m", 100, true, 5, 7));
   EXPECT_EQ(usage["usage"]["total_tokens"], 12);
   EXPECT_TRUE(usage["choices"].empty());
-  const json full = json::parse(completion_json("cmpl-2", "m", 100, false, "text", "stop", 3, 4));
+  const json full = json::parse(completion_json("cmpl-2", "m", 100, false, "text", FinishReason::Stop, 3, 4));
   EXPECT_EQ(full["object"], "text_completion");
   EXPECT_EQ(full["choices"][0]["text"], "text");
   EXPECT_EQ(full["choices"][0]["finish_reason"], "stop");

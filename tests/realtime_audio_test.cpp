@@ -25,6 +25,8 @@ namespace net = boost::asio;
 using tcp = net::ip::tcp;
 using json = nlohmann::json;
 using namespace tutti::http;
+using codecs::VadConfig;
+using codecs::VoiceActivityDetector;
 
 TEST(RealtimeAudio, G711RoundTripsAndBase64RefusesGarbage) {
   for (int c = 0; c < 256; ++c) {

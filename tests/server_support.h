@@ -2,7 +2,9 @@
 // server on an ephemeral loopback port. Shut down in the destructor.
 #pragma once
 
-#include "actors/http/server.hpp"
+#include <sqlite3.h>
+
+#include "actors/serving.hpp"
 #include "codecs/model_pack.h"
 #include "test_support.h"
 
@@ -12,10 +14,7 @@ struct ServerUnderTest {
   std::unique_ptr<Backend> backend = make_cpu_backend({1});
   std::unique_ptr<Model> model;
   std::shared_ptr<const Tokenizer> tokenizer;
-  caf::actor_system_config cfg;
-  std::unique_ptr<caf::actor_system> sys;
-  actors::PipelineHandles pipe;
-  std::unique_ptr<http::HttpServer> server;
+  std::unique_ptr<Serving> server;  // the same assembly as `tutti serve`
   uint16_t port = 0;
 
   static actors::PipelineConfig default_pipeline() {
@@ -33,22 +32,19 @@ struct ServerUnderTest {
     const std::string path = !model_path.empty() ? model_path : random_model(spec, unified ? "http-unified.gguf" : "http-text.gguf");
     model = std::move(Model::load(path, *backend)).value();
     tokenizer = std::shared_ptr<const Tokenizer>(std::move(Tokenizer::from_gguf(model->file())).value());
-    actors::configure_for_compute(cfg, 2);
-    sys = std::make_unique<caf::actor_system>(cfg);
-    pipe = *actors::spawn_pipeline(*sys, *model, tokenizer, pc);
-    sc.port = 0;
-    sc.model_name = "tutti-test";
-    sc.modalities = model->config().modalities;
-    server = std::make_unique<http::HttpServer>(*sys, pipe, sc);
-    auto p = server->start();
-    EXPECT_TRUE(p) << p.error().message;
-    port = p ? *p : 0;
+    Serving::Options o;
+    o.pipeline = pc;
+    o.caf_workers = 2;
+    o.server = std::move(sc);
+    o.server.port = 0;
+    if (o.server.model_name.empty()) o.server.model_name = "tutti-test";
+    auto s = Serving::start(*model, tokenizer, std::move(o));
+    EXPECT_TRUE(s) << s.error().message;
+    if (s) server = std::move(s).value();
+    port = server ? server->port() : 0;
   }
   ~ServerUnderTest() {
-    server->stop();
-    caf::anon_send_exit(pipe.encoder, caf::exit_reason::user_shutdown);
-    caf::anon_send_exit(pipe.executor, caf::exit_reason::user_shutdown);
-    caf::anon_send_exit(pipe.decoder, caf::exit_reason::user_shutdown);
+    if (server) server->stop();
   }
 };
 
@@ -73,6 +69,44 @@ inline std::string snac_model_path() {
     EXPECT_TRUE(s.ok()) << s.message();
     std::filesystem::rename(path + ".tmp", path);
   }
+  return path;
+}
+
+// The usage ledger's rows, oldest first, read straight from its database (the server may
+// still be writing it: WAL lets a reader in).
+struct LedgerRow {
+  std::string request_id, endpoint, outcome, error;
+  nlohmann::json tokens_in, tokens_out;
+};
+inline std::vector<LedgerRow> ledger_rows(const std::string& path) {
+  std::vector<LedgerRow> rows;
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
+    sqlite3_close(db);
+    return rows;
+  }
+  sqlite3_busy_timeout(db, 2000);
+  sqlite3_stmt* st = nullptr;
+  if (sqlite3_prepare_v2(db, "SELECT request_id, endpoint, outcome, COALESCE(error, ''), tokens_in, tokens_out FROM usage ORDER BY finished_at",
+                         -1, &st, nullptr) == SQLITE_OK) {
+    auto text = [&](int i) { return std::string(reinterpret_cast<const char*>(sqlite3_column_text(st, i))); };
+    while (sqlite3_step(st) == SQLITE_ROW)
+      rows.push_back({text(0), text(1), text(2), text(3), nlohmann::json::parse(text(4), nullptr, false), nlohmann::json::parse(text(5), nullptr, false)});
+  }
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return rows;
+}
+// Waits (up to ~5 s) until the ledger holds `n` rows; the rows then.
+inline std::vector<LedgerRow> ledger_rows_when(const std::string& path, size_t n) {
+  std::vector<LedgerRow> rows;
+  for (int i = 0; i < 250 && (rows = ledger_rows(path)).size() < n; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  return rows;
+}
+inline std::string fresh_ledger(const std::string& name) {
+  const std::string path = std::string(TUTTI_BINARY_DIR) + "/test-data/" + name;
+  std::filesystem::create_directories(std::string(TUTTI_BINARY_DIR) + "/test-data");
+  for (const char* ext : {"", "-wal", "-shm"}) std::remove((path + ext).c_str());
   return path;
 }
 

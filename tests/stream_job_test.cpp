@@ -205,5 +205,75 @@ TEST(StreamJobs, VideoAnswersArePublishedAndTextAnswersAreJobEvents) {
   EXPECT_EQ(text.state["bytes_out"], 0);
 }
 
+// One finish reason, one record, whichever transport: a text answer cut by its length is
+// incomplete from HTTP, from Realtime and from a stream job alike.
+TEST(StreamJobs, ALengthCutTextAnswerIsRecordedAsHttpAndRealtimeRecordIt) {
+  const std::string ledger = test::fresh_ledger("stream-length.db");
+  http::ServerConfig sc;
+  sc.ledger_path = ledger;
+  sc.max_tokens = 3;  // every text answer: 3 tokens at most
+  auto sut = std::make_unique<test::ServerUnderTest>(sc);
+  EXPECT_EQ(call(sut->port, bhttp::verb::post, "/v1/completions", R"({"prompt":"x","max_tokens":3,"tutti":{"ignore_eos":true}})").first, 200);
+  {
+    test::RealtimeWs ws(sut->port, "");
+    ws.next();
+    ws.send({{"type", "conversation.item.create"},
+             {"item", {{"type", "message"}, {"role", "user"}, {"content", {{{"type", "input_text"}, {"text", "hi"}}}}}}});
+    ws.send({{"type", "response.create"}, {"response", {{"tutti", {{"ignore_eos", true}}}}}});
+    EXPECT_EQ(ws.until("response.done")["response"]["status"], "incomplete");
+  }
+  TurnThroughJob text = turn_through_job(*sut, "text", free_port(), free_port());
+  ASSERT_FALSE(text.id.empty());
+  sut.reset();
+  std::map<std::string, int> seen;
+  for (const auto& r : test::ledger_rows(ledger)) {
+    ++seen[r.endpoint];
+    EXPECT_EQ(r.outcome, "incomplete") << r.endpoint << " " << r.request_id;
+    EXPECT_EQ(r.tokens_out, json({{"text", 3}})) << r.endpoint;
+  }
+  EXPECT_EQ(seen["/v1/completions"], 1);
+  EXPECT_EQ(seen["/v1/realtime"], 1);
+  EXPECT_GE(seen["/v1/streams"], 1);
+}
+
+// A stream job's answer is a running generation like any other: counted in
+// tutti_generations_running, and a drain lets it finish (and records it so).
+TEST(StreamJobs, DrainWaitsForAStreamJobAnswer) {
+  const std::string ledger = test::fresh_ledger("stream-drain.db");
+  http::ServerConfig sc;
+  sc.ledger_path = ledger;
+  test::ServerUnderTest sut(sc);
+  const uint16_t in = free_port(), out = free_port();
+  auto [status, job] = call(sut.port, bhttp::verb::post, "/v1/streams",
+                            json{{"input", "zmq:tcp://127.0.0.1:" + std::to_string(in)}, {"output", "zmq:tcp://127.0.0.1:" + std::to_string(out)},
+                                 {"max_response_seconds", 2}, {"modality", "audio"}}.dump());
+  ASSERT_EQ(status, 200) << job.dump();
+  const std::string wav = turn_wav();
+  std::thread publisher([&] {
+    (void)std::system(("ffmpeg -nostdin -loglevel error -re -i '" + wav + "' -c:a aac -f mpegts zmq:tcp://127.0.0.1:" +
+                       std::to_string(in) + " >/dev/null 2>&1").c_str());
+  });
+  bool started = false;
+  json state;
+  for (int i = 0; i < 1500 && !started; ++i) {  // generous: ffmpeg, the VAD's silence, then the answer
+    state = call(sut.port, bhttp::verb::get, "/v1/streams/" + job["id"].get<std::string>()).second;
+    for (const json& e : state["events"]) started |= e["type"] == "response.started";
+    if (!started) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_TRUE(started) << state.dump();
+  const std::string metrics = test::http_call(sut.port, bhttp::verb::get, "/metrics").body;
+  EXPECT_NE(metrics.find("\ntutti_generations_running 1\n"), std::string::npos) << "the answer (paced over 2 s) is running";
+  const int cut = sut.server->drain(10);
+  publisher.join();
+  EXPECT_EQ(cut, 0);
+  std::vector<test::LedgerRow> answers;
+  for (const auto& r : test::ledger_rows(ledger))
+    if (r.endpoint == "/v1/streams" && r.outcome != "refused") answers.push_back(r);
+  ASSERT_GE(answers.size(), 1u);
+  EXPECT_EQ(answers[0].outcome, "completed") << "finished, not cut by the drain";
+  EXPECT_GT(answers[0].tokens_out.value("audio", 0), 0);
+  EXPECT_GT(answers[0].tokens_in.value("audio", 0), 0);
+}
+
 }  // namespace
 }  // namespace tutti

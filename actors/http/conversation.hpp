@@ -1,11 +1,21 @@
-// Bounded conversations, shared by realtime sessions and stream jobs: which of the oldest
-// items to drop before a request so that its prompt stays within a token budget. A plain
-// function, tested without sessions.
+// Conversations, shared by realtime sessions and stream jobs, as plain data: the items, the
+// bound on their size, the prompt they become, and the request for an answer of a given
+// modality. No sockets or actors: tested directly.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
+#include <optional>
 #include <span>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "actors/actors.hpp"
+#include "actors/http/errors.hpp"
+#include "actors/http/openai.hpp"
+#include "pipeline/model_config.h"
 
 namespace tutti::http {
 
@@ -22,5 +32,46 @@ inline size_t oldest_items_to_drop(std::span<const int64_t> costs, int64_t fixed
   while (drop + 1 < costs.size() && total > budget * 3 / 4) total -= costs[drop++];
   return drop;
 }
+
+struct ConversationItem {
+  std::string role, text;
+  std::vector<int32_t> ids;  // media (speech, an image) as tokens; then text is empty
+  Modality media = Modality::Audio;  // what `ids` are
+  // Media items count their ids; text its bytes (an upper bound: every token covers a byte).
+  int64_t cost() const { return int64_t(ids.empty() ? text.size() : ids.size()); }
+};
+
+class Conversation {
+ public:
+  std::vector<ConversationItem> items;
+  std::string instructions;  // the system message, when not empty
+  std::string last_item_id;  // of the newest item (a Realtime commit's previous_item_id)
+
+  // Drops the oldest items so that the prompt stays within `budget` tokens (see
+  // oldest_items_to_drop); `pending` (speech still being spoken) counts but is never dropped.
+  // Returns how many were dropped.
+  size_t trim(int64_t budget, const ConversationItem* pending = nullptr);
+  // The conversation (and `pending` at its end) as a prompt through the chat template: text
+  // items as messages, media items as spliced token ids (media markers). The request's
+  // other fields are left at their defaults.
+  actors::text_request request(ChatTemplate t, const ConversationItem* pending = nullptr) const;
+  // The prompt tokens of each media modality in such a request (what the ledger bills apart).
+  std::map<Modality, int64_t> media_tokens(const ConversationItem* pending = nullptr) const;
+};
+
+// What kind of answer a conversation is asked for.
+struct AnswerShape {
+  Modality modality = Modality::Text;  // text, audio or video
+  float temperature = 0.8f;
+  int32_t max_tokens = 256;   // text: the answer's limit; media: a limit on codes when > 0
+  double media_seconds = 10;  // media without a code limit: this long
+};
+
+// The request for an answer shaped `shape` to `conversation`: text as asked; media answers
+// are realtime streams paced at the modality's token rate, sampled at a temperature of at
+// least 0.7 (greedy decoding repeats one code), video in whole frames. An unsupported
+// modality (the model lacks it) is an error. Used by realtime sessions and stream jobs alike.
+std::variant<actors::text_request, ApiError> answer_request(actors::text_request conversation, const AnswerShape& shape,
+                                                            const ModalityTable& modalities);
 
 }  // namespace tutti::http

@@ -20,7 +20,7 @@ using json = nlohmann::json;
 
 namespace {
 
-ApiError bad(const std::string& message, const std::string& param = "") { return ApiError{400, "invalid_request_error", "", message, param}; }
+ApiError bad(const std::string& message, const std::string& param = "") { return invalid_request(message, param); }
 
 const json* field(const json& j, const char* name) {
   auto it = j.find(name);
@@ -89,12 +89,12 @@ std::variant<MediaRequest, ApiError> parse_media_request(MediaKind kind, const s
   r.model = served_model;
   if (auto e = string_field(j, "model", false, r.model)) return *e;
   if (r.model != served_model)
-    return ApiError{404, "invalid_request_error", "model_not_found", "the model '" + r.model + "' does not exist; this server serves '" + served_model + "'", "model"};
+    return ApiError{ErrorCode::model_not_found, "the model '" + r.model + "' does not exist; this server serves '" + served_model + "'", "model"};
   const Modality modality = kind == MediaKind::Speech ? Modality::Audio : kind == MediaKind::Music ? Modality::Music
                             : kind == MediaKind::Image ? Modality::Image : Modality::Video;
   const ModalityInfo* m = modalities.find(modality);
-  if (!m) return ApiError{400, "invalid_request_error", "unsupported_modality", std::string("this model has no ") + modality_name(modality) + " modality", "model"};
-  r.request.modality = modality_name(modality);
+  if (!m) return ApiError{ErrorCode::unsupported_modality, std::string("this model has no ") + modality_name(modality) + " modality", "model"};
+  r.request.modality = modality;
   r.request.temperature = 1.0f;  // media want variety; greedy decoding repeats one code
   double temperature = 1.0;
   if (auto e = number_field(j, "temperature", 0, 2, temperature)) return *e;
@@ -163,7 +163,7 @@ std::variant<MediaRequest, ApiError> parse_media_request(MediaKind kind, const s
   }
   const int frames = std::max(1, int(std::lround(r.seconds * m->frame_rate)));
   r.request.max_tokens = frames * codes_per_frame;
-  r.request.request_class = "batch";  // long work: it yields to interactive and realtime traffic
+  r.request.request_class = RequestClass::Batch;  // long work: it yields to interactive and realtime traffic
   return r;
 }
 
@@ -235,9 +235,9 @@ class AudioOutput final : public MediaOutput {
     MediaChunk c;
     if (error_.empty() && !d.samples.empty())
       if (Status s = encoder_->push(d.samples); !s) error_ = s.message();
-    if (!d.finish_reason.empty()) {
+    if (d.last()) {
       c.done = true;
-      if (d.finish_reason == "error") error_ = d.error.empty() ? "generation failed" : d.error;
+      if (d.finish == FinishReason::Error) error_ = d.error.empty() ? "generation failed" : d.error;
       else if (error_.empty())
         if (Status s = encoder_->finish(); !s) error_ = s.message();
     }
@@ -262,10 +262,10 @@ class ImageOutput final : public MediaOutput {
       if (png) c.bytes = std::move(png).value(), c.frames = 1;
       else error_ = png.error().message;
     }
-    if (!d.finish_reason.empty()) {
+    if (d.last()) {
       c.done = true;
-      if (d.finish_reason == "error") error_ = d.error;
-      else if (d.finish_reason != "length" && error_.empty()) error_ = "the image ended early (" + d.finish_reason + ")";
+      if (d.finish == FinishReason::Error) error_ = d.error;
+      else if (d.finish != FinishReason::Length && error_.empty()) error_ = std::string("the image ended early (") + finish_reason_name(d.finish) + ")";
     }
     c.error = error_;
     return c;
@@ -289,10 +289,9 @@ class VideoOutput final : public MediaOutput {
       if (Status s = encoder_->push(scale_rgb(d.rgb, d.width, d.height, w_, h_)); !s) error_ = s.message();
       ++frames_;
     }
-    if (!d.finish_reason.empty()) {
+    if (d.last()) {
       c.done = true;
-      if (d.finish_reason == "error") error_ = d.error.empty() ? "generation failed" : d.error;
-      else if (d.finish_reason == "cancelled") error_ = "cancelled";
+      if (d.finish == FinishReason::Error) error_ = d.error.empty() ? "generation failed" : d.error;
       else if (error_.empty())
         if (Status s = encoder_->finish(); !s) error_ = s.message();
     }

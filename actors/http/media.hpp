@@ -46,7 +46,9 @@ std::variant<MediaRequest, ApiError> parse_media_request(MediaKind kind, const s
 struct MediaChunk {
   std::vector<uint8_t> bytes;
   bool done = false;
-  std::string error;     // the answer failed (finish "error") or could not be encoded
+  // This output's own failure (the answer could not be encoded, an image that ended early);
+  // why the generation ended is the delta's finish and code (Generation reads both).
+  std::string error;
   int frames = 0;        // frames (images, video) finished so far
   std::vector<int32_t> tokens;  // the generated ids this chunk covers (what a conversation keeps of the answer)
 };

@@ -8,12 +8,6 @@ namespace tutti::http {
 
 using json = nlohmann::json;
 
-std::string ApiError::body() const {
-  json e = {{"message", message}, {"type", type}, {"param", param.empty() ? json(nullptr) : json(param)},
-            {"code", code.empty() ? json(nullptr) : json(code)}};
-  return json{{"error", e}}.dump();
-}
-
 ChatTemplate detect_chat_template(const std::string& t) {
   if (t.find("<|start_header_id|>") != std::string::npos) return ChatTemplate::Llama3;
   if (t.find("<|im_start|>") != std::string::npos) return ChatTemplate::ChatML;
@@ -80,20 +74,20 @@ std::string format_chat(ChatTemplate t, const std::vector<ChatMessage>& messages
 }
 
 namespace {
-ApiError bad(const std::string& message, const std::string& param = "") { return ApiError{400, "invalid_request_error", "", message, param}; }
+ApiError bad(const std::string& message, const std::string& param = "") { return invalid_request(message, param); }
 }  // namespace
 
 std::optional<ApiError> apply_tutti_extension(const json& t, actors::text_request& r) {
   if (!t.is_object()) return bad("'tutti' must be an object", "tutti");
   const json cls_field = t.value("class", json("interactive"));
-  const std::string cls = cls_field.is_string() ? cls_field.get<std::string>() : "";
-  if (cls != "realtime" && cls != "interactive" && cls != "batch") return bad("'tutti.class' must be realtime, interactive or batch", "tutti.class");
-  r.request_class = cls;
+  const auto cls = parse_request_class(cls_field.is_string() ? cls_field.get<std::string>() : "");
+  if (!cls) return bad("'tutti.class' must be realtime, interactive or batch", "tutti.class");
+  r.request_class = *cls;
   if (t.contains("rate")) {
     if (!t["rate"].is_number() || t["rate"].get<double>() <= 0) return bad("'tutti.rate' must be a positive number", "tutti.rate");
     r.tokens_per_second = t["rate"].get<double>();
   }
-  if (cls == "realtime" && r.tokens_per_second <= 0) return bad("a realtime request needs 'tutti.rate' (tokens per second)", "tutti.rate");
+  if (*cls == RequestClass::Realtime && r.tokens_per_second <= 0) return bad("a realtime request needs 'tutti.rate' (tokens per second)", "tutti.rate");
   // The stream's target lead, in milliseconds of playback (default: the [realtime] settings).
   for (auto [key, target] : {std::pair{"low_watermark_ms", &r.low_watermark_s}, std::pair{"high_watermark_ms", &r.high_watermark_s}}) {
     if (!t.contains(key)) continue;
@@ -125,7 +119,7 @@ std::variant<ParsedRequest, ApiError> parse_request_fields(const std::string& bo
     if (!m->is_string()) return bad("'model' must be a string", "model");
     p.model = m->get<std::string>();
     if (p.model != served_model)
-      return ApiError{404, "invalid_request_error", "model_not_found", "the model '" + p.model + "' does not exist; this server serves '" + served_model + "'", "model"};
+      return ApiError{ErrorCode::model_not_found, "the model '" + p.model + "' does not exist; this server serves '" + served_model + "'", "model"};
   } else {
     p.model = served_model;
   }
@@ -206,11 +200,11 @@ std::variant<ParsedRequest, ApiError> parse_request(const std::string& body, boo
   }
 }
 
-std::string openai_finish_reason(const std::string& r) { return r == "length" ? "length" : "stop"; }
+const char* openai_finish_reason(FinishReason r) { return r == FinishReason::Length ? "length" : "stop"; }
 
 std::string chunk_json(const std::string& id, const std::string& model, long created, bool chat, const std::string& text,
-                       const std::string& finish_reason, bool first, int completion_tokens) {
-  json choice = {{"index", 0}, {"finish_reason", finish_reason.empty() ? json(nullptr) : json(openai_finish_reason(finish_reason))}};
+                       FinishReason finish, bool first, int completion_tokens) {
+  json choice = {{"index", 0}, {"finish_reason", finish == FinishReason::None ? json(nullptr) : json(openai_finish_reason(finish))}};
   if (chat) {
     json delta = json::object();
     if (first) delta["role"] = "assistant";
@@ -234,9 +228,9 @@ std::string usage_chunk_json(const std::string& id, const std::string& model, lo
 }
 
 std::string completion_json(const std::string& id, const std::string& model, long created, bool chat,
-                            const std::string& text, const std::string& finish_reason, int prompt_tokens,
+                            const std::string& text, FinishReason finish, int prompt_tokens,
                             int completion_tokens) {
-  json choice = {{"index", 0}, {"finish_reason", openai_finish_reason(finish_reason)}};
+  json choice = {{"index", 0}, {"finish_reason", openai_finish_reason(finish)}};
   if (chat)
     choice["message"] = {{"role", "assistant"}, {"content", text}};
   else

@@ -12,19 +12,10 @@
 #include <vector>
 
 #include "actors/actors.hpp"
+#include "actors/http/errors.hpp"
 
 namespace tutti::http {
 
-// An error in the protocol's own form: HTTP status and the OpenAI error object.
-struct ApiError {
-  int status = 400;
-  std::string type = "invalid_request_error";
-  std::string code;
-  std::string message;
-  std::string param;
-  double retry_after_s = 0;  // > 0: a Retry-After header (limits, busy, shutting down)
-  std::string body() const;  // {"error": {...}}
-};
 
 // Chat template families recognised from tokenizer.chat_template by their markers; anything
 // else falls back to a plain "role: content" transcript ending in "assistant:".
@@ -66,13 +57,13 @@ std::optional<ApiError> apply_tutti_extension(const nlohmann::json& extension, a
 // completion_tokens >= 0 adds the extension field "tutti": {"completion_tokens": n} (the
 // tokens generated so far), which paced-stream clients use to time each token.
 std::string chunk_json(const std::string& id, const std::string& model, long created, bool chat, const std::string& text,
-                       const std::string& finish_reason, bool first, int completion_tokens = -1);
+                       FinishReason finish, bool first, int completion_tokens = -1);
 std::string usage_chunk_json(const std::string& id, const std::string& model, long created, bool chat, int prompt_tokens,
                              int completion_tokens);
 std::string completion_json(const std::string& id, const std::string& model, long created, bool chat,
-                             const std::string& text, const std::string& finish_reason, int prompt_tokens,
+                             const std::string& text, FinishReason finish, int prompt_tokens,
                              int completion_tokens);
 // OpenAI's finish reasons: stop | length (cancelled and errors never reach a complete body).
-std::string openai_finish_reason(const std::string& tutti_reason);
+const char* openai_finish_reason(FinishReason finish);
 
 }  // namespace tutti::http

@@ -44,7 +44,7 @@ Checked read_turn_detection(const json& td, SessionUpdate& u) {
   }
   if (!td.is_object()) return Invalid{"'turn_detection' must be an object or null"};
   if (td.value("type", "server_vad") != "server_vad") return Invalid{"turn_detection.type must be server_vad (or null)"};
-  VadConfig c;
+  codecs::VadConfig c;
   c.threshold = td.value("threshold", c.threshold);
   c.prefix_padding_ms = td.value("prefix_padding_ms", c.prefix_padding_ms);
   c.silence_duration_ms = td.value("silence_duration_ms", c.silence_duration_ms);

@@ -29,7 +29,7 @@ struct SessionUpdate {
   std::optional<std::vector<std::string>> modalities;
   std::optional<bool> binary_opus;  // tutti.binary_audio: "opus" | "none"
   enum class Turns { Keep, Manual, ServerVad } turn_detection = Turns::Keep;
-  VadConfig vad;                // with ServerVad
+  codecs::VadConfig vad;                // with ServerVad
   bool create_response = true;  // with ServerVad: a response follows each detected turn
 };
 

@@ -1,10 +1,11 @@
-// The HTTP front door (Boost.Beast): OpenAI-compatible completions with server-sent events,
-// /v1/models, /health and /metrics. Each connection is a session on the I/O thread; each
-// generation gets a sink actor that requests encoding from the pipeline and posts the text
-// deltas back to the session, so the I/O thread never waits on a step and the executor never
+// The HTTP front door (Boost.Beast): the OpenAI-compatible endpoints, the Realtime WebSocket,
+// media, jobs, /health and /metrics. Each connection is a session on the I/O thread that
+// routes its requests (routes.cpp) to one handler per endpoint family (handlers/); each
+// generation (generation.hpp) gets a sink actor that requests encoding from the pipeline and
+// posts the deltas back, so the I/O thread never waits on a step and the executor never
 // waits on a socket. A client that goes away cancels its generation.
 //
-// Threads: `io_threads` (default 1) run the sessions; the actors run on CAF's threads.
+// Threads: one I/O thread runs the sessions; the actors run on CAF's threads.
 #pragma once
 
 #include <atomic>
@@ -13,9 +14,10 @@
 #include <thread>
 #include <vector>
 
-#include "actors/http/access.hpp"
+#include "actors/access/access.hpp"
 #include "actors/http/openai.hpp"
 #include "actors/pipeline.hpp"
+#include "config/settings.h"
 #include "pipeline/metrics.h"
 
 namespace tutti::http {
@@ -26,7 +28,7 @@ struct ServerConfig {
   size_t max_body_bytes = 1 << 20;   // larger request bodies get 413
   int max_connections = 256;         // more get 503
   int max_tokens = 1024;             // upper bound and default for max_tokens
-  std::string model_name = "tutti";
+  std::string model_name;            // "": the model's (fit_to), else "tutti"
   // Slow or half-open clients: a request (headers and body) must arrive within read_timeout;
   // a write that makes no progress for write_timeout drops the connection (and cancels its
   // generation); a WebSocket with no traffic for read_timeout is pinged, and closed if the
@@ -47,11 +49,18 @@ struct ServerConfig {
   int max_conversation_tokens = 4096;
   // Access: keys required on every endpoint but /health and the static page at / (none: open),
   // and limits per key. See access.hpp.
-  ApiKeys api_keys;
-  KeyLimits key_limits;
+  access::ApiKeys api_keys;
+  access::KeyLimits key_limits;
   // The usage ledger (ledger.hpp): "" for none.
   std::string ledger_path;
   std::string ledger_synchronous = "normal";
+
+  // The [server], [realtime], [access] and [ledger] settings (keys from the key file too),
+  // fitted to the model.
+  static Expected<ServerConfig> from(const Settings& settings, const Model& model);
+  // What the model decides: its name (unless one is set), chat template, modalities, and a
+  // conversation no longer than its context. Every way of assembling a server calls it.
+  void fit_to(const Model& model);
 };
 
 // Counters the server exports on /metrics (atomics: written by the I/O and actor threads).
@@ -63,7 +72,7 @@ struct ServerMetrics {
   std::atomic<uint64_t> speech_prefills{0};  // prefills of speech started while the user was talking
   std::atomic<uint64_t> conversation_items_dropped{0};  // realtime items trimmed off the oldest end
   std::atomic<uint64_t> auth_failures{0}, limit_refusals{0}, ledger_records{0}, ledger_errors{0};
-  std::atomic<int64_t> generations{0};  // generations running (HTTP, realtime responses, jobs)
+  std::atomic<int64_t> generations{0};  // generations running (every transport: drain waits for them)
 };
 
 class HttpServer {
@@ -84,11 +93,10 @@ class HttpServer {
   int drain(double seconds);
   const ServerMetrics& metrics() const { return metrics_; }
 
-  struct Impl;  // defined in server.cpp (sessions need it)
 
  private:
   ServerMetrics metrics_;      // outlives impl_: sessions ended by its destruction count in it
-  std::unique_ptr<Impl> impl_;
+  std::unique_ptr<class ServerState> impl_;
 };
 
 }  // namespace tutti::http

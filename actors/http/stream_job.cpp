@@ -7,13 +7,11 @@
 #include <thread>
 
 #include "actors/http/conversation.hpp"
-#include "actors/http/realtime_audio.hpp"
-#include "actors/http/session_support.hpp"
+#include "actors/http/generation.hpp"
 #include "codecs/media_decoder.h"
+#include "codecs/voice_input.h"
 
 namespace tutti::http {
-
-using namespace detail;
 
 namespace {
 
@@ -34,7 +32,7 @@ std::string zmq_endpoint(const std::string& url) {
 }  // namespace
 
 std::variant<StreamJobRequest, ApiError> parse_stream_job(const std::string& body) {
-  auto bad = [](const std::string& m, const std::string& p) { return ApiError{400, "invalid_request_error", "", m, p}; };
+  auto bad = [](const std::string& m, const std::string& p) { return invalid_request(m, p); };
   nlohmann::json j = nlohmann::json::parse(body, nullptr, false);
   if (j.is_discarded() || !j.is_object()) return bad("the request body must be a JSON object", "");
   StreamJobRequest r;
@@ -52,19 +50,22 @@ std::variant<StreamJobRequest, ApiError> parse_stream_job(const std::string& bod
     r.max_response_seconds = j["max_response_seconds"];
   }
   if (j.contains("modality")) {
-    if (!j["modality"].is_string() || (j["modality"] != "audio" && j["modality"] != "video" && j["modality"] != "text"))
+    const auto m = j["modality"].is_string() ? parse_modality(j["modality"].get<std::string>()) : std::nullopt;
+    if (!m || (*m != Modality::Audio && *m != Modality::Video && *m != Modality::Text))
       return bad("'modality' must be audio, video or text", "modality");
-    r.modality = j["modality"];
+    r.modality = *m;
   }
   if (r.input == r.output) return bad("'input' and 'output' must differ", "output");
   return r;
 }
 
-class StreamJob : public std::enable_shared_from_this<StreamJob> {
+// One stream job: its threads (receiver, decoder), its conversation, and the answer in
+// flight (a generation it owns). Its answers are recorded under the key that created it.
+class StreamJob final : public GenerationOwner, public std::enable_shared_from_this<StreamJob> {
  public:
-  StreamJob(std::string id, StreamJobRequest req, HttpServer::Impl& srv, std::string key)
-      : id_(std::move(id)), req_(std::move(req)), srv_(srv), key_(std::move(key)), pub_(ctx_, zmq::socket_type::pub), created_(unix_now()) {}
-  ~StreamJob() { stop(); }
+  StreamJob(std::string id, StreamJobRequest req, ServerState& srv, std::string key)
+      : id_(std::move(id)), req_(std::move(req)), srv_(srv), key_(std::move(key)), pub_(ctx_, zmq::socket_type::pub) {}
+  ~StreamJob() override { stop(); }
 
   // On the I/O thread: binds the output, starts the receiver and decoder threads.
   Status start() {
@@ -81,17 +82,15 @@ class StreamJob : public std::enable_shared_from_this<StreamJob> {
     return Status::Ok();
   }
 
-  // Stops the threads and any answer in flight; idempotent. Called on the I/O thread.
+  // Stops the threads and any answer in flight (recorded as cancelled); idempotent. Called
+  // on the I/O thread.
   void stop() {
     if (stopping_.exchange(true)) return;
     queue_.abort();
     if (rx_.joinable()) rx_.join();
     if (dec_.joinable()) dec_.join();
-    if (generating_) {
-      caf::anon_send<caf::message_priority::high>(srv_.pipe.executor, cancel_atom::value, request_id_);
-      account("cancelled", "the job was stopped", 0, 0);
-    }
-    generating_ = false;
+    if (answer_) answer_->abandon("the job was stopped");
+    answer_.reset();
     if (status_ == "running") status_ = "stopped";
     try {
       pub_.close();
@@ -101,75 +100,46 @@ class StreamJob : public std::enable_shared_from_this<StreamJob> {
 
   nlohmann::json to_json() const {
     return {{"id", id_}, {"object", "stream"}, {"status", status_}, {"input", req_.input}, {"output", req_.output}, {"task", req_.task},
-            {"modality", req_.modality},
+            {"modality", modality_name(req_.modality)},
             {"created_at", created_}, {"bytes_in", bytes_in_.load()}, {"bytes_out", bytes_out_}, {"gaps", gaps_.load()},
             {"turns", turns_}, {"responses", responses_}, {"events", nlohmann::json(events_)}};
   }
   bool active() const { return status_ == "running"; }
 
-  // ---- the answer's sink (I/O thread)
-  void on_prompt_tokens(int32_t) {}
-  void on_refused(const std::string& message) {
-    generating_ = false;
-    account("failed", message, 0, 0);
-    event("error", {{"message", message}});
-  }
+  // ---- the answer's generation (I/O thread)
   // A text answer: its deltas are events on the job.
-  void on_delta(const actors::text_delta& d) {
-    credit_.delivered(srv_.pipe.executor, d.completion_tokens);
-    if (!d.text.empty()) {
-      text_ += d.text;
-      event("response.output_text.delta", {{"request", request_id_}, {"delta", d.text}});
-    }
-    if (d.finish_reason.empty()) return;
-    generating_ = false;
-    ++responses_;
-    const bool failed = d.finish_reason == "error" || d.finish_reason == "cancelled";
-    account(d.finish_reason == "cancelled" ? "cancelled" : failed ? "failed" : "completed", d.error, d.prompt_tokens, d.completion_tokens);
-    event(failed ? "response.failed" : "response.done",
-          {{"output_tokens", d.completion_tokens}, {"input_tokens", d.prompt_tokens}, {"text", text_},
-           {"error", failed ? nlohmann::json(d.error.empty() ? d.finish_reason : d.error) : nlohmann::json(nullptr)}});
-    text_.clear();
+  void on_text(const actors::text_delta& d) override {
+    answer_->delivered(d.completion_tokens);  // events are kept on the job: nothing waits on a client
+    if (d.text.empty()) return;
+    text_ += d.text;
+    event("response.output_text.delta", {{"request", answer_->request_id()}, {"delta", d.text}});
   }
-  void on_media(MediaChunk c, int32_t tokens, int32_t prompt_tokens) {
-    credit_.delivered(srv_.pipe.executor, tokens);  // the PUB socket never blocks: it drops for slow readers
-    if (!c.bytes.empty() && !stopping_) {
-      try {
-        pub_.send(zmq::buffer(c.bytes), zmq::send_flags::dontwait);
-        bytes_out_ += c.bytes.size();
-      } catch (const zmq::error_t&) {
-      }
+  void on_media(MediaChunk& c, int32_t tokens) override {
+    answer_->delivered(tokens);  // the PUB socket never blocks: it drops for slow readers
+    if (c.bytes.empty() || stopping_) return;
+    try {
+      pub_.send(zmq::buffer(c.bytes), zmq::send_flags::dontwait);
+      bytes_out_ += c.bytes.size();
+    } catch (const zmq::error_t&) {
     }
-    if (!c.done) return;
-    generating_ = false;
+  }
+  void on_end(const GenerationEnd& e) override {
     ++responses_;
-    account(c.error.empty() ? "completed" : c.error == "cancelled" ? "cancelled" : "failed", c.error, prompt_tokens, tokens);
-    event(c.error.empty() ? "response.done" : "response.failed",
-          {{"output_tokens", tokens}, {"input_tokens", prompt_tokens}, {"error", c.error.empty() ? nlohmann::json(nullptr) : nlohmann::json(c.error)}});
+    nlohmann::json fields = {{"output_tokens", e.output_tokens}, {"input_tokens", e.prompt_tokens},
+                             {"error", e.ok() ? nlohmann::json(nullptr) : nlohmann::json(e.message.empty() ? error_code_name(e.code) : e.message)}};
+    if (req_.modality == Modality::Text) fields["text"] = text_;
+    event(e.ok() ? "response.done" : "response.failed", std::move(fields));
+    text_.clear();
+    answer_.reset();
   }
 
  private:
-  // One record per answer, under the key that created the job.
-  void account(const std::string& outcome, const std::string& error, int32_t prompt_tokens, int32_t output_tokens) {
-    UsageRecord r;
-    r.request_id = id_ + "-" + std::to_string(request_id_);
-    r.key = key_;
-    r.endpoint = "/v1/streams";
-    r.request_class = req_.modality == "text" ? "interactive" : "realtime";
-    r.started_at = response_started_;
-    r.tokens_in["audio"] = int64_t(audio_tokens_in_);
-    r.tokens_in["text"] = std::max<int64_t>(0, int64_t(prompt_tokens) - int64_t(audio_tokens_in_));
-    r.tokens_out[req_.modality] = output_tokens;
-    r.outcome = outcome, r.error = error;
-    srv_.account(std::move(r));
-  }
   void event(const std::string& type, nlohmann::json fields) {
     fields["type"] = type;
-    fields["at"] = unix_now();
+    fields["at"] = ServerState::unix_now();
     events_.push_back(std::move(fields));
     while (events_.size() > 100) events_.pop_front();  // a log of the recent ones
   }
-
   void receive_loop() {
     zmq::socket_t sub(ctx_, zmq::socket_type::sub);
     sub.set(zmq::sockopt::subscribe, "");
@@ -197,7 +167,7 @@ class StreamJob : public std::enable_shared_from_this<StreamJob> {
       post_event("error", {{"message", "this model has no audio modality"}});
       return;
     }
-    VoiceInput voice(*audio, srv_.pipe.codecs->audio(Modality::Audio), VadConfig{});
+    codecs::VoiceInput voice(*audio, srv_.pipe.codecs->audio(Modality::Audio), codecs::VadConfig{});
     codecs::DecodeLimits limits;
     limits.max_seconds = 1e9;
     limits.live = true;
@@ -235,55 +205,42 @@ class StreamJob : public std::enable_shared_from_this<StreamJob> {
     event("speech_stopped", {{"audio_end_ms", at_ms}, {"audio_tokens", ids.size()}});
     if (ids.empty()) return;
     ++turns_;
-    conversation_.push_back(std::move(ids));
-    std::vector<int64_t> costs;  // bounded as realtime conversations are
-    for (const auto& item : conversation_) costs.push_back(int64_t(item.size()));
-    const size_t drop = oldest_items_to_drop(costs, 0, srv_.cfg.max_conversation_tokens);
-    conversation_.erase(conversation_.begin(), conversation_.begin() + std::ptrdiff_t(drop));
-    srv_.metrics.conversation_items_dropped += drop;
-    if (generating_) return;  // answered with the next turn
-    actors::text_request r;
-    request_id_ = srv_.next_id++;
-    r.id = request_id_;
-    std::string prompt;
-    for (size_t k = 0; k < conversation_.size(); ++k) {
-      prompt += "user: \x1e" + std::to_string(k) + "\x1f\n";
-      r.media_parts.push_back(conversation_[k]);
+    conversation_.items.push_back({"user", "", std::move(ids), Modality::Audio});
+    srv_.metrics.conversation_items_dropped += conversation_.trim(srv_.cfg.max_conversation_tokens);
+    if (answer_) return;  // answered with the next turn
+    AnswerShape shape;
+    shape.modality = req_.modality;
+    shape.max_tokens = req_.modality == Modality::Text ? std::min(srv_.cfg.max_tokens, 256) : 0;
+    shape.media_seconds = req_.max_response_seconds;
+    auto built = answer_request(conversation_.request(srv_.cfg.chat_template), shape, srv_.cfg.modalities);
+    if (const ApiError* e = std::get_if<ApiError>(&built)) return event("error", {{"message", e->message}});
+    GenerationSpec spec;
+    spec.key = key_;
+    spec.endpoint = "/v1/streams";
+    spec.request = std::get<actors::text_request>(std::move(built));
+    spec.request.id = srv_.next_id++;
+    spec.record_id = id_ + "-" + std::to_string(spec.request.id);
+    spec.media_in = conversation_.media_tokens();
+    if (req_.modality == Modality::Video) {
+      const ModalityInfo& v = *srv_.cfg.modalities.find(Modality::Video);
+      spec.output = [w = int(v.width), h = int(v.height), fps = v.frame_rate] {
+        return std::shared_ptr<MediaOutput>(make_video_output(w, h, fps, "mpegts"));
+      };
+    } else if (req_.modality == Modality::Audio) {
+      spec.output = [rate = srv_.pipe.codecs->audio(Modality::Audio)->sample_rate()] {
+        return std::shared_ptr<MediaOutput>(make_audio_output(codecs::AudioFormat::MpegTs, rate));
+      };
     }
-    r.prompt = prompt + "assistant:";
-    r.temperature = 0.8f;
-    response_started_ = HttpServer::Impl::unix_seconds();
-    audio_tokens_in_ = 0;
-    for (const auto& part : r.media_parts) audio_tokens_in_ += part.size();
-    std::shared_ptr<MediaOutput> out;
-    if (req_.modality == "text") {
-      r.max_tokens = std::min(srv_.cfg.max_tokens, 256);
-      r.request_class = "interactive";
-    } else {
-      // A media answer, paced as a realtime stream at its modality's token rate.
-      const Modality m = req_.modality == "video" ? Modality::Video : Modality::Audio;
-      const ModalityInfo& info = *srv_.pipe.codecs->info(m);
-      r.modality = req_.modality;
-      r.request_class = "realtime";
-      r.tokens_per_second = info.tokens_per_second();
-      if (m == Modality::Video) {  // whole frames
-        const int per_frame = int(std::lround(info.tokens_per_second() / std::max(1.0, double(info.frame_rate))));
-        r.max_tokens = per_frame * std::max(1, int(std::lround(req_.max_response_seconds * info.frame_rate)));
-        out = make_video_output(int(info.width), int(info.height), info.frame_rate, "mpegts");
-      } else {
-        r.max_tokens = int32_t(req_.max_response_seconds * info.tokens_per_second());
-        out = make_audio_output(codecs::AudioFormat::MpegTs, srv_.pipe.codecs->audio(Modality::Audio)->sample_rate());
-      }
-    }
-    generating_ = true;
-    credit_.start(request_id_);
-    event("response.started", {{"request", request_id_}});
-    sink_ = spawn_generation(srv_.system, srv_.ioc, srv_.pipe.encoder, r, std::weak_ptr<StreamJob>(shared_from_this()), out);
+    const int64_t request = spec.request.id;
+    auto started = Generation::start(srv_, std::move(spec), weak_from_this());
+    if (const ApiError* e = std::get_if<ApiError>(&started)) return event("error", {{"message", e->message}});
+    answer_ = std::get<std::shared_ptr<Generation>>(std::move(started));
+    event("response.started", {{"request", request}});
   }
 
   std::string id_;
   StreamJobRequest req_;
-  HttpServer::Impl& srv_;
+  ServerState& srv_;
   std::string key_;  // of the client that created the job: its answers are recorded under it
   zmq::context_t ctx_;
   zmq::socket_t pub_;  // I/O thread only
@@ -292,56 +249,51 @@ class StreamJob : public std::enable_shared_from_this<StreamJob> {
   std::atomic<bool> stopping_{false};
   std::atomic<uint64_t> bytes_in_{0}, gaps_{0};
   // I/O thread state.
-  long created_;
+  long created_ = ServerState::unix_now();
   std::string status_ = "running";
   uint64_t bytes_out_ = 0;
   int turns_ = 0, responses_ = 0;
   std::deque<nlohmann::json> events_;
-  std::deque<std::vector<int32_t>> conversation_;
+  Conversation conversation_;
   std::string text_;  // of the text answer in progress
-  double response_started_ = 0;
-  size_t audio_tokens_in_ = 0;
-  bool generating_ = false;
-  int64_t request_id_ = 0;
-  DeliveryCredit credit_;
-  sink_actor sink_;
+  std::shared_ptr<Generation> answer_;
 };
 
-std::pair<int, std::string> stream_jobs_create(HttpServer::Impl& srv, const std::string& body, const std::string& key) {
+std::variant<nlohmann::json, ApiError> stream_jobs_create(ServerState& srv, const std::string& body, const std::string& key) {
   auto parsed = parse_stream_job(body);
-  if (std::holds_alternative<ApiError>(parsed)) return {400, std::get<ApiError>(parsed).body()};
+  if (const ApiError* e = std::get_if<ApiError>(&parsed)) return *e;
   int active = 0;
   for (auto& [id, job] : srv.streams) active += job->active();
-  if (active >= 4) return {429, ApiError{429, "rate_limit_error", "too_many_streams", "4 stream jobs are already running", ""}.body()};
+  if (active >= 4) return ApiError{ErrorCode::too_many_jobs, "4 stream jobs are already running", "", 0, "too_many_streams"};
   if (!srv.pipe.codecs || !srv.pipe.codecs->info(Modality::Audio))
-    return {400, ApiError{400, "invalid_request_error", "unsupported_modality", "this model has no audio modality", ""}.body()};
-  if (std::get<StreamJobRequest>(parsed).modality == "video" && !srv.pipe.codecs->info(Modality::Video))
-    return {400, ApiError{400, "invalid_request_error", "unsupported_modality", "this model has no video modality", "modality"}.body()};
+    return ApiError{ErrorCode::unsupported_modality, "this model has no audio modality"};
+  if (std::get<StreamJobRequest>(parsed).modality == Modality::Video && !srv.pipe.codecs->info(Modality::Video))
+    return ApiError{ErrorCode::unsupported_modality, "this model has no video modality", "modality"};
   const std::string id = "stream_" + std::to_string(srv.next_id++);
-  if (auto refusal = srv.admit(key, "audio", false)) return {refusal_error(*refusal).status, refusal_error(*refusal).body()};
+  if (auto refusal = srv.admit(key, Modality::Audio, false)) return ApiError{refusal->code, refusal->message, "", refusal->retry_after_s};
   auto job = std::make_shared<StreamJob>(id, std::get<StreamJobRequest>(std::move(parsed)), srv, key);
-  if (Status s = job->start(); !s) return {400, ApiError{400, "invalid_request_error", "", s.message(), "output"}.body()};
+  if (Status s = job->start(); !s) return invalid_request(s.message(), "output");
   srv.streams[id] = job;
-  return {200, job->to_json().dump()};
+  return job->to_json();
 }
 
-std::pair<int, std::string> stream_jobs_get(HttpServer::Impl& srv, const std::string& id) {
+std::variant<nlohmann::json, ApiError> stream_jobs_get(ServerState& srv, const std::string& id) {
   auto it = srv.streams.find(id);
-  if (it == srv.streams.end()) return {404, ApiError{404, "invalid_request_error", "stream_not_found", "no stream job '" + id + "'", ""}.body()};
-  return {200, it->second->to_json().dump()};
+  if (it == srv.streams.end()) return ApiError{ErrorCode::not_found, "no stream job '" + id + "'", "", 0, "stream_not_found"};
+  return it->second->to_json();
 }
 
-std::pair<int, std::string> stream_jobs_delete(HttpServer::Impl& srv, const std::string& id) {
+std::variant<nlohmann::json, ApiError> stream_jobs_delete(ServerState& srv, const std::string& id) {
   auto it = srv.streams.find(id);
-  if (it == srv.streams.end()) return {404, ApiError{404, "invalid_request_error", "stream_not_found", "no stream job '" + id + "'", ""}.body()};
+  if (it == srv.streams.end()) return ApiError{ErrorCode::not_found, "no stream job '" + id + "'", "", 0, "stream_not_found"};
   it->second->stop();
   auto j = it->second->to_json();
   j["deleted"] = true;
   srv.streams.erase(it);
-  return {200, j.dump()};
+  return j;
 }
 
-void stream_jobs_stop_all(HttpServer::Impl& srv) {
+void stream_jobs_stop_all(ServerState& srv) {
   for (auto& [id, job] : srv.streams) job->stop();
   srv.streams.clear();
 }

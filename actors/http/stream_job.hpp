@@ -16,7 +16,8 @@
 #include <string>
 #include <variant>
 
-#include "actors/http/openai.hpp"
+#include "actors/http/errors.hpp"
+#include "pipeline/request_kinds.h"
 
 namespace tutti::http {
 
@@ -25,9 +26,18 @@ struct StreamJobRequest {
   double max_response_seconds = 5;
   // What the answers are: audio (AAC in MPEG-TS on the output), video (H.264 in MPEG-TS on
   // the output) or text (response.output_text.delta events on the job, nothing published).
-  std::string modality = "audio";
+  Modality modality = Modality::Audio;
 };
 // zmq:tcp://HOST:PORT URLs for input and output; task "respond"; modality audio|video|text.
 std::variant<StreamJobRequest, ApiError> parse_stream_job(const std::string& body);
+
+class ServerState;
+// The jobs' endpoints (handlers/streams.cpp calls these), on the I/O thread: the job's JSON,
+// or the error. `key`: the name of the key that created the job; its answers are recorded
+// under it.
+std::variant<nlohmann::json, ApiError> stream_jobs_create(ServerState& srv, const std::string& body, const std::string& key);
+std::variant<nlohmann::json, ApiError> stream_jobs_get(ServerState& srv, const std::string& id);
+std::variant<nlohmann::json, ApiError> stream_jobs_delete(ServerState& srv, const std::string& id);
+void stream_jobs_stop_all(ServerState& srv);
 
 }  // namespace tutti::http

@@ -17,7 +17,7 @@
 #include <cstdint>
 #include <string>
 
-#include "actors/http/access.hpp"
+#include "actors/access/access.hpp"
 #include "actors/http/media.hpp"
 #include "actors/http/openai.hpp"
 #include "actors/http/realtime_audio.hpp"
@@ -77,8 +77,8 @@ void http_request(std::string_view bytes) {
   if (!ec) parser.put_eof(ec);
   if (ec || !parser.is_header_done()) return;
   const auto& req = parser.get();
-  (void)tutti::http::ApiKeys::bearer(std::string(req[bhttp::field::authorization]));
-  (void)tutti::http::ApiKeys::from_subprotocols(std::string(req[bhttp::field::sec_websocket_protocol]));
+  (void)tutti::access::ApiKeys::bearer(std::string(req[bhttp::field::authorization]));
+  (void)tutti::access::ApiKeys::from_subprotocols(std::string(req[bhttp::field::sec_websocket_protocol]));
   (void)tutti::http::realtime::choose_subprotocol(std::string(req[bhttp::field::sec_websocket_protocol]));
   (void)boost::beast::websocket::is_upgrade(req);
 }
@@ -137,8 +137,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (http::MediaKind k : {http::MediaKind::Speech, http::MediaKind::Music, http::MediaKind::Image, http::MediaKind::Video})
     (void)http::parse_media_request(k, body, table, "tutti");
   (void)http::parse_request(body, true, http::ChatTemplate::ChatML, "tutti", 512);
-  (void)http::ApiKeys::bearer(body);
-  (void)http::ApiKeys::from_subprotocols(body);
+  (void)access::ApiKeys::bearer(body);
+  (void)access::ApiKeys::from_subprotocols(body);
   (void)http::realtime::choose_subprotocol(body);
   realtime_message(body, true);
   realtime_message(body, false);

@@ -9,7 +9,7 @@
 #include <ctime>
 
 #include "tools/tutti/commands.h"
-#include "tools/tutti/engine.h"
+#include "tools/tutti/model_loading.h"
 
 namespace tutti::cli {
 

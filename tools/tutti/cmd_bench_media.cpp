@@ -17,7 +17,7 @@
 #include "codecs/model_pack.h"
 #include "codecs/patch_tokenizer.h"
 #include "tools/tutti/commands.h"
-#include "tools/tutti/engine.h"
+#include "tools/tutti/model_loading.h"
 #include "tools/tutti/loopback_server.h"
 
 namespace tutti::cli {
@@ -139,11 +139,11 @@ int cmd_bench_media(const std::vector<std::string>& argv) {
   actors::PipelineConfig pc;
   pc.kv_cache_bytes = size_t(engine->settings.kv_cache_mb) << 20;
   std::shared_ptr<const Tokenizer> tokenizer(std::move(engine->tokenizer));
-  auto running = RunningServer::start(*engine->model, tokenizer, pc, engine->settings.caf_workers);
+  auto running = start_loopback_server(*engine->model, tokenizer, pc, engine->settings.caf_workers);
   if (!running) return fail(running.error().message);
   std::vector<double> first, total;
   for (int i = 0; i < requests; ++i) {
-    const auto [f, t] = speech_request((*running)->port, "Hello, this is tutti speaking from the default model.");
+    const auto [f, t] = speech_request((*running)->port(), "Hello, this is tutti speaking from the default model.");
     first.push_back(f);
     total.push_back(t);
   }

@@ -15,7 +15,7 @@
 #include "actors/pipeline.hpp"
 #include "pipeline/engine.h"
 #include "tools/tutti/commands.h"
-#include "tools/tutti/engine.h"
+#include "tools/tutti/model_loading.h"
 #include "tools/tutti/loopback_server.h"
 
 namespace tutti::cli {
@@ -185,9 +185,10 @@ int cmd_bench_serve(const std::vector<std::string>& argv) {
     pc.scheduler.max_waiting = 1024;
     pc.scheduler.max_running = 1024;
     pc.scheduler.pacing = pacing;
-    auto running = RunningServer::start(**model, tokenizer, pc, settings->caf_workers);
+    auto running = start_loopback_server(**model, tokenizer, pc, settings->caf_workers);
     if (!running) return fail(running.error().message);
-    const uint16_t* port = &(*running)->port;
+    const uint16_t port_value = (*running)->port();
+    const uint16_t* port = &port_value;
 
     std::mutex mu;
     std::vector<StreamResult> results;
@@ -219,7 +220,7 @@ int cmd_bench_serve(const std::vector<std::string>& argv) {
     }
     for (auto& c : clients) c.join();
     const double wall = std::chrono::duration<double>(Clock::now() - start).count();
-    const ServingMetrics& m = *(*running)->pipe.metrics;
+    const ServingMetrics& m = *(*running)->pipeline().metrics;
     const size_t interactive = size_t(RequestClass::Interactive);
     steps_line.push_back(std::string(pacing ? "on " : "off") + ": " + std::to_string(m.steps.load()) + " steps, " +
                          fixed(m.step_batch.sum() / double(std::max<uint64_t>(1, m.step_batch.count())), 1) + " sequences and " +
@@ -287,9 +288,10 @@ int cmd_bench_serve(const std::vector<std::string>& argv) {
     pc.scheduler.max_sequences_per_step = n_seq;
     pc.scheduler.step_token_budget = std::max(step_budget, n_seq);
     pc.scheduler.prefill_chunk = pc.scheduler.step_token_budget;
-    auto running = RunningServer::start(**model, tokenizer, pc, settings->caf_workers);
+    auto running = start_loopback_server(**model, tokenizer, pc, settings->caf_workers);
     if (!running) return fail(running.error().message);
-    const uint16_t* port = &(*running)->port;
+    const uint16_t port_value = (*running)->port();
+    const uint16_t* port = &port_value;
     std::vector<std::thread> clients;
     const auto t0 = Clock::now();
     for (int i = 0; i < n_seq; ++i)
@@ -299,8 +301,8 @@ int cmd_bench_serve(const std::vector<std::string>& argv) {
       });
     for (auto& c : clients) c.join();
     server_wall = std::chrono::duration<double>(Clock::now() - t0).count();
-    server_steps = (*running)->pipe.metrics->step_seconds.count();
-    server_step_s = (*running)->pipe.metrics->step_seconds.sum();
+    server_steps = (*running)->pipeline().metrics->step_seconds.count();
+    server_step_s = (*running)->pipeline().metrics->step_seconds.sum();
   }
   std::printf("serving, %d sequences x %d tokens: engine alone %.3f s (%d steps, %.2f ms/step); through the server %.3f s "
               "(%llu steps, %.2f ms/step; steps take %.1f%% of the wall time, the clients run on the same cores)\n",

@@ -22,7 +22,7 @@
 #include "actors/http/realtime_audio.hpp"
 #include "tools/loadtest/realtime_client.h"
 #include "tools/tutti/commands.h"
-#include "tools/tutti/engine.h"
+#include "tools/tutti/model_loading.h"
 #include "tools/tutti/loopback_server.h"
 
 namespace tutti::cli {
@@ -203,10 +203,10 @@ int cmd_bench_voice(const std::vector<std::string>& argv) {
       pc.kv_cache_bytes = size_t(engine->settings.kv_cache_mb) << 20;
       pc.scheduler.max_waiting = 1024;
       pc.scheduler.max_running = 1024;
-      auto running = RunningServer::start(*engine->model, tokenizer, pc, engine->settings.caf_workers,
+      auto running = start_loopback_server(*engine->model, tokenizer, pc, engine->settings.caf_workers,
                                           mode == "speaking" ? engine->settings.prefill_while_speaking_ms : 0);
       if (!running) return fail(running.error().message);
-      const uint16_t port = (*running)->port;
+      const uint16_t port = (*running)->port();
       const auto until = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
       std::mutex mu;
       VoiceResult all;

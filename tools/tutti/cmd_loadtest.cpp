@@ -10,7 +10,7 @@
 #include "tools/loadtest/runner.h"
 #include "tools/tutti/args.h"
 #include "tools/tutti/commands.h"
-#include "tools/tutti/engine.h"
+#include "tools/tutti/model_loading.h"
 
 namespace tutti::cli {
 

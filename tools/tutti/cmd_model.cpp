@@ -9,7 +9,7 @@
 #include "pipeline/quantize.h"
 #include "pipeline/tokenizer.h"
 #include "tools/tutti/commands.h"
-#include "tools/tutti/engine.h"
+#include "tools/tutti/model_loading.h"
 
 namespace tutti::cli {
 

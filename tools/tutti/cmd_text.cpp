@@ -4,7 +4,7 @@
 
 #include "pipeline/generate.h"
 #include "tools/tutti/commands.h"
-#include "tools/tutti/engine.h"
+#include "tools/tutti/model_loading.h"
 
 namespace tutti::cli {
 

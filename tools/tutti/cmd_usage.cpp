@@ -5,10 +5,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "actors/http/ledger.hpp"
+#include "actors/access/ledger.hpp"
 #include "tools/tutti/args.h"
 #include "tools/tutti/commands.h"
-#include "tools/tutti/engine.h"
+#include "tools/tutti/model_loading.h"
 
 namespace tutti::cli {
 
@@ -18,7 +18,7 @@ int cmd_usage(const std::vector<std::string>& argv) {
   const std::string path = args.get("ledger", "usage.db");
   const double since = args.get_double("since", 0), until = args.get_double("until", 1e18);
   if (!args.ok()) return fail(args.error());
-  auto ledger = http::UsageLedger::open(path);
+  auto ledger = access::UsageLedger::open(path);
   if (!ledger) return fail(ledger.error().message);
   auto totals = (*ledger)->totals(args.get("period", "day"), since, until);
   if (!totals) return fail(totals.error().message);

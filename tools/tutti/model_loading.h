@@ -9,7 +9,7 @@
 #include <string>
 
 #include "kernels/backend.h"
-#include "pipeline/settings.h"
+#include "config/settings.h"
 #include "pipeline/model.h"
 #include "pipeline/tokenizer.h"
 #include "tools/tutti/args.h"

@@ -1,4 +1,4 @@
-#include "tools/tutti/engine.h"
+#include "tools/tutti/model_loading.h"
 
 #include <cstdio>
 #include <stdexcept>

@@ -1,11 +1,11 @@
-#include "actors/http/access.hpp"
+#include "actors/access/access.hpp"
 
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
 
-namespace tutti::http {
+namespace tutti::access {
 
 namespace {
 
@@ -107,17 +107,17 @@ std::optional<Refusal> KeyLimiter::begin(const std::string& key, double now, con
   PerKey& k = keys_[key];
   expire(k.requests, now);
   if (limits_.requests_per_minute > 0 && int(k.requests.size()) >= limits_.requests_per_minute)
-    return Refusal{"rate_limit_exceeded", "the key's limit of " + std::to_string(limits_.requests_per_minute) + " requests per minute is reached",
+    return Refusal{ErrorCode::rate_limited, "the key's limit of " + std::to_string(limits_.requests_per_minute) + " requests per minute is reached",
                    std::max(0.1, k.requests.front() + kMinute - now)};
   if (holds_session && limits_.concurrent_sessions > 0 && k.sessions >= limits_.concurrent_sessions)
-    return Refusal{"too_many_sessions", "the key's limit of " + std::to_string(limits_.concurrent_sessions) + " concurrent sessions is reached", 1.0};
+    return Refusal{ErrorCode::too_many_sessions, "the key's limit of " + std::to_string(limits_.concurrent_sessions) + " concurrent sessions is reached", 1.0};
   if (auto uses = k.tokens.find(modality); limits_.tokens_per_minute > 0 && uses != k.tokens.end()) {
     auto& u = uses->second;
     while (!u.empty() && u.front().first <= now - kMinute) u.pop_front();
     int64_t used = 0;
     for (const auto& [at, n] : u) used += n;
     if (used >= limits_.tokens_per_minute)
-      return Refusal{"token_quota_exceeded", "the key's quota of " + std::to_string(limits_.tokens_per_minute) + " " + modality +
+      return Refusal{ErrorCode::token_quota_exceeded, "the key's quota of " + std::to_string(limits_.tokens_per_minute) + " " + modality +
                                                  " tokens per minute is used up",
                      std::max(0.1, u.front().first + kMinute - now)};
   }
@@ -136,4 +136,4 @@ void KeyLimiter::add_tokens(const std::string& key, const std::string& modality,
   keys_[key].tokens[modality].push_back({now, tokens});
 }
 
-}  // namespace tutti::http
+}  // namespace tutti::access

@@ -1,10 +1,10 @@
-#include "actors/http/ledger.hpp"
+#include "actors/access/ledger.hpp"
 
 #include <sqlite3.h>
 
 #include <nlohmann/json.hpp>
 
-namespace tutti::http {
+namespace tutti::access {
 
 namespace {
 
@@ -134,4 +134,4 @@ Status UsageLedger::checkpoint() {
   return Status::Ok();
 }
 
-}  // namespace tutti::http
+}  // namespace tutti::access

@@ -1,6 +1,7 @@
 // Who may use the server, and how much: API keys (bearer tokens) and per-key limits. Plain
 // classes with the clock passed in, so tests drive them without sockets; the HTTP and
-// WebSocket sessions ask them before any work starts (server.cpp, realtime_session.cpp).
+// WebSocket sessions ask them before any work starts (actors/http/generation.cpp admits every
+// generation through them; the HTTP session authenticates).
 //
 // Keys come from the settings (`[access] api_keys`), a key file (`[access] api_key_file`:
 // one key per line, optionally "name key"; # comments) and `tutti serve --api-key KEY`.
@@ -19,7 +20,7 @@
 
 #include "pipeline/expected.h"
 
-namespace tutti::http {
+namespace tutti::access {
 
 struct KeyLimits {
   int requests_per_minute = 0;      // 0: no limit
@@ -55,7 +56,7 @@ class ApiKeys {
 
 // Why a request may not start now, and when to try again.
 struct Refusal {
-  std::string code;     // rate_limit_exceeded | too_many_sessions | token_quota_exceeded
+  ErrorCode code = ErrorCode::rate_limited;  // rate_limited | too_many_sessions | token_quota_exceeded
   std::string message;  // names the limit, never the key
   double retry_after_s = 1;
 };
@@ -84,4 +85,4 @@ class KeyLimiter {
   std::map<std::string, PerKey> keys_;
 };
 
-}  // namespace tutti::http
+}  // namespace tutti::access

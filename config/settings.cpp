@@ -1,4 +1,4 @@
-#include "pipeline/settings.h"
+#include "config/settings.h"
 
 #include <toml++/toml.h>
 

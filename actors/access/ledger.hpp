@@ -20,7 +20,7 @@
 struct sqlite3;
 struct sqlite3_stmt;
 
-namespace tutti::http {
+namespace tutti::access {
 
 // Modalities tokens are counted in, in and out.
 inline const char* const kLedgerModalities[] = {"text", "audio", "image", "video", "music"};
@@ -64,4 +64,4 @@ class UsageLedger {
   sqlite3_stmt* insert_ = nullptr;
 };
 
-}  // namespace tutti::http
+}  // namespace tutti::access

@@ -1,0 +1,293 @@
+#include "actors/http/generation.hpp"
+
+namespace tutti::http {
+
+using namespace tutti::actors;
+
+Outcome outcome_of(FinishReason finish, Modality answer) {
+  switch (finish) {
+    case FinishReason::Stop: return Outcome::Completed;
+    case FinishReason::Length: return answer == Modality::Text ? Outcome::Incomplete : Outcome::Completed;
+    case FinishReason::Cancelled: return Outcome::Cancelled;
+    case FinishReason::None:
+    case FinishReason::Error: return Outcome::Failed;
+  }
+  return Outcome::Failed;
+}
+
+const char* outcome_name(Outcome o) {
+  switch (o) {
+    case Outcome::Completed: return "completed";
+    case Outcome::Incomplete: return "incomplete";
+    case Outcome::Cancelled: return "cancelled";
+    case Outcome::Failed: return "failed";
+    case Outcome::Refused: return "refused";
+  }
+  return "failed";
+}
+
+namespace {
+
+// The one place a usage record is built.
+access::UsageRecord usage_record(const GenerationSpec& spec, int64_t request_id, Outcome outcome, const std::string& error,
+                                 const GenerationEnd* end) {
+  access::UsageRecord r;
+  r.request_id = !spec.record_id.empty() ? spec.record_id : "http-" + std::to_string(request_id);
+  r.key = spec.key;
+  r.model = spec.model;
+  r.endpoint = spec.endpoint;
+  r.request_class = request_class_name(spec.request.request_class);
+  r.outcome = outcome_name(outcome);
+  r.error = error;
+  if (end) {
+    r.started_at = end->started_at;
+    r.first_output_s = end->first_output_s;
+    for (const auto& [m, n] : end->tokens_in) r.tokens_in[modality_name(m)] = n;
+    for (const auto& [m, n] : end->tokens_out) r.tokens_out[modality_name(m)] = n;
+  } else {
+    r.started_at = ServerState::unix_seconds();
+  }
+  return r;
+}
+
+// The per-generation sink: asks the encoder to start the request, then hands every delta
+// to the generation on the I/O thread, and quits after the last. A media answer's sink turns
+// its deltas into the response's bytes here (`media`, on this CAF worker), so encoding MP3
+// or H.264 never holds the I/O thread. The generation may be gone by the time a post runs
+// (weak pointer): the post is then a no-op.
+sink_actor spawn_sink(ServerState& srv, const text_request& request, std::weak_ptr<Generation> weak,
+                      std::shared_ptr<MediaOutput> media) {
+  net::io_context* ioc = &srv.ioc;
+  encoder_actor encoder = srv.pipe.encoder;
+  return srv.system.spawn([=](sink_actor::pointer self) -> sink_actor::behavior_type {
+    self->request(encoder, caf::infinite, encode_atom::value, request, caf::actor_cast<sink_actor>(self))
+        .then(
+            [=](const encode_result& r) {
+              net::post(*ioc, [weak, r] { if (auto g = weak.lock()) g->accepted(r); });
+              if (r.code != ErrorCode::none) self->quit();
+            },
+            [=](caf::error& e) {
+              std::string why = "the pipeline did not take the request: " + self->system().render(e);
+              net::post(*ioc, [weak, why] { if (auto g = weak.lock()) g->failed_to_start(why); });
+              self->quit();
+            });
+    return {[=](delta_atom, text_delta d) {
+              const bool last = d.last();
+              net::post(*ioc, [weak, d = std::move(d)] { if (auto g = weak.lock()) g->text(d); });
+              if (last) self->quit();
+            },
+            [=](media_atom, const media_delta& d) {
+              if (!media) return;  // a text request never gets media deltas
+              MediaChunk chunk;
+              try {  // a failure encoding this answer ends it with the reason, nothing else
+                chunk = media->on_delta(d);
+              } catch (const std::exception& e) {
+                chunk.done = true;
+                chunk.error = std::string("encoding the answer failed: ") + e.what();
+              }
+              if (d.token >= 0) chunk.tokens.push_back(d.token);
+              media_delta meta;  // what the generation needs of the delta: not its samples
+              meta.request = d.request, meta.token = d.token, meta.finish = d.finish, meta.error_code = d.error_code;
+              meta.error = d.error, meta.prompt_tokens = d.prompt_tokens, meta.completion_tokens = d.completion_tokens;
+              const bool last = chunk.done || d.last() || !chunk.error.empty();
+              net::post(*ioc, [weak, chunk = std::move(chunk), meta = std::move(meta)]() mutable {
+                if (auto g = weak.lock()) g->media(std::move(chunk), meta);
+              });
+              if (last) self->quit();
+            }};
+  });
+}
+
+}  // namespace
+
+std::variant<std::shared_ptr<Generation>, ApiError> Generation::start(ServerState& srv, GenerationSpec spec,
+                                                                      std::weak_ptr<GenerationOwner> owner) {
+  if (spec.request.id == 0) spec.request.id = srv.next_id++;
+  if (spec.accounted)
+    if (auto refusal = srv.admit(spec.key, spec.request.modality, spec.holds_session)) {
+      ApiError e{refusal->code, refusal->message, "", refusal->retry_after_s};
+      record_refusal(srv, spec, e);
+      return e;
+    }
+  auto g = std::make_shared<Generation>(srv, std::move(spec), std::move(owner));
+  g->launch_part();
+  return g;
+}
+
+void Generation::record_refusal(ServerState& srv, const GenerationSpec& spec, const ApiError& e) {
+  if (!spec.accounted) return;
+  const json code = e.wire_code();
+  srv.account(usage_record(spec, spec.request.id, Outcome::Refused, code.is_string() ? code.get<std::string>() : e.message, nullptr));
+}
+
+Generation::Generation(ServerState& srv, GenerationSpec spec, std::weak_ptr<GenerationOwner> owner)
+    : srv_(srv), spec_(std::move(spec)), owner_(std::move(owner)), request_(spec_.request) {
+  started_at_ = ServerState::unix_seconds();
+  if (spec_.accounted) {
+    holding_ = true;
+    srv_.metrics.generations++;
+  }
+}
+
+Generation::~Generation() {
+  if (ended_) return;
+  // The owner let go first: its client went away, or the server stopped.
+  cancel();
+  if (sink_) caf::anon_send_exit(sink_, caf::exit_reason::user_shutdown);
+  finish(FinishReason::Cancelled, ErrorCode::cancelled, "the client went away or the server stopped", false);
+}
+
+void Generation::launch_part() {
+  request_ = spec_.request;
+  if (parts_done_ > 0) request_.id = srv_.next_id++;
+  if (spec_.seed_from_id) request_.seed = uint64_t(request_.id);  // n images differ
+  credited_ = 0;
+  prompt_now_ = output_now_ = 0;
+  sink_ = spawn_sink(srv_, request_, weak_from_this(), spec_.output ? spec_.output() : nullptr);
+}
+
+void Generation::delivered(int32_t tokens) {
+  if (ended_ || tokens <= credited_) return;
+  credited_ = tokens;
+  caf::anon_send(srv_.pipe.executor, credit_atom::value, request_.id, tokens);
+}
+
+void Generation::cancel() {
+  if (!ended_) caf::anon_send<caf::message_priority::high>(srv_.pipe.executor, cancel_atom::value, request_.id);
+}
+
+void Generation::abandon(const std::string& why) {
+  if (ended_) return;
+  cancel();
+  if (sink_) caf::anon_send_exit(sink_, caf::exit_reason::user_shutdown);
+  finish(FinishReason::Cancelled, ErrorCode::cancelled, why, false);
+}
+
+void Generation::first_output() {
+  if (first_output_s_ < 0) first_output_s_ = ServerState::unix_seconds() - started_at_;
+}
+
+void Generation::accepted(const encode_result& r) {
+  if (ended_) return;
+  auto keep = shared_from_this();
+  auto owner = owner_.lock();
+  if (r.code != ErrorCode::none) {
+    finish(FinishReason::Error, r.code, r.error, true);
+    return;
+  }
+  started_ = true;
+  prompt_now_ = r.prompt_tokens;
+  if (owner) owner->on_prompt(r.prompt_tokens);
+}
+
+void Generation::failed_to_start(const std::string& why) {
+  if (!ended_) finish(FinishReason::Error, ErrorCode::generation_failed, why, true);
+}
+
+void Generation::text(const text_delta& d) {
+  if (ended_) return;
+  auto keep = shared_from_this();
+  auto owner = owner_.lock();
+  if (d.prompt_tokens > 0) prompt_now_ = d.prompt_tokens;
+  output_now_ = d.completion_tokens;
+  if (d.completion_tokens > 0) first_output();
+  if (!d.last()) {
+    if (owner) owner->on_text(d);
+    return;
+  }
+  // The record before the last bytes: a client that has its whole answer is in the ledger.
+  finish(d.finish, d.error_code, d.error, false);
+  if (owner) {
+    owner->on_text(d);
+    owner->on_end(end_);
+  }
+}
+
+void Generation::media(MediaChunk chunk, const media_delta& d) {
+  if (ended_) return;
+  auto keep = shared_from_this();
+  auto owner = owner_.lock();
+  if (d.prompt_tokens > 0) prompt_now_ = d.prompt_tokens;
+  output_now_ = d.completion_tokens;
+  if (!chunk.bytes.empty()) first_output();
+  const bool output_failed = !chunk.error.empty();
+  if (!d.last() && !output_failed && !chunk.done) {
+    if (owner) owner->on_media(chunk, d.completion_tokens);
+    return;
+  }
+  // This part's end. The delta's finish says why; an output that failed on its own
+  // (encoding) fails the answer, and its sequence may still be running.
+  FinishReason f = d.finish;
+  ErrorCode code = d.error_code;
+  std::string message = d.error;
+  if (f == FinishReason::None) {
+    cancel();
+    f = FinishReason::Error, code = ErrorCode::generation_failed, message = chunk.error;
+  } else if (output_failed && (f == FinishReason::Stop || f == FinishReason::Length)) {
+    f = FinishReason::Error, code = ErrorCode::generation_failed, message = chunk.error;
+  }
+  chunk.done = true;
+  if ((f == FinishReason::Stop || f == FinishReason::Length) && parts_done_ + 1 < spec_.parts) {
+    prompt_done_ += prompt_now_, output_done_ += output_now_;
+    ++parts_done_;
+    if (owner) owner->on_media(chunk, d.completion_tokens);
+    launch_part();
+    return;
+  }
+  // The record before the last bytes: a client that has its whole answer is in the ledger.
+  finish(f, code, message, false);
+  if (owner) {
+    owner->on_media(chunk, d.completion_tokens);
+    owner->on_end(end_);
+  }
+}
+
+void Generation::finish(FinishReason f, ErrorCode code, std::string message, bool tell_owner) {
+  ended_ = true;
+  if (f == FinishReason::Cancelled) code = ErrorCode::cancelled;
+  if (f == FinishReason::Stop || f == FinishReason::Length) code = ErrorCode::none, message.clear();
+  if (f == FinishReason::Error && code == ErrorCode::none) code = ErrorCode::generation_failed;
+  GenerationEnd& e = end_;
+  e.finish = f, e.code = code, e.message = std::move(message);
+  e.started = started_;
+  e.modality = spec_.request.modality;
+  e.prompt_tokens = prompt_done_ + prompt_now_;
+  e.output_tokens = output_done_ + output_now_;
+  int64_t media = 0;
+  for (const auto& [m, n] : spec_.media_in) media += n;
+  e.tokens_in[Modality::Text] = std::max<int64_t>(0, int64_t(e.prompt_tokens) - media);
+  for (const auto& [m, n] : spec_.media_in) e.tokens_in[m] += n;
+  e.tokens_out[spec_.request.modality] = e.output_tokens;
+  e.started_at = started_at_;
+  e.first_output_s = first_output_s_;
+  e.finished_at = ServerState::unix_seconds();
+  if (spec_.accounted) {
+    srv_.metrics.prompt_tokens += uint64_t(e.prompt_tokens);
+    srv_.metrics.completion_tokens += uint64_t(e.output_tokens);
+    srv_.account(usage_record(spec_, spec_.request.id, e.outcome(), e.ok() ? "" : e.message, &e));
+  }
+  if (holding_) {
+    holding_ = false;
+    srv_.metrics.generations--;
+    if (spec_.holds_session) srv_.limiter.end_session(spec_.key);
+  }
+  if (tell_owner)
+    if (auto owner = owner_.lock()) owner->on_end(e);
+}
+
+void OutgoingQueue::tokens_without_bytes(int32_t tokens) {
+  if (!pieces_.empty()) {
+    pieces_.back().tokens_through = tokens;
+    return;
+  }
+  if (auto g = credit_.lock()) g->delivered(tokens);
+}
+
+void OutgoingQueue::written() {
+  const int32_t through = pieces_.front().tokens_through;
+  pieces_.pop_front();
+  if (through >= 0)
+    if (auto g = credit_.lock()) g->delivered(through);
+}
+
+}  // namespace tutti::http

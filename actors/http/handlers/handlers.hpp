@@ -1,0 +1,36 @@
+// The endpoints' handlers, one file per family (the route table in routes.cpp names them):
+//   chat.cpp     /v1/chat/completions, /v1/completions (JSON, or server-sent events)
+//   audio.cpp    /v1/audio/speech, /v1/music/generations (chunked audio)
+//   images.cpp   /v1/images/generations
+//   videos.cpp   /v1/videos and /v1/videos/{id}[/content] (jobs: create, poll, fetch)
+//   streams.cpp  /v1/streams and /v1/streams/{id} (ZeroMQ stream jobs)
+//   info.cpp     /health, /v1/models, /metrics, the browser page
+// and realtime/upgrade.cpp: /v1/realtime (the WebSocket upgrade).
+#pragma once
+
+#include "actors/http/http_exchange.hpp"
+
+namespace tutti::http {
+
+void handle_chat_completions(HttpExchange& ex);
+void handle_completions(HttpExchange& ex);
+void handle_speech(HttpExchange& ex);
+void handle_music(HttpExchange& ex);
+void handle_images(HttpExchange& ex);
+void handle_video_create(HttpExchange& ex);
+void handle_video_get(HttpExchange& ex);
+void handle_video_delete(HttpExchange& ex);
+void handle_video_content(HttpExchange& ex);
+void handle_stream_create(HttpExchange& ex);
+void handle_stream_get(HttpExchange& ex);
+void handle_stream_delete(HttpExchange& ex);
+void handle_health(HttpExchange& ex);
+void handle_web_client(HttpExchange& ex);
+void handle_models(HttpExchange& ex);
+void handle_metrics(HttpExchange& ex);
+void handle_realtime_upgrade(HttpExchange& ex);
+
+// Video jobs still running are cancelled, stream jobs stopped (on the I/O thread, at stop).
+void stop_all_jobs(ServerState& srv);
+
+}  // namespace tutti::http

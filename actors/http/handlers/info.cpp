@@ -1,0 +1,47 @@
+// /health, /v1/models, /metrics and the browser page.
+#include "actors/http/handlers/handlers.hpp"
+
+namespace tutti::http {
+
+extern const char* const kWebClientHtml;  // web_client.cpp, generated from web/index.html
+
+void handle_health(HttpExchange& ex) { ex.respond_json(200, R"({"status":"ok"})"); }
+
+// Static; its WebSocket presents the key like any client.
+void handle_web_client(HttpExchange& ex) { ex.respond_bytes("text/html; charset=utf-8", kWebClientHtml); }
+
+void handle_models(HttpExchange& ex) {
+  json m = {{"object", "list"},
+            {"data", json::array({{{"id", ex.server().cfg.model_name}, {"object", "model"}, {"created", 0}, {"owned_by", "tutti"}}})}};
+  ex.respond_json(200, m.dump());
+}
+
+void handle_metrics(HttpExchange& ex) {
+  const ServerMetrics& m = ex.server().metrics;
+  std::string b;
+  auto counter = [&](const char* name, const char* help, uint64_t v, const char* type = "counter") {
+    b += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " + std::to_string(v) + "\n";
+  };
+  counter("tutti_http_requests_total", "HTTP requests received.", m.requests);
+  counter("tutti_http_errors_total", "Requests answered with an error.", m.errors);
+  counter("tutti_prompt_tokens_total", "Prompt tokens of finished generations (every transport).", m.prompt_tokens);
+  counter("tutti_completion_tokens_total", "Generated tokens of finished generations (every transport).", m.completion_tokens);
+  counter("tutti_http_connections", "Open HTTP connections.", m.active_connections, "gauge");
+  counter("tutti_realtime_barge_ins_total", "Responses cut short by the user speaking.", m.barge_ins);
+  counter("tutti_realtime_speech_prefills_total", "Prefills of a user's speech started while they were still talking.", m.speech_prefills);
+  counter("tutti_realtime_conversation_items_dropped_total", "Oldest realtime conversation items dropped to keep within max_conversation_tokens.",
+          m.conversation_items_dropped);
+  counter("tutti_auth_failures_total", "Requests refused for a missing or invalid API key.", m.auth_failures);
+  counter("tutti_limit_refusals_total", "Requests refused by a key's limits (or while shutting down).", m.limit_refusals);
+  counter("tutti_ledger_records_total", "Usage records committed to the ledger.", m.ledger_records);
+  counter("tutti_ledger_errors_total", "Usage records the ledger could not commit.", m.ledger_errors);
+  counter("tutti_generations_running", "Generations running (HTTP, realtime responses, video and stream jobs).",
+          uint64_t(std::max<int64_t>(0, m.generations)), "gauge");
+  b += "# HELP tutti_realtime_speech_to_first_audio_seconds End of the user's speech (commit) to the first audio delta sent.\n"
+       "# TYPE tutti_realtime_speech_to_first_audio_seconds histogram\n";
+  m.speech_to_first_audio.render(b, "tutti_realtime_speech_to_first_audio_seconds", "");
+  if (ex.server().pipe.metrics) b += ex.server().pipe.metrics->render();
+  ex.respond_bytes("text/plain; version=0.0.4", std::move(b));
+}
+
+}  // namespace tutti::http

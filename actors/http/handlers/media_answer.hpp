@@ -1,0 +1,39 @@
+// What the media endpoints share (speech, music, images; internal to handlers/): parsing the
+// body into a MediaRequest and starting its generation for the exchange, and the usage object
+// their answers carry.
+#pragma once
+
+#include "actors/http/generation.hpp"
+#include "actors/http/media.hpp"
+
+namespace tutti::http {
+
+// Parses the body for `kind` and starts its generation under `answer` (which the exchange
+// keeps); an invalid body or a refusal is answered here. `setup` sees the parsed request
+// before it starts (the answer keeps what it needs of it).
+template <class Answer>
+void start_media_answer(HttpExchange& ex, MediaKind kind) {
+  ServerState& srv = ex.server();
+  auto parsed = parse_media_request(kind, ex.body(), srv.cfg.modalities, srv.cfg.model_name, srv.cfg.max_media_seconds);
+  if (const ApiError* e = std::get_if<ApiError>(&parsed)) return ex.respond_error(*e);
+  MediaRequest media = std::get<MediaRequest>(std::move(parsed));
+  auto answer = std::make_shared<Answer>(ex, media);
+  GenerationSpec spec;
+  spec.key = ex.key();
+  spec.endpoint = ex.path();
+  spec.model = media.model;
+  spec.request = media.request;
+  spec.holds_session = true;
+  spec.parts = kind == MediaKind::Image ? media.n : 1;
+  spec.seed_from_id = true;
+  spec.output = answer->output_factory(srv);
+  auto started = Generation::start(srv, std::move(spec), answer);
+  if (const ApiError* e = std::get_if<ApiError>(&started)) return ex.respond_error(*e);
+  answer->generation = std::get<std::shared_ptr<Generation>>(std::move(started));
+  ex.keep(answer, answer->generation);
+}
+
+// The usage object of a media answer (speech, music, images).
+nlohmann::json media_usage_json(const GenerationEnd& e, Modality out);
+
+}  // namespace tutti::http

@@ -1,0 +1,206 @@
+// The HTTP session: one per connection, on the I/O thread. It reads a request, finds its
+// route, checks the key, and hands it to the endpoint's handler as an HttpExchange; it
+// writes what the handler answers (whole responses, or streamed bytes with the credit they
+// carry). Routing and socket I/O only: what an endpoint does is in its handler.
+#include "actors/http/generation.hpp"
+#include "actors/http/http_exchange.hpp"
+#include "actors/http/routes.hpp"
+
+namespace tutti::http {
+
+namespace {
+
+class Session final : public HttpExchange, public std::enable_shared_from_this<Session> {
+ public:
+  Session(tcp::socket socket, ServerState& srv) : stream_(std::move(socket)), srv_(srv) {
+    ++srv_.metrics.active_connections;
+    apply_socket_options(stream_.socket(), srv_.cfg);
+  }
+  ~Session() override { --srv_.metrics.active_connections; }
+
+  void start() {
+    if (int(srv_.metrics.active_connections) > srv_.cfg.max_connections) {
+      keep_alive_ = false;
+      return respond_error(ApiError{ErrorCode::too_many_connections, "too many connections; try again later"});
+    }
+    read();
+  }
+
+  // ---- HttpExchange
+  ServerState& server() override { return srv_; }
+  const Request& request() const override { return request_; }
+  const std::string& key() const override { return key_; }
+  const std::vector<std::string>& params() const override { return params_; }
+
+  void respond(bhttp::response<bhttp::string_body> res) override {
+    const bool keep_alive = keep_alive_;
+    handler_.reset();  // answered: a kept handler has nothing more to say
+    res.keep_alive(keep_alive);
+    res.prepare_payload();
+    auto sp = std::make_shared<bhttp::response<bhttp::string_body>>(std::move(res));
+    stream_.expires_after(millis(srv_.cfg.write_timeout_s));
+    bhttp::async_write(stream_, *sp, [self = shared_from_this(), sp, keep_alive](beast::error_code ec, size_t) {
+      if (ec || !keep_alive) return self->close();
+      self->read();
+    });
+  }
+  void stream(std::string data, int32_t tokens_through) override {
+    out_.push(std::move(data), tokens_through);
+    flush();
+  }
+  void tokens_without_bytes(int32_t tokens) override { out_.tokens_without_bytes(tokens); }
+  void end_stream() override {
+    close_after_writes_ = true;
+    flush();
+  }
+  void abort_stream() override { end_stream(); }
+  void keep(std::shared_ptr<GenerationOwner> handler, std::weak_ptr<Generation> credit) override {
+    handler_ = std::move(handler);
+    out_.credit_to(std::move(credit));
+    watch_client();
+  }
+  tcp::socket take_socket() override { return stream_.release_socket(); }
+
+ private:
+  void read() {
+    parser_.emplace();
+    parser_->body_limit(srv_.cfg.max_body_bytes);
+    stream_.expires_after(millis(srv_.cfg.read_timeout_s));  // slow or half-open clients are dropped
+    bhttp::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) { self->on_read(ec); });
+  }
+
+  void on_read(beast::error_code ec) {
+    if (ec == bhttp::error::end_of_stream || ec == net::error::eof || ec == beast::error::timeout) return close();
+    if (ec) keep_alive_ = false;
+    if (ec == bhttp::error::body_limit)
+      return respond_error(ApiError{ErrorCode::request_too_large, "the request body exceeds " + std::to_string(srv_.cfg.max_body_bytes) + " bytes"});
+    if (ec) return respond_error(invalid_request("malformed HTTP request: " + ec.message()));
+    request_ = parser_->release();
+    dispatch();
+  }
+
+  void dispatch() {
+    srv_.metrics.requests++;
+    keep_alive_ = request_.keep_alive();
+    const std::string target(request_.target());
+    path_ = target.substr(0, target.find('?'));
+    RouteMatch m = match_route(request_.method(), path_);
+    // Open routes answer without a key; everything else needs one when keys are configured
+    // (a bearer token; browsers' WebSockets put it in a subprotocol instead).
+    if (!m.route || m.route->access == RouteAccess::Key) {
+      std::string presented = access::ApiKeys::bearer(std::string(request_[bhttp::field::authorization]));
+      if (presented.empty() && path_ == "/v1/realtime")
+        presented = access::ApiKeys::from_subprotocols(std::string(request_[bhttp::field::sec_websocket_protocol]));
+      auto key = srv_.authenticate(presented);
+      if (!key) {
+        keep_alive_ = false;
+        return respond_error(ApiError{ErrorCode::unauthorized,
+                                      presented.empty() ? "an API key is required: Authorization: Bearer KEY" : "the API key is not valid"});
+      }
+      key_ = *key;
+    }
+    if (!m.route) {
+      if (m.path_exists)
+        return respond_error(ApiError{ErrorCode::method_not_allowed, "use " + m.allowed + " for " + path_});
+      return respond_error(ApiError{ErrorCode::not_found, "no route for " + std::string(request_.method_string()) + " " + path_});
+    }
+    params_ = std::move(m.params);
+    m.route->handler(*this);
+  }
+
+  // While a kept handler's generation runs, watch the socket: a client that closes it (EOF
+  // or error) is gone, and its handler is dropped (which cancels and records the
+  // generation). This pending wait also keeps the session alive while nothing is in flight.
+  void watch_client() {
+    stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this()](beast::error_code ec) {
+      if (!self->handler_) return;
+      char probe;
+      beast::error_code peek_ec;
+      const size_t n = self->stream_.socket().receive(net::buffer(&probe, 1), tcp::socket::message_peek, peek_ec);
+      if (ec || peek_ec || n == 0) {
+        self->handler_.reset();
+        self->close();
+      }
+      // Data instead of EOF: a pipelined request, read once this answer is done.
+    });
+  }
+
+  // Streamed writes, one at a time in order. A write that makes no progress for
+  // write_timeout (a client that stopped reading) drops the connection.
+  void flush() {
+    if (writing_) return;
+    if (out_.empty()) {
+      if (close_after_writes_) {
+        handler_.reset();
+        close();
+      }
+      return;
+    }
+    writing_ = true;
+    stream_.expires_after(millis(srv_.cfg.write_timeout_s));
+    net::async_write(stream_, net::buffer(out_.front().data), [self = shared_from_this()](beast::error_code ec, size_t) {
+      self->writing_ = false;
+      if (ec) {  // the client went away or stalled: dropping the handler cancels its generation
+        self->out_.clear();
+        self->handler_.reset();
+        return self->close();
+      }
+      self->out_.written();
+      self->flush();
+    });
+  }
+
+  void close() {
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    stream_.socket().close(ignored);
+  }
+
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;
+  std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
+  ServerState& srv_;
+  Request request_;
+  bool keep_alive_ = false;
+  std::string key_;
+  std::vector<std::string> params_;
+  std::shared_ptr<GenerationOwner> handler_;  // the answer in flight, if it outlives its call
+  OutgoingQueue out_;
+  bool writing_ = false, close_after_writes_ = false;
+};
+
+}  // namespace
+
+void HttpExchange::respond_json(int status, std::string body) {
+  bhttp::response<bhttp::string_body> res{bhttp::status(status), 11};
+  res.set(bhttp::field::content_type, "application/json");
+  res.body() = std::move(body);
+  respond(std::move(res));
+}
+
+void HttpExchange::respond_bytes(const char* content_type, std::string body) {
+  bhttp::response<bhttp::string_body> res{bhttp::status::ok, 11};
+  res.set(bhttp::field::content_type, content_type);
+  res.body() = std::move(body);
+  respond(std::move(res));
+}
+
+void HttpExchange::respond_error(const ApiError& e) {
+  server().metrics.errors++;
+  bhttp::response<bhttp::string_body> res{bhttp::status(e.status()), 11};
+  res.set(bhttp::field::content_type, "application/json");
+  if (e.retry_after() > 0) res.set(bhttp::field::retry_after, std::to_string(int(std::ceil(e.retry_after()))));
+  if (e.code == ErrorCode::unauthorized) res.set(bhttp::field::www_authenticate, "Bearer");
+  res.body() = e.body();
+  respond(std::move(res));
+}
+
+void ServerState::accept() {
+  acceptor.async_accept([this](beast::error_code ec, tcp::socket socket) {
+    if (stopped) return;
+    if (!ec) std::make_shared<Session>(std::move(socket), *this)->start();
+    accept();
+  });
+}
+
+}  // namespace tutti::http

@@ -1,0 +1,185 @@
+// The Realtime session's parts (internal to actors/http/realtime/), split by concern:
+//   connection.cpp   RealtimeConnection: the WebSocket's lifecycle, framing, the queue of
+//                    events to the client, and dispatch of client events to the session;
+//   session.cpp      RealtimeSession: the session's settings and conversation, and what
+//                    each client event does (session.update, items, response.create, audio);
+//   response.cpp     RealtimeResponse: one response's output events (text, audio, video) and
+//                    its end, as the owner of its generation;
+//   voice_turns.cpp  VoiceTurns: input audio, VAD, barge-in, prefill while speaking, commits;
+//   server_events.*  the typed builders of every server event.
+// Building an answer's request is answer_request (conversation.hpp), shared with stream jobs.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "actors/http/conversation.hpp"
+#include "actors/http/generation.hpp"
+#include "actors/http/realtime/server_events.hpp"
+#include "actors/http/realtime_audio.hpp"
+#include "actors/http/realtime_events.hpp"
+#include "codecs/opus_codec.h"
+#include "codecs/voice_input.h"
+
+namespace tutti::http {
+
+using SteadyTime = std::chrono::steady_clock::time_point;
+
+// What the session's parts write through: the connection's queue of events to its client.
+class RealtimeLink {
+ public:
+  virtual ~RealtimeLink() = default;
+  virtual void emit(json event, int32_t tokens_through = -1) = 0;
+  virtual void send_binary(std::string data, int32_t tokens_through) = 0;
+  virtual void tokens_without_bytes(int32_t tokens) = 0;
+  virtual void credit_to(std::weak_ptr<Generation> g) = 0;
+  // An error event (counted in tutti_http_errors_total); the session goes on.
+  virtual void error(const ApiError& e, const std::string& client_event_id) = 0;
+  virtual void response_finished() = 0;  // a draining server may close now
+};
+
+// What session.update sets.
+struct RealtimeSettings {
+  std::vector<std::string> modalities = {"text"};
+  float temperature = 0.8f;  // the Realtime API's default
+  int max_tokens = 256;
+  bool max_tokens_set = false;
+  AudioWire in_wire = AudioWire::Pcm16, out_wire = AudioWire::Pcm16;
+  std::optional<codecs::VadConfig> vad = codecs::VadConfig{};
+  bool auto_response = true;
+  bool binary_opus = false;  // tutti.binary_audio = "opus": audio as binary Opus messages
+};
+
+// One response: the owner of its generation, turning its deltas into output events. When it
+// ends, `done` hears what the conversation keeps of it.
+class RealtimeResponse final : public GenerationOwner {
+ public:
+  struct Result {
+    GenerationEnd end;
+    Modality modality = Modality::Text;
+    std::string item_id, text;       // a text answer
+    std::vector<int32_t> audio_ids;  // an audio answer's codes: all, or what was heard
+  };
+  struct Setup {
+    realtime::OutputRef at;
+    Modality modality = Modality::Text;
+    std::vector<std::string> modalities;
+    bool binary = false;         // audio and video as binary messages
+    int audio_rate = 24000;      // the codec's
+    int audio_frame_ms = 20;     // one frame of codes (what a cut answer keeps whole)
+    int audio_stages = 1;
+    int32_t input_audio_tokens = 0;
+    std::optional<SteadyTime> committed_at;  // a voice turn's end of speech
+    std::string client_event_id;             // of the response.create, echoed in errors
+  };
+  RealtimeResponse(RealtimeLink& link, ServerState& srv, Setup setup, std::function<void(Result)> done)
+      : link_(link), srv_(srv), s_(std::move(setup)), done_(std::move(done)) {}
+  std::shared_ptr<Generation> generation;
+
+  // The user spoke over it: nothing more is sent, and it is cancelled.
+  void barge_in();
+  void cancel() { generation->cancel(); }
+
+  void on_text(const actors::text_delta& d) override;
+  void on_media(MediaChunk& c, int32_t tokens) override;
+  void on_end(const GenerationEnd& e) override;
+
+ private:
+  void on_video(MediaChunk& c, int32_t tokens);
+  RealtimeLink& link_;  // the connection, which owns the session, which owns this
+  ServerState& srv_;
+  Setup s_;
+  std::function<void(Result)> done_;
+  std::string text_;
+  std::vector<int32_t> answer_ids_;
+  int64_t audio_sent_samples_ = 0;
+  int video_frames_sent_ = 0;
+  std::optional<SteadyTime> first_audio_at_;
+  bool barged_in_ = false;
+};
+
+// The user's voice: input audio buffered, voice-detected and encoded as it arrives; a turn
+// that ends becomes a conversation item; speech over an answer cuts it (barge-in); while the
+// user talks, the conversation so far is prefilled (one prefill at a time) so the turn's
+// request computes only what came since.
+class VoiceTurns {
+ public:
+  struct Hooks {
+    std::function<bool()> responding;  // a response is in progress
+    std::function<void()> barge_in;    // cut it: the user talks over it
+    std::function<void()> turn_ended;  // the VAD ended a turn (a response may follow)
+  };
+  VoiceTurns(ServerState& srv, RealtimeLink& link, Conversation& conversation, const RealtimeSettings& settings, Hooks hooks)
+      : srv_(srv), link_(link), conversation_(conversation), settings_(settings), hooks_(std::move(hooks)) {}
+
+  int audio_rate() const;
+  void reset() { voice_.reset(); }  // turn detection changed
+  // Samples at the codec's rate.
+  void feed(const std::vector<float>& pcm, const std::string& event_id);
+  // input_audio_buffer.commit: the whole buffer becomes an item.
+  void commit(const std::string& event_id);
+  void clear();
+  // When the last committed turn's speech ended (for the latency metric), once.
+  std::optional<SteadyTime> take_committed_at() { return std::exchange(committed_at_, std::nullopt); }
+
+ private:
+  codecs::VoiceInput& voice();
+  void commit_range(int64_t from_ms, int64_t to_ms, const std::string& event_id);
+  void prefill();
+  int64_t speech_from_ms() const;
+
+  ServerState& srv_;
+  RealtimeLink& link_;
+  Conversation& conversation_;
+  const RealtimeSettings& settings_;
+  Hooks hooks_;
+  std::optional<codecs::VoiceInput> voice_;  // made on first use, remade when turn detection changes
+  int64_t speech_start_ms_ = 0, prefilled_ms_ = 0;
+  std::string speech_item_id_;
+  std::optional<SteadyTime> committed_at_;
+  std::shared_ptr<GenerationOwner> prefill_;  // the speech prefill in flight
+};
+
+// The session: settings, conversation, voice, and the response in progress (one at a time);
+// applies each client event.
+class RealtimeSession {
+ public:
+  RealtimeSession(ServerState& srv, RealtimeLink& link, std::string key);
+  json session_json() const;
+  bool responding() const { return response_ != nullptr; }
+
+  void apply(realtime::SessionUpdate& u, const std::string& event_id);
+  void apply(realtime::ItemCreate& item, const std::string& event_id);
+  void apply(realtime::ResponseCreate& resp, const std::string& event_id);
+  void apply(realtime::AudioAppend& a, const std::string& event_id);
+  void apply(realtime::AudioCommit&, const std::string& event_id);
+  void apply(realtime::AudioClear&, const std::string& event_id);
+  void apply(realtime::ResponseCancel&, const std::string& event_id);
+  void binary(const std::string& msg);
+
+  std::string id;
+
+ private:
+  bool has(Modality m) const { return srv_.pipe.codecs && srv_.pipe.codecs->info(m); }
+  std::optional<std::vector<int32_t>> image_tokens(std::span<const uint8_t> bytes, const std::string& event_id);
+  void start_response(const realtime::ResponseCreate& resp, const std::string& event_id);
+  void response_done(RealtimeResponse::Result r);
+
+  ServerState& srv_;
+  RealtimeLink& link_;
+  std::string key_;
+  RealtimeSettings settings_;
+  Conversation conversation_;
+  VoiceTurns voice_;
+  std::unique_ptr<codecs::OpusFrameDecoder> opus_in_;
+  std::shared_ptr<RealtimeResponse> response_;
+};
+
+// A Realtime item or response id: the prefix and the server's next id.
+std::string realtime_id(ServerState& srv, const char* prefix);
+
+}  // namespace tutti::http

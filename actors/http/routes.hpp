@@ -1,0 +1,37 @@
+// The route table: one line per endpoint, each with its handler (actors/http/handlers/, and
+// the Realtime upgrade in actors/http/realtime/). A new endpoint is a handler file and one
+// line in routes.cpp. Patterns are literal paths whose "{id}" segments match one segment
+// each (handed to the handler in order).
+#pragma once
+
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "actors/http/http_exchange.hpp"
+
+namespace tutti::http {
+
+using Handler = void (*)(HttpExchange&);
+
+enum class RouteAccess { Open, Key };  // Open: no key asked (health, the browser page)
+
+struct Route {
+  bhttp::verb method;
+  std::string_view pattern;
+  RouteAccess access;
+  Handler handler;
+};
+
+std::span<const Route> route_table();
+
+struct RouteMatch {
+  const Route* route = nullptr;     // null: no route for this method and path
+  bool path_exists = false;         // another method would match (405 rather than 404)
+  std::vector<std::string> params;  // the {id} segments
+  std::string allowed;              // the methods that would match, for the 405's message
+};
+RouteMatch match_route(bhttp::verb method, std::string_view path);
+
+}  // namespace tutti::http

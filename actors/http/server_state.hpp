@@ -1,0 +1,115 @@
+// The server's shared state (internal to actors/http/): the I/O context, the pipeline's
+// handles, the settings, the access limits and the ledger, and the running jobs. Every
+// session, handler and job reaches the rest of the server through it, on the I/O thread.
+#pragma once
+
+#include <boost/asio.hpp>
+#include <boost/beast.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <thread>
+
+#include "actors/access/ledger.hpp"
+#include "actors/http/server.hpp"
+
+namespace tutti::http {
+
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+namespace net = boost::asio;
+using tcp = net::ip::tcp;
+using json = nlohmann::json;
+
+class VideoJob;
+class StreamJob;
+
+class ServerState {
+ public:
+  ServerState(caf::actor_system& s, actors::PipelineHandles p, ServerConfig c, ServerMetrics& m)
+      : system(s), pipe(std::move(p)), cfg(std::move(c)), metrics(m), limiter(cfg.key_limits) {}
+
+  caf::actor_system& system;
+  actors::PipelineHandles pipe;
+  ServerConfig cfg;
+  ServerMetrics& metrics;
+  // Access and accounting, on the I/O thread: per-key limits, the usage ledger (or none).
+  // Declared before the I/O context: sessions that end when it is destroyed still record.
+  access::KeyLimiter limiter;
+  std::unique_ptr<access::UsageLedger> ledger;
+  // Graceful shutdown: set once drain() starts; what WebSocket sessions do then (close with
+  // "going away" after their response), by session, registered while they live.
+  std::atomic<bool> draining{false};
+  std::map<uint64_t, std::function<void()>> on_drain;
+  // Ids (next_id) restart with the process; ledger records carry this random prefix too, so
+  // a request of one run never collides with one of another in the ledger. (Before the I/O
+  // context, like the ledger: sessions ended by its destruction record with it.)
+  const std::string instance_id = [] {
+    std::random_device rd;
+    char buf[24];
+    std::snprintf(buf, sizeof buf, "%08x%08x", unsigned(rd()), unsigned(rd()));
+    return std::string(buf);
+  }();
+  net::io_context ioc{1};
+  tcp::acceptor acceptor{ioc};
+  std::thread thread;
+  std::atomic<int64_t> next_id{1};
+  std::atomic<bool> stopped{false};
+  // Video jobs and ZeroMQ stream jobs by id; touched only on the I/O thread.
+  std::map<std::string, std::shared_ptr<VideoJob>> jobs;
+  std::map<std::string, std::shared_ptr<StreamJob>> streams;
+
+  void accept();
+
+  // The name of the key a request presents ("" when the server is open); nullopt: refused.
+  std::optional<std::string> authenticate(const std::string& presented) {
+    if (!cfg.api_keys.enabled()) return std::string();
+    auto name = cfg.api_keys.match(presented);
+    if (!name) metrics.auth_failures++;
+    return name;
+  }
+  // May a generation of `key` producing `modality` start now? (Counts it if so.)
+  std::optional<access::Refusal> admit(const std::string& key, Modality modality, bool holds_session) {
+    if (draining) return access::Refusal{ErrorCode::shutting_down, "the server is shutting down", 5};
+    auto refusal = limiter.begin(key, unix_seconds(), modality_name(modality), holds_session);
+    if (refusal) metrics.limit_refusals++;
+    return refusal;
+  }
+  // A request ended: its record goes to the ledger (before its last bytes are sent), its
+  // tokens to the key's quota.
+  void account(access::UsageRecord r) {
+    r.finished_at = unix_seconds();
+    r.request_id = instance_id + ":" + r.request_id;
+    if (r.model.empty()) r.model = cfg.model_name;
+    for (const auto* m : {&r.tokens_in, &r.tokens_out})
+      for (const auto& [modality, n] : *m) limiter.add_tokens(r.key, modality, n, r.finished_at);
+    if (!ledger) return;
+    if (auto ok = ledger->record(r); ok) {
+      metrics.ledger_records++;
+    } else {
+      metrics.ledger_errors++;  // loud: billing depends on it (the message never holds a key)
+      std::fprintf(stderr, "tutti: %s (request %s)\n", ok.error().message.c_str(), r.request_id.c_str());
+    }
+  }
+  static double unix_seconds() {
+    return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  }
+  static long unix_now() { return long(unix_seconds()); }
+};
+
+inline std::chrono::milliseconds millis(double seconds) { return std::chrono::milliseconds(int64_t(seconds * 1000)); }
+
+inline void apply_socket_options(tcp::socket& socket, const ServerConfig& cfg) {
+  beast::error_code ignored;
+  socket.set_option(tcp::no_delay(true), ignored);  // deltas are small and latency matters
+  if (cfg.send_buffer_bytes > 0) socket.set_option(net::socket_base::send_buffer_size(cfg.send_buffer_bytes), ignored);
+}
+
+}  // namespace tutti::http

@@ -1,0 +1,216 @@
+// One generation lifecycle for every transport (actors/http/generation.hpp), through the
+// real server: answers cut short are billed with every token their client was sent and count
+// against the key's quota, the token metrics count every transport, a refused Realtime
+// request leaves nothing behind, and every error code reaches both protocols in their form.
+#include <gtest/gtest.h>
+
+#include <boost/asio.hpp>
+#include <boost/beast.hpp>
+
+#include <thread>
+
+#include "actors/http/errors.hpp"
+#include "http_client.h"
+#include "server_support.h"
+
+namespace tutti {
+namespace {
+
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+namespace net = boost::asio;
+using tcp = net::ip::tcp;
+using json = nlohmann::json;
+
+const std::string kKey = "sk-generation-0123456789";
+const std::vector<std::pair<std::string, std::string>> kAuth = {{"Authorization", "Bearer " + kKey}};
+
+http::ServerConfig keyed(const std::string& ledger) {
+  http::ServerConfig sc;
+  EXPECT_TRUE(sc.api_keys.add(kKey, "tests").ok());
+  sc.ledger_path = ledger;
+  return sc;
+}
+
+int64_t metric(uint16_t port, const std::string& name) {
+  const std::string body = test::http_call(port, bhttp::verb::get, "/metrics", "", kAuth).body;
+  const size_t at = body.find("\n" + name + " ");
+  return at == std::string::npos ? -1 : std::stoll(body.substr(at + name.size() + 2));
+}
+
+void text_item(test::RealtimeWs& ws, const std::string& text) {
+  ws.send({{"type", "conversation.item.create"},
+           {"item", {{"type", "message"}, {"role", "user"}, {"content", {{{"type", "input_text"}, {"text", text}}}}}}});
+  ws.until("conversation.item.created");
+}
+
+TEST(Generation, AnSseAnswerCutByItsClientIsBilledEveryTokenSentAndCountsAgainstTheQuota) {
+  const std::string ledger = test::fresh_ledger("generation-sse-cut.db");
+  http::ServerConfig sc = keyed(ledger);
+  sc.key_limits.tokens_per_minute = 100;
+  test::ServerUnderTest sut(sc);
+  int chunks = 0;
+  {
+    net::io_context ioc;
+    tcp::socket s(ioc);
+    s.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), sut.port));
+    const std::string body = R"({"prompt":"x","max_tokens":1000,"stream":true,"tutti":{"class":"realtime","rate":400,"ignore_eos":true}})";
+    net::write(s, net::buffer("POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + kKey +
+                              "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body));
+    std::string got;
+    char buf[4096];
+    while (chunks < 150) {  // a paced stream: one chunk per token
+      got.append(buf, s.read_some(net::buffer(buf)));
+      for (size_t at; (at = got.find("data: ")) != std::string::npos; got.erase(0, at + 6)) ++chunks;
+    }
+  }  // the client hangs up
+  const auto rows = test::ledger_rows_when(ledger, 1);
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0].outcome, "cancelled");
+  EXPECT_GE(rows[0].tokens_out.value("text", 0), chunks - 1) << "every token the client was sent (the first chunk carries none)";
+  EXPECT_GT(rows[0].tokens_in.value("text", 0), 0);
+  const auto refused = test::http_call(sut.port, bhttp::verb::post, "/v1/completions", R"({"prompt":"x","max_tokens":4})", kAuth);
+  EXPECT_EQ(refused.status, 429) << refused.body;
+  EXPECT_EQ(json::parse(refused.body)["error"]["code"], "token_quota_exceeded");
+}
+
+TEST(Generation, ARealtimeAnswerCutByItsClientIsBilledEveryTokenSentAndCountsAgainstTheQuota) {
+  const std::string ledger = test::fresh_ledger("generation-realtime-cut.db");
+  http::ServerConfig sc = keyed(ledger);
+  sc.key_limits.tokens_per_minute = 100;
+  test::ServerUnderTest sut(sc);
+  int deltas = 0;
+  {
+    test::RealtimeWs ws(sut.port, "", kKey);
+    ASSERT_EQ(ws.refused, 0);
+    ws.next();
+    ws.send({{"type", "session.update"}, {"session", {{"max_response_output_tokens", 1000}}}});
+    text_item(ws, "tell me everything");
+    ws.send({{"type", "response.create"}, {"response", {{"tutti", {{"class", "realtime"}, {"rate", 400}, {"ignore_eos", true}}}}}});
+    while (deltas < 150) deltas += ws.next()["type"] == "response.output_text.delta";
+    beast::error_code ignored;
+    ws.ws.next_layer().close(ignored);  // the client hangs up
+  }
+  const auto rows = test::ledger_rows_when(ledger, 1);
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0].endpoint, "/v1/realtime");
+  EXPECT_EQ(rows[0].outcome, "cancelled");
+  EXPECT_GE(rows[0].tokens_out.value("text", 0), deltas) << rows[0].tokens_out.dump();
+  const auto refused = test::http_call(sut.port, bhttp::verb::post, "/v1/completions", R"({"prompt":"x","max_tokens":4})", kAuth);
+  EXPECT_EQ(refused.status, 429) << refused.body;
+  EXPECT_EQ(json::parse(refused.body)["error"]["code"], "token_quota_exceeded");
+}
+
+TEST(Generation, TokenMetricsCountEveryTransport) {
+  test::ServerUnderTest sut(keyed(""));
+  const json http_done = json::parse(test::http_call(sut.port, bhttp::verb::post, "/v1/completions", R"({"prompt":"hello","max_tokens":5})", kAuth).body);
+  int64_t out = http_done["usage"]["completion_tokens"].get<int64_t>(), in = http_done["usage"]["prompt_tokens"].get<int64_t>();
+  {
+    test::RealtimeWs ws(sut.port, "", kKey);
+    ws.next();
+    ws.send({{"type", "session.update"}, {"session", {{"max_response_output_tokens", 5}}}});
+    text_item(ws, "hello");
+    ws.send({{"type", "response.create"}});
+    const json usage = ws.until("response.done")["response"]["usage"];
+    out += usage["output_tokens"].get<int64_t>(), in += usage["input_tokens"].get<int64_t>();
+  }
+  const json job = json::parse(test::http_call(sut.port, bhttp::verb::post, "/v1/videos", R"({"prompt":"x","seconds":1,"size":"64x64"})", kAuth).body);
+  json state;
+  for (int i = 0; i < 600; ++i) {
+    state = json::parse(test::http_call(sut.port, bhttp::verb::get, "/v1/videos/" + job["id"].get<std::string>(), "", kAuth).body);
+    if (state["status"] != "queued" && state["status"] != "in_progress") break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_EQ(state["status"], "completed") << state.dump();
+  out += state["usage"]["output_tokens"].get<int64_t>(), in += state["usage"]["input_tokens"].get<int64_t>();
+  EXPECT_EQ(metric(sut.port, "tutti_completion_tokens_total"), out) << "HTTP, Realtime and video jobs alike";
+  EXPECT_EQ(metric(sut.port, "tutti_prompt_tokens_total"), in);
+  EXPECT_EQ(metric(sut.port, "tutti_generations_running"), 0);
+}
+
+TEST(Generation, ARealtimeRequestWithABadFieldLeavesNoPhantom) {
+  const std::string ledger = test::fresh_ledger("generation-phantom.db");
+  http::ServerConfig sc = keyed(ledger);
+  sc.key_limits.requests_per_minute = 3;  // the session, and two responses
+  auto sut = std::make_unique<test::ServerUnderTest>(sc);
+  {
+    test::RealtimeWs ws(sut->port, "", kKey);
+    ASSERT_EQ(ws.refused, 0);
+    ws.next();
+    text_item(ws, "hello");
+    ws.send({{"type", "response.create"}, {"event_id", "bad-1"}, {"response", {{"tutti", {{"class", "warp"}}}}}});
+    const json error = ws.until("error");
+    EXPECT_EQ(error["error"]["event_id"], "bad-1");
+    EXPECT_EQ(error["error"]["param"], "tutti.class");
+    EXPECT_EQ(metric(sut->port, "tutti_generations_running"), 0) << "the refused request holds nothing";
+    for (int i = 0; i < 2; ++i) {  // neither counts the bad one against the key's minute
+      ws.send({{"type", "response.create"}, {"response", {{"tutti", {{"ignore_eos", true}}}}}});
+      EXPECT_NE(ws.until("response.done")["response"]["status"], "failed") << i;
+    }
+  }
+  for (int i = 0; i < 100 && metric(sut->port, "tutti_http_connections") > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  // Recorded after the socket closed: no row without an id, and none lost as a duplicate.
+  EXPECT_EQ(test::http_call(sut->port, bhttp::verb::post, "/v1/completions", R"({"prompt":"x","max_tokens":2})", kAuth).status, 429);
+  sut.reset();
+  const auto rows = test::ledger_rows(ledger);
+  ASSERT_EQ(rows.size(), 3u) << "two responses and the refused completion";
+  std::set<std::string> ids;
+  for (const auto& r : rows) {
+    EXPECT_EQ(r.request_id.back() == ':', false) << r.request_id;
+    ids.insert(r.request_id);
+  }
+  EXPECT_EQ(ids.size(), rows.size());
+  EXPECT_EQ(rows[0].outcome, "incomplete");
+  EXPECT_EQ(rows[2].outcome, "refused");
+}
+
+TEST(Generation, BusyReachesBothProtocolsInTheirOwnForm) {
+  actors::PipelineConfig pc = test::ServerUnderTest::default_pipeline();
+  pc.scheduler.max_waiting = 0;  // every request finds the queue full
+  test::ServerUnderTest sut(http::ServerConfig{}, pc);
+  const auto busy = test::http_call(sut.port, bhttp::verb::post, "/v1/completions", R"({"prompt":"x","max_tokens":2})");
+  EXPECT_EQ(busy.status, 429);
+  EXPECT_EQ(json::parse(busy.body)["error"]["code"], "server_busy");
+  EXPECT_EQ(json::parse(busy.body)["error"]["type"], "rate_limit_error");
+  EXPECT_GE(std::stoi(busy.retry_after), 1);
+  test::RealtimeWs ws(sut.port, "");
+  ws.next();
+  text_item(ws, "hello");
+  ws.send({{"type", "response.create"}, {"event_id", "e-1"}});
+  const json error = ws.until("error");
+  EXPECT_EQ(error["error"]["code"], "server_busy");
+  EXPECT_EQ(error["error"]["type"], "rate_limit_error");
+  EXPECT_EQ(error["error"]["event_id"], "e-1");
+  EXPECT_EQ(ws.until("response.done")["response"]["status"], "failed");
+}
+
+// Every code has its HTTP form (a status, OpenAI's error object) and its Realtime form (an
+// error event with a type and a code), from the one table.
+TEST(Generation, EveryErrorCodeHasBothProtocolForms) {
+  std::set<std::string> names;
+  for (int c = 1; c <= int(ErrorCode::shutting_down); ++c) {
+    const http::ApiError e{ErrorCode(c), "what happened"};
+    names.insert(error_code_name(e.code));
+    EXPECT_GE(e.status(), 400) << error_code_name(e.code);
+    EXPECT_LT(e.status(), 600);
+    const json body = json::parse(e.body());
+    EXPECT_EQ(body["error"]["message"], "what happened");
+    EXPECT_TRUE(body["error"]["type"].is_string());
+    EXPECT_TRUE(body["error"]["code"].is_string() || c == int(ErrorCode::invalid_request)) << error_code_name(e.code);
+    const json event = e.realtime_event("ev");
+    EXPECT_EQ(event["type"], "error");
+    EXPECT_EQ(event["error"]["type"], body["error"]["type"]);
+    EXPECT_TRUE(event["error"]["code"].is_string() && !event["error"]["code"].get<std::string>().empty()) << error_code_name(e.code);
+    EXPECT_EQ(event["error"]["event_id"], "ev");
+  }
+  EXPECT_EQ(names.size(), size_t(ErrorCode::shutting_down)) << "every code its own name";
+  EXPECT_EQ(http::ApiError(ErrorCode::unauthorized).status(), 401);
+  EXPECT_EQ(http::ApiError(ErrorCode::rate_limited).wire_code(), "rate_limit_exceeded");
+  EXPECT_EQ(http::ApiError(ErrorCode::context_length_exceeded).wire_code(), "context_length_exceeded");
+  EXPECT_EQ(http::ApiError(ErrorCode::shutting_down).status(), 503);
+  EXPECT_GT(http::ApiError(ErrorCode::shutting_down).retry_after(), 0);
+  EXPECT_EQ(http::ApiError(ErrorCode::not_found, "", "", 0, "video_not_found").wire_code(), "video_not_found");
+}
+
+}  // namespace
+}  // namespace tutti
