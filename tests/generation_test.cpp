@@ -9,7 +9,9 @@
 
 #include <thread>
 
+#include "actors/http/conversation.hpp"
 #include "actors/http/errors.hpp"
+#include "pipeline/model_builder.h"
 #include "http_client.h"
 #include "server_support.h"
 
@@ -210,6 +212,50 @@ TEST(Generation, EveryErrorCodeHasBothProtocolForms) {
   EXPECT_EQ(http::ApiError(ErrorCode::shutting_down).status(), 503);
   EXPECT_GT(http::ApiError(ErrorCode::shutting_down).retry_after(), 0);
   EXPECT_EQ(http::ApiError(ErrorCode::not_found, "", "", 0, "video_not_found").wire_code(), "video_not_found");
+}
+
+// The request for an answer of each modality, as realtime sessions and stream jobs build it.
+TEST(Conversation, AnswerRequestShapesEachModality) {
+  const ModalityTable table = default_modalities(1000);
+  http::Conversation c;
+  c.instructions = "be brief";
+  c.items.push_back({"user", "hi", {}});
+  c.items.push_back({"user", "", {7, 8, 9}, Modality::Audio});
+  const actors::text_request base = c.request(http::ChatTemplate::Plain);
+  EXPECT_EQ(base.prompt, "system: be brief\nuser: hi\nuser: \x1e" "0\x1f\nassistant:");
+  ASSERT_EQ(base.media_parts.size(), 1u);
+  EXPECT_EQ(c.media_tokens().at(Modality::Audio), 3);
+
+  http::AnswerShape text;
+  text.max_tokens = 12;
+  text.temperature = 0.2f;
+  auto t = std::get<actors::text_request>(http::answer_request(base, text, table));
+  EXPECT_EQ(t.modality, Modality::Text);
+  EXPECT_EQ(t.request_class, RequestClass::Interactive);
+  EXPECT_EQ(t.max_tokens, 12);
+  EXPECT_FLOAT_EQ(t.temperature, 0.2f);
+
+  const ModalityInfo& audio = *table.find(Modality::Audio);
+  http::AnswerShape speech{Modality::Audio, 0.2f, 0, 3.0};
+  auto a = std::get<actors::text_request>(http::answer_request(base, speech, table));
+  EXPECT_EQ(a.request_class, RequestClass::Realtime);
+  EXPECT_DOUBLE_EQ(a.tokens_per_second, audio.tokens_per_second());
+  EXPECT_EQ(a.max_tokens, int(std::ceil(3.0 * audio.tokens_per_second())));
+  EXPECT_FLOAT_EQ(a.temperature, 0.7f) << "never greedy for codes";
+  speech.max_tokens = 50;
+  EXPECT_EQ(std::get<actors::text_request>(http::answer_request(base, speech, table)).max_tokens, 50);
+
+  const ModalityInfo& video = *table.find(Modality::Video);
+  const int per_frame = int(std::lround(video.tokens_per_second() / std::max(1.0, double(video.frame_rate))));
+  http::AnswerShape frames{Modality::Video, 0.8f, per_frame * 2 + 1, 2.0};
+  EXPECT_EQ(std::get<actors::text_request>(http::answer_request(base, frames, table)).max_tokens, per_frame * 2) << "whole frames";
+  frames.max_tokens = 0;
+  EXPECT_EQ(std::get<actors::text_request>(http::answer_request(base, frames, table)).max_tokens,
+            per_frame * std::max(1, int(std::lround(2.0 * video.frame_rate))));
+
+  auto missing = http::answer_request(base, speech, ModalityTable{});
+  ASSERT_TRUE(std::holds_alternative<http::ApiError>(missing));
+  EXPECT_EQ(std::get<http::ApiError>(missing).code, ErrorCode::unsupported_modality);
 }
 
 }  // namespace

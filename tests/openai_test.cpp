@@ -129,6 +129,11 @@ TEST(OpenAi, BodiesFollowTheSchema) {
   EXPECT_TRUE(first["choices"][0]["finish_reason"].is_null());
   const json last = json::parse(chunk_json("chatcmpl-1", "m", 100, true, "", FinishReason::Length, false));
   EXPECT_EQ(last["choices"][0]["finish_reason"], "length");
+  // A stray byte in generated text (a random model's tokens) is replaced, never thrown on:
+  // the exception once ended the client's stream on the I/O thread.
+  const json stray = json::parse(chunk_json("chatcmpl-1", "m", 100, true, "a\xF7" "b", FinishReason::None, false));
+  EXPECT_EQ(stray["choices"][0]["delta"]["content"], "a\xEF\xBF\xBD" "b");
+  EXPECT_EQ(json::parse(completion_json("c", "m", 1, true, "\xB3", FinishReason::Stop, 1, 1))["choices"][0]["message"]["content"], "\xEF\xBF\xBD");
   const json usage = json::parse(usage_chunk_json("chatcmpl-1", "m", 100, true, 5, 7));
   EXPECT_EQ(usage["usage"]["total_tokens"], 12);
   EXPECT_TRUE(usage["choices"].empty());

@@ -104,7 +104,7 @@ std::variant<std::shared_ptr<Generation>, ApiError> Generation::start(ServerStat
                                                                       std::weak_ptr<GenerationOwner> owner) {
   if (spec.request.id == 0) spec.request.id = srv.next_id++;
   if (spec.accounted)
-    if (auto refusal = srv.admit(spec.key, spec.request.modality, spec.holds_session)) {
+    if (auto refusal = srv.admit(spec.key, spec.request.modality, spec.holds_session, spec.check_limits)) {
       ApiError e{refusal->code, refusal->message, "", refusal->retry_after_s};
       record_refusal(srv, spec, e);
       return e;

@@ -70,6 +70,9 @@ struct GenerationSpec {
   bool holds_session = false;  // one of the key's concurrent sessions while it runs (HTTP)
   // A speech prefill: part of a turn whose answer is billed; no admission, record or hold.
   bool accounted = true;
+  // false: admitted as a whole before (a stream job's answers, admitted with the job): only
+  // a drain refuses it. Its tokens still count against the key's quota.
+  bool check_limits = true;
   int parts = 1;  // images: n generations in turn, one record
   bool seed_from_id = false;  // each request (each image of n) samples with its id as seed
   // A media answer's output, fresh for each part (null: a text answer).

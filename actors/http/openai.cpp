@@ -216,7 +216,7 @@ std::string chunk_json(const std::string& id, const std::string& model, long cre
   json c = {{"id", id}, {"object", chat ? "chat.completion.chunk" : "text_completion"}, {"created", created}, {"model", model},
             {"choices", json::array({choice})}};
   if (completion_tokens >= 0) c["tutti"] = {{"completion_tokens", completion_tokens}};
-  return c.dump();
+  return c.dump(-1, ' ', false, json::error_handler_t::replace);  // generated text: never throw on a stray byte
 }
 
 std::string usage_chunk_json(const std::string& id, const std::string& model, long created, bool chat, int prompt_tokens,
@@ -238,7 +238,7 @@ std::string completion_json(const std::string& id, const std::string& model, lon
   json c = {{"id", id}, {"object", chat ? "chat.completion" : "text_completion"}, {"created", created}, {"model", model},
             {"choices", json::array({choice})},
             {"usage", {{"prompt_tokens", prompt_tokens}, {"completion_tokens", completion_tokens}, {"total_tokens", prompt_tokens + completion_tokens}}}};
-  return c.dump();
+  return c.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 }  // namespace tutti::http

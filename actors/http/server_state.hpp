@@ -75,9 +75,11 @@ class ServerState {
     if (!name) metrics.auth_failures++;
     return name;
   }
-  // May a generation of `key` producing `modality` start now? (Counts it if so.)
-  std::optional<access::Refusal> admit(const std::string& key, Modality modality, bool holds_session) {
+  // May a generation of `key` producing `modality` start now? (Counts it if so.) Without
+  // `check_limits` only the drain is asked (work admitted as a whole before: a stream job).
+  std::optional<access::Refusal> admit(const std::string& key, Modality modality, bool holds_session, bool check_limits = true) {
     if (draining) return access::Refusal{ErrorCode::shutting_down, "the server is shutting down", 5};
+    if (!check_limits) return std::nullopt;
     auto refusal = limiter.begin(key, unix_seconds(), modality_name(modality), holds_session);
     if (refusal) metrics.limit_refusals++;
     return refusal;

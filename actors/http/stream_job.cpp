@@ -221,6 +221,7 @@ class StreamJob final : public GenerationOwner, public std::enable_shared_from_t
     spec.request.id = srv_.next_id++;
     spec.record_id = id_ + "-" + std::to_string(spec.request.id);
     spec.media_in = conversation_.media_tokens();
+    spec.check_limits = false;  // the job was admitted when it was created
     if (req_.modality == Modality::Video) {
       const ModalityInfo& v = *srv_.cfg.modalities.find(Modality::Video);
       spec.output = [w = int(v.width), h = int(v.height), fps = v.frame_rate] {

@@ -7,7 +7,7 @@ namespace tutti::http {
 namespace {
 void answer(HttpExchange& ex, std::variant<nlohmann::json, ApiError> r) {
   if (const ApiError* e = std::get_if<ApiError>(&r)) return ex.respond_error(*e);
-  ex.respond_json(200, std::get<nlohmann::json>(r).dump());
+  ex.respond_json(200, std::get<nlohmann::json>(r).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
 }
 }  // namespace
 

@@ -56,7 +56,7 @@ class RealtimeConnection final : public RealtimeLink, public std::enable_shared_
   // so a client that sends without reading is closed once max_pending_events pile up.
   void emit(json event, int32_t tokens_through = -1) override {
     event["event_id"] = realtime_id(srv_, "event_");
-    queue(event.dump(), tokens_through, false);
+    queue(event.dump(-1, ' ', false, json::error_handler_t::replace), tokens_through, false);  // generated text may hold a stray byte
   }
   void send_binary(std::string data, int32_t tokens_through) override { queue(std::move(data), tokens_through, true); }
   void tokens_without_bytes(int32_t tokens) override { out_.tokens_without_bytes(tokens); }
