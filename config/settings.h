@@ -47,9 +47,14 @@ struct Settings {
   // [access]
   std::vector<std::string> api_keys;   // bearer tokens; none (and no key file): the server is open
   std::string api_key_file;            // one key per line, or "name key"
+  std::vector<std::string> admin_keys;  // keys that may list and stop every key's jobs
   int requests_per_minute = 0;         // per key; 0: no limit
   int concurrent_sessions = 0;
   int64_t tokens_per_minute = 0;       // per key and modality
+  int jobs_per_key = 2;                // video and stream jobs running at once, per key (0: no limit)
+  // [streams]
+  std::vector<std::string> stream_allowed_hosts = {"127.0.0.0/8", "::1"};
+  double stream_idle_timeout_s = 60;
   // [ledger]
   std::string ledger_path = "usage.db";  // "": no ledger
   std::string ledger_synchronous = "normal";

@@ -46,11 +46,11 @@ std::string ApiKeys::fingerprint(const std::string& key) {
   return std::string("key-") + buf;
 }
 
-Status ApiKeys::add(const std::string& key, const std::string& name) {
+Status ApiKeys::add(const std::string& key, const std::string& name, bool admin) {
   if (key.size() < 8) return Error{"an API key must have at least 8 characters"};
   for (char c : key)
     if (c <= ' ' || c == 0x7f) return Error{"an API key must not contain spaces or control characters"};
-  keys_.push_back({key, name.empty() ? fingerprint(key) : name});
+  keys_.push_back({key, name.empty() ? fingerprint(key) : name, admin});
   return Status::Ok();
 }
 
@@ -72,10 +72,13 @@ Status ApiKeys::add_file(const std::string& path) {
   return Status::Ok();
 }
 
-std::optional<std::string> ApiKeys::match(const std::string& presented) const {
+std::optional<std::string> ApiKeys::match(const std::string& presented, bool* admin) const {
   std::optional<std::string> found;
   for (const Entry& e : keys_)  // no early exit: the time does not say which key matched
-    if (constant_time_equal(presented, e.key) && !found) found = e.name;
+    if (constant_time_equal(presented, e.key) && !found) {
+      found = e.name;
+      if (admin) *admin = e.admin;
+    }
   return found;
 }
 

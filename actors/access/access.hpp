@@ -26,20 +26,22 @@ struct KeyLimits {
   int requests_per_minute = 0;      // 0: no limit
   int concurrent_sessions = 0;      // generations and WebSocket sessions at once
   int64_t tokens_per_minute = 0;    // per modality (text, audio, image, video, music) in and out
+  int jobs_per_key = 0;             // video and stream jobs running at once; 0: no limit
 };
 
 class ApiKeys {
  public:
   // Adds a key under `name` (empty: its fingerprint). Keys shorter than 8 characters are
-  // refused (they would be guessable).
-  Status add(const std::string& key, const std::string& name = "");
+  // refused (they would be guessable). An admin key may see and stop every key's jobs.
+  Status add(const std::string& key, const std::string& name = "", bool admin = false);
   // Reads a key file: one key per line, or "name key"; blank lines and # comments skipped.
   Status add_file(const std::string& path);
   bool enabled() const { return !keys_.empty(); }
   size_t size() const { return keys_.size(); }
   // The name of the key that `presented` is, compared in constant time against all keys;
   // nullopt if none matches.
-  std::optional<std::string> match(const std::string& presented) const;
+  // `admin`, when given, says whether the matching key is an admin key.
+  std::optional<std::string> match(const std::string& presented, bool* admin = nullptr) const;
   // The key from "Authorization: Bearer KEY" (empty if absent or malformed).
   static std::string bearer(const std::string& authorization_header);
   // The key from a WebSocket subprotocol list ("realtime, openai-insecure-api-key.KEY"): how
@@ -50,6 +52,7 @@ class ApiKeys {
  private:
   struct Entry {
     std::string key, name;
+    bool admin = false;
   };
   std::vector<Entry> keys_;
 };

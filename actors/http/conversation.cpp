@@ -17,7 +17,7 @@ size_t Conversation::trim(int64_t budget, const ConversationItem* pending) {
 actors::text_request Conversation::request(ChatTemplate t, const ConversationItem* pending) const {
   std::vector<ChatMessage> messages;
   actors::text_request r;
-  if (!instructions.empty()) messages.push_back({"system", instructions});
+  if (!instructions.empty()) messages.push_back({"system", without_markers(instructions)});
   auto add = [&](const ConversationItem& it) {
     if (it.ids.empty()) {
       messages.push_back({it.role, without_markers(it.text)});  // marker bytes from a client are not markers

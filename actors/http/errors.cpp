@@ -59,7 +59,8 @@ nlohmann::json ApiError::wire_code() const {
 std::string ApiError::body() const {
   nlohmann::json e = {{"message", message}, {"type", type()}, {"param", param.empty() ? nlohmann::json(nullptr) : nlohmann::json(param)},
                       {"code", wire_code()}};
-  return nlohmann::json{{"error", e}}.dump();
+  // A message may quote what a client sent (a path, an id) with bytes that are not UTF-8.
+  return nlohmann::json{{"error", e}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 nlohmann::json ApiError::realtime_event(const std::string& client_event_id) const {

@@ -33,6 +33,13 @@ struct ApiError {
   nlohmann::json realtime_event(const std::string& client_event_id) const;
 };
 
+// A refusal by the server's limits (the key's, the job slots, a drain) rather than a mistake
+// in the request: recorded in the ledger as `refused`.
+inline bool is_refusal(ErrorCode c) {
+  return c == ErrorCode::rate_limited || c == ErrorCode::too_many_sessions || c == ErrorCode::token_quota_exceeded ||
+         c == ErrorCode::too_many_jobs || c == ErrorCode::shutting_down || c == ErrorCode::busy;
+}
+
 // A request's own mistake, naming the field.
 inline ApiError invalid_request(std::string message, std::string param = "") {
   return ApiError{ErrorCode::invalid_request, std::move(message), std::move(param)};

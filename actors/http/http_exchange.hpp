@@ -24,6 +24,10 @@ class HttpExchange {
   virtual ServerState& server() = 0;
   virtual const Request& request() const = 0;
   virtual const std::string& key() const = 0;            // the key's name ("" when open)
+  virtual bool admin() const = 0;                        // an admin key: sees every key's jobs
+  // May this client see a job (or any stored object) that `owner` created? Another key's is
+  // answered as if it did not exist.
+  bool may_see(const std::string& owner) const { return admin() || owner == key(); }
   virtual const std::vector<std::string>& params() const = 0;  // the route's {id} segments
   const std::string& path() const { return path_; }
   const std::string& body() const { return request().body(); }

@@ -30,6 +30,7 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
   ServerState& server() override { return srv_; }
   const Request& request() const override { return request_; }
   const std::string& key() const override { return key_; }
+  bool admin() const override { return admin_; }
   const std::vector<std::string>& params() const override { return params_; }
 
   void respond(bhttp::response<bhttp::string_body> res) override {
@@ -82,6 +83,7 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
   void dispatch() {
     srv_.metrics.requests++;
     keep_alive_ = request_.keep_alive();
+    key_.clear(), admin_ = false;  // each request presents its own key
     const std::string target(request_.target());
     path_ = target.substr(0, target.find('?'));
     RouteMatch m = match_route(request_.method(), path_);
@@ -91,7 +93,7 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
       std::string presented = access::ApiKeys::bearer(std::string(request_[bhttp::field::authorization]));
       if (presented.empty() && path_ == "/v1/realtime")
         presented = access::ApiKeys::from_subprotocols(std::string(request_[bhttp::field::sec_websocket_protocol]));
-      auto key = srv_.authenticate(presented);
+      auto key = srv_.authenticate(presented, &admin_);
       if (!key) {
         keep_alive_ = false;
         return respond_error(ApiError{ErrorCode::unauthorized,
@@ -163,6 +165,7 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
   Request request_;
   bool keep_alive_ = false;
   std::string key_;
+  bool admin_ = false;
   std::vector<std::string> params_;
   std::shared_ptr<GenerationOwner> handler_;  // the answer in flight, if it outlives its call
   OutgoingQueue out_;

@@ -114,14 +114,14 @@ std::variant<MediaRequest, ApiError> parse_media_request(MediaKind kind, const s
       if (auto e = number_field(j, "speed", 0.25, 4.0, speed)) return *e;
       // Roughly 12 characters a second at speed 1, plus a second; at most max_seconds.
       r.seconds = std::min(max_seconds, 1.0 + double(text.size()) / (12.0 * speed));
-      r.request.prompt = speech_prompt(*m, voice, speed, without_markers(text));
+      r.request.prompt = speech_prompt(*m, without_markers(voice), speed, without_markers(text));
     } else {
       if (auto e = string_field(j, "prompt", true, text)) return *e;
       std::string lyrics;
       if (auto e = string_field(j, "lyrics", false, lyrics)) return *e;
       r.seconds = 10;
       if (auto e = number_field(j, "duration", 1, max_seconds, r.seconds)) return *e;
-      r.request.prompt = text + (lyrics.empty() ? "" : "\nlyrics: " + lyrics);
+      r.request.prompt = without_markers(text + (lyrics.empty() ? "" : "\nlyrics: " + lyrics));
     }
     r.request.max_tokens = int32_t(std::ceil(r.seconds * m->tokens_per_second()));
     return r;
@@ -130,7 +130,7 @@ std::variant<MediaRequest, ApiError> parse_media_request(MediaKind kind, const s
   std::string prompt, size = std::to_string(m->width) + "x" + std::to_string(m->height);
   if (auto e = string_field(j, "prompt", true, prompt)) return *e;
   if (prompt.empty()) return bad("'prompt' must not be empty", "prompt");
-  r.request.prompt = prompt;
+  r.request.prompt = without_markers(prompt);  // client text never splices media or control tokens
   if (auto e = string_field(j, "size", false, size)) return *e;
   if (!parse_size(size, r.out_width, r.out_height) || r.out_width > 2048 || r.out_height > 2048 || r.out_width < 16 ||
       r.out_height < 16 || (kind == MediaKind::Video && (r.out_width % 2 || r.out_height % 2)))

@@ -62,10 +62,28 @@ Checked read_turn_detection(const json& td, SessionUpdate& u) {
 std::variant<SessionUpdate, Invalid> read_session_update(const json& s) {
   if (!s.is_object()) return Invalid{"'session' must be an object"};
   SessionUpdate u;
-  if (s.contains("instructions") && s["instructions"].is_string()) u.instructions = s["instructions"].get<std::string>();
-  if (s.contains("temperature") && s["temperature"].is_number()) u.temperature = s["temperature"].get<float>();
-  if (s.contains("max_response_output_tokens") && s["max_response_output_tokens"].is_number_integer())
-    u.max_output_tokens = int(std::clamp<int64_t>(s["max_response_output_tokens"].get<int64_t>(), 1, INT_MAX));
+  // Every field checked as the HTTP fields are: a value of the wrong type or out of range is
+  // an error naming it, never silently ignored or clamped into something else.
+  if (s.contains("instructions") && !s["instructions"].is_null()) {
+    if (!s["instructions"].is_string()) return Invalid{"'instructions' must be a string"};
+    u.instructions = s["instructions"].get<std::string>();
+  }
+  if (s.contains("temperature") && !s["temperature"].is_null()) {
+    const json& t = s["temperature"];
+    if (!t.is_number() || !(t.get<double>() >= 0 && t.get<double>() <= 2)) return Invalid{"'temperature' must be a number from 0 to 2"};
+    u.temperature = t.get<float>();
+  }
+  for (const char* key : {"max_response_output_tokens", "max_output_tokens"}) {
+    if (!s.contains(key) || s[key].is_null()) continue;
+    const json& m = s[key];
+    if (m.is_string() && m == "inf") {
+      u.max_output_tokens = INT_MAX;  // the session clamps it to the server's limit
+    } else if (m.is_number_integer() && m.get<int64_t>() >= 1) {
+      u.max_output_tokens = int(std::min<int64_t>(m.get<int64_t>(), INT_MAX));
+    } else {
+      return Invalid{std::string("'") + key + "' must be a positive integer or \"inf\""};
+    }
+  }
   if (s.contains("input_audio_format"))
     if (auto e = read_wire(s["input_audio_format"], u.input_wire, "input_audio_format")) return *e;
   if (s.contains("output_audio_format"))

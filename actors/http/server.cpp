@@ -4,6 +4,7 @@
 
 #include "actors/http/handlers/handlers.hpp"
 #include "actors/http/server_state.hpp"
+#include "actors/http/stream_address.hpp"
 
 namespace tutti::http {
 
@@ -25,7 +26,12 @@ Expected<ServerConfig> ServerConfig::from(const Settings& st, const Model& model
     if (Status s = sc.api_keys.add(k); !s) return Error{"[access] api_keys: " + s.message()};
   if (!st.api_key_file.empty())
     if (Status s = sc.api_keys.add_file(st.api_key_file); !s) return s.error();
-  sc.key_limits = {st.requests_per_minute, st.concurrent_sessions, st.tokens_per_minute};
+  for (const std::string& k : st.admin_keys)
+    if (Status s = sc.api_keys.add(k, "", true); !s) return Error{"[access] admin_keys: " + s.message()};
+  sc.key_limits = {st.requests_per_minute, st.concurrent_sessions, st.tokens_per_minute, st.jobs_per_key};
+  sc.stream_allowed_hosts = st.stream_allowed_hosts;
+  if (auto ranges = parse_host_ranges(st.stream_allowed_hosts); !ranges) return Error{"[streams] allowed_hosts: " + ranges.error().message};
+  sc.stream_idle_timeout_s = st.stream_idle_timeout_s;
   sc.ledger_path = st.ledger_path;
   sc.ledger_synchronous = st.ledger_synchronous;
   sc.fit_to(model);
@@ -74,6 +80,7 @@ Expected<uint16_t> HttpServer::start() {
         return;
       } catch (const std::exception& e) {
         impl_->metrics.errors++;
+        impl_->metrics.io_thread_exceptions++;
         std::fprintf(stderr, "tutti: a session failed on the I/O thread: %s\n", e.what());
       }
     }

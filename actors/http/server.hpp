@@ -51,6 +51,11 @@ struct ServerConfig {
   // and limits per key. See access.hpp.
   access::ApiKeys api_keys;
   access::KeyLimits key_limits;
+  // Stream jobs: the hosts (addresses, CIDR ranges) their inputs and outputs may use, after
+  // resolving (an output binds there, so never a wildcard); and how long a job may go without
+  // input before it ends.
+  std::vector<std::string> stream_allowed_hosts = {"127.0.0.0/8", "::1"};
+  double stream_idle_timeout_s = 60;
   // The usage ledger (ledger.hpp): "" for none.
   std::string ledger_path;
   std::string ledger_synchronous = "normal";
@@ -72,6 +77,9 @@ struct ServerMetrics {
   std::atomic<uint64_t> speech_prefills{0};  // prefills of speech started while the user was talking
   std::atomic<uint64_t> conversation_items_dropped{0};  // realtime items trimmed off the oldest end
   std::atomic<uint64_t> auth_failures{0}, limit_refusals{0}, ledger_records{0}, ledger_errors{0};
+  // Exceptions that escaped a handler on the I/O thread: each one is a bug (it drops a
+  // session); tests assert none happen.
+  std::atomic<uint64_t> io_thread_exceptions{0};
   std::atomic<int64_t> generations{0};  // generations running (every transport: drain waits for them)
 };
 

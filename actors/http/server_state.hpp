@@ -69,11 +69,20 @@ class ServerState {
   void accept();
 
   // The name of the key a request presents ("" when the server is open); nullopt: refused.
-  std::optional<std::string> authenticate(const std::string& presented) {
+  // `admin`: whether it is an admin key (an open server has none).
+  std::optional<std::string> authenticate(const std::string& presented, bool* admin) {
+    *admin = false;
     if (!cfg.api_keys.enabled()) return std::string();
-    auto name = cfg.api_keys.match(presented);
+    auto name = cfg.api_keys.match(presented, admin);
     if (!name) metrics.auth_failures++;
     return name;
+  }
+  // An id no client can guess (128 random bits): jobs are reached by id alone.
+  static std::string unguessable_id(const char* prefix) {
+    std::random_device rd;
+    char buf[40];
+    std::snprintf(buf, sizeof buf, "%08x%08x%08x%08x", unsigned(rd()), unsigned(rd()), unsigned(rd()), unsigned(rd()));
+    return prefix + std::string(buf);
   }
   // May a generation of `key` producing `modality` start now? (Counts it if so.) Without
   // `check_limits` only the drain is asked (work admitted as a whole before: a stream job).

@@ -8,6 +8,7 @@
 
 #include "actors/http/conversation.hpp"
 #include "actors/http/generation.hpp"
+#include "actors/http/handlers/handlers.hpp"
 #include "codecs/media_decoder.h"
 #include "codecs/voice_input.h"
 
@@ -15,31 +16,23 @@ namespace tutti::http {
 
 namespace {
 
-// "zmq:tcp://HOST:PORT" → "tcp://HOST:PORT"; empty if it is not one.
-std::string zmq_endpoint(const std::string& url) {
-  const std::string prefix = "zmq:tcp://";
-  if (url.rfind(prefix, 0) != 0) return "";
-  const std::string rest = url.substr(prefix.size());
-  const size_t colon = rest.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == rest.size()) return "";
-  for (size_t i = colon + 1; i < rest.size(); ++i)
-    if (!isdigit(static_cast<unsigned char>(rest[i]))) return "";
-  const long port = std::stol(rest.substr(colon + 1));
-  if (port < 1 || port > 65535) return "";
-  return "tcp://" + rest;
-}
-
 }  // namespace
 
 std::variant<StreamJobRequest, ApiError> parse_stream_job(const std::string& body) {
+  return parse_stream_job(body, *parse_host_ranges({"127.0.0.0/8", "::1"}));
+}
+
+std::variant<StreamJobRequest, ApiError> parse_stream_job(const std::string& body, const std::vector<HostRange>& allowed) {
   auto bad = [](const std::string& m, const std::string& p) { return invalid_request(m, p); };
   nlohmann::json j = nlohmann::json::parse(body, nullptr, false);
   if (j.is_discarded() || !j.is_object()) return bad("the request body must be a JSON object", "");
   StreamJobRequest r;
-  for (auto [key, out] : {std::pair{"input", &r.input}, std::pair{"output", &r.output}}) {
-    if (!j.contains(key) || !j[key].is_string() || zmq_endpoint(j[key].get<std::string>()).empty())
-      return bad(std::string("'") + key + "' must be a zmq:tcp://HOST:PORT URL", key);
+  for (auto [key, out, address] : {std::tuple{"input", &r.input, &r.input_address}, std::tuple{"output", &r.output, &r.output_address}}) {
+    if (!j.contains(key) || !j[key].is_string()) return bad(std::string("'") + key + "' must be a zmq:tcp://HOST:PORT URL", key);
     *out = j[key].get<std::string>();
+    auto resolved = resolve_stream_address(*out, allowed);
+    if (!resolved) return bad(std::string("'") + key + "' " + resolved.error().message, key);
+    *address = *resolved;
   }
   if (j.contains("task")) {
     if (!j["task"].is_string() || j["task"] != "respond") return bad("'task' must be respond", "task");
@@ -55,7 +48,7 @@ std::variant<StreamJobRequest, ApiError> parse_stream_job(const std::string& bod
       return bad("'modality' must be audio, video or text", "modality");
     r.modality = *m;
   }
-  if (r.input == r.output) return bad("'input' and 'output' must differ", "output");
+  if (r.input_address == r.output_address) return bad("'input' and 'output' must differ", "output");
   return r;
 }
 
@@ -71,7 +64,8 @@ class StreamJob final : public GenerationOwner, public std::enable_shared_from_t
   Status start() {
     try {
       pub_.set(zmq::sockopt::linger, 0);
-      pub_.bind(zmq_endpoint(req_.output));
+      if (req_.output_address.v6) pub_.set(zmq::sockopt::ipv6, 1);
+      pub_.bind(req_.output_address.endpoint);  // an allowed address only, never a wildcard
     } catch (const zmq::error_t& e) {
       return Error{"cannot publish on " + req_.output + ": " + e.what()};
     }
@@ -79,6 +73,8 @@ class StreamJob final : public GenerationOwner, public std::enable_shared_from_t
     rx_ = std::thread([self] { self->receive_loop(); });
     dec_ = std::thread([self] { self->decode_loop(); });
     event("started", {});
+    last_input_ = std::chrono::steady_clock::now().time_since_epoch().count();
+    watch_idle();
     return Status::Ok();
   }
 
@@ -89,6 +85,7 @@ class StreamJob final : public GenerationOwner, public std::enable_shared_from_t
     queue_.abort();
     if (rx_.joinable()) rx_.join();
     if (dec_.joinable()) dec_.join();
+    idle_timer_.cancel();
     if (answer_) answer_->abandon("the job was stopped");
     answer_.reset();
     if (status_ == "running") status_ = "stopped";
@@ -105,6 +102,23 @@ class StreamJob final : public GenerationOwner, public std::enable_shared_from_t
             {"turns", turns_}, {"responses", responses_}, {"events", nlohmann::json(events_)}};
   }
   bool active() const { return status_ == "running"; }
+  const std::string& owner() const { return key_; }
+
+  // A job whose input has been silent for stream_idle_timeout_s ends (its slot is freed),
+  // and its event log says why. Checked once a second on the I/O thread.
+  void watch_idle() {
+    idle_timer_.expires_after(std::chrono::seconds(1));
+    idle_timer_.async_wait([weak = weak_from_this()](beast::error_code ec) {
+      auto self = weak.lock();
+      if (ec || !self || self->stopping_) return;
+      const auto last = std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(self->last_input_.load()));
+      const double idle = std::chrono::duration<double>(std::chrono::steady_clock::now() - last).count();
+      if (idle < self->srv_.cfg.stream_idle_timeout_s) return self->watch_idle();
+      self->event("idle_timeout", {{"message", "no input for " + std::to_string(int(idle)) + " s: the job ended"}});
+      self->stop();
+      self->status_ = "ended";
+    });
+  }
 
   // ---- the answer's generation (I/O thread)
   // A text answer: its deltas are events on the job.
@@ -146,7 +160,8 @@ class StreamJob final : public GenerationOwner, public std::enable_shared_from_t
     sub.set(zmq::sockopt::rcvtimeo, 100);
     sub.set(zmq::sockopt::linger, 0);
     try {
-      sub.connect(zmq_endpoint(req_.input));
+      if (req_.input_address.v6) sub.set(zmq::sockopt::ipv6, 1);
+      sub.connect(req_.input_address.endpoint);
     } catch (const zmq::error_t& e) {
       post_event("error", {{"message", std::string("cannot subscribe to ") + req_.input + ": " + e.what()}});
       queue_.close();
@@ -157,6 +172,7 @@ class StreamJob final : public GenerationOwner, public std::enable_shared_from_t
       auto got = sub.recv(m, zmq::recv_flags::none);
       if (!got) continue;  // the 100 ms timeout: look at stopping_ again
       bytes_in_ += m.size();
+      last_input_ = std::chrono::steady_clock::now().time_since_epoch().count();
       if (!queue_.push(std::span<const uint8_t>(static_cast<const uint8_t*>(m.data()), m.size()))) break;
     }
   }
@@ -249,6 +265,8 @@ class StreamJob final : public GenerationOwner, public std::enable_shared_from_t
   std::thread rx_, dec_;
   std::atomic<bool> stopping_{false};
   std::atomic<uint64_t> bytes_in_{0}, gaps_{0};
+  std::atomic<int64_t> last_input_{0};  // steady-clock ticks of the last message received
+  net::steady_timer idle_timer_{srv_.ioc};
   // I/O thread state.
   long created_ = ServerState::unix_now();
   std::string status_ = "running";
@@ -261,16 +279,19 @@ class StreamJob final : public GenerationOwner, public std::enable_shared_from_t
 };
 
 std::variant<nlohmann::json, ApiError> stream_jobs_create(ServerState& srv, const std::string& body, const std::string& key) {
-  auto parsed = parse_stream_job(body);
+  auto allowed = parse_host_ranges(srv.cfg.stream_allowed_hosts);
+  if (!allowed) return ApiError{ErrorCode::generation_failed, "[streams] allowed_hosts: " + allowed.error().message};
+  auto parsed = parse_stream_job(body, *allowed);
   if (const ApiError* e = std::get_if<ApiError>(&parsed)) return *e;
   int active = 0;
   for (auto& [id, job] : srv.streams) active += job->active();
-  if (active >= 4) return ApiError{ErrorCode::too_many_jobs, "4 stream jobs are already running", "", 0, "too_many_streams"};
+  if (auto refusal = key_job_limit(srv, key)) return *refusal;
+  if (active >= 4) return ApiError{ErrorCode::too_many_jobs, "4 stream jobs are already running", "", 5, "too_many_streams"};
   if (!srv.pipe.codecs || !srv.pipe.codecs->info(Modality::Audio))
     return ApiError{ErrorCode::unsupported_modality, "this model has no audio modality"};
   if (std::get<StreamJobRequest>(parsed).modality == Modality::Video && !srv.pipe.codecs->info(Modality::Video))
     return ApiError{ErrorCode::unsupported_modality, "this model has no video modality", "modality"};
-  const std::string id = "stream_" + std::to_string(srv.next_id++);
+  const std::string id = ServerState::unguessable_id("stream_");
   if (auto refusal = srv.admit(key, Modality::Audio, false)) return ApiError{refusal->code, refusal->message, "", refusal->retry_after_s};
   auto job = std::make_shared<StreamJob>(id, std::get<StreamJobRequest>(std::move(parsed)), srv, key);
   if (Status s = job->start(); !s) return invalid_request(s.message(), "output");
@@ -278,20 +299,44 @@ std::variant<nlohmann::json, ApiError> stream_jobs_create(ServerState& srv, cons
   return job->to_json();
 }
 
-std::variant<nlohmann::json, ApiError> stream_jobs_get(ServerState& srv, const std::string& id) {
+std::variant<nlohmann::json, ApiError> stream_jobs_list(ServerState& srv, const std::string& key, bool admin) {
+  nlohmann::json data = nlohmann::json::array();
+  for (const auto& [id, job] : srv.streams)
+    if (admin || job->owner() == key) data.push_back(job->to_json());
+  return nlohmann::json{{"object", "list"}, {"data", data}};
+}
+
+namespace {
+// The job `id` names if this client may see it; another key's is answered as missing.
+std::map<std::string, std::shared_ptr<StreamJob>>::iterator visible_job(ServerState& srv, const std::string& id, const std::string& key,
+                                                                        bool admin) {
   auto it = srv.streams.find(id);
-  if (it == srv.streams.end()) return ApiError{ErrorCode::not_found, "no stream job '" + id + "'", "", 0, "stream_not_found"};
+  if (it != srv.streams.end() && !admin && it->second->owner() != key) return srv.streams.end();
+  return it;
+}
+ApiError no_stream(const std::string& id) { return ApiError{ErrorCode::not_found, "no stream job '" + id + "'", "", 0, "stream_not_found"}; }
+}  // namespace
+
+std::variant<nlohmann::json, ApiError> stream_jobs_get(ServerState& srv, const std::string& id, const std::string& key, bool admin) {
+  auto it = visible_job(srv, id, key, admin);
+  if (it == srv.streams.end()) return no_stream(id);
   return it->second->to_json();
 }
 
-std::variant<nlohmann::json, ApiError> stream_jobs_delete(ServerState& srv, const std::string& id) {
-  auto it = srv.streams.find(id);
-  if (it == srv.streams.end()) return ApiError{ErrorCode::not_found, "no stream job '" + id + "'", "", 0, "stream_not_found"};
+std::variant<nlohmann::json, ApiError> stream_jobs_delete(ServerState& srv, const std::string& id, const std::string& key, bool admin) {
+  auto it = visible_job(srv, id, key, admin);
+  if (it == srv.streams.end()) return no_stream(id);
   it->second->stop();
   auto j = it->second->to_json();
   j["deleted"] = true;
   srv.streams.erase(it);
   return j;
+}
+
+int active_stream_jobs(ServerState& srv, const std::string& key) {
+  int n = 0;
+  for (const auto& [id, job] : srv.streams) n += job->active() && job->owner() == key;
+  return n;
 }
 
 void stream_jobs_stop_all(ServerState& srv) {

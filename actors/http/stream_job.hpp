@@ -17,18 +17,23 @@
 #include <variant>
 
 #include "actors/http/errors.hpp"
+#include "actors/http/stream_address.hpp"
 #include "pipeline/request_kinds.h"
 
 namespace tutti::http {
 
 struct StreamJobRequest {
   std::string input, output, task = "respond";
+  StreamAddress input_address, output_address;  // resolved and allowed
   double max_response_seconds = 5;
   // What the answers are: audio (AAC in MPEG-TS on the output), video (H.264 in MPEG-TS on
   // the output) or text (response.output_text.delta events on the job, nothing published).
   Modality modality = Modality::Audio;
 };
-// zmq:tcp://HOST:PORT URLs for input and output; task "respond"; modality audio|video|text.
+// zmq:tcp://HOST:PORT URLs for input and output, both inside `allowed` (see
+// stream_address.hpp; loopback when not given) and different; task "respond"; modality
+// audio|video|text.
+std::variant<StreamJobRequest, ApiError> parse_stream_job(const std::string& body, const std::vector<HostRange>& allowed);
 std::variant<StreamJobRequest, ApiError> parse_stream_job(const std::string& body);
 
 class ServerState;
@@ -36,8 +41,12 @@ class ServerState;
 // or the error. `key`: the name of the key that created the job; its answers are recorded
 // under it.
 std::variant<nlohmann::json, ApiError> stream_jobs_create(ServerState& srv, const std::string& body, const std::string& key);
-std::variant<nlohmann::json, ApiError> stream_jobs_get(ServerState& srv, const std::string& id);
-std::variant<nlohmann::json, ApiError> stream_jobs_delete(ServerState& srv, const std::string& id);
+// A job is seen (read, listed, stopped) only by the key that created it, or an admin key;
+// to any other it does not exist (404).
+std::variant<nlohmann::json, ApiError> stream_jobs_list(ServerState& srv, const std::string& key, bool admin);
+std::variant<nlohmann::json, ApiError> stream_jobs_get(ServerState& srv, const std::string& id, const std::string& key, bool admin);
+std::variant<nlohmann::json, ApiError> stream_jobs_delete(ServerState& srv, const std::string& id, const std::string& key, bool admin);
 void stream_jobs_stop_all(ServerState& srv);
+int active_stream_jobs(ServerState& srv, const std::string& key);
 
 }  // namespace tutti::http

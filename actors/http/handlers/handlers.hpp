@@ -18,10 +18,12 @@ void handle_speech(HttpExchange& ex);
 void handle_music(HttpExchange& ex);
 void handle_images(HttpExchange& ex);
 void handle_video_create(HttpExchange& ex);
+void handle_video_list(HttpExchange& ex);
 void handle_video_get(HttpExchange& ex);
 void handle_video_delete(HttpExchange& ex);
 void handle_video_content(HttpExchange& ex);
 void handle_stream_create(HttpExchange& ex);
+void handle_stream_list(HttpExchange& ex);
 void handle_stream_get(HttpExchange& ex);
 void handle_stream_delete(HttpExchange& ex);
 void handle_health(HttpExchange& ex);
@@ -29,6 +31,11 @@ void handle_web_client(HttpExchange& ex);
 void handle_models(HttpExchange& ex);
 void handle_metrics(HttpExchange& ex);
 void handle_realtime_upgrade(HttpExchange& ex);
+
+// Jobs of `key` running now (video: videos.cpp; stream: stream_job.cpp), for its limit.
+int active_video_jobs(ServerState& srv, const std::string& key);
+// Refused when `key` already runs its [access] jobs_per_key.
+std::optional<ApiError> key_job_limit(ServerState& srv, const std::string& key);
 
 // Video jobs still running are cancelled, stream jobs stopped (on the I/O thread, at stop).
 void stop_all_jobs(ServerState& srv);

@@ -35,6 +35,7 @@ void handle_metrics(HttpExchange& ex) {
   counter("tutti_limit_refusals_total", "Requests refused by a key's limits (or while shutting down).", m.limit_refusals);
   counter("tutti_ledger_records_total", "Usage records committed to the ledger.", m.ledger_records);
   counter("tutti_ledger_errors_total", "Usage records the ledger could not commit.", m.ledger_errors);
+  counter("tutti_io_thread_exceptions_total", "Exceptions that escaped a handler on the I/O thread (each a bug).", m.io_thread_exceptions);
   counter("tutti_generations_running", "Generations running (HTTP, realtime responses, video and stream jobs).",
           uint64_t(std::max<int64_t>(0, m.generations)), "gauge");
   b += "# HELP tutti_realtime_speech_to_first_audio_seconds End of the user's speech (commit) to the first audio delta sent.\n"

@@ -12,9 +12,10 @@ class VideoJob final : public GenerationOwner {
   static constexpr size_t kMaxKept = 64;  // finished jobs beyond this are forgotten, oldest first
   enum class Status { Queued, InProgress, Completed, Failed };
 
-  VideoJob(std::string id, MediaRequest req) : id_(std::move(id)), req_(std::move(req)) {}
+  VideoJob(std::string id, MediaRequest req, std::string owner) : id_(std::move(id)), req_(std::move(req)), owner_(std::move(owner)) {}
   std::shared_ptr<Generation> generation;
 
+  const std::string& owner() const { return owner_; }  // the key that created it: only it (or an admin) sees it
   bool active() const { return status_ == Status::Queued || status_ == Status::InProgress; }
   bool completed() const { return status_ == Status::Completed; }
   const std::vector<uint8_t>& content() const { return mp4_; }
@@ -65,6 +66,7 @@ class VideoJob final : public GenerationOwner {
  private:
   std::string id_;
   MediaRequest req_;
+  std::string owner_;
   long created_ = ServerState::unix_now();
   Status status_ = Status::Queued;
   std::string error_;
@@ -79,7 +81,7 @@ void handle_video_create(HttpExchange& ex) {
   if (const ApiError* e = std::get_if<ApiError>(&parsed)) return ex.respond_error(*e);
   MediaRequest req = std::get<MediaRequest>(std::move(parsed));
   req.request.id = srv.next_id++;
-  const std::string id = "video_" + std::to_string(req.request.id);
+  const std::string id = ServerState::unguessable_id("video_");
   GenerationSpec spec;
   spec.key = ex.key();
   spec.endpoint = "/v1/videos";
@@ -89,10 +91,12 @@ void handle_video_create(HttpExchange& ex) {
   spec.seed_from_id = true;
   int active = 0;
   for (auto& [job_id, job] : srv.jobs) active += job->active();
-  if (active >= VideoJob::kMaxActive) {
-    const ApiError e{ErrorCode::too_many_jobs, std::to_string(active) + " videos are already being generated; try again later"};
-    Generation::record_refusal(srv, spec, e);  // a job refused before it starts has its record too
-    return ex.respond_error(e);
+  std::optional<ApiError> refusal = key_job_limit(srv, ex.key());
+  if (!refusal && active >= VideoJob::kMaxActive)
+    refusal = ApiError{ErrorCode::too_many_jobs, std::to_string(active) + " videos are already being generated; try again later"};
+  if (refusal) {
+    Generation::record_refusal(srv, spec, *refusal);  // a job refused before it starts has its record too
+    return ex.respond_error(*refusal);
   }
   // Forget the oldest finished jobs beyond the limit.
   while (srv.jobs.size() >= VideoJob::kMaxKept) {
@@ -106,7 +110,7 @@ void handle_video_create(HttpExchange& ex) {
   spec.output = [w = req.out_width, h = req.out_height, fps = m->frame_rate] {
     return std::shared_ptr<MediaOutput>(make_video_output(w, h, fps));
   };
-  auto job = std::make_shared<VideoJob>(id, req);
+  auto job = std::make_shared<VideoJob>(id, req, ex.key());
   auto started = Generation::start(srv, std::move(spec), job);
   if (const ApiError* e = std::get_if<ApiError>(&started)) return ex.respond_error(*e);
   job->generation = std::get<std::shared_ptr<Generation>>(std::move(started));
@@ -115,14 +119,22 @@ void handle_video_create(HttpExchange& ex) {
 }
 
 namespace {
-// The job the route's {id} names, or a 404 answered.
+// The job the route's {id} names, or a 404 answered: also for another key's job, which this
+// client is never told exists.
 VideoJob* find_job(HttpExchange& ex) {
   auto it = ex.server().jobs.find(ex.params().at(0));
-  if (it != ex.server().jobs.end()) return it->second.get();
+  if (it != ex.server().jobs.end() && ex.may_see(it->second->owner())) return it->second.get();
   ex.respond_error(ApiError{ErrorCode::not_found, "no video job '" + ex.params().at(0) + "'", "", 0, "video_not_found"});
   return nullptr;
 }
 }  // namespace
+
+void handle_video_list(HttpExchange& ex) {
+  json data = json::array();
+  for (const auto& [id, job] : ex.server().jobs)
+    if (ex.may_see(job->owner())) data.push_back(job->to_json());
+  ex.respond_json(200, json{{"object", "list"}, {"data", data}}.dump());
+}
 
 void handle_video_get(HttpExchange& ex) {
   if (VideoJob* job = find_job(ex)) ex.respond_json(200, job->to_json().dump());
@@ -144,6 +156,20 @@ void handle_video_content(HttpExchange& ex) {
   if (!job->completed())
     return ex.respond_error(ApiError{ErrorCode::not_ready, "video '" + ex.params().at(0) + "' is " + job->status_name()});
   ex.respond_bytes("video/mp4", std::string(job->content().begin(), job->content().end()));
+}
+
+int active_video_jobs(ServerState& srv, const std::string& key) {
+  int n = 0;
+  for (const auto& [id, job] : srv.jobs) n += job->active() && job->owner() == key;
+  return n;
+}
+
+std::optional<ApiError> key_job_limit(ServerState& srv, const std::string& key) {
+  const int limit = srv.cfg.key_limits.jobs_per_key;
+  if (limit <= 0) return std::nullopt;
+  const int running = active_video_jobs(srv, key) + active_stream_jobs(srv, key);
+  if (running < limit) return std::nullopt;
+  return ApiError{ErrorCode::too_many_jobs, "the key's limit of " + std::to_string(limit) + " jobs at once is reached", "", 5};
 }
 
 void stop_all_jobs(ServerState& srv) {

@@ -1,0 +1,199 @@
+// Isolation between customers and between sessions, through the real server: a key sees
+// only its own jobs (unguessable ids; 404 otherwise; an admin key sees all), stream jobs use
+// only allowed hosts, one key cannot hold every job slot, odd bytes in a path are answered,
+// and session fields are validated like the HTTP ones.
+#include <gtest/gtest.h>
+
+#include <boost/asio.hpp>
+#include <boost/beast.hpp>
+
+#include <regex>
+#include <thread>
+
+#include "actors/http/stream_job.hpp"
+#include "http_client.h"
+#include "server_support.h"
+
+namespace tutti {
+namespace {
+
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+namespace net = boost::asio;
+using tcp = net::ip::tcp;
+using json = nlohmann::json;
+
+const std::string kAlice = "sk-alice-0123456789", kBob = "sk-bob-0123456789", kAdmin = "sk-admin-0123456789";
+using Headers = std::vector<std::pair<std::string, std::string>>;
+Headers as(const std::string& key) { return {{"Authorization", "Bearer " + key}}; }
+
+http::ServerConfig three_keys() {
+  http::ServerConfig sc;
+  EXPECT_TRUE(sc.api_keys.add(kAlice, "alice").ok());
+  EXPECT_TRUE(sc.api_keys.add(kBob, "bob").ok());
+  EXPECT_TRUE(sc.api_keys.add(kAdmin, "admin", true).ok());
+  return sc;
+}
+
+uint16_t free_port() {
+  net::io_context ioc;
+  tcp::acceptor a(ioc, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0));
+  return a.local_endpoint().port();
+}
+
+std::string stream_body(uint16_t in, uint16_t out, const std::string& host = "127.0.0.1") {
+  return json{{"input", "zmq:tcp://" + host + ":" + std::to_string(in)}, {"output", "zmq:tcp://127.0.0.1:" + std::to_string(out)},
+              {"modality", "text"}}
+      .dump();
+}
+
+int64_t metric(uint16_t port, const std::string& key, const std::string& name) {
+  const std::string body = test::http_call(port, bhttp::verb::get, "/metrics", "", as(key)).body;
+  const size_t at = body.find("\n" + name + " ");
+  return at == std::string::npos ? -1 : std::stoll(body.substr(at + name.size() + 2));
+}
+
+TEST(Isolation, AKeySeesOnlyItsOwnJobs) {
+  test::ServerUnderTest sut(three_keys());
+  const auto created = test::http_call(sut.port, bhttp::verb::post, "/v1/videos", R"({"prompt":"x","seconds":1,"size":"64x64"})", as(kAlice));
+  ASSERT_EQ(created.status, 200) << created.body;
+  const std::string video = json::parse(created.body)["id"];
+  EXPECT_TRUE(std::regex_match(video, std::regex("video_[0-9a-f]{32}"))) << video << ": 128 random bits, not a counter";
+  const auto stream = test::http_call(sut.port, bhttp::verb::post, "/v1/streams", stream_body(free_port(), free_port()), as(kAlice));
+  ASSERT_EQ(stream.status, 200) << stream.body;
+  const std::string job = json::parse(stream.body)["id"];
+  EXPECT_TRUE(std::regex_match(job, std::regex("stream_[0-9a-f]{32}"))) << job;
+  for (const std::string& path : {"/v1/videos/" + video, "/v1/videos/" + video + "/content", "/v1/streams/" + job}) {
+    const auto other = test::http_call(sut.port, bhttp::verb::get, path, "", as(kBob));
+    EXPECT_EQ(other.status, 404) << path << ": another key's job does not exist for bob";
+    EXPECT_EQ(other.body.find("alice"), std::string::npos);
+    EXPECT_NE(test::http_call(sut.port, bhttp::verb::get, path, "", as(kAdmin)).status, 404) << path;
+  }
+  EXPECT_EQ(test::http_call(sut.port, bhttp::verb::delete_, "/v1/videos/" + video, "", as(kBob)).status, 404);
+  EXPECT_EQ(test::http_call(sut.port, bhttp::verb::delete_, "/v1/streams/" + job, "", as(kBob)).status, 404);
+  EXPECT_EQ(json::parse(test::http_call(sut.port, bhttp::verb::get, "/v1/videos", "", as(kBob)).body)["data"].size(), 0u);
+  EXPECT_EQ(json::parse(test::http_call(sut.port, bhttp::verb::get, "/v1/streams", "", as(kBob)).body)["data"].size(), 0u);
+  EXPECT_EQ(json::parse(test::http_call(sut.port, bhttp::verb::get, "/v1/videos", "", as(kAlice)).body)["data"].size(), 1u);
+  EXPECT_EQ(json::parse(test::http_call(sut.port, bhttp::verb::get, "/v1/streams", "", as(kAdmin)).body)["data"].size(), 1u);
+  EXPECT_EQ(test::http_call(sut.port, bhttp::verb::get, "/v1/videos/" + video, "", as(kAlice)).status, 200);
+  EXPECT_EQ(test::http_call(sut.port, bhttp::verb::delete_, "/v1/streams/" + job, "", as(kAlice)).status, 200);
+}
+
+TEST(Isolation, StreamJobsUseOnlyAllowedHosts) {
+  const std::string ok_out = "zmq:tcp://127.0.0.1:18391";
+  auto refused = [](const std::string& body) {
+    auto r = http::parse_stream_job(body);
+    return std::holds_alternative<http::ApiError>(r) ? std::get<http::ApiError>(r) : http::ApiError(ErrorCode::none);
+  };
+  for (const char* out : {"zmq:tcp://0.0.0.0:18390", "zmq:tcp://*:18390", "zmq:tcp://eth0:18390", "zmq:tcp://[::]:18390",
+                          "zmq:tcp://10.1.2.3:18390"}) {
+    const http::ApiError e = refused(json{{"input", "zmq:tcp://127.0.0.1:18392"}, {"output", out}}.dump());
+    EXPECT_EQ(e.code, ErrorCode::invalid_request) << out;
+    EXPECT_EQ(e.param, "output") << out;
+  }
+  for (const char* in : {"zmq:tcp://8.8.8.8:5555", "zmq:tcp://10.0.0.1:5555", "zmq:tcp://[2001:db8::1]:5555"}) {
+    const http::ApiError e = refused(json{{"input", in}, {"output", ok_out}}.dump());
+    EXPECT_EQ(e.param, "input") << in << ": the server never connects out to another host";
+    EXPECT_NE(e.message.find("allowed_hosts"), std::string::npos) << e.message;
+  }
+  // Ports are numbers: :018391 is :18391.
+  EXPECT_EQ(refused(json{{"input", "zmq:tcp://127.0.0.1:018391"}, {"output", ok_out}}.dump()).param, "output");
+  EXPECT_EQ(refused(json{{"input", "zmq:tcp://localhost:18391"}, {"output", ok_out}}.dump()).param, "output");
+  auto allowed = http::parse_stream_job(json{{"input", "zmq:tcp://localhost:18392"}, {"output", ok_out}}.dump());
+  ASSERT_TRUE(std::holds_alternative<http::StreamJobRequest>(allowed));
+  EXPECT_EQ(std::get<http::StreamJobRequest>(allowed).output_address.endpoint, "tcp://127.0.0.1:18391");
+  // Configured ranges widen it; a bad entry is an error naming it.
+  auto lan = http::parse_host_ranges({"10.0.0.0/8", "::1"});
+  ASSERT_TRUE(lan);
+  EXPECT_TRUE(std::holds_alternative<http::StreamJobRequest>(
+      http::parse_stream_job(json{{"input", "zmq:tcp://10.1.2.3:5555"}, {"output", "zmq:tcp://10.9.9.9:5556"}}.dump(), *lan)));
+  EXPECT_FALSE(http::parse_host_ranges({"10.0.0.0/33"}));
+  EXPECT_FALSE(http::parse_host_ranges({"eth0"}));
+  // Through the server: a 400 with the reason.
+  test::ServerUnderTest sut;
+  const auto r = test::http_call(sut.port, bhttp::verb::post, "/v1/streams", stream_body(free_port(), free_port(), "0.0.0.0"));
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(json::parse(r.body)["error"]["param"], "input");
+}
+
+TEST(Isolation, AKeyCannotHoldEveryJobSlotAndIdleJobsEnd) {
+  const std::string ledger = test::fresh_ledger("isolation-jobs.db");
+  http::ServerConfig sc = three_keys();
+  sc.key_limits.jobs_per_key = 1;
+  sc.stream_idle_timeout_s = 1;
+  sc.ledger_path = ledger;
+  test::ServerUnderTest sut(sc);
+  const auto first = test::http_call(sut.port, bhttp::verb::post, "/v1/streams", stream_body(free_port(), free_port()), as(kAlice));
+  ASSERT_EQ(first.status, 200) << first.body;
+  const auto second = test::http_call(sut.port, bhttp::verb::post, "/v1/streams", stream_body(free_port(), free_port()), as(kAlice));
+  EXPECT_EQ(second.status, 429);
+  EXPECT_EQ(json::parse(second.body)["error"]["type"], "rate_limit_error");
+  EXPECT_EQ(test::http_call(sut.port, bhttp::verb::post, "/v1/videos", R"({"prompt":"x","seconds":1})", as(kAlice)).status, 429)
+      << "video and stream jobs count together";
+  EXPECT_EQ(test::http_call(sut.port, bhttp::verb::post, "/v1/streams", stream_body(free_port(), free_port()), as(kBob)).status, 200)
+      << "bob's slots are his own";
+  // Nothing publishes: the job ends after the idle timeout, and says why.
+  const std::string id = json::parse(first.body)["id"];
+  json state;
+  for (int i = 0; i < 200; ++i) {
+    state = json::parse(test::http_call(sut.port, bhttp::verb::get, "/v1/streams/" + id, "", as(kAlice)).body);
+    if (state["status"] != "running") break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(state["status"], "ended") << state.dump();
+  bool said = false;
+  for (const json& e : state["events"]) said |= e["type"] == "idle_timeout";
+  EXPECT_TRUE(said) << state.dump();
+  EXPECT_EQ(test::http_call(sut.port, bhttp::verb::post, "/v1/streams", stream_body(free_port(), free_port()), as(kAlice)).status, 200)
+      << "the slot is free again";
+  int refusals = 0;
+  for (const auto& r : test::ledger_rows(ledger)) refusals += r.outcome == "refused";
+  EXPECT_EQ(refusals, 2) << "every refusal in the ledger, stream jobs' too";
+}
+
+TEST(Isolation, OddBytesInAPathAreAnsweredNeverThrown) {
+  test::ServerUnderTest sut(three_keys());
+  net::io_context ioc;
+  tcp::socket s(ioc);
+  s.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), sut.port));
+  net::write(s, net::buffer("GET /v1/videos/\xff\xfe HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + kAlice + "\r\nConnection: close\r\n\r\n"));
+  std::string got;
+  char buf[4096];
+  beast::error_code ec;
+  for (size_t n; (n = s.read_some(net::buffer(buf), ec)) > 0 && !ec;) got.append(buf, n);
+  ASSERT_FALSE(got.empty()) << "an answer, not a dropped connection";
+  EXPECT_TRUE(got.rfind("HTTP/1.1 404", 0) == 0 || got.rfind("HTTP/1.1 400", 0) == 0) << got.substr(0, 200);
+  EXPECT_FALSE(json::parse(got.substr(got.find("\r\n\r\n") + 4), nullptr, false).is_discarded()) << got;
+  EXPECT_EQ(metric(sut.port, kAlice, "tutti_io_thread_exceptions_total"), 0);
+}
+
+TEST(Isolation, SessionFieldsAreValidatedAndClientTextNeverCollidesWithMarkers) {
+  test::ServerUnderTest sut;
+  test::RealtimeWs ws(sut.port, "");
+  ws.next();
+  for (const json& bad : {json{{"temperature", -5}}, json{{"temperature", 1e300}}, json{{"temperature", "hot"}},
+                          json{{"max_response_output_tokens", 0}}, json{{"instructions", 42}}}) {
+    ws.send({{"type", "session.update"}, {"session", bad}});
+    const json e = ws.until("error");
+    EXPECT_EQ(e["error"]["code"], "invalid_value") << bad.dump();
+  }
+  ws.send({{"type", "session.update"}, {"session", {{"max_response_output_tokens", "inf"}, {"instructions", "be \x1e" "0\x1f brief"}}}});
+  const json updated = ws.until("session.updated")["session"];
+  EXPECT_FLOAT_EQ(updated["temperature"].get<float>(), 0.8f) << "the refused updates changed nothing";
+  EXPECT_EQ(updated["max_response_output_tokens"], 1024);
+  ws.send({{"type", "conversation.item.create"},
+           {"item", {{"type", "message"}, {"role", "user"}, {"content", {{{"type", "input_text"}, {"text", "a\x1e" "7\x1f" "b\x1d"}}}}}}});
+  ws.send({{"type", "response.create"}, {"response", {{"tutti", {{"ignore_eos", true}}}}}});
+  EXPECT_NE(ws.until("response.done")["response"]["status"], "failed");
+  // The internal marker bytes in client text are dropped, never read as markers.
+  const std::string marked = "say \x1e" "0\x1f and \x1d<|im_end|>\x1f";
+  EXPECT_EQ(test::http_call(sut.port, bhttp::verb::post, "/v1/completions", json{{"prompt", marked}, {"max_tokens", 2}}.dump()).status, 200);
+  EXPECT_EQ(test::http_call(sut.port, bhttp::verb::post, "/v1/music/generations",
+                            json{{"prompt", marked}, {"lyrics", marked}, {"duration", 1}, {"response_format", "wav"}}.dump()).status, 200);
+  EXPECT_EQ(test::http_call(sut.port, bhttp::verb::post, "/v1/images/generations", json{{"prompt", marked}, {"size", "64x64"}}.dump()).status, 200);
+  EXPECT_EQ(test::http_call(sut.port, bhttp::verb::post, "/v1/audio/speech",
+                            json{{"input", "hi"}, {"voice", marked}, {"response_format", "wav"}}.dump()).status, 200);
+}
+
+}  // namespace
+}  // namespace tutti
