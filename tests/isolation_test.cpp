@@ -197,3 +197,37 @@ TEST(Isolation, SessionFieldsAreValidatedAndClientTextNeverCollidesWithMarkers) 
 
 }  // namespace
 }  // namespace tutti
+
+namespace tutti {
+namespace {
+
+// Concurrent answers cannot overdraw a quota together: each reserves what it may produce
+// when it starts, and one that would run past the quota stops there.
+TEST(Isolation, TokenQuotasHoldUnderConcurrentRequests) {
+  const std::string ledger = test::fresh_ledger("isolation-quota.db");
+  http::ServerConfig sc = three_keys();
+  sc.key_limits.tokens_per_minute = 100;
+  sc.ledger_path = ledger;
+  test::ServerUnderTest sut(sc);
+  std::vector<std::thread> clients;
+  std::atomic<int> ok{0}, refused{0};
+  for (int i = 0; i < 8; ++i)
+    clients.emplace_back([&] {
+      const auto r = test::http_call(sut.port, bhttp::verb::post, "/v1/completions",
+                                     R"({"prompt":"x","max_tokens":1000,"tutti":{"ignore_eos":true}})", as(kAlice));
+      if (r.status == 200) ++ok;
+      if (r.status == 429) ++refused;
+    });
+  for (auto& t : clients) t.join();
+  EXPECT_GE(ok.load(), 1);
+  EXPECT_EQ(ok + refused, 8);
+  int64_t used = 0;
+  for (const auto& r : test::ledger_rows_when(ledger, 8)) used += r.tokens_in.value("text", 0) + r.tokens_out.value("text", 0);
+  EXPECT_LE(used, 100 + 8 * 4) << "the quota, and at most the prompts of the answers that started";
+  EXPECT_GE(used, 60) << "the one that started ran until the quota was spent";
+  // bob's quota is his own.
+  EXPECT_EQ(test::http_call(sut.port, bhttp::verb::post, "/v1/completions", R"({"prompt":"x","max_tokens":4})", as(kBob)).status, 200);
+}
+
+}  // namespace
+}  // namespace tutti

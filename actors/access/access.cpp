@@ -114,15 +114,11 @@ std::optional<Refusal> KeyLimiter::begin(const std::string& key, double now, con
                    std::max(0.1, k.requests.front() + kMinute - now)};
   if (holds_session && limits_.concurrent_sessions > 0 && k.sessions >= limits_.concurrent_sessions)
     return Refusal{ErrorCode::too_many_sessions, "the key's limit of " + std::to_string(limits_.concurrent_sessions) + " concurrent sessions is reached", 1.0};
-  if (auto uses = k.tokens.find(modality); limits_.tokens_per_minute > 0 && uses != k.tokens.end()) {
-    auto& u = uses->second;
-    while (!u.empty() && u.front().first <= now - kMinute) u.pop_front();
-    int64_t used = 0;
-    for (const auto& [at, n] : u) used += n;
-    if (used >= limits_.tokens_per_minute)
-      return Refusal{ErrorCode::token_quota_exceeded, "the key's quota of " + std::to_string(limits_.tokens_per_minute) + " " + modality +
-                                                 " tokens per minute is used up",
-                     std::max(0.1, u.front().first + kMinute - now)};
+  if (limits_.tokens_per_minute > 0 && tokens_left(key, modality, now) <= 0) {
+    const auto& u = k.tokens[modality];
+    return Refusal{ErrorCode::token_quota_exceeded, "the key's quota of " + std::to_string(limits_.tokens_per_minute) + " " + modality +
+                                               " tokens per minute is used up",
+                   u.empty() ? 1.0 : std::max(0.1, u.front().first + kMinute - now)};
   }
   k.requests.push_back(now);
   if (holds_session) ++k.sessions;
@@ -134,8 +130,31 @@ void KeyLimiter::end_session(const std::string& key) {
   if (it != keys_.end() && it->second.sessions > 0) --it->second.sessions;
 }
 
+int64_t KeyLimiter::tokens_left(const std::string& key, const std::string& modality, double now) {
+  if (limits_.tokens_per_minute <= 0) return INT64_MAX;
+  PerKey& k = keys_[key];
+  auto& u = k.tokens[modality];
+  while (!u.empty() && u.front().first <= now - kMinute) u.pop_front();
+  int64_t used = k.reserved[modality];
+  for (const auto& [at, n] : u) used += n;
+  return limits_.tokens_per_minute - used;
+}
+
+int64_t KeyLimiter::reserve(const std::string& key, const std::string& modality, int64_t wanted, double now) {
+  if (limits_.tokens_per_minute <= 0 || wanted <= 0) return wanted;
+  const int64_t n = std::max<int64_t>(0, std::min(wanted, tokens_left(key, modality, now)));
+  keys_[key].reserved[modality] += n;
+  return n;
+}
+
+void KeyLimiter::unreserve(const std::string& key, const std::string& modality, int64_t n) {
+  if (limits_.tokens_per_minute <= 0 || n <= 0) return;
+  int64_t& r = keys_[key].reserved[modality];
+  r = std::max<int64_t>(0, r - n);
+}
+
 void KeyLimiter::add_tokens(const std::string& key, const std::string& modality, int64_t tokens, double now) {
-  if (tokens <= 0) return;
+  if (tokens <= 0 || limits_.tokens_per_minute <= 0) return;  // nothing to hold against
   keys_[key].tokens[modality].push_back({now, tokens});
 }
 

@@ -76,12 +76,20 @@ class KeyLimiter {
   void end_session(const std::string& key);
   // Tokens used by `key` in `modality` ("text", "audio", ...), input and output together.
   void add_tokens(const std::string& key, const std::string& modality, int64_t tokens, double now);
+  // The quota held for running answers: a generation reserves what it may produce when it
+  // starts (no more than is left), is charged as it produces, and gives back the rest at its
+  // end; a key whose quota is used or reserved starts nothing more. reserve() returns what it
+  // got (all of `wanted` without a quota).
+  int64_t tokens_left(const std::string& key, const std::string& modality, double now);
+  int64_t reserve(const std::string& key, const std::string& modality, int64_t wanted, double now);
+  void unreserve(const std::string& key, const std::string& modality, int64_t n);
 
  private:
   struct PerKey {
     std::deque<double> requests;                                     // start times in the last minute
     int sessions = 0;
     std::map<std::string, std::deque<std::pair<double, int64_t>>> tokens;  // per modality: (time, tokens)
+    std::map<std::string, int64_t> reserved;  // per modality: held for running answers
   };
   static void expire(std::deque<double>& d, double now);
   KeyLimits limits_;

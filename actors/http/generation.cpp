@@ -110,6 +110,25 @@ std::variant<std::shared_ptr<Generation>, ApiError> Generation::start(ServerStat
       return e;
     }
   auto g = std::make_shared<Generation>(srv, std::move(spec), std::move(owner));
+  if (g->spec_.accounted) {
+    // What it may produce is held against the key's quota now, so concurrent answers cannot
+    // overdraw it together.
+    // An answer the quota cannot hold whole is cut to what it can (the engine stops there,
+    // as at max_tokens); an image or a video, whose length is its grid, is refused instead.
+    const int64_t wanted = int64_t(g->spec_.request.max_tokens) * std::max(1, g->spec_.parts);
+    g->reserved_ = srv.limiter.reserve(g->spec_.key, modality_name(g->spec_.request.modality), wanted, ServerState::unix_seconds());
+    const bool whole_only = g->spec_.request.modality == Modality::Image || g->spec_.request.modality == Modality::Video;
+    if (g->reserved_ < wanted && !whole_only && g->reserved_ > 0) g->spec_.request.max_tokens = int32_t(g->reserved_);
+    if (g->reserved_ <= 0 || (whole_only && g->reserved_ < wanted)) {
+      srv.limiter.unreserve(g->spec_.key, modality_name(g->spec_.request.modality), g->reserved_);
+      ApiError e{ErrorCode::token_quota_exceeded, "the key's token quota is used up", "", 1};
+      g->ended_ = true, g->holding_ = false;
+      srv.metrics.generations--;
+      if (g->spec_.holds_session) srv.limiter.end_session(g->spec_.key);
+      record_refusal(srv, g->spec_, e);
+      return e;
+    }
+  }
   g->launch_part();
   return g;
 }
@@ -163,6 +182,31 @@ void Generation::abandon(const std::string& why) {
   finish(FinishReason::Cancelled, ErrorCode::cancelled, why, false);
 }
 
+void Generation::charge() {
+  if (!spec_.accounted) return;
+  const double now = ServerState::unix_seconds();
+  const std::string out = modality_name(spec_.request.modality);
+  const int64_t produced = int64_t(output_done_) + output_now_;
+  if (produced > charged_out_) {
+    const int64_t n = produced - charged_out_;
+    srv_.limiter.add_tokens(spec_.key, out, n, now);
+    const int64_t from_reserve = std::min(n, reserved_);
+    srv_.limiter.unreserve(spec_.key, out, from_reserve);
+    reserved_ -= from_reserve;
+    charged_out_ = produced;
+  }
+  const int64_t prompt = int64_t(prompt_done_) + prompt_now_;
+  if (prompt > charged_in_) {
+    int64_t media = 0;
+    for (const auto& [m, n] : spec_.media_in) media += n;
+    const int64_t text_now = std::max<int64_t>(0, prompt - media), text_before = std::max<int64_t>(0, charged_in_ - media);
+    srv_.limiter.add_tokens(spec_.key, "text", text_now - text_before, now);
+    if (charged_in_ == 0)
+      for (const auto& [m, n] : spec_.media_in) srv_.limiter.add_tokens(spec_.key, modality_name(m), n, now);
+    charged_in_ = prompt;
+  }
+}
+
 void Generation::first_output() {
   if (first_output_s_ < 0) first_output_s_ = ServerState::unix_seconds() - started_at_;
 }
@@ -177,6 +221,7 @@ void Generation::accepted(const encode_result& r) {
   }
   started_ = true;
   prompt_now_ = r.prompt_tokens;
+  charge();
   if (owner) owner->on_prompt(r.prompt_tokens);
 }
 
@@ -191,6 +236,7 @@ void Generation::text(const text_delta& d) {
   if (d.prompt_tokens > 0) prompt_now_ = d.prompt_tokens;
   output_now_ = d.completion_tokens;
   if (d.completion_tokens > 0) first_output();
+  charge();
   if (!d.last()) {
     if (owner) owner->on_text(d);
     return;
@@ -210,6 +256,7 @@ void Generation::media(MediaChunk chunk, const media_delta& d) {
   if (d.prompt_tokens > 0) prompt_now_ = d.prompt_tokens;
   output_now_ = d.completion_tokens;
   if (!chunk.bytes.empty()) first_output();
+  charge();
   const bool output_failed = !chunk.error.empty();
   if (!d.last() && !output_failed && !chunk.done) {
     if (owner) owner->on_media(chunk, d.completion_tokens);
@@ -244,6 +291,9 @@ void Generation::media(MediaChunk chunk, const media_delta& d) {
 
 void Generation::finish(FinishReason f, ErrorCode code, std::string message, bool tell_owner) {
   ended_ = true;
+  charge();
+  if (reserved_ > 0) srv_.limiter.unreserve(spec_.key, modality_name(spec_.request.modality), reserved_);
+  reserved_ = 0;
   if (f == FinishReason::Cancelled) code = ErrorCode::cancelled;
   if (f == FinishReason::Stop || f == FinishReason::Length) code = ErrorCode::none, message.clear();
   if (f == FinishReason::Error && code == ErrorCode::none) code = ErrorCode::generation_failed;

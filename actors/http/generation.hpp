@@ -114,6 +114,12 @@ class Generation : public std::enable_shared_from_this<Generation> {
   void launch_part();
   void finish(FinishReason finish, ErrorCode code, std::string message, bool tell_owner);
   void first_output();
+  // The key's token quota: charges what was produced (and the prompt) since the last charge,
+  // from the reservation taken at the start.
+  void charge();
+
+  // Tokens charged to the key's quota so far, and held for what may still come.
+  int64_t charged_in_ = 0, charged_out_ = 0, reserved_ = 0;
 
   ServerState& srv_;
   GenerationSpec spec_;

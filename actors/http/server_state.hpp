@@ -93,14 +93,12 @@ class ServerState {
     if (refusal) metrics.limit_refusals++;
     return refusal;
   }
-  // A request ended: its record goes to the ledger (before its last bytes are sent), its
-  // tokens to the key's quota.
+  // A request ended: its record goes to the ledger (before its last bytes are sent). Its
+  // tokens were charged to the key's quota as they were produced (Generation).
   void account(access::UsageRecord r) {
     r.finished_at = unix_seconds();
     r.request_id = instance_id + ":" + r.request_id;
     if (r.model.empty()) r.model = cfg.model_name;
-    for (const auto* m : {&r.tokens_in, &r.tokens_out})
-      for (const auto& [modality, n] : *m) limiter.add_tokens(r.key, modality, n, r.finished_at);
     if (!ledger) return;
     if (auto ok = ledger->record(r); ok) {
       metrics.ledger_records++;
