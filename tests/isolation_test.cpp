@@ -231,3 +231,61 @@ TEST(Isolation, TokenQuotasHoldUnderConcurrentRequests) {
 
 }  // namespace
 }  // namespace tutti
+
+namespace tutti {
+namespace {
+
+json text_item(const std::string& text) {
+  return {{"type", "conversation.item.create"},
+          {"item", {{"type", "message"}, {"role", "user"}, {"content", {{{"type", "input_text"}, {"text", text}}}}}}};
+}
+
+// A session's memory is bounded: its conversation by a byte budget (an error event, then a
+// close with 1008) and by trimming as items arrive, and what is queued for a client that
+// does not read by bytes as well as events.
+TEST(Isolation, ASessionsMemoryIsBounded) {
+  http::ServerConfig sc;
+  sc.max_session_bytes = 64 << 10;
+  sc.max_pending_bytes = 256 << 10;
+  sc.send_buffer_bytes = 32768;  // what the kernel holds for a client that does not read
+  test::ServerUnderTest sut(sc);
+  {
+    test::RealtimeWs ws(sut.port, "");
+    ws.next();
+    for (int i = 0; i < 20; ++i) {  // 20 x 30 kB: trimmed as they arrive, never over the budget
+      ws.send(text_item(std::string(30000, 'a' + i % 26)));
+      ASSERT_EQ(ws.until("conversation.item.created")["type"], "conversation.item.created") << i;
+    }
+    ws.send(text_item(std::string(100000, 'z')));  // one item over the whole budget
+    const json e = ws.until("error");
+    EXPECT_EQ(e["error"]["code"], "session_budget_exceeded");
+    beast::flat_buffer b;
+    beast::error_code ec;
+    ws.ws.read(b, ec);
+    EXPECT_EQ(ws.ws.reason().code, beast::websocket::close_code::policy_error) << ec.message();
+  }
+  {
+    // A client that sends and never reads: each item is echoed back (100 kB each, 6 MB in
+    // all, more than the sockets buffer), and the queue is cut at 256 kB, long before 1,024
+    // events.
+    test::RealtimeWs ws(sut.port, "");
+    ws.ws.next_layer().set_option(net::socket_base::receive_buffer_size(16384));
+    beast::error_code ec;
+    for (int i = 0; i < 60 && !ec; ++i) ws.ws.write(net::buffer(text_item(std::string(100000, 'q')).dump()), ec);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    int events = 0;
+    beast::flat_buffer b;
+    while (!ec && events < 61) {  // session.created and 60 echoes if nothing were cut
+      ws.ws.read(b, ec);
+      b.consume(b.size());
+      ++events;
+    }
+    EXPECT_TRUE(ec) << "the connection was cut";
+    EXPECT_LT(events, 61) << "not every echo was queued";
+  }
+  const std::string health = test::http_call(sut.port, bhttp::verb::get, "/health").body;
+  EXPECT_EQ(health, R"({"status":"ok"})");
+}
+
+}  // namespace
+}  // namespace tutti

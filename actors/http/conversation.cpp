@@ -32,6 +32,12 @@ actors::text_request Conversation::request(ChatTemplate t, const ConversationIte
   return r;
 }
 
+size_t Conversation::bytes() const {
+  size_t n = instructions.size();
+  for (const ConversationItem& it : items) n += it.text.size() + it.ids.size() * sizeof(int32_t);
+  return n;
+}
+
 std::map<Modality, int64_t> Conversation::media_tokens(const ConversationItem* pending) const {
   std::map<Modality, int64_t> out{{Modality::Audio, 0}};
   for (const ConversationItem& it : items)

@@ -57,6 +57,8 @@ class Conversation {
   actors::text_request request(ChatTemplate t, const ConversationItem* pending = nullptr) const;
   // The prompt tokens of each media modality in such a request (what the ledger bills apart).
   std::map<Modality, int64_t> media_tokens(const ConversationItem* pending = nullptr) const;
+  // What the items hold in memory: their text, and 4 bytes per media token.
+  size_t bytes() const;
 };
 
 // What kind of answer a conversation is asked for.

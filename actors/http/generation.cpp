@@ -335,6 +335,7 @@ void OutgoingQueue::tokens_without_bytes(int32_t tokens) {
 
 void OutgoingQueue::written() {
   const int32_t through = pieces_.front().tokens_through;
+  bytes_ -= pieces_.front().data.size();
   pieces_.pop_front();
   if (through >= 0)
     if (auto g = credit_.lock()) g->delivered(through);

@@ -161,8 +161,10 @@ class OutgoingQueue {
   };
   void credit_to(std::weak_ptr<Generation> g) { credit_ = std::move(g); }
   void push(std::string data, int32_t tokens_through = -1, bool binary = false) {
+    bytes_ += data.size();
     pieces_.push_back({std::move(data), tokens_through, binary});
   }
+  size_t bytes() const { return bytes_; }  // queued, not yet written
   // A token with no bytes of its own: the client has it once what is queued is written.
   void tokens_without_bytes(int32_t tokens);
   bool empty() const { return pieces_.empty(); }
@@ -170,10 +172,11 @@ class OutgoingQueue {
   const Piece& front() const { return pieces_.front(); }
   // The front piece is written: it leaves, and its tokens are credited.
   void written();
-  void clear() { pieces_.clear(); }
+  void clear() { pieces_.clear(), bytes_ = 0; }
 
  private:
   std::deque<Piece> pieces_;
+  size_t bytes_ = 0;
   std::weak_ptr<Generation> credit_;
 };
 

@@ -37,6 +37,11 @@ struct ServerConfig {
   double write_timeout_s = 60;
   int send_buffer_bytes = 0;          // SO_SNDBUF per connection; 0: the OS default
   size_t max_pending_events = 1024;   // WebSocket events queued for a client that does not read
+  size_t max_pending_bytes = 8 << 20; // ... and their bytes; past either the connection is cut
+  // A Realtime session's conversation, in bytes (text, and 4 per media token): past it the
+  // client gets an error event and a close with 1008. With max_connections, these bound what
+  // sessions hold: max_connections x (max_session_bytes + max_pending_bytes + max_body_bytes).
+  size_t max_session_bytes = 16 << 20;
   ModalityTable modalities;           // the model's media modalities (media endpoints)
   double max_media_seconds = 30;      // longest speech, music or video answer
   ChatTemplate chat_template = ChatTemplate::Plain;

@@ -66,6 +66,10 @@ class RealtimeConnection final : public RealtimeLink, public std::enable_shared_
     emit(e.realtime_event(client_event_id), -1);
   }
   void response_finished() override { flush(); }
+  void close_for_policy(const std::string& why) override {
+    policy_close_ = why;
+    flush();
+  }
 
  private:
   // The server drains: close with "going away" once the response in flight is done and
@@ -100,7 +104,8 @@ class RealtimeConnection final : public RealtimeLink, public std::enable_shared_
 
   void queue(std::string data, int32_t tokens_through, bool binary) {
     if (closing_) return;
-    if (out_.size() >= srv_.cfg.max_pending_events) {
+    // A client that does not read cannot be told (its socket takes nothing more): cut it.
+    if (out_.size() >= srv_.cfg.max_pending_events || out_.bytes() + data.size() > srv_.cfg.max_pending_bytes) {
       closing_ = true;
       out_.clear();
       beast::get_lowest_layer(ws_).close();  // its write never completes: cut the socket
@@ -113,6 +118,12 @@ class RealtimeConnection final : public RealtimeLink, public std::enable_shared_
   void flush() {
     if (writing_) return;
     if (out_.empty()) {
+      if (policy_close_ && !closing_) {
+        closing_ = true;
+        ws_.async_close(beast::websocket::close_reason(beast::websocket::close_code::policy_error, *policy_close_),
+                        [self = shared_from_this()](beast::error_code) {});
+        return;
+      }
       if (going_away_ && !session_.responding() && !closing_) {
         closing_ = true;
         ws_.async_close(beast::websocket::close_code::going_away, [self = shared_from_this()](beast::error_code) {});
@@ -135,6 +146,7 @@ class RealtimeConnection final : public RealtimeLink, public std::enable_shared_
   beast::flat_buffer in_;
   OutgoingQueue out_;
   bool writing_ = false, closing_ = false, going_away_ = false;
+  std::optional<std::string> policy_close_;  // close with 1008 once the error event is written
   uint64_t drain_id_ = 0;
   RealtimeSession session_;  // last: destroyed first (its response cancels and records)
 };

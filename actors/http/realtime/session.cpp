@@ -19,6 +19,16 @@ bool has_name(const std::vector<std::string>& v, const char* name) { return std:
 
 std::string realtime_id(ServerState& srv, const char* prefix) { return prefix + std::to_string(srv.next_id++); }
 
+bool RealtimeSession::within_budget(const std::string& event_id) {
+  srv_.metrics.conversation_items_dropped += conversation_.trim(srv_.cfg.max_conversation_tokens);
+  if (conversation_.bytes() <= srv_.cfg.max_session_bytes) return true;
+  link_.error(ApiError{ErrorCode::invalid_request, "the conversation holds more than " + std::to_string(srv_.cfg.max_session_bytes) +
+                                                       " bytes, this session's budget", "", 0, "session_budget_exceeded"},
+              event_id);
+  link_.close_for_policy("session budget exceeded");
+  return false;
+}
+
 RealtimeSession::RealtimeSession(ServerState& srv, RealtimeLink& link, std::string key)
     : srv_(srv), link_(link), key_(std::move(key)),
       voice_(srv, link, conversation_, settings_,
@@ -90,6 +100,7 @@ void RealtimeSession::apply(ItemCreate& item, const std::string& event_id) {
   }
   const std::string id = item.id.empty() ? realtime_id(srv_, "item_") : item.id;
   conversation_.last_item_id = id;
+  if (!within_budget(event_id)) return;
   link_.emit(item_created(id, item.role, parts));
 }
 
@@ -100,11 +111,13 @@ void RealtimeSession::apply(AudioAppend& a, const std::string& event_id) {
   auto samples = decode_wire_audio(a.audio_base64, settings_.in_wire);
   if (!samples) return link_.error(invalid(samples.error().message, "invalid_audio"), event_id);
   voice_.feed(resample_linear(*samples, audio_wire_rate(settings_.in_wire), voice_.audio_rate()), event_id);
+  within_budget(event_id);  // a turn may have ended: its item joined
 }
 
 void RealtimeSession::apply(AudioCommit&, const std::string& event_id) {
   if (!has(Modality::Audio)) return link_.error(no_modality(Modality::Audio), event_id);
   voice_.commit(event_id);
+  within_budget(event_id);
 }
 
 void RealtimeSession::apply(AudioClear&, const std::string&) {
@@ -144,6 +157,7 @@ void RealtimeSession::binary(const std::string& msg) {
     const std::string id = realtime_id(srv_, "item_");
     conversation_.items.push_back({"user", "", std::move(*ids), Modality::Video});
     conversation_.last_item_id = id;
+    if (!within_budget("")) return;
     return link_.emit(item_created(id, "user", json::array({image_part()})));
   }
   if (!has(Modality::Audio)) return link_.error(no_modality(Modality::Audio), "");

@@ -40,6 +40,8 @@ class RealtimeLink {
   // An error event (counted in tutti_http_errors_total); the session goes on.
   virtual void error(const ApiError& e, const std::string& client_event_id) = 0;
   virtual void response_finished() = 0;  // a draining server may close now
+  // The session broke a limit (its budget): close with 1008 once what is queued is written.
+  virtual void close_for_policy(const std::string& why) = 0;
 };
 
 // What session.update sets.
@@ -165,6 +167,9 @@ class RealtimeSession {
 
  private:
   bool has(Modality m) const { return srv_.pipe.codecs && srv_.pipe.codecs->info(m); }
+  // After an item joins: the conversation is trimmed to its token budget and must fit the
+  // session's byte budget; false (an error event and a 1008 close) when it does not.
+  bool within_budget(const std::string& event_id);
   std::optional<std::vector<int32_t>> image_tokens(std::span<const uint8_t> bytes, const std::string& event_id);
   void start_response(const realtime::ResponseCreate& resp, const std::string& event_id);
   void response_done(RealtimeResponse::Result r);
