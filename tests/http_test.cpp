@@ -172,14 +172,15 @@ TEST(HttpLimits, TooManyConnectionsGet503AndServingResumes) {
   // Wait until the server has accepted both (its connection gauge says so).
   for (int i = 0; i < 100 && sut.server->http().metrics().active_connections < 2; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  const Reply refused = call(sut.port, bhttp::verb::get, "/health");
+  const Reply refused = call(sut.port, bhttp::verb::get, "/v1/models");
   EXPECT_EQ(refused.status, 503);
   EXPECT_EQ(json::parse(refused.body)["error"]["code"], "too_many_connections");
+  EXPECT_EQ(call(sut.port, bhttp::verb::get, "/health").status, 200) << "the reserve serves the health check";
   idle.clear();
   int status = 0;
   for (int i = 0; i < 100 && status != 200; ++i) {  // the server notices the closes within moments
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    status = call(sut.port, bhttp::verb::get, "/health").status;
+    status = call(sut.port, bhttp::verb::get, "/v1/models").status;
   }
   EXPECT_EQ(status, 200);
 }

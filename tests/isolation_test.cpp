@@ -289,3 +289,57 @@ TEST(Isolation, ASessionsMemoryIsBounded) {
 
 }  // namespace
 }  // namespace tutti
+
+namespace tutti {
+namespace {
+
+// Clients with no key cannot lock everyone out: trickled requests hold a connection only for
+// the head deadline, the reserve serves /health and keyed requests past max_connections, and
+// one address may hold only so many connections.
+TEST(Isolation, TrickledRequestsDoNotLockOutHealthOrKeyedClients) {
+  http::ServerConfig sc = three_keys();
+  sc.max_connections = 40;
+  sc.head_timeout_s = 1;
+  test::ServerUnderTest sut(sc);
+  net::io_context ioc;
+  std::vector<std::unique_ptr<tcp::socket>> trickles;
+  for (int i = 0; i < 45; ++i) {
+    trickles.push_back(std::make_unique<tcp::socket>(ioc));
+    trickles.back()->connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), sut.port));
+    net::write(*trickles.back(), net::buffer(std::string("GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Slow: ")));
+  }
+  for (int i = 0; i < 100 && sut.server->http().metrics().active_connections < 45; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(test::http_call(sut.port, bhttp::verb::get, "/health").status, 200);
+  EXPECT_EQ(test::http_call(sut.port, bhttp::verb::get, "/v1/models", "", as(kBob)).status, 200) << "a keyed request";
+  EXPECT_EQ(test::http_call(sut.port, bhttp::verb::get, "/v1/models", "", as("sk-wrong-0123456789")).status, 503);
+  // The head deadline: the trickles are dropped after 1 s, and serving resumes for all.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  EXPECT_LT(sut.server->http().metrics().active_connections.load(), 40u);
+  EXPECT_EQ(test::http_call(sut.port, bhttp::verb::get, "/v1/models", "", as("sk-wrong-0123456789")).status, 401);
+}
+
+TEST(Isolation, OneAddressHoldsOnlySoManyConnections) {
+  http::ServerConfig sc;
+  sc.max_connections_per_peer = 3;
+  test::ServerUnderTest sut(sc);
+  net::io_context ioc;
+  std::vector<std::unique_ptr<tcp::socket>> idle;
+  for (int i = 0; i < 3; ++i) {
+    idle.push_back(std::make_unique<tcp::socket>(ioc));
+    idle.back()->connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), sut.port));
+  }
+  for (int i = 0; i < 100 && sut.server->http().metrics().active_connections < 3; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  const auto refused = test::http_call(sut.port, bhttp::verb::get, "/health");
+  EXPECT_EQ(refused.status, 503);
+  EXPECT_NE(refused.body.find("this address"), std::string::npos) << refused.body;
+  idle.clear();
+  int status = 0;
+  for (int i = 0; i < 100 && status != 200; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    status = test::http_call(sut.port, bhttp::verb::get, "/health").status;
+  }
+  EXPECT_EQ(status, 200);
+}
+
+}  // namespace
+}  // namespace tutti

@@ -15,13 +15,25 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
   Session(tcp::socket socket, ServerState& srv) : stream_(std::move(socket)), srv_(srv) {
     ++srv_.metrics.active_connections;
     apply_socket_options(stream_.socket(), srv_.cfg);
+    beast::error_code ec;
+    const auto peer = stream_.socket().remote_endpoint(ec);
+    if (!ec) peer_ = peer.address().to_string();
+    ++srv_.peers[peer_];
   }
-  ~Session() override { --srv_.metrics.active_connections; }
+  ~Session() override {
+    --srv_.metrics.active_connections;
+    if (auto it = srv_.peers.find(peer_); it != srv_.peers.end() && --it->second <= 0) srv_.peers.erase(it);
+  }
 
   void start() {
-    if (int(srv_.metrics.active_connections) > srv_.cfg.max_connections) {
+    const ServerConfig& c = srv_.cfg;
+    const bool over_all = int(srv_.metrics.active_connections) > c.max_connections + c.reserved_connections;
+    const bool over_peer = c.max_connections_per_peer > 0 && srv_.peers[peer_] > c.max_connections_per_peer;
+    if (over_all || over_peer) {
+      srv_.metrics.connections_refused++;
       keep_alive_ = false;
-      return respond_error(ApiError{ErrorCode::too_many_connections, "too many connections; try again later"});
+      return respond_error(ApiError{ErrorCode::too_many_connections,
+                                    over_peer ? "too many connections from this address; try again later" : "too many connections; try again later"});
     }
     read();
   }
@@ -63,11 +75,17 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
   tcp::socket take_socket() override { return stream_.release_socket(); }
 
  private:
+  // The head first, within its own short deadline (a client trickling a request in holds a
+  // connection only that long), then the body within the read timeout.
   void read() {
     parser_.emplace();
     parser_->body_limit(srv_.cfg.max_body_bytes);
-    stream_.expires_after(millis(srv_.cfg.read_timeout_s));  // slow or half-open clients are dropped
-    bhttp::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) { self->on_read(ec); });
+    stream_.expires_after(millis(std::min(srv_.cfg.head_timeout_s, srv_.cfg.read_timeout_s)));
+    bhttp::async_read_header(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (ec) return self->on_read(ec);
+      self->stream_.expires_after(millis(self->srv_.cfg.read_timeout_s));  // slow or half-open clients are dropped
+      bhttp::async_read(self->stream_, self->buffer_, *self->parser_, [self](beast::error_code ec2, size_t) { self->on_read(ec2); });
+    });
   }
 
   void on_read(beast::error_code ec) {
@@ -89,6 +107,14 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
     RouteMatch m = match_route(request_.method(), path_);
     // Open routes answer without a key; everything else needs one when keys are configured
     // (a bearer token; browsers' WebSockets put it in a subprotocol instead).
+    // Past max_connections the reserve serves only /health and clients with a valid key.
+    const bool in_reserve = int(srv_.metrics.active_connections) > srv_.cfg.max_connections;
+    if (in_reserve && !(m.route && m.route->handler == routes_health()) &&
+        (!srv_.cfg.api_keys.enabled() || !srv_.cfg.api_keys.match(access::ApiKeys::bearer(std::string(request_[bhttp::field::authorization]))))) {
+      srv_.metrics.connections_refused++;
+      keep_alive_ = false;
+      return respond_error(ApiError{ErrorCode::too_many_connections, "too many connections; try again later"});
+    }
     if (!m.route || m.route->access == RouteAccess::Key) {
       std::string presented = access::ApiKeys::bearer(std::string(request_[bhttp::field::authorization]));
       if (presented.empty() && path_ == "/v1/realtime")
@@ -164,7 +190,7 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
   ServerState& srv_;
   Request request_;
   bool keep_alive_ = false;
-  std::string key_;
+  std::string key_, peer_;
   bool admin_ = false;
   std::vector<std::string> params_;
   std::shared_ptr<GenerationOwner> handler_;  // the answer in flight, if it outlives its call

@@ -64,6 +64,7 @@ std::optional<std::vector<std::string>> fit(std::string_view pattern, std::strin
 }  // namespace
 
 std::span<const Route> route_table() { return kRoutes; }
+Handler routes_health() { return handle_health; }
 
 RouteMatch match_route(bhttp::verb method, std::string_view path) {
   RouteMatch m;

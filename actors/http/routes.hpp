@@ -33,5 +33,7 @@ struct RouteMatch {
   std::string allowed;              // the methods that would match, for the 405's message
 };
 RouteMatch match_route(bhttp::verb method, std::string_view path);
+// The health check's handler: served from the connection reserve.
+Handler routes_health();
 
 }  // namespace tutti::http

@@ -26,7 +26,13 @@ struct ServerConfig {
   std::string host = "127.0.0.1";
   uint16_t port = 8080;              // 0: any free port (tests)
   size_t max_body_bytes = 1 << 20;   // larger request bodies get 413
-  int max_connections = 256;         // more get 503
+  // Connections: past max_connections only /health and requests with a valid key are served
+  // (the rest get 503), with reserved_connections more accepted for them; past both, or past
+  // max_connections_per_peer from one address (0: no limit), a connection is refused at once.
+  int max_connections = 256;
+  int reserved_connections = 16;
+  int max_connections_per_peer = 0;
+  double head_timeout_s = 10;        // a request's head (line and headers) must arrive within it
   int max_tokens = 1024;             // upper bound and default for max_tokens
   std::string model_name;            // "": the model's (fit_to), else "tutti"
   // Slow or half-open clients: a request (headers and body) must arrive within read_timeout;
@@ -76,6 +82,7 @@ struct ServerConfig {
 // Counters the server exports on /metrics (atomics: written by the I/O and actor threads).
 struct ServerMetrics {
   std::atomic<uint64_t> requests{0}, errors{0}, completion_tokens{0}, prompt_tokens{0}, active_connections{0};
+  std::atomic<uint64_t> connections_refused{0};  // over the connection limits (all, or per peer)
   // Realtime voice: end of the user's speech (the commit) to the first audio delta sent.
   Histogram speech_to_first_audio{{0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2, 2, 5}};
   std::atomic<uint64_t> barge_ins{0};

@@ -65,6 +65,8 @@ class ServerState {
   // Video jobs and ZeroMQ stream jobs by id; touched only on the I/O thread.
   std::map<std::string, std::shared_ptr<VideoJob>> jobs;
   std::map<std::string, std::shared_ptr<StreamJob>> streams;
+  // Open connections by peer address (HTTP sessions), for max_connections_per_peer.
+  std::map<std::string, int> peers;
 
   void accept();
 

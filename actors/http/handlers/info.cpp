@@ -27,6 +27,8 @@ void handle_metrics(HttpExchange& ex) {
   counter("tutti_prompt_tokens_total", "Prompt tokens of finished generations (every transport).", m.prompt_tokens);
   counter("tutti_completion_tokens_total", "Generated tokens of finished generations (every transport).", m.completion_tokens);
   counter("tutti_http_connections", "Open HTTP connections.", m.active_connections, "gauge");
+  counter("tutti_http_connections_refused_total", "Connections refused over the connection limits (all, or per peer address).",
+          m.connections_refused);
   counter("tutti_realtime_barge_ins_total", "Responses cut short by the user speaking.", m.barge_ins);
   counter("tutti_realtime_speech_prefills_total", "Prefills of a user's speech started while they were still talking.", m.speech_prefills);
   counter("tutti_realtime_conversation_items_dropped_total", "Oldest realtime conversation items dropped to keep within max_conversation_tokens.",
