@@ -203,8 +203,13 @@ Status decode_video(ByteQueue& queue, int width, int height, const std::function
   out.width = width;
   out.height = height;
   out.rgb.resize(size_t(width) * size_t(height) * 3);
-  return decode_frames(in, [&](AVFrame* f) -> Status {
+  int frames = 0;
+  bool enough = false;  // max_frames reached: decoding stops there, and that is no error
+  Status s = decode_frames(in, [&](AVFrame* f) -> Status {
     if (f->width <= 0 || f->height <= 0) return Error{"a video frame without a size"};
+    if (limits.max_pixels > 0 && int64_t(f->width) * f->height > limits.max_pixels)
+      return Error{"a frame of " + std::to_string(f->width) + "x" + std::to_string(f->height) + " is larger than " +
+                   std::to_string(limits.max_pixels) + " pixels"};
     if (!sws || f->width != sws_w || f->height != sws_h || f->format != sws_fmt) {
       sws.reset(sws_getContext(f->width, f->height, AVPixelFormat(f->format), width, height, AV_PIX_FMT_RGB24, SWS_BILINEAR,
                                nullptr, nullptr, nullptr));
@@ -218,8 +223,13 @@ Status decode_video(ByteQueue& queue, int width, int height, const std::function
     out.seconds = double(pts) * av_q2d(tb);
     if (out.seconds > limits.max_seconds) return Error{"the video is longer than " + std::to_string(int(limits.max_seconds)) + " seconds"};
     on_frame(out);
+    if (limits.max_frames > 0 && ++frames >= limits.max_frames) {
+      enough = true;
+      return Error{"enough frames", ErrorCode::cancelled};
+    }
     return Status::Ok();
   });
+  return enough ? Status::Ok() : s;
 }
 
 Expected<std::vector<float>> decode_audio_bytes(std::span<const uint8_t> bytes, int sample_rate, const DecodeLimits& limits) {

@@ -25,6 +25,8 @@ struct DecodeLimits {
   // A live stream: probe only its first 64 KB / 0.5 s to find the streams, so decoding
   // starts at once instead of after FFmpeg's default 5 s of analysis.
   bool live = false;
+  int max_frames = 0;        // video: stop (Ok) after this many frames; 0: all of them
+  int64_t max_pixels = 0;    // video: a larger frame is an error (a bomb of a resolution); 0: none
 };
 
 // Decodes the best audio stream; on_audio receives consecutive chunks of mono samples in

@@ -7,9 +7,11 @@
 #include <boost/asio.hpp>
 #include <boost/beast.hpp>
 
+#include <fstream>
 #include <regex>
 #include <thread>
 
+#include "actors/http/media.hpp"
 #include "actors/http/stream_job.hpp"
 #include "http_client.h"
 #include "server_support.h"
@@ -339,6 +341,37 @@ TEST(Isolation, OneAddressHoldsOnlySoManyConnections) {
     status = test::http_call(sut.port, bhttp::verb::get, "/health").status;
   }
   EXPECT_EQ(status, 200);
+}
+
+}  // namespace
+}  // namespace tutti
+
+namespace tutti {
+namespace {
+
+// One WebSocket message does not freeze the others: an input_image is decoded on a media
+// worker, first frame only. A 70 s H.264 stream sent as an image was once decoded whole on
+// the I/O thread (and refused for its length at the end); now its first frame is the image.
+TEST(Isolation, AnImageInputIsItsFirstFrameDecodedOffTheIoThread) {
+  const std::string dir = std::string(TUTTI_BINARY_DIR) + "/test-data";
+  const std::string bomb = dir + "/bomb.h264";
+  ASSERT_EQ(std::system(("ffmpeg -nostdin -loglevel error -y -f lavfi -i testsrc=size=160x120:rate=25 -t 70 -c:v libx264 "
+                         "-preset ultrafast -crf 51 -g 1000 -f h264 '" + bomb + "'").c_str()), 0);
+  std::ifstream f(bomb, std::ios::binary);
+  const std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(f)), {});
+  ASSERT_GT(bytes.size(), 1000u);
+  test::ServerUnderTest sut;
+  test::RealtimeWs ws(sut.port, "");
+  ws.next();
+  ws.send({{"type", "conversation.item.create"},
+           {"item", {{"type", "message"}, {"role", "user"},
+                     {"content", {{{"type", "input_image"}, {"image", http::base64_encode(bytes)}}, {{"type", "input_text"}, {"text", "what is it"}}}}}}});
+  const json created = ws.next();
+  EXPECT_EQ(created["type"], "conversation.item.created") << created.dump();
+  EXPECT_EQ(test::http_call(sut.port, bhttp::verb::get, "/health").status, 200);
+  // Events of the session keep their order: a response asked for after the image sees it.
+  ws.send({{"type", "response.create"}, {"response", {{"tutti", {{"ignore_eos", true}}}}}});
+  EXPECT_GE(ws.until("response.done")["response"]["usage"]["input_tokens"].get<int>(), 256);
 }
 
 }  // namespace

@@ -42,14 +42,17 @@ T parse_as(const json& j, std::string* event_id = nullptr) {
 TEST(RealtimeEvents, SessionUpdateReadsBothSpellingsAndChecksTheWholeUpdate) {
   std::string id;
   auto u = parse_as<rt::SessionUpdate>({{"type", "session.update"}, {"event_id", "e1"},
-                                        {"session", {{"instructions", "Hi"}, {"temperature", 0.5}, {"max_response_output_tokens", -3},
+                                        {"session", {{"instructions", "Hi"}, {"temperature", 0.5}, {"max_response_output_tokens", 3},
                                                      {"input_audio_format", "g711_ulaw"}, {"modalities", {"text", "audio"}},
                                                      {"turn_detection", {{"silence_duration_ms", 300}, {"create_response", false}}}}}},
                                        &id);
   EXPECT_EQ(id, "e1");
   EXPECT_EQ(u.instructions, "Hi");
   EXPECT_FLOAT_EQ(*u.temperature, 0.5f);
-  EXPECT_EQ(u.max_output_tokens, 1);  // clamped up
+  EXPECT_EQ(u.max_output_tokens, 3);
+  // Out of range is an error naming the field, as over HTTP, never clamped into a value.
+  EXPECT_NE(parse_error({{"type", "session.update"}, {"session", {{"max_response_output_tokens", -3}}}}).message.find("max_response_output_tokens"),
+            std::string::npos);
   EXPECT_EQ(u.input_wire, http::AudioWire::G711Ulaw);
   EXPECT_FALSE(u.output_wire.has_value());
   EXPECT_EQ(u.modalities, (std::vector<std::string>{"text", "audio"}));

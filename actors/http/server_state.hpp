@@ -57,6 +57,9 @@ class ServerState {
     std::snprintf(buf, sizeof buf, "%08x%08x", unsigned(rd()), unsigned(rd()));
     return std::string(buf);
   }();
+  // Open connections by peer address (HTTP sessions), for max_connections_per_peer. Before
+  // the I/O context: sessions ended by its destruction still count themselves out.
+  std::map<std::string, int> peers;
   net::io_context ioc{1};
   tcp::acceptor acceptor{ioc};
   std::thread thread;
@@ -65,8 +68,9 @@ class ServerState {
   // Video jobs and ZeroMQ stream jobs by id; touched only on the I/O thread.
   std::map<std::string, std::shared_ptr<VideoJob>> jobs;
   std::map<std::string, std::shared_ptr<StreamJob>> streams;
-  // Open connections by peer address (HTTP sessions), for max_connections_per_peer.
-  std::map<std::string, int> peers;
+  // Media work for sessions (FFmpeg, Opus, the audio codec's encoder): never on the I/O
+  // thread, which serves everyone. Last: destroyed (its threads joined) first.
+  net::thread_pool media_pool{2};
 
   void accept();
 

@@ -66,6 +66,21 @@ class RealtimeConnection final : public RealtimeLink, public std::enable_shared_
     emit(e.realtime_event(client_event_id), -1);
   }
   void response_finished() override { flush(); }
+  void off_thread(std::function<void()> work, std::function<void()> then) override {
+    paused_ = true;
+    net::post(srv_.media_pool, [self = shared_from_this(), work = std::move(work), then = std::move(then)]() mutable {
+      try {
+        work();
+      } catch (const std::exception& e) {  // a bug: said, and the session goes on
+        std::fprintf(stderr, "tutti: a realtime media job failed: %s\n", e.what());
+      }
+      net::post(self->srv_.ioc, [self, then = std::move(then)] {
+        self->paused_ = false;
+        then();
+        if (!self->paused_) self->read();
+      });
+    });
+  }
   void close_for_policy(const std::string& why) override {
     policy_close_ = why;
     flush();
@@ -89,7 +104,7 @@ class RealtimeConnection final : public RealtimeLink, public std::enable_shared_
       } catch (const json::exception& e) {  // a field of the wrong type: the client's mistake, not a crash
         self->error(ApiError{ErrorCode::invalid_request, std::string("a field has the wrong type: ") + e.what(), "", 0, "invalid_value"}, "");
       }
-      self->read();
+      if (!self->paused_) self->read();  // a media job in flight resumes reading when it is done
     });
   }
 
@@ -146,6 +161,7 @@ class RealtimeConnection final : public RealtimeLink, public std::enable_shared_
   beast::flat_buffer in_;
   OutgoingQueue out_;
   bool writing_ = false, closing_ = false, going_away_ = false;
+  bool paused_ = false;  // a media job of this session is on a worker: no client event is read
   std::optional<std::string> policy_close_;  // close with 1008 once the error event is written
   uint64_t drain_id_ = 0;
   RealtimeSession session_;  // last: destroyed first (its response cancels and records)

@@ -81,37 +81,43 @@ void RealtimeSession::apply(SessionUpdate& u, const std::string& event_id) {
 }
 
 void RealtimeSession::apply(ItemCreate& item, const std::string& event_id) {
-  std::vector<std::vector<int32_t>> images;
+  std::vector<std::vector<uint8_t>> images;
   for (const std::string& b64 : item.images_base64) {
+    if (!has(Modality::Video)) return link_.error(no_modality(Modality::Video), event_id);
     auto bytes = base64_decode(b64);
-    if (!bytes) return link_.error(has(Modality::Video) ? invalid(bytes.error().message, "invalid_image") : no_modality(Modality::Video), event_id);
-    auto ids = image_tokens(*bytes, event_id);
-    if (!ids) return;  // the error event went out
-    images.push_back(std::move(*ids));
+    if (!bytes) return link_.error(invalid(bytes.error().message, "invalid_image"), event_id);
+    images.push_back(std::move(*bytes));
   }
-  json parts = json::array();
-  if (!item.text.empty()) {
-    conversation_.items.push_back({item.role, item.text, {}});
-    parts.push_back(text_part(item.text));
-  }
-  for (auto& ids : images) {
-    conversation_.items.push_back({item.role, "", std::move(ids), Modality::Video});
-    parts.push_back(image_part());
-  }
-  const std::string id = item.id.empty() ? realtime_id(srv_, "item_") : item.id;
-  conversation_.last_item_id = id;
-  if (!within_budget(event_id)) return;
-  link_.emit(item_created(id, item.role, parts));
+  auto add = [this, item, event_id](std::vector<std::vector<int32_t>> image_ids) {
+    json parts = json::array();
+    if (!item.text.empty()) {
+      conversation_.items.push_back({item.role, item.text, {}});
+      parts.push_back(text_part(item.text));
+    }
+    for (auto& ids : image_ids) {
+      conversation_.items.push_back({item.role, "", std::move(ids), Modality::Video});
+      parts.push_back(image_part());
+    }
+    const std::string id = item.id.empty() ? realtime_id(srv_, "item_") : item.id;
+    conversation_.last_item_id = id;
+    if (!within_budget(event_id)) return;
+    link_.emit(item_created(id, item.role, parts));
+  };
+  if (images.empty()) return add({});
+  image_tokens(std::move(images), event_id, add);
 }
 
 void RealtimeSession::apply(ResponseCreate& resp, const std::string& event_id) { start_response(resp, event_id); }
 
 void RealtimeSession::apply(AudioAppend& a, const std::string& event_id) {
   if (!has(Modality::Audio)) return link_.error(no_modality(Modality::Audio), event_id);
-  auto samples = decode_wire_audio(a.audio_base64, settings_.in_wire);
-  if (!samples) return link_.error(invalid(samples.error().message, "invalid_audio"), event_id);
-  voice_.feed(resample_linear(*samples, audio_wire_rate(settings_.in_wire), voice_.audio_rate()), event_id);
-  within_budget(event_id);  // a turn may have ended: its item joined
+  voice_.feed(
+      [audio = std::move(a.audio_base64), wire = settings_.in_wire, rate = voice_.audio_rate()]() -> Expected<std::vector<float>> {
+        auto samples = decode_wire_audio(audio, wire);
+        if (!samples) return samples.error();
+        return resample_linear(*samples, audio_wire_rate(wire), rate);
+      },
+      "invalid_audio", event_id, [this, event_id] { within_budget(event_id); });  // a turn may have ended: its item joined
 }
 
 void RealtimeSession::apply(AudioCommit&, const std::string& event_id) {
@@ -130,18 +136,28 @@ void RealtimeSession::apply(ResponseCancel&, const std::string& event_id) {
   response_->cancel();
 }
 
-// An image (PNG/JPEG) as video tokens; an error event (and nothing) if it is not one.
-std::optional<std::vector<int32_t>> RealtimeSession::image_tokens(std::span<const uint8_t> bytes, const std::string& event_id) {
-  if (!has(Modality::Video)) {
-    link_.error(no_modality(Modality::Video), event_id);
-    return std::nullopt;
-  }
-  auto ids = image_to_video_tokens(bytes, *srv_.pipe.codecs->info(Modality::Video), *srv_.pipe.codecs->books(Modality::Video));
-  if (!ids) {
-    link_.error(invalid("the image could not be decoded: " + ids.error().message, "invalid_image"), event_id);
-    return std::nullopt;
-  }
-  return std::move(ids).value();
+void RealtimeSession::image_tokens(std::vector<std::vector<uint8_t>> images, const std::string& event_id,
+                                   std::function<void(std::vector<std::vector<int32_t>>)> done) {
+  if (!has(Modality::Video)) return link_.error(no_modality(Modality::Video), event_id);
+  struct Result {
+    std::vector<std::vector<int32_t>> ids;
+    std::string error;
+  };
+  auto r = std::make_shared<Result>();
+  const ModalityInfo* video = srv_.pipe.codecs->info(Modality::Video);
+  auto books = srv_.pipe.codecs;  // shared, read-only
+  link_.off_thread(
+      [r, images = std::move(images), video, books] {
+        for (const auto& bytes : images) {
+          auto ids = image_to_video_tokens(bytes, *video, *books->books(Modality::Video));
+          if (!ids) return void(r->error = ids.error().message);
+          r->ids.push_back(std::move(ids).value());
+        }
+      },
+      [this, r, event_id, done = std::move(done)] {
+        if (!r->error.empty()) return link_.error(invalid("the image could not be decoded: " + r->error, "invalid_image"), event_id);
+        done(std::move(r->ids));
+      });
 }
 
 // Binary messages (the tutti framing): kind byte, then an Opus packet (48 kHz, 20 ms) for
@@ -152,13 +168,14 @@ void RealtimeSession::binary(const std::string& msg) {
   const auto bin = parse_binary_message(msg);
   if (!bin) return link_.error(invalid("binary messages of kind 1 (audio in) and 3 (video frame in) are supported", "unsupported_binary_kind"), "");
   if (bin->kind == BinaryKind::VideoIn) {
-    auto ids = image_tokens(bin->payload, "");
-    if (!ids) return;
-    const std::string id = realtime_id(srv_, "item_");
-    conversation_.items.push_back({"user", "", std::move(*ids), Modality::Video});
-    conversation_.last_item_id = id;
-    if (!within_budget("")) return;
-    return link_.emit(item_created(id, "user", json::array({image_part()})));
+    std::vector<std::vector<uint8_t>> image{std::vector<uint8_t>(bin->payload.begin(), bin->payload.end())};
+    return image_tokens(std::move(image), "", [this](std::vector<std::vector<int32_t>> ids) {
+      const std::string id = realtime_id(srv_, "item_");
+      conversation_.items.push_back({"user", "", std::move(ids.at(0)), Modality::Video});
+      conversation_.last_item_id = id;
+      if (!within_budget("")) return;
+      link_.emit(item_created(id, "user", json::array({image_part()})));
+    });
   }
   if (!has(Modality::Audio)) return link_.error(no_modality(Modality::Audio), "");
   if (!opus_in_) {
@@ -168,9 +185,14 @@ void RealtimeSession::binary(const std::string& msg) {
     if (!d) return link_.error(ApiError{ErrorCode::generation_failed, d.error().message}, "");
     opus_in_ = std::move(d).value();
   }
-  auto pcm = opus_in_->decode(bin->payload);
-  if (!pcm) return link_.error(invalid(pcm.error().message, "invalid_opus"), "");
-  voice_.feed(resample_linear(*pcm, 48000, voice_.audio_rate()), "");
+  const int rate = voice_.audio_rate();
+  voice_.feed(
+      [this, packet = std::vector<uint8_t>(bin->payload.begin(), bin->payload.end()), rate]() -> Expected<std::vector<float>> {
+        auto pcm = opus_in_->decode(packet);  // the session's decoder: only this job touches it now
+        if (!pcm) return pcm.error();
+        return resample_linear(*pcm, 48000, rate);
+      },
+      "invalid_opus", "", [this] { within_budget(""); });
 }
 
 void RealtimeSession::start_response(const ResponseCreate& resp, const std::string& event_id) {

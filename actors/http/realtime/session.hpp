@@ -42,6 +42,10 @@ class RealtimeLink {
   virtual void response_finished() = 0;  // a draining server may close now
   // The session broke a limit (its budget): close with 1008 once what is queued is written.
   virtual void close_for_policy(const std::string& why) = 0;
+  // Runs `work` on a media worker (decoding an image, audio through the codec: never on the
+  // I/O thread), then `then` on the I/O thread. No further client event of this session is
+  // read meanwhile, so its order holds and `work` alone touches what it uses.
+  virtual void off_thread(std::function<void()> work, std::function<void()> then) = 0;
 };
 
 // What session.update sets.
@@ -120,8 +124,11 @@ class VoiceTurns {
 
   int audio_rate() const;
   void reset() { voice_.reset(); }  // turn detection changed
-  // Samples at the codec's rate.
-  void feed(const std::vector<float>& pcm, const std::string& event_id);
+  // Audio in: `samples` (decoding the wire format, resampling to the codec's rate) and the
+  // codec's encoder run off the I/O thread; the VAD's turns are applied back on it, then
+  // `done` runs. A decoding error is an error event with `detail` as its code.
+  void feed(std::function<Expected<std::vector<float>>()> samples, const char* detail, const std::string& event_id,
+            std::function<void()> done);
   // input_audio_buffer.commit: the whole buffer becomes an item.
   void commit(const std::string& event_id);
   void clear();
@@ -130,6 +137,7 @@ class VoiceTurns {
 
  private:
   codecs::VoiceInput& voice();
+  void on_turns(const std::vector<codecs::VoiceActivityDetector::Event>& events);
   void commit_range(int64_t from_ms, int64_t to_ms, const std::string& event_id);
   void prefill();
   int64_t speech_from_ms() const;
@@ -170,7 +178,10 @@ class RealtimeSession {
   // After an item joins: the conversation is trimmed to its token budget and must fit the
   // session's byte budget; false (an error event and a 1008 close) when it does not.
   bool within_budget(const std::string& event_id);
-  std::optional<std::vector<int32_t>> image_tokens(std::span<const uint8_t> bytes, const std::string& event_id);
+  // Images (PNG, JPEG: their first frame) to video tokens, off the I/O thread; then `done`
+  // with them, or an error event.
+  void image_tokens(std::vector<std::vector<uint8_t>> images, const std::string& event_id,
+                    std::function<void(std::vector<std::vector<int32_t>>)> done);
   void start_response(const realtime::ResponseCreate& resp, const std::string& event_id);
   void response_done(RealtimeResponse::Result r);
 

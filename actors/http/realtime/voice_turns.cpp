@@ -35,11 +35,31 @@ int64_t VoiceTurns::speech_from_ms() const {
   return std::max<int64_t>(0, speech_start_ms_ - (settings_.vad ? settings_.vad->prefix_padding_ms : 0));
 }
 
-void VoiceTurns::feed(const std::vector<float>& pcm, const std::string& event_id) {
-  if (voice().buffer_end_ms() - voice().buffer_start_ms() + int64_t(pcm.size()) * 1000 / audio_rate() > 15 * 60 * 1000)
-    return link_.error(ApiError{ErrorCode::invalid_request, "the input audio buffer holds at most 15 minutes", "", 0, "input_audio_buffer_full"},
-                       event_id);
-  for (const auto& e : voice().push(pcm)) {
+void VoiceTurns::feed(std::function<Expected<std::vector<float>>()> samples, const char* detail, const std::string& event_id,
+                      std::function<void()> done) {
+  struct Result {
+    std::optional<ApiError> error;
+    std::vector<codecs::VoiceActivityDetector::Event> events;
+  };
+  auto r = std::make_shared<Result>();
+  link_.off_thread(
+      [this, r, samples = std::move(samples), detail] {  // a media worker: the wire format, resampling, the codec
+        auto pcm = samples();
+        if (!pcm) return void(r->error = ApiError{ErrorCode::invalid_request, pcm.error().message, "", 0, detail});
+        if (voice().buffer_end_ms() - voice().buffer_start_ms() + int64_t(pcm->size()) * 1000 / audio_rate() > 15 * 60 * 1000)
+          return void(r->error = ApiError{ErrorCode::invalid_request, "the input audio buffer holds at most 15 minutes", "", 0, "input_audio_buffer_full"});
+        r->events = voice().push(*pcm);
+      },
+      [this, r, event_id, done = std::move(done)] {
+        if (r->error) link_.error(*r->error, event_id);
+        else on_turns(r->events);
+        if (done) done();
+      });
+}
+
+// The VAD's turns, on the I/O thread.
+void VoiceTurns::on_turns(const std::vector<codecs::VoiceActivityDetector::Event>& events) {
+  for (const auto& e : events) {
     if (e.started) {
       speech_start_ms_ = e.at_ms;
       speech_item_id_ = realtime_id(srv_, "item_");
