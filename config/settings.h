@@ -40,6 +40,11 @@ struct Settings {
   int port = 8080;
   int64_t max_body_bytes = 1 << 20;
   int max_connections = 256;
+  int reserved_connections = 16;
+  int max_connections_per_peer = 0;
+  double head_timeout_s = 10;
+  int64_t max_session_bytes = 16 << 20;
+  int64_t max_pending_bytes = 8 << 20;
   int max_tokens = 1024;
   double read_timeout_s = 60;
   double write_timeout_s = 60;

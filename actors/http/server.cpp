@@ -16,6 +16,11 @@ Expected<ServerConfig> ServerConfig::from(const Settings& st, const Model& model
   sc.max_tokens = st.max_tokens;
   sc.max_body_bytes = size_t(st.max_body_bytes);
   sc.max_connections = st.max_connections;
+  sc.reserved_connections = st.reserved_connections;
+  sc.max_connections_per_peer = st.max_connections_per_peer;
+  sc.head_timeout_s = st.head_timeout_s;
+  sc.max_session_bytes = size_t(st.max_session_bytes);
+  sc.max_pending_bytes = size_t(st.max_pending_bytes);
   sc.read_timeout_s = st.read_timeout_s;
   sc.write_timeout_s = st.write_timeout_s;
   sc.send_buffer_bytes = st.send_buffer_bytes;

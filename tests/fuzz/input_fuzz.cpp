@@ -22,6 +22,7 @@
 #include "actors/http/openai.hpp"
 #include "actors/http/realtime_audio.hpp"
 #include "actors/http/realtime_events.hpp"
+#include "actors/http/stream_address.hpp"
 #include "pipeline/gguf.h"
 #include "pipeline/quantize.h"
 #include "pipeline/model_config.h"
@@ -137,6 +138,25 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (http::MediaKind k : {http::MediaKind::Speech, http::MediaKind::Music, http::MediaKind::Image, http::MediaKind::Video})
     (void)http::parse_media_request(k, body, table, "tutti");
   (void)http::parse_request(body, true, http::ChatTemplate::ChatML, "tutti", 512);
+  // The new limits' parsers: host ranges ([streams] allowed_hosts) and stream addresses
+  // (numeric hosts only, so the fuzzer never waits on a name lookup), the paths a route
+  // table matches, error bodies quoting client bytes.
+  {
+    std::vector<std::string> lines;
+    for (size_t at = 0; at <= body.size() && lines.size() < 8;) {
+      const size_t nl = std::min(body.find('\n', at), body.size());
+      lines.push_back(body.substr(at, nl - at));
+      at = nl + 1;
+    }
+    auto ranges = http::parse_host_ranges(lines);
+    static const auto loopback = *http::parse_host_ranges({"127.0.0.0/8", "::1"});
+    for (const std::string& l : lines) {
+      (void)http::host_allowed(ranges ? *ranges : loopback, l);
+      if (l.find_first_not_of("0123456789:.[]") == std::string::npos)
+        (void)http::resolve_stream_address("zmq:tcp://" + l, ranges ? *ranges : loopback);
+    }
+    (void)http::ApiError(ErrorCode::not_found, "no video job '" + body + "'").body();
+  }
   (void)access::ApiKeys::bearer(body);
   (void)access::ApiKeys::from_subprotocols(body);
   (void)http::realtime::choose_subprotocol(body);
