@@ -10,6 +10,7 @@ extern "C" {
 #include <libswscale/swscale.h>
 }
 
+#include <chrono>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -116,7 +117,8 @@ Expected<Input> open_input(ByteQueue& queue, AVMediaType type, bool live) {
 
 // Reads packets of the input's stream, decodes them and hands each frame to on_frame
 // (which returns an error to stop). Flushes the decoder at the end.
-Status decode_frames(Input& in, const std::function<Status(AVFrame*)>& on_frame) {
+Status decode_frames(Input& in, const std::function<Status(AVFrame*)>& on_frame, double budget_s = 0) {
+  const auto started = std::chrono::steady_clock::now();
   std::unique_ptr<AVPacket, PacketCloser> pkt(av_packet_alloc());
   std::unique_ptr<AVFrame, FrameCloser> frame(av_frame_alloc());
   if (!pkt || !frame) return Error{"FFmpeg: out of memory"};
@@ -131,6 +133,8 @@ Status decode_frames(Input& in, const std::function<Status(AVFrame*)>& on_frame)
     }
   };
   for (;;) {
+    if (budget_s > 0 && std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count() > budget_s)
+      return Error{"decoding took longer than its budget of " + std::to_string(budget_s) + " s"};
     const int r = av_read_frame(in.fmt.get(), pkt.get());
     if (r == AVERROR_EOF) break;
     if (r == AVERROR_EXIT) return Error{"the input stream was aborted"};
@@ -228,7 +232,7 @@ Status decode_video(ByteQueue& queue, int width, int height, const std::function
       return Error{"enough frames", ErrorCode::cancelled};
     }
     return Status::Ok();
-  });
+  }, limits.max_decode_s);
   return enough ? Status::Ok() : s;
 }
 

@@ -27,6 +27,7 @@ struct DecodeLimits {
   bool live = false;
   int max_frames = 0;        // video: stop (Ok) after this many frames; 0: all of them
   int64_t max_pixels = 0;    // video: a larger frame is an error (a bomb of a resolution); 0: none
+  double max_decode_s = 0;   // wall-clock budget for the whole decode (an error past it); 0: none
 };
 
 // Decodes the best audio stream; on_audio receives consecutive chunks of mono samples in

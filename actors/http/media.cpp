@@ -197,6 +197,7 @@ Expected<std::vector<int32_t>> image_to_video_tokens(std::span<const uint8_t> im
   limits.max_seconds = 60;
   limits.max_frames = 1;  // an image is its first frame; a video sent as one is not decoded whole
   limits.max_pixels = int64_t(8192) * 8192;
+  limits.max_decode_s = 2;  // on a media worker, but still: no image costs more than this
   const Status s = codecs::decode_video(q, g.width, g.height, [&](const codecs::VideoFrame& f) {
     if (rgb.empty()) rgb = f.rgb;
   }, limits);
