@@ -109,26 +109,27 @@ std::variant<std::shared_ptr<Generation>, ApiError> Generation::start(ServerStat
       record_refusal(srv, spec, e);
       return e;
     }
-  auto g = std::make_shared<Generation>(srv, std::move(spec), std::move(owner));
-  if (g->spec_.accounted) {
-    // What it may produce is held against the key's quota now, so concurrent answers cannot
-    // overdraw it together.
-    // An answer the quota cannot hold whole is cut to what it can (the engine stops there,
-    // as at max_tokens); an image or a video, whose length is its grid, is refused instead.
-    const int64_t wanted = int64_t(g->spec_.request.max_tokens) * std::max(1, g->spec_.parts);
-    g->reserved_ = srv.limiter.reserve(g->spec_.key, modality_name(g->spec_.request.modality), wanted, ServerState::unix_seconds());
-    const bool whole_only = g->spec_.request.modality == Modality::Image || g->spec_.request.modality == Modality::Video;
-    if (g->reserved_ < wanted && !whole_only && g->reserved_ > 0) g->spec_.request.max_tokens = int32_t(g->reserved_);
-    if (g->reserved_ <= 0 || (whole_only && g->reserved_ < wanted)) {
-      srv.limiter.unreserve(g->spec_.key, modality_name(g->spec_.request.modality), g->reserved_);
+  // What it may produce is held against the key's quota before it starts, so concurrent
+  // answers cannot overdraw it together. An answer the quota cannot hold whole is cut to
+  // what it can (the engine stops there, as at max_tokens); an image or a video, whose
+  // length is its grid, is refused instead.
+  int64_t reserved = 0;
+  if (spec.accounted) {
+    const std::string out = modality_name(spec.request.modality);
+    const int64_t wanted = int64_t(spec.request.max_tokens) * std::max(1, spec.parts);
+    reserved = srv.limiter.reserve(spec.key, out, wanted, ServerState::unix_seconds());
+    const bool whole_only = spec.request.modality == Modality::Image || spec.request.modality == Modality::Video;
+    if (reserved <= 0 || (whole_only && reserved < wanted)) {
+      srv.limiter.unreserve(spec.key, out, reserved);
+      if (spec.holds_session) srv.limiter.end_session(spec.key);  // admitted above
       ApiError e{ErrorCode::token_quota_exceeded, "the key's token quota is used up", "", 1};
-      g->ended_ = true, g->holding_ = false;
-      srv.metrics.generations--;
-      if (g->spec_.holds_session) srv.limiter.end_session(g->spec_.key);
-      record_refusal(srv, g->spec_, e);
+      record_refusal(srv, spec, e);
       return e;
     }
+    if (reserved < wanted) spec.request.max_tokens = int32_t(reserved);
   }
+  auto g = std::make_shared<Generation>(srv, std::move(spec), std::move(owner));
+  g->reserved_ = reserved;
   g->launch_part();
   return g;
 }
