@@ -33,6 +33,12 @@ PipelineConfig PipelineConfig::from(const Settings& st) {
   pc.scheduler.max_running = st.max_running;
   pc.scheduler.pacing = st.pacing;
   pc.scheduler.client_window = st.client_window;
+  AdmissionConfig& a = pc.scheduler.admission;
+  a.enabled = st.admission;
+  a.realtime_headroom = st.realtime_headroom;
+  a.realtime_overload = st.realtime_overload == "queue" ? OverloadPolicy::Queue : OverloadPolicy::Refuse;
+  a.realtime_queue_s = st.realtime_queue_ms / 1000.0;
+  a.wait_target_s = {st.realtime_wait_ms / 1000.0, st.interactive_wait_ms / 1000.0, st.batch_wait_ms / 1000.0};
   pc.pacing.low_watermark_s = st.low_watermark_ms / 1000.0;
   pc.pacing.high_watermark_s = st.high_watermark_ms / 1000.0;
   return pc;
@@ -45,7 +51,8 @@ Expected<PipelineHandles> spawn_pipeline(caf::actor_system& system, Model& model
   if (!kv) return kv.error();
   PipelineHandles h;
   h.metrics = std::make_shared<ServingMetrics>();
-  auto engine = std::make_shared<Engine>(model, std::move(kv).value(), config.scheduler, tokenizer.get(), h.metrics);
+  h.admission = std::make_shared<AdmissionBoard>(config.scheduler.admission);
+  auto engine = std::make_shared<Engine>(model, std::move(kv).value(), config.scheduler, tokenizer.get(), h.metrics, h.admission);
   auto codecs = codecs::load_model_codecs(model.file());
   if (!codecs) return codecs.error();
   h.codecs = std::make_shared<const codecs::ModelCodecs>(std::move(codecs).value());

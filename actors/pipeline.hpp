@@ -11,6 +11,7 @@
 #include "actors/actors.hpp"
 #include "codecs/model_codecs.h"
 #include "config/settings.h"
+#include "pipeline/admission.h"
 #include "pipeline/metrics.h"
 #include "pipeline/model.h"
 #include "pipeline/scheduler.h"
@@ -30,7 +31,7 @@ struct PipelineConfig {
   // real failure of that stage would be. Empty in the server.
   std::function<void(const std::string& stage, int64_t request)> fault_injection;
   Status validate() const;
-  // The [kv_cache], [scheduler] and [realtime] settings.
+  // The [kv_cache], [scheduler], [admission] and [realtime] settings.
   static PipelineConfig from(const Settings& settings);
 };
 
@@ -39,6 +40,9 @@ struct PipelineHandles {
   executor_actor executor;
   decoder_actor decoder;
   std::shared_ptr<ServingMetrics> metrics;  // updated by the executor, rendered on /metrics
+  // The engine's load as the executor last published it: transports ask it before sending a
+  // request on, so a refusal never waits for a step (pipeline/admission.h).
+  std::shared_ptr<AdmissionBoard> admission;
   std::shared_ptr<const codecs::ModelCodecs> codecs;  // the model's codebooks (read-only, shared)
 };
 

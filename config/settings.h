@@ -35,6 +35,15 @@ struct Settings {
   int prefill_while_speaking_ms = 300;
   int max_conversation_tokens = 4096;
   double high_watermark_ms = 600;
+  // [admission]
+  bool admission = true;
+  double realtime_headroom = 0.25;
+  std::string realtime_overload = "refuse";  // refuse | queue
+  double realtime_queue_ms = 2000;
+  double realtime_wait_ms = 1000, interactive_wait_ms = 400, batch_wait_ms = 30000;
+  // The request class of each HTTP endpoint's generations (a request may name its own).
+  std::string chat_class = "interactive", speech_class = "interactive", music_class = "batch", image_class = "batch",
+              video_class = "batch";
   // [server]
   std::string host = "127.0.0.1";
   int port = 8080;

@@ -5,10 +5,19 @@
 namespace tutti {
 
 Engine::Engine(Model& model, std::unique_ptr<PagedKvCache> kv, SchedulerConfig config, const Tokenizer* tokenizer,
-               std::shared_ptr<ServingMetrics> metrics)
+               std::shared_ptr<ServingMetrics> metrics, std::shared_ptr<AdmissionBoard> board)
     : model_(model), kv_(std::move(kv)), capacity_(*kv_), scheduler_(config, capacity_), tokenizer_(tokenizer),
-      metrics_(std::move(metrics)) {
-  if (metrics_) metrics_->kv_blocks_total = kv_->total_blocks();
+      metrics_(std::move(metrics)), board_(std::move(board)) {
+  if (metrics_) {
+    metrics_->kv_blocks_total = kv_->total_blocks();
+    metrics_->realtime_limit = 1 - config.admission.realtime_headroom;
+  }
+}
+
+void Engine::publish_load(int64_t arrived) {
+  if (!board_) return;
+  board_->publish(std::make_shared<const LoadPicture>(scheduler_.picture()));
+  if (arrived) board_->arrived(arrived);
 }
 
 void Engine::record(const std::vector<EngineEvent>& events, const EngineStepStats& stats, double now) {
@@ -41,6 +50,23 @@ void Engine::record(const std::vector<EngineEvent>& events, const EngineStepStat
   m.kv_blocks_cached = kv_->cached_blocks();
   m.prefill_tokens = scheduler_.prefill_tokens_total();
   m.prefix_cache_hit_tokens = scheduler_.cached_tokens_total();
+  record_admission();
+}
+
+void Engine::record_admission() {
+  ServingMetrics& m = *metrics_;
+  for (int c = 0; c < ServingMetrics::kClasses; ++c)
+    for (int o = 0; o < kAdmissionOutcomes; ++o)
+      m.admission_engine[size_t(c)][size_t(o)] = scheduler_.admissions(RequestClass(c), AdmissionOutcome(o));
+  m.deferred_tokens = scheduler_.deferred_tokens_total();
+  m.batch_yields = scheduler_.yields_total();
+  const StepCostModel& cost = scheduler_.cost_model();
+  const auto& k = cost.coefficients();
+  m.step_cost[0] = k.base, m.step_cost[1] = k.per_row, m.step_cost[2] = k.per_prefill_token, m.step_cost[3] = k.per_context_token;
+  m.step_cost_error = cost.relative_error();
+  m.step_predicted_total = cost.predicted_seconds_total();
+  m.step_measured_total = cost.measured_seconds_total();
+  m.realtime_load = scheduler_.realtime_load();
 }
 
 Status Engine::submit(EngineRequest r, double now) {
@@ -62,9 +88,14 @@ Status Engine::submit(EngineRequest r, double now) {
     if (m.end_token >= 0) r.sampling.stop_tokens.push_back(m.end_token);
     r.stop_at_eog = false;  // a media answer ends at its own end token or its length
   }
-  if (Status s = scheduler_.submit(std::move(r.seq), now); !s) {
-    if (metrics_) metrics_->requests_refused[size_t(cls)]++;
-    return s;
+  const Status admitted = scheduler_.submit(std::move(r.seq), now);
+  publish_load(id);  // with it (or without it): the front door no longer counts it as on its way
+  if (!admitted) {
+    if (metrics_) {
+      metrics_->requests_refused[size_t(cls)]++;
+      record_admission();
+    }
+    return admitted;
   }
   Sampler sampler(std::move(r.sampling));
   live_.emplace(id, Live{std::move(sampler), r.stop_at_eog, cls, r.media});
@@ -94,10 +125,15 @@ std::vector<EngineEvent> Engine::step(double now, EngineStepStats* stats) {
     live_.erase(id);
     events.push_back({id, -1, -1, FinishReason::Cancelled, {}});
   }
+  for (const StepPlan::Refusal& r : plan.refused) {  // queued for realtime capacity too long
+    live_.erase(r.id);
+    events.push_back({r.id, -1, -1, FinishReason::Error, r.message, ErrorCode::busy});
+  }
   if (plan.empty()) {
     if (stats) *stats = EngineStepStats{};
     if (metrics_) record(events, EngineStepStats{}, now);  // gauges move without steps too
-    for (const EngineEvent& e : events) scheduler_.forget(e.seq);  // all are cancellations
+    for (const EngineEvent& e : events) scheduler_.forget(e.seq);  // all are cancellations or refusals
+    if (!events.empty()) publish_load();
     return events;
   }
 
@@ -150,10 +186,12 @@ std::vector<EngineEvent> Engine::step(double now, EngineStepStats* stats) {
   }
   EngineStepStats step_stats{int(plan.batch.chunks.size()), plan.tokens,
                              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()};
+  scheduler_.record_step(plan, step_stats.seconds);
   if (stats) *stats = step_stats;
   if (metrics_) record(events, step_stats, now);
   for (const EngineEvent& e : events)
     if (e.finish != FinishReason::None) scheduler_.forget(e.seq);
+  publish_load();
   return events;
 }
 

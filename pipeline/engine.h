@@ -59,8 +59,10 @@ struct EngineStepStats {
 class Engine {
  public:
   // metrics (optional) is updated by every submit and step.
+  // board (optional): the front door's admission, given the engine's load after every
+  // submit and step.
   Engine(Model& model, std::unique_ptr<PagedKvCache> kv, SchedulerConfig config, const Tokenizer* tokenizer,
-         std::shared_ptr<ServingMetrics> metrics = nullptr);
+         std::shared_ptr<ServingMetrics> metrics = nullptr, std::shared_ptr<AdmissionBoard> board = nullptr);
 
   // Validates and queues a request; refused with a reason (busy, too long, bad sampling).
   Status submit(EngineRequest request, double now);
@@ -100,6 +102,9 @@ class Engine {
   std::map<int64_t, Live> live_;
   StepLogits logits_;
   std::shared_ptr<ServingMetrics> metrics_;
+  std::shared_ptr<AdmissionBoard> board_;
+  void publish_load(int64_t arrived = 0);
+  void record_admission();
   void record(const std::vector<EngineEvent>& events, const EngineStepStats& stats, double now);
 };
 

@@ -125,6 +125,24 @@ int PagedKvCache::adopt_prefix(int64_t seq, std::span<const int32_t> tokens) {
   return length;
 }
 
+int PagedKvCache::cached_prefix(std::span<const int32_t> tokens) const {
+  if (!config_.prefix_cache || tokens.empty()) return 0;
+  const size_t bt = size_t(config_.block_tokens);
+  const size_t max_blocks = (tokens.size() - 1) / bt;
+  uint64_t chain = 0;
+  size_t i = 0;
+  for (; i < max_blocks; ++i) {
+    const auto block_tokens = tokens.subspan(i * bt, bt);
+    const uint64_t h = chain_hash(chain, block_tokens);
+    auto hit = by_hash_.find(h);
+    if (hit == by_hash_.end()) break;
+    const BlockInfo& info = info_[size_t(hit->second)];
+    if (info.parent != chain || !std::equal(block_tokens.begin(), block_tokens.end(), info.tokens.begin())) break;
+    chain = h;
+  }
+  return int(i * bt);
+}
+
 void PagedKvCache::publish(int64_t seq, std::span<const int32_t> tokens, int computed) {
   if (!config_.prefix_cache) return;
   auto it = tables_.find(seq);

@@ -67,6 +67,8 @@ class PagedKvCache {
   // logits) and returns how many positions it now has cached (its length). 0 when nothing
   // matches or the prefix cache is off.
   int adopt_prefix(int64_t seq, std::span<const int32_t> tokens);
+  // How many positions of `tokens` adopt_prefix would find cached now, without adopting.
+  int cached_prefix(std::span<const int32_t> tokens) const;
   // Publishes seq's full blocks among its first `computed` positions of `tokens` (their K/V
   // are written), so later sequences can adopt them.
   void publish(int64_t seq, std::span<const int32_t> tokens, int computed);

@@ -107,6 +107,41 @@ std::string ServingMetrics::render() const {
   gauge("tutti_kv_blocks_in_use", "KV cache blocks held by sequences.", kv_blocks_used);
   gauge("tutti_kv_blocks_cached", "KV cache blocks of the prefix cache held by no sequence (reusable, evicted when room is needed).", kv_blocks_cached);
   gauge("tutti_kv_blocks_total", "KV cache blocks in the pool.", kv_blocks_total);
+
+  header("tutti_admission_total", "counter",
+         "Admission decisions by class and outcome (admitted; refused for realtime capacity, predicted wait, a full queue, "
+         "or a queue wait for capacity that ran out).");
+  for (int c = 0; c < kClasses; ++c)
+    for (int o = 0; o < kAdmissionOutcomes; ++o) {
+      const uint64_t n = admission_engine[size_t(c)][size_t(o)].load() + refused_front[size_t(c)][size_t(o)].load();
+      out += std::string("tutti_admission_total{class=\"") + request_class_name(RequestClass(c)) + "\",outcome=\"" +
+             admission_outcome_name(AdmissionOutcome(o)) + "\"} " + std::to_string(n) + "\n";
+    }
+  header("tutti_admission_refused_at_front_total", "counter", "Of those refusals, the ones decided at the front door (before the executor).");
+  for (int c = 0; c < kClasses; ++c) {
+    uint64_t n = 0;
+    for (const auto& v : refused_front[size_t(c)]) n += v.load();
+    out += std::string("tutti_admission_refused_at_front_total{class=\"") + request_class_name(RequestClass(c)) + "\"} " + std::to_string(n) + "\n";
+  }
+  header("tutti_realtime_load_ratio", "gauge", "Predicted share of the model's time the admitted realtime streams take.");
+  out += "tutti_realtime_load_ratio " + num(realtime_load.load()) + "\n";
+  header("tutti_realtime_headroom_ratio", "gauge", "Predicted share left before admission refuses a stream (its limit less the load).");
+  out += "tutti_realtime_headroom_ratio " + num(realtime_limit.load() - realtime_load.load()) + "\n";
+  header("tutti_batch_tokens_deferred_total", "counter", "Tokens of non-realtime work left out of a step to keep realtime streams on time.");
+  out += "tutti_batch_tokens_deferred_total " + std::to_string(deferred_tokens.load()) + "\n";
+  header("tutti_voice_sessions_refused_total", "counter", "Realtime sessions refused before the upgrade: the capacity held no further stream.");
+  out += "tutti_voice_sessions_refused_total " + std::to_string(voice_sessions_refused.load()) + "\n";
+  header("tutti_batch_yields_total", "counter", "Times a batch sequence sat out steps (its KV kept) while a realtime stream was urgent.");
+  out += "tutti_batch_yields_total " + std::to_string(batch_yields.load()) + "\n";
+  header("tutti_step_cost_seconds", "gauge", "The learned step-cost model: seconds per step, per row, per prefill token, per cached position read.");
+  const char* terms[] = {"base", "per_row", "per_prefill_token", "per_context_token"};
+  for (size_t i = 0; i < 4; ++i) out += std::string("tutti_step_cost_seconds{term=\"") + terms[i] + "\"} " + num(step_cost[i].load()) + "\n";
+  header("tutti_step_predicted_seconds_total", "counter", "Sum of the step-cost model's predictions, made before each step ran.");
+  out += "tutti_step_predicted_seconds_total " + num(step_predicted_total.load()) + "\n";
+  header("tutti_step_measured_seconds_total", "counter", "Sum of the measured times of the same steps.");
+  out += "tutti_step_measured_seconds_total " + num(step_measured_total.load()) + "\n";
+  header("tutti_step_cost_relative_error", "gauge", "Recent mean of |predicted - measured| / measured step time.");
+  out += "tutti_step_cost_relative_error " + num(step_cost_error.load()) + "\n";
   return out;
 }
 

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "pipeline/admission.h"
 #include "pipeline/scheduler.h"
 
 namespace tutti {
@@ -43,6 +44,17 @@ struct ServingMetrics {
   std::atomic<uint64_t> prefill_tokens{0}, prefix_cache_hit_tokens{0};  // prompt tokens computed / found cached
   std::atomic<int64_t> queue_depth{0}, running{0}, held_for_client{0}, kv_blocks_used{0}, kv_blocks_total{0},
       kv_blocks_cached{0};
+  // Admission, by class and outcome: decided by the engine (its totals, copied after each
+  // submit and step) and refused at the front door (counted there, before the executor).
+  std::array<std::array<std::atomic<uint64_t>, kAdmissionOutcomes>, kClasses> admission_engine{}, refused_front{};
+  std::atomic<uint64_t> deferred_tokens{0}, batch_yields{0};  // see Scheduler
+  std::atomic<uint64_t> voice_sessions_refused{0};  // Realtime sessions refused at the upgrade: no capacity for a stream
+  // The step-cost model: its coefficients, its relative error, and predicted against
+  // measured seconds over all steps; the admitted streams' share of the model's time and
+  // the share admission lets them take.
+  std::array<std::atomic<double>, 4> step_cost{};  // base, per_row, per_prefill_token, per_context_token
+  std::atomic<double> step_cost_error{0}, step_predicted_total{0}, step_measured_total{0};
+  std::atomic<double> realtime_load{0}, realtime_limit{1};
 
   std::string render() const;
 };

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <numeric>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 
 namespace tutti {
@@ -14,7 +15,7 @@ Status SchedulerConfig::validate() const {
   if (prefill_chunk < 1) return Error{"prefill_chunk must be at least 1"};
   if (max_waiting < 0 || max_running < 1) return Error{"max_waiting must be >= 0 and max_running >= 1"};
   if (client_window < 0) return Error{"client_window must be >= 0 (0: no limit)"};
-  return Status::Ok();
+  return admission.validate();
 }
 
 Scheduler::Scheduler(SchedulerConfig config, KvCapacity& kv) : config_(config), kv_(kv) {}
@@ -32,9 +33,25 @@ Status Scheduler::submit(SequenceRequest r, double now) {
   if (total > capacity)
     return Error{"request needs " + std::to_string(total) + " tokens of context; the KV cache holds " +
                  std::to_string(capacity), ErrorCode::context_length_exceeded};
-  if (int(waiting_.size()) >= config_.max_waiting)
-    return Error{"busy: " + std::to_string(waiting_.size()) + " requests are already waiting", ErrorCode::busy};
+  if (int(waiting_.size()) >= config_.max_waiting) {
+    count(r.cls, AdmissionOutcome::QueueFull);
+    last_decision_ = AdmissionDecision{AdmissionOutcome::QueueFull, 0, 0, 1,
+                                       "busy: " + std::to_string(waiting_.size()) + " requests are already waiting"};
+    return Error{last_decision_.message, ErrorCode::busy};
+  }
+  double admit_by = -1;
+  last_decision_ = decide(config_.admission, picture(), admission_request(r));
+  if (last_decision_.admitted()) {
+    count(r.cls, AdmissionOutcome::Admitted);
+  } else if (last_decision_.outcome == AdmissionOutcome::Capacity &&
+             config_.admission.realtime_overload == OverloadPolicy::Queue && config_.admission.realtime_queue_s > 0) {
+    admit_by = now + config_.admission.realtime_queue_s;  // waits for a stream to end (admit_queued)
+  } else {
+    count(r.cls, last_decision_.outcome);
+    return Error{last_decision_.message, ErrorCode::busy};
+  }
   Sequence s;
+  s.admit_by = admit_by;
   s.tokens = r.prompt;
   s.stats.cls = r.cls;
   s.stats.arrival = now;
@@ -119,6 +136,77 @@ void Scheduler::note_underrun(Sequence& s, double now) {
   }
 }
 
+int Scheduler::expected_tokens(const Sequence& s) const {
+  if (s.req.prefill_only) return 1;
+  return std::max(1, int(std::ceil(s.req.max_new_tokens * length_fraction_[size_t(s.req.cls)])));
+}
+
+AdmissionRequest Scheduler::admission_request(const SequenceRequest& r) const {
+  AdmissionRequest a;
+  a.cls = r.cls;
+  // What the prefix cache already holds costs nothing (a voice turn prefilled while the user
+  // spoke, the earlier turns of a conversation).
+  a.prompt_tokens = int(r.prompt.size()) - kv_.cached_prefix(r.prompt);
+  a.max_new_tokens = r.prefill_only ? 1 : r.max_new_tokens;
+  if (r.cls == RequestClass::Realtime && !r.prefill_only) a.tokens_per_second = r.pacing.tokens_per_second;
+  return a;
+}
+
+LoadPicture Scheduler::picture() const {
+  LoadPicture p;
+  p.cost = cost_.coefficients();
+  p.cost_ready = cost_.ready();
+  p.slots = std::min(config_.max_sequences_per_step, config_.max_running);
+  p.step_token_budget = config_.step_token_budget;
+  p.max_waiting = config_.max_waiting;
+  p.length_fraction = length_fraction_;
+  for (const auto& [id, s] : seqs_) {
+    if (s.cancelled || s.admit_by >= 0) continue;
+    const int left = std::max(1, expected_tokens(s) - s.generated);
+    const double rate = s.req.pacing.tokens_per_second;
+    if (s.req.cls == RequestClass::Realtime && !s.req.prefill_only && rate > 0)
+      p.streams.push_back({rate, int64_t(s.tokens.size()) + left / 2, left / rate});
+    if (s.running)
+      p.running.push_back({s.req.cls, left, int64_t(s.tokens.size()), std::max(0, int(s.tokens.size()) - 1 - s.computed)});
+  }
+  for (int64_t id : waiting_) {
+    const Sequence& s = seqs_.at(id);
+    if (s.running || s.cancelled || s.admit_by >= 0) continue;
+    p.waiting.push_back({s.req.cls, int(s.tokens.size()) - s.computed, expected_tokens(s)});
+  }
+  return p;
+}
+
+double Scheduler::realtime_load() const { return tutti::realtime_load(cost_.coefficients(), picture().streams); }
+
+void Scheduler::admit_queued(StepPlan& plan, double now) {
+  std::vector<int64_t> queued;
+  for (int64_t id : waiting_)
+    if (seqs_.at(id).admit_by >= 0) queued.push_back(id);
+  if (queued.empty()) return;
+  std::vector<LoadPicture::Stream> streams = picture().streams;
+  const double limit = 1 - config_.admission.realtime_headroom;
+  for (int64_t id : queued) {
+    Sequence& s = seqs_.at(id);
+    const double rate = s.req.pacing.tokens_per_second;
+    const int left = expected_tokens(s);
+    streams.push_back({rate, int64_t(s.tokens.size()) + left / 2, left / rate});
+    if (!cost_.ready() || tutti::realtime_load(cost_.coefficients(), streams) <= limit) {
+      s.admit_by = -1;
+      count(s.req.cls, AdmissionOutcome::Admitted);
+      continue;
+    }
+    streams.pop_back();
+    if (now >= s.admit_by) {
+      count(s.req.cls, AdmissionOutcome::QueueTimeout);
+      char buf[128];
+      std::snprintf(buf, sizeof buf, "busy: no realtime capacity freed within %.1f s", config_.admission.realtime_queue_s);
+      plan.refused.push_back({id, buf});
+      retire(seqs_.find(id));
+    }
+  }
+}
+
 const SequenceStats* Scheduler::stats(int64_t id) const {
   if (auto it = seqs_.find(id); it != seqs_.end()) return &it->second.stats;
   if (auto it = done_.find(id); it != done_.end()) return &it->second;
@@ -136,11 +224,16 @@ StepPlan Scheduler::plan(double now) {
       ++it;
     }
   }
+  admit_queued(plan, now);
 
-  // Rank every sequence that has work.
+  // Rank every sequence that has work; note the smallest lead among the playing streams and
+  // the shortest token period among the urgent ones (they bound this step's time).
+  constexpr double kNone = std::numeric_limits<double>::infinity();
+  double min_lead = kNone, urgent_period = kNone;
   std::vector<Candidate> cands;
   auto consider = [&](int64_t id) {
     Sequence& s = seqs_.at(id);
+    if (s.admit_by >= 0) return;  // queued for realtime capacity
     if (over_window(s)) {  // its client is not reading: wait for credit (on_delivered)
       if (s.held_since < 0) s.held_since = now;
       return;
@@ -157,10 +250,13 @@ StepPlan Scheduler::plan(double now) {
           note_underrun(s, now);
           const double l = lead_of(s, now);
           const double deadline = s.stream_start + s.generated / s.req.pacing.tokens_per_second;
-          if (l < s.req.pacing.low_watermark_s)
+          min_lead = std::min(min_lead, l);
+          if (l < s.req.pacing.low_watermark_s) {
             cands.push_back({&s, 0, deadline});
-          else if (l < s.req.pacing.high_watermark_s)
+            urgent_period = std::min(urgent_period, 1 / s.req.pacing.tokens_per_second);
+          } else if (l < s.req.pacing.high_watermark_s) {
             cands.push_back({&s, 3, deadline});
+          }
           // else: far enough ahead; skips this step
         }
         break;
@@ -183,13 +279,59 @@ StepPlan Scheduler::plan(double now) {
   if (!cands.empty() && std::all_of(cands.begin(), cands.end(), [](const Candidate& c) { return c.tier == 3; }))
     cands.clear();
 
+  // The step's time allowance while streams play (see the header): half the smallest lead,
+  // and while one is urgent, its token period less the headroom.
+  const bool shaping = config_.pacing && config_.admission.enabled && cost_.ready();
+  const bool urgent = shaping && urgent_period < kNone;
+  double allowance = kNone;
+  if (shaping && min_lead < kNone) {
+    allowance = 0.5 * std::max(0.0, min_lead);
+    if (urgent) allowance = std::min(allowance, urgent_period * (1 - config_.admission.realtime_headroom));
+    plan.allowance_s = allowance;
+  }
+  auto defer = [&](int tokens) {
+    plan.deferred_tokens += tokens;
+    deferred_tokens_ += uint64_t(tokens);
+  };
+
   auto class_rank = [](RequestClass c) { return c == RequestClass::Realtime ? 0 : c == RequestClass::Interactive ? 1 : 2; };
   std::vector<int64_t> planned;
+  auto is_planned = [&](int64_t id) { return std::find(planned.begin(), planned.end(), id) != planned.end(); };
+  // The newest running sequence of a lower class than `s` that is not in this step.
+  auto victim_for = [&](const Sequence& s) -> Sequence* {
+    Sequence* victim = nullptr;
+    for (int64_t id : running_) {
+      Sequence& v = seqs_.at(id);
+      if (&v == &s || is_planned(id)) continue;
+      if (class_rank(v.req.cls) <= class_rank(s.req.cls)) continue;
+      if (!victim || class_rank(v.req.cls) > class_rank(victim->req.cls) ||
+          (class_rank(v.req.cls) == class_rank(victim->req.cls) && v.stats.arrival > victim->stats.arrival))
+        victim = &v;
+    }
+    return victim;
+  };
   int tokens_left = config_.step_token_budget, planned_blocks = 0;
+  StepShape shape;
   for (const Candidate& c : cands) {
     if (int(plan.batch.chunks.size()) >= config_.max_sequences_per_step || tokens_left <= 0) break;
     Sequence& s = *c.seq;
-    if (!s.running && int(running_.size()) >= config_.max_running) continue;
+    const bool realtime_decode = s.req.cls == RequestClass::Realtime && s.decoding();
+    // Batch work sits out every step while a stream is urgent; its KV stays.
+    if (urgent && s.req.cls == RequestClass::Batch) {
+      if (!s.yielding) {
+        s.yielding = true;
+        s.stats.yields++;
+        yields_++;
+      }
+      defer(s.decoding() ? 1 : std::min(int(s.tokens.size()) - s.computed, config_.prefill_chunk));
+      continue;
+    }
+    if (!s.running && int(running_.size()) >= config_.max_running) {
+      // A realtime stream takes a slot from batch work (recomputed later); others wait.
+      Sequence* victim = s.req.cls == RequestClass::Realtime ? victim_for(s) : nullptr;
+      if (!victim || victim->req.cls != RequestClass::Batch) continue;
+      preempt(*victim, plan);
+    }
     // A sequence that holds no KV yet starts from what the prefix cache has of its tokens.
     const bool admitting = !s.running && s.computed == 0;
     if (admitting) s.computed = kv_.adopt_prefix(s.req.id, s.tokens);
@@ -199,19 +341,33 @@ StepPlan Scheduler::plan(double now) {
     };
     const int remaining = int(s.tokens.size()) - s.computed;
     int n = s.decoding() ? 1 : std::min({remaining, config_.prefill_chunk, tokens_left});
+    // Everything but realtime decodes fits the allowance, a prefill chunk cut finer to fit.
+    if (allowance < kNone && !realtime_decode) {
+      auto fits = [&](int k) {
+        StepShape with = shape;
+        with += chunk_shape(s.computed, k);
+        return cost_.predict(with) <= allowance;
+      };
+      if (!fits(n)) {
+        if (n == 1 || !fits(1)) {
+          defer(n);
+          unadmit();
+          continue;
+        }
+        int lo = 1, hi = n;  // fits(lo), !fits(hi)
+        while (hi - lo > 1) {
+          const int mid = (lo + hi) / 2;
+          (fits(mid) ? lo : hi) = mid;
+        }
+        defer(n - lo);
+        n = lo;
+      }
+    }
     auto free_blocks = [&] { return kv_.free_blocks() - planned_blocks; };
     int need = kv_.blocks_needed(s.req.id, s.computed + n);
     // Make room by preempting lower-class work that is not in this step, newest first.
     while (need > free_blocks()) {
-      Sequence* victim = nullptr;
-      for (int64_t id : running_) {
-        Sequence& v = seqs_.at(id);
-        if (&v == &s || std::find(planned.begin(), planned.end(), id) != planned.end()) continue;
-        if (class_rank(v.req.cls) <= class_rank(s.req.cls)) continue;
-        if (!victim || class_rank(v.req.cls) > class_rank(victim->req.cls) ||
-            (class_rank(v.req.cls) == class_rank(victim->req.cls) && v.stats.arrival > victim->stats.arrival))
-          victim = &v;
-      }
+      Sequence* victim = victim_for(s);
       if (!victim) break;
       preempt(*victim, plan);
     }
@@ -229,6 +385,8 @@ StepPlan Scheduler::plan(double now) {
       cached_tokens_ += uint64_t(s.computed);
     }
     if (!s.decoding()) prefill_tokens_ += uint64_t(n);
+    s.yielding = false;
+    shape += chunk_shape(s.computed, n);
     SequenceChunk chunk;
     chunk.seq_id = s.req.id;
     chunk.start_pos = s.computed;
@@ -245,6 +403,8 @@ StepPlan Scheduler::plan(double now) {
       running_.push_back(s.req.id);
     }
   }
+  plan.shape = shape;
+  plan.predicted_s = cost_.predict(shape);
   return plan;
 }
 
@@ -273,6 +433,8 @@ std::vector<int64_t> Scheduler::on_step_done(const StepPlan& plan, const std::ve
     if (s.stats.first_token < 0) s.stats.first_token = now;
     if (s.req.cls == RequestClass::Realtime && s.stream_start < 0) s.stream_start = now;  // playback starts
     if (out.stop || s.generated >= s.req.max_new_tokens) {
+      double& fraction = length_fraction_[size_t(s.req.cls)];
+      fraction = 0.9 * fraction + 0.1 * double(s.generated) / s.req.max_new_tokens;
       finished.push_back(s.req.id);
       retire(it);
     }

@@ -16,6 +16,21 @@
 // stalls tokens already streaming. KV blocks are checked before a sequence is planned; when
 // they run out, batch work is preempted first (its cache is dropped and recomputed later).
 //
+// Real time under load (with pacing and admission on):
+//   - the step cost is learned from every step (StepCostModel: record_step());
+//   - admission (pipeline/admission.h) takes a realtime stream only while every admitted
+//     stream still gets its rate with the configured headroom, and refuses any request
+//     whose predicted wait to its first token exceeds its class's target;
+//   - while realtime streams play, every step has a time allowance: half the smallest lead
+//     (a step must never eat a stream's buffer), and while a stream is urgent (under its low
+//     watermark) its token period less the headroom, so the stream's lead grows again.
+//     Realtime decodes are never cut; every other chunk is added only as far as the
+//     predicted step time stays within the allowance, a prefill chunk cut finer to fit. What
+//     does not fit is deferred to a later step (counted);
+//   - while any stream is urgent, batch sequences yield: they sit out the step with their
+//     KV kept. A realtime stream that needs a slot or KV blocks preempts batch work instead
+//     (its KV dropped, recomputed when it runs again).
+//
 // Not thread-safe: owned by the executor (one thread).
 #pragma once
 
@@ -26,10 +41,12 @@
 #include <string>
 #include <vector>
 
+#include "pipeline/admission.h"
 #include "pipeline/batch.h"
 #include "pipeline/expected.h"
 #include "pipeline/kv_cache.h"
 #include "pipeline/request_kinds.h"
+#include "pipeline/step_cost.h"
 
 namespace tutti {
 
@@ -53,6 +70,7 @@ struct SchedulerConfig {
   // (on_delivered). A client that stops reading holds its own sequence (KV kept) after this
   // many tokens instead of filling queues between the stages; 0: no limit.
   int client_window = 256;
+  AdmissionConfig admission;  // realtime capacity, wait targets (with pacing: step allowances)
   Status validate() const;
 };
 
@@ -82,6 +100,8 @@ class KvCapacity {
   // publishing what a step computed. Without one: nothing is cached.
   virtual int adopt_prefix(int64_t /*seq*/, const std::vector<int32_t>& /*tokens*/) { return 0; }
   virtual void publish(int64_t /*seq*/, const std::vector<int32_t>& /*tokens*/, int /*computed*/) {}
+  // Positions of `tokens` adopt_prefix would find now (nothing is adopted).
+  virtual int cached_prefix(const std::vector<int32_t>& /*tokens*/) const { return 0; }
 };
 
 class KvCacheCapacity final : public KvCapacity {
@@ -94,6 +114,7 @@ class KvCacheCapacity final : public KvCapacity {
   void release(int64_t seq) override { kv_.release(seq); }
   int adopt_prefix(int64_t seq, const std::vector<int32_t>& tokens) override { return kv_.adopt_prefix(seq, tokens); }
   void publish(int64_t seq, const std::vector<int32_t>& tokens, int computed) override { kv_.publish(seq, tokens, computed); }
+  int cached_prefix(const std::vector<int32_t>& tokens) const override { return kv_.cached_prefix(tokens); }
 
  private:
   PagedKvCache& kv_;
@@ -103,11 +124,20 @@ class KvCacheCapacity final : public KvCapacity {
 // are sampled). Sequences dropped since the last plan are listed so the caller can tell
 // their clients.
 struct StepPlan {
+  struct Refusal {
+    int64_t id;
+    std::string message;
+  };
   Batch batch;
   std::vector<bool> samples;            // per chunk
   std::vector<int64_t> preempted;       // cache dropped this step; will be recomputed
   std::vector<int64_t> cancelled;       // removed this step, KV released
+  std::vector<Refusal> refused;         // queued for realtime capacity past their time: removed, busy
   int tokens = 0;
+  StepShape shape;                      // what the cost model reads
+  double predicted_s = 0;               // the cost model's prediction for this step
+  double allowance_s = -1;              // the time budget realtime streams gave it; -1: none
+  int deferred_tokens = 0;              // tokens of non-realtime work that did not fit the allowance
   bool empty() const { return batch.chunks.empty(); }
 };
 
@@ -125,7 +155,8 @@ struct SequenceStats {
   std::vector<double> token_times;  // when each generated token came out
   int generated = 0;
   int underruns = 0;                // realtime: times playback caught up with generation
-  int preemptions = 0;
+  int preemptions = 0;               // KV dropped for another sequence (recomputed later)
+  int yields = 0;                    // times it sat out steps (KV kept) while a stream was urgent
   int cached_tokens = 0;            // prompt positions found in the prefix cache (last admission)
   bool finished = false;
 };
@@ -134,9 +165,14 @@ class Scheduler {
  public:
   Scheduler(SchedulerConfig config, KvCapacity& kv);
 
-  // Admits a request, or refuses it with an Error saying why (queue full: busy; prompt
-  // plus max_new_tokens can never fit the cache; duplicate id; empty prompt).
+  // Admits a request, or refuses it with an Error saying why (busy: the queue is full, the
+  // realtime capacity cannot hold the stream, or the predicted wait exceeds the class's
+  // target (last_decision() has the prediction); prompt plus max_new_tokens can never fit
+  // the cache; duplicate id; empty prompt). A realtime stream the capacity cannot hold is
+  // queued instead when the policy says so, and refused by a later plan() if no capacity
+  // frees in time.
   Status submit(SequenceRequest request, double now);
+  const AdmissionDecision& last_decision() const { return last_decision_; }
   // Marks a sequence for removal; the next plan() releases its KV. Unknown ids are ignored.
   void cancel(int64_t id);
   // The client of `id` has received its first `delivered` generated tokens (credit for
@@ -153,6 +189,17 @@ class Scheduler {
   // Applies a completed step: tokens for the sampled chunks, in the order of plan.samples.
   // Returns the ids of sequences that finished (KV released).
   std::vector<int64_t> on_step_done(const StepPlan& plan, const std::vector<TokenOutcome>& tokens, double now);
+  // The measured time of a step that ran (the cost model learns from it).
+  void record_step(const StepPlan& plan, double seconds) { cost_.observe(plan.shape, seconds); }
+  const StepCostModel& cost_model() const { return cost_; }
+  // The load as admission sees it (also published to the front door).
+  LoadPicture picture() const;
+  // Admission decisions since start, by class and outcome (Admitted counts admissions).
+  uint64_t admissions(RequestClass c, AdmissionOutcome o) const { return admissions_[size_t(c)][size_t(o)]; }
+  uint64_t deferred_tokens_total() const { return deferred_tokens_; }
+  uint64_t yields_total() const { return yields_; }
+  // The admitted realtime streams' share of the model's time (see admission.h).
+  double realtime_load() const;
 
   // Realtime lead in seconds at `now` (generated minus played, at the stream's rate).
   double lead(int64_t id, double now) const;
@@ -176,6 +223,8 @@ class Scheduler {
     double stream_start = -1;     // realtime: playback clock origin (moves on underrun)
     int delivered = 0;            // generated tokens the client has received
     double held_since = -1;       // when the client window stopped it; -1: not held
+    double admit_by = -1;         // queued for realtime capacity until then; -1: admitted
+    bool yielding = false;        // sat out the last step for an urgent stream
     bool cancelled = false;
     bool running = false;
     SequenceStats stats;
@@ -196,6 +245,11 @@ class Scheduler {
     return config_.client_window > 0 && s.generated - s.delivered >= config_.client_window;
   }
   void note_underrun(Sequence& s, double now);
+  int expected_tokens(const Sequence& s) const;
+  AdmissionRequest admission_request(const SequenceRequest& r) const;
+  void count(RequestClass c, AdmissionOutcome o) { admissions_[size_t(c)][size_t(o)]++; }
+  // Queued realtime streams: admitted once capacity frees, refused when their time is up.
+  void admit_queued(StepPlan& plan, double now);
 
   SchedulerConfig config_;
   KvCapacity& kv_;
@@ -204,6 +258,11 @@ class Scheduler {
   std::vector<int64_t> running_;      // holding KV
   std::map<int64_t, SequenceStats> done_;
   uint64_t prefill_tokens_ = 0, cached_tokens_ = 0;
+  StepCostModel cost_;
+  AdmissionDecision last_decision_;
+  std::array<std::array<uint64_t, kAdmissionOutcomes>, 3> admissions_{};
+  std::array<double, 3> length_fraction_ = {1, 1, 1};  // generated / max_new_tokens, by class
+  uint64_t deferred_tokens_ = 0, yields_ = 0;
 };
 
 }  // namespace tutti

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <map>
 
 #include "pipeline/generate.h"
@@ -57,23 +58,40 @@ struct SimResult {
   double max_step = 0;
   int steps = 0;
   int max_step_tokens = 0;
+  std::map<int64_t, AdmissionDecision> refused;      // at submit, with the decision
+  std::map<int64_t, std::string> refused_in_queue;   // by a later plan (queued for capacity)
+};
+
+// What a step costs on the fake machine.
+using StepCost = std::function<double(const StepPlan&)>;
+
+struct SimOptions {
+  double until = 1e9;
+  bool learn = false;           // report each step's cost to the scheduler (its cost model)
+  bool allow_refusals = false;  // a refused submit is recorded instead of failing the test
 };
 
 // Runs arrivals through the scheduler until everything is done or `until` passes.
-SimResult simulate(Scheduler& sched, FakeKv& kv, std::vector<Arrival> arrivals, double fixed_s, double per_token_s,
-                   double until = 1e9) {
+SimResult simulate(Scheduler& sched, FakeKv& kv, std::vector<Arrival> arrivals, const StepCost& step_cost, SimOptions opt) {
   std::sort(arrivals.begin(), arrivals.end(), [](auto& a, auto& b) { return a.time < b.time; });
   SimResult r;
   double now = 0;
   size_t next = 0;
   std::vector<int64_t> ids;
-  while (now < until) {
+  while (now < opt.until) {
     while (next < arrivals.size() && arrivals[next].time <= now) {
-      ids.push_back(arrivals[next].req.id);
-      EXPECT_TRUE(sched.submit(arrivals[next].req, arrivals[next].time).ok());
+      const Status st = sched.submit(arrivals[next].req, arrivals[next].time);
+      if (st.ok()) {
+        ids.push_back(arrivals[next].req.id);
+      } else {
+        EXPECT_TRUE(opt.allow_refusals) << st.message();
+        EXPECT_EQ(st.code(), ErrorCode::busy) << st.message();
+        r.refused[arrivals[next].req.id] = sched.last_decision();
+      }
       ++next;
     }
     StepPlan plan = sched.plan(now);
+    for (const auto& q : plan.refused) r.refused_in_queue[q.id] = q.message;
     if (plan.empty()) {
       if (next >= arrivals.size() && sched.idle()) break;
       // Like the executor: with work held back (streams ahead of playback) look again in
@@ -83,8 +101,9 @@ SimResult simulate(Scheduler& sched, FakeKv& kv, std::vector<Arrival> arrivals, 
       continue;
     }
     kv.reserve(plan.batch);
-    const double cost = fixed_s + per_token_s * plan.tokens;
+    const double cost = step_cost(plan);
     now += cost;
+    if (opt.learn) sched.record_step(plan, cost);
     r.max_step = std::max(r.max_step, cost);
     r.max_step_tokens = std::max(r.max_step_tokens, plan.tokens);
     ++r.steps;
@@ -96,6 +115,13 @@ SimResult simulate(Scheduler& sched, FakeKv& kv, std::vector<Arrival> arrivals, 
   for (int64_t id : ids)
     if (const SequenceStats* s = sched.stats(id)) r.stats[id] = *s;
   return r;
+}
+
+// The first tests' machine: a fixed part and a part per token, nothing learned.
+SimResult simulate(Scheduler& sched, FakeKv& kv, std::vector<Arrival> arrivals, double fixed_s, double per_token_s,
+                   double until = 1e9) {
+  return simulate(sched, kv, std::move(arrivals), [=](const StepPlan& p) { return fixed_s + per_token_s * p.tokens; },
+                  SimOptions{until});
 }
 
 double percentile(std::vector<double> v, double p) {
@@ -395,6 +421,302 @@ TEST(Scheduler, BatchedTokensEqualSequencesRunAlone) {
   EXPECT_TRUE(s.idle());
   for (auto& r : reqs) EXPECT_EQ(batched[r.id], alone[r.id]) << "sequence " << r.id;
   EXPECT_EQ(kv->free_blocks(), kv->total_blocks());
+}
+
+// ---- Real time under mixed load: the learned step cost, admission by capacity and by
+// expected wait, batch work yielding. The fake machine's cost is linear in the step's
+// composition (a fixed part, a part per row, a part per prefill token), and the scheduler
+// learns it from the steps it runs, as it does from measured ones in the server.
+
+StepCost linear_cost(double base, double per_row, double per_prefill) {
+  return [=](const StepPlan& p) { return base + per_row * p.shape.rows + per_prefill * p.shape.prefill_tokens; };
+}
+
+// Steps of varied shapes before the measured part, so the cost model has seen both decodes
+// and prefills (the server's first requests do the same for it).
+void add_warm_up(std::vector<Arrival>& arrivals, int64_t first_id) {
+  for (int i = 0; i < 8; ++i)
+    arrivals.push_back({0.01 * i, request(first_id + i, RequestClass::Interactive, 16 + 37 * i, 4 + 3 * i)});
+}
+
+int underruns_of(const SimResult& r, RequestClass cls) {
+  int n = 0;
+  for (auto& [id, st] : r.stats)
+    if (st.cls == cls) n += st.underruns;
+  return n;
+}
+
+TEST(StepCost, LearnsALinearCostAndPredictsUnseenShapes) {
+  StepCostModel m;
+  EXPECT_EQ(m.predict({4, 0, 100}), 0) << "nothing is known before a step";
+  const auto truth = [](const StepShape& s) { return 0.003 + 0.0004 * s.rows + 0.00002 * s.prefill_tokens + 1e-7 * double(s.context_tokens); };
+  uint64_t x = 12345;
+  auto next = [&](int mod) { x = x * 6364136223846793005ull + 1442695040888963407ull; return int((x >> 33) % uint64_t(mod)); };
+  for (int i = 0; i < 300; ++i) {
+    StepShape s{1 + next(32), next(3) == 0 ? next(512) : 0, next(20000)};
+    m.observe(s, truth(s));
+  }
+  ASSERT_TRUE(m.ready());
+  const auto& k = m.coefficients();
+  std::printf("learned: base %.3f ms, per row %.4f ms, per prefill token %.5f ms, per cached position %.2e ms; error %.2f%%\n",
+              k.base * 1e3, k.per_row * 1e3, k.per_prefill_token * 1e3, k.per_context_token * 1e3, m.relative_error() * 100);
+  EXPECT_NEAR(k.base, 0.003, 0.0003);
+  EXPECT_NEAR(k.per_row, 0.0004, 0.00004);
+  EXPECT_NEAR(k.per_prefill_token, 0.00002, 0.000004);
+  for (StepShape s : {StepShape{64, 0, 100000}, StepShape{1, 1000, 500}}) EXPECT_NEAR(m.predict(s), truth(s), 0.05 * truth(s));
+  EXPECT_LT(m.relative_error(), 0.05);
+
+  // A machine on which steps cost the same whatever is in them: no negative per-unit terms.
+  StepCostModel flat;
+  for (int i = 0; i < 50; ++i) flat.observe({1 + i % 7, (i % 5) * 30, 1000 + 50 * i}, 0.01);
+  EXPECT_NEAR(flat.predict({32, 256, 60000}), 0.01, 0.001);
+  EXPECT_GE(flat.coefficients().per_row, 0);
+  EXPECT_GE(flat.coefficients().per_context_token, 0);
+
+  // Only decodes seen so far: a prefill token is priced like a row until prefills are seen.
+  StepCostModel decodes;
+  for (int i = 0; i < 50; ++i) decodes.observe({1 + i % 16, 0, 0}, 0.002 + 0.001 * (1 + i % 16));
+  EXPECT_NEAR(decodes.coefficients().per_prefill_token, decodes.coefficients().per_row, 0.0002);
+}
+
+TEST(Admission, PredictedWaitCountsSlotsAheadAndTheRealtimeShare) {
+  LoadPicture load;
+  load.cost = {0.001, 0, 0, 0};  // 1 ms a step
+  load.cost_ready = true;
+  load.slots = 2;
+  load.running = {{RequestClass::Interactive, 10, 0, 0}, {RequestClass::Interactive, 30, 0, 0}};
+  AdmissionRequest r;
+  r.cls = RequestClass::Interactive;
+  r.prompt_tokens = 1;
+  // Both slots are taken: the first frees after 10 steps, then one step for its own token.
+  EXPECT_NEAR(predicted_wait(load, r), 0.011, 1e-9);
+  load.waiting = {{RequestClass::Interactive, 1, 5}};  // takes that slot for 5 steps
+  EXPECT_NEAR(predicted_wait(load, r), 0.016, 1e-9);
+  // Batch work ahead does not hold an interactive request back; a batch request waits for
+  // everything (here: a long batch prompt queued ahead of it).
+  load.cost.per_prefill_token = 0.0001;
+  const double interactive = predicted_wait(load, r);
+  load.waiting.push_back({RequestClass::Batch, 10000, 1});
+  EXPECT_NEAR(predicted_wait(load, r), interactive, 1e-9);
+  r.cls = RequestClass::Batch;
+  EXPECT_GT(predicted_wait(load, r), interactive + 0.9);
+  load.waiting.pop_back();
+  load.cost.per_prefill_token = 0;
+  // Realtime streams taking half the time double the wait.
+  r.cls = RequestClass::Interactive;
+  load.streams = {{250, 0, 1}};  // 250 tokens/s x 1 ms base... plus nothing per row
+  load.cost.per_row = 0.001;     // base x 250 + 250 x 1 ms: the load is 0.5
+  EXPECT_NEAR(realtime_load(load.cost, load.streams), 0.5, 1e-9);
+  const double with_streams = predicted_wait(load, r);
+  load.streams.clear();
+  EXPECT_NEAR(with_streams, 2 * predicted_wait(load, r), 1e-9);
+}
+
+// 30 streams at 40 tokens/s ask for more than the machine has (step 2 ms + 1 ms a row:
+// 30 of them need 128% of its time). Admission takes those that fit with 25% headroom and
+// refuses the rest at once; every admitted stream then plays with no underrun. Without
+// admission all are taken and all stutter.
+TEST(Scheduler, AdmissionRefusesTheStreamThatWouldBreakTheOthers) {
+  auto run = [](bool admission) {
+    SchedulerConfig c;
+    c.client_window = 0;  // the simulated clients read everything at once
+    c.max_sequences_per_step = 64;
+    c.max_running = 64;
+    c.max_waiting = 100;
+    c.admission.enabled = admission;
+    FakeKv kv(100000, 16);
+    Scheduler s(c, kv);
+    std::vector<Arrival> arrivals;
+    add_warm_up(arrivals, 1000);
+    for (int i = 0; i < 30; ++i) arrivals.push_back({1.0 + 0.02 * i, request(i, RequestClass::Realtime, 8, 240, 40)});
+    SimResult r = simulate(s, kv, arrivals, linear_cost(0.002, 0.001, 0.00005), {.until = 20, .learn = true, .allow_refusals = true});
+    return std::make_pair(r, s.admissions(RequestClass::Realtime, AdmissionOutcome::Capacity));
+  };
+  const auto [with, refused_count] = run(true);
+  const auto [without, unused] = run(false);
+  int admitted = 0;
+  for (auto& [id, st] : with.stats)
+    if (st.cls == RequestClass::Realtime) {
+      admitted++;
+      EXPECT_EQ(st.generated, 240) << "stream " << id;
+    }
+  std::printf("30 streams asked: %d admitted, %zu refused (underruns %d); without admission: underruns %d\n", admitted,
+              with.refused.size(), underruns_of(with, RequestClass::Realtime), underruns_of(without, RequestClass::Realtime));
+  EXPECT_GE(admitted, 10);
+  EXPECT_EQ(int(with.refused.size()), 30 - admitted);
+  EXPECT_EQ(refused_count, with.refused.size());
+  for (auto& [id, d] : with.refused) {
+    EXPECT_EQ(d.outcome, AdmissionOutcome::Capacity);
+    EXPECT_GT(d.realtime_load, 0.75);
+    EXPECT_GT(d.retry_after_s, 0);
+    EXPECT_NE(d.message.find("realtime streams"), std::string::npos) << d.message;
+  }
+  EXPECT_EQ(underruns_of(with, RequestClass::Realtime), 0);
+  EXPECT_GT(underruns_of(without, RequestClass::Realtime), 30);
+  EXPECT_TRUE(without.refused.empty());
+}
+
+// Two streams at 100 tokens/s (a token every 10 ms) while a flood of batch work arrives:
+// 24 image-like answers of 1500 tokens and two 3000-token prompts. A step of the flood
+// costs 2 ms + 0.5 ms a row + 0.02 ms a prefill token: 15 ms with its 26 rows, past the
+// streams' 10 ms a token. With the allowance the batch work runs in the streams' slack (chunks cut
+// to fit, sitting out while a stream is urgent) and the streams never underrun; the batch
+// work still finishes, later.
+TEST(Scheduler, BatchWorkNeverPushesAnAdmittedStreamPastItsDeadline) {
+  auto run = [](bool shaping) {
+    SchedulerConfig c;
+    c.client_window = 0;  // the simulated clients read everything at once
+    c.admission.enabled = shaping;
+    c.admission.wait_target_s[size_t(RequestClass::Batch)] = 1000;
+    FakeKv kv(100000, 16);
+    Scheduler s(c, kv);
+    std::vector<Arrival> arrivals;
+    add_warm_up(arrivals, 1000);
+    for (int i = 0; i < 2; ++i) arrivals.push_back({0.5 + 0.1 * i, request(i, RequestClass::Realtime, 8, 600, 100)});
+    for (int i = 0; i < 24; ++i) arrivals.push_back({1.0 + 0.02 * i, request(100 + i, RequestClass::Batch, 300, 1500)});
+    for (int i = 0; i < 2; ++i) arrivals.push_back({1.2 + 0.3 * i, request(200 + i, RequestClass::Batch, 3000, 16)});
+    SimResult r = simulate(s, kv, arrivals, linear_cost(0.002, 0.0005, 0.00002), {.until = 200, .learn = true});
+    return std::make_tuple(r, s.deferred_tokens_total(), s.yields_total());
+  };
+  const auto [shaped, deferred, yields] = run(true);
+  const auto [unshaped, d0, y0] = run(false);
+  auto batch_done = [](const SimResult& r) {
+    double last = 0;
+    for (auto& [id, st] : r.stats)
+      if (st.cls == RequestClass::Batch && st.finished) last = std::max(last, st.token_times.back());
+    return last;
+  };
+  std::printf("streams' underruns with the allowance %d (batch done at %.1f s, %llu tokens deferred, %llu yields); "
+              "without %d (batch done at %.1f s)\n",
+              underruns_of(shaped, RequestClass::Realtime), batch_done(shaped), (unsigned long long)deferred,
+              (unsigned long long)yields, underruns_of(unshaped, RequestClass::Realtime), batch_done(unshaped));
+  EXPECT_EQ(underruns_of(shaped, RequestClass::Realtime), 0);
+  EXPECT_GT(underruns_of(unshaped, RequestClass::Realtime), 0);
+  EXPECT_GT(deferred, 0u);
+  EXPECT_GT(yields, 0u) << "batch work sat out while a stream was urgent (its KV kept)";
+  for (auto& [id, st] : shaped.stats) {
+    EXPECT_TRUE(st.finished) << id;
+    if (st.cls == RequestClass::Batch) EXPECT_EQ(st.generated, id >= 200 ? 16 : 1500) << "batch " << id << " recovered";
+  }
+  EXPECT_GE(batch_done(shaped), batch_done(unshaped)) << "the batch work is what got slower";
+}
+
+// Four batch sequences hold every slot (max_running 4) when a stream arrives: the newest is
+// preempted (its KV dropped) so the stream starts at once, and recomputes and finishes later.
+TEST(Scheduler, RealtimeStreamTakesASlotFromBatchWork) {
+  SchedulerConfig c;
+  c.client_window = 0;
+  c.max_running = 4;
+  FakeKv kv(100000, 16);
+  Scheduler s(c, kv);
+  std::vector<Arrival> arrivals;
+  for (int i = 0; i < 4; ++i) arrivals.push_back({0.001 * i, request(i, RequestClass::Batch, 20, 400)});
+  arrivals.push_back({0.5, request(9, RequestClass::Realtime, 8, 100, 50)});
+  const SimResult r = simulate(s, kv, arrivals, linear_cost(0.002, 0.0005, 0.00002), {.learn = true});
+  const SequenceStats& stream = r.stats.at(9);
+  EXPECT_LT(stream.first_token - stream.arrival, 0.02);
+  EXPECT_EQ(stream.underruns, 0);
+  EXPECT_EQ(r.stats.at(3).preemptions, 1) << "the newest batch sequence gives up its slot";
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(r.stats.at(i).generated, 400);
+}
+
+// Thirty interactive requests arrive at once on a machine that runs 4 sequences a step (9 ms
+// a step; 100 tokens each). Those the slots will serve within the 400 ms target are taken;
+// the rest are refused the moment they arrive, with the prediction; every one taken gets its
+// first token within the target. Without the target all are queued and the last waits
+// seconds.
+TEST(Scheduler, RequestPredictedToWaitTooLongIsRefusedAtOnce) {
+  auto run = [](bool admission) {
+    SchedulerConfig c;
+    c.client_window = 0;  // the simulated clients read everything at once
+    c.max_sequences_per_step = 4;
+    c.max_waiting = 100;
+    c.admission.enabled = admission;
+    FakeKv kv(100000, 16);
+    Scheduler s(c, kv);
+    std::vector<Arrival> arrivals;
+    add_warm_up(arrivals, 1000);
+    for (int i = 0; i < 30; ++i) arrivals.push_back({2.0, request(i, RequestClass::Interactive, 20, 100)});
+    return simulate(s, kv, arrivals, linear_cost(0.005, 0.001, 0.00005), {.learn = true, .allow_refusals = true});
+  };
+  const SimResult with = run(true), without = run(false);
+  double worst = 0, worst_without = 0;
+  for (auto& [id, st] : with.stats)
+    if (id < 1000) worst = std::max(worst, st.first_token - st.arrival);
+  for (auto& [id, st] : without.stats)
+    if (id < 1000) worst_without = std::max(worst_without, st.first_token - st.arrival);
+  std::printf("30 at once: %zu taken (worst TTFT %.0f ms), %zu refused at arrival; without the target worst TTFT %.0f ms\n",
+              with.stats.size() - 8, worst * 1e3, with.refused.size(), worst_without * 1e3);
+  EXPECT_GE(with.stats.size() - 8, 4u);
+  EXPECT_GE(with.refused.size(), 10u);
+  EXPECT_LE(worst, 0.4);
+  EXPECT_GT(worst_without, 2.0);
+  for (auto& [id, d] : with.refused) {
+    EXPECT_EQ(d.outcome, AdmissionOutcome::Wait);
+    EXPECT_GT(d.predicted_wait_s, 0.4);
+    EXPECT_NE(d.message.find("predicted wait"), std::string::npos) << d.message;
+  }
+}
+
+// With the queue policy, a stream the capacity cannot hold waits for one to end: admitted
+// when one does within realtime_queue_s, refused as busy when none does.
+TEST(Scheduler, QueuedRealtimeStreamWaitsForCapacity) {
+  SchedulerConfig c;
+  c.client_window = 0;
+  c.admission.realtime_overload = OverloadPolicy::Queue;
+  c.admission.realtime_queue_s = 1.0;
+  FakeKv kv(100000, 16);
+  Scheduler s(c, kv);
+  std::vector<Arrival> arrivals;
+  add_warm_up(arrivals, 1000);
+  // 2 ms a step + 1 ms a row at 100 tokens/s: 0.2 + 0.1 per stream, so 5 fit under 75%.
+  // Stream 0 is generated by about 2.3 s (playback ends at 2.5 s; generation runs ahead).
+  for (int i = 0; i < 5; ++i) arrivals.push_back({1.0, request(i, RequestClass::Realtime, 8, 150 + 200 * i, 100)});
+  arrivals.push_back({2.0, request(10, RequestClass::Realtime, 8, 1000, 100)});  // waits for stream 0
+  arrivals.push_back({2.4, request(11, RequestClass::Realtime, 8, 100, 100)});  // the next is generated by about 3.9 s: too late
+  const SimResult r = simulate(s, kv, arrivals, linear_cost(0.002, 0.001, 0.00005), {.learn = true, .allow_refusals = true});
+  EXPECT_TRUE(r.refused.empty());
+  ASSERT_TRUE(r.stats.count(10));
+  EXPECT_EQ(r.stats.at(10).generated, 1000);
+  EXPECT_GE(r.stats.at(10).first_token, r.stats.at(0).token_times.back()) << "it waited for stream 0 to end";
+  ASSERT_EQ(r.refused_in_queue.size(), 1u);
+  EXPECT_TRUE(r.refused_in_queue.count(11));
+  EXPECT_EQ(s.admissions(RequestClass::Realtime, AdmissionOutcome::QueueTimeout), 1u);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(r.stats.at(i).underruns, 0);
+}
+
+// The front door decides on the executor's last picture plus what it admitted since, so a
+// burst between two steps does not all pass on one stale picture.
+TEST(Admission, BoardCountsWhatItAdmittedUntilTheExecutorHasIt) {
+  AdmissionConfig config;
+  AdmissionBoard board(config);
+  AdmissionRequest r;
+  r.cls = RequestClass::Interactive;
+  r.prompt_tokens = 10;
+  r.max_new_tokens = 100;
+  EXPECT_TRUE(board.admit(1, r, 0).admitted()) << "nothing published yet: nothing is known";
+  board.arrived(1);
+  auto picture = std::make_shared<LoadPicture>();
+  picture->cost = {0.009, 0, 0, 0};
+  picture->cost_ready = true;
+  picture->slots = 2;
+  board.publish(picture);
+  // Two slots of 100 steps of 9 ms: the first two start at once, the third would wait 0.9 s.
+  EXPECT_TRUE(board.admit(2, r, 0).admitted());
+  EXPECT_TRUE(board.admit(3, r, 0).admitted());
+  const AdmissionDecision third = board.admit(4, r, 0);
+  EXPECT_EQ(third.outcome, AdmissionOutcome::Wait);
+  EXPECT_NEAR(third.predicted_wait_s, 0.909, 0.01);
+  // The executor has them (its next picture shows them); nothing is counted twice.
+  board.arrived(2);
+  board.arrived(3);
+  auto later = std::make_shared<LoadPicture>(*picture);
+  later->running = {{RequestClass::Interactive, 100, 0, 0}, {RequestClass::Interactive, 100, 0, 0}};
+  board.publish(later);
+  EXPECT_EQ(board.admit(5, r, 0).outcome, AdmissionOutcome::Wait);
+  // Pending entries the executor never saw stop counting after a few seconds.
+  board.publish(picture);
+  EXPECT_TRUE(board.admit(6, r, 10).admitted());
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 #include "actors/http/generation.hpp"
 
+#include <chrono>
+
 namespace tutti::http {
 
 using namespace tutti::actors;
@@ -100,6 +102,26 @@ sink_actor spawn_sink(ServerState& srv, const text_request& request, std::weak_p
 
 }  // namespace
 
+double monotonic_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+AdmissionRequest admission_request_of(const actors::text_request& r) {
+  AdmissionRequest a;
+  a.cls = r.request_class;
+  a.max_new_tokens = std::max(1, r.max_tokens);
+  if (r.request_class == RequestClass::Realtime) {
+    // A realtime answer's prompt is its conversation, mostly in the prefix cache already
+    // (prefilled while the user spoke); the scheduler, which can look, counts what is not.
+    a.tokens_per_second = r.tokens_per_second;
+    return a;
+  }
+  size_t media = 0;
+  for (const auto& part : r.media_parts) media += part.size();
+  a.prompt_tokens = int(r.prompt.size() / 4 + media);  // about 4 bytes a token before encoding
+  return a;
+}
+
 std::variant<std::shared_ptr<Generation>, ApiError> Generation::start(ServerState& srv, GenerationSpec spec,
                                                                       std::weak_ptr<GenerationOwner> owner) {
   if (spec.request.id == 0) spec.request.id = srv.next_id++;
@@ -109,6 +131,22 @@ std::variant<std::shared_ptr<Generation>, ApiError> Generation::start(ServerStat
       record_refusal(srv, spec, e);
       return e;
     }
+  // The engine's admission (its realtime capacity, the predicted wait), decided here on the
+  // load the executor last published: a refusal never waits for the step in progress.
+  if (!spec.request.prefill_only && srv.pipe.admission) {
+    const AdmissionDecision d = srv.pipe.admission->admit(spec.request.id, admission_request_of(spec.request), monotonic_seconds());
+    if (!d.admitted()) {
+      if (spec.accounted && spec.holds_session && spec.check_limits) srv.limiter.end_session(spec.key);  // admitted above
+      if (srv.pipe.metrics) {
+        const size_t cls = size_t(spec.request.request_class);
+        srv.pipe.metrics->refused_front[cls][size_t(d.outcome)]++;
+        srv.pipe.metrics->requests_refused[cls]++;
+      }
+      ApiError e{ErrorCode::busy, d.message, "", d.retry_after_s};
+      record_refusal(srv, spec, e);
+      return e;
+    }
+  }
   // What it may produce is held against the key's quota before it starts, so concurrent
   // answers cannot overdraw it together. An answer the quota cannot hold whole is cut to
   // what it can (the engine stops there, as at max_tokens); an image or a video, whose

@@ -79,6 +79,11 @@ struct GenerationSpec {
   std::function<std::shared_ptr<MediaOutput>()> output;
 };
 
+// What the front door's admission knows of a request before it is encoded, and its clock
+// (the executor's: steady seconds).
+AdmissionRequest admission_request_of(const actors::text_request& r);
+double monotonic_seconds();
+
 class Generation : public std::enable_shared_from_this<Generation> {
  public:
   // Admits and starts. A refusal is recorded (outcome refused) and returned in the

@@ -79,7 +79,8 @@ std::string speech_prompt(const ModalityInfo& audio, const std::string& voice, d
 }
 
 std::variant<MediaRequest, ApiError> parse_media_request(MediaKind kind, const std::string& body, const ModalityTable& modalities,
-                                                         const std::string& served_model, double max_seconds) {
+                                                         const std::string& served_model, double max_seconds,
+                                                         RequestClass default_class) {
   if (!unicode::is_valid_utf8(body)) return bad("the request body is not valid UTF-8");
   json j = json::parse(body, nullptr, false);
   if (j.is_discarded()) return bad("the request body is not valid JSON");
@@ -87,6 +88,14 @@ std::variant<MediaRequest, ApiError> parse_media_request(MediaKind kind, const s
   MediaRequest r;
   r.kind = kind;
   r.model = served_model;
+  r.request.request_class = default_class;
+  if (const json* t = field(j, "tutti")) {
+    const json* cls = t->is_object() ? field(*t, "class") : nullptr;
+    const auto parsed = cls && cls->is_string() ? parse_request_class(cls->get<std::string>()) : std::nullopt;
+    if (!t->is_object() || (cls && (!parsed || *parsed == RequestClass::Realtime)))
+      return bad("'tutti' must be an object whose 'class' is interactive or batch", "tutti.class");
+    if (parsed) r.request.request_class = *parsed;
+  }
   if (auto e = string_field(j, "model", false, r.model)) return *e;
   if (r.model != served_model)
     return ApiError{ErrorCode::model_not_found, "the model '" + r.model + "' does not exist; this server serves '" + served_model + "'", "model"};
@@ -163,7 +172,6 @@ std::variant<MediaRequest, ApiError> parse_media_request(MediaKind kind, const s
   }
   const int frames = std::max(1, int(std::lround(r.seconds * m->frame_rate)));
   r.request.max_tokens = frames * codes_per_frame;
-  r.request.request_class = RequestClass::Batch;  // long work: it yields to interactive and realtime traffic
   return r;
 }
 

@@ -39,8 +39,11 @@ struct MediaRequest {
 std::string speech_prompt(const ModalityInfo& audio, const std::string& voice, double speed, const std::string& text);
 std::string orpheus_voice(const std::string& voice);
 
+// The request's class is default_class unless the body says "tutti": {"class":
+// "interactive" | "batch"}.
 std::variant<MediaRequest, ApiError> parse_media_request(MediaKind kind, const std::string& body, const ModalityTable& modalities,
-                                                         const std::string& served_model, double max_seconds = 30);
+                                                         const std::string& served_model, double max_seconds = 30,
+                                                         RequestClass default_class = RequestClass::Batch);
 
 // What one media delta turned into: bytes for the response body (possibly none yet).
 struct MediaChunk {

@@ -79,7 +79,8 @@ ApiError bad(const std::string& message, const std::string& param = "") { return
 
 std::optional<ApiError> apply_tutti_extension(const json& t, actors::text_request& r) {
   if (!t.is_object()) return bad("'tutti' must be an object", "tutti");
-  const json cls_field = t.value("class", json("interactive"));
+  // Without a class the request keeps the one its endpoint gives it ([admission] settings).
+  const json cls_field = t.value("class", json(request_class_name(r.request_class)));
   const auto cls = parse_request_class(cls_field.is_string() ? cls_field.get<std::string>() : "");
   if (!cls) return bad("'tutti.class' must be realtime, interactive or batch", "tutti.class");
   r.request_class = *cls;
@@ -107,13 +108,15 @@ std::optional<ApiError> apply_tutti_extension(const json& t, actors::text_reques
 
 namespace {
 std::variant<ParsedRequest, ApiError> parse_request_fields(const std::string& body, bool chat, ChatTemplate tmpl,
-                                                           const std::string& served_model, int max_tokens_limit) {
+                                                           const std::string& served_model, int max_tokens_limit,
+                                                           RequestClass default_class) {
   if (!unicode::is_valid_utf8(body)) return bad("the request body is not valid UTF-8");
   json j = json::parse(body, nullptr, false);
   if (j.is_discarded()) return bad("the request body is not valid JSON");
   if (!j.is_object()) return bad("the request body must be a JSON object");
   ParsedRequest p;
   p.chat = chat;
+  p.request.request_class = default_class;
   auto field = [&](const char* name) -> const json* { auto it = j.find(name); return it == j.end() || it->is_null() ? nullptr : &*it; };
   if (const json* m = field("model")) {
     if (!m->is_string()) return bad("'model' must be a string", "model");
@@ -190,11 +193,12 @@ std::variant<ParsedRequest, ApiError> parse_request_fields(const std::string& bo
 }  // namespace
 
 std::variant<ParsedRequest, ApiError> parse_request(const std::string& body, bool chat, ChatTemplate tmpl,
-                                                    const std::string& served_model, int max_tokens_limit) {
+                                                    const std::string& served_model, int max_tokens_limit,
+                                                    RequestClass default_class) {
   // Every field is type-checked above; a type mismatch missed there is still the client's
   // mistake (a 400), never an exception on the I/O thread.
   try {
-    return parse_request_fields(body, chat, tmpl, served_model, max_tokens_limit);
+    return parse_request_fields(body, chat, tmpl, served_model, max_tokens_limit, default_class);
   } catch (const json::exception& e) {
     return bad(std::string("a field has the wrong type: ") + e.what());
   }

@@ -44,13 +44,16 @@ struct ParsedRequest {
 };
 
 // Parses and validates a /v1/chat/completions (chat = true) or /v1/completions body.
-// max_tokens_limit bounds max_tokens (and is its default).
+// max_tokens_limit bounds max_tokens (and is its default); the request's class is
+// default_class unless it names one ("tutti": {"class": ...}).
 std::variant<ParsedRequest, ApiError> parse_request(const std::string& body, bool chat, ChatTemplate tmpl,
-                                                    const std::string& served_model, int max_tokens_limit);
+                                                    const std::string& served_model, int max_tokens_limit,
+                                                    RequestClass default_class = RequestClass::Interactive);
 
 // The extension object "tutti": {"class": "realtime"|"interactive"|"batch", "rate": tokens/s,
 // "low_watermark_ms", "high_watermark_ms", "ignore_eos"} (the same in a chat request and in
-// a Realtime response.create): applied to `r`, or an error naming the field.
+// a Realtime response.create): applied to `r`, or an error naming the field. Without a
+// class, r keeps its own.
 std::optional<ApiError> apply_tutti_extension(const nlohmann::json& extension, actors::text_request& r);
 
 // Response bodies. `created` is a Unix time; `id` like "chatcmpl-42".

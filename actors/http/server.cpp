@@ -25,6 +25,10 @@ Expected<ServerConfig> ServerConfig::from(const Settings& st, const Model& model
   sc.write_timeout_s = st.write_timeout_s;
   sc.send_buffer_bytes = st.send_buffer_bytes;
   sc.prefill_while_speaking_ms = st.prefill_while_speaking_ms;
+  for (auto [name, field] : {std::pair{&st.chat_class, &sc.classes.chat}, std::pair{&st.speech_class, &sc.classes.speech},
+                             std::pair{&st.music_class, &sc.classes.music}, std::pair{&st.image_class, &sc.classes.image},
+                             std::pair{&st.video_class, &sc.classes.video}})
+    if (auto c = parse_request_class(*name)) *field = *c;
   sc.max_conversation_tokens = st.max_conversation_tokens;
   // Access: keys from the settings and the key file (never printed).
   for (const std::string& k : st.api_keys)

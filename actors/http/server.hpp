@@ -15,12 +15,32 @@
 #include <vector>
 
 #include "actors/access/access.hpp"
+#include "actors/http/media.hpp"
 #include "actors/http/openai.hpp"
 #include "actors/pipeline.hpp"
 #include "config/settings.h"
 #include "pipeline/metrics.h"
 
 namespace tutti::http {
+
+// The request class each endpoint's generations get unless a request names its own
+// ([admission] settings; Realtime voice and stream-job answers are always realtime).
+struct EndpointClasses {
+  RequestClass chat = RequestClass::Interactive;
+  RequestClass speech = RequestClass::Interactive;
+  RequestClass music = RequestClass::Batch;
+  RequestClass image = RequestClass::Batch;
+  RequestClass video = RequestClass::Batch;
+  RequestClass of(MediaKind kind) const {
+    switch (kind) {
+      case MediaKind::Speech: return speech;
+      case MediaKind::Music: return music;
+      case MediaKind::Image: return image;
+      case MediaKind::Video: return video;
+    }
+    return RequestClass::Batch;
+  }
+};
 
 struct ServerConfig {
   std::string host = "127.0.0.1";
@@ -51,6 +71,7 @@ struct ServerConfig {
   ModalityTable modalities;           // the model's media modalities (media endpoints)
   double max_media_seconds = 30;      // longest speech, music or video answer
   ChatTemplate chat_template = ChatTemplate::Plain;
+  EndpointClasses classes;
   // Realtime voice: while the user is still talking, prefill the conversation and the speech
   // so far each time this much more has arrived (the turn's request then finds it in the
   // prefix cache and computes only the rest); 0: prefill at the end of the turn only.

@@ -173,6 +173,19 @@ void handle_realtime_upgrade(HttpExchange& ex) {
   ServerState& srv = ex.server();
   if (!beast::websocket::is_upgrade(ex.request()))
     return ex.respond_error(invalid_request("/v1/realtime expects a WebSocket upgrade"));
+  // A voice session opens only while one more stream would fit the realtime capacity: a
+  // client told "busy, retry in n s" now is better off than one whose every answer fails.
+  if (const ModalityInfo* audio = srv.cfg.modalities.find(Modality::Audio); audio && srv.pipe.admission) {
+    AdmissionRequest stream;
+    stream.cls = RequestClass::Realtime;
+    stream.max_new_tokens = int(audio->tokens_per_second() * 2);
+    stream.tokens_per_second = audio->tokens_per_second();
+    const AdmissionDecision d = srv.pipe.admission->probe(stream, monotonic_seconds());
+    if (d.outcome == AdmissionOutcome::Capacity) {
+      if (srv.pipe.metrics) srv.pipe.metrics->voice_sessions_refused++;
+      return ex.respond_error(ApiError{ErrorCode::busy, d.message, "", d.retry_after_s});
+    }
+  }
   // A WebSocket session is one of its key's concurrent sessions for as long as it lasts.
   if (auto refusal = srv.admit(ex.key(), Modality::Text, true))
     return ex.respond_error(ApiError{refusal->code, refusal->message, "", refusal->retry_after_s});
