@@ -53,6 +53,7 @@ Expected<PipelineHandles> spawn_pipeline(caf::actor_system& system, Model& model
   h.metrics = std::make_shared<ServingMetrics>();
   h.admission = std::make_shared<AdmissionBoard>(config.scheduler.admission);
   auto engine = std::make_shared<Engine>(model, std::move(kv).value(), config.scheduler, tokenizer.get(), h.metrics, h.admission);
+  if (config.step_fault_injection) engine->set_step_hook(config.step_fault_injection);
   auto codecs = codecs::load_model_codecs(model.file());
   if (!codecs) return codecs.error();
   h.codecs = std::make_shared<const codecs::ModelCodecs>(std::move(codecs).value());

@@ -30,6 +30,9 @@ struct PipelineConfig {
   // with its id) and before each executor step ("step", -1); what it throws is handled as a
   // real failure of that stage would be. Empty in the server.
   std::function<void(const std::string& stage, int64_t request)> fault_injection;
+  // Also for tests: called with each step's plan inside the step (Engine::set_step_hook), so
+  // a test can give steps a cost that depends on what is in them.
+  std::function<void(const StepPlan&)> step_fault_injection;
   Status validate() const;
   // The [kv_cache], [scheduler], [admission] and [realtime] settings.
   static PipelineConfig from(const Settings& settings);

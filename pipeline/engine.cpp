@@ -139,6 +139,7 @@ std::vector<EngineEvent> Engine::step(double now, EngineStepStats* stats) {
 
   const auto t0 = std::chrono::steady_clock::now();
   const int n_vocab = int(model_.hparams().n_vocab);
+  if (step_hook_) step_hook_(plan);
   if (Status s = model_.forward(plan.batch, *kv_, logits_); !s) {
     // A failed step ends the sequences it carried, each with the reason; the rest go on.
     for (const SequenceChunk& c : plan.batch.chunks) {
@@ -173,7 +174,11 @@ std::vector<EngineEvent> Engine::step(double now, EngineStepStats* stats) {
     event_of.push_back(events.size());
     events.push_back(e);
   }
-  const std::vector<int64_t> finished = scheduler_.on_step_done(plan, outcomes, now);
+  // The tokens come out when the step ends: `now` was its start (a stream's playback, and a
+  // request's first token, are timed from there).
+  const double forward_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double done_at = now + forward_s;
+  const std::vector<int64_t> finished = scheduler_.on_step_done(plan, outcomes, done_at);
   for (int64_t id : finished) {
     live_.erase(id);
     bool told = false;
@@ -188,7 +193,7 @@ std::vector<EngineEvent> Engine::step(double now, EngineStepStats* stats) {
                              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()};
   scheduler_.record_step(plan, step_stats.seconds);
   if (stats) *stats = step_stats;
-  if (metrics_) record(events, step_stats, now);
+  if (metrics_) record(events, step_stats, done_at);
   for (const EngineEvent& e : events)
     if (e.finish != FinishReason::None) scheduler_.forget(e.seq);
   publish_load();

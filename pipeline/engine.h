@@ -8,6 +8,7 @@
 // thread.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <optional>
 #include <memory>
@@ -82,6 +83,10 @@ class Engine {
   // empty and usable again.
   std::vector<EngineEvent> fail_all(const std::string& reason);
   bool idle() const { return scheduler_.idle(); }
+  // Tests: called with each step's plan just before its forward pass, inside the step's
+  // measured time (a test sleeps in it to give steps a cost of its choosing, which the cost
+  // model then learns); what it throws fails the step as a model failure would.
+  void set_step_hook(std::function<void(const StepPlan&)> hook) { step_hook_ = std::move(hook); }
 
   const Scheduler& scheduler() const { return scheduler_; }
   const PagedKvCache& kv_cache() const { return *kv_; }
@@ -103,6 +108,7 @@ class Engine {
   StepLogits logits_;
   std::shared_ptr<ServingMetrics> metrics_;
   std::shared_ptr<AdmissionBoard> board_;
+  std::function<void(const StepPlan&)> step_hook_;
   void publish_load(int64_t arrived = 0);
   void record_admission();
   void record(const std::vector<EngineEvent>& events, const EngineStepStats& stats, double now);

@@ -130,7 +130,7 @@ void Scheduler::note_underrun(Sequence& s, double now) {
   // Playback has caught up with generation: the listener hears a gap. Playback waits for
   // data, so its clock moves by the gap.
   const double l = lead_of(s, now);
-  if (l < 0) {
+  if (l < -1e-9) {  // (not the rounding left by the last adjustment)
     s.stats.underruns++;
     s.stream_start += -l;
   }

@@ -192,7 +192,11 @@ TEST(Generation, BusyReachesBothProtocolsInTheirOwnForm) {
   EXPECT_EQ(error["error"]["code"], "server_busy");
   EXPECT_EQ(error["error"]["type"], "rate_limit_error");
   EXPECT_EQ(error["error"]["event_id"], "e-1");
-  EXPECT_EQ(ws.until("response.done")["response"]["status"], "failed");
+  EXPECT_GT(error["error"]["retry_after_s"].get<double>(), 0);
+  // Refused before it started (the front door saw the full queue): no response was created,
+  // and the session takes the next request.
+  ws.send({{"type", "response.create"}, {"event_id", "e-2"}});
+  EXPECT_EQ(ws.until("error")["error"]["event_id"], "e-2");
 }
 
 // Every code has its HTTP form (a status, OpenAI's error object) and its Realtime form (an

@@ -53,6 +53,18 @@ inline Reply http_call(uint16_t port, boost::beast::http::verb verb, const std::
 // writes). A refused upgrade leaves `refused` at the HTTP status; `protocol` is the
 // subprotocol the server chose. `ws` is there for what a test does below the events
 // (binary messages, oversized frames, close codes).
+// One value of a metric from the server's /metrics text: the first line that starts with
+// `name_and_labels` and a space (-1 if none).
+inline double metric(uint16_t port, const std::string& name_and_labels) {
+  const std::string text = http_call(port, boost::beast::http::verb::get, "/metrics").body;
+  size_t at = 0;
+  while ((at = text.find(name_and_labels + " ", at)) != std::string::npos) {
+    if (at == 0 || text[at - 1] == '\n') return std::stod(text.substr(at + name_and_labels.size() + 1));
+    at += name_and_labels.size();
+  }
+  return -1;
+}
+
 struct RealtimeWs {
   boost::asio::io_context ioc;
   boost::beast::websocket::stream<boost::asio::ip::tcp::socket> ws{ioc};

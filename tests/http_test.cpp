@@ -185,16 +185,7 @@ TEST(HttpLimits, TooManyConnectionsGet503AndServingResumes) {
   EXPECT_EQ(status, 200);
 }
 
-// One value of a metric from the server's /metrics text (first matching line).
-double metric(uint16_t port, const std::string& name_and_labels) {
-  const std::string text = call(port, bhttp::verb::get, "/metrics").body;
-  size_t at = 0;
-  while ((at = text.find(name_and_labels + " ", at)) != std::string::npos) {
-    if (at == 0 || text[at - 1] == '\n') return std::stod(text.substr(at + name_and_labels.size() + 1));
-    at += name_and_labels.size();
-  }
-  return -1;
-}
+using test::metric;
 
 // Flow control end to end: a client that stops reading its stream pauses its own generation
 // once the socket buffers and the client window are full (the server neither buffers the

@@ -188,12 +188,7 @@ TEST(RealtimeVoice, SnacModelAnswersAVoiceTurnAndSpeech) {
   EXPECT_EQ(test::ffprobe(r.body, "snac-speech.wav", "stream=codec_name,sample_rate"), "pcm_s16le,24000");
 }
 
-// A counter or gauge from /metrics (-1 if absent).
-double metric(uint16_t port, const std::string& name) {
-  const std::string body = test::http_call(port, beast::http::verb::get, "/metrics").body;
-  const size_t at = body.find("\n" + name + " ");
-  return at == std::string::npos ? -1 : std::stod(body.substr(at + name.size() + 2));
-}
+using test::metric;
 
 // Prefill while the user is still talking: the speech so far is prefilled before the turn
 // ends, and the turn's request finds it in the prefix cache. Without it (interval 0) the
