@@ -40,7 +40,8 @@ Status Scheduler::submit(SequenceRequest r, double now) {
     return Error{last_decision_.message, ErrorCode::busy};
   }
   double admit_by = -1;
-  last_decision_ = decide(config_.admission, picture(), admission_request(r));
+  const AdmissionRequest asked = admission_request(r);
+  last_decision_ = decide(config_.admission, picture(), asked);
   if (last_decision_.admitted()) {
     count(r.cls, AdmissionOutcome::Admitted);
   } else if (last_decision_.outcome == AdmissionOutcome::Capacity &&
@@ -52,6 +53,7 @@ Status Scheduler::submit(SequenceRequest r, double now) {
   }
   Sequence s;
   s.admit_by = admit_by;
+  s.cached_at_submit = int(r.prompt.size()) - asked.prompt_tokens;
   s.tokens = r.prompt;
   s.stats.cls = r.cls;
   s.stats.arrival = now;
@@ -172,7 +174,7 @@ LoadPicture Scheduler::picture() const {
   for (int64_t id : waiting_) {
     const Sequence& s = seqs_.at(id);
     if (s.running || s.cancelled || s.admit_by >= 0) continue;
-    p.waiting.push_back({s.req.cls, int(s.tokens.size()) - s.computed, expected_tokens(s)});
+    p.waiting.push_back({s.req.cls, int(s.tokens.size()) - std::max(s.computed, s.cached_at_submit), expected_tokens(s)});
   }
   return p;
 }

@@ -224,6 +224,7 @@ class Scheduler {
     int delivered = 0;            // generated tokens the client has received
     double held_since = -1;       // when the client window stopped it; -1: not held
     double admit_by = -1;         // queued for realtime capacity until then; -1: admitted
+    int cached_at_submit = 0;     // prompt positions the prefix cache held when it came (admission's estimate)
     bool yielding = false;        // sat out the last step for an urgent stream
     bool cancelled = false;
     bool running = false;

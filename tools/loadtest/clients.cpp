@@ -10,6 +10,7 @@
 #include <fstream>
 #include <mutex>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #include "actors/http/media.hpp"
@@ -102,6 +103,14 @@ void count_error(Recorder& rec, const std::string& kind, int stage, int status, 
   rec.count("errors." + kind + "." + (status ? "http_" + std::to_string(status) : error), stage);
 }
 
+// A request answered with an HTTP error: counted by kind, and a refusal (429) also by how
+// long it took to come ("<kind>.refused_s": shedding is only useful when it is quick).
+void count_http_error(const Target& t, Recorder& rec, const std::string& kind, int stage, int status, const std::string& error,
+                      Clock::time_point sent) {
+  if (status == 429) rec.add(kind + ".refused_s", stage, t.since_start(), seconds(Clock::now() - sent));
+  count_error(rec, kind, stage, status, error);
+}
+
 // A JSON exchange: the status and the parsed body (null when it is not JSON).
 std::pair<int, json> json_exchange(const Target& t, bhttp::verb verb, const std::string& path, const std::string& body,
                                    std::string& error) {
@@ -132,7 +141,7 @@ void run_audio_request(const Target& t, Recorder& rec, int stage, const std::str
     if (ttfb < 0) ttfb = seconds(Clock::now() - sent);
     bytes += n;
   }, error);
-  if (status != 200) return count_error(rec, kind, stage, status, error);
+  if (status != 200) return count_http_error(t, rec, kind, stage, status, error, sent);
   if (ttfb >= 0) rec.add(kind + ".ttfb_s", stage, t.since_start(), ttfb);
   const double e2e = seconds(Clock::now() - sent);
   rec.add(kind + ".e2e_s", stage, t.since_start(), e2e);
@@ -166,6 +175,23 @@ Expected<std::string> served_model(const Target& t) {
   const json& data = field(j, "data");
   if (!data.is_array() || data.empty() || str(data[0], "id").empty()) return Error{"GET /v1/models: no model in the answer"};
   return str(data[0], "id");
+}
+
+std::map<std::string, double> scrape_metrics(const Target& t) {
+  std::map<std::string, double> out;
+  std::string got, error;
+  if (exchange(t, bhttp::verb::get, "/metrics", "", [&](const char* d, size_t n) { got.append(d, n); }, error) != 200) return out;
+  std::istringstream lines(got);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    const size_t space = line.rfind(' ');
+    if (space == std::string::npos) continue;
+    char* end = nullptr;
+    const double v = std::strtod(line.c_str() + space + 1, &end);
+    if (end != line.c_str() + space + 1) out[line.substr(0, space)] = v;
+  }
+  return out;
 }
 
 void run_text_request(const Target& t, Recorder& rec, int stage, int prompt_words, int max_tokens, uint64_t seed) {
@@ -210,7 +236,8 @@ void run_text_request(const Target& t, Recorder& rec, int stage, int prompt_word
   };
   std::string error;
   const int status = exchange(t, bhttp::verb::post, "/v1/chat/completions", body.dump(), on_data, error);
-  if (status != 200 || stream_error) return count_error(rec, "text", stage, status == 200 ? 0 : status, stream_error ? "stream_error" : error);
+  if (status != 200) return count_http_error(t, rec, "text", stage, status, error, sent);
+  if (stream_error) return count_error(rec, "text", stage, 0, "stream_error");
   rec.add("text.e2e_s", stage, t.since_start(), seconds(Clock::now() - sent));
   rec.count("text.tokens", stage, usage_tokens >= 0 ? usage_tokens : events);
   rec.count("text.completed", stage);
@@ -232,7 +259,7 @@ void run_image_request(const Target& t, Recorder& rec, int stage, const std::str
   const Clock::time_point sent = Clock::now();
   std::string got, error;
   const int status = exchange(t, bhttp::verb::post, "/v1/images/generations", body.dump(), [&](const char* d, size_t n) { got.append(d, n); }, error);
-  if (status != 200) return count_error(rec, "image", stage, status, error);
+  if (status != 200) return count_http_error(t, rec, "image", stage, status, error, sent);
   const json j = json::parse(got, nullptr, false);
   if (!field(j, "data").is_array() || field(j, "data").empty()) return count_error(rec, "image", stage, 0, "protocol");
   rec.add("image.latency_s", stage, t.since_start(), seconds(Clock::now() - sent));
@@ -470,6 +497,14 @@ void run_voice_session(const Target& t, Recorder& rec, const VoiceOptions& o, co
   };
   auto client = RealtimeClient::connect(t.host, t.port, t.api_key,
                                         std::chrono::duration_cast<std::chrono::milliseconds>(t.deadline - Clock::now()), on_event, on_closed);
+  if (!client && client.error().code == ErrorCode::busy) {
+    // Refused for capacity: counted, and the session waits a moment before it tries again
+    // (the runner starts it anew while its stage wants it).
+    rec.count("voice.sessions_refused", stage());
+    count_error(rec, "voice", stage(), 429, "");
+    std::this_thread::sleep_for(std::min<Clock::duration>(std::chrono::seconds(1), std::max(Clock::duration(0), t.deadline - Clock::now())));
+    return;
+  }
   if (!client) return count_error(rec, "voice", stage(), 0, "connect");
   auto send = [&](const json& j) { return (*client)->send(j); };
   rec.count("voice.sessions", stage());

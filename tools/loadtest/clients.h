@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,10 @@ struct Target {
 // The first model the server lists (GET /v1/models): what requests name when the scenario
 // names none. Also checks that the server answers and accepts the key.
 Expected<std::string> served_model(const Target& t);
+
+// The server's /metrics as name (with its labels, as written) -> value; empty when the
+// server has none (another server, or no answer).
+std::map<std::string, double> scrape_metrics(const Target& t);
 
 void run_text_request(const Target& t, Recorder& rec, int stage, int prompt_words, int max_tokens, uint64_t seed);
 void run_speech_request(const Target& t, Recorder& rec, int stage, const std::string& input, const std::string& format);

@@ -68,8 +68,14 @@ Expected<std::unique_ptr<RealtimeClient>> RealtimeClient::connect(const std::str
   impl->ws.set_option(beast::websocket::stream_base::decorator([api_key](beast::websocket::request_type& r) {
     if (!api_key.empty()) r.set(beast::http::field::authorization, "Bearer " + api_key);
   }));
-  impl->ws.handshake(host, "/v1/realtime", ec);
-  if (ec) return Error{"handshake: " + ec.message()};
+  beast::websocket::response_type response;
+  impl->ws.handshake(response, host, "/v1/realtime", ec);
+  if (ec) {
+    // A server with no room for one more voice stream says so before the upgrade (429).
+    const bool busy = response.result() == beast::http::status::too_many_requests;
+    return Error{"handshake: " + ec.message() + " (HTTP " + std::to_string(response.result_int()) + ")",
+                 busy ? ErrorCode::busy : ErrorCode::generation_failed};
+  }
   socket.expires_never();
   Impl* raw = impl.get();
   impl->thread = std::thread([raw] {

@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <functional>
 #include <list>
+#include <map>
+#include <cmath>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -57,6 +59,26 @@ int sample(const Distribution& d, std::mt19937_64& rng) {
   return int(std::lround(std::clamp(d.sd > 0 ? n(rng) : d.mean, d.min, d.max)));
 }
 
+// The report's name for a counter of tutti's /metrics that the load test follows ("" for
+// the rest): admission decisions by class and outcome, batch work held back for realtime
+// streams, underruns, voice sessions refused.
+std::string server_counter(const std::string& metric) {
+  static const std::map<std::string, std::string> plain = {
+      {"tutti_batch_tokens_deferred_total", "server.batch_tokens_deferred"},
+      {"tutti_batch_yields_total", "server.batch_yields"},
+      {"tutti_realtime_underruns_total", "server.realtime_underruns"},
+      {"tutti_voice_sessions_refused_total", "server.voice_sessions_refused"}};
+  if (auto it = plain.find(metric); it != plain.end()) return it->second;
+  const std::string prefix = "tutti_admission_total{class=\"";
+  if (metric.rfind(prefix, 0) != 0) return "";
+  const size_t cls_end = metric.find('"', prefix.size());
+  const size_t outcome = metric.find("outcome=\"", cls_end);
+  if (cls_end == std::string::npos || outcome == std::string::npos) return "";
+  const size_t outcome_end = metric.find('"', outcome + 9);
+  return "server.admission." + metric.substr(prefix.size(), cls_end - prefix.size()) + "." +
+         metric.substr(outcome + 9, outcome_end - outcome - 9);
+}
+
 }  // namespace
 
 Expected<nlohmann::json> run_scenario(const Scenario& sc, const std::function<void(const std::string&)>& progress) {
@@ -97,6 +119,23 @@ Expected<nlohmann::json> run_scenario(const Scenario& sc, const std::function<vo
     std::shared_ptr<std::atomic<bool>> done;
   };
   std::list<Worker> workers;  // this thread only; finished ones are joined as the run goes
+  // The server's own counters, per stage as they move (scraped once a second), and its
+  // predicted realtime headroom over time.
+  std::map<std::string, double> scraped = scrape_metrics(target);
+  auto record_server = [&](int stage) {
+    std::map<std::string, double> now = scrape_metrics(target);
+    if (now.empty()) return;
+    for (const auto& [metric, value] : now) {
+      const std::string name = server_counter(metric);
+      if (name.empty()) continue;
+      const double delta = value - scraped[metric];
+      if (delta > 0) rec.count(name, stage, int64_t(std::llround(delta)));
+    }
+    if (auto h = now.find("tutti_realtime_headroom_ratio"); h != now.end())
+      rec.add("server.realtime_headroom", stage, target.since_start(), h->second);
+    scraped = std::move(now);
+  };
+  Clock::time_point next_scrape = Clock::now() + std::chrono::seconds(1);
 
   // Voice sessions and stream jobs: client i runs while the current stage asks for more than i.
   auto wanted = [&](int Stage::*count, int i) { return !ended && sc.stages[size_t(stage_now())].*count > i; };
@@ -166,6 +205,10 @@ Expected<nlohmann::json> run_scenario(const Scenario& sc, const std::function<vo
       jo.speech = &voice, jo.max_response_seconds = sc.stream_response_seconds, jo.label = "stream job " + std::to_string(i + 1);
       run_stream_job(target, rec, jo, stage_now, [&, i] { return wanted(&Stage::stream_jobs, i); });
     });
+    if (Clock::now() >= next_scrape) {
+      next_scrape = Clock::now() + std::chrono::seconds(1);
+      record_server(stage);
+    }
     if (progress && Clock::now() >= next_progress) {
       next_progress = Clock::now() + std::chrono::seconds(1);
       char line[400];
@@ -193,6 +236,7 @@ Expected<nlohmann::json> run_scenario(const Scenario& sc, const std::function<vo
   voices.join();
   jobs.join();
   for (auto& w : workers) w.thread.join();
+  record_server(int(sc.stages.size()) - 1);
   return rec.to_json(sc, target.since_start());
 }
 

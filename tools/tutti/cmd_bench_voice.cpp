@@ -51,6 +51,7 @@ std::vector<float> turn_audio() {
 struct VoiceResult {
   std::vector<double> speech_to_audio;
   int underruns = 0, turns = 0, errors = 0;
+  int sessions_refused = 0, answers_refused = 0;  // busy: the realtime capacity held no more
 };
 
 // One session: turns until `until`, each answered before the next starts.
@@ -83,7 +84,16 @@ VoiceResult voice_session(uint16_t port, Clock::time_point until, int answer_tok
       }
       playback_end += samples / 24000;
     }
-    if (type == "error") ++r.errors;
+    if (type == "error") {
+      const json& err = e.contains("error") && e["error"].is_object() ? e["error"] : json::object();
+      if (err.value("code", "") == "server_busy") {
+        ++r.answers_refused;  // refused before it started: no response comes; the next turn may fit
+        ++answered;
+        cv.notify_all();
+      } else {
+        ++r.errors;
+      }
+    }
     if (type == "response.done") {
       have_commit = have_audio = false;
       playback_end = 0;
@@ -98,7 +108,8 @@ VoiceResult voice_session(uint16_t port, Clock::time_point until, int answer_tok
   };
   auto client = loadtest::RealtimeClient::connect("127.0.0.1", port, "", std::chrono::seconds(10), on_event, on_closed);
   if (!client) {
-    ++r.errors;
+    if (client.error().code == ErrorCode::busy) ++r.sessions_refused;
+    else ++r.errors;
     return r;
   }
   (*client)->send({{"type", "session.update"},
@@ -158,7 +169,7 @@ double pct(std::vector<double> v, double p) {
 
 int cmd_bench_voice(const std::vector<std::string>& argv) {
   auto opts = engine_options();
-  for (auto o : {"sessions", "seconds", "text-rate", "answer-seconds", "modes", "compare-model"}) opts.insert(o);
+  for (auto o : {"sessions", "seconds", "text-rate", "answer-seconds", "modes", "compare-model", "admission"}) opts.insert(o);
   Args args(argv, opts, {});
   if (!args.ok()) return fail(args.error());
   const double seconds = args.get_double("seconds", 12);
@@ -167,6 +178,12 @@ int cmd_bench_voice(const std::vector<std::string>& argv) {
   std::vector<int> counts;
   for (const std::string& c : split_list(args.get("sessions", "1,4,8,16"))) counts.push_back(std::max(1, std::atoi(c.c_str())));
   const std::vector<std::string> modes = split_list(args.get("modes", "speaking,off"));
+  // Admission (realtime capacity, wait targets, step allowances) on, off, or both in turn.
+  std::vector<bool> admissions;
+  for (const std::string& a : split_list(args.get("admission", "on"))) {
+    if (a != "on" && a != "off") return fail("--admission takes on and off");
+    admissions.push_back(a == "on");
+  }
   for (const std::string& m : modes)
     if (m != "speaking" && m != "cache" && m != "off") return fail("--modes takes speaking, cache and off");
   // The model, and with --compare-model a second one (another audio codec, say) under the
@@ -188,8 +205,9 @@ int cmd_bench_voice(const std::vector<std::string>& argv) {
   }
   std::printf("voice turns: 0.3 s silence + 0.8 s voiced + 0.6 s silence streamed in real time, answers of %.1f s of audio, "
               "text requests at %.1f/s, %.0f s per run\n", answer_seconds, text_rate, seconds);
-  std::printf("%-6s %9s %-9s %8s %18s %18s %10s %16s %7s\n", "codec", "sessions", "mode", "turns", "speech->audio p50", "speech->audio p99", "underruns",
-              "text TTFT p50/p99", "errors");
+  std::printf("%-6s %9s %-9s %-9s %8s %18s %18s %10s %16s %9s %9s %7s\n", "codec", "sessions", "mode", "admission", "turns",
+              "speech->audio p50", "speech->audio p99", "underruns", "text TTFT p50/p99", "sessions", "answers", "errors");
+  std::printf("%-6s %9s %-9s %-9s %8s %18s %18s %10s %16s %9s %9s %7s\n", "", "", "", "", "", "", "", "", "", "refused", "refused", "");
   for (auto& engine : engines) {
   const ModalityInfo* audio = engine->model->config().modalities.find(Modality::Audio);
   if (!audio) return fail(engine->settings.model_path + " has no audio modality");
@@ -197,8 +215,10 @@ int cmd_bench_voice(const std::vector<std::string>& argv) {
   const std::string codec = audio->transform;
   std::shared_ptr<const Tokenizer> tokenizer(std::move(engine->tokenizer));
   for (int n : counts)
-    for (const std::string& mode : modes) {
+    for (const std::string& mode : modes)
+    for (bool admission : admissions) {
       actors::PipelineConfig pc;
+      pc.scheduler.admission.enabled = admission;
       pc.prefix_cache = mode != "off";
       pc.kv_cache_bytes = size_t(engine->settings.kv_cache_mb) << 20;
       pc.scheduler.max_waiting = 1024;
@@ -219,6 +239,7 @@ int cmd_bench_voice(const std::vector<std::string>& argv) {
           std::lock_guard<std::mutex> lock(mu);
           all.speech_to_audio.insert(all.speech_to_audio.end(), r.speech_to_audio.begin(), r.speech_to_audio.end());
           all.underruns += r.underruns, all.turns += r.turns, all.errors += r.errors;
+          all.sessions_refused += r.sessions_refused, all.answers_refused += r.answers_refused;
         });
       std::mt19937 rng(5);
       std::exponential_distribution<double> gap(text_rate);
@@ -235,8 +256,9 @@ int cmd_bench_voice(const std::vector<std::string>& argv) {
         t += gap(rng);
       }
       for (auto& th : threads) th.join();
-      std::printf("%-6s %9d %-9s %8d %15.0f ms %15.0f ms %10d %8.0f/%.0f ms %7d\n", codec.c_str(), n, mode.c_str(), all.turns, pct(all.speech_to_audio, 0.5) * 1e3,
-                  pct(all.speech_to_audio, 0.99) * 1e3, all.underruns, pct(ttft, 0.5) * 1e3, pct(ttft, 0.99) * 1e3, all.errors);
+      std::printf("%-6s %9d %-9s %-9s %8d %15.0f ms %15.0f ms %10d %8.0f/%.0f ms %9d %9d %7d\n", codec.c_str(), n, mode.c_str(),
+                  admission ? "on" : "off", all.turns, pct(all.speech_to_audio, 0.5) * 1e3, pct(all.speech_to_audio, 0.99) * 1e3,
+                  all.underruns, pct(ttft, 0.5) * 1e3, pct(ttft, 0.99) * 1e3, all.sessions_refused, all.answers_refused, all.errors);
       std::fflush(stdout);
     }
   }
