@@ -344,11 +344,17 @@ StepPlan Scheduler::plan(double now) {
     const int remaining = int(s.tokens.size()) - s.computed;
     int n = s.decoding() ? 1 : std::min({remaining, config_.prefill_chunk, tokens_left});
     // Everything but realtime decodes fits the allowance, a prefill chunk cut finer to fit.
-    if (allowance < kNone && !realtime_decode) {
+    // Work that has waited past its class's target gets the looser bound (half the smallest
+    // lead, which no stream can underrun by) even while a stream is urgent: a stream short of
+    // lead recovers more slowly, but text and a new stream's first token are never starved.
+    const bool late = s.stats.first_token < 0 && s.req.cls != RequestClass::Batch &&
+                      now - s.stats.arrival > config_.admission.wait_target_s[size_t(s.req.cls)];
+    const double limit = late && allowance < kNone ? 0.5 * std::max(0.0, min_lead) : allowance;
+    if (limit < kNone && !realtime_decode) {
       auto fits = [&](int k) {
         StepShape with = shape;
         with += chunk_shape(s.computed, k);
-        return cost_.predict(with) <= allowance;
+        return cost_.predict(with) <= limit;
       };
       if (!fits(n)) {
         if (n == 1 || !fits(1)) {

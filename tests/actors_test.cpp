@@ -44,6 +44,7 @@ struct PipelineFixture : ::testing::Test {
     sys = std::make_unique<caf::actor_system>(cfg);
     pc.kv_cache_bytes = 4 << 20;
     pc.kv_cache_type = TensorType::F32;
+    pc.scheduler.admission.enabled = false;  // decided on measured step times: see server_support.h
     auto h = spawn_pipeline(*sys, *model, tokenizer, pc);
     ASSERT_TRUE(h) << h.error().message;
     pipe = *h;

@@ -19,7 +19,14 @@ struct Fixture {
     spec.dim = 64; spec.layers = 2; spec.heads = 4; spec.kv_heads = 2; spec.ffn = 96; spec.type = TensorType::F32; spec.seed = 3;
     model = std::move(Model::load(test::random_model(spec, "ref-f32.gguf"), *backend)).value();
   }
+  // These tests are about the engine's tokens, on the real clock: admission, which decides
+  // on measured step times (slow on a loaded test machine), is off (scheduler_test has it).
+  static SchedulerConfig without_admission(SchedulerConfig c = {}) {
+    c.admission.enabled = false;
+    return c;
+  }
   std::unique_ptr<Engine> engine(SchedulerConfig c = {}, size_t kv_bytes = 4 << 20) {
+    c.admission.enabled = false;
     return std::make_unique<Engine>(*model, std::move(model->make_kv_cache(kv_bytes, TensorType::F32)).value(), c, nullptr);
   }
   std::vector<int32_t> alone(const EngineRequest& r) {
@@ -85,7 +92,7 @@ TEST(Engine, PrefixCacheReusesEarlierPromptsAndChangesNoToken) {
   Fixture f;
   for (bool cached : {true, false}) {
     auto e = std::make_unique<Engine>(*f.model, std::move(f.model->make_kv_cache(4 << 20, TensorType::F32, 16, cached)).value(),
-                                      SchedulerConfig{}, nullptr);
+                                      Fixture::without_admission(), nullptr);
     double now = 0;
     EngineRequest first = make(1, RequestClass::Interactive, 40, 8, 0.8f, 5);
     ASSERT_TRUE(e->submit(first, now).ok());

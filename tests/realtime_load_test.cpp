@@ -107,6 +107,7 @@ TEST(RealtimeLoad, ImageFloodBesideTwoVoiceSessionsLeavesThemWithNoUnderruns) {
 // counted; text still gets through.
 TEST(RealtimeLoad, StreamTheCapacityCannotHoldIsRefusedAtOnce) {
   actors::PipelineConfig pc = test::ServerUnderTest::default_pipeline();
+  pc.scheduler.admission.enabled = true;
   pc.step_fault_injection = fake_step_cost(0.01, 0.0005);
   test::ServerUnderTest sut({}, pc);
   warm_up(sut.port);

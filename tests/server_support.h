@@ -17,9 +17,13 @@ struct ServerUnderTest {
   std::unique_ptr<Serving> server;  // the same assembly as `tutti serve`
   uint16_t port = 0;
 
+  // Admission decides on measured step times, which a loaded test machine (ctest -j,
+  // sanitizers) stretches without notice: off here, so that a test about something else never
+  // meets a refusal; the tests about admission turn it on (realtime_load_test.cpp).
   static actors::PipelineConfig default_pipeline() {
     actors::PipelineConfig pc;
     pc.kv_cache_bytes = 8 << 20;
+    pc.scheduler.admission.enabled = false;
     return pc;
   }
 

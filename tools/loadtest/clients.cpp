@@ -320,6 +320,13 @@ void run_stream_job(const Target& t, Recorder& rec, const StreamJobOptions& o, c
                         {"modality", "audio"},
                         {"max_response_seconds", o.max_response_seconds}};
   auto [status, job] = json_exchange(t, bhttp::verb::post, "/v1/streams", request.dump(), error);
+  if (status == 429) {
+    // Refused (the key's jobs, or no capacity): counted, and a pause before the runner starts
+    // the job anew, as a client honouring Retry-After would.
+    count_error(rec, "stream", stage(), status, error);
+    std::this_thread::sleep_for(std::min<Clock::duration>(std::chrono::seconds(1), std::max(Clock::duration(0), t.deadline - Clock::now())));
+    return;
+  }
   if (status != 200) return count_error(rec, "stream", stage(), status, error);
   const std::string id = str(job, "id");
   if (id.empty()) return count_error(rec, "stream", stage(), 0, "protocol");
