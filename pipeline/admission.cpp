@@ -8,8 +8,6 @@
 
 namespace tutti {
 
-const char* overload_policy_name(OverloadPolicy p) { return p == OverloadPolicy::Queue ? "queue" : "refuse"; }
-
 const char* admission_outcome_name(AdmissionOutcome o) {
   switch (o) {
     case AdmissionOutcome::Admitted: return "admitted";
@@ -29,15 +27,15 @@ Status AdmissionConfig::validate() const {
   return Status::Ok();
 }
 
-double stream_cost(const StepCostModel::Coefficients& c, double rate, int64_t context) {
-  return rate * (c.per_row + c.per_context_token * double(context));
+LoadPicture::Stream stream_for(double rate, int64_t context_now, int tokens_left) {
+  return {rate, context_now + tokens_left / 2, tokens_left / rate};
 }
 
 double realtime_load(const StepCostModel::Coefficients& c, const std::vector<LoadPicture::Stream>& streams) {
   double max_rate = 0, rows = 0;
   for (const auto& s : streams) {
     max_rate = std::max(max_rate, s.tokens_per_second);
-    rows += stream_cost(c, s.tokens_per_second, s.context);
+    rows += s.tokens_per_second * (c.per_row + c.per_context_token * double(s.context));
   }
   return max_rate * c.base + rows;
 }
@@ -91,10 +89,8 @@ double predicted_wait(const LoadPicture& load, const AdmissionRequest& r) {
   const int64_t prompt = prompt_ahead + std::max(0, r.prompt_tokens);
   // A typical step while it waits: the slots full of what is ahead (their average context).
   const int typical_rows = std::clamp(rows, 1, slots);
-  StepShape typical;
-  typical.rows = typical_rows;
-  typical.context_tokens = rows > 0 ? context / std::max(1, int(load.running.size())) * typical_rows : 0;
-  const double step_s = c.base + c.per_row * typical.rows + c.per_context_token * double(typical.context_tokens);
+  const int64_t typical_context = rows > 0 ? context / std::max(1, int(load.running.size())) * typical_rows : 0;
+  const double step_s = c.base + c.per_row * typical_rows + c.per_context_token * double(typical_context);
   const int64_t prefill_steps = (prompt + std::max(1, load.step_token_budget) - 1) / std::max(1, load.step_token_budget);
   double wait = double(std::max<int64_t>(start_step, prefill_steps - 1) + 1) * step_s + double(prompt) * c.per_prefill_token;
   // Realtime streams take their share of every second first.
@@ -114,7 +110,7 @@ AdmissionDecision decide(const AdmissionConfig& config, const LoadPicture& load,
   if (!config.enabled || !load.cost_ready) return d;
   if (r.cls == RequestClass::Realtime && r.tokens_per_second > 0) {
     std::vector<LoadPicture::Stream> with = load.streams;
-    with.push_back({r.tokens_per_second, int64_t(r.prompt_tokens) + r.max_new_tokens / 2, r.max_new_tokens / r.tokens_per_second});
+    with.push_back(stream_for(r.tokens_per_second, r.prompt_tokens, r.max_new_tokens));
     d.realtime_load = realtime_load(load.cost, with);
     const double limit = 1 - config.realtime_headroom;
     if (d.realtime_load > limit) {
@@ -170,8 +166,7 @@ AdmissionDecision AdmissionBoard::decide_locked(const AdmissionRequest& r, doubl
     load.waiting.push_back({p.request.cls, p.request.prompt_tokens,
                             std::max(1, int(std::ceil(p.request.max_new_tokens * load.length_fraction[size_t(p.request.cls)])))});
     if (p.request.cls == RequestClass::Realtime && p.request.tokens_per_second > 0)
-      load.streams.push_back({p.request.tokens_per_second, int64_t(p.request.prompt_tokens) + p.request.max_new_tokens / 2,
-                              p.request.max_new_tokens / p.request.tokens_per_second});
+      load.streams.push_back(stream_for(p.request.tokens_per_second, p.request.prompt_tokens, p.request.max_new_tokens));
   }
   AdmissionDecision d = decide(config_, load, r);
   // A realtime answer the capacity cannot hold now may wait for it in the scheduler.

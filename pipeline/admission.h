@@ -33,7 +33,6 @@ namespace tutti {
 
 // What a realtime request the capacity cannot hold now does (see AdmissionConfig).
 enum class OverloadPolicy : uint8_t { Refuse, Queue };
-const char* overload_policy_name(OverloadPolicy p);
 
 // Why a request was refused at admission (None: admitted), for metrics and messages.
 enum class AdmissionOutcome : uint8_t { Admitted, Capacity, Wait, QueueFull, QueueTimeout };
@@ -100,7 +99,9 @@ struct AdmissionDecision {
   bool admitted() const { return outcome == AdmissionOutcome::Admitted; }
 };
 
-double stream_cost(const StepCostModel::Coefficients& c, double tokens_per_second, int64_t context);
+// A stream at `tokens_per_second` whose context is `context_now` and which has `tokens_left`
+// to generate: its average context over the rest of its answer, and the seconds that takes.
+LoadPicture::Stream stream_for(double tokens_per_second, int64_t context_now, int tokens_left);
 double realtime_load(const StepCostModel::Coefficients& c, const std::vector<LoadPicture::Stream>& streams);
 // Seconds until a new request of this shape gets its first token.
 double predicted_wait(const LoadPicture& load, const AdmissionRequest& request);

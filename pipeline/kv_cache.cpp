@@ -99,48 +99,44 @@ uint64_t chain_hash(uint64_t parent, std::span<const int32_t> tokens) {
 }
 }  // namespace
 
+std::vector<int32_t> PagedKvCache::matching_prefix(std::span<const int32_t> tokens, uint64_t* chain) const {
+  std::vector<int32_t> blocks;
+  *chain = 0;
+  if (!config_.prefix_cache || tokens.empty()) return blocks;
+  const size_t bt = size_t(config_.block_tokens);
+  const size_t max_blocks = (tokens.size() - 1) / bt;  // at least one token left to compute
+  for (size_t i = 0; i < max_blocks; ++i) {
+    const auto block_tokens = tokens.subspan(i * bt, bt);
+    const uint64_t h = chain_hash(*chain, block_tokens);
+    auto hit = by_hash_.find(h);
+    if (hit == by_hash_.end()) break;
+    const BlockInfo& info = info_[size_t(hit->second)];
+    if (info.parent != *chain || !std::equal(block_tokens.begin(), block_tokens.end(), info.tokens.begin())) break;
+    blocks.push_back(hit->second);
+    *chain = h;
+  }
+  return blocks;
+}
+
 int PagedKvCache::adopt_prefix(int64_t seq, std::span<const int32_t> tokens) {
   if (!config_.prefix_cache || tokens.empty()) return 0;
   auto existing = tables_.find(seq);
   if (existing != tables_.end() && !existing->second.blocks.empty()) return existing->second.length;
-  const size_t bt = size_t(config_.block_tokens);
-  const size_t max_blocks = (tokens.size() - 1) / bt;  // at least one token left to compute
   Sequence adopted;
-  for (size_t i = 0; i < max_blocks; ++i) {
-    const auto block_tokens = tokens.subspan(i * bt, bt);
-    const uint64_t h = chain_hash(adopted.chain, block_tokens);
-    auto hit = by_hash_.find(h);
-    if (hit == by_hash_.end()) break;
-    BlockInfo& info = info_[size_t(hit->second)];
-    if (info.parent != adopted.chain || !std::equal(block_tokens.begin(), block_tokens.end(), info.tokens.begin())) break;
-    if (info.refs++ == 0) idle_cached_.erase(info.idle);
-    adopted.blocks.push_back(hit->second);
-    adopted.chain = h;
-    adopted.published++;
-  }
+  adopted.blocks = matching_prefix(tokens, &adopted.chain);
   if (adopted.blocks.empty()) return 0;
-  adopted.length = int(adopted.blocks.size() * bt);
+  for (int32_t b : adopted.blocks)
+    if (BlockInfo& info = info_[size_t(b)]; info.refs++ == 0) idle_cached_.erase(info.idle);
+  adopted.published = int(adopted.blocks.size());
+  adopted.length = int(adopted.blocks.size()) * config_.block_tokens;
   const int length = adopted.length;
   tables_[seq] = std::move(adopted);
   return length;
 }
 
 int PagedKvCache::cached_prefix(std::span<const int32_t> tokens) const {
-  if (!config_.prefix_cache || tokens.empty()) return 0;
-  const size_t bt = size_t(config_.block_tokens);
-  const size_t max_blocks = (tokens.size() - 1) / bt;
   uint64_t chain = 0;
-  size_t i = 0;
-  for (; i < max_blocks; ++i) {
-    const auto block_tokens = tokens.subspan(i * bt, bt);
-    const uint64_t h = chain_hash(chain, block_tokens);
-    auto hit = by_hash_.find(h);
-    if (hit == by_hash_.end()) break;
-    const BlockInfo& info = info_[size_t(hit->second)];
-    if (info.parent != chain || !std::equal(block_tokens.begin(), block_tokens.end(), info.tokens.begin())) break;
-    chain = h;
-  }
-  return int(i * bt);
+  return int(matching_prefix(tokens, &chain).size()) * config_.block_tokens;
 }
 
 void PagedKvCache::publish(int64_t seq, std::span<const int32_t> tokens, int computed) {

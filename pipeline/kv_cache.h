@@ -90,6 +90,9 @@ class PagedKvCache {
   size_t block_bytes_;
   void* pool_;
   int32_t take_block();  // a free block, else the least recently used idle cached one
+  // The published blocks that hold a prefix of `tokens`, in order, leaving at least one token
+  // to compute; `chain` gets the chain hash through the last of them.
+  std::vector<int32_t> matching_prefix(std::span<const int32_t> tokens, uint64_t* chain) const;
 
   std::vector<int32_t> free_;  // stack of free block ids (never published, or evicted)
   struct Sequence {

@@ -123,25 +123,28 @@ std::string ServingMetrics::render() const {
     for (const auto& v : refused_front[size_t(c)]) n += v.load();
     out += std::string("tutti_admission_refused_at_front_total{class=\"") + request_class_name(RequestClass(c)) + "\"} " + std::to_string(n) + "\n";
   }
-  header("tutti_realtime_load_ratio", "gauge", "Predicted share of the model's time the admitted realtime streams take.");
-  out += "tutti_realtime_load_ratio " + num(realtime_load.load()) + "\n";
-  header("tutti_realtime_headroom_ratio", "gauge", "Predicted share left before admission refuses a stream (its limit less the load).");
-  out += "tutti_realtime_headroom_ratio " + num(realtime_limit.load() - realtime_load.load()) + "\n";
-  header("tutti_batch_tokens_deferred_total", "counter", "Tokens of non-realtime work left out of a step to keep realtime streams on time.");
-  out += "tutti_batch_tokens_deferred_total " + std::to_string(deferred_tokens.load()) + "\n";
-  header("tutti_voice_sessions_refused_total", "counter", "Realtime sessions refused before the upgrade: the capacity held no further stream.");
-  out += "tutti_voice_sessions_refused_total " + std::to_string(voice_sessions_refused.load()) + "\n";
-  header("tutti_batch_yields_total", "counter", "Times a batch sequence sat out steps (its KV kept) while a realtime stream was urgent.");
-  out += "tutti_batch_yields_total " + std::to_string(batch_yields.load()) + "\n";
+  // One unlabelled sample: its header and its value.
+  auto sample = [&](const char* name, const char* type, const char* help, const std::string& value) {
+    header(name, type, help);
+    out += std::string(name) + " " + value + "\n";
+  };
+  const double load = realtime_load.load();
+  sample("tutti_realtime_load_ratio", "gauge", "Predicted share of the model's time the admitted realtime streams take.", num(load));
+  sample("tutti_realtime_headroom_ratio", "gauge", "Predicted share left before admission refuses a stream (its limit less the load).",
+         num(realtime_limit.load() - load));
+  sample("tutti_batch_tokens_deferred_total", "counter", "Tokens of non-realtime work left out of a step to keep realtime streams on time.",
+         std::to_string(deferred_tokens.load()));
+  sample("tutti_voice_sessions_refused_total", "counter", "Realtime sessions refused before the upgrade: the capacity held no further stream.",
+         std::to_string(voice_sessions_refused.load()));
+  sample("tutti_batch_yields_total", "counter", "Times a batch sequence sat out steps (its KV kept) while a realtime stream was urgent.",
+         std::to_string(batch_yields.load()));
   header("tutti_step_cost_seconds", "gauge", "The learned step-cost model: seconds per step, per row, per prefill token, per cached position read.");
   const char* terms[] = {"base", "per_row", "per_prefill_token", "per_context_token"};
   for (size_t i = 0; i < 4; ++i) out += std::string("tutti_step_cost_seconds{term=\"") + terms[i] + "\"} " + num(step_cost[i].load()) + "\n";
-  header("tutti_step_predicted_seconds_total", "counter", "Sum of the step-cost model's predictions, made before each step ran.");
-  out += "tutti_step_predicted_seconds_total " + num(step_predicted_total.load()) + "\n";
-  header("tutti_step_measured_seconds_total", "counter", "Sum of the measured times of the same steps.");
-  out += "tutti_step_measured_seconds_total " + num(step_measured_total.load()) + "\n";
-  header("tutti_step_cost_relative_error", "gauge", "Recent mean of |predicted - measured| / measured step time.");
-  out += "tutti_step_cost_relative_error " + num(step_cost_error.load()) + "\n";
+  sample("tutti_step_predicted_seconds_total", "counter", "Sum of the step-cost model's predictions, made before each step ran.",
+         num(step_predicted_total.load()));
+  sample("tutti_step_measured_seconds_total", "counter", "Sum of the measured times of the same steps.", num(step_measured_total.load()));
+  sample("tutti_step_cost_relative_error", "gauge", "Recent mean of |predicted - measured| / measured step time.", num(step_cost_error.load()));
   return out;
 }
 

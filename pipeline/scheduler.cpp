@@ -162,14 +162,10 @@ LoadPicture Scheduler::picture() const {
   p.step_token_budget = config_.step_token_budget;
   p.max_waiting = config_.max_waiting;
   p.length_fraction = length_fraction_;
+  p.streams = streams();
   for (const auto& [id, s] : seqs_) {
-    if (s.cancelled || s.admit_by >= 0) continue;
-    const int left = std::max(1, expected_tokens(s) - s.generated);
-    const double rate = s.req.pacing.tokens_per_second;
-    if (s.req.cls == RequestClass::Realtime && !s.req.prefill_only && rate > 0)
-      p.streams.push_back({rate, int64_t(s.tokens.size()) + left / 2, left / rate});
-    if (s.running)
-      p.running.push_back({s.req.cls, left, int64_t(s.tokens.size()), std::max(0, int(s.tokens.size()) - 1 - s.computed)});
+    if (s.cancelled || s.admit_by >= 0 || !s.running) continue;
+    p.running.push_back({s.req.cls, tokens_left(s), int64_t(s.tokens.size()), std::max(0, int(s.tokens.size()) - 1 - s.computed)});
   }
   for (int64_t id : waiting_) {
     const Sequence& s = seqs_.at(id);
@@ -179,26 +175,36 @@ LoadPicture Scheduler::picture() const {
   return p;
 }
 
-double Scheduler::realtime_load() const { return tutti::realtime_load(cost_.coefficients(), picture().streams); }
+int Scheduler::tokens_left(const Sequence& s) const { return std::max(1, expected_tokens(s) - s.generated); }
+
+std::vector<LoadPicture::Stream> Scheduler::streams() const {
+  std::vector<LoadPicture::Stream> out;
+  for (const auto& [id, s] : seqs_) {
+    const double rate = s.req.pacing.tokens_per_second;
+    if (s.cancelled || s.admit_by >= 0 || s.req.cls != RequestClass::Realtime || s.req.prefill_only || rate <= 0) continue;
+    out.push_back(stream_for(rate, int64_t(s.tokens.size()), tokens_left(s)));
+  }
+  return out;
+}
+
+double Scheduler::realtime_load() const { return tutti::realtime_load(cost_.coefficients(), streams()); }
 
 void Scheduler::admit_queued(StepPlan& plan, double now) {
   std::vector<int64_t> queued;
   for (int64_t id : waiting_)
     if (seqs_.at(id).admit_by >= 0) queued.push_back(id);
   if (queued.empty()) return;
-  std::vector<LoadPicture::Stream> streams = picture().streams;
+  std::vector<LoadPicture::Stream> playing = streams();
   const double limit = 1 - config_.admission.realtime_headroom;
   for (int64_t id : queued) {
     Sequence& s = seqs_.at(id);
-    const double rate = s.req.pacing.tokens_per_second;
-    const int left = expected_tokens(s);
-    streams.push_back({rate, int64_t(s.tokens.size()) + left / 2, left / rate});
-    if (!cost_.ready() || tutti::realtime_load(cost_.coefficients(), streams) <= limit) {
+    playing.push_back(stream_for(s.req.pacing.tokens_per_second, int64_t(s.tokens.size()), tokens_left(s)));
+    if (!cost_.ready() || tutti::realtime_load(cost_.coefficients(), playing) <= limit) {
       s.admit_by = -1;
       count(s.req.cls, AdmissionOutcome::Admitted);
       continue;
     }
-    streams.pop_back();
+    playing.pop_back();
     if (now >= s.admit_by) {
       count(s.req.cls, AdmissionOutcome::QueueTimeout);
       char buf[128];

@@ -247,6 +247,9 @@ class Scheduler {
   }
   void note_underrun(Sequence& s, double now);
   int expected_tokens(const Sequence& s) const;
+  int tokens_left(const Sequence& s) const;  // expected_tokens less those generated (at least 1)
+  // The admitted realtime streams, as admission counts them (not those queued for capacity).
+  std::vector<LoadPicture::Stream> streams() const;
   AdmissionRequest admission_request(const SequenceRequest& r) const;
   void count(RequestClass c, AdmissionOutcome o) { admissions_[size_t(c)][size_t(o)]++; }
   // Queued realtime streams: admitted once capacity frees, refused when their time is up.

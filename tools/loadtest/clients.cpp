@@ -111,6 +111,12 @@ void count_http_error(const Target& t, Recorder& rec, const std::string& kind, i
   count_error(rec, kind, stage, status, error);
 }
 
+// After a 429: a pause before the runner starts the session or job anew (up to a second, never
+// past the run's deadline), as a client honouring Retry-After would.
+void back_off(const Target& t) {
+  std::this_thread::sleep_for(std::min<Clock::duration>(std::chrono::seconds(1), std::max(Clock::duration(0), t.deadline - Clock::now())));
+}
+
 // A JSON exchange: the status and the parsed body (null when it is not JSON).
 std::pair<int, json> json_exchange(const Target& t, bhttp::verb verb, const std::string& path, const std::string& body,
                                    std::string& error) {
@@ -321,10 +327,9 @@ void run_stream_job(const Target& t, Recorder& rec, const StreamJobOptions& o, c
                         {"max_response_seconds", o.max_response_seconds}};
   auto [status, job] = json_exchange(t, bhttp::verb::post, "/v1/streams", request.dump(), error);
   if (status == 429) {
-    // Refused (the key's jobs, or no capacity): counted, and a pause before the runner starts
-    // the job anew, as a client honouring Retry-After would.
+    // Refused (the key's jobs, or no capacity): counted, then a pause (back_off).
     count_error(rec, "stream", stage(), status, error);
-    std::this_thread::sleep_for(std::min<Clock::duration>(std::chrono::seconds(1), std::max(Clock::duration(0), t.deadline - Clock::now())));
+    back_off(t);
     return;
   }
   if (status != 200) return count_error(rec, "stream", stage(), status, error);
@@ -505,11 +510,10 @@ void run_voice_session(const Target& t, Recorder& rec, const VoiceOptions& o, co
   auto client = RealtimeClient::connect(t.host, t.port, t.api_key,
                                         std::chrono::duration_cast<std::chrono::milliseconds>(t.deadline - Clock::now()), on_event, on_closed);
   if (!client && client.error().code == ErrorCode::busy) {
-    // Refused for capacity: counted, and the session waits a moment before it tries again
-    // (the runner starts it anew while its stage wants it).
+    // Refused for capacity: counted, then a pause (back_off).
     rec.count("voice.sessions_refused", stage());
     count_error(rec, "voice", stage(), 429, "");
-    std::this_thread::sleep_for(std::min<Clock::duration>(std::chrono::seconds(1), std::max(Clock::duration(0), t.deadline - Clock::now())));
+    back_off(t);
     return;
   }
   if (!client) return count_error(rec, "voice", stage(), 0, "connect");
