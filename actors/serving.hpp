@@ -25,6 +25,7 @@ class Serving {
   Serving& operator=(const Serving&) = delete;
 
   uint16_t port() const { return port_; }
+  uint16_t tls_port() const { return http_ ? http_->tls_port() : 0; }  // 0 without TLS
   const http::ServerConfig& config() const { return config_; }
   const http::HttpServer& http() const { return *http_; }
   const actors::PipelineHandles& pipeline() const { return pipe_; }

@@ -108,6 +108,8 @@ const std::map<std::string, std::map<std::string, Reader>>& schema() {
                      {"image_class", text(&Settings::image_class, {"interactive", "batch"})},
                      {"video_class", text(&Settings::video_class, {"interactive", "batch"})}}},
       {"server", {{"host", text(&Settings::host)}, {"port", integer(&Settings::port, 0, 65535)},
+                  {"tls_cert", text(&Settings::tls_cert)}, {"tls_key", text(&Settings::tls_key)},
+                  {"tls_port", integer(&Settings::tls_port, 0, 65535)},
                   {"max_body_bytes", integer64(&Settings::max_body_bytes, 1024, int64_t(1) << 32)},
                   {"max_connections", integer(&Settings::max_connections, 1, 1 << 20)},
                   {"reserved_connections", integer(&Settings::reserved_connections, 0, 1 << 20)},

@@ -47,6 +47,9 @@ struct Settings {
   // [server]
   std::string host = "127.0.0.1";
   int port = 8080;
+  // TLS beside the plain port: a PEM certificate chain and key; "" for none (see tls.hpp).
+  std::string tls_cert, tls_key;
+  int tls_port = 8443;
   int64_t max_body_bytes = 1 << 20;
   int max_connections = 256;
   int reserved_connections = 16;

@@ -16,6 +16,7 @@ packages=(
   libavformat-dev libavcodec-dev libswresample-dev libswscale-dev libavutil-dev  # FFmpeg 5.1
   libzmq3-dev cppzmq-dev  # ZeroMQ: FFmpeg streams piped in and out (stream jobs)
   libsqlite3-dev          # the usage ledger (SQLite in WAL mode)
+  libssl-dev              # TLS: HTTPS and wss:// through Asio's OpenSSL streams
   ffmpeg espeak-ng sox  # tests: ffprobe checks outputs; speech, tones and noise as test signals
   clang libclang-rt-14-dev  # tests: the media fuzz target (libFuzzer)
   chromium curl             # tests: the browser client in headless Chromium

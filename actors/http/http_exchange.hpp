@@ -52,8 +52,9 @@ class HttpExchange {
   // cancels and records its generation). `credit`: the generation its writes credit.
   virtual void keep(std::shared_ptr<GenerationOwner> handler, std::weak_ptr<Generation> credit) = 0;
 
-  // The Realtime upgrade: the socket leaves this session for a WebSocket one.
-  virtual tcp::socket take_socket() = 0;
+  // The Realtime upgrade (checked and admitted by its handler): the connection, TLS or not,
+  // leaves this session for a Realtime one (realtime/open.hpp) that answers the upgrade.
+  virtual void become_realtime() = 0;
 
  protected:
   std::string path_;

@@ -4,19 +4,25 @@
 // carry). Routing and socket I/O only: what an endpoint does is in its handler.
 #include "actors/http/generation.hpp"
 #include "actors/http/http_exchange.hpp"
+#include "actors/http/realtime/open.hpp"
 #include "actors/http/routes.hpp"
+#include "actors/http/tls.hpp"
 
 namespace tutti::http {
 
 namespace {
 
-class Session final : public HttpExchange, public std::enable_shared_from_this<Session> {
+// `Stream`: PlainStream, or TlsStream on the TLS port (the handshake first, within the head
+// timeout). Everything after it is the same for both.
+template <class Stream>
+class Session final : public HttpExchange, public std::enable_shared_from_this<Session<Stream>> {
  public:
-  Session(tcp::socket socket, ServerState& srv) : stream_(std::move(socket)), srv_(srv) {
+  using std::enable_shared_from_this<Session<Stream>>::shared_from_this;
+  Session(Stream stream, ServerState& srv) : stream_(std::move(stream)), srv_(srv) {
     ++srv_.metrics.active_connections;
-    apply_socket_options(stream_.socket(), srv_.cfg);
+    apply_socket_options(socket(), srv_.cfg);
     beast::error_code ec;
-    const auto peer = stream_.socket().remote_endpoint(ec);
+    const auto peer = socket().remote_endpoint(ec);
     if (!ec) peer_ = peer.address().to_string();
     ++srv_.peers[peer_];
   }
@@ -35,7 +41,15 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
       return respond_error(ApiError{ErrorCode::too_many_connections,
                                     over_peer ? "too many connections from this address; try again later" : "too many connections; try again later"});
     }
-    read();
+    if constexpr (std::is_same_v<Stream, TlsStream>) {
+      lowest().expires_after(millis(std::min(srv_.cfg.head_timeout_s, srv_.cfg.read_timeout_s)));
+      stream_.async_handshake(net::ssl::stream_base::server, [self = shared_from_this()](beast::error_code ec) {
+        if (ec) return self->close();  // not TLS, or a client that does not trust us: nothing to answer
+        self->read();
+      });
+    } else {
+      read();
+    }
   }
 
   // ---- HttpExchange
@@ -51,7 +65,7 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
     res.keep_alive(keep_alive);
     res.prepare_payload();
     auto sp = std::make_shared<bhttp::response<bhttp::string_body>>(std::move(res));
-    stream_.expires_after(millis(srv_.cfg.write_timeout_s));
+    lowest().expires_after(millis(srv_.cfg.write_timeout_s));
     bhttp::async_write(stream_, *sp, [self = shared_from_this(), sp, keep_alive](beast::error_code ec, size_t) {
       if (ec || !keep_alive) return self->close();
       self->read();
@@ -72,7 +86,10 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
     out_.credit_to(std::move(credit));
     watch_client();
   }
-  tcp::socket take_socket() override { return stream_.release_socket(); }
+  void become_realtime() override {
+    handler_.reset();
+    open_realtime(std::move(stream_), srv_, key_, request_);
+  }
 
  private:
   // The head first, within its own short deadline (a client trickling a request in holds a
@@ -80,10 +97,10 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
   void read() {
     parser_.emplace();
     parser_->body_limit(srv_.cfg.max_body_bytes);
-    stream_.expires_after(millis(std::min(srv_.cfg.head_timeout_s, srv_.cfg.read_timeout_s)));
+    lowest().expires_after(millis(std::min(srv_.cfg.head_timeout_s, srv_.cfg.read_timeout_s)));
     bhttp::async_read_header(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
       if (ec) return self->on_read(ec);
-      self->stream_.expires_after(millis(self->srv_.cfg.read_timeout_s));  // slow or half-open clients are dropped
+      self->lowest().expires_after(millis(self->srv_.cfg.read_timeout_s));  // slow or half-open clients are dropped
       bhttp::async_read(self->stream_, self->buffer_, *self->parser_, [self](beast::error_code ec2, size_t) { self->on_read(ec2); });
     });
   }
@@ -140,11 +157,11 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
   // or error) is gone, and its handler is dropped (which cancels and records the
   // generation). This pending wait also keeps the session alive while nothing is in flight.
   void watch_client() {
-    stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this()](beast::error_code ec) {
+    socket().async_wait(tcp::socket::wait_read, [self = shared_from_this()](beast::error_code ec) {
       if (!self->handler_) return;
       char probe;
       beast::error_code peek_ec;
-      const size_t n = self->stream_.socket().receive(net::buffer(&probe, 1), tcp::socket::message_peek, peek_ec);
+      const size_t n = self->socket().receive(net::buffer(&probe, 1), tcp::socket::message_peek, peek_ec);
       if (ec || peek_ec || n == 0) {
         self->handler_.reset();
         self->close();
@@ -165,7 +182,7 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
       return;
     }
     writing_ = true;
-    stream_.expires_after(millis(srv_.cfg.write_timeout_s));
+    lowest().expires_after(millis(srv_.cfg.write_timeout_s));
     net::async_write(stream_, net::buffer(out_.front().data), [self = shared_from_this()](beast::error_code ec, size_t) {
       self->writing_ = false;
       if (ec) {  // the client went away or stalled: dropping the handler cancels its generation
@@ -178,13 +195,17 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
     });
   }
 
+  // Closes the TCP connection (on TLS without close_notify: HTTP's own framing says where
+  // every body ends, so no client mistakes the cut for a truncated answer).
   void close() {
     beast::error_code ignored;
-    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
-    stream_.socket().close(ignored);
+    socket().shutdown(tcp::socket::shutdown_send, ignored);
+    socket().close(ignored);
   }
+  beast::tcp_stream& lowest() { return beast::get_lowest_layer(stream_); }
+  tcp::socket& socket() { return lowest().socket(); }
 
-  beast::tcp_stream stream_;
+  Stream stream_;
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   ServerState& srv_;
@@ -227,8 +248,16 @@ void HttpExchange::respond_error(const ApiError& e) {
 void ServerState::accept() {
   acceptor.async_accept([this](beast::error_code ec, tcp::socket socket) {
     if (stopped) return;
-    if (!ec) std::make_shared<Session>(std::move(socket), *this)->start();
+    if (!ec) std::make_shared<Session<PlainStream>>(PlainStream(std::move(socket)), *this)->start();
     accept();
+  });
+}
+
+void ServerState::accept_tls() {
+  tls_acceptor.async_accept([this](beast::error_code ec, tcp::socket socket) {
+    if (stopped) return;
+    if (!ec) std::make_shared<Session<TlsStream>>(TlsStream(std::move(socket), *tls), *this)->start();
+    accept_tls();
   });
 }
 

@@ -5,6 +5,7 @@
 #include "actors/http/handlers/handlers.hpp"
 #include "actors/http/server_state.hpp"
 #include "actors/http/stream_address.hpp"
+#include "actors/http/tls.hpp"
 
 namespace tutti::http {
 
@@ -13,6 +14,10 @@ Expected<ServerConfig> ServerConfig::from(const Settings& st, const Model& model
   if (st.port < 0 || st.port > 65535) return Error{"[server] port must be 0..65535"};
   sc.host = st.host;
   sc.port = uint16_t(st.port);
+  if (st.tls_cert.empty() != st.tls_key.empty()) return Error{"[server] tls_cert and tls_key go together"};
+  sc.tls_cert = st.tls_cert;
+  sc.tls_key = st.tls_key;
+  sc.tls_port = uint16_t(st.tls_port);
   sc.max_tokens = st.max_tokens;
   sc.max_body_bytes = size_t(st.max_body_bytes);
   sc.max_connections = st.max_connections;
@@ -72,14 +77,26 @@ Expected<uint16_t> HttpServer::start() {
   beast::error_code ec;
   const auto address = net::ip::make_address(impl_->cfg.host, ec);
   if (ec) return Error{"listen address '" + impl_->cfg.host + "' is invalid: " + ec.message()};
-  tcp::endpoint ep{address, impl_->cfg.port};
-  impl_->acceptor.open(ep.protocol(), ec);
-  if (!ec) impl_->acceptor.set_option(net::socket_base::reuse_address(true), ec);
-  if (!ec) impl_->acceptor.bind(ep, ec);
-  if (!ec) impl_->acceptor.listen(net::socket_base::max_listen_connections, ec);
-  if (ec) return Error{"cannot listen on " + impl_->cfg.host + ":" + std::to_string(impl_->cfg.port) + ": " + ec.message()};
+  auto listen = [&](tcp::acceptor& acceptor, uint16_t port) -> Status {
+    tcp::endpoint ep{address, port};
+    acceptor.open(ep.protocol(), ec);
+    if (!ec) acceptor.set_option(net::socket_base::reuse_address(true), ec);
+    if (!ec) acceptor.bind(ep, ec);
+    if (!ec) acceptor.listen(net::socket_base::max_listen_connections, ec);
+    if (ec) return Error{"cannot listen on " + impl_->cfg.host + ":" + std::to_string(port) + ": " + ec.message()};
+    return {};
+  };
+  if (!impl_->cfg.tls_cert.empty()) {
+    auto ctx = make_server_tls_context(impl_->cfg.tls_cert, impl_->cfg.tls_key);
+    if (!ctx) return ctx.error();
+    impl_->tls = std::move(ctx).value();
+    if (Status s = listen(impl_->tls_acceptor, impl_->cfg.tls_port); !s) return s.error();
+    tls_port_ = impl_->tls_acceptor.local_endpoint().port();
+  }
+  if (Status s = listen(impl_->acceptor, impl_->cfg.port); !s) return s.error();
   const uint16_t port = impl_->acceptor.local_endpoint().port();
   impl_->accept();
+  if (impl_->tls) impl_->accept_tls();
   impl_->thread = std::thread([this] {
     // An exception escaping one session's handler ends that handler (its session is dropped
     // with it); it is said loudly and the I/O thread goes on serving everyone else.
@@ -102,6 +119,7 @@ void HttpServer::stop() {
   net::post(impl_->ioc, [this] {
     beast::error_code ignored;
     impl_->acceptor.close(ignored);
+    impl_->tls_acceptor.close(ignored);
     stop_all_jobs(*impl_);
     impl_->ioc.stop();
   });
@@ -115,6 +133,7 @@ int HttpServer::drain(double seconds) {
   net::post(impl_->ioc, [this] {
     beast::error_code ignored;
     impl_->acceptor.close(ignored);
+    impl_->tls_acceptor.close(ignored);
     for (auto& [id, go_away] : std::map<uint64_t, std::function<void()>>(impl_->on_drain)) go_away();
   });
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(

@@ -45,6 +45,9 @@ struct EndpointClasses {
 struct ServerConfig {
   std::string host = "127.0.0.1";
   uint16_t port = 8080;              // 0: any free port (tests)
+  // TLS on tls_port when tls_cert and tls_key (PEM files) are set; the plain port stays.
+  std::string tls_cert, tls_key;
+  uint16_t tls_port = 8443;          // 0: any free port
   size_t max_body_bytes = 1 << 20;   // larger request bodies get 413
   // Connections: past max_connections only /health and requests with a valid key are served
   // (the rest get 503), with reserved_connections more accepted for them; past both, or past
@@ -126,6 +129,7 @@ class HttpServer {
   // Opens the ledger, binds and starts serving on a background thread; the bound port
   // (useful with port 0).
   Expected<uint16_t> start();
+  uint16_t tls_port() const { return tls_port_; }  // the bound TLS port; 0 without TLS
   void stop();  // closes the listener and every session; idempotent
   // Graceful shutdown: stops accepting, refuses new generations (503, or an error event),
   // lets running generations finish for up to `seconds`, closes WebSockets with "going away"
@@ -136,6 +140,7 @@ class HttpServer {
 
 
  private:
+  uint16_t tls_port_ = 0;
   ServerMetrics metrics_;      // outlives impl_: sessions ended by its destruction count in it
   std::unique_ptr<class ServerState> impl_;
 };

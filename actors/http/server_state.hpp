@@ -20,6 +20,10 @@
 #include "actors/access/ledger.hpp"
 #include "actors/http/server.hpp"
 
+namespace boost::asio::ssl {
+class context;  // tls.hpp: only the session, the Realtime connection and the listener need it
+}
+
 namespace tutti::http {
 
 namespace beast = boost::beast;
@@ -62,6 +66,9 @@ class ServerState {
   std::map<std::string, int> peers;
   net::io_context ioc{1};
   tcp::acceptor acceptor{ioc};
+  // The TLS port, when a certificate is configured (tls.hpp); null: plain HTTP only.
+  std::shared_ptr<net::ssl::context> tls;
+  tcp::acceptor tls_acceptor{ioc};
   std::thread thread;
   std::atomic<int64_t> next_id{1};
   std::atomic<bool> stopped{false};
@@ -72,7 +79,8 @@ class ServerState {
   // thread, which serves everyone. Last: destroyed (its threads joined) first.
   net::thread_pool media_pool{2};
 
-  void accept();
+  void accept();      // the plain port (http_session.cpp)
+  void accept_tls();  // the TLS port
 
   // The name of the key a request presents ("" when the server is open); nullopt: refused.
   // `admin`: whether it is an admin key (an open server has none).

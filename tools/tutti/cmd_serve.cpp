@@ -5,6 +5,7 @@
 #include <csignal>
 #include <cstdio>
 
+#include "actors/http/tls.hpp"
 #include "actors/serving.hpp"
 #include "tools/tutti/commands.h"
 #include "tools/tutti/model_loading.h"
@@ -13,8 +14,10 @@ namespace tutti::cli {
 
 int cmd_serve(const std::vector<std::string>& argv) {
   auto opts = engine_options();
-  for (auto o : {"host", "port", "max-batch", "step-budget", "max-tokens", "max-waiting", "caf-threads", "api-key", "ledger"}) opts.insert(o);
-  Args args(argv, opts, {});
+  for (auto o : {"host", "port", "max-batch", "step-budget", "max-tokens", "max-waiting", "caf-threads", "api-key", "ledger", "tls-cert", "tls-key",
+                 "tls-port", "tls-dir"})
+    opts.insert(o);
+  Args args(argv, opts, {"tls-self-signed"});
   if (!args.ok()) return fail(args.error());
   auto settings = read_settings(args);
   if (!settings) return 1;
@@ -29,6 +32,21 @@ int cmd_serve(const std::vector<std::string>& argv) {
   if (!args.ok()) return fail(args.error());
   if (st.port < 0 || st.port > 65535) return fail("--port must be 0..65535");
   if (args.has("ledger")) st.ledger_path = args.get("ledger");
+  st.tls_cert = args.get("tls-cert", st.tls_cert);
+  st.tls_key = args.get("tls-key", st.tls_key);
+  st.tls_port = int(args.get_int("tls-port", st.tls_port));
+  if (!args.ok()) return fail(args.error());
+  if (args.has("tls-self-signed")) {
+    const std::string dir = args.get("tls-dir", ".tutti-tls");
+    auto made = http::make_self_signed(dir);
+    if (!made) return fail("--tls-self-signed: " + made.error().message);
+    st.tls_cert = made->cert;
+    st.tls_key = made->key;
+    std::fprintf(stderr,
+                 "tutti: --tls-self-signed is for development only: %s a localhost certificate signed by a local CA.\n"
+                 "tutti: clients trust it with the CA at %s (e.g. NODE_EXTRA_CA_CERTS=%s, curl --cacert %s)\n",
+                 made->reused ? "reusing" : "made", made->ca.c_str(), made->ca.c_str(), made->ca.c_str());
+  }
   const std::string model_path = st.model_path;
   Serving::Options options;
   options.pipeline = actors::PipelineConfig::from(st);
@@ -62,8 +80,9 @@ int cmd_serve(const std::vector<std::string>& argv) {
   auto serving = Serving::start(**model, tokenizer, std::move(options));
   if (!serving) return fail(serving.error().message);
   const http::ServerConfig& c = (*serving)->config();
-  std::fprintf(stderr, "tutti: serving %s (%s, chat template %s) on http://%s:%u with %s; %s; ledger %s\n", model_path.c_str(),
-               c.model_name.c_str(), http::chat_template_name(c.chat_template), c.host.c_str(), unsigned((*serving)->port()),
+  const std::string tls = (*serving)->tls_port() ? " and https://" + c.host + ":" + std::to_string((*serving)->tls_port()) : "";
+  std::fprintf(stderr, "tutti: serving %s (%s, chat template %s) on http://%s:%u%s with %s; %s; ledger %s\n", model_path.c_str(),
+               c.model_name.c_str(), http::chat_template_name(c.chat_template), c.host.c_str(), unsigned((*serving)->port()), tls.c_str(),
                backend->describe().c_str(),
                c.api_keys.enabled() ? (std::to_string(c.api_keys.size()) + " API key(s) required").c_str() : "open (no API keys)",
                c.ledger_path.empty() ? "off" : c.ledger_path.c_str());

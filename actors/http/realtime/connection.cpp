@@ -3,20 +3,25 @@
 // events to the client with the credit they carry, and dispatch of each client event to the
 // session (session.cpp).
 #include "actors/http/handlers/handlers.hpp"
+#include "actors/http/realtime/open.hpp"
 #include "actors/http/realtime/session.hpp"
 
 namespace tutti::http {
 
 namespace {
 
-class RealtimeConnection final : public RealtimeLink, public std::enable_shared_from_this<RealtimeConnection> {
+// `Stream`: PlainStream or TlsStream, the HTTP session's.
+template <class Stream>
+class RealtimeConnection final : public RealtimeLink, public std::enable_shared_from_this<RealtimeConnection<Stream>> {
  public:
+  using std::enable_shared_from_this<RealtimeConnection<Stream>>::shared_from_this;
+  using std::enable_shared_from_this<RealtimeConnection<Stream>>::weak_from_this;
   // `key`: the name of the key the client presented; the connection holds one of its
   // concurrent sessions (admitted before the upgrade) while it lasts.
-  RealtimeConnection(tcp::socket socket, ServerState& srv, std::string key)
-      : ws_(std::move(socket)), srv_(srv), hold_(srv, key), session_(srv, *this, key) {
+  RealtimeConnection(Stream stream, ServerState& srv, std::string key)
+      : ws_(std::move(stream)), srv_(srv), hold_(srv, key), session_(srv, *this, key) {
     ++srv_.metrics.active_connections;
-    apply_socket_options(ws_.next_layer().socket(), srv_.cfg);
+    apply_socket_options(beast::get_lowest_layer(ws_).socket(), srv_.cfg);
   }
   ~RealtimeConnection() override {
     --srv_.metrics.active_connections;
@@ -155,7 +160,7 @@ class RealtimeConnection final : public RealtimeLink, public std::enable_shared_
     });
   }
 
-  beast::websocket::stream<beast::tcp_stream> ws_;
+  beast::websocket::stream<Stream> ws_;
   ServerState& srv_;
   SessionHold hold_;
   beast::flat_buffer in_;
@@ -189,8 +194,14 @@ void handle_realtime_upgrade(HttpExchange& ex) {
   // A WebSocket session is one of its key's concurrent sessions for as long as it lasts.
   if (auto refusal = srv.admit(ex.key(), Modality::Text, true))
     return ex.respond_error(ApiError{refusal->code, refusal->message, "", refusal->retry_after_s});
-  auto connection = std::make_shared<RealtimeConnection>(ex.take_socket(), srv, ex.key());
-  connection->start(ex.request());
+  ex.become_realtime();
+}
+
+void open_realtime(PlainStream stream, ServerState& srv, const std::string& key, const bhttp::request<bhttp::string_body>& upgrade) {
+  std::make_shared<RealtimeConnection<PlainStream>>(std::move(stream), srv, key)->start(upgrade);
+}
+void open_realtime(TlsStream stream, ServerState& srv, const std::string& key, const bhttp::request<bhttp::string_body>& upgrade) {
+  std::make_shared<RealtimeConnection<TlsStream>>(std::move(stream), srv, key)->start(upgrade);
 }
 
 }  // namespace tutti::http
