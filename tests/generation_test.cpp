@@ -43,7 +43,7 @@ int64_t metric(uint16_t port, const std::string& name) {
 void text_item(test::RealtimeWs& ws, const std::string& text) {
   ws.send({{"type", "conversation.item.create"},
            {"item", {{"type", "message"}, {"role", "user"}, {"content", {{{"type", "input_text"}, {"text", text}}}}}}});
-  ws.until("conversation.item.created");
+  ws.until("conversation.item.added");
 }
 
 TEST(Generation, AnSseAnswerCutByItsClientIsBilledEveryTokenSentAndCountsAgainstTheQuota) {
@@ -90,7 +90,7 @@ TEST(Generation, ARealtimeAnswerCutByItsClientIsBilledEveryTokenSentAndCountsAga
     test::RealtimeWs ws(sut.port, "", kKey);
     ASSERT_EQ(ws.refused, 0);
     ws.next();
-    ws.send({{"type", "session.update"}, {"session", {{"max_response_output_tokens", 1000}}}});
+    ws.send({{"type", "session.update"}, {"session", {{"max_response_output_tokens", 1000}, {"output_modalities", {"text"}}}}});
     text_item(ws, "tell me everything");
     ws.send({{"type", "response.create"}, {"response", {{"tutti", {{"class", "realtime"}, {"rate", 400}, {"ignore_eos", true}}}}}});
     while (deltas < 150) deltas += ws.next()["type"] == "response.output_text.delta";
@@ -118,7 +118,7 @@ TEST(Generation, TokenMetricsCountEveryTransport) {
   {
     test::RealtimeWs ws(sut.port, "", kKey);
     ws.next();
-    ws.send({{"type", "session.update"}, {"session", {{"max_response_output_tokens", 5}}}});
+    ws.send({{"type", "session.update"}, {"session", {{"max_response_output_tokens", 5}, {"output_modalities", {"text"}}}}});
     text_item(ws, "hello");
     ws.send({{"type", "response.create"}});
     const json usage = ws.until("response.done")["response"]["usage"];
@@ -147,6 +147,7 @@ TEST(Generation, ARealtimeRequestWithABadFieldLeavesNoPhantom) {
     test::RealtimeWs ws(sut->port, "", kKey);
     ASSERT_EQ(ws.refused, 0);
     ws.next();
+    ws.send({{"type", "session.update"}, {"session", {{"output_modalities", {"text"}}}}});
     text_item(ws, "hello");
     ws.send({{"type", "response.create"}, {"event_id", "bad-1"}, {"response", {{"tutti", {{"class", "warp"}}}}}});
     const json error = ws.until("error");

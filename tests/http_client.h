@@ -71,12 +71,15 @@ struct RealtimeWs {
   int refused = 0;
   std::string protocol;
 
-  explicit RealtimeWs(uint16_t port, const std::string& subprotocols = "", const std::string& bearer = "") {
+  // `headers`: more upgrade headers (e.g. OpenAI-Beta for the beta dialect).
+  explicit RealtimeWs(uint16_t port, const std::string& subprotocols = "", const std::string& bearer = "",
+                      std::vector<std::pair<std::string, std::string>> headers = {}) {
     namespace bhttp = boost::beast::http;
     ws.next_layer().connect(boost::asio::ip::tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), port));
     ws.set_option(boost::beast::websocket::stream_base::decorator([&](boost::beast::websocket::request_type& req) {
       if (!subprotocols.empty()) req.set(bhttp::field::sec_websocket_protocol, subprotocols);
       if (!bearer.empty()) req.set(bhttp::field::authorization, "Bearer " + bearer);
+      for (const auto& [name, value] : headers) req.set(name, value);
     }));
     boost::beast::websocket::response_type res;
     boost::beast::error_code ec;

@@ -179,10 +179,11 @@ TEST(Isolation, SessionFieldsAreValidatedAndClientTextNeverCollidesWithMarkers) 
     const json e = ws.until("error");
     EXPECT_EQ(e["error"]["code"], "invalid_value") << bad.dump();
   }
-  ws.send({{"type", "session.update"}, {"session", {{"max_response_output_tokens", "inf"}, {"instructions", "be \x1e" "0\x1f brief"}}}});
+  ws.send({{"type", "session.update"},
+           {"session", {{"max_response_output_tokens", "inf"}, {"instructions", "be \x1e" "0\x1f brief"}, {"output_modalities", {"text"}}}}});
   const json updated = ws.until("session.updated")["session"];
-  EXPECT_FLOAT_EQ(updated["temperature"].get<float>(), 0.8f) << "the refused updates changed nothing";
-  EXPECT_EQ(updated["max_response_output_tokens"], 1024);
+  EXPECT_FLOAT_EQ(updated["tutti"]["temperature"].get<float>(), 0.8f) << "the refused updates changed nothing";
+  EXPECT_EQ(updated["max_output_tokens"], 1024);
   ws.send({{"type", "conversation.item.create"},
            {"item", {{"type", "message"}, {"role", "user"}, {"content", {{{"type", "input_text"}, {"text", "a\x1e" "7\x1f" "b\x1d"}}}}}}});
   ws.send({{"type", "response.create"}, {"response", {{"tutti", {{"ignore_eos", true}}}}}});
@@ -256,7 +257,7 @@ TEST(Isolation, ASessionsMemoryIsBounded) {
     ws.next();
     for (int i = 0; i < 20; ++i) {  // 20 x 30 kB: trimmed as they arrive, never over the budget
       ws.send(text_item(std::string(30000, 'a' + i % 26)));
-      ASSERT_EQ(ws.until("conversation.item.created")["type"], "conversation.item.created") << i;
+      ASSERT_EQ(ws.until("conversation.item.added")["type"], "conversation.item.added") << i;
     }
     ws.send(text_item(std::string(100000, 'z')));  // one item over the whole budget
     const json e = ws.until("error");
@@ -367,7 +368,7 @@ TEST(Isolation, AnImageInputIsItsFirstFrameDecodedOffTheIoThread) {
            {"item", {{"type", "message"}, {"role", "user"},
                      {"content", {{{"type", "input_image"}, {"image", http::base64_encode(bytes)}}, {{"type", "input_text"}, {"text", "what is it"}}}}}}});
   const json created = ws.next();
-  EXPECT_EQ(created["type"], "conversation.item.created") << created.dump();
+  EXPECT_EQ(created["type"], "conversation.item.added") << created.dump();
   EXPECT_EQ(test::http_call(sut.port, bhttp::verb::get, "/health").status, 200);
   // Events of the session keep their order: a response asked for after the image sees it.
   ws.send({{"type", "response.create"}, {"response", {{"tutti", {{"ignore_eos", true}}}}}});

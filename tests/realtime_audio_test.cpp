@@ -111,12 +111,12 @@ TEST(RealtimeVoice, SpeechIsDetectedCommittedAndAnsweredWithAudio) {
                        {"max_response_output_tokens", 100},
                        {"turn_detection", {{"type", "server_vad"}, {"threshold", 0.5}, {"silence_duration_ms", 300}}}}}});
   const json updated = c.until("session.updated");
-  EXPECT_EQ(updated["session"]["turn_detection"]["silence_duration_ms"], 300);
+  EXPECT_EQ(updated["session"]["audio"]["input"]["turn_detection"]["silence_duration_ms"], 300);
   c.speak(utterance());
   EXPECT_NEAR(c.until("input_audio_buffer.speech_started")["audio_start_ms"].get<double>(), 250, 40);
   c.until("input_audio_buffer.speech_stopped");
   const json committed = c.until("input_audio_buffer.committed");
-  const json item = c.until("conversation.item.created");
+  const json item = c.until("conversation.item.added");
   EXPECT_EQ(item["item"]["id"], committed["item_id"]);
   EXPECT_EQ(item["item"]["content"][0]["type"], "input_audio");
   std::vector<json> events;
@@ -138,7 +138,7 @@ TEST(RealtimeVoice, SpeechIsDetectedCommittedAndAnsweredWithAudio) {
   // audio (whole frames of it, between begin and end tokens), not only the user's turns.
   c.send({{"type", "conversation.item.create"},
           {"item", {{"type", "message"}, {"role", "user"}, {"content", {{{"type", "input_text"}, {"text", "Again"}}}}}}});
-  c.until("conversation.item.created");
+  c.until("conversation.item.added");
   c.send({{"type", "response.create"}, {"response", {{"modalities", {"text"}}}}});
   const json next = c.until("response.done");
   EXPECT_GE(next["response"]["usage"]["input_tokens"].get<int>(),
@@ -269,14 +269,14 @@ TEST(RealtimeVoice, BadAudioGetsErrorEventsAndTheSessionGoesOn) {
   c.send({{"type", "session.update"}, {"session", {{"input_audio_format", "mp3"}}}});
   EXPECT_EQ(c.until("error")["error"]["code"], "invalid_value");
   c.send({{"type", "session.update"}, {"session", {{"turn_detection", nullptr}, {"audio", {{"input", {{"format", {{"type", "audio/pcmu"}}}}}}}}}});
-  EXPECT_EQ(c.until("session.updated")["session"]["input_audio_format"], "g711_ulaw");
+  EXPECT_EQ(c.until("session.updated")["session"]["audio"]["input"]["format"]["type"], "audio/pcmu");
   c.send({{"type", "input_audio_buffer.commit"}, {"event_id", "c1"}});
   EXPECT_EQ(c.until("error")["error"]["code"], "input_audio_buffer_commit_empty");
   // G.711 µ-law at 8 kHz, committed by hand: an audio item.
   std::vector<float> speech8k = resample_linear(voiced(0.5, 0.3), 24000, 8000);
   c.send({{"type", "input_audio_buffer.append"}, {"audio", encode_wire_audio(speech8k, AudioWire::G711Ulaw)}});
   c.send({{"type", "input_audio_buffer.commit"}});
-  EXPECT_EQ(c.until("conversation.item.created")["item"]["content"][0]["type"], "input_audio");
+  EXPECT_EQ(c.until("conversation.item.added")["item"]["content"][0]["type"], "input_audio");
   c.send({{"type", "input_audio_buffer.clear"}});
   c.until("input_audio_buffer.cleared");
 }
@@ -367,7 +367,7 @@ TEST(RealtimeVoice, HugeFramesAndVanishingClientsAffectOnlyTheirSession) {
   VoiceClient ok(sut.port);
   ok.next();
   ok.send({{"type", "conversation.item.create"}, {"item", {{"type", "message"}, {"role", "user"}, {"content", {{{"type", "input_text"}, {"text", "hi"}}}}}}});
-  ok.until("conversation.item.created");
+  ok.until("conversation.item.added");
   ok.send({{"type", "response.create"}});
   EXPECT_EQ(ok.until("response.done")["type"], "response.done");
 }
@@ -418,7 +418,7 @@ TEST(RealtimeVoice, ImagesBecomeVideoTokensInTheConversation) {
   json with_image = {{"type", "message"}, {"role", "user"}};
   with_image["content"] = json::array({text_part, image_part});
   c.send({{"type", "conversation.item.create"}, {"item", with_image}});
-  const json item = c.until("conversation.item.created");
+  const json item = c.until("conversation.item.added");
   ASSERT_EQ(item["item"]["content"].size(), 2u);
   EXPECT_EQ(item["item"]["content"][1]["type"], "input_image");
   c.send({{"type", "session.update"}, {"session", {{"tutti", {{"binary_audio", "opus"}}}, {"max_response_output_tokens", 3}}}});
@@ -427,7 +427,7 @@ TEST(RealtimeVoice, ImagesBecomeVideoTokensInTheConversation) {
   c.send_raw(std::string(1, '\x03') + std::string(png->begin(), png->end()));
   c.send_raw(std::string("\x03not an image"));
   c.ws.text(true);
-  EXPECT_EQ(c.until("conversation.item.created")["item"]["content"][0]["type"], "input_image");
+  EXPECT_EQ(c.until("conversation.item.added")["item"]["content"][0]["type"], "input_image");
   EXPECT_EQ(c.until("error")["error"]["code"], "invalid_image");
   json bad_image = {{"type", "message"}, {"role", "user"}};
   bad_image["content"] = json::array({json{{"type", "input_image"}, {"image", "@@@"}}});
@@ -458,7 +458,7 @@ TEST(RealtimeVoice, VideoAnswersStreamFramesAsJpeg) {
   VoiceClient c(sut.port);
   c.next();
   c.send({{"type", "conversation.item.create"}, {"item", {{"type", "message"}, {"role", "user"}, {"content", {{{"type", "input_text"}, {"text", "show me"}}}}}}});
-  c.until("conversation.item.created");
+  c.until("conversation.item.added");
   c.send({{"type", "session.update"}, {"session", {{"modalities", {"audio", "video"}}}}});
   EXPECT_EQ(c.until("error")["error"]["code"], "invalid_value");
   c.send({{"type", "response.create"}, {"response", {{"modalities", {"video"}}}}});

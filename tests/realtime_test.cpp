@@ -146,12 +146,15 @@ struct RealtimeFixture : ::testing::Test {
 
 TEST_F(RealtimeFixture, TextConversationFollowsTheEventGrammar) {
   EXPECT_EQ(next()["type"], "session.created");
-  send({{"type", "session.update"}, {"event_id", "c1"}, {"session", {{"instructions", "Be brief."}, {"temperature", 0.0}, {"max_response_output_tokens", 10}}}});
+  send({{"type", "session.update"}, {"event_id", "c1"}, {"session", {{"instructions", "Be brief."}, {"temperature", 0.0}, {"max_response_output_tokens", 10},
+                                                     {"output_modalities", {"text"}}}}});
   const json updated = until("session.updated");
-  EXPECT_EQ(updated["session"]["max_response_output_tokens"], 10);
+  EXPECT_EQ(updated["session"]["type"], "realtime") << "the GA session object";
+  EXPECT_EQ(updated["session"]["max_output_tokens"], 10);
+  EXPECT_EQ(updated["session"]["output_modalities"], json::array({"text"}));
   send({{"type", "conversation.item.create"},
         {"item", {{"type", "message"}, {"role", "user"}, {"content", {{{"type", "input_text"}, {"text", "Hello there"}}}}}}});
-  EXPECT_EQ(until("conversation.item.created")["item"]["role"], "user");
+  EXPECT_EQ(until("conversation.item.added")["item"]["role"], "user");
   send({{"type", "response.create"}});
   std::vector<json> events;
   const json done = until("response.done", &events);
@@ -167,6 +170,72 @@ TEST_F(RealtimeFixture, TextConversationFollowsTheEventGrammar) {
   EXPECT_TRUE(done["response"]["status"] == "completed" || done["response"]["status"] == "incomplete");
   EXPECT_GT(done["response"]["usage"]["input_tokens"].get<int>(), 0);
   EXPECT_LE(done["response"]["usage"]["output_tokens"].get<int>(), 10);
+}
+
+// The GA grammar the official clients build their state from: the session object, items
+// added and done, one output item per response with its content part, response.done with
+// the output, and the item events (retrieve, delete); the beta dialect on request.
+TEST_F(RealtimeFixture, TheGaGrammarCarriesItemsOutputsAndTheirState) {
+  const json created = next()["session"];
+  EXPECT_EQ(created["type"], "realtime");
+  EXPECT_EQ(created["output_modalities"], json::array({"audio"})) << "GA: audio out by default";
+  EXPECT_EQ(created["audio"]["input"]["turn_detection"]["type"], "server_vad");
+  EXPECT_EQ(created["audio"]["input"]["format"], json({{"type", "audio/pcm"}, {"rate", 24000}}));
+  send({{"type", "session.update"},
+        {"session", {{"type", "realtime"}, {"output_modalities", {"text"}}, {"max_output_tokens", 6},
+                     {"audio", {{"input", {{"turn_detection", {{"type", "semantic_vad"}, {"eagerness", "high"}}}}}}}}}});
+  const json updated = until("session.updated")["session"];
+  EXPECT_EQ(updated["audio"]["input"]["turn_detection"]["type"], "semantic_vad");
+  EXPECT_EQ(updated["audio"]["input"]["turn_detection"]["eagerness"], "high");
+  EXPECT_EQ(updated["max_output_tokens"], 6);
+  send({{"type", "conversation.item.create"},
+        {"item", {{"id", "u1"}, {"type", "message"}, {"role", "user"}, {"content", {{{"type", "input_text"}, {"text", "Hello"}}}}}}});
+  const json added = until("conversation.item.added");
+  EXPECT_EQ(added["item"]["id"], "u1");
+  EXPECT_TRUE(added["previous_item_id"].is_null());
+  EXPECT_EQ(next()["type"], "conversation.item.done");
+  send({{"type", "response.create"}, {"response", {{"max_output_tokens", 2}, {"tutti", {{"ignore_eos", true}}}}}});
+  std::vector<json> events;
+  const json done = until("response.done", &events);
+  std::vector<std::string> order;
+  std::string deltas, assistant_id;
+  for (const json& e : events) {
+    const std::string type = e["type"];
+    if (type == "response.output_text.delta") deltas += e["delta"].get<std::string>();
+    else order.push_back(type);
+    if (type == "response.output_item.added") assistant_id = e["item"]["id"];
+    if (type == "conversation.item.added") EXPECT_EQ(e["previous_item_id"], "u1");
+  }
+  EXPECT_EQ(order, (std::vector<std::string>{"response.created", "rate_limits.updated", "response.output_item.added", "conversation.item.added",
+                                             "response.content_part.added", "response.output_text.done", "response.content_part.done",
+                                             "response.output_item.done", "conversation.item.done", "response.done"}));
+  EXPECT_EQ(done["response"]["status"], "incomplete") << "cut by the response's own max_output_tokens";
+  EXPECT_EQ(done["response"]["usage"]["output_tokens"], 2);
+  ASSERT_EQ(done["response"]["output"].size(), 1u);
+  EXPECT_EQ(done["response"]["output"][0]["id"], assistant_id);
+  EXPECT_EQ(done["response"]["output"][0]["content"][0]["type"], "output_text");
+  EXPECT_EQ(done["response"]["output"][0]["content"][0]["text"], deltas);
+  send({{"type", "conversation.item.retrieve"}, {"item_id", assistant_id}});
+  const json retrieved = until("conversation.item.retrieved");
+  EXPECT_EQ(retrieved["item"]["role"], "assistant");
+  EXPECT_EQ(retrieved["item"]["content"][0]["text"], deltas);
+  send({{"type", "conversation.item.delete"}, {"item_id", "u1"}});
+  EXPECT_EQ(until("conversation.item.deleted")["item_id"], "u1");
+  send({{"type", "conversation.item.retrieve"}, {"event_id", "r2"}, {"item_id", "u1"}});
+  const json gone = until("error");
+  EXPECT_EQ(gone["error"]["code"], "item_not_found");
+  EXPECT_EQ(gone["error"]["event_id"], "r2");
+  send({{"type", "conversation.item.truncate"}, {"item_id", assistant_id}, {"content_index", 0}, {"audio_end_ms", 0}});
+  EXPECT_EQ(until("error")["error"]["code"], "item_truncate_invalid_item_id") << "a text item has no audio to cut";
+
+  // A client still on the beta interface gets its own spellings.
+  test::RealtimeWs beta(sut->port, "", "", {{"OpenAI-Beta", "realtime=v1"}});
+  const json beta_session = beta.next()["session"];
+  EXPECT_EQ(beta_session["modalities"], json::array({"text"}));
+  EXPECT_FALSE(beta_session.contains("output_modalities"));
+  beta.send({{"type", "conversation.item.create"},
+             {"item", {{"type", "message"}, {"role", "user"}, {"content", {{{"type", "input_text"}, {"text", "Hello"}}}}}}});
+  EXPECT_EQ(beta.next()["type"], "conversation.item.created");
 }
 
 TEST_F(RealtimeFixture, ErrorsAreEventsAndTheSessionStaysOpen) {
@@ -191,7 +260,7 @@ TEST_F(RealtimeFixture, ErrorsAreEventsAndTheSessionStaysOpen) {
   send({{"type", "session.update"}, {"session", {{"max_response_output_tokens", 200}}}});
   until("session.updated");
   send({{"type", "conversation.item.create"}, {"item", {{"type", "message"}, {"role", "user"}, {"content", {{{"type", "input_text"}, {"text", "Go"}}}}}}});
-  until("conversation.item.created");
+  until("conversation.item.added");
   send({{"type", "response.create"}, {"event_id", "evt_45"}, {"response", {{"tutti", {{"class", "realtime"}, {"rate", "fast"}}}}}});
   e = until("error");
   EXPECT_EQ(e["error"]["event_id"], "evt_45");
@@ -219,13 +288,13 @@ TEST(RealtimeConversation, OldestItemsGoWhenTheConversationOutgrowsItsBudget) {
   test::ServerUnderTest sut(sc);
   test::RealtimeWs c(sut.port);
   c.next();
-  c.send({{"type", "session.update"}, {"session", {{"max_response_output_tokens", 4}, {"temperature", 0}}}});
+  c.send({{"type", "session.update"}, {"session", {{"max_response_output_tokens", 4}, {"temperature", 0}, {"output_modalities", {"text"}}}}});
   c.until("session.updated");
   int most = 0;
   for (int turn = 0; turn < 12; ++turn) {
     c.send({{"type", "conversation.item.create"},
             {"item", {{"type", "message"}, {"role", "user"}, {"content", {{{"type", "input_text"}, {"text", std::string(90, 'a' + turn)}}}}}}});
-    c.until("conversation.item.created");
+    c.until("conversation.item.added");
     c.send({{"type", "response.create"}});
     const json done = c.until("response.done");
     ASSERT_NE(done["response"]["status"], "failed") << done.dump();
@@ -257,7 +326,7 @@ TEST_F(TextOnlyRealtime, MediaInputIsAnErrorEvent) {
   EXPECT_EQ(until("error")["error"]["code"], "video_not_supported");
   EXPECT_EQ(until("error")["error"]["code"], "audio_not_supported");
   send({{"type", "conversation.item.create"}, {"item", {{"content", {{{"type", "input_text"}, {"text", "still here"}}}}}}});
-  EXPECT_EQ(until("conversation.item.created")["item"]["content"][0]["text"], "still here");
+  EXPECT_EQ(until("conversation.item.added")["item"]["content"][0]["text"], "still here");
 }
 
 }  // namespace

@@ -217,6 +217,7 @@ TEST(StreamJobs, ALengthCutTextAnswerIsRecordedAsHttpAndRealtimeRecordIt) {
   {
     test::RealtimeWs ws(sut->port, "");
     ws.next();
+    ws.send({{"type", "session.update"}, {"session", {{"output_modalities", {"text"}}}}});
     ws.send({{"type", "conversation.item.create"},
              {"item", {{"type", "message"}, {"role", "user"}, {"content", {{{"type", "input_text"}, {"text", "hi"}}}}}}});
     ws.send({{"type", "response.create"}, {"response", {{"tutti", {{"ignore_eos", true}}}}}});

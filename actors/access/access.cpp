@@ -140,6 +140,15 @@ int64_t KeyLimiter::tokens_left(const std::string& key, const std::string& modal
   return limits_.tokens_per_minute - used;
 }
 
+int64_t KeyLimiter::requests_left(const std::string& key, double now, double* reset_s) {
+  if (reset_s) *reset_s = 0;
+  if (limits_.requests_per_minute <= 0) return INT64_MAX;
+  PerKey& k = keys_[key];
+  expire(k.requests, now);
+  if (reset_s && !k.requests.empty()) *reset_s = std::max(0.0, k.requests.front() + kMinute - now);
+  return std::max<int64_t>(0, limits_.requests_per_minute - int64_t(k.requests.size()));
+}
+
 int64_t KeyLimiter::reserve(const std::string& key, const std::string& modality, int64_t wanted, double now) {
   if (limits_.tokens_per_minute <= 0 || wanted <= 0) return wanted;
   const int64_t n = std::max<int64_t>(0, std::min(wanted, tokens_left(key, modality, now)));

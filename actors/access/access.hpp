@@ -83,6 +83,9 @@ class KeyLimiter {
   int64_t tokens_left(const std::string& key, const std::string& modality, double now);
   int64_t reserve(const std::string& key, const std::string& modality, int64_t wanted, double now);
   void unreserve(const std::string& key, const std::string& modality, int64_t n);
+  // Requests `key` may still start in the sliding minute, and the seconds until the oldest
+  // one leaves it (INT64_MAX and 0 without a limit).
+  int64_t requests_left(const std::string& key, double now, double* reset_s = nullptr);
 
  private:
   struct PerKey {

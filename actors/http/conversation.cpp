@@ -32,6 +32,29 @@ actors::text_request Conversation::request(ChatTemplate t, const ConversationIte
   return r;
 }
 
+std::vector<const ConversationItem*> Conversation::item(const std::string& id) const {
+  std::vector<const ConversationItem*> parts;
+  if (id.empty()) return parts;
+  for (const ConversationItem& it : items)
+    if (it.id == id) parts.push_back(&it);
+  return parts;
+}
+
+std::string Conversation::previous_item_id(const std::string& id) const {
+  std::string previous;
+  for (const ConversationItem& it : items) {
+    if (it.id == id) return previous;
+    if (!it.id.empty()) previous = it.id;
+  }
+  return "";
+}
+
+bool Conversation::erase(const std::string& id) {
+  const auto n = std::erase_if(items, [&](const ConversationItem& it) { return !id.empty() && it.id == id; });
+  if (n && last_item_id == id) last_item_id = items.empty() ? "" : items.back().id;
+  return n > 0;
+}
+
 size_t Conversation::bytes() const {
   size_t n = instructions.size();
   for (const ConversationItem& it : items) n += it.text.size() + it.ids.size() * sizeof(int32_t);

@@ -37,6 +37,7 @@ struct ConversationItem {
   std::string role, text;
   std::vector<int32_t> ids;  // media (speech, an image) as tokens; then text is empty
   Modality media = Modality::Audio;  // what `ids` are
+  std::string id;  // the Realtime item it belongs to (one item may hold several parts); "" elsewhere
   // Media items count their ids; text its bytes (an upper bound: every token covers a byte).
   int64_t cost() const { return int64_t(ids.empty() ? text.size() : ids.size()); }
 };
@@ -46,6 +47,13 @@ class Conversation {
   std::vector<ConversationItem> items;
   std::string instructions;  // the system message, when not empty
   std::string last_item_id;  // of the newest item (a Realtime commit's previous_item_id)
+
+  // The Realtime item `id`'s parts, in order (empty: no such item).
+  std::vector<const ConversationItem*> item(const std::string& id) const;
+  // The id of the item before `id` ("" for the first or an unknown one).
+  std::string previous_item_id(const std::string& id) const;
+  // Removes item `id`'s parts; false when there is none.
+  bool erase(const std::string& id);
 
   // Drops the oldest items so that the prompt stays within `budget` tokens (see
   // oldest_items_to_drop); `pending` (speech still being spoken) counts but is never dropped.

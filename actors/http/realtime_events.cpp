@@ -43,17 +43,42 @@ Checked read_turn_detection(const json& td, SessionUpdate& u) {
     return std::nullopt;
   }
   if (!td.is_object()) return Invalid{"'turn_detection' must be an object or null"};
-  if (td.value("type", "server_vad") != "server_vad") return Invalid{"turn_detection.type must be server_vad (or null)"};
+  const std::string type = td.value("type", "server_vad");
+  if (type != "server_vad" && type != "semantic_vad") return Invalid{"turn_detection.type must be server_vad or semantic_vad (or null)"};
   codecs::VadConfig c;
+  if (type == "semantic_vad") {
+    u.semantic = true;
+    u.eagerness = td.contains("eagerness") && !td["eagerness"].is_null() ? td["eagerness"].get<std::string>() : "auto";
+    if (semantic_vad_silence_ms(u.eagerness) < 0) return Invalid{"turn_detection.eagerness must be low, medium, high or auto"};
+    c.silence_duration_ms = semantic_vad_silence_ms(u.eagerness);
+  }
   c.threshold = td.value("threshold", c.threshold);
   c.prefix_padding_ms = td.value("prefix_padding_ms", c.prefix_padding_ms);
   c.silence_duration_ms = td.value("silence_duration_ms", c.silence_duration_ms);
   if (!(c.threshold >= 0 && c.threshold <= 1) || c.prefix_padding_ms < 0 || c.prefix_padding_ms > 10000 ||
       c.silence_duration_ms < 20 || c.silence_duration_ms > 10000)
     return Invalid{"turn_detection: threshold 0..1, prefix_padding_ms 0..10000, silence_duration_ms 20..10000"};
+  if (td.contains("idle_timeout_ms") && !td["idle_timeout_ms"].is_null()) {
+    const json& t = td["idle_timeout_ms"];
+    if (!t.is_number_integer() || t.get<int64_t>() < 5000 || t.get<int64_t>() > 30000)
+      return Invalid{"turn_detection.idle_timeout_ms must be an integer from 5000 to 30000 (or null)"};
+    u.idle_timeout_ms = t.get<int>();
+  }
   u.turn_detection = SessionUpdate::Turns::ServerVad;
   u.vad = c;
-  u.create_response = td.value("create_response", true);
+  u.create_response = td.contains("create_response") && td["create_response"].is_boolean() ? td["create_response"].get<bool>() : true;
+  return std::nullopt;
+}
+
+// A response limit: a positive integer or "inf" (INT_MAX, clamped by the session).
+Checked read_max_tokens(const json& m, const char* key, std::optional<int>& out) {
+  if (m.is_string() && m == "inf") {
+    out = INT_MAX;
+  } else if (m.is_number_integer() && m.get<int64_t>() >= 1) {
+    out = int(std::min<int64_t>(m.get<int64_t>(), INT_MAX));
+  } else {
+    return Invalid{std::string("'") + key + "' must be a positive integer or \"inf\""};
+  }
   return std::nullopt;
 }
 
@@ -62,6 +87,8 @@ Checked read_turn_detection(const json& td, SessionUpdate& u) {
 std::variant<SessionUpdate, Invalid> read_session_update(const json& s) {
   if (!s.is_object()) return Invalid{"'session' must be an object"};
   SessionUpdate u;
+  if (s.contains("type") && !s["type"].is_null() && s["type"] != "realtime")
+    return Invalid{"session.type must be realtime (this server has no transcription-only sessions)"};
   // Every field checked as the HTTP fields are: a value of the wrong type or out of range is
   // an error naming it, never silently ignored or clamped into something else.
   if (s.contains("instructions") && !s["instructions"].is_null()) {
@@ -73,17 +100,10 @@ std::variant<SessionUpdate, Invalid> read_session_update(const json& s) {
     if (!t.is_number() || !(t.get<double>() >= 0 && t.get<double>() <= 2)) return Invalid{"'temperature' must be a number from 0 to 2"};
     u.temperature = t.get<float>();
   }
-  for (const char* key : {"max_response_output_tokens", "max_output_tokens"}) {
-    if (!s.contains(key) || s[key].is_null()) continue;
-    const json& m = s[key];
-    if (m.is_string() && m == "inf") {
-      u.max_output_tokens = INT_MAX;  // the session clamps it to the server's limit
-    } else if (m.is_number_integer() && m.get<int64_t>() >= 1) {
-      u.max_output_tokens = int(std::min<int64_t>(m.get<int64_t>(), INT_MAX));
-    } else {
-      return Invalid{std::string("'") + key + "' must be a positive integer or \"inf\""};
-    }
-  }
+  for (const char* key : {"max_response_output_tokens", "max_output_tokens"})  // beta, GA
+    if (s.contains(key) && !s[key].is_null())
+      if (auto e = read_max_tokens(s[key], key, u.max_output_tokens)) return *e;
+  if (s.contains("voice") && s["voice"].is_string()) u.voice = s["voice"].get<std::string>();
   if (s.contains("input_audio_format"))
     if (auto e = read_wire(s["input_audio_format"], u.input_wire, "input_audio_format")) return *e;
   if (s.contains("output_audio_format"))
@@ -95,6 +115,8 @@ std::variant<SessionUpdate, Invalid> read_session_update(const json& s) {
       if (auto e = read_wire(audio_in["format"], u.input_wire, "audio.input.format")) return *e;
     if (audio.contains("output") && audio["output"].is_object() && audio["output"].contains("format"))
       if (auto e = read_wire(audio["output"]["format"], u.output_wire, "audio.output.format")) return *e;
+    if (audio.contains("output") && audio["output"].is_object() && audio["output"].contains("voice") && audio["output"]["voice"].is_string())
+      u.voice = audio["output"]["voice"].get<std::string>();
   }
   for (const char* key : {"modalities", "output_modalities"})
     if (s.contains(key))
@@ -167,9 +189,29 @@ std::variant<ClientEvent, EventError> parse_object(const json& ev) {
         for (const json& x : resp[key])
           if (x.is_string()) r.modalities->push_back(x);
       }
+    for (const char* key : {"max_response_output_tokens", "max_output_tokens"})
+      if (resp.contains(key) && !resp[key].is_null())
+        if (auto e = read_max_tokens(resp[key], key, r.max_output_tokens)) return EventError{"invalid_value", e->message, event_id};
     if (resp.contains("tutti")) r.tutti = resp["tutti"];
     return event(std::move(r));
   }
+  auto item_id = [&]() -> std::optional<std::string> {
+    if (!ev.contains("item_id") || !ev["item_id"].is_string() || ev["item_id"].get<std::string>().empty()) return std::nullopt;
+    return ev["item_id"].get<std::string>();
+  };
+  if (type == "conversation.item.retrieve" || type == "conversation.item.delete" || type == "conversation.item.truncate") {
+    auto id = item_id();
+    if (!id) return EventError{"missing_item_id", "'item_id' must be a non-empty string", event_id};
+    if (type == "conversation.item.retrieve") return event(ItemRetrieve{*id});
+    if (type == "conversation.item.delete") return event(ItemDelete{*id});
+    ItemTruncate t{*id};
+    if (!ev.contains("audio_end_ms") || !ev["audio_end_ms"].is_number_integer() || ev["audio_end_ms"].get<int64_t>() < 0)
+      return EventError{"invalid_value", "'audio_end_ms' must be a non-negative integer", event_id};
+    t.audio_end_ms = ev["audio_end_ms"].get<int64_t>();
+    t.content_index = ev.value("content_index", 0);
+    return event(t);
+  }
+  if (type == "output_audio_buffer.clear") return event(OutputAudioBufferClear{});
   if (type == "input_audio_buffer.append") {
     if (!ev.contains("audio") || !ev["audio"].is_string())
       return EventError{"missing_audio", "'audio' must be a base64 string", event_id};
@@ -182,6 +224,13 @@ std::variant<ClientEvent, EventError> parse_object(const json& ev) {
 }
 
 }  // namespace
+
+int semantic_vad_silence_ms(const std::string& eagerness) {
+  if (eagerness == "low") return 1000;
+  if (eagerness == "medium" || eagerness == "auto") return 600;
+  if (eagerness == "high") return 250;
+  return -1;
+}
 
 std::variant<ClientEvent, EventError> parse_client_event(std::string_view text) {
   const json ev = json::parse(text, nullptr, false);

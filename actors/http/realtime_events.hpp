@@ -28,10 +28,18 @@ struct SessionUpdate {
   // Non-empty; of text, audio and video; never audio and video together.
   std::optional<std::vector<std::string>> modalities;
   std::optional<bool> binary_opus;  // tutti.binary_audio: "opus" | "none"
+  // Turn detection: `server_vad`, or `semantic_vad` mapped onto the server VAD (tutti has no
+  // model of when a sentence is finished): its eagerness picks the silence that ends a turn,
+  // low 1000 ms, medium and auto 600 ms, high 250 ms (see semantic_vad_silence_ms).
   enum class Turns { Keep, Manual, ServerVad } turn_detection = Turns::Keep;
   codecs::VadConfig vad;                // with ServerVad
   bool create_response = true;  // with ServerVad: a response follows each detected turn
+  bool semantic = false;        // asked as semantic_vad
+  std::string eagerness = "auto";
+  int idle_timeout_ms = 0;      // 0: none; else input_audio_buffer.timeout_triggered after this much silence
+  std::optional<std::string> voice;  // audio.output.voice / voice: echoed (the model has one voice)
 };
+int semantic_vad_silence_ms(const std::string& eagerness);
 
 // conversation.item.create of a message.
 struct ItemCreate {
@@ -44,6 +52,7 @@ struct ItemCreate {
 // response.create.
 struct ResponseCreate {
   std::optional<std::vector<std::string>> modalities;  // the strings given (others ignored)
+  std::optional<int> max_output_tokens;                // this response's limit (INT_MAX: "inf")
   std::optional<nlohmann::json> tutti;  // the extension object, for apply_tutti_extension
 };
 
@@ -53,9 +62,21 @@ struct AudioAppend {
 struct AudioCommit {};
 struct AudioClear {};
 struct ResponseCancel {};
+struct ItemRetrieve {
+  std::string item_id;
+};
+struct ItemDelete {
+  std::string item_id;
+};
+struct ItemTruncate {  // an assistant's audio cut where the user stopped hearing it
+  std::string item_id;
+  int content_index = 0;
+  int64_t audio_end_ms = 0;
+};
+struct OutputAudioBufferClear {};  // stop the answer's audio (as response.cancel, for audio)
 
-using ClientEventBody =
-    std::variant<SessionUpdate, ItemCreate, ResponseCreate, AudioAppend, AudioCommit, AudioClear, ResponseCancel>;
+using ClientEventBody = std::variant<SessionUpdate, ItemCreate, ResponseCreate, AudioAppend, AudioCommit, AudioClear, ResponseCancel,
+                                     ItemRetrieve, ItemDelete, ItemTruncate, OutputAudioBufferClear>;
 struct ClientEvent {
   std::string event_id;  // the client's, echoed in errors; may be empty
   ClientEventBody body;

@@ -43,6 +43,10 @@ class RealtimeConnection final : public RealtimeLink, public std::enable_shared_
     if (!chosen.empty())
       ws_.set_option(beast::websocket::stream_base::decorator(
           [chosen](beast::websocket::response_type& res) { res.set(bhttp::field::sec_websocket_protocol, chosen); }));
+    // Clients still on the beta interface say so (OpenAI-Beta: realtime=v1); the rest get GA.
+    dialect_ = std::string(req["OpenAI-Beta"]).find("realtime=v1") != std::string::npos
+                   ? realtime::Dialect::Beta
+                   : realtime::Dialect::Ga;
     drain_id_ = uint64_t(srv_.next_id++);
     srv_.on_drain[drain_id_] = [weak = weak_from_this()] {
       if (auto self = weak.lock()) self->go_away();
@@ -50,6 +54,7 @@ class RealtimeConnection final : public RealtimeLink, public std::enable_shared_
     ws_.async_accept(req, [self = shared_from_this()](beast::error_code ec) {
       if (ec) return;
       self->session_.id = realtime_id(self->srv_, "sess_");
+      self->session_.set_dialect(self->dialect_);
       self->emit(realtime::session_created(self->session_.session_json()));
       self->read();
     });
@@ -169,6 +174,7 @@ class RealtimeConnection final : public RealtimeLink, public std::enable_shared_
   bool paused_ = false;  // a media job of this session is on a worker: no client event is read
   std::optional<std::string> policy_close_;  // close with 1008 once the error event is written
   uint64_t drain_id_ = 0;
+  realtime::Dialect dialect_ = realtime::Dialect::Ga;
   RealtimeSession session_;  // last: destroyed first (its response cancels and records)
 };
 

@@ -13,6 +13,39 @@ void RealtimeResponse::barge_in() {
   generation->cancel();
 }
 
+void RealtimeResponse::clear_audio() {
+  barged_in_ = cleared_ = true;
+  generation->cancel();
+}
+
+json RealtimeResponse::content_part() const {
+  if (s_.modality == Modality::Text) return {{"type", "text"}, {"text", text_}};
+  if (s_.modality == Modality::Audio) return {{"type", "audio"}, {"transcript", ""}};
+  return {{"type", "tutti.video"}};
+}
+
+json RealtimeResponse::output_item(const char* status) const {
+  json content = json::array();
+  if (s_.modality == Modality::Text) content.push_back(output_text_part(text_));
+  if (s_.modality == Modality::Audio) content.push_back(output_audio_part(""));
+  if (s_.dialect == Dialect::Beta)
+    for (json& c : content) c["type"] = c["type"] == "output_text" ? "text" : "audio";
+  return message_item(s_.at.item_id, "assistant", content, status);
+}
+
+// response.created, the limits it counts against, and its one output item opening: the item
+// (also a conversation item, after the conversation's last) and its content part.
+void RealtimeResponse::opened(const std::vector<RateLimit>& limits) {
+  link_.emit(response_created(response_object(s_.dialect, s_.at.response_id, "in_progress", s_.modalities, json::array(), nullptr,
+                                              s_.max_output_tokens)));
+  link_.emit(rate_limits_updated(limits));
+  json item = output_item("in_progress");
+  item["content"] = json::array();
+  link_.emit(output_item_added(s_.at, item));
+  link_.emit(item_added(s_.dialect, item, s_.previous_item_id));
+  link_.emit(content_part_added(s_.at, content_part()));
+}
+
 void RealtimeResponse::on_text(const actors::text_delta& d) {
   if (!d.text.empty()) {  // tokens whose text is held back produce no event
     text_ += d.text;
@@ -28,6 +61,7 @@ void RealtimeResponse::on_media(MediaChunk& c, int32_t tokens) {
   if (!c.bytes.empty() && !barged_in_) {  // after a barge-in nothing more is sent
     if (audio_sent_samples_ == 0) {
       first_audio_at_ = std::chrono::steady_clock::now();
+      link_.emit(output_audio_buffer("started", s_.at.response_id));
       if (s_.committed_at)  // latency of a voice turn: end of speech to first audio out
         srv_.metrics.speech_to_first_audio.observe(std::chrono::duration<double>(*first_audio_at_ - *s_.committed_at).count());
     }
@@ -63,15 +97,15 @@ void RealtimeResponse::on_end(const GenerationEnd& e) {
   if (e.started) {
     if (s_.modality == Modality::Text) {
       link_.emit(output_text_done(s_.at, text_));
-      if (e.ok()) r.text = text_;
+      if (e.ok() || cancelled) r.text = text_;
     } else if (s_.modality == Modality::Audio) {
       link_.emit(output_audio_done(s_.at));
-      link_.emit(output_audio_transcript_done(s_.at));
+      link_.emit(output_audio_transcript_done(s_.at, ""));  // the model speaks codes, no text beside them
       // What could have been heard: what was sent, but no more than the time since the
       // first audio went out.
       const double elapsed = first_audio_at_ ? std::chrono::duration<double>(std::chrono::steady_clock::now() - *first_audio_at_).count() : 0;
       const int64_t played_ms = std::min<int64_t>(audio_sent_samples_ * 1000 / s_.audio_rate, int64_t(elapsed * 1000));
-      if (cancelled && barged_in_) link_.emit(item_truncated(s_.at.item_id, played_ms));  // where the user cut in
+      if (cancelled && barged_in_ && !cleared_) link_.emit(item_truncated(s_.at.item_id, 0, played_ms));  // where the user cut in
       // The answer joins the conversation as the assistant's audio: all of it when it
       // finished, what was heard when it was cut short, nothing when it failed.
       if (e.ok() || cancelled) {
@@ -84,8 +118,16 @@ void RealtimeResponse::on_end(const GenerationEnd& e) {
       link_.emit(output_video_done(s_.at, video_frames_sent_));
     }
   }
+  const char* status = outcome_name(e.outcome());
+  const char* item_status = e.ok() ? "completed" : "incomplete";
+  link_.emit(content_part_done(s_.at, content_part()));
+  json item = output_item(item_status);
+  link_.emit(output_item_done(s_.at, item));
+  if (s_.dialect == Dialect::Ga) link_.emit(item_done(item, s_.previous_item_id));
+  if (audio_sent_samples_ > 0) link_.emit(output_audio_buffer(barged_in_ ? "cleared" : "stopped", s_.at.response_id));
   ResponseUsage usage{e.prompt_tokens, e.output_tokens, s_.input_audio_tokens, s_.modality};
-  link_.emit(response_done(s_.at.response_id, outcome_name(e.outcome()), s_.modalities, usage));
+  link_.emit(response_done(response_object(s_.dialect, s_.at.response_id, status, s_.modalities, json::array({item}), &usage,
+                                           s_.max_output_tokens)));
   auto done = std::move(done_);
   if (done) done(std::move(r));
 }

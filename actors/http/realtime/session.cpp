@@ -19,6 +19,59 @@ bool has_name(const std::vector<std::string>& v, const char* name) { return std:
 
 std::string realtime_id(ServerState& srv, const char* prefix) { return prefix + std::to_string(srv.next_id++); }
 
+void emit_item_joined(RealtimeLink& link, Dialect d, const json& item, const std::string& previous_item_id) {
+  link.emit(item_added(d, item, previous_item_id));
+  if (d == Dialect::Ga) link.emit(item_done(item, previous_item_id));
+}
+
+namespace {
+json wire_format(AudioWire w) {
+  switch (w) {
+    case AudioWire::Pcm16: return {{"type", "audio/pcm"}, {"rate", 24000}};
+    case AudioWire::G711Ulaw: return {{"type", "audio/pcmu"}};
+    case AudioWire::G711Alaw: return {{"type", "audio/pcma"}};
+  }
+  return nullptr;
+}
+}  // namespace
+
+void RealtimeSession::set_dialect(Dialect d) {
+  settings_.dialect = d;
+  if (d == Dialect::Ga && has(Modality::Audio)) settings_.modalities = {"audio"};  // GA: audio out by default
+}
+
+json RealtimeSession::item_json(const std::string& id) const {
+  const auto parts = conversation_.item(id);
+  if (parts.empty()) return nullptr;
+  const std::string& role = parts.front()->role;
+  const bool assistant = role == "assistant";
+  json content = json::array();
+  for (const ConversationItem* p : parts) {
+    if (p->ids.empty()) content.push_back(assistant ? output_text_part(p->text) : text_part(p->text));
+    else if (p->media == Modality::Audio) content.push_back(assistant ? output_audio_part("") : audio_part());
+    else content.push_back(image_part());
+  }
+  if (settings_.dialect == Dialect::Beta && assistant)  // the beta's names for an assistant's parts
+    for (json& c : content) c["type"] = c["type"] == "output_text" ? "text" : "audio";
+  return message_item(id, role, content);
+}
+
+std::vector<RateLimit> RealtimeSession::rate_limits() {
+  std::vector<RateLimit> out;
+  const access::KeyLimits& l = srv_.limiter.limits();
+  const double now = ServerState::unix_seconds();
+  if (l.requests_per_minute > 0) {
+    double reset = 0;
+    const int64_t left = srv_.limiter.requests_left(key_, now, &reset);
+    out.push_back({"requests", l.requests_per_minute, left, reset});
+  }
+  if (l.tokens_per_minute > 0) {
+    const char* modality = has_name(settings_.modalities, "audio") ? "audio" : "text";
+    out.push_back({"tokens", l.tokens_per_minute, std::max<int64_t>(0, srv_.limiter.tokens_left(key_, modality, now)), 60});
+  }
+  return out;
+}
+
 bool RealtimeSession::within_budget(const std::string& event_id) {
   srv_.metrics.conversation_items_dropped += conversation_.trim(srv_.cfg.max_conversation_tokens);
   if (conversation_.bytes() <= srv_.cfg.max_session_bytes) return true;
@@ -42,13 +95,26 @@ RealtimeSession::RealtimeSession(ServerState& srv, RealtimeLink& link, std::stri
 json RealtimeSession::session_json() const {
   const RealtimeSettings& s = settings_;
   json td = nullptr;
-  if (s.vad)
+  if (s.vad && s.semantic_vad) {
+    td = {{"type", "semantic_vad"}, {"eagerness", s.eagerness}, {"create_response", s.auto_response}, {"interrupt_response", true}};
+  } else if (s.vad) {
     td = {{"type", "server_vad"}, {"threshold", s.vad->threshold}, {"prefix_padding_ms", s.vad->prefix_padding_ms},
-          {"silence_duration_ms", s.vad->silence_duration_ms}, {"create_response", s.auto_response}};
-  return {{"id", id}, {"object", "realtime.session"}, {"model", srv_.cfg.model_name}, {"modalities", s.modalities},
-          {"instructions", conversation_.instructions}, {"temperature", s.temperature}, {"max_response_output_tokens", s.max_tokens},
-          {"input_audio_format", audio_wire_name(s.in_wire)}, {"output_audio_format", audio_wire_name(s.out_wire)},
-          {"turn_detection", td}, {"tutti", {{"binary_audio", s.binary_opus ? "opus" : "none"}}}};
+          {"silence_duration_ms", s.vad->silence_duration_ms}, {"create_response", s.auto_response}, {"interrupt_response", true},
+          {"idle_timeout_ms", s.idle_timeout_ms > 0 ? json(s.idle_timeout_ms) : json(nullptr)}};
+  }
+  const json tutti = {{"binary_audio", s.binary_opus ? "opus" : "none"}, {"temperature", s.temperature}};
+  if (s.dialect == Dialect::Beta)
+    return {{"id", id}, {"object", "realtime.session"}, {"model", srv_.cfg.model_name}, {"modalities", s.modalities},
+            {"instructions", conversation_.instructions}, {"temperature", s.temperature}, {"max_response_output_tokens", s.max_tokens},
+            {"input_audio_format", audio_wire_name(s.in_wire)}, {"output_audio_format", audio_wire_name(s.out_wire)},
+            {"voice", s.voice}, {"turn_detection", td}, {"tutti", tutti}};
+  return {{"type", "realtime"}, {"object", "realtime.session"}, {"id", id}, {"model", srv_.cfg.model_name},
+          {"output_modalities", s.modalities}, {"instructions", conversation_.instructions}, {"max_output_tokens", s.max_tokens},
+          {"audio",
+           {{"input", {{"format", wire_format(s.in_wire)}, {"turn_detection", td}, {"transcription", nullptr}, {"noise_reduction", nullptr}}},
+            {"output", {{"format", wire_format(s.out_wire)}, {"voice", s.voice}, {"speed", 1.0}}}}},
+          {"tools", json::array()}, {"tool_choice", "auto"}, {"tracing", nullptr}, {"truncation", "auto"}, {"prompt", nullptr},
+          {"include", nullptr}, {"tutti", tutti}};
 }
 
 void RealtimeSession::apply(SessionUpdate& u, const std::string& event_id) {
@@ -69,12 +135,17 @@ void RealtimeSession::apply(SessionUpdate& u, const std::string& event_id) {
   if (u.input_wire) settings_.in_wire = *u.input_wire;
   if (u.output_wire) settings_.out_wire = *u.output_wire;
   if (u.binary_opus) settings_.binary_opus = *u.binary_opus;
+  if (u.voice) settings_.voice = *u.voice;
   if (u.turn_detection == SessionUpdate::Turns::Manual) {
     settings_.vad.reset();
+    settings_.idle_timeout_ms = 0;
     voice_.reset();
   } else if (u.turn_detection == SessionUpdate::Turns::ServerVad) {
     settings_.vad = u.vad;
     settings_.auto_response = u.create_response;
+    settings_.semantic_vad = u.semantic;
+    settings_.eagerness = u.eagerness;
+    settings_.idle_timeout_ms = u.idle_timeout_ms;
     voice_.reset();
   }
   link_.emit(session_updated(session_json()));
@@ -88,20 +159,16 @@ void RealtimeSession::apply(ItemCreate& item, const std::string& event_id) {
     if (!bytes) return link_.error(invalid(bytes.error().message, "invalid_image"), event_id);
     images.push_back(std::move(*bytes));
   }
+  if (!item.id.empty() && !conversation_.item(item.id).empty())
+    return link_.error(invalid("the conversation already has an item '" + item.id + "'", "item_id_already_exists"), event_id);
   auto add = [this, item, event_id](std::vector<std::vector<int32_t>> image_ids) {
-    json parts = json::array();
-    if (!item.text.empty()) {
-      conversation_.items.push_back({item.role, item.text, {}});
-      parts.push_back(text_part(item.text));
-    }
-    for (auto& ids : image_ids) {
-      conversation_.items.push_back({item.role, "", std::move(ids), Modality::Video});
-      parts.push_back(image_part());
-    }
     const std::string id = item.id.empty() ? realtime_id(srv_, "item_") : item.id;
+    const std::string previous = conversation_.last_item_id;
+    if (!item.text.empty()) conversation_.items.push_back({item.role, item.text, {}, Modality::Audio, id});
+    for (auto& ids : image_ids) conversation_.items.push_back({item.role, "", std::move(ids), Modality::Video, id});
     conversation_.last_item_id = id;
     if (!within_budget(event_id)) return;
-    link_.emit(item_created(id, item.role, parts));
+    emit_item_joined(link_, settings_.dialect, item_json(id), previous);
   };
   if (images.empty()) return add({});
   image_tokens(std::move(images), event_id, add);
@@ -134,6 +201,50 @@ void RealtimeSession::apply(AudioClear&, const std::string&) {
 void RealtimeSession::apply(ResponseCancel&, const std::string& event_id) {
   if (!response_) return link_.error(invalid("no response is in progress", "response_cancel_not_active"), event_id);
   response_->cancel();
+}
+
+void RealtimeSession::apply(ItemRetrieve& r, const std::string& event_id) {
+  json item = item_json(r.item_id);
+  if (item.is_null()) return link_.error(invalid("the conversation has no item '" + r.item_id + "'", "item_not_found"), event_id);
+  link_.emit(item_retrieved(std::move(item)));
+}
+
+void RealtimeSession::apply(ItemDelete& d, const std::string& event_id) {
+  if (!conversation_.erase(d.item_id))
+    return link_.error(invalid("the conversation has no item '" + d.item_id + "'", "item_not_found"), event_id);
+  link_.emit(item_deleted(d.item_id));
+}
+
+// An assistant's audio cut at audio_end_ms: the conversation keeps the whole frames before it,
+// so the next answer follows what the user heard.
+void RealtimeSession::apply(ItemTruncate& t, const std::string& event_id) {
+  ConversationItem* audio = nullptr;
+  for (ConversationItem& it : conversation_.items)
+    if (it.id == t.item_id && it.role == "assistant" && !it.ids.empty() && it.media == Modality::Audio) audio = &it;
+  if (!audio || t.content_index != 0)
+    return link_.error(invalid("no assistant audio item '" + t.item_id + "' (content_index 0) to truncate", "item_truncate_invalid_item_id"),
+                       event_id);
+  const ModalityInfo& m = *srv_.pipe.codecs->info(Modality::Audio);
+  const int64_t frame_ms = std::max<int64_t>(1, int64_t(m.frame_size) * 1000 / m.sample_rate);
+  const size_t stages = std::max<size_t>(1, m.num_stages);
+  const size_t codes = audio->ids.size() >= 2 ? audio->ids.size() - 2 : 0;  // between begin and end
+  const int64_t audio_ms = int64_t(codes / stages) * frame_ms;
+  if (t.audio_end_ms > audio_ms)
+    return link_.error(invalid("audio_end_ms " + std::to_string(t.audio_end_ms) + " is past the item's " + std::to_string(audio_ms) + " ms",
+                               "invalid_value"),
+                       event_id);
+  const size_t keep = size_t(t.audio_end_ms / frame_ms) * stages;
+  std::vector<int32_t> ids{audio->ids.front()};
+  ids.insert(ids.end(), audio->ids.begin() + 1, audio->ids.begin() + 1 + std::ptrdiff_t(keep));
+  ids.push_back(audio->ids.back());
+  audio->ids = std::move(ids);
+  link_.emit(item_truncated(t.item_id, t.content_index, t.audio_end_ms));
+}
+
+void RealtimeSession::apply(OutputAudioBufferClear&, const std::string& event_id) {
+  if (!response_ || !has_name(response_->modalities(), "audio"))
+    return link_.error(invalid("no audio response is playing", "response_cancel_not_active"), event_id);
+  response_->clear_audio();
 }
 
 void RealtimeSession::image_tokens(std::vector<std::vector<uint8_t>> images, const std::string& event_id,
@@ -171,10 +282,11 @@ void RealtimeSession::binary(const std::string& msg) {
     std::vector<std::vector<uint8_t>> image{std::vector<uint8_t>(bin->payload.begin(), bin->payload.end())};
     return image_tokens(std::move(image), "", [this](std::vector<std::vector<int32_t>> ids) {
       const std::string id = realtime_id(srv_, "item_");
-      conversation_.items.push_back({"user", "", std::move(ids.at(0)), Modality::Video});
+      const std::string previous = conversation_.last_item_id;
+      conversation_.items.push_back({"user", "", std::move(ids.at(0)), Modality::Video, id});
       conversation_.last_item_id = id;
       if (!within_budget("")) return;
-      link_.emit(item_created(id, "user", json::array({image_part()})));
+      emit_item_joined(link_, settings_.dialect, item_json(id), previous);
     });
   }
   if (!has(Modality::Audio)) return link_.error(no_modality(Modality::Audio), "");
@@ -212,7 +324,9 @@ void RealtimeSession::start_response(const ResponseCreate& resp, const std::stri
   shape.temperature = settings_.temperature;
   // Audio: up to max_response_output_tokens codes when set, else 2000 (10 s at 200 codes/s);
   // video: whole frames, else 2 seconds.
-  shape.max_tokens = settings_.max_tokens_set || shape.modality == Modality::Text ? settings_.max_tokens : audio ? 2000 : 0;
+  const bool limited = resp.max_output_tokens || settings_.max_tokens_set;
+  const int limit = resp.max_output_tokens ? std::min(*resp.max_output_tokens, srv_.cfg.max_tokens) : settings_.max_tokens;
+  shape.max_tokens = limited || shape.modality == Modality::Text ? limit : audio ? 2000 : 0;
   shape.media_seconds = 2;
   auto built = answer_request(conversation_.request(srv_.cfg.chat_template), shape, srv_.cfg.modalities);
   if (const ApiError* e = std::get_if<ApiError>(&built)) return link_.error(*e, event_id);
@@ -237,6 +351,9 @@ void RealtimeSession::start_response(const ResponseCreate& resp, const std::stri
   setup.binary = settings_.binary_opus;
   setup.input_audio_tokens = int32_t(spec.media_in[Modality::Audio]);
   setup.client_event_id = event_id;
+  setup.dialect = settings_.dialect;
+  setup.max_output_tokens = shape.max_tokens;
+  setup.previous_item_id = conversation_.last_item_id;
   if (audio) {
     const ModalityInfo& m = *srv_.pipe.codecs->info(Modality::Audio);
     setup.audio_rate = voice_.audio_rate();
@@ -255,21 +372,22 @@ void RealtimeSession::start_response(const ResponseCreate& resp, const std::stri
   response->generation = std::get<std::shared_ptr<Generation>>(std::move(started));
   link_.credit_to(response->generation);
   response_ = response;
-  link_.emit(response_created(response->generation->spec().record_id, modalities));
+  response->opened(rate_limits());
 }
 
 // A response ended: the conversation keeps the assistant's answer (text, or the audio heard).
 void RealtimeSession::response_done(RealtimeResponse::Result r) {
   response_.reset();
-  if (r.modality == Modality::Text && r.end.ok()) {
-    conversation_.items.push_back({"assistant", r.text, {}});
+  voice_.response_ended();
+  if (r.modality == Modality::Text && !r.text.empty()) {  // a cut answer keeps what was said
+    conversation_.items.push_back({"assistant", r.text, {}, Modality::Audio, r.item_id});
     conversation_.last_item_id = r.item_id;
   } else if (!r.audio_ids.empty()) {
     const ModalityInfo& m = *srv_.pipe.codecs->info(Modality::Audio);
     std::vector<int32_t> ids{int32_t(m.begin_token)};
     ids.insert(ids.end(), r.audio_ids.begin(), r.audio_ids.end());
     ids.push_back(int32_t(m.end_token));
-    conversation_.items.push_back({"assistant", "", std::move(ids), Modality::Audio});
+    conversation_.items.push_back({"assistant", "", std::move(ids), Modality::Audio, r.item_id});
     conversation_.last_item_id = r.item_id;
   }
   link_.response_finished();

@@ -48,8 +48,10 @@ class RealtimeLink {
   virtual void off_thread(std::function<void()> work, std::function<void()> then) = 0;
 };
 
-// What session.update sets.
+// What session.update sets. The GA defaults: audio out (when the model has audio; set at
+// the upgrade), server VAD on.
 struct RealtimeSettings {
+  realtime::Dialect dialect = realtime::Dialect::Ga;
   std::vector<std::string> modalities = {"text"};
   float temperature = 0.8f;  // the Realtime API's default
   int max_tokens = 256;
@@ -58,7 +60,15 @@ struct RealtimeSettings {
   std::optional<codecs::VadConfig> vad = codecs::VadConfig{};
   bool auto_response = true;
   bool binary_opus = false;  // tutti.binary_audio = "opus": audio as binary Opus messages
+  bool semantic_vad = false;  // asked as semantic_vad (mapped onto the server VAD)
+  std::string eagerness = "auto";
+  int idle_timeout_ms = 0;
+  std::string voice = "default";
 };
+
+// An item joined the conversation: GA conversation.item.added and .done (its content is
+// final), beta conversation.item.created.
+void emit_item_joined(RealtimeLink& link, realtime::Dialect d, const json& item, const std::string& previous_item_id);
 
 // One response: the owner of its generation, turning its deltas into output events. When it
 // ends, `done` hears what the conversation keeps of it.
@@ -81,6 +91,9 @@ class RealtimeResponse final : public GenerationOwner {
     int32_t input_audio_tokens = 0;
     std::optional<SteadyTime> committed_at;  // a voice turn's end of speech
     std::string client_event_id;             // of the response.create, echoed in errors
+    realtime::Dialect dialect = realtime::Dialect::Ga;
+    int max_output_tokens = 0;               // the response's limit, as the client sees it
+    std::string previous_item_id;            // the conversation's last item when it started
   };
   RealtimeResponse(RealtimeLink& link, ServerState& srv, Setup setup, std::function<void(Result)> done)
       : link_(link), srv_(srv), s_(std::move(setup)), done_(std::move(done)) {}
@@ -88,14 +101,21 @@ class RealtimeResponse final : public GenerationOwner {
 
   // The user spoke over it: nothing more is sent, and it is cancelled.
   void barge_in();
+  // output_audio_buffer.clear: as a barge-in, but asked for (not counted as one).
+  void clear_audio();
   void cancel() { generation->cancel(); }
+  const std::vector<std::string>& modalities() const { return s_.modalities; }
 
   void on_text(const actors::text_delta& d) override;
   void on_media(MediaChunk& c, int32_t tokens) override;
   void on_end(const GenerationEnd& e) override;
+  // response.created and the output item's opening events.
+  void opened(const std::vector<realtime::RateLimit>& limits);
 
  private:
   void on_video(MediaChunk& c, int32_t tokens);
+  json content_part() const;  // the output item's one part, as far as it has come
+  json output_item(const char* status) const;
   RealtimeLink& link_;  // the connection, which owns the session, which owns this
   ServerState& srv_;
   Setup s_;
@@ -106,6 +126,7 @@ class RealtimeResponse final : public GenerationOwner {
   int video_frames_sent_ = 0;
   std::optional<SteadyTime> first_audio_at_;
   bool barged_in_ = false;
+  bool cleared_ = false;  // output_audio_buffer.clear (not a barge-in)
 };
 
 // The user's voice: input audio buffered, voice-detected and encoded as it arrives; a turn
@@ -132,6 +153,8 @@ class VoiceTurns {
   // input_audio_buffer.commit: the whole buffer becomes an item.
   void commit(const std::string& event_id);
   void clear();
+  // A response ended: turn_detection.idle_timeout_ms counts from here (in input audio time).
+  void response_ended();
   // When the last committed turn's speech ended (for the latency metric), once.
   std::optional<SteadyTime> take_committed_at() { return std::exchange(committed_at_, std::nullopt); }
 
@@ -152,6 +175,7 @@ class VoiceTurns {
   std::string speech_item_id_;
   std::optional<SteadyTime> committed_at_;
   std::shared_ptr<GenerationOwner> prefill_;  // the speech prefill in flight
+  std::optional<int64_t> idle_from_ms_;       // armed after a response: silence since then counts
 };
 
 // The session: settings, conversation, voice, and the response in progress (one at a time);
@@ -159,6 +183,8 @@ class VoiceTurns {
 class RealtimeSession {
  public:
   RealtimeSession(ServerState& srv, RealtimeLink& link, std::string key);
+  // The grammar the client speaks (from the upgrade's OpenAI-Beta header) and its defaults.
+  void set_dialect(realtime::Dialect d);
   json session_json() const;
   bool responding() const { return response_ != nullptr; }
 
@@ -169,12 +195,18 @@ class RealtimeSession {
   void apply(realtime::AudioCommit&, const std::string& event_id);
   void apply(realtime::AudioClear&, const std::string& event_id);
   void apply(realtime::ResponseCancel&, const std::string& event_id);
+  void apply(realtime::ItemRetrieve& r, const std::string& event_id);
+  void apply(realtime::ItemDelete& d, const std::string& event_id);
+  void apply(realtime::ItemTruncate& t, const std::string& event_id);
+  void apply(realtime::OutputAudioBufferClear&, const std::string& event_id);
   void binary(const std::string& msg);
 
   std::string id;
 
  private:
   bool has(Modality m) const { return srv_.pipe.codecs && srv_.pipe.codecs->info(m); }
+  json item_json(const std::string& id) const;  // the item as the client knows it (null: none)
+  std::vector<realtime::RateLimit> rate_limits();
   // After an item joins: the conversation is trimmed to its token budget and must fit the
   // session's byte budget; false (an error event and a 1008 close) when it does not.
   bool within_budget(const std::string& event_id);

@@ -73,12 +73,28 @@ void VoiceTurns::on_turns(const std::vector<codecs::VoiceActivityDetector::Event
     }
   }
   if (!speech_item_id_.empty()) prefill();
+  // turn_detection.idle_timeout_ms: silence that long after a response (in input audio
+  // time) is committed as a turn of its own, and answered when responses follow turns.
+  const int idle = settings_.idle_timeout_ms;
+  if (idle > 0 && idle_from_ms_ && speech_item_id_.empty() && !hooks_.responding() && voice().buffer_end_ms() - *idle_from_ms_ >= idle) {
+    const int64_t from = std::max(*idle_from_ms_, voice().buffer_start_ms()), to = voice().buffer_end_ms();
+    idle_from_ms_.reset();  // once per response
+    speech_item_id_ = realtime_id(srv_, "item_");
+    link_.emit(audio_timeout_triggered(from, to, speech_item_id_));
+    commit_range(from, to, "");
+    if (settings_.auto_response) hooks_.turn_ended();
+  }
+}
+
+void VoiceTurns::response_ended() {
+  if (settings_.idle_timeout_ms > 0 && srv_.pipe.codecs && srv_.pipe.codecs->info(Modality::Audio)) idle_from_ms_ = voice().buffer_end_ms();
 }
 
 void VoiceTurns::commit(const std::string& event_id) { commit_range(voice().buffer_start_ms(), voice().buffer_end_ms(), event_id); }
 
 void VoiceTurns::clear() {
   if (voice_) voice_->clear();
+  speech_item_id_.clear();
 }
 
 // The buffered audio from `from_ms` to `to_ms` (stream time) becomes a user item of audio
@@ -89,10 +105,11 @@ void VoiceTurns::commit_range(int64_t from_ms, int64_t to_ms, const std::string&
     return link_.error(ApiError{ErrorCode::invalid_request, "the buffer holds less than 100 ms of audio", "", 0, "input_audio_buffer_commit_empty"},
                        event_id);
   const std::string id = speech_item_id_.empty() ? realtime_id(srv_, "item_") : speech_item_id_;
-  link_.emit(audio_committed(conversation_.last_item_id, id));
-  conversation_.items.push_back({"user", "", std::move(ids), Modality::Audio});
+  const std::string previous = conversation_.last_item_id;
+  link_.emit(audio_committed(previous, id));
+  conversation_.items.push_back({"user", "", std::move(ids), Modality::Audio, id});
   conversation_.last_item_id = id;
-  link_.emit(item_created(id, "user", json::array({audio_part()})));
+  emit_item_joined(link_, settings_.dialect, message_item(id, "user", json::array({audio_part()})), previous);
   committed_at_ = std::chrono::steady_clock::now();
   speech_item_id_.clear();
 }
