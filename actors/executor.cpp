@@ -93,9 +93,10 @@ executor_actor::behavior_type executor_impl(executor_actor::stateful_pointer<exe
           er.media = MediaLayout{int32_t(info->token_offset), int32_t(info->codebook_size), int32_t(info->num_stages),
                                  audio_like ? int32_t(info->end_token) : -1,
                                  std::vector<int32_t>(info->slot_offsets.begin(), info->slot_offsets.end())};
-        } else if (!model.config().modalities.empty()) {
+        } else {
+          er.seq.max_context = int64_t(model.hparams().n_ctx_train);
           // Text requests on a unified model never sample media codes.
-          er.sampling.allowed = model.config().modalities.text_ranges(model.hparams().n_vocab);
+          if (!model.config().modalities.empty()) er.sampling.allowed = model.config().modalities.text_ranges(model.hparams().n_vocab);
         }
         if (Status s = self->state.engine->submit(std::move(er), seconds_now()); !s) {
           // Refused (busy, too long, bad sampling): the request ends at once with the reason.

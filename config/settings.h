@@ -50,7 +50,13 @@ struct Settings {
   // TLS beside the plain port: a PEM certificate chain and key; "" for none (see tls.hpp).
   std::string tls_cert, tls_key;
   int tls_port = 8443;
+  // Other names the served model answers to (OpenAI's), listed by /v1/models.
+  std::vector<std::string> model_aliases = {"gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-5", "gpt-5-mini", "tts-1", "tts-1-hd",
+                                            "gpt-4o-mini-tts", "whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe",
+                                            "gpt-4o-realtime-preview", "gpt-4o-mini-realtime-preview", "gpt-realtime", "gpt-realtime-mini",
+                                            "gpt-realtime-2.1", "gpt-image-1", "dall-e-3", "sora-2"};
   int64_t max_body_bytes = 1 << 20;
+  int64_t max_upload_bytes = 25 << 20;
   int max_connections = 256;
   int reserved_connections = 16;
   int max_connections_per_peer = 0;

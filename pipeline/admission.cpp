@@ -130,7 +130,14 @@ AdmissionDecision decide(const AdmissionConfig& config, const LoadPicture& load,
   }
   d.predicted_wait_s = predicted_wait(load, r);
   const double target = config.wait_target_s[cls];
-  if (d.predicted_wait_s > target) {
+  // The target bounds the wait that others cause: a long prompt's own prefill, which it
+  // would take on an idle server too, is never a reason to refuse it.
+  LoadPicture alone;
+  alone.cost = load.cost;
+  alone.slots = load.slots;
+  alone.step_token_budget = load.step_token_budget;
+  const double own_s = predicted_wait(alone, r);
+  if (d.predicted_wait_s - own_s > target) {
     d.outcome = AdmissionOutcome::Wait;
     d.retry_after_s = std::max(0.5, d.predicted_wait_s - target);
     d.message = std::string("busy: the predicted wait for a first token is ") + seconds_text(d.predicted_wait_s) +

@@ -156,12 +156,14 @@ std::vector<EngineEvent> Engine::step(double now, EngineStepStats* stats) {
     if (!plan.samples[i]) continue;
     const int64_t id = plan.batch.chunks[i].seq_id;
     Live& live = live_.at(id);
-    if (live.media) {  // this slot's stage, and the end token at a frame boundary
+    if (live.media) {  // this slot's stage, and the end token at a frame boundary after the first frame
       const MediaLayout& m = *live.media;
       const SequenceStats* st = scheduler_.stats(id);
-      const int stage = (st ? st->generated : 0) % m.stages;
+      const int generated = st ? st->generated : 0;
+      const int stage = generated % m.stages;
       std::vector<TokenRange> allowed = {{m.slot_offset(stage), m.slot_offset(stage) + m.size}};
-      if (stage == 0 && m.end_token >= 0) allowed.push_back({m.end_token, m.end_token + 1});
+      // Never before one whole frame: a media answer is never empty (no 200 with no audio).
+      if (stage == 0 && generated > 0 && m.end_token >= 0) allowed.push_back({m.end_token, m.end_token + 1});
       live.sampler.set_allowed(std::move(allowed));
     }
     const int32_t token = live.sampler.sample(logits_.last_of(i, plan.batch), n_vocab);

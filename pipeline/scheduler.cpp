@@ -28,6 +28,11 @@ Status Scheduler::submit(SequenceRequest r, double now) {
   if (r.cls == RequestClass::Realtime && !(r.pacing.tokens_per_second > 0 && r.pacing.low_watermark_s >= 0 &&
                                           r.pacing.high_watermark_s > r.pacing.low_watermark_s))
     return Error{"a realtime request needs a positive rate and low < high watermarks"};
+  if (r.max_context > 0 && int64_t(r.prompt.size()) >= r.max_context)
+    return Error{"this model's maximum context length is " + std::to_string(r.max_context) + " tokens; the prompt has " +
+                 std::to_string(r.prompt.size()), ErrorCode::context_length_exceeded};
+  if (r.max_context > 0 && !r.prefill_only)
+    r.max_new_tokens = int(std::min<int64_t>(r.max_new_tokens, r.max_context - int64_t(r.prompt.size())));
   const int64_t total = int64_t(r.prompt.size()) + r.max_new_tokens;
   const int64_t capacity = int64_t(kv_.total_blocks()) * kv_.block_tokens();
   if (total > capacity)

@@ -84,6 +84,11 @@ struct SequenceRequest {
   // blocks stay in the prefix cache for a request that will start with the same tokens (a
   // user's speech prefilled while they are still talking).
   bool prefill_only = false;
+  // The model's context (its training length), for text answers: a prompt that fills it is
+  // refused as context_length_exceeded (as is a request longer than the KV cache), and the
+  // answer is cut where the context ends (finish reason length); 0: the KV cache alone bounds
+  // it (media answers, which must come out whole).
+  int64_t max_context = 0;
 };
 
 // What the scheduler needs from the KV cache; PagedKvCache through KvCacheCapacity, a

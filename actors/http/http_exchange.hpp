@@ -4,6 +4,7 @@
 // left with routing and socket I/O; handlers (actors/http/handlers/) never see a socket.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -30,6 +31,8 @@ class HttpExchange {
   bool may_see(const std::string& owner) const { return admin() || owner == key(); }
   virtual const std::vector<std::string>& params() const = 0;  // the route's {id} segments
   const std::string& path() const { return path_; }
+  // This request's id, sent back as x-request-id on every response (what a client quotes).
+  const std::string& request_id() const { return request_id_; }
   const std::string& body() const { return request().body(); }
 
   // ---- a whole response (keeps the connection open when the client asked to)
@@ -40,6 +43,9 @@ class HttpExchange {
   void respond_error(const ApiError& e);
 
   // ---- a streamed response: raw bytes in order, then the connection closes
+  // Its head: 200, the content type, x-request-id, no caching, and `extra_headers` (each
+  // ending in CRLF).
+  std::string stream_head(const std::string& content_type, const std::string& extra_headers = "") const;
   virtual void stream(std::string data, int32_t tokens_through = -1) = 0;
   // A generated token with no bytes of its own (credit once what is queued is written).
   virtual void tokens_without_bytes(int32_t tokens) = 0;
@@ -52,12 +58,17 @@ class HttpExchange {
   // cancels and records its generation). `credit`: the generation its writes credit.
   virtual void keep(std::shared_ptr<GenerationOwner> handler, std::weak_ptr<Generation> credit) = 0;
 
+  // Runs `work` on a media worker (decoding an upload: never on the I/O thread), then `then`
+  // back on the I/O thread; the exchange stays alive meanwhile.
+  virtual void off_thread(std::function<void()> work, std::function<void()> then) = 0;
+
   // The Realtime upgrade (checked and admitted by its handler): the connection, TLS or not,
   // leaves this session for a Realtime one (realtime/open.hpp) that answers the upgrade.
   virtual void become_realtime() = 0;
 
  protected:
   std::string path_;
+  std::string request_id_;
 };
 
 }  // namespace tutti::http

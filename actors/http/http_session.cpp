@@ -4,6 +4,7 @@
 // carry). Routing and socket I/O only: what an endpoint does is in its handler.
 #include "actors/http/generation.hpp"
 #include "actors/http/http_exchange.hpp"
+#include "actors/http/multipart.hpp"
 #include "actors/http/realtime/open.hpp"
 #include "actors/http/routes.hpp"
 #include "actors/http/tls.hpp"
@@ -61,6 +62,8 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
 
   void respond(bhttp::response<bhttp::string_body> res) override {
     const bool keep_alive = keep_alive_;
+    if (request_id_.empty()) request_id_ = new_request_id();
+    res.set("x-request-id", request_id_);
     handler_.reset();  // answered: a kept handler has nothing more to say
     res.keep_alive(keep_alive);
     res.prepare_payload();
@@ -86,6 +89,16 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
     out_.credit_to(std::move(credit));
     watch_client();
   }
+  void off_thread(std::function<void()> work, std::function<void()> then) override {
+    net::post(srv_.media_pool, [self = shared_from_this(), work = std::move(work), then = std::move(then)]() mutable {
+      try {
+        work();
+      } catch (const std::exception& e) {  // a bug: said, and `then` still answers
+        std::fprintf(stderr, "tutti: a media job failed: %s\n", e.what());
+      }
+      net::post(self->srv_.ioc, [self, then = std::move(then)] { then(); });
+    });
+  }
   void become_realtime() override {
     handler_.reset();
     open_realtime(std::move(stream_), srv_, key_, request_);
@@ -100,6 +113,11 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
     lowest().expires_after(millis(std::min(srv_.cfg.head_timeout_s, srv_.cfg.read_timeout_s)));
     bhttp::async_read_header(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
       if (ec) return self->on_read(ec);
+      // Uploads (multipart/form-data: audio, images) may be larger than JSON bodies.
+      const auto& head = self->parser_->get();
+      self->body_limit_ = multipart_boundary(std::string(head[bhttp::field::content_type])) ? self->srv_.cfg.max_upload_bytes
+                                                                                          : self->srv_.cfg.max_body_bytes;
+      self->parser_->body_limit(self->body_limit_);
       self->lowest().expires_after(millis(self->srv_.cfg.read_timeout_s));  // slow or half-open clients are dropped
       bhttp::async_read(self->stream_, self->buffer_, *self->parser_, [self](beast::error_code ec2, size_t) { self->on_read(ec2); });
     });
@@ -109,7 +127,7 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
     if (ec == bhttp::error::end_of_stream || ec == net::error::eof || ec == beast::error::timeout) return close();
     if (ec) keep_alive_ = false;
     if (ec == bhttp::error::body_limit)
-      return respond_error(ApiError{ErrorCode::request_too_large, "the request body exceeds " + std::to_string(srv_.cfg.max_body_bytes) + " bytes"});
+      return respond_error(ApiError{ErrorCode::request_too_large, "the request body exceeds " + std::to_string(body_limit_) + " bytes"});
     if (ec) return respond_error(invalid_request("malformed HTTP request: " + ec.message()));
     request_ = parser_->release();
     dispatch();
@@ -117,6 +135,7 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
 
   void dispatch() {
     srv_.metrics.requests++;
+    request_id_ = new_request_id();
     keep_alive_ = request_.keep_alive();
     key_.clear(), admin_ = false;  // each request presents its own key
     const std::string target(request_.target());
@@ -195,14 +214,27 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
     });
   }
 
-  // Closes the TCP connection (on TLS without close_notify: HTTP's own framing says where
-  // every body ends, so no client mistakes the cut for a truncated answer).
+  // Closes the connection: our side first, then whatever the client still sends is read and
+  // dropped until it closes too (at most a second). Closing at once with bytes unread would
+  // send a reset, which can make the client's kernel discard the end of an answer it has not
+  // read yet. (On TLS without close_notify: HTTP's own framing says where every body ends.)
   void close() {
+    if (closing_) return;
+    closing_ = true;
     beast::error_code ignored;
     socket().shutdown(tcp::socket::shutdown_send, ignored);
-    socket().close(ignored);
+    lowest().expires_after(std::chrono::seconds(1));
+    linger(std::make_shared<std::array<char, 1024>>());
+  }
+  void linger(std::shared_ptr<std::array<char, 1024>> scratch) {
+    lowest().async_read_some(net::buffer(*scratch), [self = shared_from_this(), scratch](beast::error_code ec, size_t) {
+      if (!ec) return self->linger(scratch);
+      beast::error_code ignored;
+      self->socket().close(ignored);
+    });
   }
   beast::tcp_stream& lowest() { return beast::get_lowest_layer(stream_); }
+  std::string new_request_id() { return "req_" + srv_.instance_id + std::to_string(srv_.next_id++); }
   tcp::socket& socket() { return lowest().socket(); }
 
   Stream stream_;
@@ -217,9 +249,16 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
   std::shared_ptr<GenerationOwner> handler_;  // the answer in flight, if it outlives its call
   OutgoingQueue out_;
   bool writing_ = false, close_after_writes_ = false;
+  size_t body_limit_ = 0;
+  bool closing_ = false;  // this request's: max_body_bytes, or max_upload_bytes for a form
 };
 
 }  // namespace
+
+std::string HttpExchange::stream_head(const std::string& content_type, const std::string& extra_headers) const {
+  return "HTTP/1.1 200 OK\r\nContent-Type: " + content_type + "\r\nx-request-id: " + request_id_ +
+         "\r\nCache-Control: no-cache\r\n" + extra_headers + "Connection: close\r\n\r\n";
+}
 
 void HttpExchange::respond_json(int status, std::string body) {
   bhttp::response<bhttp::string_body> res{bhttp::status(status), 11};

@@ -79,7 +79,7 @@ std::string speech_prompt(const ModalityInfo& audio, const std::string& voice, d
 }
 
 std::variant<MediaRequest, ApiError> parse_media_request(MediaKind kind, const std::string& body, const ModalityTable& modalities,
-                                                         const std::string& served_model, double max_seconds,
+                                                         const ServedModel& served_model, double max_seconds,
                                                          RequestClass default_class) {
   if (!unicode::is_valid_utf8(body)) return bad("the request body is not valid UTF-8");
   json j = json::parse(body, nullptr, false);
@@ -87,7 +87,7 @@ std::variant<MediaRequest, ApiError> parse_media_request(MediaKind kind, const s
   if (!j.is_object()) return bad("the request body must be a JSON object");
   MediaRequest r;
   r.kind = kind;
-  r.model = served_model;
+  r.model = served_model.name;
   r.request.request_class = default_class;
   if (const json* t = field(j, "tutti")) {
     const json* cls = t->is_object() ? field(*t, "class") : nullptr;
@@ -97,8 +97,8 @@ std::variant<MediaRequest, ApiError> parse_media_request(MediaKind kind, const s
     if (parsed) r.request.request_class = *parsed;
   }
   if (auto e = string_field(j, "model", false, r.model)) return *e;
-  if (r.model != served_model)
-    return ApiError{ErrorCode::model_not_found, "the model '" + r.model + "' does not exist; this server serves '" + served_model + "'", "model"};
+  if (!served_model.answers_to(r.model)) return served_model.not_found(r.model);
+  r.model = served_model.name;
   const Modality modality = kind == MediaKind::Speech ? Modality::Audio : kind == MediaKind::Music ? Modality::Music
                             : kind == MediaKind::Image ? Modality::Image : Modality::Video;
   const ModalityInfo* m = modalities.find(modality);
@@ -119,6 +119,10 @@ std::variant<MediaRequest, ApiError> parse_media_request(MediaKind kind, const s
       if (auto e = string_field(j, "input", true, text)) return *e;
       if (text.empty() || text.size() > 4096) return bad("'input' must be 1 to 4096 characters", "input");
       if (auto e = string_field(j, "voice", false, voice)) return *e;
+      std::string stream_format = "audio";
+      if (auto e = string_field(j, "stream_format", false, stream_format)) return *e;
+      if (stream_format != "audio" && stream_format != "sse") return bad("'stream_format' must be audio or sse", "stream_format");
+      r.sse = stream_format == "sse";
       double speed = 1.0;
       if (auto e = number_field(j, "speed", 0.25, 4.0, speed)) return *e;
       // Roughly 12 characters a second at speed 1, plus a second; at most max_seconds.

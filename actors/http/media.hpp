@@ -27,6 +27,7 @@ struct MediaRequest {
   codecs::AudioFormat audio_format = codecs::AudioFormat::Mp3;  // speech, music
   int out_width = 0, out_height = 0;  // image, video: the size asked for (frames are scaled)
   int n = 1;                          // images
+  bool sse = false;                   // speech: stream_format "sse" (speech.audio.delta events)
   double seconds = 0;                 // music, video: length asked for; speech: the longest allowed
   std::string model;
 };
@@ -42,7 +43,7 @@ std::string orpheus_voice(const std::string& voice);
 // The request's class is default_class unless the body says "tutti": {"class":
 // "interactive" | "batch"}.
 std::variant<MediaRequest, ApiError> parse_media_request(MediaKind kind, const std::string& body, const ModalityTable& modalities,
-                                                         const std::string& served_model, double max_seconds = 30,
+                                                         const ServedModel& served_model, double max_seconds = 30,
                                                          RequestClass default_class = RequestClass::Batch);
 
 // What one media delta turned into: bytes for the response body (possibly none yet).

@@ -106,9 +106,17 @@ std::optional<ApiError> apply_tutti_extension(const json& t, actors::text_reques
   return std::nullopt;
 }
 
+bool ServedModel::answers_to(const std::string& model) const {
+  return model == name || std::find(aliases.begin(), aliases.end(), model) != aliases.end();
+}
+
+ApiError ServedModel::not_found(const std::string& model) const {
+  return ApiError{ErrorCode::model_not_found, "the model '" + model + "' does not exist; this server serves '" + name + "'", "model"};
+}
+
 namespace {
 std::variant<ParsedRequest, ApiError> parse_request_fields(const std::string& body, bool chat, ChatTemplate tmpl,
-                                                           const std::string& served_model, int max_tokens_limit,
+                                                           const ServedModel& served_model, int max_tokens_limit,
                                                            RequestClass default_class) {
   if (!unicode::is_valid_utf8(body)) return bad("the request body is not valid UTF-8");
   json j = json::parse(body, nullptr, false);
@@ -121,10 +129,10 @@ std::variant<ParsedRequest, ApiError> parse_request_fields(const std::string& bo
   if (const json* m = field("model")) {
     if (!m->is_string()) return bad("'model' must be a string", "model");
     p.model = m->get<std::string>();
-    if (p.model != served_model)
-      return ApiError{ErrorCode::model_not_found, "the model '" + p.model + "' does not exist; this server serves '" + served_model + "'", "model"};
+    if (!served_model.answers_to(p.model)) return served_model.not_found(p.model);
+    p.model = served_model.name;
   } else {
-    p.model = served_model;
+    p.model = served_model.name;
   }
   if (chat) {
     const json* msgs = field("messages");
@@ -193,7 +201,7 @@ std::variant<ParsedRequest, ApiError> parse_request_fields(const std::string& bo
 }  // namespace
 
 std::variant<ParsedRequest, ApiError> parse_request(const std::string& body, bool chat, ChatTemplate tmpl,
-                                                    const std::string& served_model, int max_tokens_limit,
+                                                    const ServedModel& served_model, int max_tokens_limit,
                                                     RequestClass default_class) {
   // Every field is type-checked above; a type mismatch missed there is still the client's
   // mistake (a 400), never an exception on the I/O thread.

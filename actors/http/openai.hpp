@@ -43,11 +43,23 @@ struct ParsedRequest {
   std::string model;
 };
 
+// The names a request's `model` may use: the served model's own, and its aliases
+// ([server] model_aliases: OpenAI's model names, so code written against them runs as it is).
+struct ServedModel {
+  ServedModel(std::string n = "", std::vector<std::string> a = {}) : name(std::move(n)), aliases(std::move(a)) {}
+  ServedModel(const char* n) : name(n) {}
+  std::string name;
+  std::vector<std::string> aliases;
+  bool answers_to(const std::string& model) const;
+  // The model_not_found error for a name it does not answer to.
+  ApiError not_found(const std::string& model) const;
+};
+
 // Parses and validates a /v1/chat/completions (chat = true) or /v1/completions body.
 // max_tokens_limit bounds max_tokens (and is its default); the request's class is
 // default_class unless it names one ("tutti": {"class": ...}).
 std::variant<ParsedRequest, ApiError> parse_request(const std::string& body, bool chat, ChatTemplate tmpl,
-                                                    const std::string& served_model, int max_tokens_limit,
+                                                    const ServedModel& served_model, int max_tokens_limit,
                                                     RequestClass default_class = RequestClass::Interactive);
 
 // The extension object "tutti": {"class": "realtime"|"interactive"|"batch", "rate": tokens/s,

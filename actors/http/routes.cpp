@@ -14,12 +14,17 @@ constexpr Route kRoutes[] = {
     {verb::get, "/", Open, handle_web_client},
     {verb::get, "/index.html", Open, handle_web_client},
     {verb::get, "/v1/models", Key, handle_models},
+    {verb::get, "/v1/models/{id}", Key, handle_model},
     {verb::get, "/metrics", Key, handle_metrics},
     {verb::post, "/v1/chat/completions", Key, handle_chat_completions},
     {verb::post, "/v1/completions", Key, handle_completions},
     {verb::post, "/v1/audio/speech", Key, handle_speech},
     {verb::post, "/v1/music/generations", Key, handle_music},
     {verb::post, "/v1/images/generations", Key, handle_images},
+    {verb::post, "/v1/images/edits", Key, handle_image_edits},
+    {verb::post, "/v1/audio/transcriptions", Key, handle_transcriptions},
+    {verb::post, "/v1/audio/translations", Key, handle_translations},
+    {verb::post, "/v1/responses", Key, handle_responses},
     {verb::post, "/v1/videos", Key, handle_video_create},
     {verb::get, "/v1/videos", Key, handle_video_list},
     {verb::get, "/v1/videos/{id}", Key, handle_video_get},
@@ -64,6 +69,31 @@ std::optional<std::vector<std::string>> fit(std::string_view pattern, std::strin
 }  // namespace
 
 std::span<const Route> route_table() { return kRoutes; }
+
+std::optional<std::string> query_param(std::string_view target, std::string_view name) {
+  const size_t q = target.find('?');
+  if (q == std::string_view::npos) return std::nullopt;
+  std::string_view rest = target.substr(q + 1);
+  auto hex = [](char c) { return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1; };
+  while (!rest.empty()) {
+    const size_t amp = rest.find('&');
+    const std::string_view pair = rest.substr(0, amp);
+    rest = amp == std::string_view::npos ? std::string_view() : rest.substr(amp + 1);
+    const size_t eq = pair.find('=');
+    if (pair.substr(0, eq) != name) continue;
+    std::string value;
+    const std::string_view raw = eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1);
+    for (size_t i = 0; i < raw.size(); ++i) {
+      if (raw[i] == '+') value += ' ';
+      else if (raw[i] == '%' && i + 2 < raw.size() && hex(raw[i + 1]) >= 0 && hex(raw[i + 2]) >= 0) {
+        value += char(hex(raw[i + 1]) * 16 + hex(raw[i + 2]));
+        i += 2;
+      } else value += raw[i];
+    }
+    return value;
+  }
+  return std::nullopt;
+}
 Handler routes_health() { return handle_health; }
 
 RouteMatch match_route(bhttp::verb method, std::string_view path) {

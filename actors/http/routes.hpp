@@ -4,6 +4,7 @@
 // each (handed to the handler in order).
 #pragma once
 
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -33,6 +34,10 @@ struct RouteMatch {
   std::string allowed;              // the methods that would match, for the 405's message
 };
 RouteMatch match_route(bhttp::verb method, std::string_view path);
+// A query parameter of a request target ("/v1/realtime?model=x"), percent-decoded; nullopt
+// when absent.
+std::optional<std::string> query_param(std::string_view target, std::string_view name);
+
 // The health check's handler: served from the connection reserve.
 Handler routes_health();
 

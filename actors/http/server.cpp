@@ -18,8 +18,10 @@ Expected<ServerConfig> ServerConfig::from(const Settings& st, const Model& model
   sc.tls_cert = st.tls_cert;
   sc.tls_key = st.tls_key;
   sc.tls_port = uint16_t(st.tls_port);
+  sc.model_aliases = st.model_aliases;
   sc.max_tokens = st.max_tokens;
   sc.max_body_bytes = size_t(st.max_body_bytes);
+  sc.max_upload_bytes = size_t(st.max_upload_bytes);
   sc.max_connections = st.max_connections;
   sc.reserved_connections = st.reserved_connections;
   sc.max_connections_per_peer = st.max_connections_per_peer;

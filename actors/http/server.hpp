@@ -49,6 +49,7 @@ struct ServerConfig {
   std::string tls_cert, tls_key;
   uint16_t tls_port = 8443;          // 0: any free port
   size_t max_body_bytes = 1 << 20;   // larger request bodies get 413
+  size_t max_upload_bytes = 25 << 20;  // ... and larger multipart/form-data uploads
   // Connections: past max_connections only /health and requests with a valid key are served
   // (the rest get 503), with reserved_connections more accepted for them; past both, or past
   // max_connections_per_peer from one address (0: no limit), a connection is refused at once.
@@ -58,6 +59,8 @@ struct ServerConfig {
   double head_timeout_s = 10;        // a request's head (line and headers) must arrive within it
   int max_tokens = 1024;             // upper bound and default for max_tokens
   std::string model_name;            // "": the model's (fit_to), else "tutti"
+  std::vector<std::string> model_aliases;  // other names it answers to ([server] model_aliases)
+  ServedModel served() const { return {model_name, model_aliases}; }
   // Slow or half-open clients: a request (headers and body) must arrive within read_timeout;
   // a write that makes no progress for write_timeout drops the connection (and cancels its
   // generation); a WebSocket with no traffic for read_timeout is pinged, and closed if the

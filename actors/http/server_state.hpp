@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -75,6 +76,15 @@ class ServerState {
   // Video jobs and ZeroMQ stream jobs by id; touched only on the I/O thread.
   std::map<std::string, std::shared_ptr<VideoJob>> jobs;
   std::map<std::string, std::shared_ptr<StreamJob>> streams;
+  // The Responses API's stored responses (store: true), for previous_response_id: each one's
+  // whole conversation as chat messages, its owner's key; the oldest go past kMaxStored.
+  struct StoredResponse {
+    std::string owner;
+    nlohmann::json messages;  // the input's messages and the answer, in order
+  };
+  static constexpr size_t kMaxStoredResponses = 256;
+  std::map<std::string, StoredResponse> responses;
+  std::deque<std::string> response_order;  // oldest first
   // Media work for sessions (FFmpeg, Opus, the audio codec's encoder): never on the I/O
   // thread, which serves everyone. Last: destroyed (its threads joined) first.
   net::thread_pool media_pool{2};

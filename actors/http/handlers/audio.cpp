@@ -15,7 +15,7 @@ namespace {
 
 class AudioAnswer final : public GenerationOwner {
  public:
-  AudioAnswer(HttpExchange& ex, const MediaRequest& m) : ex_(ex), format_(m.audio_format), modality_(m.request.modality) {}
+  AudioAnswer(HttpExchange& ex, const MediaRequest& m) : ex_(ex), format_(m.audio_format), modality_(m.request.modality), sse_(m.sse) {}
   std::shared_ptr<Generation> generation;
 
   std::function<std::shared_ptr<MediaOutput>()> output_factory(ServerState& srv) {
@@ -44,6 +44,10 @@ class AudioAnswer final : public GenerationOwner {
     }
     if (!tail_.empty()) write_chunk(tail_, e.output_tokens);
     send_headers();
+    if (sse_) {
+      ex_.stream("data: " + json{{"type", "speech.audio.done"}, {"usage", media_usage_json(e, modality_)}}.dump() + "\n\n");
+      return ex_.end_stream();
+    }
     ex_.stream("0\r\nX-Tutti-Usage: " + media_usage_json(e, modality_).dump() + "\r\n\r\n");
     ex_.end_stream();
   }
@@ -52,11 +56,13 @@ class AudioAnswer final : public GenerationOwner {
   void send_headers() {
     if (headers_sent_) return;
     headers_sent_ = true;
-    ex_.stream(std::string("HTTP/1.1 200 OK\r\nContent-Type: ") + codecs::audio_content_type(format_) +
-               "\r\nTransfer-Encoding: chunked\r\nTrailer: X-Tutti-Usage\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n");
+    if (sse_) return ex_.stream(ex_.stream_head("text/event-stream"));
+    ex_.stream(ex_.stream_head(codecs::audio_content_type(format_), "Transfer-Encoding: chunked\r\nTrailer: X-Tutti-Usage\r\n"));
   }
+  // Server-sent events (stream_format "sse"): each chunk of the encoded audio as base64.
   void write_chunk(const std::vector<uint8_t>& bytes, int32_t tokens) {
     send_headers();
+    if (sse_) return ex_.stream("data: " + json{{"type", "speech.audio.delta"}, {"audio", base64_encode(bytes)}}.dump() + "\n\n", tokens);
     char size[32];
     std::snprintf(size, sizeof size, "%zx\r\n", bytes.size());
     ex_.stream(size + std::string(bytes.begin(), bytes.end()) + "\r\n", tokens);
@@ -65,6 +71,7 @@ class AudioAnswer final : public GenerationOwner {
   HttpExchange& ex_;  // owns this answer
   codecs::AudioFormat format_;
   Modality modality_;
+  bool sse_ = false;
   bool headers_sent_ = false;
   std::vector<uint8_t> tail_;
 };

@@ -61,7 +61,7 @@ class CompletionAnswer final : public GenerationOwner {
   void start_events() {
     if (sse_started_) return;
     sse_started_ = true;
-    ex_.stream("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n");
+    ex_.stream(ex_.stream_head("text/event-stream"));
   }
 
   HttpExchange& ex_;  // owns this answer
@@ -73,7 +73,7 @@ class CompletionAnswer final : public GenerationOwner {
 
 void handle_completion(HttpExchange& ex, bool chat) {
   ServerState& srv = ex.server();
-  auto parsed = parse_request(ex.body(), chat, srv.cfg.chat_template, srv.cfg.model_name, srv.cfg.max_tokens, srv.cfg.classes.chat);
+  auto parsed = parse_request(ex.body(), chat, srv.cfg.chat_template, srv.cfg.served(), srv.cfg.max_tokens, srv.cfg.classes.chat);
   if (const ApiError* e = std::get_if<ApiError>(&parsed)) return ex.respond_error(*e);
   auto answer = std::make_shared<CompletionAnswer>(ex, std::get<ParsedRequest>(parsed));
   GenerationSpec spec;

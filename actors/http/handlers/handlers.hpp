@@ -8,7 +8,10 @@
 // and realtime/upgrade.cpp: /v1/realtime (the WebSocket upgrade).
 #pragma once
 
+#include <variant>
+
 #include "actors/http/http_exchange.hpp"
+#include "actors/http/multipart.hpp"
 
 namespace tutti::http {
 
@@ -17,6 +20,10 @@ void handle_completions(HttpExchange& ex);
 void handle_speech(HttpExchange& ex);
 void handle_music(HttpExchange& ex);
 void handle_images(HttpExchange& ex);
+void handle_image_edits(HttpExchange& ex);
+void handle_transcriptions(HttpExchange& ex);
+void handle_translations(HttpExchange& ex);
+void handle_responses(HttpExchange& ex);
 void handle_video_create(HttpExchange& ex);
 void handle_video_list(HttpExchange& ex);
 void handle_video_get(HttpExchange& ex);
@@ -29,8 +36,14 @@ void handle_stream_delete(HttpExchange& ex);
 void handle_health(HttpExchange& ex);
 void handle_web_client(HttpExchange& ex);
 void handle_models(HttpExchange& ex);
+void handle_model(HttpExchange& ex);
 void handle_metrics(HttpExchange& ex);
 void handle_realtime_upgrade(HttpExchange& ex);
+
+// A multipart/form-data body (uploads.cpp), or an error naming what is wrong with it.
+std::variant<Form, ApiError> read_form(HttpExchange& ex);
+// The body as JSON text: as sent, or a form's fields as a JSON object (clients send either).
+std::variant<std::string, ApiError> json_or_form_body(HttpExchange& ex);
 
 // Jobs of `key` running now (video: videos.cpp; stream: stream_job.cpp), for its limit.
 int active_video_jobs(ServerState& srv, const std::string& key);

@@ -10,10 +10,27 @@ void handle_health(HttpExchange& ex) { ex.respond_json(200, R"({"status":"ok"})"
 // Static; its WebSocket presents the key like any client.
 void handle_web_client(HttpExchange& ex) { ex.respond_bytes("text/html; charset=utf-8", kWebClientHtml); }
 
+namespace {
+// A model object; an alias says which model answers to it.
+json model_object(const std::string& id, const std::string& served) {
+  json m = {{"id", id}, {"object", "model"}, {"created", 0}, {"owned_by", "tutti"}};
+  if (id != served) m["tutti"] = {{"alias_of", served}};
+  return m;
+}
+}  // namespace
+
 void handle_models(HttpExchange& ex) {
-  json m = {{"object", "list"},
-            {"data", json::array({{{"id", ex.server().cfg.model_name}, {"object", "model"}, {"created", 0}, {"owned_by", "tutti"}}})}};
-  ex.respond_json(200, m.dump());
+  const ServedModel served = ex.server().cfg.served();
+  json data = json::array({model_object(served.name, served.name)});
+  for (const std::string& alias : served.aliases) data.push_back(model_object(alias, served.name));
+  ex.respond_json(200, json{{"object", "list"}, {"data", data}}.dump());
+}
+
+void handle_model(HttpExchange& ex) {
+  const ServedModel served = ex.server().cfg.served();
+  const std::string& id = ex.params().at(0);
+  if (!served.answers_to(id)) return ex.respond_error(served.not_found(id));
+  ex.respond_json(200, model_object(id, served.name).dump());
 }
 
 void handle_metrics(HttpExchange& ex) {

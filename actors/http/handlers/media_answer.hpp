@@ -14,7 +14,7 @@ namespace tutti::http {
 template <class Answer>
 void start_media_answer(HttpExchange& ex, MediaKind kind) {
   ServerState& srv = ex.server();
-  auto parsed = parse_media_request(kind, ex.body(), srv.cfg.modalities, srv.cfg.model_name, srv.cfg.max_media_seconds,
+  auto parsed = parse_media_request(kind, ex.body(), srv.cfg.modalities, srv.cfg.served(), srv.cfg.max_media_seconds,
                                     srv.cfg.classes.of(kind));
   if (const ApiError* e = std::get_if<ApiError>(&parsed)) return ex.respond_error(*e);
   MediaRequest media = std::get<MediaRequest>(std::move(parsed));

@@ -5,6 +5,7 @@
 #include "actors/http/handlers/handlers.hpp"
 #include "actors/http/realtime/open.hpp"
 #include "actors/http/realtime/session.hpp"
+#include "actors/http/routes.hpp"
 
 namespace tutti::http {
 
@@ -184,6 +185,12 @@ void handle_realtime_upgrade(HttpExchange& ex) {
   ServerState& srv = ex.server();
   if (!beast::websocket::is_upgrade(ex.request()))
     return ex.respond_error(invalid_request("/v1/realtime expects a WebSocket upgrade"));
+  // The official clients name a model (or a transcription intent) in the query.
+  const std::string_view target = ex.request().target();
+  if (auto model = query_param(target, "model"); model && !srv.cfg.served().answers_to(*model))
+    return ex.respond_error(srv.cfg.served().not_found(*model));
+  if (query_param(target, "intent") || query_param(target, "call_id"))
+    return ex.respond_error(invalid_request("this server has no transcription or SIP sessions on /v1/realtime; use /v1/audio/transcriptions", "intent"));
   // A voice session opens only while one more stream would fit the realtime capacity: a
   // client told "busy, retry in n s" now is better off than one whose every answer fails.
   if (const ModalityInfo* audio = srv.cfg.modalities.find(Modality::Audio); audio && srv.pipe.admission) {
