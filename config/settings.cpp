@@ -130,7 +130,9 @@ const std::map<std::string, std::map<std::string, Reader>>& schema() {
                   {"tokens_per_minute", integer64(&Settings::tokens_per_minute, 0, int64_t(1) << 50)},
                   {"jobs_per_key", integer(&Settings::jobs_per_key, 0, 1 << 20)}}},
       {"streams", {{"allowed_hosts", text_list(&Settings::stream_allowed_hosts)},
-                   {"idle_timeout_s", real(&Settings::stream_idle_timeout_s, 1, 86400)}}},
+                   {"idle_timeout_s", real(&Settings::stream_idle_timeout_s, 1, 86400)},
+                   {"turn_idle_ms", real(&Settings::stream_turn_idle_ms, 100, 60000)},
+                   {"max_turn_s", real(&Settings::stream_max_turn_s, 1, 600)}}},
       {"ledger", {{"path", text(&Settings::ledger_path)}, {"synchronous", text(&Settings::ledger_synchronous, {"normal", "full"})}}},
       {"shutdown", {{"drain_seconds", real(&Settings::drain_seconds, 0, 3600)}}},
   };

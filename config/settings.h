@@ -77,6 +77,7 @@ struct Settings {
   int jobs_per_key = 2;                // video and stream jobs running at once, per key (0: no limit)
   // [streams]
   std::vector<std::string> stream_allowed_hosts = {"127.0.0.0/8", "::1"};
+  double stream_turn_idle_ms = 800, stream_max_turn_s = 15;
   double stream_idle_timeout_s = 60;
   // [ledger]
   std::string ledger_path = "usage.db";  // "": no ledger

@@ -11,6 +11,7 @@
 #include <csignal>
 #include <fstream>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "actors/http/stream_job.hpp"
@@ -38,15 +39,17 @@ uint16_t free_port() {
 }
 
 // A WAV of a spoken-like turn: silence, a voiced sound, silence.
-std::string turn_wav() {
-  const std::string path = std::string(TUTTI_BINARY_DIR) + "/test-data/turn.wav";
+// A voiced tone of `speech_s` after 0.3 s of silence, then `silence_s` more of it.
+std::string turn_wav(double speech_s = 0.8, double silence_s = 1.5) {
+  const std::string path = std::string(TUTTI_BINARY_DIR) + "/test-data/turn-" + std::to_string(int(speech_s * 1000)) + "-" +
+                           std::to_string(int(silence_s * 1000)) + ".wav";
   std::vector<int16_t> s(size_t(24000 * 0.3), 0);
-  for (int i = 0; i < int(24000 * 0.8); ++i) {
+  for (int i = 0; i < int(24000 * speech_s); ++i) {
     double v = 0;
     for (int h = 1; h <= 6; ++h) v += std::sin(2 * 3.14159265358979 * 150 * h * i / 24000.0) / h;
     s.push_back(int16_t(v / 2 * 0.3 * 32767));
   }
-  s.resize(s.size() + size_t(24000 * 1.5), 0);
+  s.resize(s.size() + size_t(24000 * silence_s), 0);
   std::ofstream f(path, std::ios::binary);
   auto u32 = [&](uint32_t v) { f.write(reinterpret_cast<const char*>(&v), 4); };
   auto u16 = [&](uint16_t v) { f.write(reinterpret_cast<const char*>(&v), 2); };
@@ -79,7 +82,8 @@ struct TurnThroughJob {
   json state;
   std::string codec;
 };
-TurnThroughJob turn_through_job(test::ServerUnderTest& sut, const std::string& modality, uint16_t in, uint16_t out) {
+TurnThroughJob turn_through_job(test::ServerUnderTest& sut, const std::string& modality, uint16_t in, uint16_t out,
+                                const std::string& wav = turn_wav(), int responses = 1) {
   TurnThroughJob r;
   auto [status, job] = call(sut.port, bhttp::verb::post, "/v1/streams",
                             json{{"input", "zmq:tcp://127.0.0.1:" + std::to_string(in)}, {"output", "zmq:tcp://127.0.0.1:" + std::to_string(out)},
@@ -102,7 +106,6 @@ TurnThroughJob turn_through_job(test::ServerUnderTest& sut, const std::string& m
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   // The publisher: ffmpeg playing a spoken turn in real time as MPEG-TS.
-  const std::string wav = turn_wav();
   std::thread publisher([&] {
     (void)std::system(("ffmpeg -nostdin -loglevel error -re -i '" + wav + "' -c:a aac -f mpegts zmq:tcp://127.0.0.1:" +
                        std::to_string(in) + " >/dev/null 2>&1").c_str());
@@ -110,7 +113,7 @@ TurnThroughJob turn_through_job(test::ServerUnderTest& sut, const std::string& m
   json state;
   for (int i = 0; i < 300; ++i) {  // generous: this checks that the answer comes, not how fast
     state = call(sut.port, bhttp::verb::get, "/v1/streams/" + id).second;
-    if (state["responses"].get<int>() >= 1) break;
+    if (state["responses"].get<int>() >= responses) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   publisher.join();
@@ -188,6 +191,22 @@ TEST(StreamJobs, FfmpegInZeroMqOutAndGarbageOnlyCountsGaps) {
 }
 
 // Video answers are H.264 in MPEG-TS on the output; text answers are events on the job.
+// Speech that never pauses is committed every max_turn, and speech the input cuts off (the
+// feed ends mid-sentence: no pause, and ZeroMQ has no end of stream) once the input has been
+// quiet for turn_idle: both are answered.
+TEST(StreamJobs, SpeechWithoutAPauseAndSpeechCutOffMidSentenceAreAnswered) {
+  http::ServerConfig sc;
+  sc.stream_max_turn_s = 2;
+  sc.stream_turn_idle_s = 0.8;
+  test::ServerUnderTest sut(sc);
+  TurnThroughJob r = turn_through_job(sut, "text", free_port(), free_port(), turn_wav(3.5, 0), 2);
+  const json reasons = r.state["turns_by_reason"];
+  EXPECT_GE(reasons.value("max_turn", 0), 1) << reasons.dump();
+  EXPECT_GE(reasons.value("input_idle", 0) + reasons.value("input_ended", 0), 1) << reasons.dump();
+  EXPECT_EQ(reasons.value("speech_stopped", 0), 0) << "the tone never pauses: " << reasons.dump();
+  EXPECT_GE(r.state["responses"].get<int>(), 2) << r.state.dump();
+}
+
 TEST(StreamJobs, VideoAnswersArePublishedAndTextAnswersAreJobEvents) {
   test::ServerUnderTest sut;
   TurnThroughJob video = turn_through_job(sut, "video", free_port(), free_port());

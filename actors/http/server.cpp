@@ -48,6 +48,8 @@ Expected<ServerConfig> ServerConfig::from(const Settings& st, const Model& model
   sc.stream_allowed_hosts = st.stream_allowed_hosts;
   if (auto ranges = parse_host_ranges(st.stream_allowed_hosts); !ranges) return Error{"[streams] allowed_hosts: " + ranges.error().message};
   sc.stream_idle_timeout_s = st.stream_idle_timeout_s;
+  sc.stream_turn_idle_s = st.stream_turn_idle_ms / 1000;
+  sc.stream_max_turn_s = st.stream_max_turn_s;
   sc.ledger_path = st.ledger_path;
   sc.ledger_synchronous = st.ledger_synchronous;
   sc.fit_to(model);

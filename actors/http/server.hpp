@@ -94,6 +94,11 @@ struct ServerConfig {
   // input before it ends.
   std::vector<std::string> stream_allowed_hosts = {"127.0.0.0/8", "::1"};
   double stream_idle_timeout_s = 60;
+  // Turns of a stream job's speech besides the VAD's pauses: the end of the input, or this
+  // long with no input at all, commits the speech so far; speech longer than max_turn is
+  // committed every max_turn (a feed that talks without a pause is still answered).
+  double stream_turn_idle_s = 0.8;
+  double stream_max_turn_s = 15;
   // The usage ledger (ledger.hpp): "" for none.
   std::string ledger_path;
   std::string ledger_synchronous = "normal";

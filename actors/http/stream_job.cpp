@@ -99,20 +99,26 @@ class StreamJob final : public GenerationOwner, public std::enable_shared_from_t
     return {{"id", id_}, {"object", "stream"}, {"status", status_}, {"input", req_.input}, {"output", req_.output}, {"task", req_.task},
             {"modality", modality_name(req_.modality)},
             {"created_at", created_}, {"bytes_in", bytes_in_.load()}, {"bytes_out", bytes_out_}, {"gaps", gaps_.load()},
-            {"turns", turns_}, {"responses", responses_}, {"events", nlohmann::json(events_)}};
+            {"turns", turns_}, {"turns_by_reason", turn_reasons_}, {"responses", responses_}, {"events", nlohmann::json(events_)}};
   }
   bool active() const { return status_ == "running"; }
   const std::string& owner() const { return key_; }
 
   // A job whose input has been silent for stream_idle_timeout_s ends (its slot is freed),
-  // and its event log says why. Checked once a second on the I/O thread.
+  // and its event log says why; speech cut off by a shorter silence of the input itself
+  // (stream_turn_idle_s: a feed that stopped mid-sentence) is committed as a turn. Checked
+  // every 100 ms on the I/O thread.
   void watch_idle() {
-    idle_timer_.expires_after(std::chrono::seconds(1));
+    idle_timer_.expires_after(std::chrono::milliseconds(100));
     idle_timer_.async_wait([weak = weak_from_this()](beast::error_code ec) {
       auto self = weak.lock();
       if (ec || !self || self->stopping_) return;
       const auto last = std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(self->last_input_.load()));
       const double idle = std::chrono::duration<double>(std::chrono::steady_clock::now() - last).count();
+      if (idle >= self->srv_.cfg.stream_turn_idle_s) {
+        auto [ids, at] = self->commit_speech();
+        if (!ids.empty()) self->on_turn(std::move(ids), at, "input_idle");
+      }
       if (idle < self->srv_.cfg.stream_idle_timeout_s) return self->watch_idle();
       self->event("idle_timeout", {{"message", "no input for " + std::to_string(int(idle)) + " s: the job ended"}});
       self->stop();
@@ -183,25 +189,41 @@ class StreamJob final : public GenerationOwner, public std::enable_shared_from_t
       post_event("error", {{"message", "this model has no audio modality"}});
       return;
     }
-    codecs::VoiceInput voice(*audio, srv_.pipe.codecs->audio(Modality::Audio), codecs::VadConfig{});
+    {
+      std::lock_guard<std::mutex> lock(voice_mu_);
+      voice_.emplace(*audio, srv_.pipe.codecs->audio(Modality::Audio), codecs::VadConfig{});
+    }
+    const int rate = srv_.pipe.codecs->audio(Modality::Audio)->sample_rate();
+    const int64_t max_turn_ms = int64_t(srv_.cfg.stream_max_turn_s * 1000);
     codecs::DecodeLimits limits;
     limits.max_seconds = 1e9;
     limits.live = true;
-    int64_t start_ms = 0;
+    auto turn = [this](std::vector<int32_t> ids, int64_t at, const char* why) {
+      if (ids.empty()) return;
+      net::post(srv_.ioc, [self = shared_from_this(), ids = std::move(ids), at, why]() mutable { self->on_turn(std::move(ids), at, why); });
+    };
     while (!stopping_) {
-      const Status s = codecs::decode_audio(queue_, voice.sample_rate(), [&](std::span<const float> pcm) {
-        for (const auto& e : voice.push(pcm)) {
+      const Status s = codecs::decode_audio(queue_, rate, [&](std::span<const float> pcm) {
+        std::lock_guard<std::mutex> lock(voice_mu_);
+        for (const auto& e : voice_->push(pcm)) {
           if (e.started) {
-            start_ms = e.at_ms;
+            speech_from_ms_ = std::max<int64_t>(voice_->buffer_start_ms(), e.at_ms - 300);
             post_event("speech_started", {{"audio_start_ms", e.at_ms}});
-            continue;
+          } else if (speech_from_ms_ >= 0) {  // (speech already committed by an idle input ends here)
+            turn(voice_->take(speech_from_ms_, e.at_ms), e.at_ms, "speech_stopped");
+            speech_from_ms_ = -1;
           }
-          auto ids = voice.take(std::max<int64_t>(0, start_ms - 300), e.at_ms);
-          auto self = shared_from_this();
-          net::post(srv_.ioc, [self, ids = std::move(ids), at = e.at_ms]() mutable { self->on_turn(std::move(ids), at); });
+        }
+        // Talk without a pause: every max_turn of it is a turn of its own.
+        if (speech_from_ms_ >= 0 && max_turn_ms > 0 && voice_->buffer_end_ms() - speech_from_ms_ >= max_turn_ms) {
+          const int64_t end = voice_->buffer_end_ms();
+          turn(voice_->take(speech_from_ms_, end), end, "max_turn");
+          speech_from_ms_ = end;
         }
       }, limits);
       if (stopping_ || queue_.aborted()) break;
+      // The end of the input commits the speech so far.
+      if (auto [ids, at] = commit_speech(); !ids.empty()) turn(std::move(ids), at, "input_ended");
       // The stream broke (a lost packet, garbage, a publisher that restarted): FFmpeg opens
       // it again on what comes next and resynchronises on the container.
       gaps_++;
@@ -210,17 +232,30 @@ class StreamJob final : public GenerationOwner, public std::enable_shared_from_t
     }
   }
 
+  // The speech in progress (from its start to what has arrived), taken as a turn: at the end
+  // of the input, or when the input went quiet mid-speech. Empty when none is in progress.
+  std::pair<std::vector<int32_t>, int64_t> commit_speech() {
+    std::lock_guard<std::mutex> lock(voice_mu_);
+    if (!voice_ || speech_from_ms_ < 0) return {};
+    const int64_t end = voice_->buffer_end_ms();
+    auto ids = voice_->take(speech_from_ms_, end);
+    speech_from_ms_ = -1;
+    return {std::move(ids), end};
+  }
+
   void post_event(const std::string& type, nlohmann::json fields) {
     auto self = shared_from_this();
     net::post(srv_.ioc, [self, type, fields = std::move(fields)]() mutable { self->event(type, std::move(fields)); });
   }
 
   // A finished turn (I/O thread): the user's audio joins the conversation; answer it.
-  void on_turn(std::vector<int32_t> ids, int64_t at_ms) {
+  // `why`: speech_stopped (the VAD), max_turn, input_ended or input_idle.
+  void on_turn(std::vector<int32_t> ids, int64_t at_ms, const char* why) {
     if (stopping_) return;
-    event("speech_stopped", {{"audio_end_ms", at_ms}, {"audio_tokens", ids.size()}});
+    event("speech_stopped", {{"audio_end_ms", at_ms}, {"audio_tokens", ids.size()}, {"reason", why}});
     if (ids.empty()) return;
     ++turns_;
+    ++turn_reasons_[why];
     conversation_.items.push_back({"user", "", std::move(ids), Modality::Audio});
     srv_.metrics.conversation_items_dropped += conversation_.trim(srv_.cfg.max_conversation_tokens);
     if (answer_) return;  // answered with the next turn
@@ -262,6 +297,11 @@ class StreamJob final : public GenerationOwner, public std::enable_shared_from_t
   zmq::context_t ctx_;
   zmq::socket_t pub_;  // I/O thread only
   codecs::ByteQueue queue_{size_t(1) << 20};
+  // The input's voice: pushed by the decoder thread, taken by it or by the I/O thread (a turn
+  // cut off by an idle input). speech_from_ms_: where the speech in progress starts; -1: none.
+  std::mutex voice_mu_;
+  std::optional<codecs::VoiceInput> voice_;
+  int64_t speech_from_ms_ = -1;
   std::thread rx_, dec_;
   std::atomic<bool> stopping_{false};
   std::atomic<uint64_t> bytes_in_{0}, gaps_{0};
@@ -272,6 +312,7 @@ class StreamJob final : public GenerationOwner, public std::enable_shared_from_t
   std::string status_ = "running";
   uint64_t bytes_out_ = 0;
   int turns_ = 0, responses_ = 0;
+  std::map<std::string, int> turn_reasons_;  // turns by what ended them (on_turn's `why`)
   std::deque<nlohmann::json> events_;
   Conversation conversation_;
   std::string text_;  // of the text answer in progress
