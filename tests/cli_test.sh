@@ -46,6 +46,20 @@ grep -q "cut.gguf" "$dir/err2.txt"
 if "$tutti" generate --model "$dir/m.gguf" --prompt x --max-tokens nope 2>"$dir/err3.txt"; then exit 1; fi
 grep -q "max-tokens" "$dir/err3.txt"
 
+# Every subcommand answers --help with its options and defaults (exit 0); an unknown option
+# names the options the subcommand does take.
+"$tutti" help | grep -q "serve" || { echo "tutti help lists no commands"; exit 1; }
+for cmd in serve generate tokenize "model info" "model random" "model init" "model pack" "model quantize" bench "bench serve" \
+           "bench media" "bench voice" codec loadtest usage; do
+  # shellcheck disable=SC2086
+  out=$("$tutti" $cmd --help) || { echo "tutti $cmd --help failed"; exit 1; }
+  grep -q "usage: tutti $cmd" <<<"$out" || { echo "tutti $cmd --help: $out"; exit 1; }
+done
+"$tutti" serve --help | grep -q -- "--tls-cert" || { echo "serve --help lacks --tls-cert"; exit 1; }
+"$tutti" serve --help | grep -q "default 8080" || { echo "serve --help lacks the port's default"; exit 1; }
+if "$tutti" usage --bogus 2>"$dir/err4.txt"; then exit 1; fi
+grep -q -- "--ledger" "$dir/err4.txt" || { echo "an unknown option names no options: $(cat "$dir/err4.txt")"; exit 1; }
+
 json=$("$tutti" bench --model "$dir/m.gguf" --json --min-seconds 0.05 --prompt-tokens 32)
 echo "$json"
 for field in prefill_tokens_per_s decode_tokens_per_s '"1"' '"4"' '"16"' '"32"' memory_read_gb_per_s \

@@ -25,7 +25,12 @@ Args::Args(const std::vector<std::string>& argv, std::set<std::string> options, 
         }
         values_[name] = value;
       } else {
-        error_ = "unknown option --" + name;
+        // Name what this command does take, so a typo is one look away from its fix.
+        std::string known;
+        for (const auto* set : {&options, &switches})
+          for (const std::string& o : *set) known += (known.empty() ? "--" : ", --") + o;
+        error_ = "unknown option --" + name + (known.empty() ? "; this command takes no options" : "; this command takes " + known) +
+                 " (see --help)";
         return;
       }
     } else {
