@@ -107,6 +107,23 @@ std::string ServingMetrics::render() const {
   gauge("tutti_kv_blocks_in_use", "KV cache blocks held by sequences.", kv_blocks_used);
   gauge("tutti_kv_blocks_cached", "KV cache blocks of the prefix cache held by no sequence (reusable, evicted when room is needed).", kv_blocks_cached);
   gauge("tutti_kv_blocks_total", "KV cache blocks in the pool.", kv_blocks_total);
+  // What an inference gateway reads to pick a replica (the Gateway API Inference Extension's
+  // model server protocol: queued requests, running requests, KV cache utilization 0..1),
+  // under tutti's names and under vLLM's, which a stock endpoint picker reads by default.
+  const double kv_use = kv_blocks_total > 0 ? double(kv_blocks_used) / double(kv_blocks_total) : 0;
+  auto real_gauge = [&](const char* name, const char* help, double v) {
+    header(name, "gauge", help);
+    char buf[64];
+    std::snprintf(buf, sizeof buf, " %.6f\n", v);
+    out += name + std::string(buf);
+  };
+  gauge("tutti_requests_waiting", "Requests queued for the model (a gateway's TotalQueuedRequests).", queue_depth);
+  gauge("tutti_requests_running", "Requests running on the model (a gateway's TotalRunningRequests).", running);
+  real_gauge("tutti_kv_cache_utilization", "Share of the KV cache's blocks held by sequences, 0..1 (a gateway's KVCacheUtilization).", kv_use);
+  gauge("vllm:num_requests_waiting", "tutti_requests_waiting, under the name gateways read by default.", queue_depth);
+  gauge("vllm:num_requests_running", "tutti_requests_running, under the name gateways read by default.", running);
+  real_gauge("vllm:kv_cache_usage_perc", "tutti_kv_cache_utilization, under the name gateways read by default.", kv_use);
+  real_gauge("vllm:gpu_cache_usage_perc", "tutti_kv_cache_utilization, under the older name.", kv_use);
 
   header("tutti_admission_total", "counter",
          "Admission decisions by class and outcome (admitted; refused for realtime capacity, predicted wait, a full queue, "

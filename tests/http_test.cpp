@@ -93,6 +93,20 @@ TEST_F(HttpFixture, ModelsHealthAndMetrics) {
   EXPECT_NE(metrics.body.find("tutti_inter_token_latency_seconds_count{class=\"interactive\"} 2"), std::string::npos);
   EXPECT_NE(metrics.body.find("tutti_kv_blocks_in_use 0"), std::string::npos);
   EXPECT_NE(metrics.body.find("tutti_step_batch_size_bucket{le=\"1\"}"), std::string::npos);
+  // What a gateway reads to pick a replica, under tutti's names and vLLM's.
+  for (const char* gauge : {"tutti_requests_waiting 0", "tutti_requests_running 0", "tutti_kv_cache_utilization 0.000000",
+                            "vllm:num_requests_waiting 0", "vllm:num_requests_running 0", "vllm:kv_cache_usage_perc 0.000000"})
+    EXPECT_NE(metrics.body.find(gauge), std::string::npos) << gauge;
+  // One model by id; every answer names its request.
+  const Reply one = call(port, bhttp::verb::get, "/v1/models/tutti-test");
+  EXPECT_EQ(one.status, 200);
+  EXPECT_EQ(json::parse(one.body)["id"], "tutti-test");
+  const Reply none = call(port, bhttp::verb::get, "/v1/models/other");
+  EXPECT_EQ(none.status, 404);
+  EXPECT_EQ(json::parse(none.body)["error"]["code"], "model_not_found");
+  EXPECT_EQ(one.request_id.rfind("req_", 0), 0u) << one.request_id;
+  EXPECT_NE(one.request_id, none.request_id);
+  EXPECT_FALSE(metrics.request_id.empty());
 }
 
 TEST_F(HttpFixture, BadInputGetsErrorsInTheProtocolsFormAndServingGoesOn) {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "actors/http/multipart.hpp"
 #include "actors/http/openai.hpp"
 #include "actors/pipeline.hpp"
 #include "pipeline/tokenizer.h"
@@ -145,3 +146,41 @@ TEST(OpenAi, BodiesFollowTheSchema) {
 
 }  // namespace
 }  // namespace tutti::http
+
+// multipart/form-data as the SDKs send it: fields, files with their names and types, array
+// fields; a malformed body is an error naming what is wrong (and the part, where there is one).
+TEST(Multipart, ReadsFieldsAndFilesAndNamesTheBrokenPart) {
+  EXPECT_EQ(tutti::http::multipart_boundary("multipart/form-data; boundary=----abc"), "----abc");
+  EXPECT_EQ(tutti::http::multipart_boundary("Multipart/Form-Data; charset=utf-8; boundary=\"q r\""), "q r");
+  EXPECT_FALSE(tutti::http::multipart_boundary("application/json"));
+  EXPECT_FALSE(tutti::http::multipart_boundary("multipart/form-data"));
+  static const char kBody[] =
+      "preamble\r\n--B\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n"
+      "--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a b.wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFF\r\n\x00\x01--\r\n"
+      "--B\r\nContent-Disposition: form-data; name=\"n\"\r\n\r\n2\r\n"
+      "--B\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\n42\r\n"
+      "--B\r\nContent-Disposition: form-data; name=\"stream\"\r\n\r\ntrue\r\n"
+      "--B\r\nContent-Disposition: form-data; name=\"tags[]\"\r\n\r\nx\r\n"
+      "--B\r\nContent-Disposition: form-data; name=\"tags[]\"\r\n\r\ny\r\n--B--\r\n";
+  const std::string body(kBody, sizeof kBody - 1);  // with its NUL byte
+  auto parsed = tutti::http::parse_multipart(body, "B");
+  ASSERT_TRUE(std::holds_alternative<tutti::http::Form>(parsed)) << std::get<tutti::http::ApiError>(parsed).message;
+  const tutti::http::Form& form = std::get<tutti::http::Form>(parsed);
+  ASSERT_EQ(form.parts.size(), 7u);
+  const tutti::http::FormPart* file = form.find("file");
+  ASSERT_TRUE(file && file->filename);
+  EXPECT_EQ(*file->filename, "a b.wav");
+  EXPECT_EQ(file->content_type, "audio/wav");
+  EXPECT_EQ(file->data, std::string("RIFF\r\n\x00\x01--", 10)) << "binary bytes, CRLF and dashes inside a part are data";
+  const nlohmann::json fields = form.fields_json();
+  EXPECT_EQ(fields, nlohmann::json({{"model", "whisper-1"}, {"n", 2}, {"prompt", "42"}, {"stream", true}, {"tags", {"x", "y"}}}));
+  auto error_of = [](std::string_view b) { return std::get<tutti::http::ApiError>(tutti::http::parse_multipart(b, "B")); };
+  EXPECT_NE(error_of("no boundary here").message.find("no boundary"), std::string::npos);
+  const tutti::http::ApiError cut = error_of("--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x\"\r\n\r\nRIFF...");
+  EXPECT_EQ(cut.param, "file");
+  EXPECT_NE(cut.message.find("cut short"), std::string::npos);
+  EXPECT_NE(error_of("--B\r\nContent-Type: text/plain\r\n\r\nx\r\n--B--").message.find("Content-Disposition"), std::string::npos);
+  std::string many;
+  for (int i = 0; i < 70; ++i) many += "--B\r\nContent-Disposition: form-data; name=\"f" + std::to_string(i) + "\"\r\n\r\nv\r\n";
+  EXPECT_NE(error_of(many + "--B--").message.find("more than 64 parts"), std::string::npos);
+}

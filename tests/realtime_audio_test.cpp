@@ -102,6 +102,41 @@ std::vector<float> utterance() {
   return in;
 }
 
+// GA turn detection: semantic_vad (mapped onto the server VAD by its eagerness) detects the
+// turn; after the answer, idle_timeout_ms of silence triggers a turn of its own; an
+// assistant's audio item can be truncated where the user stopped hearing it.
+TEST(RealtimeVoice, SemanticVadIdleTimeoutAndTruncateFollowTheGaGrammar) {
+  test::ServerUnderTest sut;
+  VoiceClient c(sut.port);
+  EXPECT_EQ(c.next()["session"]["output_modalities"], json::array({"audio"}));
+  c.send({{"type", "session.update"},
+          {"session", {{"type", "realtime"}, {"max_output_tokens", 40},
+                       {"audio", {{"input", {{"turn_detection", {{"type", "semantic_vad"}, {"eagerness", "high"}}}}}}}}}});
+  const json td = c.until("session.updated")["session"]["audio"]["input"]["turn_detection"];
+  EXPECT_EQ(td["type"], "semantic_vad");
+  c.speak(utterance());
+  c.until("input_audio_buffer.speech_stopped");
+  const json done = c.until("response.done");
+  ASSERT_EQ(done["response"]["output"][0]["content"][0]["type"], "output_audio") << done.dump();
+  const std::string answer_id = done["response"]["output"][0]["id"];
+  // 40 codes of audio: cut at 20 ms, and past its end is an error.
+  c.send({{"type", "conversation.item.truncate"}, {"item_id", answer_id}, {"content_index", 0}, {"audio_end_ms", 20}});
+  EXPECT_EQ(c.until("conversation.item.truncated")["audio_end_ms"], 20);
+  c.send({{"type", "conversation.item.truncate"}, {"item_id", answer_id}, {"content_index", 0}, {"audio_end_ms", 600000}});
+  EXPECT_EQ(c.until("error")["error"]["code"], "invalid_value");
+
+  c.send({{"type", "session.update"},
+          {"session", {{"audio", {{"input", {{"turn_detection", {{"type", "server_vad"}, {"idle_timeout_ms", 5000}}}}}}}}}});
+  EXPECT_EQ(c.until("session.updated")["session"]["audio"]["input"]["turn_detection"]["idle_timeout_ms"], 5000);
+  c.speak(utterance());
+  c.until("response.done");
+  c.speak(std::vector<float>(size_t(24000 * 5.5), 0.f));  // silence, in input audio time
+  const json timeout = c.until("input_audio_buffer.timeout_triggered");
+  EXPECT_GE(timeout["audio_end_ms"].get<int64_t>() - timeout["audio_start_ms"].get<int64_t>(), 5000);
+  EXPECT_EQ(c.until("input_audio_buffer.committed")["item_id"], timeout["item_id"]);
+  EXPECT_NE(c.until("response.done")["response"]["status"], "failed") << "the idle turn is answered";
+}
+
 TEST(RealtimeVoice, SpeechIsDetectedCommittedAndAnsweredWithAudio) {
   test::ServerUnderTest sut;
   VoiceClient c(sut.port);

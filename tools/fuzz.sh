@@ -17,7 +17,7 @@ clang++ -fsanitize=fuzzer "$probe" -o "$work/obj/probe" 2>/dev/null || { echo "f
 bin="$work/input_fuzz"
 sources=(codecs/byte_queue.cpp codecs/media_decoder.cpp codecs/opus_codec.cpp codecs/media_encoder.cpp
          codecs/patch_tokenizer.cpp codecs/rvq.cpp codecs/audio_tokenizer.cpp codecs/mdct.cpp
-         actors/http/openai.cpp actors/http/errors.cpp actors/http/media.cpp actors/access/access.cpp actors/http/realtime_events.cpp actors/http/realtime_audio.cpp actors/http/stream_address.cpp pipeline/unicode.cpp pipeline/model_config.cpp pipeline/request_kinds.cpp
+         actors/http/openai.cpp actors/http/errors.cpp actors/http/media.cpp actors/access/access.cpp actors/http/realtime_events.cpp actors/http/realtime_audio.cpp actors/http/stream_address.cpp actors/http/multipart.cpp pipeline/unicode.cpp pipeline/model_config.cpp pipeline/request_kinds.cpp
          pipeline/gguf.cpp pipeline/tokenizer.cpp pipeline/quantize.cpp
          kernels/tensor_type.cpp tests/fuzz/input_fuzz.cpp)
 newest=0

@@ -19,6 +19,7 @@
 
 #include "actors/access/access.hpp"
 #include "actors/http/media.hpp"
+#include "actors/http/multipart.hpp"
 #include "actors/http/openai.hpp"
 #include "actors/http/realtime_audio.hpp"
 #include "actors/http/realtime_events.hpp"
@@ -156,6 +157,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         (void)http::resolve_stream_address("zmq:tcp://" + l, ranges ? *ranges : loopback);
     }
     (void)http::ApiError(ErrorCode::not_found, "no video job '" + body + "'").body();
+  }
+  // Uploads: a multipart/form-data body (the first line as its Content-Type when it names a
+  // boundary, else a fixed one) and its fields as JSON.
+  {
+    const size_t nl = std::min(body.find('\n'), body.size());
+    const auto boundary = http::multipart_boundary(body.substr(0, nl));
+    auto form = http::parse_multipart(boundary ? body.substr(std::min(nl + 1, body.size())) : body, boundary ? *boundary : "tutti-fuzz");
+    if (auto* f = std::get_if<http::Form>(&form)) (void)f->fields_json().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   }
   (void)access::ApiKeys::bearer(body);
   (void)access::ApiKeys::from_subprotocols(body);

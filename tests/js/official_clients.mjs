@@ -198,10 +198,10 @@ await check('error classes', async () => {
 
 await check('OpenAIRealtimeWS: a text turn', async () => {
   const rt = new OpenAIRealtimeWS({ model: 'gpt-realtime', options: { ca } }, client);
-  const events = [];
-  const done = new Promise((resolve, reject) => {
+  const events = [], errors = [];
+  const done = new Promise((resolve) => {
     rt.on('event', (e) => events.push(e));
-    rt.on('error', reject);
+    rt.on('error', (e) => { errors.push(e?.error ?? e?.message ?? String(e)); resolve(null); });
     rt.on('response.done', resolve);
   });
   await new Promise((r, no) => { rt.socket.once('open', r); rt.socket.once('error', no); });
@@ -210,6 +210,7 @@ await check('OpenAIRealtimeWS: a text turn', async () => {
   rt.send({ type: 'response.create' });
   const r = await withTimeout(done, 60000, 'text turn');
   rt.close();
+  assert.deepEqual(errors, [], JSON.stringify(errors));
   const types = events.map((e) => e.type);
   assert.equal(types[0], 'session.created');
   for (const t of ['conversation.item.added', 'conversation.item.done', 'response.output_item.added', 'response.content_part.added',
@@ -233,9 +234,10 @@ await check('OpenAIRealtimeWS: a voice turn at real-time pace', async () => {
   const rt = new OpenAIRealtimeWS({ model: 'gpt-realtime', options: { ca } }, client);
   const types = [];
   let audioBytes = 0;
-  const done = new Promise((resolve, reject) => {
+  const errors = [];
+  const done = new Promise((resolve) => {
     rt.on('event', (e) => types.push(e.type));
-    rt.on('error', reject);
+    rt.on('error', (e) => { errors.push(e?.error ?? e?.message ?? String(e)); resolve(null); });
     rt.on('response.output_audio.delta', (e) => { audioBytes += Buffer.from(e.delta, 'base64').length; });
     rt.on('response.done', resolve);
   });
@@ -246,6 +248,7 @@ await check('OpenAIRealtimeWS: a voice turn at real-time pace', async () => {
   await speak((audio) => rt.send({ type: 'input_audio_buffer.append', audio }));
   const r = await withTimeout(done, 90000, 'voice turn');
   rt.close();
+  assert.deepEqual(errors, [], JSON.stringify(errors) + ' after ' + types.join(','));
   for (const t of ['input_audio_buffer.speech_started', 'input_audio_buffer.speech_stopped', 'input_audio_buffer.committed',
                    'conversation.item.added', 'response.output_audio.done', 'output_audio_buffer.started']) assert.ok(types.includes(t), t);
   assert.ok(audioBytes > 0, 'audio came back');
