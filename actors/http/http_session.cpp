@@ -101,7 +101,7 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
   }
   void become_realtime() override {
     handler_.reset();
-    open_realtime(std::move(stream_), srv_, key_, request_);
+    open_realtime(std::move(stream_), srv_, key_, request_, request_id_);
   }
 
  private:

@@ -184,28 +184,6 @@ void handle_transcript(HttpExchange& ex, Task task) {
       });
 }
 
-// One edited image (or n), answered together as base64 PNG, as /v1/images/generations.
-class EditAnswer final : public GenerationOwner {
- public:
-  explicit EditAnswer(HttpExchange& ex) : ex_(ex) {}
-  std::shared_ptr<Generation> generation;
-  void on_media(MediaChunk& c, int32_t tokens) override {
-    generation->delivered(tokens);
-    if (!c.bytes.empty()) images_.push_back(base64_encode(c.bytes));
-  }
-  void on_end(const GenerationEnd& e) override {
-    if (!e.ok()) return ex_.respond_error(e.error());
-    json data = json::array();
-    for (const std::string& b64 : images_) data.push_back({{"b64_json", b64}});
-    ex_.respond_json(200, json{{"created", created_}, {"data", data}, {"usage", media_usage_json(e, Modality::Image)}}.dump());
-  }
-
- private:
-  HttpExchange& ex_;  // owns this answer
-  long created_ = ServerState::unix_now();
-  std::vector<std::string> images_;
-};
-
 }  // namespace
 
 void handle_transcriptions(HttpExchange& ex) { handle_transcript(ex, Task::Transcribe); }
@@ -245,7 +223,7 @@ void handle_image_edits(HttpExchange& ex) {
       },
       [&ex, &srv, t, req] {
         if (!t->error.empty()) return ex.respond_error(invalid_request("'image' could not be decoded: " + t->error, "image"));
-        auto answer = std::make_shared<EditAnswer>(ex);
+        auto answer = std::make_shared<ImagesAnswer>(ex, *req);
         GenerationSpec spec;
         spec.key = ex.key();
         spec.endpoint = ex.path();
@@ -257,7 +235,7 @@ void handle_image_edits(HttpExchange& ex) {
         spec.holds_session = true;
         spec.parts = req->n;
         spec.seed_from_id = true;
-        spec.output = [w = req->out_width, h = req->out_height] { return std::shared_ptr<MediaOutput>(make_image_output(w, h)); };
+        spec.output = answer->output_factory(srv);
         auto started = Generation::start(srv, std::move(spec), answer);
         if (const ApiError* e = std::get_if<ApiError>(&started)) return ex.respond_error(*e);
         answer->generation = std::get<std::shared_ptr<Generation>>(std::move(started));

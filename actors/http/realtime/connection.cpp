@@ -29,7 +29,8 @@ class RealtimeConnection final : public RealtimeLink, public std::enable_shared_
     srv_.on_drain.erase(drain_id_);
   }
 
-  void start(const bhttp::request<bhttp::string_body>& req) {
+  // `request_id`: the upgrade's, answered as x-request-id on the 101.
+  void start(const bhttp::request<bhttp::string_body>& req, const std::string& request_id) {
     ws_.read_message_max(srv_.cfg.max_body_bytes);
     // Half-open peers: after read_timeout without traffic the server pings, and closes the
     // session if the peer stays silent (a realtime client may idle, but it answers pings).
@@ -41,9 +42,10 @@ class RealtimeConnection final : public RealtimeLink, public std::enable_shared_
     // A browser that offers subprotocols (the key travels in one) needs one chosen back:
     // "realtime" when offered, never the key's.
     const std::string chosen = realtime::choose_subprotocol(req[bhttp::field::sec_websocket_protocol]);
-    if (!chosen.empty())
-      ws_.set_option(beast::websocket::stream_base::decorator(
-          [chosen](beast::websocket::response_type& res) { res.set(bhttp::field::sec_websocket_protocol, chosen); }));
+    ws_.set_option(beast::websocket::stream_base::decorator([chosen, request_id](beast::websocket::response_type& res) {
+      if (!chosen.empty()) res.set(bhttp::field::sec_websocket_protocol, chosen);
+      res.set("x-request-id", request_id);
+    }));
     // Clients still on the beta interface say so (OpenAI-Beta: realtime=v1); the rest get GA.
     dialect_ = std::string(req["OpenAI-Beta"]).find("realtime=v1") != std::string::npos
                    ? realtime::Dialect::Beta
@@ -210,11 +212,13 @@ void handle_realtime_upgrade(HttpExchange& ex) {
   ex.become_realtime();
 }
 
-void open_realtime(PlainStream stream, ServerState& srv, const std::string& key, const bhttp::request<bhttp::string_body>& upgrade) {
-  std::make_shared<RealtimeConnection<PlainStream>>(std::move(stream), srv, key)->start(upgrade);
+void open_realtime(PlainStream stream, ServerState& srv, const std::string& key, const bhttp::request<bhttp::string_body>& upgrade,
+                   const std::string& request_id) {
+  std::make_shared<RealtimeConnection<PlainStream>>(std::move(stream), srv, key)->start(upgrade, request_id);
 }
-void open_realtime(TlsStream stream, ServerState& srv, const std::string& key, const bhttp::request<bhttp::string_body>& upgrade) {
-  std::make_shared<RealtimeConnection<TlsStream>>(std::move(stream), srv, key)->start(upgrade);
+void open_realtime(TlsStream stream, ServerState& srv, const std::string& key, const bhttp::request<bhttp::string_body>& upgrade,
+                   const std::string& request_id) {
+  std::make_shared<RealtimeConnection<TlsStream>>(std::move(stream), srv, key)->start(upgrade, request_id);
 }
 
 }  // namespace tutti::http

@@ -10,7 +10,9 @@
 
 namespace tutti::http {
 
-void open_realtime(PlainStream stream, ServerState& srv, const std::string& key, const bhttp::request<bhttp::string_body>& upgrade);
-void open_realtime(TlsStream stream, ServerState& srv, const std::string& key, const bhttp::request<bhttp::string_body>& upgrade);
+void open_realtime(PlainStream stream, ServerState& srv, const std::string& key, const bhttp::request<bhttp::string_body>& upgrade,
+                   const std::string& request_id);
+void open_realtime(TlsStream stream, ServerState& srv, const std::string& key, const bhttp::request<bhttp::string_body>& upgrade,
+                   const std::string& request_id);
 
 }  // namespace tutti::http

@@ -119,7 +119,7 @@ void RealtimeResponse::on_end(const GenerationEnd& e) {
     }
   }
   const char* status = outcome_name(e.outcome());
-  const char* item_status = e.ok() ? "completed" : "incomplete";
+  const char* item_status = std::string_view(status) == "completed" ? "completed" : "incomplete";  // cut, cancelled or failed
   link_.emit(content_part_done(s_.at, content_part()));
   json item = output_item(item_status);
   link_.emit(output_item_done(s_.at, item));
