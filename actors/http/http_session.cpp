@@ -249,8 +249,8 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
   std::shared_ptr<GenerationOwner> handler_;  // the answer in flight, if it outlives its call
   OutgoingQueue out_;
   bool writing_ = false, close_after_writes_ = false;
-  size_t body_limit_ = 0;
-  bool closing_ = false;  // this request's: max_body_bytes, or max_upload_bytes for a form
+  size_t body_limit_ = 0;  // this request's: max_body_bytes, or max_upload_bytes for a form
+  bool closing_ = false;
 };
 
 }  // namespace

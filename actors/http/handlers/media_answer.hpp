@@ -8,16 +8,13 @@
 
 namespace tutti::http {
 
-// Parses the body for `kind` and starts its generation under `answer` (which the exchange
-// keeps); an invalid body or a refusal is answered here. `setup` sees the parsed request
-// before it starts (the answer keeps what it needs of it).
+// Starts the generation of a parsed media request under an Answer (which the exchange keeps);
+// a refusal is answered here. `extend` adds to the spec before it starts (an edit's input
+// image).
 template <class Answer>
-void start_media_answer(HttpExchange& ex, MediaKind kind) {
+void start_parsed_media_answer(HttpExchange& ex, MediaKind kind, const MediaRequest& media,
+                               const std::function<void(GenerationSpec&)>& extend = {}) {
   ServerState& srv = ex.server();
-  auto parsed = parse_media_request(kind, ex.body(), srv.cfg.modalities, srv.cfg.served(), srv.cfg.max_media_seconds,
-                                    srv.cfg.classes.of(kind));
-  if (const ApiError* e = std::get_if<ApiError>(&parsed)) return ex.respond_error(*e);
-  MediaRequest media = std::get<MediaRequest>(std::move(parsed));
   auto answer = std::make_shared<Answer>(ex, media);
   GenerationSpec spec;
   spec.key = ex.key();
@@ -28,10 +25,21 @@ void start_media_answer(HttpExchange& ex, MediaKind kind) {
   spec.parts = kind == MediaKind::Image ? media.n : 1;
   spec.seed_from_id = true;
   spec.output = answer->output_factory(srv);
+  if (extend) extend(spec);
   auto started = Generation::start(srv, std::move(spec), answer);
   if (const ApiError* e = std::get_if<ApiError>(&started)) return ex.respond_error(*e);
   answer->generation = std::get<std::shared_ptr<Generation>>(std::move(started));
   ex.keep(answer, answer->generation);
+}
+
+// Parses the body for `kind` and starts its generation; an invalid body is answered here.
+template <class Answer>
+void start_media_answer(HttpExchange& ex, MediaKind kind) {
+  ServerState& srv = ex.server();
+  auto parsed = parse_media_request(kind, ex.body(), srv.cfg.modalities, srv.cfg.served(), srv.cfg.max_media_seconds,
+                                    srv.cfg.classes.of(kind));
+  if (const ApiError* e = std::get_if<ApiError>(&parsed)) return ex.respond_error(*e);
+  start_parsed_media_answer<Answer>(ex, kind, std::get<MediaRequest>(parsed));
 }
 
 // The usage object of a media answer (speech, music, images).

@@ -221,25 +221,13 @@ void handle_image_edits(HttpExchange& ex) {
         if (!ids) return void(t->error = ids.error().message);
         t->ids = std::move(ids).value();
       },
-      [&ex, &srv, t, req] {
+      [&ex, t, req] {
         if (!t->error.empty()) return ex.respond_error(invalid_request("'image' could not be decoded: " + t->error, "image"));
-        auto answer = std::make_shared<ImagesAnswer>(ex, *req);
-        GenerationSpec spec;
-        spec.key = ex.key();
-        spec.endpoint = ex.path();
-        spec.model = req->model;
-        spec.request = req->request;
-        spec.media_in[Modality::Image] = int64_t(t->ids.size());
-        spec.request.prompt = "\x1e" "0\x1f" + spec.request.prompt;  // the input image, then the prompt
-        spec.request.media_parts = {std::move(t->ids)};
-        spec.holds_session = true;
-        spec.parts = req->n;
-        spec.seed_from_id = true;
-        spec.output = answer->output_factory(srv);
-        auto started = Generation::start(srv, std::move(spec), answer);
-        if (const ApiError* e = std::get_if<ApiError>(&started)) return ex.respond_error(*e);
-        answer->generation = std::get<std::shared_ptr<Generation>>(std::move(started));
-        ex.keep(answer, answer->generation);
+        start_parsed_media_answer<ImagesAnswer>(ex, MediaKind::Image, *req, [t](GenerationSpec& spec) {
+          spec.media_in[Modality::Image] = int64_t(t->ids.size());
+          spec.request.prompt = "\x1e" "0\x1f" + spec.request.prompt;  // the input image, then the prompt
+          spec.request.media_parts = {std::move(t->ids)};
+        });
       });
 }
 

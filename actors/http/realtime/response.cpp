@@ -26,10 +26,8 @@ json RealtimeResponse::content_part() const {
 
 json RealtimeResponse::output_item(const char* status) const {
   json content = json::array();
-  if (s_.modality == Modality::Text) content.push_back(output_text_part(text_));
-  if (s_.modality == Modality::Audio) content.push_back(output_audio_part(""));
-  if (s_.dialect == Dialect::Beta)
-    for (json& c : content) c["type"] = c["type"] == "output_text" ? "text" : "audio";
+  if (s_.modality == Modality::Text) content.push_back(output_text_part(s_.dialect, text_));
+  if (s_.modality == Modality::Audio) content.push_back(output_audio_part(s_.dialect, ""));
   return message_item(s_.at.item_id, "assistant", content, status);
 }
 

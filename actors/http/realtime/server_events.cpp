@@ -18,9 +18,11 @@ json message_item(const std::string& item_id, const std::string& role, json cont
   return {{"id", item_id}, {"object", "realtime.item"}, {"type", "message"}, {"role", role}, {"status", status}, {"content", std::move(content)}};
 }
 json text_part(const std::string& text) { return {{"type", "input_text"}, {"text", text}}; }
-json output_text_part(const std::string& text) { return {{"type", "output_text"}, {"text", text}}; }
+json output_text_part(Dialect d, const std::string& text) { return {{"type", d == Dialect::Beta ? "text" : "output_text"}, {"text", text}}; }
 json audio_part() { return {{"type", "input_audio"}, {"transcript", nullptr}}; }
-json output_audio_part(const std::string& transcript) { return {{"type", "output_audio"}, {"transcript", transcript}}; }
+json output_audio_part(Dialect d, const std::string& transcript) {
+  return {{"type", d == Dialect::Beta ? "audio" : "output_audio"}, {"transcript", transcript}};
+}
 json image_part() { return {{"type", "input_image"}}; }
 
 json item_added(Dialect d, json item, const std::string& previous_item_id) {

@@ -34,10 +34,11 @@ json session_updated(json session);
 // A message item: {id, object, type: message, role, status, content}.
 json message_item(const std::string& item_id, const std::string& role, json content, const char* status = "completed");
 json text_part(const std::string& text);                 // input_text
-json output_text_part(const std::string& text);          // output_text (an assistant's)
 json audio_part();                                       // input_audio (no transcript)
-json output_audio_part(const std::string& transcript);   // output_audio (an assistant's)
 json image_part();                                       // input_image
+// An assistant's parts: output_text and output_audio (beta: text and audio).
+json output_text_part(Dialect d, const std::string& text);
+json output_audio_part(Dialect d, const std::string& transcript);
 
 // An item joined the conversation after previous_item_id (GA: conversation.item.added;
 // beta: conversation.item.created); its content is final (conversation.item.done).

@@ -47,12 +47,10 @@ json RealtimeSession::item_json(const std::string& id) const {
   const bool assistant = role == "assistant";
   json content = json::array();
   for (const ConversationItem* p : parts) {
-    if (p->ids.empty()) content.push_back(assistant ? output_text_part(p->text) : text_part(p->text));
-    else if (p->media == Modality::Audio) content.push_back(assistant ? output_audio_part("") : audio_part());
+    if (p->ids.empty()) content.push_back(assistant ? output_text_part(settings_.dialect, p->text) : text_part(p->text));
+    else if (p->media == Modality::Audio) content.push_back(assistant ? output_audio_part(settings_.dialect, "") : audio_part());
     else content.push_back(image_part());
   }
-  if (settings_.dialect == Dialect::Beta && assistant)  // the beta's names for an assistant's parts
-    for (json& c : content) c["type"] = c["type"] == "output_text" ? "text" : "audio";
   return message_item(id, role, content);
 }
 
