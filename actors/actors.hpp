@@ -141,6 +141,7 @@ using delta_atom = caf::atom_constant<caf::atom("delta")>;
 using credit_atom = caf::atom_constant<caf::atom("credit")>;
 using media_atom = caf::atom_constant<caf::atom("media")>;
 using connect_atom = caf::atom_constant<caf::atom("connect")>;
+using canary_atom = caf::atom_constant<caf::atom("canary")>;
 
 // ---- interfaces
 
@@ -154,6 +155,11 @@ using sink_actor = caf::typed_actor<caf::reacts_to<delta_atom, text_delta>, caf:
 // is due (streams ahead of playback), one relook_atom arrives a little later (one timer,
 // never a chain per wake-up), so the mailbox never fills with steps ahead of a submit.
 //
+// Canaries (codecs/model_canary.h) run here too, between steps, one modality per message so
+// streams keep their pace: (canary_atom, m) checks one modality, records the verdict in the
+// model's ModalityHealth and replies whether it passed; a plain canary_atom starts a round of
+// every modality (the periodic timer's, every [health] canary_interval_s).
+//
 // Backpressure is credit from the far end: a session's transport reports (credit_atom, id,
 // n) once its client's socket has taken the first n generated tokens, and the executor runs
 // a sequence only while it is less than the client window ahead of that. So every queue
@@ -161,7 +167,8 @@ using sink_actor = caf::typed_actor<caf::reacts_to<delta_atom, text_delta>, caf:
 // request's tokens, and a client that stops reading pauses only its own sequence.
 using executor_actor = caf::typed_actor<caf::reacts_to<submit_atom, text_request, std::vector<int32_t>, sink_actor>,
                                         caf::reacts_to<cancel_atom, int64_t>, caf::reacts_to<credit_atom, int64_t, int32_t>,
-                                        caf::reacts_to<step_atom>, caf::reacts_to<relook_atom>>;
+                                        caf::reacts_to<step_atom>, caf::reacts_to<relook_atom>,
+                                        caf::replies_to<canary_atom, Modality>::with<bool>, caf::reacts_to<canary_atom>>;
 
 // Decoder: learns which sink each request belongs to (its prompt size and answer modality),
 // then turns step events into deltas for it. A request's deltas leave in token order.

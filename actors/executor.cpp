@@ -22,6 +22,14 @@ struct executor_state {
   // Cancels that arrived before their request (cancel travels at high priority and may
   // overtake the submit): the submit is answered with "cancelled" at once.
   std::set<int64_t> early_cancels;
+  ExecutorCanaries canaries;
+  std::unique_ptr<PagedKvCache> canary_kv;  // the canaries' own few blocks, never the serving pool
+  std::shared_ptr<const codecs::ModelCodecs> codecs;
+  ~executor_state() {
+    // The engine borrows the weights canaries.keep_alive holds: it goes first.
+    engine.reset();
+    canary_kv.reset();
+  }
 };
 
 // Ends a request the engine never took (cancelled before it arrived, or refused) with one
@@ -37,6 +45,8 @@ void end_unadmitted(executor_actor::stateful_pointer<executor_state> self, int64
   self->send(self->state.decoder, events_atom::value, std::move(ev));
 }
 
+std::chrono::milliseconds canary_period(double seconds) { return std::chrono::milliseconds(std::max<int64_t>(1, int64_t(seconds * 1000))); }
+
 void schedule_step(executor_actor::stateful_pointer<executor_state> self) {
   if (self->state.step_queued) return;
   self->state.step_queued = true;
@@ -48,8 +58,12 @@ executor_actor::behavior_type executor_impl(executor_actor::stateful_pointer<exe
                                             decoder_actor decoder, RealtimePacing pacing,
                                             std::function<void(const std::string&, int64_t)> fault_injection,
                                             std::shared_ptr<ServingMetrics> metrics,
-                                            std::shared_ptr<const codecs::ModelCodecs> codecs) {
+                                            std::shared_ptr<const codecs::ModelCodecs> codecs, ExecutorCanaries canaries) {
   self->state.metrics = std::move(metrics);
+  self->state.codecs = codecs;
+  self->state.canaries = std::move(canaries);
+  if (self->state.canaries.health && self->state.canaries.interval_s > 0)
+    self->delayed_send(self, canary_period(self->state.canaries.interval_s), canary_atom::value);
   self->state.tokenizer = std::move(tokenizer);
   self->state.engine = std::move(engine);
   self->state.decoder = decoder;
@@ -80,6 +94,7 @@ executor_actor::behavior_type executor_impl(executor_actor::stateful_pointer<exe
         er.sampling.top_k = r.top_k;
         er.sampling.seed = r.seed;
         er.stop_at_eog = !r.ignore_eos;
+        er.modality = r.modality;
         const Model& model = self->state.engine->model();
         if (r.modality != Modality::Text) {
           // A media answer: the prompt opens the modality's span, and every token is a code.
@@ -116,6 +131,37 @@ executor_actor::behavior_type executor_impl(executor_actor::stateful_pointer<exe
       [=](credit_atom, int64_t id, int32_t delivered) {
         // Only a credit that releases a held sequence creates work; the rest just count.
         if (self->state.engine->on_delivered(id, delivered, seconds_now())) schedule_step(self);
+      },
+      [=](canary_atom, Modality m) -> bool {
+        ExecutorCanaries& c = self->state.canaries;
+        if (!c.health || !c.model || !self->state.codecs) return true;
+        if (!self->state.canary_kv) {
+          auto kv = codecs::make_canary_cache(*c.model);
+          if (!kv) {
+            codecs::CanaryResult failed;
+            failed.modality = m;
+            failed.reason = "no memory for the canary's cache: " + kv.error().message;
+            c.health->record(failed);
+            return false;
+          }
+          self->state.canary_kv = std::move(kv).value();
+        }
+        const codecs::CanaryResult r = codecs::run_canary(*c.model, *self->state.tokenizer, *self->state.codecs,
+                                                          *self->state.canary_kv, m, c.thresholds, c.baselines);
+        c.health->record(r);
+        if (self->state.metrics) {
+          self->state.metrics->canaries_run++;
+          self->state.metrics->canary_micros += uint64_t(r.seconds * 1e6);
+        }
+        if (!r.passed) std::fprintf(stderr, "tutti: canary %s failed: %s\n", modality_name(m), r.reason.c_str());
+        return r.passed;
+      },
+      [=](canary_atom) {
+        // A round: one message per modality, so steps run between them.
+        ExecutorCanaries& c = self->state.canaries;
+        if (!c.health || !c.model) return;
+        for (Modality m : codecs::canary_modalities(*c.model)) caf::anon_send(self, canary_atom::value, m);  // verdicts go to health
+        if (c.interval_s > 0) self->delayed_send(self, canary_period(c.interval_s), canary_atom::value);
       },
       [=](relook_atom) {
         self->state.relook_armed = false;
@@ -167,9 +213,10 @@ executor_actor::behavior_type executor_impl(executor_actor::stateful_pointer<exe
 
 executor_actor spawn_executor(caf::actor_system& system, std::shared_ptr<Engine> engine, std::shared_ptr<const Tokenizer> tokenizer,
                               decoder_actor decoder, RealtimePacing pacing, FaultInjection fault_injection,
-                              std::shared_ptr<ServingMetrics> metrics, std::shared_ptr<const codecs::ModelCodecs> codecs) {
+                              std::shared_ptr<ServingMetrics> metrics, std::shared_ptr<const codecs::ModelCodecs> codecs,
+                              ExecutorCanaries canaries) {
   return system.spawn<caf::detached>(executor_impl, std::move(engine), std::move(tokenizer), std::move(decoder), pacing,
-                                     std::move(fault_injection), std::move(metrics), std::move(codecs));
+                                     std::move(fault_injection), std::move(metrics), std::move(codecs), std::move(canaries));
 }
 
 double seconds_now() {

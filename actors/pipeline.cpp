@@ -54,11 +54,16 @@ Expected<PipelineHandles> spawn_pipeline(caf::actor_system& system, Model& model
   h.admission = std::make_shared<AdmissionBoard>(config.scheduler.admission);
   auto engine = std::make_shared<Engine>(model, std::move(kv).value(), config.scheduler, tokenizer.get(), h.metrics, h.admission);
   if (config.step_fault_injection) engine->set_step_hook(config.step_fault_injection);
+  if (auto health = config.health)
+    engine->set_nonfinite_hook([health](Modality m) { health->flag(m, std::string("non-finite logits in a ") + modality_name(m) + " step"); });
   auto codecs = codecs::load_model_codecs(model.file());
   if (!codecs) return codecs.error();
   h.codecs = std::make_shared<const codecs::ModelCodecs>(std::move(codecs).value());
   h.decoder = spawn_decoder(system, tokenizer, h.codecs, config.fault_injection);
-  h.executor = spawn_executor(system, std::move(engine), tokenizer, h.decoder, config.pacing, config.fault_injection, h.metrics, h.codecs);
+  ExecutorCanaries canaries{&model, config.health, config.canary_thresholds, config.canary_baselines, config.canary_interval_s,
+                            config.keep_alive};
+  h.executor = spawn_executor(system, std::move(engine), tokenizer, h.decoder, config.pacing, config.fault_injection, h.metrics, h.codecs,
+                              std::move(canaries));
   caf::anon_send(h.decoder, connect_atom::value, h.executor);
   h.encoder = spawn_encoder(system, tokenizer, h.executor, h.decoder, config.fault_injection);
   return h;

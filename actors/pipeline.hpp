@@ -9,6 +9,7 @@
 #include <string>
 
 #include "actors/actors.hpp"
+#include "codecs/model_canary.h"
 #include "codecs/model_codecs.h"
 #include "config/settings.h"
 #include "pipeline/admission.h"
@@ -33,6 +34,16 @@ struct PipelineConfig {
   // Also for tests: called with each step's plan inside the step (Engine::set_step_hook), so
   // a test can give steps a cost that depends on what is in them.
   std::function<void(const StepPlan&)> step_fault_injection;
+  // The model's canaries, run by its executor (actors.hpp): null health means none. The
+  // runtime guard (non-finite logits) reports there too.
+  std::shared_ptr<codecs::ModalityHealth> health;
+  codecs::CanaryThresholds canary_thresholds;
+  codecs::CanaryBaselines canary_baselines;  // recorded at load; the executor's canaries compare against them
+  double canary_interval_s = 0;              // 0: no periodic round
+  // What the executor keeps alive until it has quit: the weights it borrows and the backend
+  // they live on, when the pipeline owns them (a model the registry loaded). Null: the caller
+  // keeps the model alive for as long as the actors run.
+  std::shared_ptr<const void> keep_alive;
   Status validate() const;
   // The [kv_cache], [scheduler], [admission] and [realtime] settings.
   static PipelineConfig from(const Settings& settings);

@@ -2,16 +2,62 @@
 
 namespace tutti {
 
+namespace {
+
+http::ModelLoadOptions load_options_of(const Serving::Options& o, const ModelEntry& e) {
+  http::ModelLoadOptions lo;
+  lo.entry = e;
+  lo.device = e.device.empty() ? o.engine.device : e.device;
+  lo.kernels = o.engine.kernels;
+  lo.threads = e.threads > 0 ? e.threads : o.engine.threads;
+  lo.pipeline = o.pipeline;
+  if (e.kv_cache_mb > 0) lo.pipeline.kv_cache_bytes = size_t(e.kv_cache_mb) << 20;
+  lo.thresholds = http::canary_thresholds(o.engine.health);
+  lo.pass_streak = o.engine.health.pass_streak;
+  lo.canary_interval_s = o.engine.health.canary_interval_s;
+  return lo;
+}
+
+}  // namespace
+
 Expected<std::unique_ptr<Serving>> Serving::start(Model& model, std::shared_ptr<const Tokenizer> tokenizer, Options o) {
   std::unique_ptr<Serving> s(new Serving);
   actors::configure_for_compute(s->caf_config_, o.caf_workers);
   s->system_ = std::make_unique<caf::actor_system>(s->caf_config_);
-  auto pipe = actors::spawn_pipeline(*s->system_, model, std::move(tokenizer), o.pipeline);
-  if (!pipe) return pipe.error();
-  s->pipe_ = *pipe;
   o.server.fit_to(model);
+  ModelEntry entry;
+  entry.name = o.server.model_name;
+  entry.file = model.file().path();
+  auto slot = std::make_unique<http::ModelSlot>(entry);
+  auto inst = http::borrow_model_instance(*s->system_, model, std::move(tokenizer), load_options_of(o, entry), slot->baselines);
+  if (!inst) return inst.error();
+  slot->replace(*inst);
+  std::vector<std::unique_ptr<http::ModelSlot>> slots;
+  slots.push_back(std::move(slot));
+  s->models_ = std::make_shared<http::ModelRegistry>(std::move(slots), o.server.model_aliases);
+  s->models_->system = s->system_.get();
+  s->models_->load_options = [o](const ModelEntry& e) { return load_options_of(o, e); };
+  return serve(std::move(s), std::move(o));
+}
+
+Expected<std::unique_ptr<Serving>> Serving::start(Options o) {
+  std::unique_ptr<Serving> s(new Serving);
+  actors::configure_for_compute(s->caf_config_, o.caf_workers);
+  s->system_ = std::make_unique<caf::actor_system>(s->caf_config_);
+  auto models = http::load_models(*s->system_, o.engine, o.pipeline);
+  if (!models) return models.error();
+  s->models_ = std::move(models).value();
+  return serve(std::move(s), std::move(o));
+}
+
+Expected<std::unique_ptr<Serving>> Serving::serve(std::unique_ptr<Serving> s, Options o) {
+  http::ModelSlot& primary = s->models_->primary();
+  if (o.server.model_name.empty()) o.server.model_name = primary.name();  // [[models]]: the first one's name
+  o.server.fit_to(primary.current()->facts);
+  if (primary.name().empty()) primary.name_as(o.server.model_name);
+  primary.current()->name = primary.name();
   s->config_ = o.server;
-  s->http_ = std::make_unique<http::HttpServer>(*s->system_, s->pipe_, std::move(o.server));
+  s->http_ = std::make_unique<http::HttpServer>(*s->system_, s->models_, std::move(o.server));
   auto port = s->http_->start();
   if (!port) return port.error();
   s->port_ = *port;
@@ -28,7 +74,10 @@ void Serving::stop() {
   if (stopped_) return;
   stopped_ = true;
   if (http_) http_->stop();
-  if (pipe_.executor) actors::stop_pipeline(pipe_);
+  // The registry lets go of every instance: each one's actors are told to quit once nothing
+  // else holds it (what the stopped sessions still hold goes with the HTTP server).
+  if (models_)
+    for (auto& slot : models_->slots()) slot->replace(nullptr);
 }
 
 }  // namespace tutti

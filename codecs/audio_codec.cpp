@@ -85,6 +85,7 @@ class MdctCodec final : public AudioCodec {
     };
     return std::make_unique<D>(int(m_.frame_size), books_, int(m_.codebook_size));
   }
+  const Codebooks* codebooks() const override { return books_.get(); }
 
  private:
   ModalityInfo m_;

@@ -23,6 +23,8 @@ class ThreadPool;
 
 namespace tutti::codecs {
 
+struct Codebooks;
+
 class AudioCodeEncoder {
  public:
   virtual ~AudioCodeEncoder() = default;
@@ -64,6 +66,9 @@ class AudioCodec {
   virtual int encoder_latency_samples() const = 0;
   virtual std::unique_ptr<AudioCodeEncoder> encoder(ThreadPool* pool = nullptr) const = 0;
   virtual std::unique_ptr<AudioCodeDecoder> decoder(const AudioDecodeOptions& options = {}) const = 0;
+  // The residual-VQ codebooks the codes index, for codecs built on them (mdct); null for
+  // SNAC, whose quantizer lives in its network. Read by the canaries' fault injection.
+  virtual const Codebooks* codebooks() const { return nullptr; }
 
   // One-shot helpers over the streaming objects.
   std::vector<int32_t> encode(std::span<const float> samples, ThreadPool* pool = nullptr) const;

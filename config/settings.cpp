@@ -2,6 +2,7 @@
 
 #include <toml++/toml.h>
 
+#include <algorithm>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -75,6 +76,51 @@ Reader text(std::string Settings::*field, std::vector<std::string> allowed = {})
   };
 }
 
+Reader health_real(double HealthSettings::*field, double lo, double hi) {
+  return [=](const toml::node& n, Settings& s) -> std::optional<std::string> {
+    auto v = n.value<double>();
+    if (!n.is_number() || !v) return "must be a number";
+    if (!(*v >= lo && *v <= hi)) return "must be between " + std::to_string(lo) + " and " + std::to_string(hi);
+    s.health.*field = *v;
+    return std::nullopt;
+  };
+}
+
+const char* const kModalityNames[] = {"text", "audio", "image", "video", "music"};
+
+// One [[models]] table; problems name the setting as models[i].key.
+std::optional<std::string> read_model_entry(const toml::table& t, ModelEntry& m, const std::string& at) {
+  for (const auto& [key_node, value] : t) {
+    const std::string key(key_node.str());
+    const std::string where = at + "." + key;
+    auto line = [&](const toml::node& n) { return std::to_string(n.source().begin.line) + ": "; };
+    if (key == "name" || key == "file" || key == "device") {
+      if (!value.is_string()) return line(value) + where + " must be a string";
+      std::string v = *value.value<std::string>();
+      if (key == "device" && v != "cpu" && v != "cuda") return line(value) + where + " must be one of cpu, cuda";
+      (key == "name" ? m.name : key == "file" ? m.file : m.device) = v;
+    } else if (key == "threads" || key == "kv_cache_mb") {
+      auto v = value.value<int64_t>();
+      const int64_t hi = key == "threads" ? 1024 : (1 << 22);
+      if (!value.is_integer() || !v || *v < 0 || *v > hi) return line(value) + where + " must be an integer between 0 and " + std::to_string(hi);
+      (key == "threads" ? m.threads : m.kv_cache_mb) = int(*v);
+    } else if (key == "fallback") {
+      const toml::table* f = value.as_table();
+      if (!f) return line(value) + where + " must be a table of modality = \"model\"";
+      for (const auto& [mod_node, target] : *f) {
+        const std::string mod(mod_node.str());
+        if (std::find(std::begin(kModalityNames), std::end(kModalityNames), mod) == std::end(kModalityNames))
+          return line(target) + where + "." + mod + ": unknown modality (text, audio, image, video or music)";
+        if (!target.is_string()) return line(target) + where + "." + mod + " must be a model name";
+        m.fallback[mod] = *target.value<std::string>();
+      }
+    } else {
+      return line(value) + "unknown setting " + where;
+    }
+  }
+  return std::nullopt;
+}
+
 const std::map<std::string, std::map<std::string, Reader>>& schema() {
   static const std::map<std::string, std::map<std::string, Reader>> s = {
       {"model", {{"path", text(&Settings::model_path)}, {"device", text(&Settings::device, {"cpu", "cuda"})},
@@ -135,6 +181,20 @@ const std::map<std::string, std::map<std::string, Reader>>& schema() {
                    {"max_turn_s", real(&Settings::stream_max_turn_s, 1, 600)}}},
       {"ledger", {{"path", text(&Settings::ledger_path)}, {"synchronous", text(&Settings::ledger_synchronous, {"normal", "full"})}}},
       {"shutdown", {{"drain_seconds", real(&Settings::drain_seconds, 0, 3600)}}},
+      {"health", {{"canary_interval_s", health_real(&HealthSettings::canary_interval_s, 0, 86400)},
+                  {"pass_streak", [](const toml::node& n, Settings& s) -> std::optional<std::string> {
+                     auto v = n.value<int64_t>();
+                     if (!n.is_integer() || !v || *v < 1 || *v > 1000) return "must be an integer between 1 and 1000";
+                     s.health.pass_streak = int(*v);
+                     return std::nullopt;
+                   }},
+                  {"text_perplexity_ratio", health_real(&HealthSettings::text_perplexity_ratio, 1, 1e6)},
+                  {"decode_tolerance", health_real(&HealthSettings::decode_tolerance, 0, 1)},
+                  {"min_rms", health_real(&HealthSettings::min_rms, 0, 1)},
+                  {"max_clip_fraction", health_real(&HealthSettings::max_clip_fraction, 0, 1)},
+                  {"min_code_entropy_bits", health_real(&HealthSettings::min_code_entropy_bits, 0, 32)},
+                  {"max_top_code_share", health_real(&HealthSettings::max_top_code_share, 0, 1)},
+                  {"min_frame_stddev", health_real(&HealthSettings::min_frame_stddev, 0, 255)}}},
   };
   return s;
 }
@@ -152,6 +212,18 @@ Expected<Settings> parse_settings(const std::string& text_in, const std::string&
   Settings s;
   for (const auto& [section_key, section_node] : root) {
     const std::string section(section_key.str());
+    if (section == "models") {
+      const toml::array* list = section_node.as_array();
+      if (!list || !list->is_array_of_tables()) return Error{name + ": 'models' must be a list of [[models]] tables"};
+      for (size_t i = 0; i < list->size(); ++i) {
+        ModelEntry m;
+        if (auto problem = read_model_entry(*list->get(i)->as_table(), m, "models[" + std::to_string(i) + "]"))
+          return Error{name + ":" + *problem};
+        s.models.push_back(std::move(m));
+      }
+      if (Status ok = validate_models(s.models); !ok) return Error{name + ": " + ok.message()};
+      continue;
+    }
     auto sec = schema().find(section);
     if (sec == schema().end()) return Error{name + ": unknown section [" + section + "]"};
     const toml::table* table = section_node.as_table();
@@ -169,6 +241,45 @@ Expected<Settings> parse_settings(const std::string& text_in, const std::string&
   if (s.step_token_budget < s.max_batch)
     return Error{name + ": scheduler.step_token_budget must be at least scheduler.max_batch"};
   return s;
+}
+
+Status validate_models(const std::vector<ModelEntry>& models) {
+  std::map<std::string, const ModelEntry*> by_name;
+  for (size_t i = 0; i < models.size(); ++i) {
+    const ModelEntry& m = models[i];
+    const std::string at = "models[" + std::to_string(i) + "]";
+    if (m.name.empty()) return Error{at + ".name is required"};
+    if (m.file.empty()) return Error{at + ".file is required (model " + m.name + ")"};
+    if (!by_name.emplace(m.name, &m).second) return Error{at + ".name: model " + m.name + " is listed twice"};
+  }
+  for (const ModelEntry& m : models)
+    for (const auto& [modality, target] : m.fallback) {
+      if (target == m.name) return Error{"model " + m.name + ": fallback." + modality + " names the model itself"};
+      if (!by_name.count(target)) return Error{"model " + m.name + ": fallback." + modality + " names unknown model " + target};
+      // Follow the chain for this modality: it must end at a model without a fallback for it.
+      std::vector<std::string> chain = {m.name};
+      std::string at = target;
+      while (true) {
+        if (std::find(chain.begin(), chain.end(), at) != chain.end()) {
+          std::string path;
+          for (const std::string& c : chain) path += c + " -> ";
+          return Error{"fallback." + modality + " makes a cycle: " + path + at};
+        }
+        chain.push_back(at);
+        const ModelEntry& next = *by_name.at(at);
+        auto it = next.fallback.find(modality);
+        if (it == next.fallback.end()) break;
+        at = it->second;
+      }
+    }
+  return Status::Ok();
+}
+
+std::vector<ModelEntry> Settings::served_models() const {
+  if (!models.empty()) return models;
+  ModelEntry one;
+  one.file = model_path;  // name "": the file's own (general.name), as a single model always was
+  return {one};
 }
 
 Expected<Settings> load_settings(const std::string& path) {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -11,7 +12,35 @@
 
 namespace tutti {
 
+// One entry of [[models]]: a weight file served under a name, with its own engine settings
+// (0 or "": the shared [model] / [kv_cache] ones) and, per modality, the model that answers
+// that modality while this one's is unhealthy.
+struct ModelEntry {
+  std::string name;
+  std::string file;
+  int threads = 0;
+  int kv_cache_mb = 0;
+  std::string device;
+  std::map<std::string, std::string> fallback;  // modality name -> model name
+};
+
+// [health]: the per-modality canaries (docs/architecture.md, "Models, health and fallback").
+struct HealthSettings {
+  double canary_interval_s = 60;       // 0: only at load and on demand
+  int pass_streak = 3;                 // passes in a row before a degraded modality returns
+  double text_perplexity_ratio = 1.5;  // canary perplexity may be at most this x its baseline
+  double decode_tolerance = 0.01;      // relative: fixed codes decode to their checksum within it
+  double min_rms = 1e-4;               // generated audio quieter than this is silent
+  double max_clip_fraction = 0.05;     // samples at |x| >= 0.999
+  double min_code_entropy_bits = 1.0;  // of the generated codes
+  double max_top_code_share = 0.6;     // share of the most frequent generated code
+  double min_frame_stddev = 1.0;       // decoded frames' pixel standard deviation (0..255)
+};
+
 struct Settings {
+  // [[models]]: several models at once; empty: one, [model] path (see models()).
+  std::vector<ModelEntry> models;
+  HealthSettings health;
   // [model]
   std::string model_path = "models/default.gguf";
   std::string device = "cpu";
@@ -86,7 +115,15 @@ struct Settings {
   int caf_workers = 2;
   // [shutdown]
   double drain_seconds = 10;
+
+  // The models to serve: [[models]], or one entry for [model] path (its name: the file's own).
+  std::vector<ModelEntry> served_models() const;
 };
+
+// The [[models]] list's own rules: names unique and non-empty, files given, fallbacks naming a
+// modality and another listed model, and no chain of fallbacks for a modality that returns to
+// where it started.
+Status validate_models(const std::vector<ModelEntry>& models);
 
 Expected<Settings> parse_settings(const std::string& toml_text, const std::string& source_name);
 Expected<Settings> load_settings(const std::string& path);

@@ -1,5 +1,8 @@
 #include "pipeline/engine.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include <chrono>
 
 namespace tutti {
@@ -98,7 +101,7 @@ Status Engine::submit(EngineRequest r, double now) {
     return admitted;
   }
   Sampler sampler(std::move(r.sampling));
-  live_.emplace(id, Live{std::move(sampler), r.stop_at_eog, cls, r.media});
+  live_.emplace(id, Live{std::move(sampler), r.stop_at_eog, cls, r.media, r.modality});
   if (metrics_) {
     metrics_->prompt_tokens[size_t(cls)] += prompt;
     metrics_->queue_depth = scheduler_.waiting();
@@ -152,10 +155,22 @@ std::vector<EngineEvent> Engine::step(double now, EngineStepStats* stats) {
   }
   std::vector<TokenOutcome> outcomes;
   std::vector<size_t> event_of;  // index into events for each outcome
+  std::vector<int64_t> poisoned;  // sequences whose logits were not finite
   for (size_t i = 0; i < plan.batch.chunks.size(); ++i) {
     if (!plan.samples[i]) continue;
     const int64_t id = plan.batch.chunks[i].seq_id;
     Live& live = live_.at(id);
+    if (const float* row = logits_.last_of(i, plan.batch); !std::all_of(row, row + n_vocab, [](float x) { return std::isfinite(x); })) {
+      // The runtime guard: never sample from NaN/Inf. The request ends with the reason; the
+      // modality is reported so routing can move it to a fallback.
+      poisoned.push_back(id);
+      events.push_back({id, -1, -1, FinishReason::Error,
+                        std::string("the model's logits for this ") + modality_name(live.modality) +
+                            " request are not finite (NaN or Inf); the modality is marked unhealthy",
+                        ErrorCode::generation_failed});
+      if (nonfinite_hook_) nonfinite_hook_(live.modality);
+      continue;
+    }
     if (live.media) {  // this slot's stage, and the end token at a frame boundary after the first frame
       const MediaLayout& m = *live.media;
       const SequenceStats* st = scheduler_.stats(id);
@@ -180,6 +195,10 @@ std::vector<EngineEvent> Engine::step(double now, EngineStepStats* stats) {
   // request's first token, are timed from there).
   const double forward_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const double done_at = now + forward_s;
+  for (int64_t id : poisoned) {  // out of the step before it is accounted: they sampled nothing
+    scheduler_.remove(id);
+    live_.erase(id);
+  }
   const std::vector<int64_t> finished = scheduler_.on_step_done(plan, outcomes, done_at);
   for (int64_t id : finished) {
     live_.erase(id);

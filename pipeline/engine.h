@@ -39,6 +39,7 @@ struct EngineRequest {
   SamplingParams sampling;  // stop tokens and masks included
   bool stop_at_eog = true;  // end at the tokenizer's end-of-generation tokens
   std::optional<MediaLayout> media;
+  Modality modality = Modality::Text;  // what it generates (the runtime guard names it)
 };
 
 
@@ -87,6 +88,10 @@ class Engine {
   // measured time (a test sleeps in it to give steps a cost of its choosing, which the cost
   // model then learns); what it throws fails the step as a model failure would.
   void set_step_hook(std::function<void(const StepPlan&)> hook) { step_hook_ = std::move(hook); }
+  // The runtime guard: a sequence whose logits hold NaN or Inf ends at once with an error
+  // (generation_failed, saying so) rather than sampling garbage, and `on_nonfinite` hears
+  // its modality (the server marks that modality unhealthy).
+  void set_nonfinite_hook(std::function<void(Modality)> hook) { nonfinite_hook_ = std::move(hook); }
 
   const Scheduler& scheduler() const { return scheduler_; }
   const PagedKvCache& kv_cache() const { return *kv_; }
@@ -98,6 +103,7 @@ class Engine {
     bool stop_at_eog;
     RequestClass cls;
     std::optional<MediaLayout> media;
+    Modality modality = Modality::Text;
   };
   Model& model_;
   std::unique_ptr<PagedKvCache> kv_;
@@ -109,6 +115,7 @@ class Engine {
   std::shared_ptr<ServingMetrics> metrics_;
   std::shared_ptr<AdmissionBoard> board_;
   std::function<void(const StepPlan&)> step_hook_;
+  std::function<void(Modality)> nonfinite_hook_;
   void publish_load(int64_t arrived = 0);
   void record_admission();
   void record(const std::vector<EngineEvent>& events, const EngineStepStats& stats, double now);

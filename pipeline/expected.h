@@ -35,6 +35,9 @@ enum class ErrorCode : uint8_t {
   generation_failed,        // the model, the decoder or an encoder failed while answering
   cancelled,                // the client (or a barge-in, or DELETE) cancelled it
   shutting_down,            // the server is draining
+  modality_unavailable,     // the model's modality is unhealthy and no fallback can answer it
+  forbidden,                // a valid key without the right (admin endpoints)
+  conflict,                 // the thing is busy with the same operation (a model's reload)
 };
 const char* error_code_name(ErrorCode c);
 inline std::string to_string(ErrorCode c) { return error_code_name(c); }

@@ -93,6 +93,10 @@ std::string ServingMetrics::render() const {
   out += "tutti_executor_wakeups_total " + std::to_string(executor_wakeups.load()) + "\n";
   header("tutti_executor_step_failures_total", "counter", "Steps that failed with an exception (their sequences ended with the error).");
   out += "tutti_executor_step_failures_total " + std::to_string(step_failures.load()) + "\n";
+  header("tutti_canary_checks_total", "counter", "Canary checks the executor ran between steps (one modality each).");
+  out += "tutti_canary_checks_total " + std::to_string(canaries_run.load()) + "\n";
+  header("tutti_canary_seconds_total", "counter", "Executor time spent in canary checks.");
+  out += "tutti_canary_seconds_total " + std::to_string(canary_micros.load() / 1e6) + "\n";
   header("tutti_prefill_tokens_total", "counter", "Prompt tokens computed by prefill.");
   out += "tutti_prefill_tokens_total " + std::to_string(prefill_tokens.load()) + "\n";
   header("tutti_prefix_cache_hit_tokens_total", "counter", "Prompt tokens found in the prefix cache instead of computed.");

@@ -41,6 +41,7 @@ struct ServingMetrics {
   std::atomic<uint64_t> realtime_underruns{0}, steps{0};
   std::atomic<uint64_t> executor_wakeups{0};  // step-loop turns, empty ones included
   std::atomic<uint64_t> step_failures{0};     // steps that threw (their sequences ended)
+  std::atomic<uint64_t> canaries_run{0}, canary_micros{0};  // canary checks on the executor's thread, and their time
   std::atomic<uint64_t> prefill_tokens{0}, prefix_cache_hit_tokens{0};  // prompt tokens computed / found cached
   std::atomic<int64_t> queue_depth{0}, running{0}, held_for_client{0}, kv_blocks_used{0}, kv_blocks_total{0},
       kv_blocks_cached{0};

@@ -61,6 +61,9 @@ const char* error_code_name(ErrorCode c) {
     case ErrorCode::generation_failed: return "generation_failed";
     case ErrorCode::cancelled: return "cancelled";
     case ErrorCode::shutting_down: return "shutting_down";
+    case ErrorCode::modality_unavailable: return "modality_unavailable";
+    case ErrorCode::forbidden: return "forbidden";
+    case ErrorCode::conflict: return "conflict";
   }
   return "unknown";
 }

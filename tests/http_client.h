@@ -22,6 +22,7 @@ struct Reply {
   std::string body, content_type;
   std::string retry_after, www_authenticate;
   std::string request_id;  // x-request-id
+  std::string served_by;   // x-tutti-served-by
 };
 
 // One request (with extra header fields, e.g. Authorization); reads until the response ends
@@ -47,7 +48,7 @@ inline Reply http_call(uint16_t port, boost::beast::http::verb verb, const std::
   bhttp::read(stream, buf, parser, ec);
   const auto& res = parser.get();
   return {int(res.result_int()), res.body(), std::string(res[bhttp::field::content_type]), std::string(res[bhttp::field::retry_after]),
-          std::string(res[bhttp::field::www_authenticate]), std::string(res["x-request-id"])};
+          std::string(res[bhttp::field::www_authenticate]), std::string(res["x-request-id"]), std::string(res["x-tutti-served-by"])};
 }
 
 // A Realtime WebSocket client on the test's thread (synchronous: one thread reads and

@@ -37,6 +37,17 @@ void add_counts(std::map<std::string, int64_t>& into, const unsigned char* text)
     if (it.value().is_number_integer()) into[it.key()] += it.value().get<int64_t>();
 }
 
+bool has_column(sqlite3* db, const char* table, const char* column) {
+  sqlite3_stmt* q = nullptr;
+  const std::string sql = std::string("PRAGMA table_info(") + table + ")";
+  if (sqlite3_prepare_v2(db, sql.c_str(), -1, &q, nullptr) != SQLITE_OK) return false;
+  bool found = false;
+  while (sqlite3_step(q) == SQLITE_ROW)
+    if (const unsigned char* name = sqlite3_column_text(q, 1); name && std::string(reinterpret_cast<const char*>(name)) == column) found = true;
+  sqlite3_finalize(q);
+  return found;
+}
+
 }  // namespace
 
 Expected<std::unique_ptr<UsageLedger>> UsageLedger::open(const std::string& path, const std::string& synchronous) {
@@ -55,13 +66,16 @@ Expected<std::unique_ptr<UsageLedger>> UsageLedger::open(const std::string& path
                       "CREATE TABLE IF NOT EXISTS usage ("
                       " request_id TEXT PRIMARY KEY, key TEXT NOT NULL, model TEXT, endpoint TEXT, class TEXT,"
                       " tokens_in TEXT NOT NULL, tokens_out TEXT NOT NULL, started_at REAL, finished_at REAL NOT NULL,"
-                      " first_output_s REAL, outcome TEXT NOT NULL, error TEXT);"
+                      " first_output_s REAL, outcome TEXT NOT NULL, error TEXT, fallback INTEGER NOT NULL DEFAULT 0);"
                       "CREATE INDEX IF NOT EXISTS usage_key_time ON usage(key, finished_at);");
       !s)
     return s.error();
+  // A ledger made before fallbacks existed gets the column (every old row: 0).
+  if (!has_column(db, "usage", "fallback"))
+    if (Status s = exec(db, "ALTER TABLE usage ADD COLUMN fallback INTEGER NOT NULL DEFAULT 0;"); !s) return s.error();
   if (sqlite3_prepare_v2(db,
                          "INSERT OR IGNORE INTO usage (request_id, key, model, endpoint, class, tokens_in, tokens_out, started_at,"
-                         " finished_at, first_output_s, outcome, error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                         " finished_at, first_output_s, outcome, error, fallback) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                          -1, &ledger->insert_, nullptr) != SQLITE_OK)
     return sql_error(db, "prepare");
   return ledger;
@@ -86,6 +100,7 @@ Expected<bool> UsageLedger::record(const UsageRecord& r) {
   sqlite3_bind_text(insert_, i++, r.outcome.c_str(), int(r.outcome.size()), SQLITE_TRANSIENT);
   if (r.error.empty()) sqlite3_bind_null(insert_, i++);
   else sqlite3_bind_text(insert_, i++, r.error.c_str(), int(r.error.size()), SQLITE_TRANSIENT);
+  sqlite3_bind_int(insert_, i++, r.fallback ? 1 : 0);
   if (sqlite3_step(insert_) != SQLITE_DONE) return sql_error(db_, "insert");
   return sqlite3_changes(db_) == 1;
 }

@@ -36,8 +36,11 @@ constexpr Mapping kMappings[] = {
     {ErrorCode::generation_failed, 500, "server_error", "generation_failed", "generation_failed", 0},
     {ErrorCode::cancelled, 503, "server_error", "cancelled", "cancelled", 0},
     {ErrorCode::shutting_down, 503, "server_error", "server_shutting_down", "server_shutting_down", 5},
+    {ErrorCode::modality_unavailable, 503, "server_error", "modality_unavailable", "modality_unavailable", 30},
+    {ErrorCode::forbidden, 403, "invalid_request_error", "insufficient_permissions", "insufficient_permissions", 0},
+    {ErrorCode::conflict, 409, "invalid_request_error", "conflict", "conflict", 0},
 };
-static_assert(std::size(kMappings) == size_t(ErrorCode::shutting_down) + 1, "one mapping per ErrorCode");
+static_assert(std::size(kMappings) == size_t(ErrorCode::conflict) + 1, "one mapping per ErrorCode");
 
 const Mapping& mapping(ErrorCode c) {
   const size_t i = size_t(c);

@@ -37,7 +37,7 @@ struct ApiError {
 // in the request: recorded in the ledger as `refused`.
 inline bool is_refusal(ErrorCode c) {
   return c == ErrorCode::rate_limited || c == ErrorCode::too_many_sessions || c == ErrorCode::token_quota_exceeded ||
-         c == ErrorCode::too_many_jobs || c == ErrorCode::shutting_down || c == ErrorCode::busy;
+         c == ErrorCode::too_many_jobs || c == ErrorCode::shutting_down || c == ErrorCode::busy || c == ErrorCode::modality_unavailable;
 }
 
 // A request's own mistake, naming the field.

@@ -36,7 +36,8 @@ access::UsageRecord usage_record(const GenerationSpec& spec, int64_t request_id,
   access::UsageRecord r;
   r.request_id = !spec.record_id.empty() ? spec.record_id : "http-" + std::to_string(request_id);
   r.key = spec.key;
-  r.model = spec.model;
+  r.model = !spec.served_by.empty() ? spec.served_by : spec.model;
+  r.fallback = spec.fallback;
   r.endpoint = spec.endpoint;
   r.request_class = request_class_name(spec.request.request_class);
   r.outcome = outcome_name(outcome);
@@ -57,10 +58,9 @@ access::UsageRecord usage_record(const GenerationSpec& spec, int64_t request_id,
 // its deltas into the response's bytes here (`media`, on this CAF worker), so encoding MP3
 // or H.264 never holds the I/O thread. The generation may be gone by the time a post runs
 // (weak pointer): the post is then a no-op.
-sink_actor spawn_sink(ServerState& srv, const text_request& request, std::weak_ptr<Generation> weak,
+sink_actor spawn_sink(ServerState& srv, encoder_actor encoder, const text_request& request, std::weak_ptr<Generation> weak,
                       std::shared_ptr<MediaOutput> media) {
   net::io_context* ioc = &srv.ioc;
-  encoder_actor encoder = srv.pipe.encoder;
   return srv.system.spawn([=](sink_actor::pointer self) -> sink_actor::behavior_type {
     self->request(encoder, caf::infinite, encode_atom::value, request, caf::actor_cast<sink_actor>(self))
         .then(
@@ -122,9 +122,29 @@ AdmissionRequest admission_request_of(const actors::text_request& r) {
   return a;
 }
 
+Modality routing_modality(const GenerationSpec& spec) {
+  if (spec.request.modality != Modality::Text) return spec.request.modality;
+  for (Modality m : {Modality::Audio, Modality::Music, Modality::Video, Modality::Image})
+    if (auto it = spec.media_in.find(m); it != spec.media_in.end() && it->second > 0) return m;
+  return Modality::Text;
+}
+
 std::variant<std::shared_ptr<Generation>, ApiError> Generation::start(ServerState& srv, GenerationSpec spec,
                                                                       std::weak_ptr<GenerationOwner> owner) {
   if (spec.request.id == 0) spec.request.id = srv.next_id++;
+  if (!spec.instance) {
+    auto routed = srv.models->route(spec.model, routing_modality(spec));
+    if (auto* e = std::get_if<ApiError>(&routed)) {
+      record_refusal(srv, spec, *e);
+      return *e;
+    }
+    ModelRoute& r = std::get<ModelRoute>(routed);
+    spec.instance = std::move(r.instance);
+    spec.served_by = r.served_by;
+    spec.fallback = r.fallback;
+  }
+  if (spec.served_by.empty()) spec.served_by = spec.instance->name;
+  const actors::PipelineHandles& pipe = spec.instance->pipe;
   if (spec.accounted)
     if (auto refusal = srv.admit(spec.key, spec.request.modality, spec.holds_session, spec.check_limits)) {
       ApiError e{refusal->code, refusal->message, "", refusal->retry_after_s};
@@ -133,14 +153,14 @@ std::variant<std::shared_ptr<Generation>, ApiError> Generation::start(ServerStat
     }
   // The engine's admission (its realtime capacity, the predicted wait), decided here on the
   // load the executor last published: a refusal never waits for the step in progress.
-  if (!spec.request.prefill_only && srv.pipe.admission) {
-    const AdmissionDecision d = srv.pipe.admission->admit(spec.request.id, admission_request_of(spec.request), monotonic_seconds());
+  if (!spec.request.prefill_only && pipe.admission) {
+    const AdmissionDecision d = pipe.admission->admit(spec.request.id, admission_request_of(spec.request), monotonic_seconds());
     if (!d.admitted()) {
       if (spec.accounted && spec.holds_session && spec.check_limits) srv.limiter.end_session(spec.key);  // admitted above
-      if (srv.pipe.metrics) {
+      if (pipe.metrics) {
         const size_t cls = size_t(spec.request.request_class);
-        srv.pipe.metrics->refused_front[cls][size_t(d.outcome)]++;
-        srv.pipe.metrics->requests_refused[cls]++;
+        pipe.metrics->refused_front[cls][size_t(d.outcome)]++;
+        pipe.metrics->requests_refused[cls]++;
       }
       ApiError e{ErrorCode::busy, d.message, "", d.retry_after_s};
       record_refusal(srv, spec, e);
@@ -166,6 +186,7 @@ std::variant<std::shared_ptr<Generation>, ApiError> Generation::start(ServerStat
     }
     if (reserved < wanted) spec.request.max_tokens = int32_t(reserved);
   }
+  if (spec.instance->generations++ == 0) spec.instance->first_generation_at = ServerState::unix_seconds();
   auto g = std::make_shared<Generation>(srv, std::move(spec), std::move(owner));
   g->reserved_ = reserved;
   g->launch_part();
@@ -201,17 +222,17 @@ void Generation::launch_part() {
   if (spec_.seed_from_id) request_.seed = uint64_t(request_.id);  // n images differ
   credited_ = 0;
   prompt_now_ = output_now_ = 0;
-  sink_ = spawn_sink(srv_, request_, weak_from_this(), spec_.output ? spec_.output() : nullptr);
+  sink_ = spawn_sink(srv_, spec_.instance->pipe.encoder, request_, weak_from_this(), spec_.output ? spec_.output() : nullptr);
 }
 
 void Generation::delivered(int32_t tokens) {
   if (ended_ || tokens <= credited_) return;
   credited_ = tokens;
-  caf::anon_send(srv_.pipe.executor, credit_atom::value, request_.id, tokens);
+  caf::anon_send(spec_.instance->pipe.executor, credit_atom::value, request_.id, tokens);
 }
 
 void Generation::cancel() {
-  if (!ended_) caf::anon_send<caf::message_priority::high>(srv_.pipe.executor, cancel_atom::value, request_.id);
+  if (!ended_ && spec_.instance) caf::anon_send<caf::message_priority::high>(spec_.instance->pipe.executor, cancel_atom::value, request_.id);
 }
 
 void Generation::abandon(const std::string& why) {

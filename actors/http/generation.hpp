@@ -62,7 +62,13 @@ class GenerationOwner {
 struct GenerationSpec {
   std::string key;        // the key's name: its limits, its ledger rows ("" when open)
   std::string endpoint;   // recorded
-  std::string model;      // recorded ("" : the server's)
+  std::string model;      // asked for ("" : the default model)
+  // Where it runs: the instance that answers its modality (ModelRegistry::route), chosen by
+  // Generation::start when the caller has not; it holds the instance until the end, so a
+  // reload's old weights serve it to the end.
+  std::shared_ptr<ModelInstance> instance;
+  std::string served_by;  // the model that answers (recorded, and sent as x-tutti-served-by)
+  bool fallback = false;  // not the model asked for: its modality was unhealthy there
   std::string record_id;  // the ledger's request id ("" : "gen-" and the first request id)
   actors::text_request request;  // its id (and, for parts, its seed) is assigned here
   // Prompt tokens that are media (spliced parts), by modality; the rest are text.
@@ -82,6 +88,9 @@ struct GenerationSpec {
 // What the front door's admission knows of a request before it is encoded, and its clock
 // (the executor's: steady seconds).
 AdmissionRequest admission_request_of(const actors::text_request& r);
+// The modality a request is routed by: its answer's when that is media, else the media it
+// brings (a voice turn, a transcription: the codec that encoded it must be healthy), else text.
+Modality routing_modality(const GenerationSpec& spec);
 double monotonic_seconds();
 
 class Generation : public std::enable_shared_from_this<Generation> {
@@ -100,6 +109,8 @@ class Generation : public std::enable_shared_from_this<Generation> {
   Generation& operator=(const Generation&) = delete;
 
   int64_t request_id() const { return request_.id; }
+  const std::string& served_by() const { return spec_.served_by; }
+  bool fallback() const { return spec_.fallback; }
   const GenerationSpec& spec() const { return spec_; }
   bool running() const { return !ended_; }
   // Flow control: the client's socket has taken the first `tokens` of the current part.

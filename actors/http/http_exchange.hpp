@@ -69,6 +69,8 @@ class HttpExchange {
  protected:
   std::string path_;
   std::string request_id_;
+  // The model that answers (the kept generation's), sent as x-tutti-served-by.
+  std::string served_by_;
 };
 
 }  // namespace tutti::http

@@ -64,6 +64,7 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
     const bool keep_alive = keep_alive_;
     if (request_id_.empty()) request_id_ = new_request_id();
     res.set("x-request-id", request_id_);
+    if (!served_by_.empty()) res.set("x-tutti-served-by", served_by_);
     handler_.reset();  // answered: a kept handler has nothing more to say
     res.keep_alive(keep_alive);
     res.prepare_payload();
@@ -86,6 +87,7 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
   void abort_stream() override { end_stream(); }
   void keep(std::shared_ptr<GenerationOwner> handler, std::weak_ptr<Generation> credit) override {
     handler_ = std::move(handler);
+    if (auto g = credit.lock()) served_by_ = g->served_by();
     out_.credit_to(std::move(credit));
     watch_client();
   }
@@ -138,6 +140,7 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
     request_id_ = new_request_id();
     keep_alive_ = request_.keep_alive();
     key_.clear(), admin_ = false;  // each request presents its own key
+    served_by_.clear();
     const std::string target(request_.target());
     path_ = target.substr(0, target.find('?'));
     RouteMatch m = match_route(request_.method(), path_);
@@ -151,7 +154,7 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
       keep_alive_ = false;
       return respond_error(ApiError{ErrorCode::too_many_connections, "too many connections; try again later"});
     }
-    if (!m.route || m.route->access == RouteAccess::Key) {
+    if (!m.route || m.route->access != RouteAccess::Open) {
       std::string presented = access::ApiKeys::bearer(std::string(request_[bhttp::field::authorization]));
       if (presented.empty() && path_ == "/v1/realtime")
         presented = access::ApiKeys::from_subprotocols(std::string(request_[bhttp::field::sec_websocket_protocol]));
@@ -162,6 +165,8 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
                                       presented.empty() ? "an API key is required: Authorization: Bearer KEY" : "the API key is not valid"});
       }
       key_ = *key;
+      if (m.route && m.route->access == RouteAccess::Admin && srv_.cfg.api_keys.enabled() && !admin_)
+        return respond_error(ApiError{ErrorCode::forbidden, "this endpoint needs an admin key ([access] admin_keys)"});
     }
     if (!m.route) {
       if (m.path_exists)
@@ -256,8 +261,9 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
 }  // namespace
 
 std::string HttpExchange::stream_head(const std::string& content_type, const std::string& extra_headers) const {
+  const std::string served = served_by_.empty() ? "" : "x-tutti-served-by: " + served_by_ + "\r\n";
   return "HTTP/1.1 200 OK\r\nContent-Type: " + content_type + "\r\nx-request-id: " + request_id_ +
-         "\r\nCache-Control: no-cache\r\n" + extra_headers + "Connection: close\r\n\r\n";
+         "\r\nCache-Control: no-cache\r\n" + served + extra_headers + "Connection: close\r\n\r\n";
 }
 
 void HttpExchange::respond_json(int status, std::string body) {

@@ -98,7 +98,7 @@ std::variant<MediaRequest, ApiError> parse_media_request(MediaKind kind, const s
   }
   if (auto e = string_field(j, "model", false, r.model)) return *e;
   if (!served_model.answers_to(r.model)) return served_model.not_found(r.model);
-  r.model = served_model.name;
+  r.model = served_model.resolve(r.model);
   const Modality modality = kind == MediaKind::Speech ? Modality::Audio : kind == MediaKind::Music ? Modality::Music
                             : kind == MediaKind::Image ? Modality::Image : Modality::Video;
   const ModalityInfo* m = modalities.find(modality);

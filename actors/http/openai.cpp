@@ -107,7 +107,12 @@ std::optional<ApiError> apply_tutti_extension(const json& t, actors::text_reques
 }
 
 bool ServedModel::answers_to(const std::string& model) const {
-  return model == name || std::find(aliases.begin(), aliases.end(), model) != aliases.end();
+  return model == name || std::find(aliases.begin(), aliases.end(), model) != aliases.end() ||
+         std::find(others.begin(), others.end(), model) != others.end();
+}
+
+std::string ServedModel::resolve(const std::string& model) const {
+  return std::find(others.begin(), others.end(), model) != others.end() ? model : name;
 }
 
 ApiError ServedModel::not_found(const std::string& model) const {
@@ -130,7 +135,7 @@ std::variant<ParsedRequest, ApiError> parse_request_fields(const std::string& bo
     if (!m->is_string()) return bad("'model' must be a string", "model");
     p.model = m->get<std::string>();
     if (!served_model.answers_to(p.model)) return served_model.not_found(p.model);
-    p.model = served_model.name;
+    p.model = served_model.resolve(p.model);
   } else {
     p.model = served_model.name;
   }

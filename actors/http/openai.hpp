@@ -50,7 +50,10 @@ struct ServedModel {
   ServedModel(const char* n) : name(n) {}
   std::string name;
   std::vector<std::string> aliases;
+  std::vector<std::string> others;  // the server's other models ([[models]]), by name
   bool answers_to(const std::string& model) const;
+  // The model a name means: another model's own name, or else the served model's.
+  std::string resolve(const std::string& model) const;
   // The model_not_found error for a name it does not answer to.
   ApiError not_found(const std::string& model) const;
 };

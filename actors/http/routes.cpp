@@ -7,7 +7,7 @@ namespace tutti::http {
 namespace {
 
 using bhttp::verb;
-constexpr RouteAccess Open = RouteAccess::Open, Key = RouteAccess::Key;
+constexpr RouteAccess Open = RouteAccess::Open, Key = RouteAccess::Key, Admin = RouteAccess::Admin;
 
 constexpr Route kRoutes[] = {
     {verb::get, "/health", Open, handle_health},
@@ -35,6 +35,8 @@ constexpr Route kRoutes[] = {
     {verb::get, "/v1/streams/{id}", Key, handle_stream_get},
     {verb::delete_, "/v1/streams/{id}", Key, handle_stream_delete},
     {verb::get, "/v1/realtime", Key, handle_realtime_upgrade},
+    {verb::post, "/v1/admin/models/{id}/reload", Admin, handle_model_reload},
+    {verb::post, "/v1/admin/models/{id}/canary", Admin, handle_model_canary},
 };
 
 std::vector<std::string_view> segments(std::string_view path) {

@@ -16,7 +16,9 @@ namespace tutti::http {
 
 using Handler = void (*)(HttpExchange&);
 
-enum class RouteAccess { Open, Key };  // Open: no key asked (health, the browser page)
+// Open: no key asked (health, the browser page); Key: any valid key; Admin: an admin key
+// ([access] admin_keys; others get 403). An open server (no keys) has no access control.
+enum class RouteAccess { Open, Key, Admin };
 
 struct Route {
   bhttp::verb method;

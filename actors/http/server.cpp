@@ -2,6 +2,8 @@
 // http_session.cpp, their handlers in handlers/, the Realtime WebSocket in realtime/.
 #include "actors/http/server.hpp"
 
+#include "actors/http/models.hpp"
+
 #include "actors/http/handlers/handlers.hpp"
 #include "actors/http/server_state.hpp"
 #include "actors/http/stream_address.hpp"
@@ -9,7 +11,7 @@
 
 namespace tutti::http {
 
-Expected<ServerConfig> ServerConfig::from(const Settings& st, const Model& model) {
+Expected<ServerConfig> ServerConfig::from(const Settings& st) {
   ServerConfig sc;
   if (st.port < 0 || st.port > 65535) return Error{"[server] port must be 0..65535"};
   sc.host = st.host;
@@ -52,22 +54,21 @@ Expected<ServerConfig> ServerConfig::from(const Settings& st, const Model& model
   sc.stream_max_turn_s = st.stream_max_turn_s;
   sc.ledger_path = st.ledger_path;
   sc.ledger_synchronous = st.ledger_synchronous;
-  sc.fit_to(model);
   return sc;
 }
 
-void ServerConfig::fit_to(const Model& model) {
-  if (model_name.empty()) model_name = model.hparams().name.empty() ? "tutti" : model.hparams().name;
-  auto tmpl = model.file().get_string("tokenizer.chat_template");
-  chat_template = tmpl && *tmpl ? detect_chat_template(**tmpl) : ChatTemplate::Plain;
-  modalities = model.config().modalities;
-  if (const uint32_t context = model.hparams().n_ctx_train; context > 0)
-    max_conversation_tokens = std::min(max_conversation_tokens, int(context));
+void ServerConfig::fit_to(const Model& model) { fit_to(facts_of(model)); }
+
+void ServerConfig::fit_to(const ModelFacts& facts) {
+  if (model_name.empty()) model_name = facts.name.empty() ? "tutti" : facts.name;
+  chat_template = facts.chat_template;
+  modalities = facts.modalities;
+  if (facts.context > 0) max_conversation_tokens = std::min(max_conversation_tokens, int(facts.context));
 }
 
-HttpServer::HttpServer(caf::actor_system& system, actors::PipelineHandles pipeline, ServerConfig config) {
+HttpServer::HttpServer(caf::actor_system& system, std::shared_ptr<ModelRegistry> models, ServerConfig config) {
   if (config.model_name.empty()) config.model_name = "tutti";
-  impl_ = std::make_unique<ServerState>(system, std::move(pipeline), std::move(config), metrics_);
+  impl_ = std::make_unique<ServerState>(system, std::move(models), std::move(config), metrics_);
 }
 
 HttpServer::~HttpServer() { stop(); }
@@ -128,6 +129,8 @@ void HttpServer::stop() {
     impl_->ioc.stop();
   });
   if (impl_->thread.joinable()) impl_->thread.join();
+  // A reload in flight posts its answer to the I/O context: it finishes while that exists.
+  impl_->models->wait_for_reloads();
 }
 
 int HttpServer::drain(double seconds) {

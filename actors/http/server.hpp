@@ -23,6 +23,9 @@
 
 namespace tutti::http {
 
+struct ModelFacts;     // models.hpp
+class ModelRegistry;
+
 // The request class each endpoint's generations get unless a request names its own
 // ([admission] settings; Realtime voice and stream-job answers are always realtime).
 struct EndpointClasses {
@@ -103,12 +106,13 @@ struct ServerConfig {
   std::string ledger_path;
   std::string ledger_synchronous = "normal";
 
-  // The [server], [realtime], [access] and [ledger] settings (keys from the key file too),
-  // fitted to the model.
-  static Expected<ServerConfig> from(const Settings& settings, const Model& model);
+  // The [server], [realtime], [access] and [ledger] settings (keys from the key file too);
+  // Serving fits them to the default model.
+  static Expected<ServerConfig> from(const Settings& settings);
   // What the model decides: its name (unless one is set), chat template, modalities, and a
   // conversation no longer than its context. Every way of assembling a server calls it.
   void fit_to(const Model& model);
+  void fit_to(const ModelFacts& facts);
 };
 
 // Counters the server exports on /metrics (atomics: written by the I/O and actor threads).
@@ -129,7 +133,7 @@ struct ServerMetrics {
 
 class HttpServer {
  public:
-  HttpServer(caf::actor_system& system, actors::PipelineHandles pipeline, ServerConfig config);
+  HttpServer(caf::actor_system& system, std::shared_ptr<ModelRegistry> models, ServerConfig config);
   ~HttpServer();
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;

@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "actors/access/ledger.hpp"
+#include "actors/http/models.hpp"
 #include "actors/http/server.hpp"
 
 namespace boost::asio::ssl {
@@ -38,11 +39,14 @@ class StreamJob;
 
 class ServerState {
  public:
-  ServerState(caf::actor_system& s, actors::PipelineHandles p, ServerConfig c, ServerMetrics& m)
-      : system(s), pipe(std::move(p)), cfg(std::move(c)), metrics(m), limiter(cfg.key_limits) {}
+  ServerState(caf::actor_system& s, std::shared_ptr<ModelRegistry> r, ServerConfig c, ServerMetrics& m)
+      : system(s), models(std::move(r)), cfg(std::move(c)), metrics(m), limiter(cfg.key_limits) {}
 
   caf::actor_system& system;
-  actors::PipelineHandles pipe;
+  // The models (models.hpp): each request is routed to the instance that answers its
+  // modality; cfg below holds what the default model decides (fit_to), which every fallback
+  // and every reload must keep (cannot_stand_in).
+  std::shared_ptr<ModelRegistry> models;
   ServerConfig cfg;
   ServerMetrics& metrics;
   // Access and accounting, on the I/O thread: per-key limits, the usage ledger (or none).
@@ -88,6 +92,17 @@ class ServerState {
   // Media work for sessions (FFmpeg, Opus, the audio codec's encoder): never on the I/O
   // thread, which serves everyone. Last: destroyed (its threads joined) first.
   net::thread_pool media_pool{2};
+
+  // The default model's instance now (a reload replaces it); null once stopped.
+  std::shared_ptr<ModelInstance> primary() const { return models->primary().current(); }
+  // The codecs of the model that answers `modality` now (input audio is encoded with the
+  // codec of the model that will hear it), the default model's when none can.
+  std::shared_ptr<const codecs::ModelCodecs> codecs_for(Modality modality, const std::string& model = "") {
+    auto r = models->route(model, modality, false);
+    if (auto* route = std::get_if<ModelRoute>(&r)) return route->instance->pipe.codecs;
+    auto p = primary();
+    return p ? p->pipe.codecs : nullptr;
+  }
 
   void accept();      // the plain port (http_session.cpp)
   void accept_tls();  // the TLS port

@@ -184,16 +184,16 @@ class StreamJob final : public GenerationOwner, public std::enable_shared_from_t
   }
 
   void decode_loop() {
-    const ModalityInfo* audio = srv_.pipe.codecs ? srv_.pipe.codecs->info(Modality::Audio) : nullptr;
+    const ModalityInfo* audio = srv_.codecs_for(Modality::Audio) ? srv_.codecs_for(Modality::Audio)->info(Modality::Audio) : nullptr;
     if (!audio) {
       post_event("error", {{"message", "this model has no audio modality"}});
       return;
     }
     {
       std::lock_guard<std::mutex> lock(voice_mu_);
-      voice_.emplace(*audio, srv_.pipe.codecs->audio(Modality::Audio), codecs::VadConfig{});
+      voice_.emplace(*audio, srv_.codecs_for(Modality::Audio)->audio(Modality::Audio), codecs::VadConfig{});
     }
-    const int rate = srv_.pipe.codecs->audio(Modality::Audio)->sample_rate();
+    const int rate = srv_.codecs_for(Modality::Audio)->audio(Modality::Audio)->sample_rate();
     const int64_t max_turn_ms = int64_t(srv_.cfg.stream_max_turn_s * 1000);
     codecs::DecodeLimits limits;
     limits.max_seconds = 1e9;
@@ -279,7 +279,7 @@ class StreamJob final : public GenerationOwner, public std::enable_shared_from_t
         return std::shared_ptr<MediaOutput>(make_video_output(w, h, fps, "mpegts"));
       };
     } else if (req_.modality == Modality::Audio) {
-      spec.output = [rate = srv_.pipe.codecs->audio(Modality::Audio)->sample_rate()] {
+      spec.output = [rate = srv_.codecs_for(Modality::Audio)->audio(Modality::Audio)->sample_rate()] {
         return std::shared_ptr<MediaOutput>(make_audio_output(codecs::AudioFormat::MpegTs, rate));
       };
     }
@@ -328,9 +328,9 @@ std::variant<nlohmann::json, ApiError> stream_jobs_create(ServerState& srv, cons
   for (auto& [id, job] : srv.streams) active += job->active();
   if (auto refusal = key_job_limit(srv, key)) return *refusal;
   if (active >= 4) return ApiError{ErrorCode::too_many_jobs, "4 stream jobs are already running", "", 5, "too_many_streams"};
-  if (!srv.pipe.codecs || !srv.pipe.codecs->info(Modality::Audio))
+  if (!srv.codecs_for(Modality::Audio) || !srv.codecs_for(Modality::Audio)->info(Modality::Audio))
     return ApiError{ErrorCode::unsupported_modality, "this model has no audio modality"};
-  if (std::get<StreamJobRequest>(parsed).modality == Modality::Video && !srv.pipe.codecs->info(Modality::Video))
+  if (std::get<StreamJobRequest>(parsed).modality == Modality::Video && !srv.codecs_for(Modality::Video)->info(Modality::Video))
     return ApiError{ErrorCode::unsupported_modality, "this model has no video modality", "modality"};
   const std::string id = ServerState::unguessable_id("stream_");
   if (auto refusal = srv.admit(key, Modality::Audio, false)) return ApiError{refusal->code, refusal->message, "", refusal->retry_after_s};

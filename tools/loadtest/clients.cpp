@@ -200,6 +200,36 @@ std::map<std::string, double> scrape_metrics(const Target& t) {
   return out;
 }
 
+void run_reload(const Target& t, Recorder& rec, int stage, const std::string& admin_key, const std::string& model, const std::string& file) {
+  Target admin = t;
+  if (!admin_key.empty()) admin.api_key = admin_key;
+  rec.count("reload.requests", stage);
+  const Clock::time_point sent = Clock::now();
+  std::string error;
+  const json body = file.empty() ? json::object() : json{{"file", file}};
+  auto [status, answer] = json_exchange(admin, bhttp::verb::post, "/v1/admin/models/" + model + "/reload", body.dump(), error);
+  if (status != 200) return count_error(rec, "reload", stage, status, error);
+  rec.count("reload.ok", stage);
+  rec.add("reload.seconds", stage, t.since_start(), seconds(Clock::now() - sent));
+  if (answer.is_object()) {
+    rec.add("reload.load_s", stage, t.since_start(), answer.value("load_seconds", 0.0));
+    rec.add("reload.peak_rss_mb", stage, t.since_start(), double(answer.value("peak_rss_bytes", uint64_t(0))) / (1 << 20));
+    rec.add("reload.rss_before_mb", stage, t.since_start(), double(answer.value("rss_before_bytes", uint64_t(0))) / (1 << 20));
+  }
+  // The first request the new weights served, as the server saw it (polled for a while).
+  for (int i = 0; i < 100 && Clock::now() < t.deadline; ++i) {
+    auto [hs, health] = json_exchange(t, bhttp::verb::get, "/health", "", error);
+    if (hs == 200 && health.is_object()) {
+      const json& r = health["models"][model]["last_reload"];
+      if (r.is_object() && r.contains("first_request_after_s")) {
+        rec.add("reload.first_request_after_s", stage, t.since_start(), r["first_request_after_s"].get<double>());
+        return;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
 void run_text_request(const Target& t, Recorder& rec, int stage, int prompt_words, int max_tokens, uint64_t seed) {
   static const char* words[] = {"river", "stone", "light", "winter", "quiet", "market", "signal", "orange", "paper", "engine",
                                 "garden", "silver", "window", "thunder", "copper", "meadow"};

@@ -37,6 +37,11 @@ Expected<std::string> served_model(const Target& t);
 // server has none (another server, or no answer).
 std::map<std::string, double> scrape_metrics(const Target& t);
 
+// A hot swap: POST /v1/admin/models/{model}/reload with `admin_key`. Records reload.seconds
+// (request to answer), the server's reload.load_s and reload.peak_rss_mb, then, from /health
+// once requests reach the new weights, reload.first_request_after_s; failures as
+// errors.reload.*.
+void run_reload(const Target& t, Recorder& rec, int stage, const std::string& admin_key, const std::string& model, const std::string& file);
 void run_text_request(const Target& t, Recorder& rec, int stage, int prompt_words, int max_tokens, uint64_t seed);
 void run_speech_request(const Target& t, Recorder& rec, int stage, const std::string& input, const std::string& format);
 void run_image_request(const Target& t, Recorder& rec, int stage, const std::string& prompt, const std::string& size);

@@ -1,5 +1,7 @@
 #include "tools/loadtest/runner.h"
 
+#include <set>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -164,6 +166,7 @@ Expected<nlohmann::json> run_scenario(const Scenario& sc, const std::function<vo
                        done});
   };
   Clock::time_point next_progress = Clock::now();
+  std::set<int> reloads_started;  // stages whose reload has been sent
   while (Clock::now() < end && !(sc.max_requests > 0 && started >= sc.max_requests)) {
     const double t = target.since_start();
     const int stage = stage_at(t);
@@ -179,6 +182,13 @@ Expected<nlohmann::json> run_scenario(const Scenario& sc, const std::function<vo
         fn();
       }
     };
+    if (!s.reload.empty() && !reloads_started.count(stage)) {
+      reloads_started.insert(stage);
+      launch([&, stage] {
+        const Stage& at = sc.stages[size_t(stage)];
+        run_reload(target, rec, stage, sc.admin_key, at.reload, at.reload_file);
+      });
+    }
     arrivals(s.text_rate, next_text, text_clock, [&] {
       const int words = sample(sc.prompt_words, rng), max_tokens = sample(sc.max_tokens, rng);
       const uint64_t seed = rng();

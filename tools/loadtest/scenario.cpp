@@ -83,7 +83,7 @@ Expected<Scenario> parse_scenario(const std::string& text, const std::string& na
     std::string target = s.host + ":" + std::to_string(s.port);
     if (Status st = read(*run, "target", target, "run"); !st) return st.error();
     if (Status st = set_target(s, target); !st) return st.error();
-    for (Status st : {read(*run, "api_key", s.api_key, "run"), read(*run, "model", s.model, "run"),
+    for (Status st : {read(*run, "api_key", s.api_key, "run"), read(*run, "admin_key", s.admin_key, "run"), read(*run, "model", s.model, "run"),
                       read(*run, "max_requests", s.max_requests, "run"), read(*run, "drain_s", s.drain_s, "run"),
                       read(*run, "seed", s.seed, "run"), read(*run, "name", s.name, "run")})
       if (!st) return st.error();
@@ -97,7 +97,8 @@ Expected<Scenario> parse_scenario(const std::string& text, const std::string& na
       for (Status r : {read(*t, "duration_s", st.duration_s, where), read(*t, "voice_sessions", st.voice_sessions, where),
                        read(*t, "text_rate", st.text_rate, where), read(*t, "speech_rate", st.speech_rate, where),
                        read(*t, "image_rate", st.image_rate, where), read(*t, "stream_jobs", st.stream_jobs, where),
-                       read(*t, "music_rate", st.music_rate, where), read(*t, "video_rate", st.video_rate, where)})
+                       read(*t, "music_rate", st.music_rate, where), read(*t, "video_rate", st.video_rate, where),
+                       read(*t, "reload", st.reload, where), read(*t, "reload_file", st.reload_file, where)})
         if (!r) return r.error();
       if (st.duration_s <= 0) return Error{where + ".duration_s must be positive"};
       s.stages.push_back(st);

@@ -38,6 +38,10 @@ struct Stage {
   int stream_jobs = 0;     // concurrent FFmpeg-over-ZeroMQ stream jobs (POST /v1/streams)
   double music_rate = 0;   // /v1/music/generations requests per second
   double video_rate = 0;   // /v1/videos jobs per second
+  // A hot swap as the stage starts: POST /v1/admin/models/{reload}/reload (with run.admin_key),
+  // loading reload_file ("" : the model's own file) beside the running weights.
+  std::string reload;
+  std::string reload_file;
 };
 
 struct Scenario {
@@ -45,6 +49,7 @@ struct Scenario {
   std::string host = "127.0.0.1";
   uint16_t port = 8080;
   std::string api_key;
+  std::string admin_key;  // for the stages' reloads (empty: api_key)
   std::string model;  // empty: the first model the server lists
   int64_t max_requests = 0;  // all kinds together; 0: no cap
   double drain_s = 30;       // after the last stage, how long in-flight work may finish

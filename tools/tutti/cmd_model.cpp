@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <map>
 
+#include "codecs/model_canary.h"
 #include "codecs/model_pack.h"
 #include "pipeline/model_builder.h"
 #include "pipeline/model_config.h"
@@ -213,6 +214,58 @@ int model_quantize(const std::vector<std::string>& argv) {
   return 0;
 }
 
+// Runs every canary of the model at `path` (against the baselines it carries, recording the
+// missing ones), prints them, and with `stamp_to` writes a copy carrying the baselines
+// (tutti.canary.*), which later loads compare against. Returns whether all passed.
+Expected<bool> check_canaries(const std::string& path, const std::string& stamp_to, int threads, bool quiet) {
+  auto backend = make_cpu_backend({threads});
+  auto model = Model::load(path, *backend);
+  if (!model) return model.error();
+  auto tok = Tokenizer::from_gguf((*model)->file());
+  if (!tok) return tok.error();
+  auto codecs_loaded = codecs::load_model_codecs((*model)->file());
+  if (!codecs_loaded) return codecs_loaded.error();
+  auto kv = codecs::make_canary_cache(**model);
+  if (!kv) return kv.error();
+  codecs::CanaryBaselines b = codecs::read_canary_baselines((*model)->file());
+  bool all = true;
+  for (Modality m : codecs::canary_modalities(**model)) {
+    const codecs::CanaryResult r = codecs::run_canary(**model, **tok, *codecs_loaded, **kv, m, {}, b);
+    all = all && r.passed;
+    if (quiet && r.passed) continue;
+    std::string measures;
+    for (const auto& [k, v] : r.measures) measures += " " + k + "=" + std::to_string(v);
+    std::printf("%-6s %-6s %7.1f ms %s%s\n", modality_name(m), r.passed ? "passed" : "FAILED", r.seconds * 1000, r.reason.c_str(), measures.c_str());
+  }
+  if (stamp_to.empty()) return all;
+  if (!all) return Error{"not stamping " + stamp_to + ": a canary failed"};
+  GgufWriter w;
+  const GgufFile& f = (*model)->file();
+  for (const auto& [k, v] : f.metadata())
+    if (k.rfind("tutti.canary.", 0) != 0) w.set_value(k, v);
+  codecs::write_canary_baselines(w, b);
+  for (const GgufTensorInfo& t : f.tensors())
+    w.add_tensor(t.name, t.type, std::vector<uint64_t>(t.ne, t.ne + t.n_dims), [&t](std::vector<uint8_t>& out) {
+      out.assign(t.data, t.data + t.n_bytes);
+      return Status::Ok();
+    });
+  if (Status s = w.write(stamp_to); !s) return s.error();
+  return all;
+}
+
+// tutti model canary FILE [--stamp OUT] [--threads N]
+int model_canary(const std::vector<std::string>& argv) {
+  Args args(argv, {"stamp", "threads"}, {});
+  if (!args.ok()) return fail(args.error());
+  if (args.positional().size() != 1) return fail("usage: tutti model canary FILE [--stamp OUT] [--threads N]");
+  const int threads = int(args.get_int("threads", 0));
+  if (!args.ok()) return fail(args.error());
+  auto ok = check_canaries(args.positional()[0], args.get("stamp", ""), threads, false);
+  if (!ok) return fail(ok.error().message);
+  if (args.has("stamp")) std::fprintf(stderr, "wrote %s with its canary baselines\n", args.get("stamp").c_str());
+  return *ok ? 0 : 1;
+}
+
 // The embedded default model: a random-weight text backbone with the built-in vocabulary,
 // packed with codebooks trained on media tutti generates itself. Small enough to create in
 // seconds and to run anywhere.
@@ -250,6 +303,8 @@ int model_init(const std::vector<std::string>& argv) {
   const Status packed = codecs::pack_unified_model(backbone, material, out, o);
   std::filesystem::remove(backbone);
   if (!packed) return fail(packed.message());
+  // The canaries' baselines go into the file as it is made (tutti.canary.*).
+  if (auto stamped = check_canaries(out, out, 0, true); !stamped) return fail(stamped.error().message);
   std::fprintf(stderr, "\nwrote %s\n", out.c_str());
   return 0;
 }
@@ -257,14 +312,15 @@ int model_init(const std::vector<std::string>& argv) {
 }  // namespace
 
 int cmd_model(const std::vector<std::string>& argv) {
-  if (argv.empty()) return fail("usage: tutti model info|random|init|pack|quantize ...");
+  if (argv.empty()) return fail("usage: tutti model info|random|init|pack|quantize|canary ...");
   const std::vector<std::string> rest(argv.begin() + 1, argv.end());
   if (argv[0] == "info") return model_info(rest);
   if (argv[0] == "random") return model_random(rest);
   if (argv[0] == "init") return model_init(rest);
   if (argv[0] == "pack") return model_pack(rest);
   if (argv[0] == "quantize") return model_quantize(rest);
-  return fail("unknown model command '" + argv[0] + "' (info, random, init, pack, quantize)");
+  if (argv[0] == "canary") return model_canary(rest);
+  return fail("unknown model command '" + argv[0] + "' (info, random, init, pack, quantize, canary)");
 }
 
 }  // namespace tutti::cli

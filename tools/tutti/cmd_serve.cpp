@@ -1,5 +1,6 @@
-// tutti serve: the server. Loads the model, spawns the actor pipeline, serves HTTP until
-// SIGINT or SIGTERM, then drains: no new work, running generations get
+// tutti serve: the server. Loads the models ([[models]], or --model alone), spawns each
+// one's actor pipeline, serves HTTP until SIGINT or SIGTERM (SIGHUP reloads every model),
+// then drains: no new work, running generations get
 // `shutdown.drain_seconds` to finish, the rest end as cancelled, the ledger is flushed, and
 // the process exits 0.
 #include <csignal>
@@ -47,24 +48,14 @@ int cmd_serve(const std::vector<std::string>& argv) {
                  "tutti: clients trust it with the CA at %s (e.g. NODE_EXTRA_CA_CERTS=%s, curl --cacert %s)\n",
                  made->reused ? "reusing" : "made", made->ca.c_str(), made->ca.c_str(), made->ca.c_str());
   }
-  const std::string model_path = st.model_path;
+  // --model over a [[models]] list replaces the default (first) model's file.
+  if (args.has("model") && !st.models.empty()) st.models.front().file = args.get("model");
   Serving::Options options;
   options.pipeline = actors::PipelineConfig::from(st);
   options.caf_workers = st.caf_workers;
+  options.engine = st;
   if (Status s = options.pipeline.validate(); !s) return fail(s.message());
-
-  std::unique_ptr<Backend> backend;
-  try {
-    backend = make_backend(st);
-  } catch (const std::exception& e) {
-    return fail(e.what());
-  }
-  auto model = Model::load(model_path, *backend);
-  if (!model) return fail(model.error().message);
-  auto tok = Tokenizer::from_gguf((*model)->file());
-  if (!tok) return fail(tok.error().message);
-  std::shared_ptr<const Tokenizer> tokenizer(std::move(tok).value());
-  auto sc = http::ServerConfig::from(st, **model);
+  auto sc = http::ServerConfig::from(st);
   if (!sc) return fail(sc.error().message);
   options.server = std::move(sc).value();
   if (args.has("api-key"))  // never printed
@@ -75,19 +66,40 @@ int cmd_serve(const std::vector<std::string>& argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  auto serving = Serving::start(**model, tokenizer, std::move(options));
+  auto serving = Serving::start(std::move(options));
   if (!serving) return fail(serving.error().message);
   const http::ServerConfig& c = (*serving)->config();
   const std::string tls = (*serving)->tls_port() ? " and https://" + c.host + ":" + std::to_string((*serving)->tls_port()) : "";
-  std::fprintf(stderr, "tutti: serving %s (%s, chat template %s) on http://%s:%u%s with %s; %s; ledger %s\n", model_path.c_str(),
-               c.model_name.c_str(), http::chat_template_name(c.chat_template), c.host.c_str(), unsigned((*serving)->port()), tls.c_str(),
-               backend->describe().c_str(),
+  for (const auto& slot : (*serving)->models().slots()) {
+    auto inst = slot->current();
+    std::string health;
+    for (const auto& e : inst->health->snapshot())
+      health += std::string(health.empty() ? "" : ", ") + modality_name(e.modality) + (e.healthy ? " ok" : " DEGRADED");
+    std::string fallback;
+    for (const auto& [m, target] : slot->fallback()) fallback += std::string(" ") + modality_name(m) + "->" + target;
+    std::fprintf(stderr, "tutti: model %s: %s (version %d, loaded in %.2f s; %s)%s%s\n", slot->name().c_str(), inst->file.c_str(),
+                 inst->version, inst->load_seconds, health.c_str(), fallback.empty() ? "" : "; fallback", fallback.c_str());
+  }
+  std::fprintf(stderr, "tutti: serving %s (chat template %s) on http://%s:%u%s; %s; ledger %s\n", c.model_name.c_str(),
+               http::chat_template_name(c.chat_template), c.host.c_str(), unsigned((*serving)->port()), tls.c_str(),
                c.api_keys.enabled() ? (std::to_string(c.api_keys.size()) + " API key(s) required").c_str() : "open (no API keys)",
                c.ledger_path.empty() ? "off" : c.ledger_path.c_str());
   int sig = 0;
-  sigwait(&signals, &sig);
+  // SIGHUP reloads every model from its file (the same swap as the admin endpoint's).
+  while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) {
+    std::fprintf(stderr, "tutti: SIGHUP: reloading every model\n");
+    for (const auto& slot : (*serving)->models().slots()) {
+      const std::string name = slot->name();
+      auto refused = (*serving)->models().reload(name, "", [name](const http::ReloadReport& r) {
+        if (r.ok) std::fprintf(stderr, "tutti: model %s reloaded from %s (version %d) in %.2f s\n", name.c_str(), r.file.c_str(), r.version, r.load_seconds);
+        else std::fprintf(stderr, "tutti: model %s: reload refused: %s\n", name.c_str(), r.reason.c_str());
+      });
+      if (refused) std::fprintf(stderr, "tutti: model %s: %s\n", name.c_str(), refused->message.c_str());
+    }
+  }
   std::fprintf(stderr, "tutti: signal %d, draining for up to %.0f s\n", sig, st.drain_seconds);
   const http::ServerMetrics& metrics = (*serving)->http().metrics();
   const int cut = (*serving)->drain(st.drain_seconds);

@@ -60,9 +60,14 @@ constexpr CommandHelp kCommands[] = {
      "  --text TEXT           the text (required)\n"
      "  --no-special          no BOS even where the vocabulary asks for one\n"
      "  --parse-special       read special tokens in the text\n" ENGINE_OPTIONS},
-    {"model", "model files: info, random, init, pack",
-     "usage: tutti model info FILE | random ... | init ... | pack ... | quantize ...\n"
+    {"model", "model files: info, random, init, pack, quantize, canary",
+     "usage: tutti model info FILE | random ... | init ... | pack ... | quantize ... | canary ...\n"
      "  tutti model info --help, tutti model random --help, ... for each\n"},
+    {"model canary", "the per-modality canary checks, and their baselines stamped into a copy",
+     "usage: tutti model canary FILE [--stamp OUT] [--threads N]\n"
+     "  --stamp OUT           write FILE's copy carrying the baselines (tutti.canary.*) that loads compare against\n"
+     "  --threads N           compute threads (default: one per core)\n"
+     "  exits 1 when a canary fails\n"},
     {"model info", "architecture, sizes, tensor types, modalities",
      "usage: tutti model info FILE\n"},
     {"model quantize", "a model's weights in another tensor type",

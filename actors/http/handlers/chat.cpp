@@ -73,7 +73,7 @@ class CompletionAnswer final : public GenerationOwner {
 
 void handle_completion(HttpExchange& ex, bool chat) {
   ServerState& srv = ex.server();
-  auto parsed = parse_request(ex.body(), chat, srv.cfg.chat_template, srv.cfg.served(), srv.cfg.max_tokens, srv.cfg.classes.chat);
+  auto parsed = parse_request(ex.body(), chat, srv.cfg.chat_template, srv.models->served(), srv.cfg.max_tokens, srv.cfg.classes.chat);
   if (const ApiError* e = std::get_if<ApiError>(&parsed)) return ex.respond_error(*e);
   auto answer = std::make_shared<CompletionAnswer>(ex, std::get<ParsedRequest>(parsed));
   GenerationSpec spec;

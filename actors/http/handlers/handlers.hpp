@@ -5,6 +5,7 @@
 //   videos.cpp   /v1/videos and /v1/videos/{id}[/content] (jobs: create, poll, fetch)
 //   streams.cpp  /v1/streams and /v1/streams/{id} (ZeroMQ stream jobs)
 //   info.cpp     /health, /v1/models, /metrics, the browser page
+//   admin.cpp    /v1/admin/models/{name}/reload and /canary (admin keys)
 // and realtime/upgrade.cpp: /v1/realtime (the WebSocket upgrade).
 #pragma once
 
@@ -39,6 +40,8 @@ void handle_models(HttpExchange& ex);
 void handle_model(HttpExchange& ex);
 void handle_metrics(HttpExchange& ex);
 void handle_realtime_upgrade(HttpExchange& ex);
+void handle_model_reload(HttpExchange& ex);  // admin.cpp
+void handle_model_canary(HttpExchange& ex);
 
 // A multipart/form-data body (uploads.cpp), or an error naming what is wrong with it.
 std::variant<Form, ApiError> read_form(HttpExchange& ex);

@@ -5,7 +5,14 @@ namespace tutti::http {
 
 extern const char* const kWebClientHtml;  // web_client.cpp, generated from web/index.html
 
-void handle_health(HttpExchange& ex) { ex.respond_json(200, R"({"status":"ok"})"); }
+// Each model's state per modality (and its last reload); "ok" while every default-model
+// modality is healthy, "degraded" otherwise (still 200: the server serves, around it).
+void handle_health(HttpExchange& ex) {
+  ModelRegistry& models = *ex.server().models;
+  auto primary = ex.server().primary();
+  const bool ok = primary && primary->health->all_healthy();
+  ex.respond_json(200, json{{"status", ok ? "ok" : "degraded"}, {"models", models.health_json()}}.dump());
+}
 
 // Static; its WebSocket presents the key like any client.
 void handle_web_client(HttpExchange& ex) { ex.respond_bytes("text/html; charset=utf-8", kWebClientHtml); }
@@ -20,17 +27,18 @@ json model_object(const std::string& id, const std::string& served) {
 }  // namespace
 
 void handle_models(HttpExchange& ex) {
-  const ServedModel served = ex.server().cfg.served();
+  const ServedModel served = ex.server().models->served();
   json data = json::array({model_object(served.name, served.name)});
+  for (const std::string& other : served.others) data.push_back(model_object(other, other));
   for (const std::string& alias : served.aliases) data.push_back(model_object(alias, served.name));
   ex.respond_json(200, json{{"object", "list"}, {"data", data}}.dump());
 }
 
 void handle_model(HttpExchange& ex) {
-  const ServedModel served = ex.server().cfg.served();
+  const ServedModel served = ex.server().models->served();
   const std::string& id = ex.params().at(0);
   if (!served.answers_to(id)) return ex.respond_error(served.not_found(id));
-  ex.respond_json(200, model_object(id, served.name).dump());
+  ex.respond_json(200, model_object(id, served.resolve(id)).dump());
 }
 
 void handle_metrics(HttpExchange& ex) {
@@ -60,7 +68,10 @@ void handle_metrics(HttpExchange& ex) {
   b += "# HELP tutti_realtime_speech_to_first_audio_seconds End of the user's speech (commit) to the first audio delta sent.\n"
        "# TYPE tutti_realtime_speech_to_first_audio_seconds histogram\n";
   m.speech_to_first_audio.render(b, "tutti_realtime_speech_to_first_audio_seconds", "");
-  if (ex.server().pipe.metrics) b += ex.server().pipe.metrics->render();
+  // The engine's series are the default model's (one unlabelled set, as with one model);
+  // every model's health, fallbacks and reloads are labelled by model.
+  if (auto primary = ex.server().primary(); primary && primary->pipe.metrics) b += primary->pipe.metrics->render();
+  b += ex.server().models->render_metrics();
   ex.respond_bytes("text/plain; version=0.0.4", std::move(b));
 }
 

@@ -36,7 +36,7 @@ void start_parsed_media_answer(HttpExchange& ex, MediaKind kind, const MediaRequ
 template <class Answer>
 void start_media_answer(HttpExchange& ex, MediaKind kind) {
   ServerState& srv = ex.server();
-  auto parsed = parse_media_request(kind, ex.body(), srv.cfg.modalities, srv.cfg.served(), srv.cfg.max_media_seconds,
+  auto parsed = parse_media_request(kind, ex.body(), srv.cfg.modalities, srv.models->served(), srv.cfg.max_media_seconds,
                                     srv.cfg.classes.of(kind));
   if (const ApiError* e = std::get_if<ApiError>(&parsed)) return ex.respond_error(*e);
   start_parsed_media_answer<Answer>(ex, kind, std::get<MediaRequest>(parsed));

@@ -182,7 +182,7 @@ void handle_responses(HttpExchange& ex) {
   for (const char* key : {"model", "temperature", "top_p", "tutti"})
     if (req.contains(key)) chat[key] = req[key];
   if (req.contains("max_output_tokens") && !req["max_output_tokens"].is_null()) chat["max_tokens"] = req["max_output_tokens"];
-  auto parsed = parse_request(chat.dump(), true, srv.cfg.chat_template, srv.cfg.served(), srv.cfg.max_tokens, srv.cfg.classes.chat);
+  auto parsed = parse_request(chat.dump(), true, srv.cfg.chat_template, srv.models->served(), srv.cfg.max_tokens, srv.cfg.classes.chat);
   if (ApiError* e = std::get_if<ApiError>(&parsed)) {
     if (e->param == "max_tokens") e->param = "max_output_tokens";
     if (e->param == "messages") e->param = "input";

@@ -115,7 +115,7 @@ void handle_transcript(HttpExchange& ex, Task task) {
                                      std::tuple{"language", &language, false}, std::tuple{"prompt", &prompt, false},
                                      std::tuple{"stream", &stream, false}, std::tuple{"temperature", &temperature, false}})
     if (auto e = text_field(form, name, *out, required)) return ex.respond_error(*e);
-  const ServedModel served = srv.cfg.served();
+  const ServedModel served = srv.models->served();
   if (!served.answers_to(model)) return ex.respond_error(served.not_found(model));
   TranscriptFormat format;
   if (format_name == "json") format = TranscriptFormat::Json;
@@ -131,7 +131,7 @@ void handle_transcript(HttpExchange& ex, Task task) {
   }
   if (!(temp >= 0 && temp <= 1)) return ex.respond_error(invalid_request("'temperature' must be a number from 0 to 1", "temperature"));
   const ModalityInfo* audio = srv.cfg.modalities.find(Modality::Audio);
-  if (!audio || !srv.pipe.codecs || !srv.pipe.codecs->audio(Modality::Audio))
+  if (!audio || !srv.codecs_for(Modality::Audio) || !srv.codecs_for(Modality::Audio)->audio(Modality::Audio))
     return ex.respond_error(ApiError{ErrorCode::unsupported_modality, "this model has no audio modality", "model"});
 
   struct Decoded {
@@ -140,7 +140,7 @@ void handle_transcript(HttpExchange& ex, Task task) {
     std::string error;
   };
   auto d = std::make_shared<Decoded>();
-  auto codec = srv.pipe.codecs->audio(Modality::Audio);
+  auto codec = srv.codecs_for(Modality::Audio)->audio(Modality::Audio);
   const double max_seconds = std::max(30.0, srv.cfg.max_media_seconds * 20);
   ex.off_thread(
       [d, bytes = file->data, info = *audio, codec, max_seconds] {
@@ -202,19 +202,19 @@ void handle_image_edits(HttpExchange& ex) {
   if (form.find("mask")) return ex.respond_error(invalid_request("'mask' is not supported: the whole image is edited", "mask"));
   json fields = form.fields_json();
   fields.erase("image");
-  auto media = parse_media_request(MediaKind::Image, fields.dump(), srv.cfg.modalities, srv.cfg.served(), srv.cfg.max_media_seconds,
+  auto media = parse_media_request(MediaKind::Image, fields.dump(), srv.cfg.modalities, srv.models->served(), srv.cfg.max_media_seconds,
                                    srv.cfg.classes.of(MediaKind::Image));
   if (const ApiError* e = std::get_if<ApiError>(&media)) return ex.respond_error(*e);
   auto req = std::make_shared<MediaRequest>(std::get<MediaRequest>(std::move(media)));
   const ModalityInfo* info = srv.cfg.modalities.find(Modality::Image);
-  auto books = srv.pipe.codecs ? srv.pipe.codecs->books(Modality::Image) : nullptr;
+  auto books = srv.codecs_for(Modality::Image) ? srv.codecs_for(Modality::Image)->books(Modality::Image) : nullptr;
   if (!info || !books) return ex.respond_error(ApiError{ErrorCode::unsupported_modality, "this model has no image modality", "model"});
   struct Tokens {
     std::vector<int32_t> ids;
     std::string error;
   };
   auto t = std::make_shared<Tokens>();
-  auto codecs_held = srv.pipe.codecs;  // shared, read-only
+  auto codecs_held = srv.codecs_for(Modality::Image);  // shared, read-only
   ex.off_thread(
       [t, bytes = image->data, info = *info, books, codecs_held] {
         auto ids = image_to_video_tokens(std::span(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()), info, *books);

@@ -79,7 +79,7 @@ void handle_video_create(HttpExchange& ex) {
   ServerState& srv = ex.server();
   auto body = json_or_form_body(ex);  // the SDK sends multipart/form-data, curl users JSON
   if (const ApiError* e = std::get_if<ApiError>(&body)) return ex.respond_error(*e);
-  auto parsed = parse_media_request(MediaKind::Video, std::get<std::string>(body), srv.cfg.modalities, srv.cfg.served(), srv.cfg.max_media_seconds,
+  auto parsed = parse_media_request(MediaKind::Video, std::get<std::string>(body), srv.cfg.modalities, srv.models->served(), srv.cfg.max_media_seconds,
                                     srv.cfg.classes.of(MediaKind::Video));
   if (const ApiError* e = std::get_if<ApiError>(&parsed)) return ex.respond_error(*e);
   MediaRequest req = std::get<MediaRequest>(std::move(parsed));

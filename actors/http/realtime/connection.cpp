@@ -189,20 +189,24 @@ void handle_realtime_upgrade(HttpExchange& ex) {
     return ex.respond_error(invalid_request("/v1/realtime expects a WebSocket upgrade"));
   // The official clients name a model (or a transcription intent) in the query.
   const std::string_view target = ex.request().target();
-  if (auto model = query_param(target, "model"); model && !srv.cfg.served().answers_to(*model))
-    return ex.respond_error(srv.cfg.served().not_found(*model));
+  const ServedModel served = srv.models->served();
+  if (auto model = query_param(target, "model"); model && !served.answers_to(*model)) return ex.respond_error(served.not_found(*model));
   if (query_param(target, "intent") || query_param(target, "call_id"))
     return ex.respond_error(invalid_request("this server has no transcription or SIP sessions on /v1/realtime; use /v1/audio/transcriptions", "intent"));
   // A voice session opens only while one more stream would fit the realtime capacity: a
   // client told "busy, retry in n s" now is better off than one whose every answer fails.
-  if (const ModalityInfo* audio = srv.cfg.modalities.find(Modality::Audio); audio && srv.pipe.admission) {
+  // (Asked of the model that answers voice now: a fallback, while the default's audio is down.)
+  auto voice = srv.models->route("", Modality::Audio, false);
+  const ModelRoute* route = std::get_if<ModelRoute>(&voice);
+  if (const ModalityInfo* audio = srv.cfg.modalities.find(Modality::Audio); audio && route && route->instance->pipe.admission) {
+    const actors::PipelineHandles& pipe = route->instance->pipe;
     AdmissionRequest stream;
     stream.cls = RequestClass::Realtime;
     stream.max_new_tokens = int(audio->tokens_per_second() * 2);
     stream.tokens_per_second = audio->tokens_per_second();
-    const AdmissionDecision d = srv.pipe.admission->probe(stream, monotonic_seconds());
+    const AdmissionDecision d = pipe.admission->probe(stream, monotonic_seconds());
     if (d.outcome == AdmissionOutcome::Capacity) {
-      if (srv.pipe.metrics) srv.pipe.metrics->voice_sessions_refused++;
+      if (pipe.metrics) pipe.metrics->voice_sessions_refused++;
       return ex.respond_error(ApiError{ErrorCode::busy, d.message, "", d.retry_after_s});
     }
   }

@@ -124,8 +124,11 @@ void RealtimeResponse::on_end(const GenerationEnd& e) {
   if (s_.dialect == Dialect::Ga) link_.emit(item_done(item, s_.previous_item_id));
   if (audio_sent_samples_ > 0) link_.emit(output_audio_buffer(barged_in_ ? "cleared" : "stopped", s_.at.response_id));
   ResponseUsage usage{e.prompt_tokens, e.output_tokens, s_.input_audio_tokens, s_.modality};
-  link_.emit(response_done(response_object(s_.dialect, s_.at.response_id, status, s_.modalities, json::array({item}), &usage,
-                                           s_.max_output_tokens)));
+  json response = response_object(s_.dialect, s_.at.response_id, status, s_.modalities, json::array({item}), &usage, s_.max_output_tokens);
+  // Which model answered (a voice turn goes to the audio fallback while the default's audio
+  // is unhealthy); the extension object, as in chat.
+  if (generation) response["tutti"] = {{"served_by", generation->served_by()}, {"fallback", generation->fallback()}};
+  link_.emit(response_done(std::move(response)));
   auto done = std::move(done_);
   if (done) done(std::move(r));
 }

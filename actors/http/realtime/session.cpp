@@ -222,7 +222,7 @@ void RealtimeSession::apply(ItemTruncate& t, const std::string& event_id) {
   if (!audio || t.content_index != 0)
     return link_.error(invalid("no assistant audio item '" + t.item_id + "' (content_index 0) to truncate", "item_truncate_invalid_item_id"),
                        event_id);
-  const ModalityInfo& m = *srv_.pipe.codecs->info(Modality::Audio);
+  const ModalityInfo& m = *srv_.codecs_for(Modality::Audio)->info(Modality::Audio);
   const int64_t frame_ms = std::max<int64_t>(1, int64_t(m.frame_size) * 1000 / m.sample_rate);
   const size_t stages = std::max<size_t>(1, m.num_stages);
   const size_t codes = audio->ids.size() >= 2 ? audio->ids.size() - 2 : 0;  // between begin and end
@@ -253,8 +253,8 @@ void RealtimeSession::image_tokens(std::vector<std::vector<uint8_t>> images, con
     std::string error;
   };
   auto r = std::make_shared<Result>();
-  const ModalityInfo* video = srv_.pipe.codecs->info(Modality::Video);
-  auto books = srv_.pipe.codecs;  // shared, read-only
+  auto books = srv_.codecs_for(Modality::Video);  // shared, read-only; holds `video`
+  const ModalityInfo* video = books->info(Modality::Video);
   link_.off_thread(
       [r, images = std::move(images), video, books] {
         for (const auto& bytes : images) {
@@ -353,7 +353,7 @@ void RealtimeSession::start_response(const ResponseCreate& resp, const std::stri
   setup.max_output_tokens = shape.max_tokens;
   setup.previous_item_id = conversation_.last_item_id;
   if (audio) {
-    const ModalityInfo& m = *srv_.pipe.codecs->info(Modality::Audio);
+    const ModalityInfo& m = *srv_.codecs_for(Modality::Audio)->info(Modality::Audio);
     setup.audio_rate = voice_.audio_rate();
     setup.audio_stages = int(m.num_stages);
     setup.audio_frame_ms = std::max<int>(1, int(int64_t(m.frame_size) * 1000 / m.sample_rate));
@@ -381,7 +381,7 @@ void RealtimeSession::response_done(RealtimeResponse::Result r) {
     conversation_.items.push_back({"assistant", r.text, {}, Modality::Audio, r.item_id});
     conversation_.last_item_id = r.item_id;
   } else if (!r.audio_ids.empty()) {
-    const ModalityInfo& m = *srv_.pipe.codecs->info(Modality::Audio);
+    const ModalityInfo& m = *srv_.codecs_for(Modality::Audio)->info(Modality::Audio);
     std::vector<int32_t> ids{int32_t(m.begin_token)};
     ids.insert(ids.end(), r.audio_ids.begin(), r.audio_ids.end());
     ids.push_back(int32_t(m.end_token));

@@ -204,7 +204,7 @@ class RealtimeSession {
   std::string id;
 
  private:
-  bool has(Modality m) const { return srv_.pipe.codecs && srv_.pipe.codecs->info(m); }
+  bool has(Modality m) const { return srv_.codecs_for(m) && srv_.codecs_for(m)->info(m); }
   json item_json(const std::string& id) const;  // the item as the client knows it (null: none)
   std::vector<realtime::RateLimit> rate_limits();
   // After an item joins: the conversation is trimmed to its token budget and must fit the

@@ -23,11 +23,11 @@ class SpeechPrefill final : public GenerationOwner {
 
 }  // namespace
 
-int VoiceTurns::audio_rate() const { return srv_.pipe.codecs->audio(Modality::Audio)->sample_rate(); }
+int VoiceTurns::audio_rate() const { return srv_.codecs_for(Modality::Audio)->audio(Modality::Audio)->sample_rate(); }
 
 codecs::VoiceInput& VoiceTurns::voice() {
   if (!voice_)
-    voice_.emplace(*srv_.pipe.codecs->info(Modality::Audio), srv_.pipe.codecs->audio(Modality::Audio), settings_.vad);
+    voice_.emplace(*srv_.codecs_for(Modality::Audio)->info(Modality::Audio), srv_.codecs_for(Modality::Audio)->audio(Modality::Audio), settings_.vad);
   return *voice_;
 }
 
@@ -87,7 +87,7 @@ void VoiceTurns::on_turns(const std::vector<codecs::VoiceActivityDetector::Event
 }
 
 void VoiceTurns::response_ended() {
-  if (settings_.idle_timeout_ms > 0 && srv_.pipe.codecs && srv_.pipe.codecs->info(Modality::Audio)) idle_from_ms_ = voice().buffer_end_ms();
+  if (settings_.idle_timeout_ms > 0 && srv_.codecs_for(Modality::Audio) && srv_.codecs_for(Modality::Audio)->info(Modality::Audio)) idle_from_ms_ = voice().buffer_end_ms();
 }
 
 void VoiceTurns::commit(const std::string& event_id) { commit_range(voice().buffer_start_ms(), voice().buffer_end_ms(), event_id); }

@@ -1,0 +1,102 @@
+// /v1/admin/models/{name}/reload and /v1/admin/models/{name}/canary: an admin key's ([access]
+// admin_keys) levers on the served models (the route table refuses other keys with 403).
+#include "actors/http/handlers/handlers.hpp"
+
+#include <chrono>
+
+#include "actors/http/generation.hpp"
+#include "actors/http/models.hpp"
+
+namespace tutti::http {
+
+namespace {
+
+json report_json(const std::string& name, const ReloadReport& r) {
+  json j = {{"object", "model.reload"}, {"model", name}, {"ok", r.ok}, {"file", r.file}, {"load_seconds", r.load_seconds},
+            {"rss_before_bytes", r.rss_before}, {"peak_rss_bytes", r.peak_rss}};
+  if (r.ok) j["version"] = r.version;
+  else j["reason"] = r.reason;
+  return j;
+}
+
+// Holds the exchange's answer while the loader thread works; dropped (and the answer with
+// it) if the client goes away first. The reload itself goes on either way.
+struct PendingAnswer final : GenerationOwner {
+  explicit PendingAnswer(HttpExchange& e) : ex(e) {}
+  HttpExchange& ex;
+  void on_end(const GenerationEnd&) override {}
+};
+
+}  // namespace
+
+void handle_model_reload(HttpExchange& ex) {
+  ServerState& srv = ex.server();
+  const std::string name = ex.params().at(0);
+  std::string file;
+  if (!ex.body().empty()) {
+    const json body = json::parse(ex.body(), nullptr, false);
+    if (body.is_discarded() || !body.is_object()) return ex.respond_error(invalid_request("the body must be a JSON object"));
+    if (auto it = body.find("file"); it != body.end() && !it->is_null()) {
+      if (!it->is_string() || it->get<std::string>().empty()) return ex.respond_error(invalid_request("'file' must be a path", "file"));
+      file = it->get<std::string>();
+    }
+  }
+  auto answer = std::make_shared<PendingAnswer>(ex);
+  std::weak_ptr<PendingAnswer> weak = answer;
+  net::io_context* ioc = &srv.ioc;
+  auto refused = srv.models->reload(name, file, [weak, ioc, name](const ReloadReport& r) {
+    net::post(*ioc, [weak, name, r] {
+      auto a = weak.lock();
+      if (!a) return;
+      if (r.ok) return a->ex.respond_json(200, report_json(name, r).dump());
+      // Refused: the reason, and the old weights keep serving.
+      ApiError e{ErrorCode::invalid_request, "the reload of " + name + " was refused: " + r.reason, "file"};
+      a->ex.respond_error(e);
+    });
+  });
+  if (refused) return ex.respond_error(*refused);
+  ex.keep(answer, {});
+}
+
+void handle_model_canary(HttpExchange& ex) {
+  ServerState& srv = ex.server();
+  ModelSlot* slot = nullptr;
+  for (auto& s : srv.models->slots())
+    if (s->name() == ex.params().at(0)) slot = s.get();
+  if (!slot) return ex.respond_error(ApiError{ErrorCode::not_found, "no model named " + ex.params().at(0), "", 0, "model_not_found"});
+  auto inst = slot->current();
+  if (!inst) return ex.respond_error(ApiError{ErrorCode::modality_unavailable, "model " + slot->name() + " is not loaded"});
+  struct Verdicts {
+    json by_modality = json::object();
+    bool all_passed = true;
+  };
+  auto out = std::make_shared<Verdicts>();
+  // The checks run on the model's executor between its steps; a media worker waits for them
+  // (each is well under a second; the timeout bounds a stuck executor).
+  ex.off_thread(
+      [&system = srv.system, inst, out] {
+        std::vector<Modality> modalities = {Modality::Text};
+        for (const ModalityInfo& m : inst->facts.modalities.entries) modalities.push_back(m.modality);
+        caf::scoped_actor self{system};
+        for (Modality m : modalities) {
+          bool passed = false;
+          self->request(inst->pipe.executor, std::chrono::seconds(30), actors::canary_atom::value, m)
+              .receive([&](bool ok) { passed = ok; }, [&](caf::error&) { passed = false; });
+          out->all_passed = out->all_passed && passed;
+          out->by_modality[modality_name(m)] = passed ? "passed" : "failed";
+        }
+      },
+      [&ex, inst, out] {
+        json health = json::object();
+        for (const auto& e : inst->health->snapshot()) {
+          json mj = {{"state", e.healthy ? "healthy" : "degraded"}, {"passes_in_a_row", e.streak}, {"seconds", e.last_seconds}};
+          if (!e.reason.empty()) mj["last_failure"] = e.reason;
+          health[modality_name(e.modality)] = mj;
+        }
+        ex.respond_json(200, json{{"object", "model.canary"}, {"model", inst->name}, {"passed", out->all_passed},
+                                  {"checks", out->by_modality}, {"health", health}}
+                                 .dump());
+      });
+}
+
+}  // namespace tutti::http
