@@ -89,6 +89,7 @@ struct Fleet {
   std::unique_ptr<Serving> server;
   uint16_t port = 0;
   std::string ledger;
+  std::string admin;
   explicit Fleet(std::vector<ModelEntry> models, const std::string& ledger_name, double canary_interval_s = 0, int pass_streak = 2,
                  const std::string& admin_key = "") {
     Serving::Options o;
@@ -101,6 +102,7 @@ struct Fleet {
     o.server.port = 0;
     ledger = test::fresh_ledger(ledger_name);
     o.server.ledger_path = ledger;
+    admin = admin_key;
     if (!admin_key.empty()) {
       EXPECT_TRUE(o.server.api_keys.add("user-key", "user").ok());
       EXPECT_TRUE(o.server.api_keys.add(admin_key, "admin", true).ok());
@@ -113,7 +115,12 @@ struct Fleet {
   ~Fleet() {
     if (server) server->stop();
   }
-  json health() const { return json::parse(test::http_call(port, bhttp::verb::get, "/health").body); }
+  // Every model in detail (the admin view; /health itself says only the states).
+  json health() const {
+    std::vector<std::pair<std::string, std::string>> h;
+    if (!admin.empty()) h.push_back({"Authorization", "Bearer " + admin});
+    return json::parse(test::http_call(port, bhttp::verb::get, "/v1/admin/models", "", h).body);
+  }
   std::string state(const std::string& model, const std::string& modality) const {
     return health()["models"][model]["modalities"][modality]["state"].get<std::string>();
   }
@@ -265,7 +272,11 @@ TEST(Fallback, ABrokenAudioCodecIsAnsweredByTheFallback) {
   EXPECT_EQ(f.state("unified", "audio"), "degraded");
   EXPECT_EQ(f.state("unified", "text"), "healthy");
   EXPECT_EQ(f.state("speech-backup", "audio"), "healthy");
-  EXPECT_EQ(f.health()["status"], "degraded");
+  const json open = json::parse(test::http_call(f.port, bhttp::verb::get, "/health").body);
+  EXPECT_EQ(open["status"], "degraded");
+  EXPECT_EQ(open["models"]["unified"]["modalities"]["audio"], "degraded");
+  EXPECT_EQ(open["models"]["unified"]["modalities"]["text"], "healthy");
+  EXPECT_FALSE(open["models"]["unified"].contains("file")) << "no paths to anonymous clients";
   EXPECT_NE(f.health()["models"]["unified"]["modalities"]["audio"]["last_failure"].get<std::string>().find("not finite"), std::string::npos);
 
   const auto s = speech(f.port);
@@ -396,6 +407,11 @@ TEST(Fallback, ReloadIsGuardedAndABrokenFileIsRefused) {
   EXPECT_EQ(second, 409) << "the second reload, while the first ran";
   const json h = f.health()["models"]["unified"];
   EXPECT_EQ(h["version"], 2);
+  EXPECT_EQ(test::http_call(f.port, bhttp::verb::get, "/v1/admin/models", "", user).status, 403);
+  const auto canary = test::http_call(f.port, bhttp::verb::post, "/v1/admin/models/unified/canary", "", admin);
+  ASSERT_EQ(canary.status, 200) << canary.body;
+  EXPECT_TRUE(json::parse(canary.body)["passed"].get<bool>()) << canary.body;
+  EXPECT_EQ(json::parse(canary.body)["checks"]["audio"], "passed");
   EXPECT_TRUE(h["last_reload"]["ok"].get<bool>());
   EXPECT_EQ(chat(f.port, user).status, 200);
   const std::string metrics = test::http_call(f.port, bhttp::verb::get, "/metrics", "", admin).body;

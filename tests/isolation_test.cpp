@@ -287,7 +287,7 @@ TEST(Isolation, ASessionsMemoryIsBounded) {
     EXPECT_LT(events, 61) << "not every echo was queued";
   }
   const std::string health = test::http_call(sut.port, bhttp::verb::get, "/health").body;
-  EXPECT_EQ(health, R"({"status":"ok"})");
+  EXPECT_EQ(nlohmann::json::parse(health)["status"], "ok") << health;
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `tutti serve` as a process: API keys from a key file and --api-key (401 without, never
 # printed), the usage ledger across a kill -9 (every answered request is in it afterwards,
-# read by `tutti usage`), and SIGTERM draining a running generation to its end and exiting 0.
+# read by `tutti usage`), SIGHUP reloading the model while it serves, and SIGTERM draining a running generation to its end and exiting 0.
 set -euo pipefail
 tutti="$1"
 dir=$(mktemp -d)
@@ -37,13 +37,24 @@ for i in 1 2 3; do [ "$(complete sk-file-key-0123456789)" = 200 ] || { echo "fil
 [ "$(complete sk-flag-key-0123456789)" = 200 ] || { echo "--api-key refused"; exit 1; }
 if grep -q "sk-file-key\|sk-flag-key" "$dir/serve.log"; then echo "a key was logged"; exit 1; fi
 
+# SIGHUP reloads the model from its file beside the running one; it keeps serving.
+kill -HUP "$pid"
+for _ in $(seq 1 200); do
+  version=$(curl -s "http://127.0.0.1:$port/health" | python3 -c 'import json,sys; print(max(m.get("version", 0) for m in json.load(sys.stdin)["models"].values()))')
+  [ "$version" = 2 ] && break
+  sleep 0.05
+done
+[ "$version" = 2 ] || { echo "SIGHUP did not reload the model"; cat "$dir/serve.log"; exit 1; }
+grep -q "reloaded from" "$dir/serve.log" || { echo "the reload was not logged"; exit 1; }
+[ "$(complete sk-file-key-0123456789)" = 200 ] || { echo "not serving after the reload"; exit 1; }
+
 # kill -9: every request answered before it is in the ledger.
 kill -9 "$pid"; wait "$pid" 2>/dev/null || true; pid=""
 "$tutti" usage --ledger "$dir/usage.db" --period all --json >"$dir/usage.json"
 python3 - "$dir/usage.json" <<'PY'
 import json, sys
 rows = {r["key"]: r for r in json.load(open(sys.argv[1]))}
-assert rows["ops"]["requests"] == 3 and rows["ops"]["tokens_out"]["text"] == 12, rows
+assert rows["ops"]["requests"] == 4 and rows["ops"]["tokens_out"]["text"] == 16, rows
 flag = [r for k, r in rows.items() if k.startswith("key-")]
 assert len(flag) == 1 and flag[0]["requests"] == 1, rows
 PY
@@ -62,5 +73,5 @@ wait "$client" || true
 grep -q '"finish_reason":"length"' "$dir/stream.txt" || { echo "the running stream was cut:"; tail -c 400 "$dir/stream.txt"; exit 1; }
 grep -q "0 generation(s) cut short" "$dir/serve.log" || { cat "$dir/serve.log"; exit 1; }
 "$tutti" usage --ledger "$dir/usage.db" --period all | tee "$dir/usage.txt"
-grep -qE "^ops +all +4 " "$dir/usage.txt" || { echo "the drained request is not in the ledger"; exit 1; }
-echo "serve: keys, ledger across kill -9, SIGTERM drain: ok"
+grep -qE "^ops +all +5 " "$dir/usage.txt" || { echo "the drained request is not in the ledger"; exit 1; }
+echo "serve: keys, ledger across kill -9, SIGHUP reload, SIGTERM drain: ok"

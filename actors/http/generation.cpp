@@ -124,9 +124,7 @@ AdmissionRequest admission_request_of(const actors::text_request& r) {
 
 Modality routing_modality(const GenerationSpec& spec) {
   if (spec.request.modality != Modality::Text) return spec.request.modality;
-  for (Modality m : {Modality::Audio, Modality::Music, Modality::Video, Modality::Image})
-    if (auto it = spec.media_in.find(m); it != spec.media_in.end() && it->second > 0) return m;
-  return Modality::Text;
+  return spec.route_as.value_or(Modality::Text);
 }
 
 std::variant<std::shared_ptr<Generation>, ApiError> Generation::start(ServerState& srv, GenerationSpec spec,

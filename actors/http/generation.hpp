@@ -15,6 +15,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <variant>
 
@@ -69,6 +70,8 @@ struct GenerationSpec {
   std::shared_ptr<ModelInstance> instance;
   std::string served_by;  // the model that answers (recorded, and sent as x-tutti-served-by)
   bool fallback = false;  // not the model asked for: its modality was unhealthy there
+  // What it is routed by when it is not its answer's modality (routing_modality).
+  std::optional<Modality> route_as;
   std::string record_id;  // the ledger's request id ("" : "gen-" and the first request id)
   actors::text_request request;  // its id (and, for parts, its seed) is assigned here
   // Prompt tokens that are media (spliced parts), by modality; the rest are text.
@@ -88,8 +91,10 @@ struct GenerationSpec {
 // What the front door's admission knows of a request before it is encoded, and its clock
 // (the executor's: steady seconds).
 AdmissionRequest admission_request_of(const actors::text_request& r);
-// The modality a request is routed by: its answer's when that is media, else the media it
-// brings (a voice turn, a transcription: the codec that encoded it must be healthy), else text.
+// The modality a request is routed by: its answer's when that is media (a voice turn: audio),
+// else what the caller says (a transcription, whose upload the audio codec encodes; a speech
+// prefill, part of a voice turn), else text. A text turn over a conversation that holds
+// audio stays text: the tokens are there already.
 Modality routing_modality(const GenerationSpec& spec);
 double monotonic_seconds();
 

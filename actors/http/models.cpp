@@ -373,11 +373,19 @@ std::string ModelRegistry::render_metrics() const {
   return b;
 }
 
-nlohmann::json ModelRegistry::health_json() const {
+nlohmann::json ModelRegistry::health_json(bool detailed) const {
   nlohmann::json models = nlohmann::json::object();
   for (auto& s : slots_) {
     nlohmann::json j;
     auto inst = s->current();
+    if (inst && !detailed) {
+      j["version"] = inst->version;
+      nlohmann::json mods = nlohmann::json::object();
+      for (const auto& e : inst->health->snapshot()) mods[modality_name(e.modality)] = e.healthy ? "healthy" : "degraded";
+      j["modalities"] = mods;
+      models[s->name()] = j;
+      continue;
+    }
     if (inst) {
       j["file"] = inst->file;
       j["version"] = inst->version;

@@ -166,9 +166,11 @@ class ModelRegistry {
   std::function<ModelLoadOptions(const ModelEntry&)> load_options;
   caf::actor_system* system = nullptr;
 
-  // /metrics: per model and modality, and the reloads; /health: the same as JSON.
+  // /metrics: per model and modality, and the reloads. health_json: each model's state per
+  // modality and version for /health (open: nothing more); `detailed` adds files, the
+  // canaries' measures and failures, and the last reload (GET /v1/admin/models).
   std::string render_metrics() const;
-  nlohmann::json health_json() const;
+  nlohmann::json health_json(bool detailed) const;
 
  private:
   std::vector<std::unique_ptr<ModelSlot>> slots_;

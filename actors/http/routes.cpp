@@ -35,6 +35,7 @@ constexpr Route kRoutes[] = {
     {verb::get, "/v1/streams/{id}", Key, handle_stream_get},
     {verb::delete_, "/v1/streams/{id}", Key, handle_stream_delete},
     {verb::get, "/v1/realtime", Key, handle_realtime_upgrade},
+    {verb::get, "/v1/admin/models", Admin, handle_admin_models},
     {verb::post, "/v1/admin/models/{id}/reload", Admin, handle_model_reload},
     {verb::post, "/v1/admin/models/{id}/canary", Admin, handle_model_canary},
 };

@@ -216,9 +216,10 @@ void run_reload(const Target& t, Recorder& rec, int stage, const std::string& ad
     rec.add("reload.peak_rss_mb", stage, t.since_start(), double(answer.value("peak_rss_bytes", uint64_t(0))) / (1 << 20));
     rec.add("reload.rss_before_mb", stage, t.since_start(), double(answer.value("rss_before_bytes", uint64_t(0))) / (1 << 20));
   }
-  // The first request the new weights served, as the server saw it (polled for a while).
+  // The first request the new weights served, as the server saw it (the admin view of the
+  // models, polled for a while).
   for (int i = 0; i < 100 && Clock::now() < t.deadline; ++i) {
-    auto [hs, health] = json_exchange(t, bhttp::verb::get, "/health", "", error);
+    auto [hs, health] = json_exchange(admin, bhttp::verb::get, "/v1/admin/models", "", error);
     if (hs == 200 && health.is_object()) {
       const json& r = health["models"][model]["last_reload"];
       if (r.is_object() && r.contains("first_request_after_s")) {

@@ -1,5 +1,6 @@
-// /v1/admin/models/{name}/reload and /v1/admin/models/{name}/canary: an admin key's ([access]
-// admin_keys) levers on the served models (the route table refuses other keys with 403).
+// /v1/admin/models (every model in detail), /v1/admin/models/{name}/reload and
+// /v1/admin/models/{name}/canary: an admin key's ([access] admin_keys) view of and levers on
+// the served models (the route table refuses other keys with 403).
 #include "actors/http/handlers/handlers.hpp"
 
 #include <chrono>
@@ -28,6 +29,10 @@ struct PendingAnswer final : GenerationOwner {
 };
 
 }  // namespace
+
+void handle_admin_models(HttpExchange& ex) {
+  ex.respond_json(200, json{{"object", "list"}, {"models", ex.server().models->health_json(true)}}.dump());
+}
 
 void handle_model_reload(HttpExchange& ex) {
   ServerState& srv = ex.server();

@@ -40,7 +40,8 @@ void handle_models(HttpExchange& ex);
 void handle_model(HttpExchange& ex);
 void handle_metrics(HttpExchange& ex);
 void handle_realtime_upgrade(HttpExchange& ex);
-void handle_model_reload(HttpExchange& ex);  // admin.cpp
+void handle_admin_models(HttpExchange& ex);  // admin.cpp
+void handle_model_reload(HttpExchange& ex);
 void handle_model_canary(HttpExchange& ex);
 
 // A multipart/form-data body (uploads.cpp), or an error naming what is wrong with it.

@@ -11,7 +11,7 @@ void handle_health(HttpExchange& ex) {
   ModelRegistry& models = *ex.server().models;
   auto primary = ex.server().primary();
   const bool ok = primary && primary->health->all_healthy();
-  ex.respond_json(200, json{{"status", ok ? "ok" : "degraded"}, {"models", models.health_json()}}.dump());
+  ex.respond_json(200, json{{"status", ok ? "ok" : "degraded"}, {"models", models.health_json(false)}}.dump());
 }
 
 // Static; its WebSocket presents the key like any client.

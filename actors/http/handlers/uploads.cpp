@@ -176,6 +176,7 @@ void handle_transcript(HttpExchange& ex, Task task) {
         spec.model = model;
         spec.request = std::get<actors::text_request>(std::move(built));
         spec.media_in = c.media_tokens();
+        spec.route_as = Modality::Audio;  // the upload was encoded by the audio codec
         spec.holds_session = true;
         auto started = Generation::start(srv, std::move(spec), answer);
         if (const ApiError* e = std::get_if<ApiError>(&started)) return ex.respond_error(*e);

@@ -127,6 +127,7 @@ void VoiceTurns::prefill() {
   spec.request = conversation_.request(srv_.cfg.chat_template, &speech);
   spec.request.prefill_only = true;
   spec.accounted = false;  // part of the turn, whose answer is billed
+  spec.route_as = Modality::Audio;  // where the voice turn's answer will run
   auto owner = std::make_shared<SpeechPrefill>([this] { prefill_.reset(); });
   auto started = Generation::start(srv_, std::move(spec), owner);
   if (!std::holds_alternative<std::shared_ptr<Generation>>(started)) return;
