@@ -18,7 +18,9 @@ namespace {
 constexpr const char* kCanaryText =
     "The quick brown fox jumps over the lazy dog. One, two, three, four, five: the canary sings before the mine opens.";
 constexpr int64_t kCanarySeq = 1;
-constexpr int kAudioFrames = 8;     // generated and decoded per audio-like check
+// Frames generated and decoded per audio-like check: about 160 ms of audio, at least 3
+// frames (the MDCT decoder holds one back), so a check costs the executor tens of ms.
+int audio_frames(const AudioCodec& codec) { return std::max(3, 3840 / std::max(1, codec.frame_samples())); }
 constexpr int kPatchesGenerated = 8;  // patches generated per image or video check
 constexpr uint64_t kCanarySeed = 0x7a771ca4a21e5ull;
 
@@ -156,8 +158,9 @@ void audio_canary(CanaryResult& r, Model& model, const Tokenizer& tok, const Mod
                   PagedKvCache& kv, const CanaryThresholds& th, CanaryBaselines& base) {
   Fail fail{r};
   const int per_frame = codec.codes_per_frame();
+  const int frames = audio_frames(codec);
   // 1. Fixed codes decode to their checksum (mean |sample|).
-  const std::vector<int32_t> fixed = fixed_codes(size_t(kAudioFrames * per_frame), m.codebook_size);
+  const std::vector<int32_t> fixed = fixed_codes(size_t(frames * per_frame), m.codebook_size);
   auto pcm = codec.decode(fixed);
   if (!pcm) return fail("decoding the fixed codes failed: " + pcm.error().message);
   if (!all_finite(*pcm)) return fail("the fixed codes decode to samples that are not finite");
@@ -177,7 +180,7 @@ void audio_canary(CanaryResult& r, Model& model, const Tokenizer& tok, const Mod
   bool finite = true;
   std::string error;
   const std::vector<int32_t> tokens =
-      generate_codes(model, tok, kv, prompt, kAudioFrames * per_frame,
+      generate_codes(model, tok, kv, prompt, frames * per_frame,
                      [&](int i) {
                        const uint32_t at = m.slot_offset(uint32_t(i % per_frame));
                        return TokenRange{int32_t(at), int32_t(at + m.codebook_size)};

@@ -182,6 +182,11 @@ AdmissionDecision AdmissionBoard::decide_locked(const AdmissionRequest& r, doubl
   return d;
 }
 
+std::shared_ptr<const LoadPicture> AdmissionBoard::picture() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return picture_;
+}
+
 void AdmissionBoard::arrived(int64_t id) {
   std::lock_guard<std::mutex> lock(mu_);
   pending_.erase(id);

@@ -123,6 +123,8 @@ class AdmissionBoard {
   // one more stream would fit before it opens).
   AdmissionDecision probe(const AdmissionRequest& request, double now);
   void arrived(int64_t id);
+  // The picture last published (null before the first).
+  std::shared_ptr<const LoadPicture> picture();
 
  private:
   struct Pending {

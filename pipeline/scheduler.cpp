@@ -18,7 +18,9 @@ Status SchedulerConfig::validate() const {
   return admission.validate();
 }
 
-Scheduler::Scheduler(SchedulerConfig config, KvCapacity& kv) : config_(config), kv_(kv) {}
+Scheduler::Scheduler(SchedulerConfig config, KvCapacity& kv) : config_(config), kv_(kv) {
+  if (config_.cost_prior) cost_.seed(*config_.cost_prior);
+}
 
 Status Scheduler::submit(SequenceRequest r, double now) {
   if (r.prompt.empty()) return Error{"request " + std::to_string(r.id) + " has an empty prompt"};

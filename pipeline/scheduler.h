@@ -71,6 +71,9 @@ struct SchedulerConfig {
   // many tokens instead of filling queues between the stages; 0: no limit.
   int client_window = 256;
   AdmissionConfig admission;  // realtime capacity, wait targets (with pacing: step allowances)
+  // A step-cost model to start from (a reload of the same weights on the same machine:
+  // StepCostModel::seed); none: learned from the first steps.
+  std::optional<StepCostModel::Coefficients> cost_prior;
   Status validate() const;
 };
 

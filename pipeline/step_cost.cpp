@@ -54,6 +54,22 @@ void StepCostModel::observe(const StepShape& shape, double seconds) {
   refit();
 }
 
+void StepCostModel::seed(const Coefficients& c) {
+  auto price = [&](const StepShape& s) {
+    return c.base + c.per_row * s.rows + c.per_prefill_token * s.prefill_tokens + c.per_context_token * double(s.context_tokens);
+  };
+  for (int rows : {1, 4, 16, 32})
+    for (int prefill : {0, 64, 256})
+      for (int64_t context : {int64_t(0), int64_t(1024), int64_t(8192)}) {
+        StepShape s;
+        s.rows = rows + (prefill > 0 ? 1 : 0);
+        s.prefill_tokens = prefill;
+        s.context_tokens = context * rows;
+        observe(s, price(s));
+      }
+  rel_error_ = 0, predicted_total_ = 0, measured_total_ = 0;  // the prior's, not this model's
+}
+
 void StepCostModel::refit() {
   // Normal equations with a small ridge: it pulls the per-prefill-token cost towards the
   // per-row cost (in unscaled units) so that a machine that has only decoded so far still

@@ -47,6 +47,10 @@ class StepCostModel {
   explicit StepCostModel(double forgetting = 0.99);
 
   void observe(const StepShape& shape, double seconds);
+  // Starts from what another model of the same machine learned (a reload of the same
+  // weights): steps of a spread of shapes priced by `prior` are observed, so the model is
+  // ready at once and real steps take over as the forgetting wears the prior away.
+  void seed(const Coefficients& prior);
   // Predicted seconds of a step of this shape; 0 for an empty step, and 0 before any step
   // was seen (nothing is known yet, so nothing is refused for it).
   double predict(const StepShape& shape) const;

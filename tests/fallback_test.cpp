@@ -175,6 +175,23 @@ TEST(Fallback, HealthDegradesAtOnceAndReturnsAfterPassesInARow) {
   EXPECT_FALSE(h.healthy(Modality::Audio)) << "the runtime guard degrades at once";
 }
 
+// A reloaded model's scheduler starts from the running one's step costs: ready at once, and
+// pricing steps as the prior does.
+TEST(Fallback, AStepCostPriorMakesTheModelReadyAtOnce) {
+  StepCostModel::Coefficients prior;
+  prior.base = 2e-3, prior.per_row = 1e-4, prior.per_prefill_token = 5e-5, prior.per_context_token = 1e-8;
+  StepCostModel m;
+  EXPECT_FALSE(m.ready());
+  m.seed(prior);
+  EXPECT_TRUE(m.ready());
+  StepShape s;
+  s.rows = 9, s.prefill_tokens = 128, s.context_tokens = 4000;
+  const double want = prior.base + 9 * prior.per_row + 128 * prior.per_prefill_token + 4000 * prior.per_context_token;
+  EXPECT_NEAR(m.predict(s), want, 0.05 * want);
+  for (int i = 0; i < 400; ++i) m.observe(s, 2 * want);  // the machine turned out slower: real steps take over
+  EXPECT_NEAR(m.predict(s), 2 * want, 0.1 * want);
+}
+
 TEST(Fallback, BadFallbacksAreSettingsErrorsAtStart) {
   auto parse = [](const std::string& toml) { return parse_settings(toml, "t.toml"); };
   const std::string two = "[[models]]\nname = \"a\"\nfile = \"a.gguf\"\n[[models]]\nname = \"b\"\nfile = \"b.gguf\"\n";

@@ -31,6 +31,11 @@ uint64_t available_memory() {
 
 constexpr uint64_t kMiB = 1 << 20;
 
+uint64_t file_bytes(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 ? uint64_t(st.st_size) : 0;
+}
+
 // The weights, the backend they live on and the tokenizer: what an instance's executor keeps
 // alive (PipelineConfig::keep_alive). Destroyed in reverse: model before backend.
 struct OwnedWeights {
@@ -54,6 +59,7 @@ Expected<std::shared_ptr<ModelInstance>> start_instance(caf::actor_system& syste
   auto inst = std::make_shared<ModelInstance>();
   inst->name = o.entry.name;
   inst->file = o.entry.file;
+  inst->file_bytes = model.file().file_size();
   inst->facts = facts_of(model);
   const std::vector<Modality> modalities = codecs::canary_modalities(model);
   inst->health = std::make_shared<codecs::ModalityHealth>(modalities, o.pass_streak);
@@ -292,12 +298,18 @@ std::optional<ApiError> ModelRegistry::reload(const std::string& name, const std
     report.file = entry.file;
     ModelLoadOptions o = load_options(entry);
     o.require_healthy = true;
+    std::shared_ptr<ModelInstance> running = slot->current();
+    // The same weights on the same machine step alike: the new scheduler starts from what the
+    // running one learned, so admission and the step allowance hold from its first step.
+    if (running && running->pipe.admission && running->file_bytes == file_bytes(entry.file))
+      if (auto picture = running->pipe.admission->picture(); picture && picture->cost_ready)
+        o.pipeline.scheduler.cost_prior = picture->cost;
     codecs::CanaryBaselines baselines;
     {
       std::lock_guard l(slot->mu);
       baselines = slot->baselines;
     }
-    std::shared_ptr<ModelInstance> old = slot->current();
+    std::shared_ptr<ModelInstance> old = std::move(running);
     auto next = load_model_instance(*system, o, baselines);
     if (next && old) {
       for (Modality m : {Modality::Text, Modality::Audio, Modality::Image, Modality::Video, Modality::Music})
@@ -428,18 +440,21 @@ nlohmann::json ModelRegistry::health_json(bool detailed) const {
 
 Expected<std::shared_ptr<ModelRegistry>> load_models(caf::actor_system& system, const Settings& st,
                                                      const actors::PipelineConfig& pipeline) {
-  const std::vector<ModelEntry> entries = st.served_models();
+  std::vector<ModelEntry> entries = st.served_models();
   if (Status s = validate_models(st.models); !s) return s.error();
+  // Threads, decided once per entry (a reload keeps them): the default model gets [model]
+  // threads (0: every core); the others, which answer only what is asked of them by name or
+  // what falls back to them, half the cores unless their entry says. Idle pools sleep, so
+  // the split matters only while both compute.
   const int cores = int(std::max(1u, std::thread::hardware_concurrency()));
-  auto options_for = [st, pipeline, cores, first = entries.front().name](const ModelEntry& e) {
+  for (size_t i = 0; i < entries.size(); ++i)
+    if (entries[i].threads <= 0) entries[i].threads = i == 0 ? st.threads : std::max(1, cores / 2);
+  auto options_for = [st, pipeline](const ModelEntry& e) {
     ModelLoadOptions o;
     o.entry = e;
     o.device = e.device.empty() ? st.device : e.device;
     o.kernels = st.kernels;
-    // Threads: the default model gets [model] threads (0: every core); the others, which
-    // answer only what is asked of them by name or what falls back to them, half the cores
-    // unless their entry says. Idle pools sleep, so the split matters only when both work.
-    o.threads = e.threads > 0 ? e.threads : e.name == first ? st.threads : std::max(1, cores / 2);
+    o.threads = e.threads;
     o.pipeline = pipeline;
     if (e.kv_cache_mb > 0) o.pipeline.kv_cache_bytes = size_t(e.kv_cache_mb) << 20;
     o.thresholds = canary_thresholds(st.health);

@@ -50,6 +50,7 @@ std::optional<std::string> cannot_stand_in(const ModelFacts& a, const ModelFacts
 struct ModelInstance {
   std::string name;  // the slot's
   std::string file;
+  uint64_t file_bytes = 0;
   int version = 1;   // 1 at start, one more per reload
   ModelFacts facts;
   actors::PipelineHandles pipe;
