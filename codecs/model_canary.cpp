@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <optional>
 
 #include "codecs/patch_tokenizer.h"
 #include "codecs/rvq.h"
@@ -65,8 +66,8 @@ struct Fail {
 // Runs the canary prompt (then the modality's begin token) and `steps` seeded decode steps,
 // each token drawn from the range `allowed(step)` gives. Empty with `*finite` false when a
 // logit was not finite.
-std::vector<int32_t> generate_codes(Model& model, const Tokenizer& tok, PagedKvCache& kv, std::vector<int32_t> prompt,
-                                    int steps, const std::function<TokenRange(int)>& allowed, bool* finite, std::string* error) {
+std::vector<int32_t> generate_codes(Model& model, PagedKvCache& kv, std::vector<int32_t> prompt, int steps,
+                                    const std::function<TokenRange(int)>& allowed, bool* finite, std::string* error) {
   *finite = true;
   const int n_vocab = int(model.hparams().n_vocab);
   SamplingParams sp;
@@ -98,7 +99,6 @@ std::vector<int32_t> generate_codes(Model& model, const Tokenizer& tok, PagedKvC
     b.chunks[0].tokens = {t};
   }
   kv.release(kCanarySeq);
-  (void)tok;
   return out;
 }
 
@@ -120,6 +120,45 @@ void code_spread(CanaryResult& r, const std::vector<int32_t>& codes, const Canar
     fail("generated codes have " + std::to_string(entropy) + " bits of entropy, below " + std::to_string(th.min_code_entropy_bits));
   if (share > th.max_top_code_share)
     fail("one code is " + std::to_string(share) + " of the generated codes, above " + std::to_string(th.max_top_code_share));
+}
+
+// The fixed codes' checksum against its baseline (recorded when there is none yet).
+void check_checksum(CanaryResult& r, Modality m, double value, const CanaryThresholds& th, CanaryBaselines& base) {
+  r.measures.push_back({"decode_checksum", value});
+  double& want = base.decode_checksum[m];
+  if (!matches_baseline(value, want, th.decode_tolerance))
+    Fail{r}("the fixed codes decode to checksum " + std::to_string(value) + ", not " + std::to_string(want) + " (tolerance " +
+            std::to_string(th.decode_tolerance) + ")");
+  r.measures.push_back({"baseline_decode_checksum", want});
+}
+
+// `n` codes (0..codebook_size) the model generates, seeded, after the canary prompt and the
+// modality's begin token, slot by slot of a `slots`-code frame; their spread is checked.
+// Nullopt (and `r` failed) when the logits were not finite or the step failed.
+std::optional<std::vector<int32_t>> generated_codes(CanaryResult& r, Model& model, const Tokenizer& tok, PagedKvCache& kv,
+                                                    const ModalityInfo& m, int n, int slots, const CanaryThresholds& th) {
+  std::vector<int32_t> prompt = tok.encode(kCanaryText, true);
+  prompt.push_back(int32_t(m.begin_token));
+  bool finite = true;
+  std::string error;
+  const std::vector<int32_t> tokens = generate_codes(model, kv, prompt, n,
+                                                     [&](int i) {
+                                                       const uint32_t at = m.slot_offset(uint32_t(i % slots));
+                                                       return TokenRange{int32_t(at), int32_t(at + m.codebook_size)};
+                                                     },
+                                                     &finite, &error);
+  if (!finite) {
+    Fail{r}("the model's logits are not finite while generating " + std::string(modality_name(m.modality)));
+    return std::nullopt;
+  }
+  if (!error.empty()) {
+    Fail{r}("generating failed: " + error);
+    return std::nullopt;
+  }
+  std::vector<int32_t> codes;
+  for (int32_t t : tokens) codes.push_back(int32_t((uint32_t(t) - m.token_offset) % m.codebook_size));
+  code_spread(r, codes, th);
+  return codes;
 }
 
 void text_canary(CanaryResult& r, Model& model, const Tokenizer& tok, PagedKvCache& kv, const CanaryThresholds& th,
@@ -167,30 +206,12 @@ void audio_canary(CanaryResult& r, Model& model, const Tokenizer& tok, const Mod
   double mean_abs = 0;
   for (float x : *pcm) mean_abs += std::abs(x);
   mean_abs /= std::max<size_t>(1, pcm->size());
-  r.measures.push_back({"decode_checksum", mean_abs});
-  double& want = base.decode_checksum[m.modality];
-  if (!matches_baseline(mean_abs, want, th.decode_tolerance))
-    fail("the fixed codes decode to checksum " + std::to_string(mean_abs) + ", not " + std::to_string(want) + " (tolerance " +
-         std::to_string(th.decode_tolerance) + ")");
-  r.measures.push_back({"baseline_decode_checksum", want});
+  check_checksum(r, m.modality, mean_abs, th, base);
 
   // 2. A short seeded generation from the canary prompt decodes to sane audio.
-  std::vector<int32_t> prompt = tok.encode(kCanaryText, true);
-  prompt.push_back(int32_t(m.begin_token));
-  bool finite = true;
-  std::string error;
-  const std::vector<int32_t> tokens =
-      generate_codes(model, tok, kv, prompt, frames * per_frame,
-                     [&](int i) {
-                       const uint32_t at = m.slot_offset(uint32_t(i % per_frame));
-                       return TokenRange{int32_t(at), int32_t(at + m.codebook_size)};
-                     },
-                     &finite, &error);
-  if (!finite) return fail("the model's logits are not finite while generating " + std::string(modality_name(m.modality)));
-  if (!error.empty()) return fail("generating failed: " + error);
-  std::vector<int32_t> codes;
-  for (int32_t t : tokens) codes.push_back(int32_t((uint32_t(t) - m.token_offset) % m.codebook_size));
-  code_spread(r, codes, th);
+  const auto generated = generated_codes(r, model, tok, kv, m, frames * per_frame, per_frame, th);
+  if (!generated) return;
+  const std::vector<int32_t>& codes = *generated;
   auto gen = codec.decode(codes);
   if (!gen) return fail("decoding the generated codes failed: " + gen.error().message);
   if (!all_finite(*gen)) return fail("generated audio is not finite");
@@ -227,39 +248,16 @@ void patch_canary(CanaryResult& r, Model& model, const Tokenizer& tok, const Mod
     for (float x : patch) mean_abs += std::abs(x);
   }
   mean_abs /= double(g.patches()) * g.dim();
-  r.measures.push_back({"decode_checksum", mean_abs});
-  double& want = base.decode_checksum[m.modality];
-  if (!matches_baseline(mean_abs, want, th.decode_tolerance))
-    fail("the fixed codes decode to checksum " + std::to_string(mean_abs) + ", not " + std::to_string(want) + " (tolerance " +
-         std::to_string(th.decode_tolerance) + ")");
-  r.measures.push_back({"baseline_decode_checksum", want});
+  check_checksum(r, m.modality, mean_abs, th, base);
 
   // 2. A few generated patches (the grid's first), decoded in place: not flat.
-  std::vector<int32_t> prompt = tok.encode(kCanaryText, true);
-  prompt.push_back(int32_t(m.begin_token));
-  bool finite = true;
-  std::string error;
-  const int n = std::min(kPatchesGenerated, g.patches()) * stages;
-  const std::vector<int32_t> tokens = generate_codes(
-      model, tok, kv, prompt, n,
-      [&](int i) {
-        const uint32_t at = m.slot_offset(uint32_t(i % stages));
-        return TokenRange{int32_t(at), int32_t(at + m.codebook_size)};
-      },
-      &finite, &error);
-  if (!finite) return fail("the model's logits are not finite while generating " + std::string(modality_name(m.modality)));
-  if (!error.empty()) return fail("generating failed: " + error);
-  std::vector<int32_t> codes;
-  for (size_t i = 0; i < tokens.size(); ++i) {
-    const int32_t c = int32_t((uint32_t(tokens[i]) - m.token_offset) % m.codebook_size);
-    codes.push_back(c);
-    grid[i] = c;
-  }
-  code_spread(r, codes, th);
+  const auto codes = generated_codes(r, model, tok, kv, m, std::min(kPatchesGenerated, g.patches()) * stages, stages, th);
+  if (!codes) return;
+  std::copy(codes->begin(), codes->end(), grid.begin());
   auto frame = decode_frame(g, books, grid);
   if (!frame) return fail("decoding the generated patches failed: " + frame.error().message);
   // The generated patches' pixels: the first rows of the frame's first patch row.
-  const int patches_done = int(tokens.size()) / stages;
+  const int patches_done = int(codes->size()) / stages;
   double sum = 0, sq = 0;
   size_t count = 0;
   for (int y = 0; y < g.patch; ++y)

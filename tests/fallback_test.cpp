@@ -8,6 +8,8 @@
 #include <cmath>
 #include <thread>
 
+#include <unistd.h>
+
 #include "actors/http/realtime_audio.hpp"
 #include "codecs/model_canary.h"
 #include "config/settings.h"
@@ -31,8 +33,23 @@ std::string good_model() {
 
 // A copy of `src` with every float of the f32 tensor `tensor` set to `value` (NaN, or a
 // constant): the corrupt file the canaries must catch. Baselines stamped into `src` travel.
+// Files are this process's own (ctest runs each test as a process, several at once), and go
+// when it ends.
+std::string own_path(const std::string& name) {
+  static const bool cleanup = [] {
+    std::atexit([] {
+      const std::string prefix = std::to_string(::getpid()) + "-";
+      for (const auto& f : std::filesystem::directory_iterator(std::filesystem::path(test::temp_path("x")).parent_path()))
+        if (f.path().filename().string().rfind(prefix, 0) == 0) std::filesystem::remove(f.path());
+    });
+    return true;
+  }();
+  (void)cleanup;
+  return test::temp_path(std::to_string(::getpid()) + "-" + name);
+}
+
 std::string broken_copy(const std::string& src, const std::string& name, const std::string& tensor, float value) {
-  const std::string path = test::temp_path(name);
+  const std::string path = own_path(name);
   auto file = GgufFile::open(src);
   EXPECT_TRUE(file) << file.error().message;
   GgufWriter w;
@@ -57,7 +74,7 @@ std::string broken_copy(const std::string& src, const std::string& name, const s
 // The good model with its canary baselines stamped in (as `tutti model canary --stamp`
 // does), so a copy with a constant codebook is told from the original by its checksum.
 std::string stamped_model() {
-  const std::string path = test::temp_path("fallback-stamped.gguf");
+  const std::string path = own_path("fallback-stamped.gguf");
   if (std::filesystem::exists(path)) return path;
   auto backend = make_cpu_backend({1});
   auto model = std::move(Model::load(good_model(), *backend)).value();

@@ -344,12 +344,17 @@ std::optional<ApiError> ModelRegistry::reload(const std::string& name, const std
 
 std::string ModelRegistry::render_metrics() const {
   std::string b;
-  b += "# HELP tutti_modality_healthy Whether a model's modality passes its canaries (1) or is degraded (0).\n"
-       "# TYPE tutti_modality_healthy gauge\n";
-  for (auto& s : slots_)
-    if (auto inst = s->current())
-      for (const auto& e : inst->health->snapshot())
-        b += "tutti_modality_healthy{model=\"" + s->name() + "\",modality=\"" + modality_name(e.modality) + "\"} " + (e.healthy ? "1" : "0") + "\n";
+  // One series per model and modality, from each model's current instance.
+  using Entry = codecs::ModalityHealth::Entry;
+  auto per_modality = [&](const char* name, const char* type, const char* help, const std::function<std::string(const Entry&)>& value) {
+    b += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
+    for (auto& s : slots_)
+      if (auto inst = s->current())
+        for (const Entry& e : inst->health->snapshot())
+          b += std::string(name) + "{model=\"" + s->name() + "\",modality=\"" + modality_name(e.modality) + "\"} " + value(e) + "\n";
+  };
+  per_modality("tutti_modality_healthy", "gauge", "Whether a model's modality passes its canaries (1) or is degraded (0).",
+               [](const Entry& e) { return std::string(e.healthy ? "1" : "0"); });
   b += "# HELP tutti_fallback_requests_total Requests for a model whose modality another model answered.\n"
        "# TYPE tutti_fallback_requests_total counter\n";
   for (auto& s : slots_)
@@ -357,19 +362,10 @@ std::string ModelRegistry::render_metrics() const {
       if (s->fallback().count(m))
         b += "tutti_fallback_requests_total{model=\"" + s->name() + "\",modality=\"" + modality_name(m) + "\"} " +
              std::to_string(s->fallback_total(m)) + "\n";
-  b += "# HELP tutti_canary_failures_total Canary checks (and runtime guards) that failed, per model and modality.\n"
-       "# TYPE tutti_canary_failures_total counter\n";
-  for (auto& s : slots_)
-    if (auto inst = s->current())
-      for (const auto& e : inst->health->snapshot())
-        b += "tutti_canary_failures_total{model=\"" + s->name() + "\",modality=\"" + modality_name(e.modality) + "\"} " +
-             std::to_string(e.failures) + "\n";
-  b += "# HELP tutti_canary_last_seconds The last canary check's time, per model and modality.\n# TYPE tutti_canary_last_seconds gauge\n";
-  for (auto& s : slots_)
-    if (auto inst = s->current())
-      for (const auto& e : inst->health->snapshot())
-        b += "tutti_canary_last_seconds{model=\"" + s->name() + "\",modality=\"" + modality_name(e.modality) + "\"} " +
-             std::to_string(e.last_seconds) + "\n";
+  per_modality("tutti_canary_failures_total", "counter", "Canary checks (and runtime guards) that failed, per model and modality.",
+               [](const Entry& e) { return std::to_string(e.failures); });
+  per_modality("tutti_canary_last_seconds", "gauge", "The last canary check's time, per model and modality.",
+               [](const Entry& e) { return std::to_string(e.last_seconds); });
   b += "# HELP tutti_model_reloads_total Reloads per model, by outcome.\n# TYPE tutti_model_reloads_total counter\n";
   for (auto& s : slots_) {
     std::lock_guard l(s->mu);
