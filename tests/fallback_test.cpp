@@ -453,6 +453,21 @@ TEST(Fallback, ReloadIsGuardedAndABrokenFileIsRefused) {
   EXPECT_NE(metrics.find("tutti_model_reloads_total{model=\"unified\",outcome=\"refused\"} 2\n"), std::string::npos);
 }
 
+// A model that does not fit the machine's memory is refused before anything is loaded, with
+// the sizes; a model that does starts beside it no more.
+TEST(Fallback, AModelThatDoesNotFitIsRefusedWithTheSizes) {
+  ModelEntry huge = entry("unified", stamped_model());
+  huge.kv_cache_mb = 1 << 22;  // a 4 TiB KV pool
+  Serving::Options o;
+  o.pipeline = test::ServerUnderTest::default_pipeline();
+  o.engine.models = {huge};
+  o.server.port = 0;
+  auto s = Serving::start(std::move(o));
+  ASSERT_FALSE(s);
+  EXPECT_NE(s.error().message.find("needs"), std::string::npos) << s.error().message;
+  EXPECT_NE(s.error().message.find("MiB are available"), std::string::npos) << s.error().message;
+}
+
 // A swap under load: a load-test run with voice sessions, chat and speech, whose second
 // stage reloads the model. Every request is answered or cleanly refused, the ledger holds
 // one record per request, and the voice sessions go on across the swap.
