@@ -4,6 +4,7 @@
 #include <map>
 #include <set>
 
+#include "actors/cluster/membership.hpp"
 #include "actors/cluster/routing.hpp"
 
 namespace tutti::cluster {
@@ -110,6 +111,30 @@ TEST(ClusterRouting, ABurstBetweenHeartbeatsSpreads) {
   }
   EXPECT_GT(moved, 8);
   EXPECT_LT(moved, 45);
+}
+
+// Joining takes the cluster secret; a node that stops beating (dead or hung) is dropped
+// within the heartbeat timeout and routing stops choosing it; one that comes back rejoins.
+TEST(ClusterMembership, SecretHeartbeatsAndExpiry) {
+  RoutingPolicy routing;
+  Membership m("s3cret-cluster", 3.0, routing);
+  EXPECT_EQ(m.join("wrong", node("x"), 0), Membership::Join::WrongSecret);
+  EXPECT_EQ(m.join("", node("x"), 0), Membership::Join::WrongSecret);
+  EXPECT_EQ(m.join("s3cret-cluste", node("x"), 0), Membership::Join::WrongSecret) << "a prefix is not the secret";
+  EXPECT_EQ(m.refused(), 3u);
+  EXPECT_EQ(routing.nodes(), 0u) << "a refused node never reaches routing";
+  EXPECT_EQ(m.join("s3cret-cluster", node("a"), 0), Membership::Join::Accepted);
+  EXPECT_EQ(m.join("s3cret-cluster", node("b"), 0), Membership::Join::Accepted);
+  EXPECT_FALSE(m.beat(node("x"), 1)) << "not a member: join first";
+  EXPECT_TRUE(m.beat(node("a"), 2.5));
+  EXPECT_TRUE(m.expire(2.9).empty());
+  EXPECT_EQ(m.expire(3.5), std::vector<std::string>{"b"}) << "b's last beat was at 0";
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(routing.route_text("m", prompt(i)), "a");
+  EXPECT_EQ(m.join("s3cret-cluster", node("b"), 4), Membership::Join::Accepted) << "back after it was dropped";
+  EXPECT_EQ(m.join("s3cret-cluster", node("b"), 4.5), Membership::Join::Rejoined);
+  m.leave("a");
+  EXPECT_FALSE(m.member("a"));
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(routing.route_text("m", prompt(i)), "b");
 }
 
 TEST(ClusterRouting, LoadWeighsSlowStepsAndAFullKvPool) {
