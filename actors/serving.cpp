@@ -2,23 +2,6 @@
 
 namespace tutti {
 
-namespace {
-
-http::ModelLoadOptions load_options_of(const Serving::Options& o, const ModelEntry& e) {
-  http::ModelLoadOptions lo;
-  lo.entry = e;
-  lo.device = e.device.empty() ? o.engine.device : e.device;
-  lo.kernels = o.engine.kernels;
-  lo.threads = e.threads > 0 ? e.threads : o.engine.threads;
-  lo.pipeline = o.pipeline;
-  if (e.kv_cache_mb > 0) lo.pipeline.kv_cache_bytes = size_t(e.kv_cache_mb) << 20;
-  lo.thresholds = http::canary_thresholds(o.engine.health);
-  lo.pass_streak = o.engine.health.pass_streak;
-  lo.canary_interval_s = o.engine.health.canary_interval_s;
-  return lo;
-}
-
-}  // namespace
 
 Expected<std::unique_ptr<Serving>> Serving::start(Model& model, std::shared_ptr<const Tokenizer> tokenizer, Options o) {
   std::unique_ptr<Serving> s(new Serving);
@@ -29,14 +12,14 @@ Expected<std::unique_ptr<Serving>> Serving::start(Model& model, std::shared_ptr<
   entry.name = o.server.model_name;
   entry.file = model.file().path();
   auto slot = std::make_unique<http::ModelSlot>(entry);
-  auto inst = http::borrow_model_instance(*s->system_, model, std::move(tokenizer), load_options_of(o, entry), slot->baselines);
+  auto inst = http::borrow_model_instance(*s->system_, model, std::move(tokenizer), http::load_options_for(o.engine, o.pipeline, entry), slot->baselines);
   if (!inst) return inst.error();
   slot->replace(*inst);
   std::vector<std::unique_ptr<http::ModelSlot>> slots;
   slots.push_back(std::move(slot));
   s->models_ = std::make_shared<http::ModelRegistry>(std::move(slots), o.server.model_aliases);
   s->models_->system = s->system_.get();
-  s->models_->load_options = [o](const ModelEntry& e) { return load_options_of(o, e); };
+  s->models_->load_options = [engine = o.engine, pipeline = o.pipeline](const ModelEntry& e) { return http::load_options_for(engine, pipeline, e); };
   return serve(std::move(s), std::move(o));
 }
 

@@ -274,9 +274,9 @@ void patch_canary(CanaryResult& r, Model& model, const Tokenizer& tok, const Mod
 
 }  // namespace
 
-std::vector<Modality> canary_modalities(const Model& model) {
+std::vector<Modality> canary_modalities(const ModalityTable& modalities) {
   std::vector<Modality> out = {Modality::Text};
-  for (const ModalityInfo& m : model.config().modalities.entries) out.push_back(m.modality);
+  for (const ModalityInfo& m : modalities.entries) out.push_back(m.modality);
   return out;
 }
 

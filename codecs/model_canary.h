@@ -58,7 +58,8 @@ struct CanaryResult {
 };
 
 // The modalities a model has canaries for: text, then its media in table order.
-std::vector<Modality> canary_modalities(const Model& model);
+std::vector<Modality> canary_modalities(const ModalityTable& modalities);
+inline std::vector<Modality> canary_modalities(const Model& model) { return canary_modalities(model.config().modalities); }
 
 // One modality's check. `kv` is the canary's own cache (a few blocks; never the serving
 // pool), emptied again before it returns. A missing baseline is recorded into `baselines`.

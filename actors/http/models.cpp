@@ -61,7 +61,7 @@ Expected<std::shared_ptr<ModelInstance>> start_instance(caf::actor_system& syste
   inst->file = o.entry.file;
   inst->file_bytes = model.file().file_size();
   inst->facts = facts_of(model);
-  const std::vector<Modality> modalities = codecs::canary_modalities(model);
+  const std::vector<Modality> modalities = codecs::canary_modalities(model.config().modalities);
   inst->health = std::make_shared<codecs::ModalityHealth>(modalities, o.pass_streak);
   // The canaries at load run here, before any request can reach the model.
   {
@@ -129,6 +129,20 @@ ModelInstance::~ModelInstance() {
   if (pipe.executor) actors::stop_pipeline(pipe);
 }
 
+ModelLoadOptions load_options_for(const Settings& st, const actors::PipelineConfig& pipeline, const ModelEntry& e) {
+  ModelLoadOptions o;
+  o.entry = e;
+  o.device = e.device.empty() ? st.device : e.device;
+  o.kernels = st.kernels;
+  o.threads = e.threads > 0 ? e.threads : st.threads;
+  o.pipeline = pipeline;
+  if (e.kv_cache_mb > 0) o.pipeline.kv_cache_bytes = size_t(e.kv_cache_mb) << 20;
+  o.thresholds = canary_thresholds(st.health);
+  o.pass_streak = st.health.pass_streak;
+  o.canary_interval_s = st.health.canary_interval_s;
+  return o;
+}
+
 codecs::CanaryThresholds canary_thresholds(const HealthSettings& h) {
   codecs::CanaryThresholds t;
   t.text_perplexity_ratio = h.text_perplexity_ratio;
@@ -160,14 +174,14 @@ Expected<std::shared_ptr<ModelInstance>> load_model_instance(caf::actor_system& 
                                                              codecs::CanaryBaselines& baselines) {
   const double t0 = unix_seconds();
   const std::string& path = o.entry.file;
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) return Error{"model " + o.entry.name + ": cannot open " + path, ErrorCode::model_not_found};
+  const uint64_t weights = file_bytes(path);
+  if (weights == 0) return Error{"model " + o.entry.name + ": cannot open " + path, ErrorCode::model_not_found};
   // What it will hold resident: the weights (mapped; on the CPU read in place), the KV pool.
   // Checked before anything is loaded, so a model that does not fit disturbs nothing.
   if (o.device == "cpu") {
-    const uint64_t need = uint64_t(st.st_size) + o.pipeline.kv_cache_bytes;
+    const uint64_t need = weights + o.pipeline.kv_cache_bytes;
     if (const uint64_t avail = available_memory(); avail > 0 && need > avail)
-      return Error{"model " + o.entry.name + " needs " + std::to_string(need / kMiB) + " MiB (weights " + std::to_string(uint64_t(st.st_size) / kMiB) +
+      return Error{"model " + o.entry.name + " needs " + std::to_string(need / kMiB) + " MiB (weights " + std::to_string(weights / kMiB) +
                        " MiB + KV cache " + std::to_string(o.pipeline.kv_cache_bytes / kMiB) + " MiB) but only " + std::to_string(avail / kMiB) +
                        " MiB are available",
                    ErrorCode::invalid_request};
@@ -294,11 +308,12 @@ std::optional<ApiError> ModelRegistry::reload(const std::string& name, const std
     report.requested_at = unix_seconds();
     report.rss_before = resident_memory().now;
     ModelEntry entry = slot->entry();
-    if (!file.empty()) entry.file = file;
+    std::shared_ptr<ModelInstance> running = slot->current();
+    // No file given: the one serving now (an earlier reload may have named another).
+    entry.file = !file.empty() ? file : running ? running->file : entry.file;
     report.file = entry.file;
     ModelLoadOptions o = load_options(entry);
     o.require_healthy = true;
-    std::shared_ptr<ModelInstance> running = slot->current();
     // The same weights on the same machine step alike: the new scheduler starts from what the
     // running one learned, so admission and the step allowance hold from its first step.
     if (running && running->pipe.admission && running->file_bytes == file_bytes(entry.file))
@@ -445,19 +460,7 @@ Expected<std::shared_ptr<ModelRegistry>> load_models(caf::actor_system& system, 
   const int cores = int(std::max(1u, std::thread::hardware_concurrency()));
   for (size_t i = 0; i < entries.size(); ++i)
     if (entries[i].threads <= 0) entries[i].threads = i == 0 ? st.threads : std::max(1, cores / 2);
-  auto options_for = [st, pipeline](const ModelEntry& e) {
-    ModelLoadOptions o;
-    o.entry = e;
-    o.device = e.device.empty() ? st.device : e.device;
-    o.kernels = st.kernels;
-    o.threads = e.threads;
-    o.pipeline = pipeline;
-    if (e.kv_cache_mb > 0) o.pipeline.kv_cache_bytes = size_t(e.kv_cache_mb) << 20;
-    o.thresholds = canary_thresholds(st.health);
-    o.pass_streak = st.health.pass_streak;
-    o.canary_interval_s = st.health.canary_interval_s;
-    return o;
-  };
+  auto options_for = [st, pipeline](const ModelEntry& e) { return load_options_for(st, pipeline, e); };
   std::vector<std::unique_ptr<ModelSlot>> slots;
   for (const ModelEntry& e : entries) {
     auto slot = std::make_unique<ModelSlot>(e);

@@ -77,6 +77,9 @@ struct ModelLoadOptions {
   bool require_healthy = false;
 };
 codecs::CanaryThresholds canary_thresholds(const HealthSettings& h);
+// How `entry` loads under the engine settings (device, kernels, [health]) and the pipeline
+// (a per-entry KV pool over it). Threads are the entry's (0: [model] threads).
+ModelLoadOptions load_options_for(const Settings& engine, const actors::PipelineConfig& pipeline, const ModelEntry& entry);
 
 // Loads the entry's file (after checking the memory it needs against what is available),
 // runs its canaries against `baselines` (recording those missing), and spawns its pipeline.

@@ -80,10 +80,8 @@ void handle_model_canary(HttpExchange& ex) {
   // (each is well under a second; the timeout bounds a stuck executor).
   ex.off_thread(
       [&system = srv.system, inst, out] {
-        std::vector<Modality> modalities = {Modality::Text};
-        for (const ModalityInfo& m : inst->facts.modalities.entries) modalities.push_back(m.modality);
         caf::scoped_actor self{system};
-        for (Modality m : modalities) {
+        for (Modality m : codecs::canary_modalities(inst->facts.modalities)) {
           bool passed = false;
           self->request(inst->pipe.executor, std::chrono::seconds(30), actors::canary_atom::value, m)
               .receive([&](bool ok) { passed = ok; }, [&](caf::error&) { passed = false; });

@@ -76,12 +76,8 @@ void handle_completion(HttpExchange& ex, bool chat) {
   auto parsed = parse_request(ex.body(), chat, srv.cfg.chat_template, srv.models->served(), srv.cfg.max_tokens, srv.cfg.classes.chat);
   if (const ApiError* e = std::get_if<ApiError>(&parsed)) return ex.respond_error(*e);
   auto answer = std::make_shared<CompletionAnswer>(ex, std::get<ParsedRequest>(parsed));
-  GenerationSpec spec;
-  spec.key = ex.key();
-  spec.endpoint = ex.path();
-  spec.model = std::get<ParsedRequest>(parsed).model;
-  spec.request = std::get<ParsedRequest>(std::move(parsed)).request;
-  spec.holds_session = true;
+  ParsedRequest& p = std::get<ParsedRequest>(parsed);
+  GenerationSpec spec = http_generation(ex, p.model, std::move(p.request));
   auto started = Generation::start(srv, std::move(spec), answer);
   if (const ApiError* e = std::get_if<ApiError>(&started)) return ex.respond_error(*e);
   answer->started(std::get<std::shared_ptr<Generation>>(std::move(started)));

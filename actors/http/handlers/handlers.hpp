@@ -11,6 +11,7 @@
 
 #include <variant>
 
+#include "actors/http/generation.hpp"
 #include "actors/http/http_exchange.hpp"
 #include "actors/http/multipart.hpp"
 
@@ -43,6 +44,18 @@ void handle_realtime_upgrade(HttpExchange& ex);
 void handle_admin_models(HttpExchange& ex);  // admin.cpp
 void handle_model_reload(HttpExchange& ex);
 void handle_model_canary(HttpExchange& ex);
+
+// The spec of a generation that answers an HTTP request while its connection waits: the
+// request's key and path, the model it asked for, and one of the key's concurrent sessions.
+inline GenerationSpec http_generation(const HttpExchange& ex, std::string model, actors::text_request request) {
+  GenerationSpec spec;
+  spec.key = ex.key();
+  spec.endpoint = ex.path();
+  spec.model = std::move(model);
+  spec.request = std::move(request);
+  spec.holds_session = true;
+  return spec;
+}
 
 // A multipart/form-data body (uploads.cpp), or an error naming what is wrong with it.
 std::variant<Form, ApiError> read_form(HttpExchange& ex);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "actors/http/generation.hpp"
+#include "actors/http/handlers/handlers.hpp"
 #include "actors/http/media.hpp"
 
 namespace tutti::http {
@@ -16,12 +17,7 @@ void start_parsed_media_answer(HttpExchange& ex, MediaKind kind, const MediaRequ
                                const std::function<void(GenerationSpec&)>& extend = {}) {
   ServerState& srv = ex.server();
   auto answer = std::make_shared<Answer>(ex, media);
-  GenerationSpec spec;
-  spec.key = ex.key();
-  spec.endpoint = ex.path();
-  spec.model = media.model;
-  spec.request = media.request;
-  spec.holds_session = true;
+  GenerationSpec spec = http_generation(ex, media.model, media.request);
   spec.parts = kind == MediaKind::Image ? media.n : 1;
   spec.seed_from_id = true;
   spec.output = answer->output_factory(srv);

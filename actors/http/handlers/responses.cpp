@@ -189,12 +189,7 @@ void handle_responses(HttpExchange& ex) {
     return ex.respond_error(*e);
   }
   ParsedRequest p = std::get<ParsedRequest>(std::move(parsed));
-  GenerationSpec spec;
-  spec.key = ex.key();
-  spec.endpoint = ex.path();
-  spec.model = p.model;
-  spec.request = p.request;
-  spec.holds_session = true;
+  GenerationSpec spec = http_generation(ex, p.model, p.request);
   auto answer = std::make_shared<ResponsesAnswer>(ex, req, std::move(p), std::move(messages), stream, store);
   auto started = Generation::start(srv, std::move(spec), answer);
   if (const ApiError* e = std::get_if<ApiError>(&started)) return ex.respond_error(*e);

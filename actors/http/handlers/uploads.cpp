@@ -170,14 +170,9 @@ void handle_transcript(HttpExchange& ex, Task task) {
         auto built = answer_request(c.request(srv.cfg.chat_template), shape, srv.cfg.modalities);
         if (const ApiError* e = std::get_if<ApiError>(&built)) return ex.respond_error(*e);
         auto answer = std::make_shared<TranscriptAnswer>(ex, task, format, stream == "true", d->seconds, language, audio_tokens);
-        GenerationSpec spec;
-        spec.key = ex.key();
-        spec.endpoint = ex.path();
-        spec.model = model;
-        spec.request = std::get<actors::text_request>(std::move(built));
+        GenerationSpec spec = http_generation(ex, model, std::get<actors::text_request>(std::move(built)));
         spec.media_in = c.media_tokens();
         spec.route_as = Modality::Audio;  // the upload was encoded by the audio codec
-        spec.holds_session = true;
         auto started = Generation::start(srv, std::move(spec), answer);
         if (const ApiError* e = std::get_if<ApiError>(&started)) return ex.respond_error(*e);
         answer->generation = std::get<std::shared_ptr<Generation>>(std::move(started));
