@@ -14,6 +14,14 @@
 //
 // Threads: the executor is a detached actor (its own thread, compute); the others are
 // event-based on CAF's worker threads and never wait on a step. See docs/architecture.md.
+//
+// Across machines (docs/scaling.md) the same messages cross nodes through CAF's middleman:
+// an executor node joins an ingress with its encoder and executor handles; the ingress's
+// sinks then ask the remote encoder, and the remote decoder sends deltas back to them.
+//
+//   executor node --join (secret, models, load)--> ingress; --beat (load)--> every beat interval
+//   ingress sink --encode--> node's encoder;  node's decoder --deltas--> ingress sink
+//   ingress --credit, cancel--> node's executor
 #pragma once
 
 #include <caf/all.hpp>
@@ -22,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "actors/cluster/routing.hpp"
 #include "pipeline/request_kinds.h"
 
 namespace tutti::actors {
@@ -142,6 +151,10 @@ using credit_atom = caf::atom_constant<caf::atom("credit")>;
 using media_atom = caf::atom_constant<caf::atom("media")>;
 using connect_atom = caf::atom_constant<caf::atom("connect")>;
 using canary_atom = caf::atom_constant<caf::atom("canary")>;
+using join_atom = caf::atom_constant<caf::atom("join")>;
+using beat_atom = caf::atom_constant<caf::atom("beat")>;
+using leave_atom = caf::atom_constant<caf::atom("leave")>;
+using expire_atom = caf::atom_constant<caf::atom("expire")>;
 
 // ---- interfaces
 
@@ -183,4 +196,80 @@ using decoder_actor = caf::typed_actor<caf::reacts_to<register_atom, int64_t, in
 // reach the sink as a final delta with their code.
 using encoder_actor = caf::typed_actor<caf::replies_to<encode_atom, text_request, sink_actor>::with<encode_result>>;
 
+// ---- the cluster (actors/cluster/, docs/scaling.md): executor nodes joining an ingress
+
+// One model an executor node serves, as it announces it: the handles of the node's encoder
+// and executor that the ingress's generations talk to, and the model's front (a GGUF of the
+// file's metadata and codec tensors, without the transformer's weights or the vocabulary's
+// arrays: actors/cluster/front.hpp), from which the ingress learns the model's modalities,
+// chat template and context and encodes its users' media.
+struct node_model {
+  std::string name;       // the name it is served under ([[models]] name)
+  std::string file;       // on the node (for people)
+  int32_t version = 1;    // the node's instance (a reload there makes a new one: announced again)
+  uint32_t n_vocab = 0;
+  std::vector<uint8_t> front;
+  encoder_actor encoder;
+  executor_actor executor;
+};
+
+// An executor node joining (or, after a reload there, announcing its models again).
+struct node_hello {
+  std::string secret;    // the cluster's shared secret; compared in constant time
+  std::string http_url;  // where the node serves its own /metrics and /health (for people)
+  cluster::NodeLoad load;  // its name, models and capacity now
+  std::vector<node_model> models;
+  // The node's membership loop: the ingress monitors it, so a lost connection (or the loop
+  // ending) drops the node at once.
+  caf::actor agent;
+};
+
+struct join_reply {
+  bool accepted = false;
+  std::string reason;  // why not (a wrong secret, a model that differs from one already served)
+  std::string token;   // the node's, for its beats and its leave
+  double beat_interval_s = 1;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, node_model& x) {
+  return f(caf::meta::type_name("node_model"), x.name, x.file, x.version, x.n_vocab, x.front, x.encoder, x.executor);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, node_hello& x) {
+  return f(caf::meta::type_name("node_hello"), x.secret, x.http_url, x.load, x.models, x.agent);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, join_reply& x) {
+  return f(caf::meta::type_name("join_reply"), x.accepted, x.reason, x.token, x.beat_interval_s);
+}
+
+// Ingress (one per cluster front, published on its cluster port, actors/cluster/ingress.*):
+//   join:   a node with the cluster secret and its models is a member (a node with the wrong
+//           secret is refused, and the refusal logged); the same node joining again
+//           re-announces its models (a reload there) or replaces a lost self;
+//   beat:   its load now, every beat interval; false: not a member (dropped while it was
+//           silent): join again;
+//   leave:  draining (false: nothing new goes there, what runs there finishes), then gone;
+//   expire: (its own timer) drops every node silent for longer than [cluster] heartbeat.
+// A dropped node's in-flight requests end with executor_lost; its sessions move on their
+// next turn.
+using ingress_actor = caf::typed_actor<caf::replies_to<join_atom, node_hello>::with<join_reply>,
+                                       caf::replies_to<beat_atom, std::string, cluster::NodeLoad>::with<bool>,
+                                       caf::reacts_to<leave_atom, std::string, bool>, caf::reacts_to<expire_atom>>;
+
 }  // namespace tutti::actors
+
+namespace tutti::cluster {
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, DegradedModality& x) {
+  return f(caf::meta::type_name("degraded_modality"), x.model, x.modality, x.reason);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, NodeLoad& x) {
+  return f(caf::meta::type_name("node_load"), x.node, x.models, x.waiting, x.running, x.free_kv_blocks, x.total_kv_blocks,
+           x.step_seconds, x.healthy, x.draining, x.degraded);
+}
+
+}  // namespace tutti::cluster

@@ -29,7 +29,24 @@ struct decoder_state {
   std::shared_ptr<const Tokenizer> tokenizer;
   std::shared_ptr<const codecs::ModelCodecs> codecs;
   std::map<int64_t, Entry> requests;
+  // Sinks watched (a monitor each), with their requests in flight: a sink that goes away
+  // before its last delta (a cluster ingress died or lost its connection to this node, which
+  // kills its proxies here) takes its sequences with it, so nothing runs for nobody.
+  std::map<caf::actor_addr, std::vector<int64_t>> watched;
 };
+
+// A request's entry leaves: its sink is watched for one request fewer.
+void forget(decoder_actor::stateful_pointer<decoder_state> self, std::map<int64_t, decoder_state::Entry>::iterator it) {
+  auto w = self->state.watched.find(it->second.sink.address());
+  if (w != self->state.watched.end()) {
+    std::erase(w->second, it->first);
+    if (w->second.empty()) {
+      self->demonitor(it->second.sink.address());
+      self->state.watched.erase(w);
+    }
+  }
+  self->state.requests.erase(it);
+}
 
 // Ends one request whose decoding failed: its sink gets the final delta with the error (in
 // the form its modality expects), its sequence is cancelled, its state dropped.
@@ -91,7 +108,7 @@ void fail_request(decoder_actor::stateful_pointer<decoder_state> self, std::map<
   if (e.media) self->send(e.sink, media_atom::value, final_delta(media_delta{}));
   else self->send(e.sink, delta_atom::value, final_delta(text_delta{}));
   if (self->state.executor) caf::anon_send<caf::message_priority::high>(self->state.executor, cancel_atom::value, it->first);
-  self->state.requests.erase(it);
+  forget(self, it);
 }
 
 decoder_actor::behavior_type decoder_impl(decoder_actor::stateful_pointer<decoder_state> self,
@@ -101,6 +118,15 @@ decoder_actor::behavior_type decoder_impl(decoder_actor::stateful_pointer<decode
   self->state.tokenizer = std::move(tokenizer);
   self->state.codecs = std::move(codecs);
   self->state.fault_injection = std::move(fault_injection);
+  self->set_down_handler([=](caf::down_msg& down) {
+    auto w = self->state.watched.find(down.source);
+    if (w == self->state.watched.end()) return;
+    for (int64_t id : w->second) {
+      self->state.requests.erase(id);
+      if (self->state.executor) caf::anon_send<caf::message_priority::high>(self->state.executor, cancel_atom::value, id);
+    }
+    self->state.watched.erase(w);
+  });
   return {
       [=](connect_atom, executor_actor executor) { self->state.executor = std::move(executor); },
       [=](register_atom, int64_t id, int32_t prompt_tokens, Modality modality, sink_actor sink) {
@@ -113,6 +139,9 @@ decoder_actor::behavior_type decoder_impl(decoder_actor::stateful_pointer<decode
             e.audio = codec->decoder(o);
           }
         }
+        auto& ids = self->state.watched[e.sink.address()];
+        if (ids.empty()) self->monitor(e.sink);
+        ids.push_back(id);
         self->state.requests.emplace(id, std::move(e));
       },
       [=](events_atom, const step_events& ev) {
@@ -136,7 +165,7 @@ decoder_actor::behavior_type decoder_impl(decoder_actor::stateful_pointer<decode
               fail_request(self, it, std::string("decoding failed: ") + x.what());
               continue;
             }
-            if (finish != FinishReason::None) self->state.requests.erase(it);
+            if (finish != FinishReason::None) forget(self, it);
             continue;
           }
           text_delta d;
@@ -156,7 +185,7 @@ decoder_actor::behavior_type decoder_impl(decoder_actor::stateful_pointer<decode
           // Every token leaves as a delta, even one whose text is held back (half a UTF-8
           // character, a control token): paced streams are timed per token.
           self->send(e.sink, delta_atom::value, std::move(d));
-          if (finish != FinishReason::None) self->state.requests.erase(it);
+          if (finish != FinishReason::None) forget(self, it);
         }
       },
   };

@@ -58,6 +58,14 @@ struct PipelineHandles {
   // request on, so a refusal never waits for a step (pipeline/admission.h).
   std::shared_ptr<AdmissionBoard> admission;
   std::shared_ptr<const codecs::ModelCodecs> codecs;  // the model's codebooks (read-only, shared)
+  // A cluster ingress's view of an executor node (actors/cluster/ingress.hpp): the encoder and
+  // executor are that node's, reached through CAF's middleman, and never stopped from here
+  // (there is no decoder here, nor metrics or an admission board: the node has them). The
+  // guard is a local actor that quits when the node is lost (its connection dropped, its
+  // beats stopped, it left): every sink talking to the node watches it, so each of its
+  // in-flight requests ends with executor_lost.
+  bool remote = false;
+  caf::actor node_guard;
 };
 
 // Asks every actor of the pipeline to quit (the executor finishes its step first).

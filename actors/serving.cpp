@@ -3,10 +3,16 @@
 namespace tutti {
 
 
-Expected<std::unique_ptr<Serving>> Serving::start(Model& model, std::shared_ptr<const Tokenizer> tokenizer, Options o) {
+std::unique_ptr<Serving> Serving::with_actor_system(const Options& o) {
   std::unique_ptr<Serving> s(new Serving);
   actors::configure_for_compute(s->caf_config_, o.caf_workers);
+  if (o.configure_actors) o.configure_actors(s->caf_config_);
   s->system_ = std::make_unique<caf::actor_system>(s->caf_config_);
+  return s;
+}
+
+Expected<std::unique_ptr<Serving>> Serving::start(Model& model, std::shared_ptr<const Tokenizer> tokenizer, Options o) {
+  std::unique_ptr<Serving> s = with_actor_system(o);
   o.server.fit_to(model);
   ModelEntry entry;
   entry.name = o.server.model_name;
@@ -24,11 +30,18 @@ Expected<std::unique_ptr<Serving>> Serving::start(Model& model, std::shared_ptr<
 }
 
 Expected<std::unique_ptr<Serving>> Serving::start(Options o) {
-  std::unique_ptr<Serving> s(new Serving);
-  actors::configure_for_compute(s->caf_config_, o.caf_workers);
-  s->system_ = std::make_unique<caf::actor_system>(s->caf_config_);
-  auto models = http::load_models(*s->system_, o.engine, o.pipeline);
-  if (!models) return models.error();
+  const Settings engine = o.engine;
+  const actors::PipelineConfig pipeline = o.pipeline;
+  return start(std::move(o), [&](caf::actor_system& system) { return http::load_models(system, engine, pipeline); });
+}
+
+Expected<std::unique_ptr<Serving>> Serving::start(Options o, const ModelSource& source) {
+  std::unique_ptr<Serving> s = with_actor_system(o);
+  auto models = source(*s->system_);
+  if (!models) {
+    s->stop();
+    return models.error();
+  }
   s->models_ = std::move(models).value();
   return serve(std::move(s), std::move(o));
 }
@@ -56,6 +69,8 @@ int Serving::drain(double seconds) {
 void Serving::stop() {
   if (stopped_) return;
   stopped_ = true;
+  for (auto& before : on_stop_) before();
+  on_stop_.clear();
   if (http_) http_->stop();
   // The registry lets go of every instance: each one's actors are told to quit once nothing
   // else holds it (what the stopped sessions still hold goes with the HTTP server).

@@ -394,6 +394,16 @@ void ModalityHealth::flag(Modality m, const std::string& why) {
     }
 }
 
+void ModalityHealth::mirror(Modality m, bool healthy, const std::string& why) {
+  std::lock_guard lock(mu_);
+  for (Entry& e : entries_)
+    if (e.modality == m && e.healthy != healthy) {
+      e.healthy = healthy;
+      e.streak = 0;
+      if (!healthy) e.failures++, e.reason = why;
+    }
+}
+
 std::vector<ModalityHealth::Entry> ModalityHealth::snapshot() const {
   std::lock_guard lock(mu_);
   return entries_;

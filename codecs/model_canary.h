@@ -93,6 +93,9 @@ class ModalityHealth {
   bool healthy(Modality m) const;  // a modality the model lacks is not healthy
   void record(const CanaryResult& r);
   void flag(Modality m, const std::string& why);  // the runtime guard
+  // A verdict made elsewhere, taken as it is (a cluster ingress's copy of its executor
+  // nodes' boards): no streak, no canary of its own.
+  void mirror(Modality m, bool healthy, const std::string& why);
   struct Entry {
     Modality modality = Modality::Text;
     bool healthy = true;

@@ -25,8 +25,12 @@ Expected<Codebooks> load_codebooks(const GgufFile& file, const ModalityInfo& m) 
 Expected<ModelCodecs> load_model_codecs(const GgufFile& file) {
   auto cfg = read_model_config(file);
   if (!cfg) return cfg.error();
+  return load_model_codecs(file, cfg->modalities);
+}
+
+Expected<ModelCodecs> load_model_codecs(const GgufFile& file, const ModalityTable& table) {
   ModelCodecs mc;
-  mc.modalities = cfg->modalities;
+  mc.modalities = table;
   for (const ModalityInfo& m : mc.modalities.entries) {
     if (m.modality == Modality::Audio || m.modality == Modality::Music) {
       auto codec = make_audio_codec(file, m);

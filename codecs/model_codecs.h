@@ -32,6 +32,9 @@ struct ModelCodecs {
 // Text-only files give an empty table. Tensors were shape-checked by read_model_config
 // (codebooks) or are checked by the audio codec's loader.
 Expected<ModelCodecs> load_model_codecs(const GgufFile& file);
+// The same for a modality table read already (read_modality_table: a model front without
+// the transformer's weights).
+Expected<ModelCodecs> load_model_codecs(const GgufFile& file, const ModalityTable& table);
 
 // The codec.<m>.codebook.<s> tensors of one modality.
 Expected<Codebooks> load_codebooks(const GgufFile& file, const ModalityInfo& m);

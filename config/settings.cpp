@@ -181,6 +181,12 @@ const std::map<std::string, std::map<std::string, Reader>>& schema() {
                    {"max_turn_s", real(&Settings::stream_max_turn_s, 1, 600)}}},
       {"ledger", {{"path", text(&Settings::ledger_path)}, {"synchronous", text(&Settings::ledger_synchronous, {"normal", "full"})}}},
       {"shutdown", {{"drain_seconds", real(&Settings::drain_seconds, 0, 3600)}}},
+      {"cluster", {{"heartbeat", real(&Settings::cluster_heartbeat_s, 0.1, 3600)}, {"host", text(&Settings::cluster_host)},
+                   {"port", integer(&Settings::cluster_port, 0, 65535)}, {"secret_file", text(&Settings::cluster_secret_file)},
+                   {"join", text(&Settings::cluster_join)}, {"name", text(&Settings::cluster_node_name)},
+                   {"tls_cert", text(&Settings::cluster_tls_cert)}, {"tls_key", text(&Settings::cluster_tls_key)},
+                   {"tls_ca", text(&Settings::cluster_tls_ca)}, {"prefix_bytes", integer(&Settings::cluster_prefix_bytes, 16, 1 << 20)},
+                   {"max_imbalance", real(&Settings::cluster_max_imbalance, 1, 1000)}}},
       {"health", {{"canary_interval_s", health_real(&HealthSettings::canary_interval_s, 0, 86400)},
                   {"pass_streak", [](const toml::node& n, Settings& s) -> std::optional<std::string> {
                      auto v = n.value<int64_t>();

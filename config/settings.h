@@ -115,6 +115,16 @@ struct Settings {
   int caf_workers = 2;
   // [shutdown]
   double drain_seconds = 10;
+  // [cluster] (docs/scaling.md): an ingress and executor nodes; the role is serve's --role.
+  double cluster_heartbeat_s = 3;           // a node silent this long is dropped (it beats every third of it)
+  std::string cluster_host = "127.0.0.1";   // the ingress's cluster address (0.0.0.0: every interface)
+  int cluster_port = 7070;                  // ... and port
+  std::string cluster_secret_file;          // the shared secret every node presents (its first line)
+  std::string cluster_join;                 // an executor node's ingress, HOST:PORT
+  std::string cluster_node_name;            // an executor node's name ("": its hostname and HTTP port)
+  std::string cluster_tls_cert, cluster_tls_key, cluster_tls_ca;  // TLS between nodes (all three, or none)
+  int cluster_prefix_bytes = 256;           // the prompt bytes that decide a text request's node
+  double cluster_max_imbalance = 2.0;       // affinity yields past this x the least loaded node's load
 
   // The models to serve: [[models]], or one entry for [model] path (its name: the file's own).
   std::vector<ModelEntry> served_models() const;

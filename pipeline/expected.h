@@ -38,6 +38,8 @@ enum class ErrorCode : uint8_t {
   modality_unavailable,     // the model's modality is unhealthy and no fallback can answer it
   forbidden,                // a valid key without the right (admin endpoints)
   conflict,                 // the thing is busy with the same operation (a model's reload)
+  executor_lost,            // the executor node running it died, hung or left (a cluster ingress)
+  executor_unavailable,     // no executor node serves the model now (a cluster ingress): retry
 };
 const char* error_code_name(ErrorCode c);
 inline std::string to_string(ErrorCode c) { return error_code_name(c); }

@@ -171,6 +171,95 @@ const BlockDescription* find_block_description(const std::string& architecture) 
   return nullptr;
 }
 
+Expected<ModalityTable> read_modality_table(const GgufFile& f, uint32_t n_vocab) {
+  ModalityTable table;
+  Reader r{f, {}};
+  auto fail = [&](const std::string& what) { return Error{f.path() + ": " + what}; };
+  const GgufValue* list = f.find("tutti.modalities");
+  if (list) {
+    if (list->type != GgufValueType::ARRAY || list->element_type != GgufValueType::STRING)
+      return fail("tutti.modalities must be an array of strings");
+    for (const std::string& name : list->strings) {
+      auto m = parse_modality(name);
+      if (!m || *m == Modality::Text) return fail("tutti.modalities names unknown modality '" + name + "'");
+      if (table.find(*m)) return fail("tutti.modalities lists '" + name + "' twice");
+      ModalityInfo mi;
+      mi.modality = *m;
+      const std::string p = "tutti." + name + ".";
+      mi.token_offset = uint32_t(r.uint(p + "token_offset"));
+      mi.codebook_size = uint32_t(r.uint(p + "codebook_size"));
+      mi.num_stages = uint32_t(r.uint(p + "num_stages"));
+      mi.begin_token = uint32_t(r.uint(p + "begin_token"));
+      mi.end_token = uint32_t(r.uint(p + "end_token"));
+      mi.codebook_dim = uint32_t(r.uint(p + "codebook_dim"));
+      mi.transform = r.str(p + "transform", "");
+      mi.sample_rate = uint32_t(r.uint(p + "sample_rate", 0));
+      mi.frame_size = uint32_t(r.uint(p + "frame_size", 0));
+      mi.patch_size = uint32_t(r.uint(p + "patch_size", 0));
+      mi.width = uint32_t(r.uint(p + "width", 0));
+      mi.height = uint32_t(r.uint(p + "height", 0));
+      mi.frame_rate = float(r.real(p + "frame_rate", 0));
+      if (r.err) return *r.err;
+      if (mi.codebook_size == 0 || mi.num_stages == 0 || mi.num_stages > 64) return fail(p + "codebook_size/num_stages are invalid");
+      if (const std::string layout = r.str(p + "layout", "tutti"); !r.err) {
+        auto l = parse_token_layout(layout);
+        if (!l) return fail(p + "layout '" + layout + "' is not tutti or orpheus");
+        mi.layout = *l;
+      }
+      // Slots (SNAC): each slot's first id and level, contiguous over all slots.
+      for (auto [key, out] : {std::pair{"slot_offsets", &mi.slot_offsets}, {"frame_levels", &mi.slot_levels}}) {
+        const GgufValue* v = f.find(p + key);
+        if (!v) continue;
+        if (v->type != GgufValueType::ARRAY || v->count != mi.num_stages ||
+            (v->element_type != GgufValueType::I32 && v->element_type != GgufValueType::U32))
+          return fail(p + key + " must be an array of num_stages integers");
+        for (uint64_t i = 0; i < v->count; ++i) {
+          const int64_t x = v->array_i64(i);
+          if (x < 0 || x >= int64_t(n_vocab)) return fail(p + key + " holds " + std::to_string(x));
+          out->push_back(uint32_t(x));
+        }
+      }
+      if (mi.transform == "snac" && (mi.slot_offsets.empty() || mi.slot_levels.empty()))
+        return fail(p + "slot_offsets and frame_levels are required for a snac codec");
+      if (!mi.slot_offsets.empty()) {
+        const uint32_t lowest = *std::min_element(mi.slot_offsets.begin(), mi.slot_offsets.end());
+        if (lowest != mi.token_offset) return fail(p + "token_offset must be the lowest slot offset");
+        // Every id of the range belongs to some slot (no holes for text to fall into).
+        std::vector<uint32_t> starts(mi.slot_offsets);
+        std::sort(starts.begin(), starts.end());
+        for (size_t i = 0; i + 1 < starts.size(); ++i)
+          if (starts[i + 1] != starts[i] && starts[i + 1] != starts[i] + mi.codebook_size)
+            return fail(p + "slot_offsets leave a gap or overlap part of a codebook");
+      }
+      const uint64_t end = mi.token_end();
+      if (end > n_vocab) return fail(p + "token range [" + std::to_string(mi.token_offset) + ", " + std::to_string(end) + ") exceeds the vocabulary of " + std::to_string(n_vocab));
+      for (uint32_t tok : {mi.begin_token, mi.end_token}) {
+        if (tok >= n_vocab) return fail(p + "begin/end token " + std::to_string(tok) + " is outside the vocabulary");
+        if (tok >= mi.token_offset && tok < end) return fail(p + "begin/end token lies inside the code range");
+      }
+      const bool audio_like = mi.modality == Modality::Audio || mi.modality == Modality::Music;
+      if (audio_like && (mi.sample_rate == 0 || mi.frame_size == 0)) return fail(p + "sample_rate and frame_size are required for " + name);
+      if (!audio_like && (mi.patch_size == 0 || mi.width == 0 || mi.height == 0)) return fail(p + "patch_size, width and height are required for " + name);
+      if (mi.modality == Modality::Video && !(mi.frame_rate > 0)) return fail(p + "frame_rate is required for video");
+      if (mi.codebook_dim == 0) return fail(p + "codebook_dim must be positive");
+      if (mi.transform != "snac")  // SNAC's tensors are checked by its loader (codecs/snac.cpp)
+        for (uint32_t s = 0; s < mi.num_stages; ++s)
+          if (Status st = check_tensor(f, "codec." + name + ".codebook." + std::to_string(s), {mi.codebook_dim, mi.codebook_size}); !st)
+            return st.error();
+      table.entries.push_back(mi);
+    }
+    // Code ranges of different modalities must not overlap.
+    for (size_t i = 0; i < table.entries.size(); ++i)
+      for (size_t j = i + 1; j < table.entries.size(); ++j) {
+        auto& x = table.entries[i];
+        auto& y = table.entries[j];
+        if (x.token_offset < y.token_end() && y.token_offset < x.token_end())
+          return fail(std::string("token ranges of ") + modality_name(x.modality) + " and " + modality_name(y.modality) + " overlap");
+      }
+  }
+  return table;
+}
+
 Expected<ModelConfig> read_model_config(const GgufFile& f) {
   ModelConfig cfg;
   LlamaHparams& h = cfg.hparams;
@@ -293,89 +382,9 @@ Expected<ModelConfig> read_model_config(const GgufFile& f) {
                   (t.name == "rope_freqs.weight" ? " (rope frequency factors)" : ""));
   }
 
-  // ---- tutti.* modality table
-  const GgufValue* list = f.find("tutti.modalities");
-  if (list) {
-    if (list->type != GgufValueType::ARRAY || list->element_type != GgufValueType::STRING)
-      return fail("tutti.modalities must be an array of strings");
-    for (const std::string& name : list->strings) {
-      auto m = parse_modality(name);
-      if (!m || *m == Modality::Text) return fail("tutti.modalities names unknown modality '" + name + "'");
-      if (cfg.modalities.find(*m)) return fail("tutti.modalities lists '" + name + "' twice");
-      ModalityInfo mi;
-      mi.modality = *m;
-      const std::string p = "tutti." + name + ".";
-      mi.token_offset = uint32_t(r.uint(p + "token_offset"));
-      mi.codebook_size = uint32_t(r.uint(p + "codebook_size"));
-      mi.num_stages = uint32_t(r.uint(p + "num_stages"));
-      mi.begin_token = uint32_t(r.uint(p + "begin_token"));
-      mi.end_token = uint32_t(r.uint(p + "end_token"));
-      mi.codebook_dim = uint32_t(r.uint(p + "codebook_dim"));
-      mi.transform = r.str(p + "transform", "");
-      mi.sample_rate = uint32_t(r.uint(p + "sample_rate", 0));
-      mi.frame_size = uint32_t(r.uint(p + "frame_size", 0));
-      mi.patch_size = uint32_t(r.uint(p + "patch_size", 0));
-      mi.width = uint32_t(r.uint(p + "width", 0));
-      mi.height = uint32_t(r.uint(p + "height", 0));
-      mi.frame_rate = float(r.real(p + "frame_rate", 0));
-      if (r.err) return *r.err;
-      if (mi.codebook_size == 0 || mi.num_stages == 0 || mi.num_stages > 64) return fail(p + "codebook_size/num_stages are invalid");
-      if (const std::string layout = r.str(p + "layout", "tutti"); !r.err) {
-        auto l = parse_token_layout(layout);
-        if (!l) return fail(p + "layout '" + layout + "' is not tutti or orpheus");
-        mi.layout = *l;
-      }
-      // Slots (SNAC): each slot's first id and level, contiguous over all slots.
-      for (auto [key, out] : {std::pair{"slot_offsets", &mi.slot_offsets}, {"frame_levels", &mi.slot_levels}}) {
-        const GgufValue* v = f.find(p + key);
-        if (!v) continue;
-        if (v->type != GgufValueType::ARRAY || v->count != mi.num_stages ||
-            (v->element_type != GgufValueType::I32 && v->element_type != GgufValueType::U32))
-          return fail(p + key + " must be an array of num_stages integers");
-        for (uint64_t i = 0; i < v->count; ++i) {
-          const int64_t x = v->array_i64(i);
-          if (x < 0 || x >= int64_t(h.n_vocab)) return fail(p + key + " holds " + std::to_string(x));
-          out->push_back(uint32_t(x));
-        }
-      }
-      if (mi.transform == "snac" && (mi.slot_offsets.empty() || mi.slot_levels.empty()))
-        return fail(p + "slot_offsets and frame_levels are required for a snac codec");
-      if (!mi.slot_offsets.empty()) {
-        const uint32_t lowest = *std::min_element(mi.slot_offsets.begin(), mi.slot_offsets.end());
-        if (lowest != mi.token_offset) return fail(p + "token_offset must be the lowest slot offset");
-        // Every id of the range belongs to some slot (no holes for text to fall into).
-        std::vector<uint32_t> starts(mi.slot_offsets);
-        std::sort(starts.begin(), starts.end());
-        for (size_t i = 0; i + 1 < starts.size(); ++i)
-          if (starts[i + 1] != starts[i] && starts[i + 1] != starts[i] + mi.codebook_size)
-            return fail(p + "slot_offsets leave a gap or overlap part of a codebook");
-      }
-      const uint64_t end = mi.token_end();
-      if (end > h.n_vocab) return fail(p + "token range [" + std::to_string(mi.token_offset) + ", " + std::to_string(end) + ") exceeds the vocabulary of " + std::to_string(h.n_vocab));
-      for (uint32_t tok : {mi.begin_token, mi.end_token}) {
-        if (tok >= h.n_vocab) return fail(p + "begin/end token " + std::to_string(tok) + " is outside the vocabulary");
-        if (tok >= mi.token_offset && tok < end) return fail(p + "begin/end token lies inside the code range");
-      }
-      const bool audio_like = mi.modality == Modality::Audio || mi.modality == Modality::Music;
-      if (audio_like && (mi.sample_rate == 0 || mi.frame_size == 0)) return fail(p + "sample_rate and frame_size are required for " + name);
-      if (!audio_like && (mi.patch_size == 0 || mi.width == 0 || mi.height == 0)) return fail(p + "patch_size, width and height are required for " + name);
-      if (mi.modality == Modality::Video && !(mi.frame_rate > 0)) return fail(p + "frame_rate is required for video");
-      if (mi.codebook_dim == 0) return fail(p + "codebook_dim must be positive");
-      if (mi.transform != "snac")  // SNAC's tensors are checked by its loader (codecs/snac.cpp)
-        for (uint32_t s = 0; s < mi.num_stages; ++s)
-          if (Status st = check_tensor(f, "codec." + name + ".codebook." + std::to_string(s), {mi.codebook_dim, mi.codebook_size}); !st)
-            return st.error();
-      cfg.modalities.entries.push_back(mi);
-    }
-    // Code ranges of different modalities must not overlap.
-    for (size_t i = 0; i < cfg.modalities.entries.size(); ++i)
-      for (size_t j = i + 1; j < cfg.modalities.entries.size(); ++j) {
-        auto& x = cfg.modalities.entries[i];
-        auto& y = cfg.modalities.entries[j];
-        if (x.token_offset < y.token_end() && y.token_offset < x.token_end())
-          return fail(std::string("token ranges of ") + modality_name(x.modality) + " and " + modality_name(y.modality) + " overlap");
-      }
-  }
+  auto table = read_modality_table(f, h.n_vocab);
+  if (!table) return table.error();
+  cfg.modalities = std::move(table).value();
   return cfg;
 }
 

@@ -125,6 +125,10 @@ struct ModelConfig {
 // keys, consistent sizes, every required tensor present with the right shape and a supported
 // type. Errors are one line naming the file.
 Expected<ModelConfig> read_model_config(const GgufFile& file);
+// The tutti.* modality table alone (read_model_config reads it too), checked against a
+// vocabulary of `n_vocab` ids: what a file of metadata and codec tensors without the
+// transformer's weights (a cluster ingress's model front) still says.
+Expected<ModalityTable> read_modality_table(const GgufFile& file, uint32_t n_vocab);
 
 // The tutti.* keys for one modality (used by writers of unified files).
 void write_modality_metadata(GgufWriter& w, const ModalityInfo& m);

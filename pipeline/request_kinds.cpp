@@ -64,6 +64,8 @@ const char* error_code_name(ErrorCode c) {
     case ErrorCode::modality_unavailable: return "modality_unavailable";
     case ErrorCode::forbidden: return "forbidden";
     case ErrorCode::conflict: return "conflict";
+    case ErrorCode::executor_lost: return "executor_lost";
+    case ErrorCode::executor_unavailable: return "executor_unavailable";
   }
   return "unknown";
 }

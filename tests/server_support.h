@@ -83,6 +83,7 @@ struct LedgerRow {
   nlohmann::json tokens_in, tokens_out;
   std::string model;     // the model that answered
   bool fallback = false;  // in place of the one asked for
+  std::string node;       // the executor node it ran on ("" : the server's own process)
 };
 inline std::vector<LedgerRow> ledger_rows(const std::string& path) {
   std::vector<LedgerRow> rows;
@@ -93,12 +94,12 @@ inline std::vector<LedgerRow> ledger_rows(const std::string& path) {
   }
   sqlite3_busy_timeout(db, 2000);
   sqlite3_stmt* st = nullptr;
-  if (sqlite3_prepare_v2(db, "SELECT request_id, endpoint, outcome, COALESCE(error, ''), tokens_in, tokens_out, COALESCE(model, ''), fallback FROM usage ORDER BY finished_at",
+  if (sqlite3_prepare_v2(db, "SELECT request_id, endpoint, outcome, COALESCE(error, ''), tokens_in, tokens_out, COALESCE(model, ''), fallback, COALESCE(node, '') FROM usage ORDER BY finished_at",
                          -1, &st, nullptr) == SQLITE_OK) {
     auto text = [&](int i) { return std::string(reinterpret_cast<const char*>(sqlite3_column_text(st, i))); };
     while (sqlite3_step(st) == SQLITE_ROW)
       rows.push_back({text(0), text(1), text(2), text(3), nlohmann::json::parse(text(4), nullptr, false), nlohmann::json::parse(text(5), nullptr, false),
-                      text(6), sqlite3_column_int(st, 7) != 0});
+                      text(6), sqlite3_column_int(st, 7) != 0, text(8)});
   }
   sqlite3_finalize(st);
   sqlite3_close(db);

@@ -66,16 +66,19 @@ Expected<std::unique_ptr<UsageLedger>> UsageLedger::open(const std::string& path
                       "CREATE TABLE IF NOT EXISTS usage ("
                       " request_id TEXT PRIMARY KEY, key TEXT NOT NULL, model TEXT, endpoint TEXT, class TEXT,"
                       " tokens_in TEXT NOT NULL, tokens_out TEXT NOT NULL, started_at REAL, finished_at REAL NOT NULL,"
-                      " first_output_s REAL, outcome TEXT NOT NULL, error TEXT, fallback INTEGER NOT NULL DEFAULT 0);"
+                      " first_output_s REAL, outcome TEXT NOT NULL, error TEXT, fallback INTEGER NOT NULL DEFAULT 0, node TEXT);"
                       "CREATE INDEX IF NOT EXISTS usage_key_time ON usage(key, finished_at);");
       !s)
     return s.error();
   // A ledger made before fallbacks existed gets the column (every old row: 0).
   if (!has_column(db, "usage", "fallback"))
     if (Status s = exec(db, "ALTER TABLE usage ADD COLUMN fallback INTEGER NOT NULL DEFAULT 0;"); !s) return s.error();
+  // ... and one made before clusters the node column (old rows: null, this process).
+  if (!has_column(db, "usage", "node"))
+    if (Status s = exec(db, "ALTER TABLE usage ADD COLUMN node TEXT;"); !s) return s.error();
   if (sqlite3_prepare_v2(db,
                          "INSERT OR IGNORE INTO usage (request_id, key, model, endpoint, class, tokens_in, tokens_out, started_at,"
-                         " finished_at, first_output_s, outcome, error, fallback) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                         " finished_at, first_output_s, outcome, error, fallback, node) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                          -1, &ledger->insert_, nullptr) != SQLITE_OK)
     return sql_error(db, "prepare");
   return ledger;
@@ -101,6 +104,8 @@ Expected<bool> UsageLedger::record(const UsageRecord& r) {
   if (r.error.empty()) sqlite3_bind_null(insert_, i++);
   else sqlite3_bind_text(insert_, i++, r.error.c_str(), int(r.error.size()), SQLITE_TRANSIENT);
   sqlite3_bind_int(insert_, i++, r.fallback ? 1 : 0);
+  if (r.node.empty()) sqlite3_bind_null(insert_, i++);
+  else sqlite3_bind_text(insert_, i++, r.node.c_str(), int(r.node.size()), SQLITE_TRANSIENT);
   if (sqlite3_step(insert_) != SQLITE_DONE) return sql_error(db_, "insert");
   return sqlite3_changes(db_) == 1;
 }

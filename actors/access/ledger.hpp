@@ -30,6 +30,7 @@ struct UsageRecord {
   std::string key;         // the key's name or fingerprint ("" when the server is open)
   std::string model, endpoint, request_class;  // model: the one that answered
   bool fallback = false;  // it answered in place of the model asked for (an unhealthy modality)
+  std::string node;       // the executor node it ran on (a cluster ingress's); "": this process
   std::map<std::string, int64_t> tokens_in, tokens_out;  // by modality
   double started_at = 0, finished_at = 0;                // unix seconds
   double first_output_s = -1;                            // to the first token or byte; -1: none

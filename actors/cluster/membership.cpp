@@ -15,12 +15,15 @@ bool same_secret(const std::string& a, const std::string& b) {
 
 }  // namespace
 
+bool Membership::accepts(const std::string& secret, const std::string& node) {
+  if (same_secret(secret, secret_)) return true;
+  refused_++;
+  std::fprintf(stderr, "tutti: cluster: node %s refused: wrong cluster secret\n", node.c_str());
+  return false;
+}
+
 Membership::Join Membership::join(const std::string& secret, const NodeLoad& load, double now) {
-  if (!same_secret(secret, secret_)) {
-    refused_++;
-    std::fprintf(stderr, "tutti: cluster: node %s refused: wrong cluster secret\n", load.node.c_str());
-    return Join::WrongSecret;
-  }
+  if (!accepts(secret, load.node)) return Join::WrongSecret;
   const bool again = member(load.node);
   last_beat_[load.node] = now;
   routing_.update(load);

@@ -1,10 +1,9 @@
-// Which executor nodes an ingress routes to (issue 19), as a plain class over a clock the
-// caller gives: a node joins with the cluster secret (compared in constant time; a wrong one
-// is refused and counted), then beats; one whose last beat is older than the heartbeat
-// timeout is dropped (dead or hung alike), and a node that left cleanly is gone at once.
-// Every change reaches the RoutingPolicy, so routing never picks a node that is not here.
-// Not yet wired to CAF's middleman: the ingress actor will call it on join, heartbeat and
-// down messages.
+// Which executor nodes an ingress routes to, as a plain class over a clock the caller gives:
+// a node joins with the cluster secret (compared in constant time; a wrong one is refused,
+// logged and counted), then beats; one whose last beat is older than the heartbeat timeout
+// is dropped (dead or hung alike), and a node that left cleanly is gone at once. Every change
+// reaches the RoutingPolicy, so routing never picks a node that is not here. The Ingress
+// (ingress.hpp) calls it on join, beat, leave, its expiry timer and lost connections.
 #pragma once
 
 #include <map>
@@ -20,6 +19,8 @@ class Membership {
   Membership(std::string secret, double heartbeat_timeout_s, RoutingPolicy& routing)
       : secret_(std::move(secret)), timeout_s_(heartbeat_timeout_s), routing_(routing) {}
 
+  // Whether `secret` is the cluster's; a refusal of `node` is logged and counted.
+  bool accepts(const std::string& secret, const std::string& node);
   enum class Join { Accepted, Rejoined, WrongSecret };
   // A node announcing itself with its models and capacity (its first load).
   Join join(const std::string& secret, const NodeLoad& load, double now);

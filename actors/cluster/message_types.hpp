@@ -1,7 +1,8 @@
-// Every message type that crosses nodes (issue 19): CAF 0.17 delivers a type no node has
-// registered as an empty message, so the ingress and the executor nodes both register this
-// block (add_cluster_message_types) before their actor system starts. The payloads are the
-// pipeline's own (actors/actors.hpp); atoms need no registration.
+// Every message type that crosses nodes: CAF 0.17 delivers a type no node has registered as
+// an empty message, so the ingress and the executor nodes both register this block
+// (add_cluster_message_types) before their actor system starts. The payloads are the
+// pipeline's own (actors/actors.hpp); atoms and CAF's built-in types (integers, strings,
+// caf::actor) need no registration, nor do the types only nested inside another.
 #pragma once
 
 #include <caf/all.hpp>
@@ -20,6 +21,10 @@ CAF_BEGIN_TYPE_ID_BLOCK(tutti_cluster, caf::first_custom_type_id)
   CAF_ADD_TYPE_ID(tutti_cluster, (tutti::Modality))
   CAF_ADD_TYPE_ID(tutti_cluster, (std::vector<int32_t>))
   CAF_ADD_TYPE_ID(tutti_cluster, (std::vector<uint8_t>))
+  CAF_ADD_TYPE_ID(tutti_cluster, (tutti::actors::sink_actor))
+  CAF_ADD_TYPE_ID(tutti_cluster, (tutti::actors::node_hello))
+  CAF_ADD_TYPE_ID(tutti_cluster, (tutti::actors::join_reply))
+  CAF_ADD_TYPE_ID(tutti_cluster, (tutti::cluster::NodeLoad))
 CAF_END_TYPE_ID_BLOCK(tutti_cluster)
 
 namespace tutti::cluster {

@@ -25,15 +25,28 @@ double RoutingPolicy::load_of(const NodeLoad& n) {
   return double(n.waiting + n.running) * step_weight + 8.0 * kv_used;
 }
 
+bool NodeLoad::serves(const std::string& model, Modality m) const {
+  if (!healthy || draining || std::find(models.begin(), models.end(), model) == models.end()) return false;
+  for (const DegradedModality& d : degraded)
+    if (d.model == model && d.modality == m) return false;
+  return true;
+}
+
 void RoutingPolicy::update(const NodeLoad& load) { nodes_[load.node] = load; }
 
 void RoutingPolicy::remove(const std::string& node) { nodes_.erase(node); }
 
-std::vector<const NodeLoad*> RoutingPolicy::eligible(const std::string& model) const {
+std::vector<const NodeLoad*> RoutingPolicy::eligible(const std::string& model, Modality m) const {
   std::vector<const NodeLoad*> out;
   for (const auto& [name, n] : nodes_)
-    if (n.healthy && std::find(n.models.begin(), n.models.end(), model) != n.models.end()) out.push_back(&n);
+    if (n.serves(model, m)) out.push_back(&n);
   return out;
+}
+
+const std::string& RoutingPolicy::sent_to(const NodeLoad* n) {
+  NodeLoad& at = nodes_[n->node];
+  at.waiting++;  // until the node's next heartbeat says
+  return at.node;
 }
 
 const NodeLoad* RoutingPolicy::least_loaded(const std::vector<const NodeLoad*>& among) const {
@@ -43,8 +56,8 @@ const NodeLoad* RoutingPolicy::least_loaded(const std::vector<const NodeLoad*>& 
   return best;
 }
 
-std::optional<std::string> RoutingPolicy::route_text(const std::string& model, std::string_view prompt) {
-  const auto nodes = eligible(model);
+std::optional<std::string> RoutingPolicy::route_text(const std::string& model, std::string_view prompt, Modality m) {
+  const auto nodes = eligible(model, m);
   if (nodes.empty()) {
     counters_.no_node++;
     return std::nullopt;
@@ -59,25 +72,30 @@ std::optional<std::string> RoutingPolicy::route_text(const std::string& model, s
   const NodeLoad* light = least_loaded(nodes);
   if (load_of(*owner) > config_.max_imbalance * load_of(*light) + config_.imbalance_slack) {
     counters_.imbalance_overrides++;
-    nodes_[light->node].waiting++;  // counted until the node's next heartbeat says
-    return light->node;
+    return sent_to(light);
   }
   counters_.affinity++;
-  nodes_[owner->node].waiting++;
-  return owner->node;
+  return sent_to(owner);
 }
 
-std::optional<std::string> RoutingPolicy::route_least_loaded(const std::string& model) const {
-  const NodeLoad* n = least_loaded(eligible(model));
-  if (!n) return std::nullopt;
-  return n->node;
+std::optional<std::string> RoutingPolicy::route_least_loaded(const std::string& model, Modality m) {
+  const NodeLoad* n = least_loaded(eligible(model, m));
+  if (!n) {
+    counters_.no_node++;
+    return std::nullopt;
+  }
+  counters_.least_loaded++;
+  return sent_to(n);
 }
 
-std::optional<std::string> RoutingPolicy::route_session(const std::string& model, const std::string& session) {
-  const auto nodes = eligible(model);
+std::optional<std::string> RoutingPolicy::route_session(const std::string& model, const std::string& session, Modality m) {
+  const auto nodes = eligible(model, m);
   if (auto it = sessions_.find(session); it != sessions_.end()) {
     for (const NodeLoad* n : nodes)
-      if (n->node == it->second) return n->node;  // sticky
+      if (n->node == it->second) {
+        counters_.sticky++;
+        return sent_to(n);
+      }
     counters_.sessions_moved++;                   // its node is gone: placed anew below
     sessions_.erase(it);
   }
@@ -88,8 +106,7 @@ std::optional<std::string> RoutingPolicy::route_session(const std::string& model
   }
   counters_.sessions_placed++;
   sessions_[session] = n->node;
-  nodes_[n->node].running++;  // until the node's next heartbeat says
-  return n->node;
+  return sent_to(n);
 }
 
 }  // namespace tutti::cluster

@@ -1,8 +1,8 @@
-// Where an ingress sends a request among executor nodes (issue 19's routing policy, as a
-// plain class: no actors, no sockets; tests drive it with a fake cluster). Not yet wired to
-// a cluster: the ingress and executor roles come next.
+// Where an ingress sends a request among executor nodes, as a plain class: no actors, no
+// sockets; tests drive it with a fake cluster, the ingress (ingress.hpp) with heartbeats.
 //
-//   by model:   only nodes that serve the request's model, and are healthy, are eligible;
+//   by model:   only nodes that serve the request's model with the answer's modality healthy,
+//               and are not draining, are eligible;
 //   by load:    a node's load is its waiting and running sequences, weighted by its recent
 //               step time, plus the share of its KV blocks in use;
 //   affinity:   a text request goes to the node its prompt's prefix hashes to (rendezvous
@@ -23,9 +23,18 @@
 #include <string_view>
 #include <vector>
 
+#include "pipeline/request_kinds.h"
+
 namespace tutti::cluster {
 
-// What a node last said of itself (its heartbeat).
+// A modality of one of a node's models that its canaries found broken.
+struct DegradedModality {
+  std::string model;
+  Modality modality = Modality::Text;
+  std::string reason;
+};
+
+// What a node last said of itself (its join, then each heartbeat).
 struct NodeLoad {
   std::string node;
   std::vector<std::string> models;
@@ -33,6 +42,9 @@ struct NodeLoad {
   int64_t free_kv_blocks = 0, total_kv_blocks = 0;
   double step_seconds = 0;  // recent mean step time (0: none yet)
   bool healthy = true;
+  bool draining = false;    // leaving: what runs there finishes, nothing new goes there
+  std::vector<DegradedModality> degraded;
+  bool serves(const std::string& model, Modality m) const;
 };
 
 struct RoutingConfig {
@@ -51,23 +63,32 @@ class RoutingPolicy {
 
   // A text request of `model` whose formatted prompt starts with `prompt`; nullopt when no
   // healthy node serves the model.
-  std::optional<std::string> route_text(const std::string& model, std::string_view prompt);
+  std::optional<std::string> route_text(const std::string& model, std::string_view prompt, Modality m = Modality::Text);
   // The least loaded eligible node (speech, images: no prefix to keep).
-  std::optional<std::string> route_least_loaded(const std::string& model) const;
+  std::optional<std::string> route_least_loaded(const std::string& model, Modality m = Modality::Text);
   // A session's node: where it is, while that node is eligible; else placed by load.
-  std::optional<std::string> route_session(const std::string& model, const std::string& session);
+  std::optional<std::string> route_session(const std::string& model, const std::string& session, Modality m = Modality::Text);
   void end_session(const std::string& session) { sessions_.erase(session); }
+  size_t sessions() const { return sessions_.size(); }
+  // Whether any node could take `model` answering `m` now (a look-up: nothing is counted).
+  bool any_eligible(const std::string& model, Modality m) const { return !eligible(model, m).empty(); }
+  const NodeLoad* node(const std::string& name) const {
+    auto it = nodes_.find(name);
+    return it == nodes_.end() ? nullptr : &it->second;
+  }
 
   // The load score routing compares (see the header comment).
   static double load_of(const NodeLoad& n);
 
   struct Counters {
-    uint64_t affinity = 0, imbalance_overrides = 0, least_loaded = 0, sessions_placed = 0, sessions_moved = 0, no_node = 0;
+    uint64_t affinity = 0, imbalance_overrides = 0, least_loaded = 0, sessions_placed = 0, sticky = 0, sessions_moved = 0, no_node = 0;
+    uint64_t decisions() const { return affinity + imbalance_overrides + least_loaded + sessions_placed + sticky; }
   };
   const Counters& counters() const { return counters_; }
 
  private:
-  std::vector<const NodeLoad*> eligible(const std::string& model) const;
+  std::vector<const NodeLoad*> eligible(const std::string& model, Modality m) const;
+  const std::string& sent_to(const NodeLoad* n);  // counts it there until its next heartbeat
   const NodeLoad* least_loaded(const std::vector<const NodeLoad*>& among) const;
   RoutingConfig config_;
   std::map<std::string, NodeLoad> nodes_;

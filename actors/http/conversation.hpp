@@ -47,6 +47,9 @@ class Conversation {
   std::vector<ConversationItem> items;
   std::string instructions;  // the system message, when not empty
   std::string last_item_id;  // of the newest item (a Realtime commit's previous_item_id)
+  // Where its generations run on a cluster ingress: its session's or job's id, which every
+  // generation of it carries as GenerationSpec::sticky ("": placed one by one).
+  std::string placement;
 
   // The Realtime item `id`'s parts, in order (empty: no such item).
   std::vector<const ConversationItem*> item(const std::string& id) const;

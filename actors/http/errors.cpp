@@ -39,8 +39,10 @@ constexpr Mapping kMappings[] = {
     {ErrorCode::modality_unavailable, 503, "server_error", "modality_unavailable", "modality_unavailable", 30},
     {ErrorCode::forbidden, 403, "invalid_request_error", "insufficient_permissions", "insufficient_permissions", 0},
     {ErrorCode::conflict, 409, "invalid_request_error", "conflict", "conflict", 0},
+    {ErrorCode::executor_lost, 503, "server_error", "executor_lost", "executor_lost", 1},
+    {ErrorCode::executor_unavailable, 503, "server_error", "executor_unavailable", "executor_unavailable", 2},
 };
-static_assert(std::size(kMappings) == size_t(ErrorCode::conflict) + 1, "one mapping per ErrorCode");
+static_assert(std::size(kMappings) == size_t(ErrorCode::executor_unavailable) + 1, "one mapping per ErrorCode");
 
 const Mapping& mapping(ErrorCode c) {
   const size_t i = size_t(c);

@@ -38,6 +38,7 @@ access::UsageRecord usage_record(const GenerationSpec& spec, int64_t request_id,
   r.key = spec.key;
   r.model = !spec.served_by.empty() ? spec.served_by : spec.model;
   r.fallback = spec.fallback;
+  if (spec.instance) r.node = spec.instance->node;
   r.endpoint = spec.endpoint;
   r.request_class = request_class_name(spec.request.request_class);
   r.outcome = outcome_name(outcome);
@@ -57,12 +58,24 @@ access::UsageRecord usage_record(const GenerationSpec& spec, int64_t request_id,
 // to the generation on the I/O thread, and quits after the last. A media answer's sink turns
 // its deltas into the response's bytes here (`media`, on this CAF worker), so encoding MP3
 // or H.264 never holds the I/O thread. The generation may be gone by the time a post runs
-// (weak pointer): the post is then a no-op.
-sink_actor spawn_sink(ServerState& srv, encoder_actor encoder, const text_request& request, std::weak_ptr<Generation> weak,
+// (weak pointer): the post is then a no-op. On a cluster ingress the encoder is another
+// node's, and the sink watches that node's guard: the node lost, the generation ends with
+// executor_lost (and the encoder's answer is awaited only so long).
+sink_actor spawn_sink(ServerState& srv, const PipelineHandles& pipe, const text_request& request, std::weak_ptr<Generation> weak,
                       std::shared_ptr<MediaOutput> media) {
   net::io_context* ioc = &srv.ioc;
+  const encoder_actor encoder = pipe.encoder;
+  const caf::actor guard = pipe.node_guard;
+  const auto encode_timeout = caf::duration{std::chrono::milliseconds(int64_t(srv.cfg.encode_timeout_s * 1000))};
   return srv.system.spawn([=](sink_actor::pointer self) -> sink_actor::behavior_type {
-    self->request(encoder, caf::infinite, encode_atom::value, request, caf::actor_cast<sink_actor>(self))
+    if (guard) {
+      self->monitor(guard);
+      self->set_down_handler([=](caf::down_msg&) {
+        net::post(*ioc, [weak] { if (auto g = weak.lock()) g->executor_lost("the executor node running it was lost (it died, hung or left)"); });
+        self->quit();
+      });
+    }
+    self->request(encoder, encode_timeout, encode_atom::value, request, caf::actor_cast<sink_actor>(self))
         .then(
             [=](const encode_result& r) {
               net::post(*ioc, [weak, r] { if (auto g = weak.lock()) g->accepted(r); });
@@ -131,7 +144,8 @@ std::variant<std::shared_ptr<Generation>, ApiError> Generation::start(ServerStat
                                                                       std::weak_ptr<GenerationOwner> owner) {
   if (spec.request.id == 0) spec.request.id = srv.next_id++;
   if (!spec.instance) {
-    auto routed = srv.models->route(spec.model, routing_modality(spec));
+    const PlacementHint hint{spec.request.modality, spec.request.prompt, spec.sticky};
+    auto routed = srv.models->route(spec.model, routing_modality(spec), true, hint);
     if (auto* e = std::get_if<ApiError>(&routed)) {
       record_refusal(srv, spec, *e);
       return *e;
@@ -220,7 +234,7 @@ void Generation::launch_part() {
   if (spec_.seed_from_id) request_.seed = uint64_t(request_.id);  // n images differ
   credited_ = 0;
   prompt_now_ = output_now_ = 0;
-  sink_ = spawn_sink(srv_, spec_.instance->pipe.encoder, request_, weak_from_this(), spec_.output ? spec_.output() : nullptr);
+  sink_ = spawn_sink(srv_, spec_.instance->pipe, request_, weak_from_this(), spec_.output ? spec_.output() : nullptr);
 }
 
 void Generation::delivered(int32_t tokens) {
@@ -285,6 +299,10 @@ void Generation::accepted(const encode_result& r) {
 
 void Generation::failed_to_start(const std::string& why) {
   if (!ended_) finish(FinishReason::Error, ErrorCode::generation_failed, why, true);
+}
+
+void Generation::executor_lost(const std::string& why) {
+  if (!ended_) finish(FinishReason::Error, ErrorCode::executor_lost, why, true);
 }
 
 void Generation::text(const text_delta& d) {

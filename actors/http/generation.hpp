@@ -73,6 +73,9 @@ struct GenerationSpec {
   // What it is routed by when it is not its answer's modality (routing_modality).
   std::optional<Modality> route_as;
   std::string record_id;  // the ledger's request id ("" : "gen-" and the first request id)
+  // A Realtime session's or a stream job's id: on a cluster ingress all its generations run
+  // on one executor node, where its conversation is cached ("": placed on its own).
+  std::string sticky;
   actors::text_request request;  // its id (and, for parts, its seed) is assigned here
   // Prompt tokens that are media (spliced parts), by modality; the rest are text.
   std::map<Modality, int64_t> media_in;
@@ -115,6 +118,8 @@ class Generation : public std::enable_shared_from_this<Generation> {
 
   int64_t request_id() const { return request_.id; }
   const std::string& served_by() const { return spec_.served_by; }
+  // The executor node it runs on (a cluster ingress's; "": this process), sent as x-tutti-node.
+  const std::string& node() const { return spec_.instance->node; }
   bool fallback() const { return spec_.fallback; }
   const GenerationSpec& spec() const { return spec_; }
   bool running() const { return !ended_; }
@@ -130,6 +135,7 @@ class Generation : public std::enable_shared_from_this<Generation> {
   void text(const actors::text_delta& d);
   void media(MediaChunk chunk, const actors::media_delta& d);
   void failed_to_start(const std::string& why);  // the encoder was unreachable
+  void executor_lost(const std::string& why);    // the executor node running it is gone
 
  private:
   void launch_part();
@@ -168,6 +174,30 @@ class SessionHold {
  private:
   ServerState* srv_;
   std::string key_;
+};
+
+// A Realtime session's or stream job's pin to one executor node on a cluster ingress, where
+// its conversation is cached (GenerationSpec::sticky carries its id; routing keeps the node
+// while it lives). Released with its owner. Nothing happens on a single process.
+class StickyPin {
+ public:
+  explicit StickyPin(ServerState& srv) : srv_(&srv) {}
+  ~StickyPin() { release(); }
+  StickyPin(const StickyPin&) = delete;
+  StickyPin& operator=(const StickyPin&) = delete;
+  void set(std::string id) {
+    release();
+    id_ = std::move(id);
+  }
+  const std::string& id() const { return id_; }
+
+ private:
+  void release() {
+    if (!id_.empty() && srv_->models->placement) srv_->models->placement->end_sticky(id_);
+    id_.clear();
+  }
+  ServerState* srv_;
+  std::string id_;
 };
 
 // A transport's outgoing data, written one piece at a time in order. Each piece carries the

@@ -69,8 +69,9 @@ class HttpExchange {
  protected:
   std::string path_;
   std::string request_id_;
-  // The model that answers (the kept generation's), sent as x-tutti-served-by.
-  std::string served_by_;
+  // The model that answers (the kept generation's), sent as x-tutti-served-by, and the
+  // executor node it runs on (a cluster ingress's), sent as x-tutti-node.
+  std::string served_by_, node_;
 };
 
 }  // namespace tutti::http

@@ -65,6 +65,7 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
     if (request_id_.empty()) request_id_ = new_request_id();
     res.set("x-request-id", request_id_);
     if (!served_by_.empty()) res.set("x-tutti-served-by", served_by_);
+    if (!node_.empty()) res.set("x-tutti-node", node_);
     handler_.reset();  // answered: a kept handler has nothing more to say
     res.keep_alive(keep_alive);
     res.prepare_payload();
@@ -87,7 +88,7 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
   void abort_stream() override { end_stream(); }
   void keep(std::shared_ptr<GenerationOwner> handler, std::weak_ptr<Generation> credit) override {
     handler_ = std::move(handler);
-    if (auto g = credit.lock()) served_by_ = g->served_by();
+    if (auto g = credit.lock()) served_by_ = g->served_by(), node_ = g->node();
     out_.credit_to(std::move(credit));
     watch_client();
   }
@@ -140,7 +141,7 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
     request_id_ = new_request_id();
     keep_alive_ = request_.keep_alive();
     key_.clear(), admin_ = false;  // each request presents its own key
-    served_by_.clear();
+    served_by_.clear(), node_.clear();
     const std::string target(request_.target());
     path_ = target.substr(0, target.find('?'));
     RouteMatch m = match_route(request_.method(), path_);
@@ -261,7 +262,8 @@ class Session final : public HttpExchange, public std::enable_shared_from_this<S
 }  // namespace
 
 std::string HttpExchange::stream_head(const std::string& content_type, const std::string& extra_headers) const {
-  const std::string served = served_by_.empty() ? "" : "x-tutti-served-by: " + served_by_ + "\r\n";
+  const std::string served = (served_by_.empty() ? "" : "x-tutti-served-by: " + served_by_ + "\r\n") +
+                             (node_.empty() ? "" : "x-tutti-node: " + node_ + "\r\n");
   return "HTTP/1.1 200 OK\r\nContent-Type: " + content_type + "\r\nx-request-id: " + request_id_ +
          "\r\nCache-Control: no-cache\r\n" + served + extra_headers + "Connection: close\r\n\r\n";
 }

@@ -126,7 +126,7 @@ std::optional<std::string> cannot_stand_in(const ModelFacts& a, const ModelFacts
 }
 
 ModelInstance::~ModelInstance() {
-  if (pipe.executor) actors::stop_pipeline(pipe);
+  if (pipe.executor && !pipe.remote) actors::stop_pipeline(pipe);
 }
 
 ModelLoadOptions load_options_for(const Settings& st, const actors::PipelineConfig& pipeline, const ModelEntry& e) {
@@ -253,31 +253,52 @@ void ModelRegistry::wait_for_reloads() {
     if (t.joinable()) t.join();
 }
 
+std::vector<ModelSlot*> ModelRegistry::slots() const {
+  std::lock_guard lock(slots_mu_);
+  std::vector<ModelSlot*> out;
+  for (auto& s : slots_) out.push_back(s.get());
+  return out;
+}
+
+void ModelRegistry::add(std::unique_ptr<ModelSlot> slot) {
+  std::lock_guard lock(slots_mu_);
+  slots_.push_back(std::move(slot));
+}
+
 ModelSlot* ModelRegistry::find(const std::string& model) {
-  if (model.empty()) return slots_.front().get();
-  for (auto& s : slots_)
-    if (s->name() == model) return s.get();
+  const std::vector<ModelSlot*> all = slots();
+  if (model.empty()) return all.front();
+  for (ModelSlot* s : all)
+    if (s->name() == model) return s;
   for (const std::string& a : aliases_)
-    if (a == model) return slots_.front().get();
+    if (a == model) return all.front();
   return nullptr;
 }
 
 ServedModel ModelRegistry::served() const {
-  ServedModel s(slots_.front()->name(), aliases_);
-  for (size_t i = 1; i < slots_.size(); ++i) s.others.push_back(slots_[i]->name());
+  const std::vector<ModelSlot*> all = slots();
+  ServedModel s(all.front()->name(), aliases_);
+  for (size_t i = 1; i < all.size(); ++i) s.others.push_back(all[i]->name());
   return s;
 }
 
-std::variant<ModelRoute, ApiError> ModelRegistry::route(const std::string& model, Modality modality, bool counted) {
+std::variant<ModelRoute, ApiError> ModelRegistry::route(const std::string& model, Modality modality, bool counted,
+                                                        const PlacementHint& hint) {
   ModelSlot* asked = find(model);
   if (!asked) return served().not_found(model);
   ModelSlot* at = asked;
   std::string why;
-  for (size_t hops = 0; hops <= slots_.size(); ++hops) {
+  const size_t n_slots = slots().size();
+  for (size_t hops = 0; hops <= n_slots; ++hops) {
     std::shared_ptr<ModelInstance> inst = at->current();
     if (inst && (!inst->has(modality) || inst->health->healthy(modality))) {
       // A model that lacks the modality answers (and refuses it) unless a fallback has it.
       if (inst->has(modality) || !at->fallback().count(modality)) {
+        if (placement) {  // a cluster: the slot holds the model's front; a node's replica answers
+          auto placed = placement->place(at->name(), modality, hint, counted);
+          if (const ApiError* e = std::get_if<ApiError>(&placed)) return *e;
+          inst = std::get<std::shared_ptr<ModelInstance>>(std::move(placed));
+        }
         if (at != asked && counted) asked->fallback_count(modality)++;
         return ModelRoute{inst, at->name(), at != asked};
       }
@@ -297,9 +318,12 @@ std::variant<ModelRoute, ApiError> ModelRegistry::route(const std::string& model
 std::optional<ApiError> ModelRegistry::reload(const std::string& name, const std::string& file,
                                               std::function<void(const ReloadReport&)> done) {
   ModelSlot* slot = nullptr;
-  for (auto& s : slots_)
-    if (s->name() == name) slot = s.get();
+  for (ModelSlot* s : slots())
+    if (s->name() == name) slot = s;
   if (!slot) return ApiError{ErrorCode::not_found, "no model named " + name, "", 0, "model_not_found"};
+  if (placement)
+    return ApiError{ErrorCode::invalid_request, "this server is a cluster ingress: reload " + name +
+                                                    " on its executor nodes (SIGHUP or their admin endpoint); each announces its new version"};
   if (!load_options || !system) return ApiError{ErrorCode::generation_failed, "this server cannot load models"};
   if (slot->reloading.exchange(true)) return ApiError{ErrorCode::conflict, "model " + name + " is already being reloaded"};
   std::lock_guard lock(loaders_mu_);
@@ -359,11 +383,12 @@ std::optional<ApiError> ModelRegistry::reload(const std::string& name, const std
 
 std::string ModelRegistry::render_metrics() const {
   std::string b;
+  const std::vector<ModelSlot*> all = slots();
   // One series per model and modality, from each model's current instance.
   using Entry = codecs::ModalityHealth::Entry;
   auto per_modality = [&](const char* name, const char* type, const char* help, const std::function<std::string(const Entry&)>& value) {
     b += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
-    for (auto& s : slots_)
+    for (ModelSlot* s : all)
       if (auto inst = s->current())
         for (const Entry& e : inst->health->snapshot())
           b += std::string(name) + "{model=\"" + s->name() + "\",modality=\"" + modality_name(e.modality) + "\"} " + value(e) + "\n";
@@ -372,7 +397,7 @@ std::string ModelRegistry::render_metrics() const {
                [](const Entry& e) { return std::string(e.healthy ? "1" : "0"); });
   b += "# HELP tutti_fallback_requests_total Requests for a model whose modality another model answered.\n"
        "# TYPE tutti_fallback_requests_total counter\n";
-  for (auto& s : slots_)
+  for (ModelSlot* s : all)
     for (Modality m : {Modality::Text, Modality::Audio, Modality::Image, Modality::Video, Modality::Music})
       if (s->fallback().count(m))
         b += "tutti_fallback_requests_total{model=\"" + s->name() + "\",modality=\"" + modality_name(m) + "\"} " +
@@ -382,7 +407,7 @@ std::string ModelRegistry::render_metrics() const {
   per_modality("tutti_canary_last_seconds", "gauge", "The last canary check's time, per model and modality.",
                [](const Entry& e) { return std::to_string(e.last_seconds); });
   b += "# HELP tutti_model_reloads_total Reloads per model, by outcome.\n# TYPE tutti_model_reloads_total counter\n";
-  for (auto& s : slots_) {
+  for (ModelSlot* s : all) {
     std::lock_guard l(s->mu);
     b += "tutti_model_reloads_total{model=\"" + s->name() + "\",outcome=\"ok\"} " + std::to_string(s->reloads_ok) + "\n";
     b += "tutti_model_reloads_total{model=\"" + s->name() + "\",outcome=\"refused\"} " + std::to_string(s->reloads_refused) + "\n";
@@ -393,12 +418,13 @@ std::string ModelRegistry::render_metrics() const {
   b += "# HELP tutti_process_peak_resident_bytes The process's peak resident memory since it started.\n"
        "# TYPE tutti_process_peak_resident_bytes gauge\n";
   b += "tutti_process_peak_resident_bytes " + std::to_string(mem.peak) + "\n";
+  if (placement) b += placement->render_metrics();
   return b;
 }
 
 nlohmann::json ModelRegistry::health_json(bool detailed) const {
   nlohmann::json models = nlohmann::json::object();
-  for (auto& s : slots_) {
+  for (ModelSlot* s : slots()) {
     nlohmann::json j;
     auto inst = s->current();
     if (inst && !detailed) {

@@ -49,6 +49,7 @@ std::optional<std::string> cannot_stand_in(const ModelFacts& a, const ModelFacts
 // on it holds it to its end. The last holder's release stops its actors.
 struct ModelInstance {
   std::string name;  // the slot's
+  std::string node;  // the executor node it runs on (a cluster ingress's); "": this process
   std::string file;
   uint64_t file_bytes = 0;
   int version = 1;   // 1 at start, one more per reload
@@ -138,6 +139,30 @@ class ModelSlot {
   std::array<std::atomic<uint64_t>, 5> fallback_requests_{};
 };
 
+// What a cluster ingress places a request by (see Placement).
+struct PlacementHint {
+  Modality answer = Modality::Text;  // a text answer goes where its prompt's prefix is cached
+  std::string_view prompt;           // the formatted prompt (its first bytes decide)
+  std::string sticky;                // a Realtime session or stream job: all on one node
+};
+
+// Where a request runs when the registry fronts executor nodes rather than models of its
+// own (a cluster ingress: actors/cluster/ingress.hpp). The slots then hold each model's
+// front (its facts and codecs, with the health of its modalities over all nodes), and the
+// placement picks the node whose replica runs the request.
+class Placement {
+ public:
+  virtual ~Placement() = default;
+  // The instance on the node that should run a request of `model` answering `m`, or why none
+  // can (executor_unavailable). `counted`: a request that will run there (routing counts it,
+  // a sticky session is placed); false: a look-up.
+  virtual std::variant<std::shared_ptr<ModelInstance>, ApiError> place(const std::string& model, Modality m,
+                                                                      const PlacementHint& hint, bool counted) = 0;
+  virtual void end_sticky(const std::string& sticky) = 0;  // the session or job ended
+  virtual std::string render_metrics() const = 0;          // per-node series for /metrics
+  virtual nlohmann::json status_json() const = 0;          // the nodes (tutti cluster status)
+};
+
 // Where a request goes.
 struct ModelRoute {
   std::shared_ptr<ModelInstance> instance;
@@ -152,14 +177,22 @@ class ModelRegistry {
   ~ModelRegistry();  // joins the reloads in flight, then releases every instance
 
   ModelSlot* find(const std::string& model);  // by name or alias; "" is the default
-  ModelSlot& primary() { return *slots_.front(); }
-  const std::vector<std::unique_ptr<ModelSlot>>& slots() const { return slots_; }
+  ModelSlot& primary() { return *slots().front(); }
+  // Every slot, in order (slots are added, never removed: the pointers stay valid).
+  std::vector<ModelSlot*> slots() const;
+  // A model first seen after the start (a cluster ingress: a node joined with it).
+  void add(std::unique_ptr<ModelSlot> slot);
   // The names requests may use: every model's, and the aliases (of the default).
   ServedModel served() const;
 
   // The instance that answers `modality` for a request naming `model`. `counted`: a request
   // that will run there (a fallback counts in tutti_fallback_requests_total), not a look-up.
-  std::variant<ModelRoute, ApiError> route(const std::string& model, Modality modality, bool counted = true);
+  // Through `placement` when there is one, with `hint`.
+  std::variant<ModelRoute, ApiError> route(const std::string& model, Modality modality, bool counted = true,
+                                           const PlacementHint& hint = {});
+  // Executor nodes holding the models' replicas (set once, before serving; null: the models
+  // run in this process).
+  std::shared_ptr<Placement> placement;
 
   // Loads `file` (or the slot's own) beside the running instance and swaps it in when its
   // canaries pass; `done` hears the report on the loader thread. Refused at once (false,
@@ -177,6 +210,7 @@ class ModelRegistry {
   nlohmann::json health_json(bool detailed) const;
 
  private:
+  mutable std::mutex slots_mu_;  // guards slots_ (the slots themselves have their own locks)
   std::vector<std::unique_ptr<ModelSlot>> slots_;
   std::vector<std::string> aliases_;
   std::mutex loaders_mu_;

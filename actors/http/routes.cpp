@@ -36,6 +36,7 @@ constexpr Route kRoutes[] = {
     {verb::delete_, "/v1/streams/{id}", Key, handle_stream_delete},
     {verb::get, "/v1/realtime", Key, handle_realtime_upgrade},
     {verb::get, "/v1/admin/models", Admin, handle_admin_models},
+    {verb::get, "/v1/admin/cluster", Admin, handle_admin_cluster},
     {verb::post, "/v1/admin/models/{id}/reload", Admin, handle_model_reload},
     {verb::post, "/v1/admin/models/{id}/canary", Admin, handle_model_canary},
 };

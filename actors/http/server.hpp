@@ -69,6 +69,13 @@ struct ServerConfig {
   // generation); a WebSocket with no traffic for read_timeout is pinged, and closed if the
   // peer stays silent.
   double read_timeout_s = 60;
+  // How long a generation waits for the encoder to take its request: on a cluster ingress the
+  // encoder is another node's, and every remote request has a finite timeout.
+  double encode_timeout_s = 30;
+  // The first request id. Executor nodes key their sequences by the ids the servers in front
+  // of them assign, so a cluster ingress starts at a random high base, apart from the node's
+  // own server (which starts at 1) and from other ingresses.
+  int64_t first_request_id = 1;
   double write_timeout_s = 60;
   int send_buffer_bytes = 0;          // SO_SNDBUF per connection; 0: the OS default
   size_t max_pending_events = 1024;   // WebSocket events queued for a client that does not read

@@ -40,7 +40,9 @@ class StreamJob;
 class ServerState {
  public:
   ServerState(caf::actor_system& s, std::shared_ptr<ModelRegistry> r, ServerConfig c, ServerMetrics& m)
-      : system(s), models(std::move(r)), cfg(std::move(c)), metrics(m), limiter(cfg.key_limits) {}
+      : system(s), models(std::move(r)), cfg(std::move(c)), metrics(m), limiter(cfg.key_limits) {
+    next_id = cfg.first_request_id;
+  }
 
   caf::actor_system& system;
   // The models (models.hpp): each request is routed to the instance that answers its

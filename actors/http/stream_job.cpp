@@ -57,7 +57,10 @@ std::variant<StreamJobRequest, ApiError> parse_stream_job(const std::string& bod
 class StreamJob final : public GenerationOwner, public std::enable_shared_from_this<StreamJob> {
  public:
   StreamJob(std::string id, StreamJobRequest req, ServerState& srv, std::string key)
-      : id_(std::move(id)), req_(std::move(req)), srv_(srv), key_(std::move(key)), pub_(ctx_, zmq::socket_type::pub) {}
+      : id_(std::move(id)), req_(std::move(req)), srv_(srv), key_(std::move(key)), pub_(ctx_, zmq::socket_type::pub) {
+    pin_.set(id_);
+    conversation_.placement = id_;
+  }
   ~StreamJob() override { stop(); }
 
   // On the I/O thread: binds the output, starts the receiver and decoder threads.
@@ -271,6 +274,7 @@ class StreamJob final : public GenerationOwner, public std::enable_shared_from_t
     spec.request = std::get<actors::text_request>(std::move(built));
     spec.request.id = srv_.next_id++;
     spec.record_id = id_ + "-" + std::to_string(spec.request.id);
+    spec.sticky = conversation_.placement;
     spec.media_in = conversation_.media_tokens();
     spec.check_limits = false;  // the job was admitted when it was created
     if (req_.modality == Modality::Video) {
@@ -314,6 +318,7 @@ class StreamJob final : public GenerationOwner, public std::enable_shared_from_t
   int turns_ = 0, responses_ = 0;
   std::map<std::string, int> turn_reasons_;  // turns by what ended them (on_turn's `why`)
   std::deque<nlohmann::json> events_;
+  StickyPin pin_{srv_};
   Conversation conversation_;
   std::string text_;  // of the text answer in progress
   std::shared_ptr<Generation> answer_;

@@ -3,9 +3,21 @@
 // then drains: no new work, running generations get
 // `shutdown.drain_seconds` to finish, the rest end as cancelled, the ledger is flushed, and
 // the process exits 0.
+//
+// With --role (docs/scaling.md): `ingress` serves HTTP and WebSocket for executor nodes that
+// join it on --cluster-port (no model of its own: it opens its HTTP port once the first node
+// has joined, whose model is the default); `executor` is the server above joined to an
+// ingress (--join HOST:PORT), which routes requests to it; on SIGTERM it drains first (the
+// ingress sends nothing new), then leaves.
+#include <unistd.h>
+
 #include <csignal>
 #include <cstdio>
+#include <random>
 
+#include "actors/cluster/ingress.hpp"
+#include "actors/cluster/member.hpp"
+#include "actors/cluster/node.hpp"
 #include "actors/http/tls.hpp"
 #include "actors/serving.hpp"
 #include "tools/tutti/commands.h"
@@ -13,10 +25,36 @@
 
 namespace tutti::cli {
 
+namespace {
+
+// The first signal among `signals` that arrived within `seconds` (0: none).
+int signal_within(const sigset_t& signals, double seconds) {
+  timespec ts{time_t(seconds), long((seconds - double(time_t(seconds))) * 1e9)};
+  const int sig = sigtimedwait(&signals, nullptr, &ts);
+  return sig > 0 ? sig : 0;
+}
+
+// HOST:PORT (the host may be a bracketed IPv6 address).
+std::optional<std::pair<std::string, uint16_t>> host_port(const std::string& s) {
+  const size_t colon = s.rfind(':');
+  if (colon == std::string::npos || colon == 0) return std::nullopt;
+  std::string host = s.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  try {
+    const int port = std::stoi(s.substr(colon + 1));
+    if (port <= 0 || port > 65535) return std::nullopt;
+    return std::pair{host, uint16_t(port)};
+  } catch (...) {
+    return std::nullopt;
+  }
+}
+
+}  // namespace
+
 int cmd_serve(const std::vector<std::string>& argv) {
   auto opts = engine_options();
   for (auto o : {"host", "port", "max-batch", "step-budget", "max-tokens", "max-waiting", "caf-threads", "api-key", "ledger", "tls-cert", "tls-key",
-                 "tls-port", "tls-dir"})
+                 "tls-port", "tls-dir", "role", "cluster-host", "cluster-port", "cluster-secret-file", "join", "name"})
     opts.insert(o);
   Args args(argv, opts, {"tls-self-signed"});
   if (!args.ok()) return fail(args.error());
@@ -33,6 +71,15 @@ int cmd_serve(const std::vector<std::string>& argv) {
   if (!args.ok()) return fail(args.error());
   if (st.port < 0 || st.port > 65535) return fail("--port must be 0..65535");
   if (args.has("ledger")) st.ledger_path = args.get("ledger");
+  const std::string role = args.get("role", "");
+  if (role != "" && role != "ingress" && role != "executor") return fail("--role must be ingress or executor (none: all in one process)");
+  st.cluster_host = args.get("cluster-host", st.cluster_host);
+  st.cluster_port = int(args.get_int("cluster-port", st.cluster_port));
+  st.cluster_secret_file = args.get("cluster-secret-file", st.cluster_secret_file);
+  st.cluster_join = args.get("join", st.cluster_join);
+  st.cluster_node_name = args.get("name", st.cluster_node_name);
+  if (!args.ok()) return fail(args.error());
+  if (st.cluster_port < 0 || st.cluster_port > 65535) return fail("--cluster-port must be 0..65535");
   st.tls_cert = args.get("tls-cert", st.tls_cert);
   st.tls_key = args.get("tls-key", st.tls_key);
   st.tls_port = int(args.get_int("tls-port", st.tls_port));
@@ -61,6 +108,26 @@ int cmd_serve(const std::vector<std::string>& argv) {
   if (args.has("api-key"))  // never printed
     if (Status s = options.server.api_keys.add(args.get("api-key")); !s) return fail("--api-key: " + s.message());
 
+  // A cluster node: the secret, the middleman, TLS between nodes.
+  std::string secret;
+  const cluster::NodeTls node_tls{st.cluster_tls_cert, st.cluster_tls_key, st.cluster_tls_ca};
+  if (!role.empty()) {
+    if (st.cluster_secret_file.empty()) return fail("--role " + role + " needs --cluster-secret-file (or [cluster] secret_file)");
+    auto read = cluster::read_cluster_secret(st.cluster_secret_file);
+    if (!read) return fail(read.error().message);
+    secret = *read;
+    if (node_tls.enabled() && (st.cluster_tls_key.empty() || st.cluster_tls_ca.empty()))
+      return fail("[cluster] tls_cert needs tls_key and tls_ca too");
+    options.configure_actors = [heartbeat = st.cluster_heartbeat_s, node_tls](caf::actor_system_config& cfg) {
+      cluster::configure_cluster_node(cfg, heartbeat, node_tls);
+    };
+  }
+  std::optional<std::pair<std::string, uint16_t>> join;
+  if (role == "executor") {
+    join = host_port(st.cluster_join);
+    if (!join) return fail("--role executor needs --join HOST:PORT (or [cluster] join), not '" + st.cluster_join + "'");
+  }
+
   // Block the signals in every thread the runtime starts; the main thread waits for them.
   sigset_t signals;
   sigemptyset(&signals);
@@ -69,8 +136,64 @@ int cmd_serve(const std::vector<std::string>& argv) {
   sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  auto serving = Serving::start(std::move(options));
+  std::shared_ptr<cluster::Ingress> ingress;
+  Expected<std::unique_ptr<Serving>> serving = Error{""};
+  if (role == "ingress") {
+    cluster::IngressConfig ic;
+    ic.secret = secret;
+    ic.heartbeat_s = st.cluster_heartbeat_s;
+    ic.routing.prefix_bytes = size_t(st.cluster_prefix_bytes);
+    ic.routing.max_imbalance = st.cluster_max_imbalance;
+    ic.aliases = st.model_aliases;
+    ingress = std::make_shared<cluster::Ingress>(ic);
+    // Executor nodes key sequences by the ids their front servers give: this ingress's start
+    // at a random high base, apart from a node's own server and from other ingresses.
+    options.server.first_request_id = int64_t(1 + std::random_device{}() % (1u << 30)) << 32;
+    bool stopped = false;
+    serving = Serving::start(std::move(options), [&](caf::actor_system& system) -> Expected<std::shared_ptr<http::ModelRegistry>> {
+      auto port = ingress->open(system, st.cluster_host, uint16_t(st.cluster_port), node_tls.enabled());
+      if (!port) return port.error();
+      std::fprintf(stderr, "tutti: cluster ingress on %s:%u%s; waiting for an executor node to join\n", st.cluster_host.c_str(),
+                   unsigned(*port), node_tls.enabled() ? " (TLS)" : "");
+      for (;;) {
+        if (auto registry = ingress->wait_for_registry(0.2)) return registry;
+        if (signal_within(signals, 0)) {
+          stopped = true;
+          ingress->close();
+          return Error{"stopped before any executor node joined"};
+        }
+      }
+    });
+    if (!serving) {
+      ingress->close();
+      if (stopped) return 0;
+      return fail(serving.error().message);
+    }
+    (*serving)->on_stop([ingress] { ingress->close(); });
+  } else {
+    serving = Serving::start(std::move(options));
+  }
   if (!serving) return fail(serving.error().message);
+  std::shared_ptr<cluster::ClusterMember> member;
+  if (role == "executor") {
+    cluster::MemberConfig mc;
+    mc.ingress_host = join->first;
+    mc.ingress_port = join->second;
+    mc.secret = secret;
+    mc.tls = node_tls.enabled();
+    mc.http_url = "http://" + (*serving)->config().host + ":" + std::to_string((*serving)->port());
+    if (st.cluster_node_name.empty()) {
+      char host[256] = {0};
+      gethostname(host, sizeof host - 1);
+      mc.name = std::string(host) + ":" + std::to_string((*serving)->port());
+    } else {
+      mc.name = st.cluster_node_name;
+    }
+    member = std::make_shared<cluster::ClusterMember>((*serving)->system(), (*serving)->registry(), mc);
+    member->start();  // declared after `serving`: destroyed (its loop stopped) before the actor system
+    std::fprintf(stderr, "tutti: executor node %s joining the ingress at %s:%u\n", mc.name.c_str(), mc.ingress_host.c_str(),
+                 unsigned(mc.ingress_port));
+  }
   const http::ServerConfig& c = (*serving)->config();
   const std::string tls = (*serving)->tls_port() ? " and https://" + c.host + ":" + std::to_string((*serving)->tls_port()) : "";
   for (const auto& slot : (*serving)->models().slots()) {
@@ -88,8 +211,17 @@ int cmd_serve(const std::vector<std::string>& argv) {
                c.api_keys.enabled() ? (std::to_string(c.api_keys.size()) + " API key(s) required").c_str() : "open (no API keys)",
                c.ledger_path.empty() ? "off" : c.ledger_path.c_str());
   int sig = 0;
-  // SIGHUP reloads every model from its file (the same swap as the admin endpoint's).
-  while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) {
+  // SIGHUP reloads every model from its file (the same swap as the admin endpoint's; an
+  // executor node then announces the new version to its ingress).
+  for (;;) {
+    sig = signal_within(signals, 0.25);
+    if (member && member->state() == cluster::ClusterMember::State::Refused) {
+      std::fprintf(stderr, "tutti: the cluster refused this node (%s); stopping\n", member->refusal().c_str());
+      (*serving)->drain(0);
+      return 1;
+    }
+    if (sig == 0) continue;
+    if (sig != SIGHUP) break;
     std::fprintf(stderr, "tutti: SIGHUP: reloading every model\n");
     for (const auto& slot : (*serving)->models().slots()) {
       const std::string name = slot->name();
@@ -101,6 +233,11 @@ int cmd_serve(const std::vector<std::string>& argv) {
     }
   }
   std::fprintf(stderr, "tutti: signal %d, draining for up to %.0f s\n", sig, st.drain_seconds);
+  if (member) {
+    // Draining here first: the ingress sends nothing new, what runs finishes, then it leaves.
+    const bool dry = member->leave(st.drain_seconds);
+    std::fprintf(stderr, "tutti: left the cluster%s\n", dry ? " after its sequences finished" : " with sequences still running");
+  }
   const http::ServerMetrics& metrics = (*serving)->http().metrics();
   const int cut = (*serving)->drain(st.drain_seconds);
   std::fprintf(stderr, "tutti: stopped (%d generation(s) cut short); %llu usage record(s) written\n", cut,

@@ -66,11 +66,13 @@ void handle_model_reload(HttpExchange& ex) {
 void handle_model_canary(HttpExchange& ex) {
   ServerState& srv = ex.server();
   ModelSlot* slot = nullptr;
-  for (auto& s : srv.models->slots())
-    if (s->name() == ex.params().at(0)) slot = s.get();
+  for (ModelSlot* s : srv.models->slots())
+    if (s->name() == ex.params().at(0)) slot = s;
   if (!slot) return ex.respond_error(ApiError{ErrorCode::not_found, "no model named " + ex.params().at(0), "", 0, "model_not_found"});
   auto inst = slot->current();
   if (!inst) return ex.respond_error(ApiError{ErrorCode::modality_unavailable, "model " + slot->name() + " is not loaded"});
+  if (inst->pipe.remote)
+    return ex.respond_error(invalid_request("this server is a cluster ingress: each executor node runs its own canaries (POST this there)"));
   struct Verdicts {
     json by_modality = json::object();
     bool all_passed = true;
@@ -100,6 +102,16 @@ void handle_model_canary(HttpExchange& ex) {
                                   {"checks", out->by_modality}, {"health", health}}
                                  .dump());
       });
+}
+
+// GET /v1/admin/cluster: a cluster ingress's executor nodes (tutti cluster status).
+void handle_admin_cluster(HttpExchange& ex) {
+  ServerState& srv = ex.server();
+  if (!srv.models->placement)
+    return ex.respond_error(ApiError{ErrorCode::not_found, "this server is not a cluster ingress (tutti serve --role ingress)"});
+  json status = srv.models->placement->status_json();
+  status["object"] = "cluster";
+  ex.respond_json(200, status.dump());
 }
 
 }  // namespace tutti::http

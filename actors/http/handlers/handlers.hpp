@@ -42,6 +42,7 @@ void handle_model(HttpExchange& ex);
 void handle_metrics(HttpExchange& ex);
 void handle_realtime_upgrade(HttpExchange& ex);
 void handle_admin_models(HttpExchange& ex);  // admin.cpp
+void handle_admin_cluster(HttpExchange& ex);  // admin.cpp: a cluster ingress's nodes
 void handle_model_reload(HttpExchange& ex);
 void handle_model_canary(HttpExchange& ex);
 

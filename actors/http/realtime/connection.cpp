@@ -56,7 +56,7 @@ class RealtimeConnection final : public RealtimeLink, public std::enable_shared_
     };
     ws_.async_accept(req, [self = shared_from_this()](beast::error_code ec) {
       if (ec) return;
-      self->session_.id = realtime_id(self->srv_, "sess_");
+      self->session_.identify(realtime_id(self->srv_, "sess_"));
       self->session_.set_dialect(self->dialect_);
       self->emit(realtime::session_created(self->session_.session_json()));
       self->read();

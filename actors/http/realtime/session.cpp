@@ -90,6 +90,12 @@ RealtimeSession::RealtimeSession(ServerState& srv, RealtimeLink& link, std::stri
   settings_.max_tokens = std::min(256, srv.cfg.max_tokens);
 }
 
+void RealtimeSession::identify(std::string session_id) {
+  id = std::move(session_id);
+  pin_.set(id);
+  conversation_.placement = id;
+}
+
 json RealtimeSession::session_json() const {
   const RealtimeSettings& s = settings_;
   json td = nullptr;
@@ -340,6 +346,7 @@ void RealtimeSession::start_response(const ResponseCreate& resp, const std::stri
   spec.key = key_;
   spec.endpoint = "/v1/realtime";
   spec.record_id = "resp_" + std::to_string(request.id);
+  spec.sticky = conversation_.placement;
   spec.media_in = conversation_.media_tokens();
   spec.request = std::move(request);
   RealtimeResponse::Setup setup;

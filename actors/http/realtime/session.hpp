@@ -202,6 +202,9 @@ class RealtimeSession {
   void binary(const std::string& msg);
 
   std::string id;
+  // Its id, given once the upgrade is accepted; its generations stay on one executor node of
+  // a cluster while it lives.
+  void identify(std::string session_id);
 
  private:
   bool has(Modality m) const { return srv_.codecs_for(m) && srv_.codecs_for(m)->info(m); }
@@ -221,6 +224,7 @@ class RealtimeSession {
   RealtimeLink& link_;
   std::string key_;
   RealtimeSettings settings_;
+  StickyPin pin_{srv_};
   Conversation conversation_;
   VoiceTurns voice_;
   std::unique_ptr<codecs::OpusFrameDecoder> opus_in_;

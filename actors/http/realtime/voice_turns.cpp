@@ -128,6 +128,7 @@ void VoiceTurns::prefill() {
   spec.request.prefill_only = true;
   spec.accounted = false;  // part of the turn, whose answer is billed
   spec.route_as = Modality::Audio;  // where the voice turn's answer will run
+  spec.sticky = conversation_.placement;
   auto owner = std::make_shared<SpeechPrefill>([this] { prefill_.reset(); });
   auto started = Generation::start(srv_, std::move(spec), owner);
   if (!std::holds_alternative<std::shared_ptr<Generation>>(started)) return;
