@@ -223,6 +223,33 @@ TEST(ClusterMessages, EveryCrossingTypeArrivesWhole) {
     EXPECT_EQ(x.prompt_tokens, 12); EXPECT_EQ(x.code, ErrorCode::context_length_exceeded); EXPECT_EQ(x.error, "too long");
   });
   round_trip(Modality::Video, [](Modality x) { EXPECT_EQ(x, Modality::Video); });
+  // The cluster's own: a node's hello (with the handles of its actors), the ingress's reply,
+  // a heartbeat's load, and a sink's handle (the encode request carries it).
+  auto dummy = b.sys->spawn([](caf::event_based_actor*) -> caf::behavior { return {[](int32_t) {}}; });  // the sender's own
+  actors::node_hello h;
+  h.secret = "s", h.http_url = "http://10.0.0.2:8081";
+  h.load.node = "ex1", h.load.models = {"m"}, h.load.running = 3, h.load.free_kv_blocks = 7, h.load.step_seconds = 0.02;
+  h.load.degraded = {{"m", Modality::Audio, "nan"}};
+  actors::node_model nm;
+  nm.name = "m", nm.file = "m.gguf", nm.version = 2, nm.n_vocab = 300, nm.front = {1, 2, 3};
+  nm.encoder = caf::actor_cast<actors::encoder_actor>(dummy), nm.executor = caf::actor_cast<actors::executor_actor>(dummy);
+  h.models = {nm};
+  h.agent = caf::actor_cast<caf::actor>(dummy);
+  round_trip(h, [&](const actors::node_hello& x) {
+    EXPECT_EQ(x.secret, "s"); EXPECT_EQ(x.http_url, h.http_url); EXPECT_EQ(x.load.node, "ex1"); EXPECT_EQ(x.load.running, 3);
+    EXPECT_EQ(x.load.free_kv_blocks, 7); EXPECT_DOUBLE_EQ(x.load.step_seconds, 0.02);
+    ASSERT_EQ(x.load.degraded.size(), 1u); EXPECT_EQ(x.load.degraded[0].modality, Modality::Audio); EXPECT_EQ(x.load.degraded[0].reason, "nan");
+    ASSERT_EQ(x.models.size(), 1u); EXPECT_EQ(x.models[0].version, 2); EXPECT_EQ(x.models[0].front, nm.front);
+    EXPECT_EQ(x.models[0].encoder.id(), dummy.id()) << "an actor handle crosses as the same actor";
+    EXPECT_EQ(x.models[0].executor.node(), dummy.node());
+    EXPECT_EQ(x.agent.id(), dummy.id());
+  });
+  round_trip(actors::join_reply{true, "", "tok", 0.5}, [](const actors::join_reply& x) {
+    EXPECT_TRUE(x.accepted); EXPECT_EQ(x.token, "tok"); EXPECT_DOUBLE_EQ(x.beat_interval_s, 0.5);
+  });
+  round_trip(h.load, [](const NodeLoad& x) { EXPECT_EQ(x.models, std::vector<std::string>{"m"}); EXPECT_FALSE(x.draining); });
+  round_trip(caf::actor_cast<actors::sink_actor>(dummy), [&](const actors::sink_actor& x) { EXPECT_EQ(x.id(), dummy.id()); });
+  caf::anon_send_exit(dummy, caf::exit_reason::user_shutdown);
   round_trip(std::vector<int32_t>{9, 8, 7}, [](const std::vector<int32_t>& x) { EXPECT_EQ(x, (std::vector<int32_t>{9, 8, 7})); });
   caf::anon_send_exit(server, caf::exit_reason::user_shutdown);
 }

@@ -23,19 +23,22 @@ struct Reply {
   std::string retry_after, www_authenticate;
   std::string request_id;  // x-request-id
   std::string served_by;   // x-tutti-served-by
+  std::string node;        // x-tutti-node (a cluster ingress: the executor node that ran it)
 };
 
-// One request (with extra header fields, e.g. Authorization); reads until the response ends
-// or the server closes. Bodies up to 64 MiB.
-inline Reply http_call(uint16_t port, boost::beast::http::verb verb, const std::string& target, const std::string& body = "",
-                       const std::vector<std::pair<std::string, std::string>>& headers = {}) {
+// One request (with extra header fields, e.g. Authorization) to `host` (loopback unless
+// said); reads until the response ends or the server closes. Bodies up to 64 MiB.
+inline Reply http_call_at(const std::string& host, uint16_t port, boost::beast::http::verb verb, const std::string& target,
+                          const std::string& body = "", const std::vector<std::pair<std::string, std::string>>& headers = {}) {
   namespace beast = boost::beast;
   namespace bhttp = boost::beast::http;
   boost::asio::io_context ioc;
   beast::tcp_stream stream(ioc);
-  stream.connect(boost::asio::ip::tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), port));
+  beast::error_code connect_ec;
+  stream.connect(boost::asio::ip::tcp::endpoint(boost::asio::ip::make_address(host), port), connect_ec);
+  if (connect_ec) return {};
   bhttp::request<bhttp::string_body> req{verb, target, 11};
-  req.set(bhttp::field::host, "127.0.0.1");
+  req.set(bhttp::field::host, host);
   req.set(bhttp::field::content_type, "application/json");
   for (const auto& [name, value] : headers) req.set(name, value);
   req.body() = body;
@@ -48,7 +51,12 @@ inline Reply http_call(uint16_t port, boost::beast::http::verb verb, const std::
   bhttp::read(stream, buf, parser, ec);
   const auto& res = parser.get();
   return {int(res.result_int()), res.body(), std::string(res[bhttp::field::content_type]), std::string(res[bhttp::field::retry_after]),
-          std::string(res[bhttp::field::www_authenticate]), std::string(res["x-request-id"]), std::string(res["x-tutti-served-by"])};
+          std::string(res[bhttp::field::www_authenticate]), std::string(res["x-request-id"]), std::string(res["x-tutti-served-by"]),
+          std::string(res["x-tutti-node"])};
+}
+inline Reply http_call(uint16_t port, boost::beast::http::verb verb, const std::string& target, const std::string& body = "",
+                       const std::vector<std::pair<std::string, std::string>>& headers = {}) {
+  return http_call_at("127.0.0.1", port, verb, target, body, headers);
 }
 
 // A Realtime WebSocket client on the test's thread (synchronous: one thread reads and
@@ -57,8 +65,8 @@ inline Reply http_call(uint16_t port, boost::beast::http::verb verb, const std::
 // (binary messages, oversized frames, close codes).
 // One value of a metric from the server's /metrics text: the first line that starts with
 // `name_and_labels` and a space (-1 if none).
-inline double metric(uint16_t port, const std::string& name_and_labels) {
-  const std::string text = http_call(port, boost::beast::http::verb::get, "/metrics").body;
+inline double metric_at(const std::string& host, uint16_t port, const std::string& name_and_labels) {
+  const std::string text = http_call_at(host, port, boost::beast::http::verb::get, "/metrics").body;
   size_t at = 0;
   while ((at = text.find(name_and_labels + " ", at)) != std::string::npos) {
     if (at == 0 || text[at - 1] == '\n') return std::stod(text.substr(at + name_and_labels.size() + 1));
@@ -66,6 +74,7 @@ inline double metric(uint16_t port, const std::string& name_and_labels) {
   }
   return -1;
 }
+inline double metric(uint16_t port, const std::string& name_and_labels) { return metric_at("127.0.0.1", port, name_and_labels); }
 
 struct RealtimeWs {
   boost::asio::io_context ioc;
@@ -75,9 +84,9 @@ struct RealtimeWs {
 
   // `headers`: more upgrade headers (e.g. OpenAI-Beta for the beta dialect).
   explicit RealtimeWs(uint16_t port, const std::string& subprotocols = "", const std::string& bearer = "",
-                      std::vector<std::pair<std::string, std::string>> headers = {}) {
+                      std::vector<std::pair<std::string, std::string>> headers = {}, const std::string& host = "127.0.0.1") {
     namespace bhttp = boost::beast::http;
-    ws.next_layer().connect(boost::asio::ip::tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), port));
+    ws.next_layer().connect(boost::asio::ip::tcp::endpoint(boost::asio::ip::make_address(host), port));
     ws.set_option(boost::beast::websocket::stream_base::decorator([&](boost::beast::websocket::request_type& req) {
       if (!subprotocols.empty()) req.set(bhttp::field::sec_websocket_protocol, subprotocols);
       if (!bearer.empty()) req.set(bhttp::field::authorization, "Bearer " + bearer);
@@ -85,7 +94,7 @@ struct RealtimeWs {
     }));
     boost::beast::websocket::response_type res;
     boost::beast::error_code ec;
-    ws.handshake(res, "127.0.0.1", "/v1/realtime", ec);
+    ws.handshake(res, host, "/v1/realtime", ec);
     if (ec) refused = int(res.result_int());
     protocol = std::string(res[bhttp::field::sec_websocket_protocol]);
   }

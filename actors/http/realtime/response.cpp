@@ -127,7 +127,10 @@ void RealtimeResponse::on_end(const GenerationEnd& e) {
   json response = response_object(s_.dialect, s_.at.response_id, status, s_.modalities, json::array({item}), &usage, s_.max_output_tokens);
   // Which model answered (a voice turn goes to the audio fallback while the default's audio
   // is unhealthy); the extension object, as in chat.
-  if (generation) response["tutti"] = {{"served_by", generation->served_by()}, {"fallback", generation->fallback()}};
+  if (generation) {
+    response["tutti"] = {{"served_by", generation->served_by()}, {"fallback", generation->fallback()}};
+    if (!generation->node().empty()) response["tutti"]["node"] = generation->node();  // a cluster's executor node
+  }
   link_.emit(response_done(std::move(response)));
   auto done = std::move(done_);
   if (done) done(std::move(r));
