@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <random>
 
 namespace tutti::cluster {
@@ -51,7 +52,16 @@ actors::ingress_actor::behavior_type ingress_impl(actors::ingress_actor::statefu
   return {
       [=](actors::join_atom, const actors::node_hello& hello) -> actors::join_reply {
         actors::join_reply r = self->state.ingress->join(hello, self->system(), steady_now());
-        if (r.accepted && hello.agent) self->monitor(hello.agent);
+        if (r.accepted && hello.agent) {
+          self->monitor(hello.agent);
+          // A node serving on every interface says 0.0.0.0: the address it reached us from
+          // is where its metrics are (for people reading the status).
+          const std::string name = hello.load.node;
+          if (hello.http_url.find("//0.0.0.0:") != std::string::npos || hello.http_url.find("//[::]:") != std::string::npos)
+            self->request(self->system().middleman().actor_handle(), std::chrono::seconds(5), caf::get_atom::value, hello.agent.node())
+                .then([=](const caf::node_id&, const std::string& host, uint16_t) { self->state.ingress->seen_at(name, host); },
+                      [](caf::error&) {});
+        }
         return r;
       },
       [=](actors::beat_atom, const std::string& token, const NodeLoad& load) -> bool {
@@ -289,6 +299,15 @@ void Ingress::expire(double now) {
     std::snprintf(why, sizeof why, "no heartbeat for %.1f s", now - it->second.last_beat);
     drop(it, why);
   }
+}
+
+void Ingress::seen_at(const std::string& node, const std::string& host) {
+  std::lock_guard lock(mu_);
+  auto it = nodes_.find(node);
+  if (it == nodes_.end() || host.empty()) return;
+  std::string& url = it->second.http_url;
+  for (const char* any : {"0.0.0.0", "[::]"})
+    if (const size_t at = url.find(any); at != std::string::npos) url.replace(at, std::strlen(any), host.find(':') != std::string::npos ? "[" + host + "]" : host);
 }
 
 void Ingress::lost(const caf::actor_addr& agent) {

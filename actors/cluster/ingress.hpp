@@ -62,6 +62,7 @@ class Ingress : public http::Placement {
   void leave(const std::string& token, bool final);
   void expire(double now);
   void lost(const caf::actor_addr& agent);  // a node's membership loop is gone (its connection dropped)
+  void seen_at(const std::string& node, const std::string& host);  // the address its connection came from
 
   // ---- http::Placement (the I/O thread)
   std::variant<std::shared_ptr<http::ModelInstance>, http::ApiError> place(const std::string& model, Modality m,

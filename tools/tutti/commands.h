@@ -18,5 +18,7 @@ int cmd_bench_voice(const std::vector<std::string>& args);  // realtime voice se
 int cmd_usage(const std::vector<std::string>& args);        // the usage ledger per key and period
 int cmd_loadtest(const std::vector<std::string>& args);     // mixed load against a server, with a report
 int cmd_codec(const std::vector<std::string>& args);        // a model's audio codec: decode | encode
+int cmd_cluster(const std::vector<std::string>& args);      // a cluster ingress's nodes: status
+int cmd_bench_cluster(const std::vector<std::string>& args);  // an ingress's overheads against in-process
 
 }  // namespace tutti::cli

@@ -40,7 +40,14 @@ constexpr CommandHelp kCommands[] = {
      "  --max-waiting N       admission queue length (default 64)\n"
      "  --caf-threads N       actor worker threads (default 2)\n"
      "  --api-key KEY         require this key (also [access] in the settings)\n"
-     "  --ledger FILE         the usage ledger (default usage.db; \"\" for none)\n" ENGINE_OPTIONS},
+     "  --ledger FILE         the usage ledger (default usage.db; \"\" for none)\n"
+     "cluster (docs/scaling.md; [cluster] in the settings):\n"
+     "  --role R              ingress | executor (default: neither, all in one process)\n"
+     "  --cluster-secret-file F  the shared cluster secret (required with --role)\n"
+     "  --cluster-host H      the ingress's cluster address (default 127.0.0.1; 0.0.0.0: every interface)\n"
+     "  --cluster-port P      the ingress's cluster port (default 7070)\n"
+     "  --join HOST:PORT      an executor node's ingress\n"
+     "  --name N              an executor node's name (default: hostname:port)\n" ENGINE_OPTIONS},
     {"generate", "generate from a prompt",
      "usage: tutti generate --prompt TEXT [options]\n"
      "options:\n"
@@ -97,7 +104,7 @@ constexpr CommandHelp kCommands[] = {
      "  --audio-layout L      tutti|orpheus, with --snac (default tutti)\n"
      "  --iterations N        k-means iterations (default 8)   --seed S (default 1)\n"},
     {"bench", "prefill, decode and memory bandwidth",
-     "usage: tutti bench [options]     (also: bench serve, bench media, bench voice)\n"
+     "usage: tutti bench [options]     (also: bench serve, bench media, bench voice, bench cluster)\n"
      "options:\n"
      "  --prompt-tokens N     prefill length (default 128)\n"
      "  --context N           tokens each decoding sequence holds (default 16)\n"
@@ -105,6 +112,24 @@ constexpr CommandHelp kCommands[] = {
      "  --min-seconds S       per measurement (default 2)\n"
      "  --json                JSON output\n"
      "  --no-bandwidth        skip the memory-bandwidth measurement\n" ENGINE_OPTIONS},
+    {"bench cluster", "an ingress's overheads against the node served directly",
+     "usage: tutti bench cluster [options]\n"
+     "Starts an ingress and executor nodes as child processes on loopback and measures added\n"
+     "latency per request and per token, ingress CPU per 1,000 tokens, barge-in to cancel,\n"
+     "bytes per stream node to ingress, routing decisions per second and recovery.\n"
+     "  --model FILE          (default models/default.gguf)\n"
+     "  --requests N          latency requests each way (default 30)\n"
+     "  --streams N           concurrent streams for the CPU figure (default 4)\n"
+     "  --seconds S           ... for this long (default 5)\n"
+     "  --heartbeat S         [cluster] heartbeat (default 2)\n"
+     "  --threads N           each node's compute threads (default 1)\n"
+     "  --out DIR             logs (default a temporary folder)\n"
+     "  --json                JSON output\n"},
+    {"cluster status", "a cluster ingress's nodes: models, load, health",
+     "usage: tutti cluster status [options]\n"
+     "  --url URL             the ingress (default http://127.0.0.1:8080)\n"
+     "  --api-key KEY         an admin key, where keys are configured\n"
+     "  --json                the ingress's answer as it is\n"},
     {"bench serve", "the server under mixed load, pacing on and off",
      "usage: tutti bench serve [options]\n"
      "  --streams N (8)  --rate R tokens/s (25)  --stream-tokens N (1024)\n"

@@ -33,6 +33,8 @@ int main(int argc, char** argv) {
     return tutti::cli::cmd_bench_voice(std::vector<std::string>(args.begin() + 1, args.end()));
   if (command == "bench" && !args.empty() && args[0] == "media")
     return tutti::cli::cmd_bench_media(std::vector<std::string>(args.begin() + 1, args.end()));
+  if (command == "bench" && !args.empty() && args[0] == "cluster")
+    return tutti::cli::cmd_bench_cluster(std::vector<std::string>(args.begin() + 1, args.end()));
   if (command == "bench" && !args.empty() && args[0] == "serve")
     return tutti::cli::cmd_bench_serve(std::vector<std::string>(args.begin() + 1, args.end()));
   if (command == "bench") return tutti::cli::cmd_bench(args);
@@ -40,6 +42,7 @@ int main(int argc, char** argv) {
   if (command == "usage") return tutti::cli::cmd_usage(args);
   if (command == "loadtest") return tutti::cli::cmd_loadtest(args);
   if (command == "codec") return tutti::cli::cmd_codec(args);
+  if (command == "cluster") return tutti::cli::cmd_cluster(args);
   std::fprintf(stderr, "tutti: unknown command '%s'\n\n%s", command.c_str(), tutti::cli::overview().c_str());
   return 2;
 }

@@ -1,0 +1,519 @@
+// tutti bench cluster: what going through a cluster ingress costs, against the same executor
+// node served directly, in one run on this machine. It starts, as child processes on
+// loopback, an ingress (`serve --role ingress`) and executor nodes (`serve --role executor`,
+// each also serving its own HTTP: the in-process path), then measures:
+//   - added latency per request (a one-token answer) and per token (streamed chat), the
+//     ingress against the node directly, requests alternating;
+//   - the ingress's CPU per 1,000 tokens streamed through it (its /proc stat), at a few
+//     concurrent streams;
+//   - barge-in to cancel: a Realtime response cancelled at its first audio, to response.done,
+//     both ways;
+//   - bytes per second per stream from the node to the ingress with the decoder where it is
+//     (audio samples cross) and per token (what would cross with it at the ingress), from the
+//     node's /proc io counters;
+//   - routing decisions per second (the RoutingPolicy alone, in this process);
+//   - recovery: kill -9 of one of two nodes under load (drop, first success after, requests
+//     lost), a hung node (SIGSTOP: dropped after), and rejoining.
+// On a 2-core machine throughput gains cannot show; the overheads can.
+#include <boost/asio.hpp>
+#include <boost/beast.hpp>
+#include <nlohmann/json.hpp>
+#include <signal.h>
+#include <sys/wait.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <filesystem>
+#include <map>
+#include <sstream>
+#include <thread>
+
+#include "actors/cluster/routing.hpp"
+#include "actors/http/realtime_audio.hpp"
+#include "tools/tutti/args.h"
+#include "tools/tutti/commands.h"
+#include "tools/tutti/model_loading.h"
+
+namespace tutti::cli {
+
+namespace {
+
+namespace beast = boost::beast;
+namespace net = boost::asio;
+namespace bhttp = boost::beast::http;
+using tcp = net::ip::tcp;
+using Clock = std::chrono::steady_clock;
+using json = nlohmann::json;
+
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, size_t(p * double(v.size() - 1) + 0.5))];
+}
+double mean(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x;
+  return v.empty() ? 0 : s / double(v.size());
+}
+
+uint16_t free_port() {
+  net::io_context ioc;
+  tcp::acceptor a(ioc, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0));
+  return a.local_endpoint().port();
+}
+
+// A child `tutti` process, its output in a file.
+struct Child {
+  pid_t pid = -1;
+  std::string log;
+  Child() = default;
+  Child(const std::vector<std::string>& args, const std::string& log_path) : log(log_path) {
+    pid = fork();
+    if (pid == 0) {
+      const int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      if (fd >= 0) dup2(fd, 1), dup2(fd, 2);
+      std::vector<char*> a;
+      static char self[] = "/proc/self/exe";
+      a.push_back(self);
+      for (const std::string& s : args) a.push_back(const_cast<char*>(s.c_str()));
+      a.push_back(nullptr);
+      execv("/proc/self/exe", a.data());
+      _exit(127);
+    }
+  }
+  void signal(int sig) const {
+    if (pid > 0) kill(pid, sig);
+  }
+  void stop() {
+    if (pid <= 0) return;
+    kill(pid, SIGCONT);
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+    pid = -1;
+  }
+  // CPU seconds (user + system) the process has used.
+  double cpu_seconds() const {
+    std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+    std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    const size_t close = all.rfind(')');
+    if (close == std::string::npos) return 0;
+    std::istringstream rest(all.substr(close + 2));
+    std::string field;
+    double utime = 0, stime = 0;
+    for (int i = 3; rest >> field; ++i) {
+      if (i == 14) utime = std::stod(field);
+      if (i == 15) {
+        stime = std::stod(field);
+        break;
+      }
+    }
+    return (utime + stime) / double(sysconf(_SC_CLK_TCK));
+  }
+  // Bytes the process has written through write/send calls (its sockets; its logs are quiet).
+  uint64_t bytes_written() const {
+    std::ifstream f("/proc/" + std::to_string(pid) + "/io");
+    std::string key;
+    uint64_t v = 0;
+    while (f >> key >> v)
+      if (key == "wchar:") return v;
+    return 0;
+  }
+  ~Child() { stop(); }
+};
+
+struct Reply {
+  int status = 0;
+  std::string body, node;
+};
+Reply call(uint16_t port, bhttp::verb verb, const std::string& target, const std::string& body = "") {
+  Reply r;
+  try {
+    net::io_context ioc;
+    beast::tcp_stream s(ioc);
+    s.expires_after(std::chrono::seconds(60));
+    s.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
+    bhttp::request<bhttp::string_body> req{verb, target, 11};
+    req.set(bhttp::field::host, "127.0.0.1");
+    req.set(bhttp::field::content_type, "application/json");
+    req.body() = body;
+    req.prepare_payload();
+    bhttp::write(s, req);
+    beast::flat_buffer buf;
+    bhttp::response<bhttp::string_body> res;
+    bhttp::read(s, buf, res);
+    r.status = int(res.result_int());
+    r.body = res.body();
+    r.node = std::string(res["x-tutti-node"]);
+  } catch (const std::exception&) {
+  }
+  return r;
+}
+
+// One streamed chat: time to the first token, the gaps between tokens, and how it ended.
+struct StreamResult {
+  double ttft = -1, total = 0;
+  std::vector<double> gaps;
+  int tokens = 0;
+  bool ok = false, lost = false;
+};
+StreamResult stream_chat(uint16_t port, const std::string& content, int max_tokens) {
+  StreamResult r;
+  try {
+    net::io_context ioc;
+    beast::tcp_stream s(ioc);
+    s.expires_after(std::chrono::seconds(120));
+    s.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
+    const std::string b = json{{"messages", {{{"role", "user"}, {"content", content}}}}, {"max_tokens", max_tokens}, {"stream", true},
+                               {"tutti", {{"ignore_eos", true}}}}
+                              .dump();
+    const auto t0 = Clock::now();
+    net::write(s, net::buffer("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
+                              std::to_string(b.size()) + "\r\n\r\n" + b));
+    std::string got;
+    size_t scanned = 0;
+    Clock::time_point last = t0;
+    char buf[16384];
+    for (;;) {
+      beast::error_code ec;
+      const size_t n = s.socket().read_some(net::buffer(buf), ec);
+      if (ec) break;
+      got.append(buf, n);
+      // Each data line with a completion_tokens count is a token arriving now.
+      for (size_t at; (at = got.find("\"completion_tokens\":", scanned)) != std::string::npos;) {
+        scanned = at + 20;
+        const auto now = Clock::now();
+        if (r.tokens == 0) r.ttft = std::chrono::duration<double>(now - t0).count();
+        else r.gaps.push_back(std::chrono::duration<double>(now - last).count());
+        last = now;
+        r.tokens++;
+      }
+      if (got.find("data: [DONE]") != std::string::npos) break;
+    }
+    r.total = since(t0);
+    r.lost = got.find("executor_lost") != std::string::npos;
+    r.ok = got.find("data: [DONE]") != std::string::npos && got.find("\"error\"") == std::string::npos;
+  } catch (const std::exception&) {
+  }
+  return r;
+}
+
+// A Realtime response cancelled at its first audio: seconds from the cancel to response.done.
+double barge_in_to_cancel(uint16_t port) {
+  try {
+    net::io_context ioc;
+    beast::websocket::stream<tcp::socket> ws(ioc);
+    ws.next_layer().connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
+    ws.handshake("127.0.0.1", "/v1/realtime");
+    auto next = [&] {
+      beast::flat_buffer b;
+      ws.read(b);
+      return json::parse(beast::buffers_to_string(b.data()));
+    };
+    auto send = [&](const json& e) { ws.write(net::buffer(e.dump())); };
+    while (next()["type"] != "session.created") {
+    }
+    send({{"type", "session.update"}, {"session", {{"type", "realtime"}, {"output_modalities", {"audio"}}, {"max_output_tokens", 2000}}}});
+    send({{"type", "conversation.item.create"},
+          {"item", {{"type", "message"}, {"role", "user"}, {"content", {{{"type", "input_text"}, {"text", "tell me a long story"}}}}}}});
+    send({{"type", "response.create"}});
+    for (json e = next(); e["type"] != "response.output_audio.delta"; e = next())
+      if (e["type"] == "error" || e["type"] == "response.done") return -1;
+    const auto t0 = Clock::now();
+    send({{"type", "response.cancel"}});
+    for (json e = next(); e["type"] != "response.done"; e = next()) {
+    }
+    const double s = since(t0);
+    beast::error_code ec;
+    ws.next_layer().close(ec);
+    return s;
+  } catch (const std::exception&) {
+    return -1;
+  }
+}
+
+// One value of a server's /metrics (the first line starting with `name` and a space).
+double metric(uint16_t port, const std::string& name) {
+  const std::string text = call(port, bhttp::verb::get, "/metrics").body;
+  for (size_t at = 0; (at = text.find(name + " ", at)) != std::string::npos; at += name.size())
+    if (at == 0 || text[at - 1] == '\n') return std::stod(text.substr(at + name.size() + 1));
+  return 0;
+}
+
+json cluster_status(uint16_t port) { return json::parse(call(port, bhttp::verb::get, "/v1/admin/cluster").body, nullptr, false); }
+size_t members(uint16_t port) {
+  const json s = cluster_status(port);
+  return s.is_object() && s.contains("nodes") ? s["nodes"].size() : 0;
+}
+bool wait_for(const std::function<bool()>& done, double seconds) {
+  const auto t0 = Clock::now();
+  while (since(t0) < seconds) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+}  // namespace
+
+int cmd_bench_cluster(const std::vector<std::string>& argv) {
+  Args args(argv, {"model", "requests", "streams", "seconds", "heartbeat", "threads", "out"}, {"json"});
+  if (!args.ok()) return fail(args.error());
+  const std::string model = args.get("model", "models/default.gguf");
+  const int requests = int(args.get_int("requests", 30));
+  const int streams = int(args.get_int("streams", 4));
+  const double seconds = args.get_double("seconds", 5);
+  const double heartbeat = args.get_double("heartbeat", 2);
+  const std::string threads = args.get("threads", "1");
+  if (!args.ok()) return fail(args.error());
+  if (!std::filesystem::exists(model)) return fail("no model at " + model + " (tutti model init --out " + model + ")");
+  const std::string dir = args.get("out", std::filesystem::temp_directory_path().string() + "/tutti-bench-cluster-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  {
+    std::ofstream(dir + "/secret") << "bench-cluster-" << getpid() << "\n";
+    std::ofstream(dir + "/cluster.toml") << "[cluster]\nheartbeat = " << heartbeat
+                                          << "\n[admission]\nenabled = false\n[health]\ncanary_interval_s = 0\n[kv_cache]\nsize_mb = 128\n";
+  }
+  const uint16_t cluster_port = free_port(), ingress_port = free_port();
+  const std::vector<std::string> common{"--config", dir + "/cluster.toml", "--cluster-secret-file", dir + "/secret", "--ledger="};
+  auto node_args = [&](const std::string& name, uint16_t port) {
+    std::vector<std::string> a{"serve", "--role", "executor", "--join", "127.0.0.1:" + std::to_string(cluster_port), "--model", model,
+                               "--name", name, "--port", std::to_string(port), "--threads", threads};
+    a.insert(a.end(), common.begin(), common.end());
+    return a;
+  };
+  std::vector<std::string> ingress_args{"serve", "--role", "ingress", "--cluster-port", std::to_string(cluster_port), "--port",
+                                        std::to_string(ingress_port)};
+  ingress_args.insert(ingress_args.end(), common.begin(), common.end());
+  Child ingress(ingress_args, dir + "/ingress.log");
+  const uint16_t port_a = free_port();
+  Child node_a(node_args("node-a", port_a), dir + "/node-a.log");
+  if (!wait_for([&] { return members(ingress_port) == 1; }, 60)) return fail("the cluster did not come up; see " + dir);
+  json report;
+  std::fprintf(stderr, "bench cluster: model %s, heartbeat %.1f s, logs in %s\n", model.c_str(), heartbeat, dir.c_str());
+
+  // ---- latency per request and per token: the same node, directly and through the ingress
+  {
+    std::vector<double> whole_direct, whole_ingress, ttft_direct, ttft_ingress, gap_direct, gap_ingress;
+    for (int i = 0; i < 3; ++i) stream_chat(ingress_port, "warm up", 8), stream_chat(port_a, "warm up", 8);
+    for (int i = 0; i < requests; ++i) {
+      const std::string prompt = "request " + std::to_string(i) + ": say something";
+      const json one = {{"messages", {{{"role", "user"}, {"content", prompt}}}}, {"max_tokens", 1}};
+      for (int side = 0; side < 2; ++side) {  // alternating, so drift hits both alike
+        const bool through = (i + side) % 2 == 0;
+        const auto t0 = Clock::now();
+        const Reply r = call(through ? ingress_port : port_a, bhttp::verb::post, "/v1/chat/completions", one.dump());
+        if (r.status == 200) (through ? whole_ingress : whole_direct).push_back(since(t0));
+        const StreamResult s = stream_chat(through ? ingress_port : port_a, prompt + " at length", 32);
+        if (s.ok) {
+          (through ? ttft_ingress : ttft_direct).push_back(s.ttft);
+          auto& gaps = through ? gap_ingress : gap_direct;
+          gaps.insert(gaps.end(), s.gaps.begin(), s.gaps.end());
+        }
+      }
+    }
+    report["latency"] = {
+        {"requests", requests},
+        {"one_token_request_p50_ms", {{"direct", 1e3 * percentile(whole_direct, 0.5)}, {"ingress", 1e3 * percentile(whole_ingress, 0.5)}}},
+        {"one_token_request_p90_ms", {{"direct", 1e3 * percentile(whole_direct, 0.9)}, {"ingress", 1e3 * percentile(whole_ingress, 0.9)}}},
+        {"ttft_p50_ms", {{"direct", 1e3 * percentile(ttft_direct, 0.5)}, {"ingress", 1e3 * percentile(ttft_ingress, 0.5)}}},
+        {"inter_token_mean_ms", {{"direct", 1e3 * mean(gap_direct)}, {"ingress", 1e3 * mean(gap_ingress)}}},
+        {"inter_token_p50_ms", {{"direct", 1e3 * percentile(gap_direct, 0.5)}, {"ingress", 1e3 * percentile(gap_ingress, 0.5)}}},
+        {"added_per_request_ms", 1e3 * (percentile(whole_ingress, 0.5) - percentile(whole_direct, 0.5))},
+        {"added_per_token_ms", 1e3 * (mean(gap_ingress) - mean(gap_direct))}};
+  }
+
+  // ---- the ingress's CPU per 1,000 tokens streamed, at `streams` concurrent streams
+  {
+    std::atomic<int64_t> tokens{0};
+    std::atomic<bool> stop{false};
+    const double cpu0 = ingress.cpu_seconds(), node_cpu0 = node_a.cpu_seconds();
+    const auto t0 = Clock::now();
+    std::vector<std::thread> load;
+    for (int s = 0; s < streams; ++s)
+      load.emplace_back([&, s] {
+        for (int i = 0; !stop; ++i) tokens += stream_chat(ingress_port, "stream " + std::to_string(s) + "." + std::to_string(i), 64).tokens;
+      });
+    std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+    stop = true;
+    for (auto& t : load) t.join();
+    const double wall = since(t0), cpu = ingress.cpu_seconds() - cpu0, node_cpu = node_a.cpu_seconds() - node_cpu0;
+    report["ingress_cpu"] = {{"streams", streams},
+                             {"tokens", tokens.load()},
+                             {"seconds", wall},
+                             {"tokens_per_second", double(tokens) / wall},
+                             {"ingress_cpu_ms_per_1000_tokens", 1e6 * cpu / double(std::max<int64_t>(1, tokens))},
+                             {"node_cpu_ms_per_1000_tokens", 1e6 * node_cpu / double(std::max<int64_t>(1, tokens))},
+                             {"ingress_cpu_share", cpu / wall}};
+  }
+
+  // ---- barge-in to cancel, both ways
+  {
+    std::vector<double> direct, through;
+    for (int i = 0; i < 8; ++i) {
+      if (double s = barge_in_to_cancel(port_a); s >= 0) direct.push_back(s);
+      if (double s = barge_in_to_cancel(ingress_port); s >= 0) through.push_back(s);
+    }
+    report["barge_in_to_cancel_ms"] = {{"direct_p50", 1e3 * percentile(direct, 0.5)}, {"ingress_p50", 1e3 * percentile(through, 0.5)},
+                                       {"direct_max", 1e3 * percentile(direct, 1)}, {"ingress_max", 1e3 * percentile(through, 1)},
+                                       {"runs", through.size()}};
+  }
+
+  // ---- bytes per second per stream, node to ingress: samples (the decoder on the node, as
+  // built) against tokens (what would cross with the decoder at the ingress)
+  {
+    const json speech = {{"input", "the quick brown fox jumps over the lazy dog and keeps on running for a while"},
+                         {"voice", "alloy"}, {"response_format", "pcm"}};
+    const std::string generated = "tutti_generated_tokens_total{class=\"interactive\"}";
+    const double tokens0 = metric(port_a, generated);
+    uint64_t w0 = node_a.bytes_written();
+    auto t0 = Clock::now();
+    const Reply sp = call(ingress_port, bhttp::verb::post, "/v1/audio/speech", speech.dump());
+    const double speech_wall = since(t0);
+    const uint64_t speech_bytes = node_a.bytes_written() - w0;
+    const double audio_tokens = metric(port_a, generated) - tokens0;
+    const double audio_s = double(sp.body.size()) / 2 / 24000;  // pcm: 16-bit at 24 kHz
+    w0 = node_a.bytes_written();
+    const StreamResult text = stream_chat(ingress_port, "count the bytes", 200);
+    const uint64_t text_bytes = node_a.bytes_written() - w0;
+    const double per_token = double(text_bytes) / std::max(1, text.tokens);
+    const double tokens_per_audio_second = audio_s > 0 ? audio_tokens / audio_s : 0;
+    report["decoder_placement"] = {{"speech_audio_seconds", audio_s},
+                                   {"speech_wall_seconds", speech_wall},
+                                   {"audio_tokens", audio_tokens},
+                                   {"audio_tokens_per_second", tokens_per_audio_second},
+                                   {"samples_bytes_per_audio_second", audio_s > 0 ? double(speech_bytes) / audio_s : 0},
+                                   {"text_tokens", text.tokens},
+                                   {"bytes_per_token_message", per_token},
+                                   {"tokens_bytes_per_audio_second", tokens_per_audio_second * per_token}};
+  }
+
+  // ---- routing decisions per second (the policy alone, here)
+  {
+    json rates = json::object();
+    for (int n : {4, 16, 64}) {
+      cluster::RoutingPolicy p;
+      for (int i = 0; i < n; ++i) {
+        cluster::NodeLoad l;
+        l.node = "node-" + std::to_string(i), l.models = {"m"}, l.free_kv_blocks = l.total_kv_blocks = 1000, l.step_seconds = 0.01;
+        p.update(l);
+      }
+      std::vector<std::string> prompts;
+      for (int i = 0; i < 256; ++i) prompts.push_back("system: you are helpful. user " + std::to_string(i) + ": " + std::string(300, 'x'));
+      const auto t0 = Clock::now();
+      int64_t decisions = 0;
+      while (since(t0) < 0.5)
+        for (int i = 0; i < 1000; ++i, ++decisions) {
+          if (i % 4 == 3) (void)p.route_session("m", "s" + std::to_string(i % 64));
+          else (void)p.route_text("m", prompts[size_t(i) % prompts.size()]);
+          if (i % 100 == 0)  // heartbeats arrive meanwhile
+            for (int k = 0; k < n; k += 8) {
+              cluster::NodeLoad l = *p.node("node-" + std::to_string(k));
+              l.waiting = 0;
+              p.update(l);
+            }
+        }
+      rates[std::to_string(n) + "_nodes"] = double(decisions) / since(t0);
+    }
+    report["routing_decisions_per_second"] = rates;
+  }
+
+  // ---- recovery: a second node, kill -9 of the first under load; a hang; rejoining
+  {
+    const uint16_t port_b = free_port();
+    Child node_b(node_args("node-b", port_b), dir + "/node-b.log");
+    if (!wait_for([&] { return members(ingress_port) == 2; }, 60)) return fail("node-b did not join; see " + dir);
+    std::atomic<bool> stop{false}, killed{false};
+    std::atomic<int> lost{0}, failed_after{0}, sent{0};
+    std::atomic<double> first_success_after{-1};
+    Clock::time_point kill_at;
+    std::vector<std::thread> load;
+    for (int t = 0; t < 2; ++t)
+      load.emplace_back([&, t] {
+        for (int i = 0; !stop; ++i) {
+          sent++;
+          const StreamResult s = stream_chat(ingress_port, "recovery " + std::to_string(t) + "." + std::to_string(i), 24);
+          if (s.lost) lost++;
+          if (killed && s.ok) {
+            double none = -1;
+            first_success_after.compare_exchange_strong(none, since(kill_at));
+          }
+        }
+      });
+    std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+    kill_at = Clock::now();
+    node_a.signal(SIGKILL);
+    killed = true;
+    wait_for([&] { return members(ingress_port) == 1; }, 30);
+    const double dropped = since(kill_at);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    stop = true;
+    for (auto& t : load) t.join();
+    node_a.stop();
+    // Rejoining: the node starts again (model load included) and is routed to.
+    const auto restart = Clock::now();
+    Child again(node_args("node-a", port_a), dir + "/node-a-again.log");
+    wait_for([&] { return members(ingress_port) == 2; }, 60);
+    const double rejoin = since(restart);
+    // A hang: SIGSTOP, dropped after the heartbeat; SIGCONT, back.
+    const auto stop_at = Clock::now();
+    node_b.signal(SIGSTOP);
+    wait_for([&] { return members(ingress_port) == 1; }, 10 * heartbeat);
+    const double hung_dropped = since(stop_at);
+    node_b.signal(SIGCONT);
+    const auto cont_at = Clock::now();
+    wait_for([&] { return members(ingress_port) == 2; }, 30);
+    const double resumed = since(cont_at);
+    report["recovery"] = {{"kill9_dropped_s", dropped},
+                          {"kill9_first_success_after_s", first_success_after.load()},
+                          {"kill9_requests_lost", lost.load()},
+                          {"kill9_requests_sent", sent.load()},
+                          {"restart_to_rejoined_s", rejoin},
+                          {"sigstop_dropped_s", hung_dropped},
+                          {"sigcont_to_rejoined_s", resumed},
+                          {"heartbeat_s", heartbeat}};
+  }
+
+  if (args.has("json")) {
+    std::printf("%s\n", report.dump(2).c_str());
+    return 0;
+  }
+  const json& l = report["latency"];
+  std::printf("latency, the same node direct | through the ingress (%d requests each):\n", requests);
+  std::printf("  one-token request p50   %8.2f | %8.2f ms   (added %.2f ms)\n", l["one_token_request_p50_ms"]["direct"].get<double>(),
+              l["one_token_request_p50_ms"]["ingress"].get<double>(), l["added_per_request_ms"].get<double>());
+  std::printf("  streamed TTFT p50       %8.2f | %8.2f ms\n", l["ttft_p50_ms"]["direct"].get<double>(), l["ttft_p50_ms"]["ingress"].get<double>());
+  std::printf("  inter-token mean        %8.3f | %8.3f ms   (added %.3f ms per token)\n", l["inter_token_mean_ms"]["direct"].get<double>(),
+              l["inter_token_mean_ms"]["ingress"].get<double>(), l["added_per_token_ms"].get<double>());
+  const json& c = report["ingress_cpu"];
+  std::printf("ingress CPU: %.1f ms per 1,000 tokens streamed (node: %.1f ms), %.0f tokens/s over %d streams, ingress busy %.1f%% of a core\n",
+              c["ingress_cpu_ms_per_1000_tokens"].get<double>(), c["node_cpu_ms_per_1000_tokens"].get<double>(),
+              c["tokens_per_second"].get<double>(), streams, 100 * c["ingress_cpu_share"].get<double>());
+  const json& b = report["barge_in_to_cancel_ms"];
+  std::printf("barge-in to cancel (response.cancel to response.done) p50: direct %.2f ms, through the ingress %.2f ms\n",
+              b["direct_p50"].get<double>(), b["ingress_p50"].get<double>());
+  const json& d = report["decoder_placement"];
+  std::printf("node to ingress per second of speech: %.0f bytes as samples (the decoder on the node), %.0f bytes as tokens\n"
+              "  (%.0f tokens per second of audio x %.0f bytes per token message: the decoder at the ingress)\n",
+              d["samples_bytes_per_audio_second"].get<double>(), d["tokens_bytes_per_audio_second"].get<double>(),
+              d["audio_tokens_per_second"].get<double>(), d["bytes_per_token_message"].get<double>());
+  const json& r = report["routing_decisions_per_second"];
+  std::printf("routing decisions per second: %.0f (4 nodes), %.0f (16), %.0f (64)\n", r["4_nodes"].get<double>(), r["16_nodes"].get<double>(),
+              r["64_nodes"].get<double>());
+  const json& v = report["recovery"];
+  std::printf("recovery: kill -9 dropped after %.3f s, first success after %.3f s, %d of %d requests lost; restart to rejoined %.2f s;\n"
+              "          SIGSTOP dropped after %.2f s (heartbeat %.1f s), SIGCONT to rejoined %.2f s\n",
+              v["kill9_dropped_s"].get<double>(), v["kill9_first_success_after_s"].get<double>(), v["kill9_requests_lost"].get<int>(),
+              v["kill9_requests_sent"].get<int>(), v["restart_to_rejoined_s"].get<double>(), v["sigstop_dropped_s"].get<double>(), heartbeat,
+              v["sigcont_to_rejoined_s"].get<double>());
+  return 0;
+}
+
+}  // namespace tutti::cli
