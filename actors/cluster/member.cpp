@@ -184,11 +184,17 @@ void ClusterMember::run() {
         if (!join()) connected = false;
         continue;
       }
-      bool member = true;
-      self->request(*ingress, seconds(config_.request_timeout_s), actors::beat_atom::value, token, load())
+      // A beat unanswered within two beat intervals: the connection is suspect (this node may
+      // have been stopped, and dropped meanwhile): reach the ingress anew.
+      bool member = true, answered = true;
+      self->request(*ingress, seconds(std::min(config_.request_timeout_s, 2 * beat_s)), actors::beat_atom::value, token, load())
           .receive([&](bool m) { member = m; },
-                   [&](caf::error& e) { std::fprintf(stderr, "tutti: cluster: a heartbeat went unanswered: %s\n", system_.render(e).c_str()); });
-      if (!member && !join()) connected = false;  // dropped while silent: join again
+                   [&](caf::error& e) {
+                     answered = false;
+                     std::fprintf(stderr, "tutti: cluster: a heartbeat went unanswered: %s\n", system_.render(e).c_str());
+                   });
+      if (!answered) connected = false;
+      else if (!member && !join()) connected = false;  // dropped while silent: join again
     }
     self->demonitor(ingress->address());
     if (state_ == State::Joined) set_state(State::Connecting);

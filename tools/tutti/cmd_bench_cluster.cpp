@@ -34,8 +34,13 @@
 #include <sstream>
 #include <thread>
 
+#include <caf/binary_serializer.hpp>
+#include <caf/io/basp/header.hpp>
+
+#include "actors/cluster/node.hpp"
 #include "actors/cluster/routing.hpp"
 #include "actors/http/realtime_audio.hpp"
+#include "codecs/model_codecs.h"
 #include "tools/tutti/args.h"
 #include "tools/tutti/commands.h"
 #include "tools/tutti/model_loading.h"
@@ -172,7 +177,7 @@ StreamResult stream_chat(uint16_t port, const std::string& content, int max_toke
     s.expires_after(std::chrono::seconds(120));
     s.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
     const std::string b = json{{"messages", {{{"role", "user"}, {"content", content}}}}, {"max_tokens", max_tokens}, {"stream", true},
-                               {"tutti", {{"ignore_eos", true}}}}
+                               {"stream_options", {{"include_usage", true}}}, {"tutti", {{"ignore_eos", true}}}}
                               .dump();
     const auto t0 = Clock::now();
     net::write(s, net::buffer("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
@@ -186,17 +191,20 @@ StreamResult stream_chat(uint16_t port, const std::string& content, int max_toke
       const size_t n = s.socket().read_some(net::buffer(buf), ec);
       if (ec) break;
       got.append(buf, n);
-      // Each data line with a completion_tokens count is a token arriving now.
-      for (size_t at; (at = got.find("\"completion_tokens\":", scanned)) != std::string::npos;) {
-        scanned = at + 20;
+      // Each chunk with a delta is text arriving now (a token, or a few whose text was held
+      // back: half a UTF-8 character).
+      int chunks = 0;
+      for (size_t at; (at = got.find("\"delta\":{\"content\"", scanned)) != std::string::npos; ++chunks) scanned = at + 10;
+      if (chunks > 0) {
         const auto now = Clock::now();
-        if (r.tokens == 0) r.ttft = std::chrono::duration<double>(now - t0).count();
-        else r.gaps.push_back(std::chrono::duration<double>(now - last).count());
+        if (r.ttft < 0) r.ttft = std::chrono::duration<double>(now - t0).count();
+        else r.gaps.push_back(std::chrono::duration<double>(now - last).count() / chunks);
         last = now;
-        r.tokens++;
       }
       if (got.find("data: [DONE]") != std::string::npos) break;
     }
+    // The tokens, from the usage chunk.
+    if (const size_t at = got.rfind("\"completion_tokens\":"); at != std::string::npos) r.tokens = std::atoi(got.c_str() + at + 20);
     r.total = since(t0);
     r.lost = got.find("executor_lost") != std::string::npos;
     r.ok = got.find("data: [DONE]") != std::string::npos && got.find("\"error\"") == std::string::npos;
@@ -354,6 +362,35 @@ int cmd_bench_cluster(const std::vector<std::string>& argv) {
                              {"ingress_cpu_share", cpu / wall}};
   }
 
+  // ---- the ingress's CPU per second of speech streamed through it (its sinks encode the
+  // wire format), at `streams` concurrent answers
+  {
+    std::atomic<int64_t> pcm_bytes{0};
+    std::atomic<bool> stop{false};
+    const double cpu0 = ingress.cpu_seconds();
+    const auto t0 = Clock::now();
+    std::vector<std::thread> load;
+    for (int s = 0; s < streams; ++s)
+      load.emplace_back([&, s] {
+        for (int i = 0; !stop; ++i)
+          pcm_bytes += int64_t(call(ingress_port, bhttp::verb::post, "/v1/audio/speech",
+                                    json{{"input", "stream " + std::to_string(s) + " says something of a reasonable length now"},
+                                         {"voice", "alloy"}, {"response_format", "pcm"}}
+                                        .dump())
+                                   .body.size());
+      });
+    std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+    stop = true;
+    for (auto& t : load) t.join();
+    const double wall = since(t0), cpu = ingress.cpu_seconds() - cpu0;
+    const double audio_s = double(pcm_bytes) / 2 / 24000;
+    report["ingress_cpu_speech"] = {{"streams", streams},
+                                    {"audio_seconds", audio_s},
+                                    {"seconds", wall},
+                                    {"ingress_cpu_ms_per_audio_second", 1e3 * cpu / std::max(1e-9, audio_s)},
+                                    {"ingress_cpu_share", cpu / wall}};
+  }
+
   // ---- barge-in to cancel, both ways
   {
     std::vector<double> direct, through;
@@ -367,32 +404,72 @@ int cmd_bench_cluster(const std::vector<std::string>& argv) {
   }
 
   // ---- bytes per second per stream, node to ingress: samples (the decoder on the node, as
-  // built) against tokens (what would cross with the decoder at the ingress)
+  // built) against tokens (what would cross with the decoder at the ingress). The rates are a
+  // real speech answer's (through the ingress); the bytes per message are CAF's own
+  // serialization of the messages that cross, plus BASP's header.
   {
     const json speech = {{"input", "the quick brown fox jumps over the lazy dog and keeps on running for a while"},
                          {"voice", "alloy"}, {"response_format", "pcm"}};
     const std::string generated = "tutti_generated_tokens_total{class=\"interactive\"}";
     const double tokens0 = metric(port_a, generated);
-    uint64_t w0 = node_a.bytes_written();
-    auto t0 = Clock::now();
     const Reply sp = call(ingress_port, bhttp::verb::post, "/v1/audio/speech", speech.dump());
-    const double speech_wall = since(t0);
-    const uint64_t speech_bytes = node_a.bytes_written() - w0;
     const double audio_tokens = metric(port_a, generated) - tokens0;
-    const double audio_s = double(sp.body.size()) / 2 / 24000;  // pcm: 16-bit at 24 kHz
-    w0 = node_a.bytes_written();
-    const StreamResult text = stream_chat(ingress_port, "count the bytes", 200);
-    const uint64_t text_bytes = node_a.bytes_written() - w0;
-    const double per_token = double(text_bytes) / std::max(1, text.tokens);
-    const double tokens_per_audio_second = audio_s > 0 ? audio_tokens / audio_s : 0;
+    const double samples = double(sp.body.size()) / 2;  // pcm: 16-bit at 24 kHz
+    const double audio_s = samples / 24000;
+    const double tps = audio_s > 0 ? audio_tokens / audio_s : 0;
+    caf::actor_system_config cfg;
+    cluster::configure_cluster_node(cfg, heartbeat, {});
+    caf::actor_system sys{cfg};
+    auto wire = [&](caf::message m) {
+      std::vector<char> buf;
+      caf::binary_serializer sink{sys, buf};
+      std::vector<caf::strong_actor_ptr> stack;  // BASP sends the forwarding stack, then the message
+      (void)sink(stack, m);
+      return double(buf.size() + caf::io::basp::header_size);
+    };
+    actors::media_delta empty;
+    empty.request = int64_t(1) << 40, empty.token = 4242, empty.prompt_tokens = 40, empty.completion_tokens = 300;
+    const double delta_bytes = wire(caf::make_message(actors::media_atom::value, empty));
+    actors::media_delta one_sample = empty;
+    one_sample.samples = {0.5f};
+    const double per_sample = wire(caf::make_message(actors::media_atom::value, one_sample)) - delta_bytes;
+    actors::step_events ev;
+    ev.request = {int64_t(1) << 40}, ev.token = {4242}, ev.finish = {FinishReason::None}, ev.code = {ErrorCode::none}, ev.error = {""};
+    const double event_bytes = wire(caf::make_message(actors::events_atom::value, ev));
+    actors::text_delta td;
+    td.request = int64_t(1) << 40, td.text = " word", td.prompt_tokens = 40, td.completion_tokens = 300;
+    const double text_bytes = wire(caf::make_message(actors::delta_atom::value, td));
+    const double samples_per_s = audio_s > 0 ? samples / audio_s : 0;
+    // What the decoder would cost the ingress: the model's own audio decoder on 5 s of codes,
+    // in this thread's CPU time.
+    double decode_ms_per_audio_second = 0;
+    if (auto file = GgufFile::open(model))
+      if (auto mc = codecs::load_model_codecs(**file))
+        if (auto codec = mc->audio(Modality::Audio)) {
+          const ModalityInfo& info = *mc->info(Modality::Audio);
+          auto decoder = codec->decoder({});
+          std::vector<int32_t> codes(size_t(codec->tokens_per_second() * 5));
+          for (size_t i = 0; i < codes.size(); ++i) codes[i] = int32_t((i * 2654435761u) % info.codebook_size);
+          timespec a{}, b{};
+          clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
+          size_t out = 0;
+          for (size_t i = 0; i < codes.size(); ++i)
+            if (auto got = decoder->push(std::span<const int32_t>(&codes[i], 1))) out += got->size();
+          out += decoder->finish().size();
+          clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
+          const double cpu = double(b.tv_sec - a.tv_sec) + 1e-9 * double(b.tv_nsec - a.tv_nsec);
+          decode_ms_per_audio_second = 1e3 * cpu / (double(out) / codec->sample_rate());
+        }
     report["decoder_placement"] = {{"speech_audio_seconds", audio_s},
-                                   {"speech_wall_seconds", speech_wall},
-                                   {"audio_tokens", audio_tokens},
-                                   {"audio_tokens_per_second", tokens_per_audio_second},
-                                   {"samples_bytes_per_audio_second", audio_s > 0 ? double(speech_bytes) / audio_s : 0},
-                                   {"text_tokens", text.tokens},
-                                   {"bytes_per_token_message", per_token},
-                                   {"tokens_bytes_per_audio_second", tokens_per_audio_second * per_token}};
+                                   {"decoder_cpu_ms_per_audio_second", decode_ms_per_audio_second},
+                                   {"audio_tokens_per_second", tps},
+                                   {"samples_per_second", samples_per_s},
+                                   {"media_delta_bytes", delta_bytes},
+                                   {"bytes_per_sample", per_sample},
+                                   {"step_event_bytes", event_bytes},
+                                   {"text_delta_bytes", text_bytes},
+                                   {"samples_bytes_per_audio_second", tps * delta_bytes + samples_per_s * per_sample},
+                                   {"tokens_bytes_per_audio_second", tps * event_bytes}};
   }
 
   // ---- routing decisions per second (the policy alone, here)
@@ -496,14 +573,20 @@ int cmd_bench_cluster(const std::vector<std::string>& argv) {
   std::printf("ingress CPU: %.1f ms per 1,000 tokens streamed (node: %.1f ms), %.0f tokens/s over %d streams, ingress busy %.1f%% of a core\n",
               c["ingress_cpu_ms_per_1000_tokens"].get<double>(), c["node_cpu_ms_per_1000_tokens"].get<double>(),
               c["tokens_per_second"].get<double>(), streams, 100 * c["ingress_cpu_share"].get<double>());
+  const json& sc = report["ingress_cpu_speech"];
+  std::printf("ingress CPU: %.2f ms per second of speech streamed (pcm) at %d streams, %.1f s of audio in %.1f s\n",
+              sc["ingress_cpu_ms_per_audio_second"].get<double>(), streams, sc["audio_seconds"].get<double>(), sc["seconds"].get<double>());
   const json& b = report["barge_in_to_cancel_ms"];
   std::printf("barge-in to cancel (response.cancel to response.done) p50: direct %.2f ms, through the ingress %.2f ms\n",
               b["direct_p50"].get<double>(), b["ingress_p50"].get<double>());
   const json& d = report["decoder_placement"];
-  std::printf("node to ingress per second of speech: %.0f bytes as samples (the decoder on the node), %.0f bytes as tokens\n"
-              "  (%.0f tokens per second of audio x %.0f bytes per token message: the decoder at the ingress)\n",
-              d["samples_bytes_per_audio_second"].get<double>(), d["tokens_bytes_per_audio_second"].get<double>(),
-              d["audio_tokens_per_second"].get<double>(), d["bytes_per_token_message"].get<double>());
+  std::printf("node to ingress per second of speech: %.0f bytes as samples (the decoder on the node: %.0f deltas of %.0f bytes + %.0f\n"
+              "  samples of %.0f bytes), %.0f bytes as tokens (the decoder at the ingress: %.0f events of %.0f bytes); a text token: %.0f bytes\n",
+              d["samples_bytes_per_audio_second"].get<double>(), d["audio_tokens_per_second"].get<double>(), d["media_delta_bytes"].get<double>(),
+              d["samples_per_second"].get<double>(), d["bytes_per_sample"].get<double>(), d["tokens_bytes_per_audio_second"].get<double>(),
+              d["audio_tokens_per_second"].get<double>(), d["step_event_bytes"].get<double>(), d["text_delta_bytes"].get<double>());
+  std::printf("the model's audio decoder: %.2f ms CPU per second of audio (what each stream would add to the ingress with it there)\n",
+              d["decoder_cpu_ms_per_audio_second"].get<double>());
   const json& r = report["routing_decisions_per_second"];
   std::printf("routing decisions per second: %.0f (4 nodes), %.0f (16), %.0f (64)\n", r["4_nodes"].get<double>(), r["16_nodes"].get<double>(),
               r["64_nodes"].get<double>());
