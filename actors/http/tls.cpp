@@ -78,7 +78,9 @@ Expected<CertPtr> make_certificate(EVP_PKEY* key, const char* common_name, X509*
   } else {
     ok = ok && add_extension(cert.get(), signer, NID_basic_constraints, "critical,CA:FALSE");
     ok = ok && add_extension(cert.get(), signer, NID_key_usage, "critical,digitalSignature,keyEncipherment");
-    ok = ok && add_extension(cert.get(), signer, NID_ext_key_usage, "serverAuth");
+    // clientAuth too: cluster nodes present their certificate to each other, and caf::openssl
+    // verifies the peer on both sides (actors/cluster/node.hpp).
+    ok = ok && add_extension(cert.get(), signer, NID_ext_key_usage, "serverAuth,clientAuth");
     ok = ok && add_extension(cert.get(), signer, NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1,IP:::1");
   }
   ok = ok && add_extension(cert.get(), signer, NID_subject_key_identifier, "hash");
