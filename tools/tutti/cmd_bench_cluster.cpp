@@ -362,6 +362,32 @@ int cmd_bench_cluster(const std::vector<std::string>& argv) {
                              {"ingress_cpu_share", cpu / wall}};
   }
 
+  // ---- the ingress's CPU per request: one-token answers from `streams` clients
+  {
+    std::atomic<int64_t> done{0};
+    std::atomic<bool> stop{false};
+    const double cpu0 = ingress.cpu_seconds();
+    const auto t0 = Clock::now();
+    std::vector<std::thread> load;
+    for (int s = 0; s < streams; ++s)
+      load.emplace_back([&, s] {
+        for (int i = 0; !stop; ++i)
+          if (call(ingress_port, bhttp::verb::post, "/v1/chat/completions",
+                   json{{"messages", {{{"role", "user"}, {"content", "short " + std::to_string(s) + "." + std::to_string(i)}}}}, {"max_tokens", 1}}.dump())
+                  .status == 200)
+            done++;
+      });
+    std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+    stop = true;
+    for (auto& t : load) t.join();
+    const double wall = since(t0), cpu = ingress.cpu_seconds() - cpu0;
+    report["ingress_cpu_requests"] = {{"clients", streams},
+                                      {"requests", done.load()},
+                                      {"requests_per_second", double(done) / wall},
+                                      {"ingress_cpu_ms_per_request", 1e3 * cpu / double(std::max<int64_t>(1, done))},
+                                      {"ingress_cpu_share", cpu / wall}};
+  }
+
   // ---- the ingress's CPU per second of speech streamed through it (its sinks encode the
   // wire format), at `streams` concurrent answers
   {
@@ -573,6 +599,10 @@ int cmd_bench_cluster(const std::vector<std::string>& argv) {
   std::printf("ingress CPU: %.1f ms per 1,000 tokens streamed (node: %.1f ms), %.0f tokens/s over %d streams, ingress busy %.1f%% of a core\n",
               c["ingress_cpu_ms_per_1000_tokens"].get<double>(), c["node_cpu_ms_per_1000_tokens"].get<double>(),
               c["tokens_per_second"].get<double>(), streams, 100 * c["ingress_cpu_share"].get<double>());
+  const json& rq = report["ingress_cpu_requests"];
+  std::printf("ingress CPU: %.3f ms per one-token request, %.0f requests/s from %d clients (ingress busy %.1f%% of a core)\n",
+              rq["ingress_cpu_ms_per_request"].get<double>(), rq["requests_per_second"].get<double>(), streams,
+              100 * rq["ingress_cpu_share"].get<double>());
   const json& sc = report["ingress_cpu_speech"];
   std::printf("ingress CPU: %.2f ms per second of speech streamed (pcm) at %d streams, %.1f s of audio in %.1f s\n",
               sc["ingress_cpu_ms_per_audio_second"].get<double>(), streams, sc["audio_seconds"].get<double>(), sc["seconds"].get<double>());

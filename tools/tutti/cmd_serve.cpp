@@ -14,6 +14,7 @@
 #include <csignal>
 #include <cstdio>
 #include <random>
+#include <thread>
 
 #include "actors/cluster/ingress.hpp"
 #include "actors/cluster/member.hpp"
@@ -122,10 +123,17 @@ int cmd_serve(const std::vector<std::string>& argv) {
       cluster::configure_cluster_node(cfg, heartbeat, node_tls);
     };
   }
-  std::optional<std::pair<std::string, uint16_t>> join;
+  // An executor node joins every ingress listed (an ingress tier behind a load balancer).
+  std::vector<std::pair<std::string, uint16_t>> ingresses;
   if (role == "executor") {
-    join = host_port(st.cluster_join);
-    if (!join) return fail("--role executor needs --join HOST:PORT (or [cluster] join), not '" + st.cluster_join + "'");
+    for (size_t at = 0; at <= st.cluster_join.size();) {
+      size_t comma = st.cluster_join.find(',', at);
+      if (comma == std::string::npos) comma = st.cluster_join.size();
+      auto hp = host_port(st.cluster_join.substr(at, comma - at));
+      if (!hp) return fail("--role executor needs --join HOST:PORT[,HOST:PORT...] (or [cluster] join), not '" + st.cluster_join + "'");
+      ingresses.push_back(*hp);
+      at = comma + 1;
+    }
   }
 
   // Block the signals in every thread the runtime starts; the main thread waits for them.
@@ -174,11 +182,13 @@ int cmd_serve(const std::vector<std::string>& argv) {
     serving = Serving::start(std::move(options));
   }
   if (!serving) return fail(serving.error().message);
-  std::shared_ptr<cluster::ClusterMember> member;
-  if (role == "executor") {
+  // One membership per ingress; declared after `serving`: destroyed (their loops stopped)
+  // before the actor system.
+  std::vector<std::unique_ptr<cluster::ClusterMember>> members;
+  for (const auto& [ingress_host, ingress_port] : ingresses) {
     cluster::MemberConfig mc;
-    mc.ingress_host = join->first;
-    mc.ingress_port = join->second;
+    mc.ingress_host = ingress_host;
+    mc.ingress_port = ingress_port;
     mc.secret = secret;
     mc.tls = node_tls.enabled();
     mc.http_url = "http://" + (*serving)->config().host + ":" + std::to_string((*serving)->port());
@@ -189,8 +199,8 @@ int cmd_serve(const std::vector<std::string>& argv) {
     } else {
       mc.name = st.cluster_node_name;
     }
-    member = std::make_shared<cluster::ClusterMember>((*serving)->system(), (*serving)->registry(), mc);
-    member->start();  // declared after `serving`: destroyed (its loop stopped) before the actor system
+    members.push_back(std::make_unique<cluster::ClusterMember>((*serving)->system(), (*serving)->registry(), mc));
+    members.back()->start();
     std::fprintf(stderr, "tutti: executor node %s joining the ingress at %s:%u\n", mc.name.c_str(), mc.ingress_host.c_str(),
                  unsigned(mc.ingress_port));
   }
@@ -215,11 +225,12 @@ int cmd_serve(const std::vector<std::string>& argv) {
   // executor node then announces the new version to its ingress).
   for (;;) {
     sig = signal_within(signals, 0.25);
-    if (member && member->state() == cluster::ClusterMember::State::Refused) {
-      std::fprintf(stderr, "tutti: the cluster refused this node (%s); stopping\n", member->refusal().c_str());
-      (*serving)->drain(0);
-      return 1;
-    }
+    for (const auto& member : members)
+      if (member->state() == cluster::ClusterMember::State::Refused) {
+        std::fprintf(stderr, "tutti: the cluster refused this node (%s); stopping\n", member->refusal().c_str());
+        (*serving)->drain(0);
+        return 1;
+      }
     if (sig == 0) continue;
     if (sig != SIGHUP) break;
     std::fprintf(stderr, "tutti: SIGHUP: reloading every model\n");
@@ -233,9 +244,15 @@ int cmd_serve(const std::vector<std::string>& argv) {
     }
   }
   std::fprintf(stderr, "tutti: signal %d, draining for up to %.0f s\n", sig, st.drain_seconds);
-  if (member) {
-    // Draining here first: the ingress sends nothing new, what runs finishes, then it leaves.
-    const bool dry = member->leave(st.drain_seconds);
+  if (!members.empty()) {
+    // Draining here first: the ingresses send nothing new, what runs finishes, then it leaves.
+    std::vector<std::thread> leaving;
+    std::atomic<bool> dry{true};
+    for (auto& member : members)
+      leaving.emplace_back([&, m = member.get()] {
+        if (!m->leave(st.drain_seconds)) dry = false;
+      });
+    for (auto& t : leaving) t.join();
     std::fprintf(stderr, "tutti: left the cluster%s\n", dry ? " after its sequences finished" : " with sequences still running");
   }
   const http::ServerMetrics& metrics = (*serving)->http().metrics();
