@@ -20,9 +20,9 @@
 #include <set>
 #include <thread>
 
-#include "actors/http/realtime_audio.hpp"
 #include "http_client.h"
 #include "server_support.h"
+#include "voice_client.h"
 
 namespace tutti {
 namespace {
@@ -89,32 +89,9 @@ bool members_become(size_t n, double seconds) {
 }
 double node_metric(const Endpoint& e, const std::string& name) { return test::metric_at(e.host, e.port, name); }
 
-// A streamed request read as it arrives over a real connection.
-struct Stream {
-  boost::asio::io_context ioc;
-  boost::beast::tcp_stream s{ioc};
-  std::string got;
-  Stream(const std::string& target, const json& body) {
-    const Endpoint in = ingress();
-    s.connect(boost::asio::ip::tcp::endpoint(boost::asio::ip::make_address(in.host), in.port));
-    const std::string b = body.dump();
-    boost::asio::write(s, boost::asio::buffer("POST " + target + " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
-                                              std::to_string(b.size()) + "\r\n\r\n" + b));
-  }
-  bool until(const std::string& text) {
-    char buf[8192];
-    while (got.find(text) == std::string::npos) {
-      boost::beast::error_code ec;
-      const size_t n = s.socket().read_some(boost::asio::buffer(buf), ec);
-      if (ec) return false;
-      got.append(buf, n);
-    }
-    return true;
-  }
-  std::string node() const {
-    const size_t at = got.find("x-tutti-node: ");
-    return at == std::string::npos ? "" : got.substr(at + 14, got.find("\r\n", at) - at - 14);
-  }
+// A streamed request to the ingress, read as it arrives.
+struct Stream : test::StreamingCall {
+  Stream(const std::string& target, const json& body) : StreamingCall(ingress().host, ingress().port, target, body) {}
 };
 
 json chat_body(const std::string& content, int max_tokens, bool stream = false) {
@@ -126,24 +103,10 @@ json chat_body(const std::string& content, int max_tokens, bool stream = false) 
 std::unique_ptr<test::RealtimeWs> voice_session() {
   const Endpoint in = ingress();
   auto ws = std::make_unique<test::RealtimeWs>(in.port, "", "", std::vector<std::pair<std::string, std::string>>{}, in.host);
-  EXPECT_EQ(ws->refused, 0);
-  ws->until("session.created");
-  ws->send({{"type", "session.update"},
-            {"session", {{"type", "realtime"}, {"output_modalities", {"audio"}}, {"max_output_tokens", 30}, {"audio", {{"input", {{"turn_detection", nullptr}}}}}}}});
-  ws->until("session.updated");
+  test::start_voice_session(*ws, 30);
   return ws;
 }
-json voice_turn(test::RealtimeWs& ws) {
-  std::vector<float> pcm(24000);
-  for (size_t i = 0; i < pcm.size(); ++i) pcm[i] = float(0.3 * std::sin(2 * 3.14159265 * 180 * double(i) / 24000));
-  for (size_t at = 0; at < pcm.size(); at += 2400)
-    ws.send({{"type", "input_audio_buffer.append"},
-             {"audio", http::encode_wire_audio(std::span<const float>(pcm.data() + at, 2400), http::AudioWire::Pcm16)}});
-  ws.send({{"type", "input_audio_buffer.commit"}});
-  ws.until("input_audio_buffer.committed");
-  ws.send({{"type", "response.create"}});
-  return ws.until("response.done");
-}
+using test::voice_turn;
 std::string node_of(const json& done) { return done["response"]["tutti"].value("node", ""); }
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -167,7 +130,7 @@ TEST(Netns, EveryKindReachesEachExecutorWithAffinityAndStickiness) {
   for (int i = 0; i < 60 && stream_nodes.size() < 2; ++i) {
     Stream s("/v1/chat/completions", chat_body("streamed " + std::to_string(i) + std::string(40, char('a' + i % 26)), 3, true));
     ASSERT_TRUE(s.until("data: [DONE]"));
-    EXPECT_EQ(s.got.find("\"error\""), std::string::npos) << s.got;
+    EXPECT_EQ(s.received.find("\"error\""), std::string::npos) << s.received;
     stream_nodes.insert(s.node());
   }
   for (int i = 0; i < 30 && speech_nodes.size() < 2; ++i) {
@@ -227,7 +190,7 @@ TEST(Netns, AHungExecutorIsDroppedAndRejoinsWhenItResumes) {
   ASSERT_EQ(kill(victim.pid, SIGSTOP), 0);
   EXPECT_TRUE(stream->until("data: [DONE]"));
   const double dropped = seconds_since(t0);
-  EXPECT_NE(stream->got.find("executor_lost"), std::string::npos);
+  EXPECT_NE(stream->received.find("executor_lost"), std::string::npos);
   EXPECT_LE(dropped, heartbeat + 1.5) << "dropped within the heartbeat";
   std::printf("[ measure ] hung executor (SIGSTOP) dropped after %.2f s (heartbeat %.1f s)\n", dropped, heartbeat);
   EXPECT_TRUE(members_become(1, 5));
@@ -281,14 +244,14 @@ TEST(Netns, KillNineUnderLoadLosesNothingFromTheLedger) {
           Stream s("/v1/chat/completions", json{{"messages", {{{"role", "user"}, {"content", "load " + std::to_string(t) + "." + std::to_string(i)}}}},
                                                 {"max_tokens", 60}, {"stream", true}, {"tutti", {{"ignore_eos", true}, {"class", "realtime"}, {"rate", 40}}}});
           const bool done = s.until("data: [DONE]");
-          if (done && s.got.find("executor_lost") != std::string::npos) record_lost();
-          else if (done && s.got.find("\"error\"") == std::string::npos) ok++;
+          if (done && s.received.find("executor_lost") != std::string::npos) record_lost();
+          else if (done && s.received.find("\"error\"") == std::string::npos) ok++;
           else {
             other++;
             std::lock_guard l(mu);
-            odd.push_back(s.got.substr(0, 300));
+            odd.push_back(s.received.substr(0, 300));
           }
-          if (started_after && s.got.find("\"error\"") != std::string::npos) after_kill_failed++;
+          if (started_after && s.received.find("\"error\"") != std::string::npos) after_kill_failed++;
         } else {
           const test::Reply r = post("/v1/chat/completions", chat_body("whole " + std::to_string(t) + "." + std::to_string(i), 40));
           if (r.status == 200) ok++;

@@ -13,10 +13,10 @@
 #include "actors/cluster/ingress.hpp"
 #include "actors/cluster/member.hpp"
 #include "actors/cluster/node.hpp"
-#include "actors/http/realtime_audio.hpp"
 #include "actors/http/tls.hpp"
 #include "http_client.h"
 #include "server_support.h"
+#include "voice_client.h"
 
 namespace tutti {
 namespace {
@@ -163,54 +163,9 @@ test::Reply speech(uint16_t port) {
                          json{{"input", "hello there"}, {"voice", "alloy"}, {"response_format", "wav"}}.dump());
 }
 
-// A streamed request read as it arrives: the head's x-tutti-node, then the body so far.
-struct StreamingCall {
-  boost::asio::io_context ioc;
-  boost::beast::tcp_stream stream{ioc};
-  std::string received;
-  StreamingCall(uint16_t port, const std::string& target, const json& body) {
-    stream.connect(boost::asio::ip::tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), port));
-    const std::string b = body.dump();
-    const std::string req = "POST " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: " +
-                            std::to_string(b.size()) + "\r\n\r\n" + b;
-    boost::asio::write(stream, boost::asio::buffer(req));
-  }
-  // Reads until `text` has arrived (or the connection ends); whether it did.
-  bool until(const std::string& text) {
-    char buf[4096];
-    while (received.find(text) == std::string::npos) {
-      boost::beast::error_code ec;
-      const size_t n = stream.socket().read_some(boost::asio::buffer(buf), ec);
-      if (ec) return false;
-      received.append(buf, n);
-    }
-    return true;
-  }
-  std::string node() const {
-    const size_t at = received.find("x-tutti-node: ");
-    return at == std::string::npos ? "" : received.substr(at + 14, received.find("\r\n", at) - at - 14);
-  }
-};
-
-// A voice turn on a Realtime session (a voiced tone, committed by hand): its response.done.
-json voice_turn(test::RealtimeWs& ws) {
-  std::vector<float> pcm(24000);
-  for (size_t i = 0; i < pcm.size(); ++i) pcm[i] = float(0.3 * std::sin(2 * 3.14159265 * 180 * double(i) / 24000));
-  for (size_t at = 0; at < pcm.size(); at += 2400)
-    ws.send({{"type", "input_audio_buffer.append"},
-             {"audio", http::encode_wire_audio(std::span<const float>(pcm.data() + at, 2400), http::AudioWire::Pcm16)}});
-  ws.send({{"type", "input_audio_buffer.commit"}});
-  ws.until("input_audio_buffer.committed");
-  ws.send({{"type", "response.create"}});
-  return ws.until("response.done");
-}
-void open_voice(test::RealtimeWs& ws) {
-  EXPECT_EQ(ws.refused, 0);
-  ws.until("session.created");
-  ws.send({{"type", "session.update"},
-           {"session", {{"type", "realtime"}, {"output_modalities", {"audio"}}, {"max_output_tokens", 30}, {"audio", {{"input", {{"turn_detection", nullptr}}}}}}}});
-  ws.until("session.updated");
-}
+using test::StreamingCall;
+using test::voice_turn;
+void open_voice(test::RealtimeWs& ws) { test::start_voice_session(ws, 30); }
 std::string node_of(const json& response_done) { return response_done["response"]["tutti"].value("node", ""); }
 
 // Chat, streamed chat, speech and Realtime voice turns through the ingress reach each of two

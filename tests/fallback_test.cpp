@@ -16,6 +16,7 @@
 #include "http_client.h"
 #include "pipeline/engine.h"
 #include "server_support.h"
+#include "voice_client.h"
 #include "tools/loadtest/runner.h"
 
 namespace tutti {
@@ -152,24 +153,11 @@ test::Reply chat(uint16_t port, const std::vector<std::pair<std::string, std::st
                          json{{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"max_tokens", 4}}.dump(), headers);
 }
 
-// One voice turn (about a second of a voiced tone, committed by hand) on a Realtime session;
-// its response.done.
+// One voice turn on a fresh Realtime session; its response.done.
 json voice_turn(uint16_t port) {
   test::RealtimeWs ws(port);
-  EXPECT_EQ(ws.refused, 0);
-  ws.until("session.created");
-  ws.send({{"type", "session.update"},
-           {"session", {{"type", "realtime"}, {"output_modalities", {"audio"}}, {"max_output_tokens", 40}, {"audio", {{"input", {{"turn_detection", nullptr}}}}}}}});
-  ws.until("session.updated");
-  std::vector<float> pcm(24000);
-  for (size_t i = 0; i < pcm.size(); ++i) pcm[i] = float(0.3 * std::sin(2 * 3.14159265 * 180 * double(i) / 24000));
-  for (size_t at = 0; at < pcm.size(); at += 2400)
-    ws.send({{"type", "input_audio_buffer.append"},
-             {"audio", http::encode_wire_audio(std::span<const float>(pcm.data() + at, 2400), http::AudioWire::Pcm16)}});
-  ws.send({{"type", "input_audio_buffer.commit"}});
-  ws.until("input_audio_buffer.committed");
-  ws.send({{"type", "response.create"}});
-  return ws.until("response.done");
+  test::start_voice_session(ws, 40);
+  return test::voice_turn(ws);
 }
 
 // ---- plain logic

@@ -118,6 +118,37 @@ struct RealtimeWs {
   }
 };
 
+// A request whose answer is read as it arrives (a stream under way, a node lost mid-answer):
+// the raw bytes so far, the head's x-tutti-node.
+struct StreamingCall {
+  boost::asio::io_context ioc;
+  boost::beast::tcp_stream stream{ioc};
+  std::string received;
+  StreamingCall(const std::string& host, uint16_t port, const std::string& target, const nlohmann::json& body) {
+    stream.connect(boost::asio::ip::tcp::endpoint(boost::asio::ip::make_address(host), port));
+    const std::string b = body.dump();
+    const std::string req = "POST " + target + " HTTP/1.1\r\nHost: " + host + "\r\nContent-Type: application/json\r\nContent-Length: " +
+                            std::to_string(b.size()) + "\r\n\r\n" + b;
+    boost::asio::write(stream, boost::asio::buffer(req));
+  }
+  StreamingCall(uint16_t port, const std::string& target, const nlohmann::json& body) : StreamingCall("127.0.0.1", port, target, body) {}
+  // Reads until `text` has arrived (or the connection ends); whether it did.
+  bool until(const std::string& text) {
+    char buf[8192];
+    while (received.find(text) == std::string::npos) {
+      boost::beast::error_code ec;
+      const size_t n = stream.socket().read_some(boost::asio::buffer(buf), ec);
+      if (ec) return false;
+      received.append(buf, n);
+    }
+    return true;
+  }
+  std::string node() const {
+    const size_t at = received.find("x-tutti-node: ");
+    return at == std::string::npos ? "" : received.substr(at + 14, received.find("\r\n", at) - at - 14);
+  }
+};
+
 // ffprobe's csv answer for `entries` (e.g. "stream=codec_name,sample_rate") of the bytes,
 // first stream only (fragmented MP4 lists its stream twice), written to test-data/NAME.
 inline std::string ffprobe(const std::string& bytes, const std::string& name, const std::string& entries) {

@@ -29,6 +29,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <filesystem>
 #include <map>
 #include <sstream>
@@ -255,6 +256,11 @@ double metric(uint16_t port, const std::string& name) {
   return 0;
 }
 
+// A stretch of load: its wall time, and the CPU seconds the ingress and the node spent in it.
+struct LoadRun {
+  double wall = 0, cpu = 0, node_cpu = 0;
+};
+
 json cluster_status(uint16_t port) { return json::parse(call(port, bhttp::verb::get, "/v1/admin/cluster").body, nullptr, false); }
 size_t members(uint16_t port) {
   const json s = cluster_status(port);
@@ -338,83 +344,63 @@ int cmd_bench_cluster(const std::vector<std::string>& argv) {
         {"added_per_token_ms", 1e3 * (mean(gap_ingress) - mean(gap_direct))}};
   }
 
-  // ---- the ingress's CPU per 1,000 tokens streamed, at `streams` concurrent streams
-  {
-    std::atomic<int64_t> tokens{0};
+  // ---- the ingress's CPU: per token streamed, per one-token request, per second of speech,
+  // each from `streams` concurrent clients for `seconds`
+  auto under_load = [&](const std::function<void(int client, int i)>& work) {
     std::atomic<bool> stop{false};
+    LoadRun run;
     const double cpu0 = ingress.cpu_seconds(), node_cpu0 = node_a.cpu_seconds();
     const auto t0 = Clock::now();
     std::vector<std::thread> load;
-    for (int s = 0; s < streams; ++s)
-      load.emplace_back([&, s] {
-        for (int i = 0; !stop; ++i) tokens += stream_chat(ingress_port, "stream " + std::to_string(s) + "." + std::to_string(i), 64).tokens;
+    for (int c = 0; c < streams; ++c)
+      load.emplace_back([&, c] {
+        for (int i = 0; !stop; ++i) work(c, i);
       });
     std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
     stop = true;
     for (auto& t : load) t.join();
-    const double wall = since(t0), cpu = ingress.cpu_seconds() - cpu0, node_cpu = node_a.cpu_seconds() - node_cpu0;
+    run.wall = since(t0), run.cpu = ingress.cpu_seconds() - cpu0, run.node_cpu = node_a.cpu_seconds() - node_cpu0;
+    return run;
+  };
+  {
+    std::atomic<int64_t> tokens{0};
+    const LoadRun r = under_load([&](int c, int i) {
+      tokens += stream_chat(ingress_port, "stream " + std::to_string(c) + "." + std::to_string(i), 64).tokens;
+    });
     report["ingress_cpu"] = {{"streams", streams},
                              {"tokens", tokens.load()},
-                             {"seconds", wall},
-                             {"tokens_per_second", double(tokens) / wall},
-                             {"ingress_cpu_ms_per_1000_tokens", 1e6 * cpu / double(std::max<int64_t>(1, tokens))},
-                             {"node_cpu_ms_per_1000_tokens", 1e6 * node_cpu / double(std::max<int64_t>(1, tokens))},
-                             {"ingress_cpu_share", cpu / wall}};
+                             {"seconds", r.wall},
+                             {"tokens_per_second", double(tokens) / r.wall},
+                             {"ingress_cpu_ms_per_1000_tokens", 1e6 * r.cpu / double(std::max<int64_t>(1, tokens))},
+                             {"node_cpu_ms_per_1000_tokens", 1e6 * r.node_cpu / double(std::max<int64_t>(1, tokens))},
+                             {"ingress_cpu_share", r.cpu / r.wall}};
   }
-
-  // ---- the ingress's CPU per request: one-token answers from `streams` clients
   {
     std::atomic<int64_t> done{0};
-    std::atomic<bool> stop{false};
-    const double cpu0 = ingress.cpu_seconds();
-    const auto t0 = Clock::now();
-    std::vector<std::thread> load;
-    for (int s = 0; s < streams; ++s)
-      load.emplace_back([&, s] {
-        for (int i = 0; !stop; ++i)
-          if (call(ingress_port, bhttp::verb::post, "/v1/chat/completions",
-                   json{{"messages", {{{"role", "user"}, {"content", "short " + std::to_string(s) + "." + std::to_string(i)}}}}, {"max_tokens", 1}}.dump())
-                  .status == 200)
-            done++;
-      });
-    std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
-    stop = true;
-    for (auto& t : load) t.join();
-    const double wall = since(t0), cpu = ingress.cpu_seconds() - cpu0;
+    const LoadRun r = under_load([&](int c, int i) {
+      const json one = {{"messages", {{{"role", "user"}, {"content", "short " + std::to_string(c) + "." + std::to_string(i)}}}}, {"max_tokens", 1}};
+      if (call(ingress_port, bhttp::verb::post, "/v1/chat/completions", one.dump()).status == 200) done++;
+    });
     report["ingress_cpu_requests"] = {{"clients", streams},
                                       {"requests", done.load()},
-                                      {"requests_per_second", double(done) / wall},
-                                      {"ingress_cpu_ms_per_request", 1e3 * cpu / double(std::max<int64_t>(1, done))},
-                                      {"ingress_cpu_share", cpu / wall}};
+                                      {"requests_per_second", double(done) / r.wall},
+                                      {"ingress_cpu_ms_per_request", 1e3 * r.cpu / double(std::max<int64_t>(1, done))},
+                                      {"ingress_cpu_share", r.cpu / r.wall}};
   }
-
-  // ---- the ingress's CPU per second of speech streamed through it (its sinks encode the
-  // wire format), at `streams` concurrent answers
   {
+    // Speech: the ingress's sinks encode the wire format (PCM here).
     std::atomic<int64_t> pcm_bytes{0};
-    std::atomic<bool> stop{false};
-    const double cpu0 = ingress.cpu_seconds();
-    const auto t0 = Clock::now();
-    std::vector<std::thread> load;
-    for (int s = 0; s < streams; ++s)
-      load.emplace_back([&, s] {
-        for (int i = 0; !stop; ++i)
-          pcm_bytes += int64_t(call(ingress_port, bhttp::verb::post, "/v1/audio/speech",
-                                    json{{"input", "stream " + std::to_string(s) + " says something of a reasonable length now"},
-                                         {"voice", "alloy"}, {"response_format", "pcm"}}
-                                        .dump())
-                                   .body.size());
-      });
-    std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
-    stop = true;
-    for (auto& t : load) t.join();
-    const double wall = since(t0), cpu = ingress.cpu_seconds() - cpu0;
+    const LoadRun r = under_load([&](int c, int) {
+      const json speech = {{"input", "stream " + std::to_string(c) + " says something of a reasonable length now"}, {"voice", "alloy"},
+                           {"response_format", "pcm"}};
+      pcm_bytes += int64_t(call(ingress_port, bhttp::verb::post, "/v1/audio/speech", speech.dump()).body.size());
+    });
     const double audio_s = double(pcm_bytes) / 2 / 24000;
     report["ingress_cpu_speech"] = {{"streams", streams},
                                     {"audio_seconds", audio_s},
-                                    {"seconds", wall},
-                                    {"ingress_cpu_ms_per_audio_second", 1e3 * cpu / std::max(1e-9, audio_s)},
-                                    {"ingress_cpu_share", cpu / wall}};
+                                    {"seconds", r.wall},
+                                    {"ingress_cpu_ms_per_audio_second", 1e3 * r.cpu / std::max(1e-9, audio_s)},
+                                    {"ingress_cpu_share", r.cpu / r.wall}};
   }
 
   // ---- barge-in to cancel, both ways
