@@ -1,5 +1,8 @@
 #include "actors/serving.hpp"
 
+#include <chrono>
+#include <thread>
+
 namespace tutti {
 
 
@@ -73,9 +76,24 @@ void Serving::stop() {
   on_stop_.clear();
   if (http_) http_->stop();
   // The registry lets go of every instance: each one's actors are told to quit once nothing
-  // else holds it (what the stopped sessions still hold goes with the HTTP server).
+  // else holds it (what the stopped sessions still hold goes with the HTTP server). Those that
+  // quit now are waited for until they are destroyed (a few seconds at most): CAF 0.17's
+  // actor system, destroyed while a detached executor's last references are still being let
+  // go, can leave that executor's thread waiting forever (seen in the cluster tests: a node
+  // stopped right after serving load).
+  std::vector<caf::actor_addr> quitting;
   if (models_)
-    for (auto& slot : models_->slots()) slot->replace(nullptr);
+    for (http::ModelSlot* slot : models_->slots()) {
+      std::shared_ptr<http::ModelInstance> inst = slot->current();
+      slot->replace(nullptr);
+      if (inst && !inst->pipe.remote && inst.use_count() == 1)
+        for (caf::actor_addr a : {inst->pipe.encoder.address(), inst->pipe.executor.address(), inst->pipe.decoder.address()})
+          if (a) quitting.push_back(a);
+    }  // the last holder let go: stop_pipeline
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  for (const caf::actor_addr& a : quitting)
+    while (caf::actor_cast<caf::strong_actor_ptr>(a) && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
 }
 
 }  // namespace tutti
