@@ -85,10 +85,7 @@ Ingress::~Ingress() { close(); }
 Expected<uint16_t> Ingress::open(caf::actor_system& system, const std::string& host, uint16_t port, bool tls) {
   if (config_.secret.empty()) return Error{"a cluster ingress needs a cluster secret (--cluster-secret-file or [cluster] secret_file)"};
   system_ = &system;
-  // The actor holds the Ingress by a shared pointer that does not own it: the Ingress closes
-  // the actor before it goes.
-  auto self = std::shared_ptr<Ingress>(this, [](Ingress*) {});
-  auto handle = system.spawn(ingress_impl, self);
+  auto handle = system.spawn(ingress_impl, shared_from_this());  // released when the actor quits (close())
   actor_ = caf::actor_cast<caf::actor>(handle);
   const char* in = host.empty() ? nullptr : host.c_str();
   auto bound = tls ? caf::openssl::publish(handle, port, in, true) : system.middleman().publish(handle, port, in, true);
@@ -172,7 +169,7 @@ Expected<Ingress::Front*> Ingress::front_for(const actors::node_model& m) {
     std::vector<std::unique_ptr<http::ModelSlot>> slots;
     slots.push_back(std::move(slot));
     registry_ = std::make_shared<http::ModelRegistry>(std::move(slots), config_.aliases);
-    // The registry routes through this object; it outlives the registry's use (close()).
+    // The registry routes through this object without owning it (see the class comment).
     registry_->placement = std::shared_ptr<http::Placement>(this, [](http::Placement*) {});
     registry_ready_.notify_all();
   } else {

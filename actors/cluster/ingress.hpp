@@ -38,7 +38,10 @@ struct IngressConfig {
   std::vector<std::string> aliases;  // names the default (first) model answers to
 };
 
-class Ingress : public http::Placement {
+// Made with std::make_shared: the ingress actor holds it until close(). The registry it makes
+// routes through it without owning it: whoever owns the Ingress keeps it until the server
+// using that registry has stopped (tutti serve, the tests).
+class Ingress : public http::Placement, public std::enable_shared_from_this<Ingress> {
  public:
   explicit Ingress(IngressConfig config);
   ~Ingress() override;
