@@ -116,7 +116,7 @@ struct Settings {
   // [shutdown]
   double drain_seconds = 10;
   // [cluster] (docs/scaling.md): an ingress and executor nodes; the role is serve's --role.
-  double cluster_heartbeat_s = 3;           // a node silent this long is dropped (it beats every third of it)
+  double cluster_heartbeat_s = 3;           // a dead or hung node is dropped within this (it beats every quarter of it)
   std::string cluster_host = "127.0.0.1";   // the ingress's cluster address (0.0.0.0: every interface)
   int cluster_port = 7070;                  // ... and port
   std::string cluster_secret_file;          // the shared secret every node presents (its first line)

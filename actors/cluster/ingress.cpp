@@ -28,6 +28,12 @@ bool valid_node_name(const std::string& n) {
   return std::all_of(n.begin(), n.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' || c == ':'; });
 }
 
+// Timing, as shares of [cluster] heartbeat. A node beats every quarter of it and is dropped
+// once silent for 0.8 of it, checked every tenth: a node that dies or hangs right after a beat
+// is out of routing within 0.9 of the heartbeat, and a live one is dropped only after missing
+// three beats in a row.
+constexpr double kBeatInterval = 0.25, kSilenceLimit = 0.8, kExpiryTick = 0.1;
+
 constexpr std::array<Modality, 5> kAllModalities = {Modality::Text, Modality::Audio, Modality::Image, Modality::Video, Modality::Music};
 
 std::vector<Modality> modalities_of(const http::ModelFacts& f) {
@@ -47,7 +53,7 @@ actors::ingress_actor::behavior_type ingress_impl(actors::ingress_actor::statefu
   // A node's membership loop gone: its connection dropped (a node killed, a cable cut) or it
   // ended. Either way the node is dropped now, not at the end of the heartbeat timeout.
   self->set_down_handler([=](caf::down_msg& down) { self->state.ingress->lost(down.source); });
-  const auto tick = std::chrono::milliseconds(std::max<int64_t>(50, int64_t(ingress->heartbeat_s() * 1000 / 4)));
+  const auto tick = std::chrono::milliseconds(std::max<int64_t>(20, int64_t(ingress->heartbeat_s() * 1000 * kExpiryTick)));
   self->delayed_send(self, tick, actors::expire_atom::value);
   return {
       [=](actors::join_atom, const actors::node_hello& hello) -> actors::join_reply {
@@ -78,7 +84,7 @@ actors::ingress_actor::behavior_type ingress_impl(actors::ingress_actor::statefu
 }  // namespace
 
 Ingress::Ingress(IngressConfig config)
-    : config_(std::move(config)), routing_(config_.routing), membership_(config_.secret, config_.heartbeat_s, routing_) {}
+    : config_(std::move(config)), routing_(config_.routing), membership_(config_.secret, config_.heartbeat_s * kSilenceLimit, routing_) {}
 
 Ingress::~Ingress() { close(); }
 
@@ -253,7 +259,7 @@ actors::join_reply Ingress::join(const actors::node_hello& hello, caf::actor_sys
                models.c_str(), hello.http_url.c_str());
   reply.accepted = true;
   reply.token = n.token;
-  reply.beat_interval_s = config_.heartbeat_s / 3;
+  reply.beat_interval_s = config_.heartbeat_s * kBeatInterval;
   return reply;
 }
 
