@@ -267,9 +267,24 @@ TEST(Netns, KillNineUnderLoadLosesNothingFromTheLedger) {
         }
       }
     });
-  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  // And one long stream known to run on the victim when it dies (the load's may all be
+  // between answers there at that moment).
+  std::unique_ptr<Stream> on_victim;
+  for (int i = 0; i < 40 && !on_victim; ++i) {
+    auto s = std::make_unique<Stream>("/v1/chat/completions",
+                                      json{{"messages", {{{"role", "user"}, {"content", "victim " + std::to_string(i)}}}}, {"max_tokens", 1000},
+                                           {"stream", true}, {"tutti", {{"ignore_eos", true}, {"class", "realtime"}, {"rate", 20}}}});
+    sent++;
+    ASSERT_TRUE(s->until("completion_tokens"));
+    if (s->node() == victim_name) on_victim = std::move(s);  // else closed at once: cancelled, and recorded so
+  }
+  ASSERT_TRUE(on_victim);
   kill_at = std::chrono::steady_clock::now();
   ASSERT_EQ(kill(victim.pid, SIGKILL), 0);
+  EXPECT_TRUE(on_victim->until("data: [DONE]"));
+  EXPECT_NE(on_victim->received.find("executor_lost"), std::string::npos) << "the stream on the victim ends with executor_lost";
+  if (on_victim->received.find("executor_lost") != std::string::npos) record_lost();
   // Requests sent from here on were routed after the node was dropped, or raced its drop:
   // give the drop a moment before counting requests as "after".
   ASSERT_TRUE(members_become(1, 5));
