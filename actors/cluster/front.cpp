@@ -1,15 +1,9 @@
 #include "actors/cluster/front.hpp"
 
+#include "actors/cluster/routing.hpp"
 #include "actors/http/openai.hpp"
 
 namespace tutti::cluster {
-
-uint64_t fingerprint_of(const uint8_t* data, size_t size) {
-  uint64_t h = 1469598103934665603ull;
-  for (size_t i = 0; i < size; ++i) h = (h ^ data[i]) * 1099511628211ull;
-  h ^= h >> 33, h *= 0xff51afd7ed558ccdull, h ^= h >> 33, h *= 0xc4ceb9fe1a85ec53ull, h ^= h >> 33;
-  return h;
-}
 
 std::vector<uint8_t> model_front_bytes(const GgufFile& file) {
   GgufWriter w;
@@ -44,7 +38,7 @@ Expected<ModelFront> read_model_front(const std::vector<uint8_t>& bytes, uint32_
   f.n_vocab = n_vocab;
   f.context = uint32_t(context->value_or(4096));  // the default read_model_config takes
   front.codecs = std::make_shared<const codecs::ModelCodecs>(std::move(codecs).value());
-  front.fingerprint = fingerprint_of(bytes.data(), bytes.size());
+  front.fingerprint = stable_hash(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
   return front;
 }
 

@@ -26,14 +26,11 @@ std::vector<uint8_t> model_front_bytes(const GgufFile& file);
 struct ModelFront {
   http::ModelFacts facts;
   std::shared_ptr<const codecs::ModelCodecs> codecs;
-  uint64_t fingerprint = 0;  // of the bytes: two nodes sending the same front share one copy
+  uint64_t fingerprint = 0;  // stable_hash of the bytes: two nodes sending the same front share one copy
 };
 
 // Reads a front a node sent (untrusted bytes: every field is checked, as any GGUF file's) for
 // a model of `n_vocab` ids.
 Expected<ModelFront> read_model_front(const std::vector<uint8_t>& bytes, uint32_t n_vocab, const std::string& name);
-
-// A stable 64-bit hash of bytes (FNV-1a with a finalizer): the same on every node and build.
-uint64_t fingerprint_of(const uint8_t* data, size_t size);
 
 }  // namespace tutti::cluster

@@ -42,6 +42,19 @@ std::vector<Modality> modalities_of(const http::ModelFacts& f) {
   return out;
 }
 
+// An instance whose pipeline is on an executor node (never stopped from here): a model's
+// front in the registry (no actors), or, once given the node's handles, a node's replica.
+std::shared_ptr<http::ModelInstance> remote_instance(const actors::node_model& m, const ModelFront& front) {
+  auto inst = std::make_shared<http::ModelInstance>();
+  inst->name = m.name;
+  inst->file = m.file;
+  inst->facts = front.facts;
+  inst->pipe.codecs = front.codecs;
+  inst->pipe.remote = true;
+  inst->health = std::make_shared<codecs::ModalityHealth>(modalities_of(inst->facts), 1);
+  return inst;
+}
+
 struct ingress_state {
   std::shared_ptr<Ingress> ingress;
 };
@@ -157,19 +170,12 @@ Expected<Ingress::Front*> Ingress::front_for(const actors::node_model& m) {
   // A model first seen: its front becomes a slot of the registry (the first one the default).
   Front f;
   f.front = std::move(read).value();
-  auto inst = std::make_shared<http::ModelInstance>();
-  inst->name = m.name;
-  inst->file = m.file;
-  inst->facts = f.front.facts;
-  inst->pipe.codecs = f.front.codecs;
-  inst->pipe.remote = true;
-  inst->health = std::make_shared<codecs::ModalityHealth>(modalities_of(inst->facts), 1);
-  f.instance = inst;
+  f.instance = remote_instance(m, f.front);
   ModelEntry entry;
   entry.name = m.name;
   entry.file = m.file;
   auto slot = std::make_unique<http::ModelSlot>(entry);
-  slot->replace(inst);
+  slot->replace(f.instance);
   Front& stored = fronts_[m.name] = std::move(f);
   if (!registry_) {
     std::vector<std::unique_ptr<http::ModelSlot>> slots;
@@ -232,18 +238,12 @@ actors::join_reply Ingress::join(const actors::node_hello& hello, caf::actor_sys
   n.replicas.clear();
   for (size_t i = 0; i < hello.models.size(); ++i) {
     const actors::node_model& m = hello.models[i];
-    auto inst = std::make_shared<http::ModelInstance>();
-    inst->name = m.name;
+    auto inst = remote_instance(m, fronts[i]->front);
     inst->node = name;
-    inst->file = m.file;
     inst->version = m.version;
-    inst->facts = fronts[i]->front.facts;
     inst->pipe.encoder = m.encoder;
     inst->pipe.executor = m.executor;
-    inst->pipe.codecs = fronts[i]->front.codecs;
-    inst->pipe.remote = true;
     inst->pipe.node_guard = n.guard;
-    inst->health = std::make_shared<codecs::ModalityHealth>(modalities_of(inst->facts), 1);
     n.replicas[m.name] = std::move(inst);
   }
   NodeLoad load = hello.load;

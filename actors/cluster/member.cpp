@@ -140,7 +140,7 @@ void ClusterMember::run() {
     bool connected = true;
     auto join = [&]() -> bool {
       actors::node_hello h = hello(caf::actor_cast<caf::actor>(self));
-      for (const actors::node_model& m : h.models) announced_.push_back(m.encoder.id()), announced_.push_back(m.executor.id());
+      for (const actors::node_model& m : h.models) announced_.insert(m.encoder.id()), announced_.insert(m.executor.id());
       announced = versions();
       bool ok = false;
       self->request(*ingress, seconds(config_.request_timeout_s), actors::join_atom::value, std::move(h))

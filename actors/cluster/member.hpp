@@ -17,6 +17,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -75,7 +76,8 @@ class ClusterMember {
   mutable std::map<std::string, std::pair<double, uint64_t>> step_seen_;
   // Handles announced to the ingress: put in this node's actor registry when they were sent,
   // erased again when the member stops (a detached executor left there would hold shutdown).
-  std::vector<caf::actor_id> announced_;
+  // A set: joining again announces the same actors (a reload adds new ones).
+  std::set<caf::actor_id> announced_;
 };
 
 }  // namespace tutti::cluster

@@ -4,17 +4,12 @@
 
 namespace tutti::cluster {
 
-namespace {
-
-// FNV-1a, then a finalizer: stable across processes and builds (std::hash is neither).
-uint64_t hash_bytes(std::string_view s, uint64_t seed) {
+uint64_t stable_hash(std::string_view bytes, uint64_t seed) {
   uint64_t h = 1469598103934665603ull ^ seed;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  for (unsigned char c : bytes) h = (h ^ c) * 1099511628211ull;
   h ^= h >> 33, h *= 0xff51afd7ed558ccdull, h ^= h >> 33, h *= 0xc4ceb9fe1a85ec53ull, h ^= h >> 33;
   return h;
 }
-
-}  // namespace
 
 double RoutingPolicy::load_of(const NodeLoad& n) {
   // Sequences, each weighted by how long this node's steps take against a 10 ms step
@@ -64,11 +59,11 @@ std::optional<std::string> RoutingPolicy::route_text(const std::string& model, s
   }
   // Rendezvous hashing: the node with the highest hash of (prefix, node) owns the prefix.
   const std::string_view prefix = prompt.substr(0, std::min(prompt.size(), config_.prefix_bytes));
-  const uint64_t key = hash_bytes(prefix, 0);
+  const uint64_t key = stable_hash(prefix, 0);
   const NodeLoad* owner = nullptr;
   uint64_t best = 0;
   for (const NodeLoad* n : nodes)
-    if (const uint64_t h = hash_bytes(n->node, key); !owner || h > best) owner = n, best = h;
+    if (const uint64_t h = stable_hash(n->node, key); !owner || h > best) owner = n, best = h;
   const NodeLoad* light = least_loaded(nodes);
   if (load_of(*owner) > config_.max_imbalance * load_of(*light) + config_.imbalance_slack) {
     counters_.imbalance_overrides++;

@@ -27,6 +27,10 @@
 
 namespace tutti::cluster {
 
+// FNV-1a with a finalizer: the same on every node and build (std::hash is neither), so
+// prefixes hash alike on every ingress and fronts compare across nodes.
+uint64_t stable_hash(std::string_view bytes, uint64_t seed = 0);
+
 // A modality of one of a node's models that its canaries found broken.
 struct DegradedModality {
   std::string model;

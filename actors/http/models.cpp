@@ -265,8 +265,9 @@ void ModelRegistry::add(std::unique_ptr<ModelSlot> slot) {
   slots_.push_back(std::move(slot));
 }
 
-ModelSlot* ModelRegistry::find(const std::string& model) {
-  const std::vector<ModelSlot*> all = slots();
+ModelSlot* ModelRegistry::find(const std::string& model) { return find_in(slots(), model); }
+
+ModelSlot* ModelRegistry::find_in(const std::vector<ModelSlot*>& all, const std::string& model) const {
   if (model.empty()) return all.front();
   for (ModelSlot* s : all)
     if (s->name() == model) return s;
@@ -284,12 +285,12 @@ ServedModel ModelRegistry::served() const {
 
 std::variant<ModelRoute, ApiError> ModelRegistry::route(const std::string& model, Modality modality, bool counted,
                                                         const PlacementHint& hint) {
-  ModelSlot* asked = find(model);
+  const std::vector<ModelSlot*> all = slots();  // one snapshot per request
+  ModelSlot* asked = find_in(all, model);
   if (!asked) return served().not_found(model);
   ModelSlot* at = asked;
   std::string why;
-  const size_t n_slots = slots().size();
-  for (size_t hops = 0; hops <= n_slots; ++hops) {
+  for (size_t hops = 0; hops <= all.size(); ++hops) {
     std::shared_ptr<ModelInstance> inst = at->current();
     if (inst && (!inst->has(modality) || inst->health->healthy(modality))) {
       // A model that lacks the modality answers (and refuses it) unless a fallback has it.
@@ -306,7 +307,7 @@ std::variant<ModelRoute, ApiError> ModelRegistry::route(const std::string& model
     if (why.empty()) why = inst ? "unhealthy" : "not loaded";
     auto next = at->fallback().find(modality);
     if (next == at->fallback().end()) break;
-    ModelSlot* n = find(next->second);
+    ModelSlot* n = find_in(all, next->second);
     if (!n) break;
     at = n;
   }

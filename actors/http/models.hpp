@@ -210,6 +210,7 @@ class ModelRegistry {
   nlohmann::json health_json(bool detailed) const;
 
  private:
+  ModelSlot* find_in(const std::vector<ModelSlot*>& all, const std::string& model) const;
   mutable std::mutex slots_mu_;  // guards slots_ (the slots themselves have their own locks)
   std::vector<std::unique_ptr<ModelSlot>> slots_;
   std::vector<std::string> aliases_;
