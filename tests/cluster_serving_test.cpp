@@ -158,10 +158,6 @@ test::Reply chat(uint16_t port, const std::string& content, int max_tokens = 4) 
   return test::http_call(port, bhttp::verb::post, "/v1/chat/completions",
                          json{{"messages", {{{"role", "user"}, {"content", content}}}}, {"max_tokens", max_tokens}}.dump());
 }
-test::Reply speech(uint16_t port) {
-  return test::http_call(port, bhttp::verb::post, "/v1/audio/speech",
-                         json{{"input", "hello there"}, {"voice", "alloy"}, {"response_format", "wav"}}.dump());
-}
 
 using test::StreamingCall;
 using test::voice_turn;

@@ -87,4 +87,34 @@ std::vector<std::string> split_list(const std::string& list) {
   return out;
 }
 
+std::optional<HostPort> parse_host_port(const std::string& s, std::optional<uint16_t> default_port) {
+  HostPort hp;
+  std::optional<std::string> port;  // the text after the host's colon, when there is one
+  if (!s.empty() && s.front() == '[') {
+    const size_t close = s.find(']');
+    if (close == std::string::npos) return std::nullopt;
+    hp.host = s.substr(1, close - 1);
+    if (close + 1 < s.size()) {
+      if (s[close + 1] != ':') return std::nullopt;
+      port = s.substr(close + 2);
+    }
+  } else if (const size_t colon = s.rfind(':'); colon != std::string::npos) {
+    hp.host = s.substr(0, colon);
+    port = s.substr(colon + 1);
+  } else {
+    hp.host = s;
+  }
+  if (hp.host.empty()) return std::nullopt;
+  if (!port) {
+    if (!default_port) return std::nullopt;
+    hp.port = *default_port;
+    return hp;
+  }
+  if (port->empty() || port->size() > 5 || port->find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+  const int n = std::stoi(*port);
+  if (n <= 0 || n > 65535) return std::nullopt;
+  hp.port = uint16_t(n);
+  return hp;
+}
+
 }  // namespace tutti::cli

@@ -3,6 +3,7 @@
 // the option, so a typo never runs with a silent default.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <set>
@@ -13,6 +14,14 @@ namespace tutti::cli {
 
 // "a,b,,c" -> {"a", "b", "c"}: a comma-separated option value (empty items dropped).
 std::vector<std::string> split_list(const std::string& list);
+
+// HOST:PORT, the host a name, an IPv4 address or a bracketed IPv6 address ([::1]:7070).
+// Without a port: `default_port` where one is given, else nullopt, as for anything malformed.
+struct HostPort {
+  std::string host;
+  uint16_t port = 0;
+};
+std::optional<HostPort> parse_host_port(const std::string& s, std::optional<uint16_t> default_port = std::nullopt);
 
 class Args {
  public:

@@ -9,8 +9,8 @@
 //   - barge-in to cancel: a Realtime response cancelled at its first audio, to response.done,
 //     both ways;
 //   - bytes per second per stream from the node to the ingress with the decoder where it is
-//     (audio samples cross) and per token (what would cross with it at the ingress), from the
-//     node's /proc io counters;
+//     (audio samples cross) and per token (what would cross with it at the ingress), from
+//     CAF's serialization of the crossing messages at a real speech answer's rates;
 //   - routing decisions per second (the RoutingPolicy alone, in this process);
 //   - recovery: kill -9 of one of two nodes under load (drop, first success after, requests
 //     lost), a hung node (SIGSTOP: dropped after), and rejoining.
@@ -42,6 +42,8 @@
 #include "actors/cluster/routing.hpp"
 #include "actors/http/realtime_audio.hpp"
 #include "codecs/model_codecs.h"
+#include "tools/loadtest/clients.h"
+#include "tools/loadtest/report.h"
 #include "tools/tutti/args.h"
 #include "tools/tutti/commands.h"
 #include "tools/tutti/model_loading.h"
@@ -58,17 +60,6 @@ using Clock = std::chrono::steady_clock;
 using json = nlohmann::json;
 
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-double percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, size_t(p * double(v.size() - 1) + 0.5))];
-}
-double mean(const std::vector<double>& v) {
-  double s = 0;
-  for (double x : v) s += x;
-  return v.empty() ? 0 : s / double(v.size());
-}
 
 uint16_t free_port() {
   net::io_context ioc;
@@ -123,17 +114,16 @@ struct Child {
     }
     return (utime + stime) / double(sysconf(_SC_CLK_TCK));
   }
-  // Bytes the process has written through write/send calls (its sockets; its logs are quiet).
-  uint64_t bytes_written() const {
-    std::ifstream f("/proc/" + std::to_string(pid) + "/io");
-    std::string key;
-    uint64_t v = 0;
-    while (f >> key >> v)
-      if (key == "wchar:") return v;
-    return 0;
-  }
   ~Child() { stop(); }
 };
+
+// A connection to a loopback port, given up after `seconds`.
+beast::tcp_stream connect_to(net::io_context& ioc, uint16_t port, int seconds) {
+  beast::tcp_stream s(ioc);
+  s.expires_after(std::chrono::seconds(seconds));
+  s.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
+  return s;
+}
 
 struct Reply {
   int status = 0;
@@ -143,9 +133,7 @@ Reply call(uint16_t port, bhttp::verb verb, const std::string& target, const std
   Reply r;
   try {
     net::io_context ioc;
-    beast::tcp_stream s(ioc);
-    s.expires_after(std::chrono::seconds(60));
-    s.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
+    beast::tcp_stream s = connect_to(ioc, port, 60);
     bhttp::request<bhttp::string_body> req{verb, target, 11};
     req.set(bhttp::field::host, "127.0.0.1");
     req.set(bhttp::field::content_type, "application/json");
@@ -174,9 +162,7 @@ StreamResult stream_chat(uint16_t port, const std::string& content, int max_toke
   StreamResult r;
   try {
     net::io_context ioc;
-    beast::tcp_stream s(ioc);
-    s.expires_after(std::chrono::seconds(120));
-    s.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
+    beast::tcp_stream s = connect_to(ioc, port, 120);
     const std::string b = json{{"messages", {{{"role", "user"}, {"content", content}}}}, {"max_tokens", max_tokens}, {"stream", true},
                                {"stream_options", {{"include_usage", true}}}, {"tutti", {{"ignore_eos", true}}}}
                               .dump();
@@ -248,12 +234,13 @@ double barge_in_to_cancel(uint16_t port) {
   }
 }
 
-// One value of a server's /metrics (the first line starting with `name` and a space).
-double metric(uint16_t port, const std::string& name) {
-  const std::string text = call(port, bhttp::verb::get, "/metrics").body;
-  for (size_t at = 0; (at = text.find(name + " ", at)) != std::string::npos; at += name.size())
-    if (at == 0 || text[at - 1] == '\n') return std::stod(text.substr(at + name.size() + 1));
-  return 0;
+// One series of a server's /metrics, by its name with its labels as written (0: none).
+double metric(uint16_t port, const std::string& series) {
+  loadtest::Target t;
+  t.host = "127.0.0.1", t.port = port, t.deadline = Clock::now() + std::chrono::seconds(60);
+  const auto all = loadtest::scrape_metrics(t);
+  const auto it = all.find(series);
+  return it == all.end() ? 0 : it->second;
 }
 
 // A stretch of load: its wall time, and the CPU seconds the ingress and the node spent in it.
@@ -333,15 +320,18 @@ int cmd_bench_cluster(const std::vector<std::string>& argv) {
         }
       }
     }
+    const loadtest::Percentiles whole_d = loadtest::percentiles(whole_direct), whole_i = loadtest::percentiles(whole_ingress);
+    const loadtest::Percentiles ttft_d = loadtest::percentiles(ttft_direct), ttft_i = loadtest::percentiles(ttft_ingress);
+    const loadtest::Percentiles gap_d = loadtest::percentiles(gap_direct), gap_i = loadtest::percentiles(gap_ingress);
     report["latency"] = {
         {"requests", requests},
-        {"one_token_request_p50_ms", {{"direct", 1e3 * percentile(whole_direct, 0.5)}, {"ingress", 1e3 * percentile(whole_ingress, 0.5)}}},
-        {"one_token_request_p90_ms", {{"direct", 1e3 * percentile(whole_direct, 0.9)}, {"ingress", 1e3 * percentile(whole_ingress, 0.9)}}},
-        {"ttft_p50_ms", {{"direct", 1e3 * percentile(ttft_direct, 0.5)}, {"ingress", 1e3 * percentile(ttft_ingress, 0.5)}}},
-        {"inter_token_mean_ms", {{"direct", 1e3 * mean(gap_direct)}, {"ingress", 1e3 * mean(gap_ingress)}}},
-        {"inter_token_p50_ms", {{"direct", 1e3 * percentile(gap_direct, 0.5)}, {"ingress", 1e3 * percentile(gap_ingress, 0.5)}}},
-        {"added_per_request_ms", 1e3 * (percentile(whole_ingress, 0.5) - percentile(whole_direct, 0.5))},
-        {"added_per_token_ms", 1e3 * (mean(gap_ingress) - mean(gap_direct))}};
+        {"one_token_request_p50_ms", {{"direct", 1e3 * whole_d.p50}, {"ingress", 1e3 * whole_i.p50}}},
+        {"one_token_request_p90_ms", {{"direct", 1e3 * whole_d.p90}, {"ingress", 1e3 * whole_i.p90}}},
+        {"ttft_p50_ms", {{"direct", 1e3 * ttft_d.p50}, {"ingress", 1e3 * ttft_i.p50}}},
+        {"inter_token_mean_ms", {{"direct", 1e3 * gap_d.mean}, {"ingress", 1e3 * gap_i.mean}}},
+        {"inter_token_p50_ms", {{"direct", 1e3 * gap_d.p50}, {"ingress", 1e3 * gap_i.p50}}},
+        {"added_per_request_ms", 1e3 * (whole_i.p50 - whole_d.p50)},
+        {"added_per_token_ms", 1e3 * (gap_i.mean - gap_d.mean)}};
   }
 
   // ---- the ingress's CPU: per token streamed, per one-token request, per second of speech,
@@ -410,9 +400,9 @@ int cmd_bench_cluster(const std::vector<std::string>& argv) {
       if (double s = barge_in_to_cancel(port_a); s >= 0) direct.push_back(s);
       if (double s = barge_in_to_cancel(ingress_port); s >= 0) through.push_back(s);
     }
-    report["barge_in_to_cancel_ms"] = {{"direct_p50", 1e3 * percentile(direct, 0.5)}, {"ingress_p50", 1e3 * percentile(through, 0.5)},
-                                       {"direct_max", 1e3 * percentile(direct, 1)}, {"ingress_max", 1e3 * percentile(through, 1)},
-                                       {"runs", through.size()}};
+    const loadtest::Percentiles d = loadtest::percentiles(direct), i = loadtest::percentiles(through);
+    report["barge_in_to_cancel_ms"] = {{"direct_p50", 1e3 * d.p50}, {"ingress_p50", 1e3 * i.p50}, {"direct_max", 1e3 * d.max},
+                                       {"ingress_max", 1e3 * i.max}, {"runs", through.size()}};
   }
 
   // ---- bytes per second per stream, node to ingress: samples (the decoder on the node, as

@@ -18,38 +18,20 @@ namespace beast = boost::beast;
 namespace bhttp = boost::beast::http;
 using json = nlohmann::json;
 
-struct Url {
-  std::string host;
-  std::string port = "80";
-};
-
-std::optional<Url> parse_url(std::string s) {
+// http://HOST[:PORT][/...]: the ingress's plain HTTP port.
+std::optional<HostPort> parse_url(std::string s) {
   if (s.rfind("http://", 0) == 0) s = s.substr(7);
-  else if (s.find("://") != std::string::npos) return std::nullopt;  // the ingress's plain port only
-  s = s.substr(0, s.find('/'));
-  Url u;
-  if (!s.empty() && s.front() == '[') {  // [v6]:port
-    const size_t close = s.find(']');
-    if (close == std::string::npos) return std::nullopt;
-    u.host = s.substr(1, close - 1);
-    if (close + 1 < s.size() && s[close + 1] == ':') u.port = s.substr(close + 2);
-  } else if (const size_t colon = s.rfind(':'); colon != std::string::npos) {
-    u.host = s.substr(0, colon);
-    u.port = s.substr(colon + 1);
-  } else {
-    u.host = s;
-  }
-  if (u.host.empty() || u.port.empty()) return std::nullopt;
-  return u;
+  else if (s.find("://") != std::string::npos) return std::nullopt;
+  return parse_host_port(s.substr(0, s.find('/')), 80);
 }
 
-Expected<json> fetch_status(const Url& u, const std::string& key) {
+Expected<json> fetch_status(const HostPort& u, const std::string& key) {
   try {
     boost::asio::io_context ioc;
     boost::asio::ip::tcp::resolver resolver(ioc);
     beast::tcp_stream stream(ioc);
     stream.expires_after(std::chrono::seconds(10));
-    stream.connect(resolver.resolve(u.host, u.port));
+    stream.connect(resolver.resolve(u.host, std::to_string(u.port)));
     bhttp::request<bhttp::empty_body> req{bhttp::verb::get, "/v1/admin/cluster", 11};
     req.set(bhttp::field::host, u.host);
     if (!key.empty()) req.set(bhttp::field::authorization, "Bearer " + key);
@@ -65,7 +47,7 @@ Expected<json> fetch_status(const Url& u, const std::string& key) {
     if (!body.is_object()) return Error{"the server's answer is not JSON"};
     return body;
   } catch (const std::exception& e) {
-    return Error{"cannot reach " + u.host + ":" + u.port + ": " + e.what()};
+    return Error{"cannot reach " + u.host + ":" + std::to_string(u.port) + ": " + e.what()};
   }
 }
 

@@ -21,6 +21,7 @@
 #include "actors/cluster/node.hpp"
 #include "actors/http/tls.hpp"
 #include "actors/serving.hpp"
+#include "tools/tutti/args.h"
 #include "tools/tutti/commands.h"
 #include "tools/tutti/model_loading.h"
 
@@ -35,19 +36,14 @@ int signal_within(const sigset_t& signals, double seconds) {
   return sig > 0 ? sig : 0;
 }
 
-// HOST:PORT (the host may be a bracketed IPv6 address).
-std::optional<std::pair<std::string, uint16_t>> host_port(const std::string& s) {
-  const size_t colon = s.rfind(':');
-  if (colon == std::string::npos || colon == 0) return std::nullopt;
-  std::string host = s.substr(0, colon);
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  try {
-    const int port = std::stoi(s.substr(colon + 1));
-    if (port <= 0 || port > 65535) return std::nullopt;
-    return std::pair{host, uint16_t(port)};
-  } catch (...) {
-    return std::nullopt;
-  }
+// What this process is (docs/scaling.md).
+enum class Role { AllInOne, Ingress, Executor };
+
+std::optional<Role> parse_role(const std::string& s) {
+  if (s.empty()) return Role::AllInOne;
+  if (s == "ingress") return Role::Ingress;
+  if (s == "executor") return Role::Executor;
+  return std::nullopt;
 }
 
 }  // namespace
@@ -72,8 +68,8 @@ int cmd_serve(const std::vector<std::string>& argv) {
   if (!args.ok()) return fail(args.error());
   if (st.port < 0 || st.port > 65535) return fail("--port must be 0..65535");
   if (args.has("ledger")) st.ledger_path = args.get("ledger");
-  const std::string role = args.get("role", "");
-  if (role != "" && role != "ingress" && role != "executor") return fail("--role must be ingress or executor (none: all in one process)");
+  const std::optional<Role> role = parse_role(args.get("role", ""));
+  if (!role) return fail("--role must be ingress or executor (none: all in one process)");
   st.cluster_host = args.get("cluster-host", st.cluster_host);
   st.cluster_port = int(args.get_int("cluster-port", st.cluster_port));
   st.cluster_secret_file = args.get("cluster-secret-file", st.cluster_secret_file);
@@ -112,8 +108,8 @@ int cmd_serve(const std::vector<std::string>& argv) {
   // A cluster node: the secret, the middleman, TLS between nodes.
   std::string secret;
   const cluster::NodeTls node_tls{st.cluster_tls_cert, st.cluster_tls_key, st.cluster_tls_ca};
-  if (!role.empty()) {
-    if (st.cluster_secret_file.empty()) return fail("--role " + role + " needs --cluster-secret-file (or [cluster] secret_file)");
+  if (*role != Role::AllInOne) {
+    if (st.cluster_secret_file.empty()) return fail("--role " + args.get("role") + " needs --cluster-secret-file (or [cluster] secret_file)");
     auto read = cluster::read_cluster_secret(st.cluster_secret_file);
     if (!read) return fail(read.error().message);
     secret = *read;
@@ -124,16 +120,17 @@ int cmd_serve(const std::vector<std::string>& argv) {
     };
   }
   // An executor node joins every ingress listed (an ingress tier behind a load balancer).
-  std::vector<std::pair<std::string, uint16_t>> ingresses;
-  if (role == "executor") {
-    for (size_t at = 0; at <= st.cluster_join.size();) {
-      size_t comma = st.cluster_join.find(',', at);
-      if (comma == std::string::npos) comma = st.cluster_join.size();
-      auto hp = host_port(st.cluster_join.substr(at, comma - at));
-      if (!hp) return fail("--role executor needs --join HOST:PORT[,HOST:PORT...] (or [cluster] join), not '" + st.cluster_join + "'");
+  std::vector<HostPort> ingresses;
+  if (*role == Role::Executor) {
+    const auto bad_join = [&] {
+      return fail("--role executor needs --join HOST:PORT[,HOST:PORT...] (or [cluster] join), not '" + st.cluster_join + "'");
+    };
+    for (const std::string& item : split_list(st.cluster_join)) {
+      auto hp = parse_host_port(item);
+      if (!hp) return bad_join();
       ingresses.push_back(*hp);
-      at = comma + 1;
     }
+    if (ingresses.empty()) return bad_join();
   }
 
   // Block the signals in every thread the runtime starts; the main thread waits for them.
@@ -146,7 +143,7 @@ int cmd_serve(const std::vector<std::string>& argv) {
 
   std::shared_ptr<cluster::Ingress> ingress;
   Expected<std::unique_ptr<Serving>> serving = Error{""};
-  if (role == "ingress") {
+  if (*role == Role::Ingress) {
     cluster::IngressConfig ic;
     ic.secret = secret;
     ic.heartbeat_s = st.cluster_heartbeat_s;
@@ -185,10 +182,10 @@ int cmd_serve(const std::vector<std::string>& argv) {
   // One membership per ingress; declared after `serving`: destroyed (their loops stopped)
   // before the actor system.
   std::vector<std::unique_ptr<cluster::ClusterMember>> members;
-  for (const auto& [ingress_host, ingress_port] : ingresses) {
+  for (const HostPort& at : ingresses) {
     cluster::MemberConfig mc;
-    mc.ingress_host = ingress_host;
-    mc.ingress_port = ingress_port;
+    mc.ingress_host = at.host;
+    mc.ingress_port = at.port;
     mc.secret = secret;
     mc.tls = node_tls.enabled();
     mc.http_url = "http://" + (*serving)->config().host + ":" + std::to_string((*serving)->port());
