@@ -11,6 +11,7 @@
 
 #include "actors/http/conversation.hpp"
 #include "actors/http/errors.hpp"
+#include "actors/http/server_state.hpp"
 #include "pipeline/model_builder.h"
 #include "http_client.h"
 #include "server_support.h"
@@ -23,6 +24,23 @@ namespace bhttp = boost::beast::http;
 namespace net = boost::asio;
 using tcp = net::ip::tcp;
 using json = nlohmann::json;
+
+// A generation's sink (an actor) may handle a delta while its server is being destroyed:
+// it posts through the server's IoGate, which runs what comes before close and drops what
+// comes after, never touching the I/O context that is gone.
+TEST(IoGate, PostsBeforeCloseRunAndPostsAfterItAreDropped) {
+  auto ioc = std::make_unique<net::io_context>();
+  auto gate = std::make_shared<http::IoGate>(*ioc);
+  auto ran = std::make_shared<int>(0);
+  gate->post([ran] { ++*ran; });
+  ioc->run();
+  EXPECT_EQ(*ran, 1);
+  gate->close();
+  ioc.reset();  // without the gate, the next post would write into freed memory
+  gate->post([ran] { ++*ran; });
+  EXPECT_EQ(*ran, 1);
+  EXPECT_EQ(ran.use_count(), 1) << "the dropped handler was destroyed, not kept";
+}
 
 const std::string kKey = "sk-generation-0123456789";
 const std::vector<std::pair<std::string, std::string>> kAuth = {{"Authorization", "Bearer " + kKey}};

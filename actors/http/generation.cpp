@@ -63,7 +63,7 @@ access::UsageRecord usage_record(const GenerationSpec& spec, int64_t request_id,
 // executor_lost (and the encoder's answer is awaited only so long).
 sink_actor spawn_sink(ServerState& srv, const PipelineHandles& pipe, const text_request& request, std::weak_ptr<Generation> weak,
                       std::shared_ptr<MediaOutput> media) {
-  net::io_context* ioc = &srv.ioc;
+  const std::shared_ptr<IoGate> io = srv.io_gate;  // not srv.ioc: the sink may outlive the server
   const encoder_actor encoder = pipe.encoder;
   const caf::actor guard = pipe.node_guard;
   const auto encode_timeout = caf::duration{std::chrono::milliseconds(int64_t(srv.cfg.encode_timeout_s * 1000))};
@@ -71,24 +71,24 @@ sink_actor spawn_sink(ServerState& srv, const PipelineHandles& pipe, const text_
     if (guard) {
       self->monitor(guard);
       self->set_down_handler([=](caf::down_msg&) {
-        net::post(*ioc, [weak] { if (auto g = weak.lock()) g->executor_lost("the executor node running it was lost (it died, hung or left)"); });
+        io->post([weak] { if (auto g = weak.lock()) g->executor_lost("the executor node running it was lost (it died, hung or left)"); });
         self->quit();
       });
     }
     self->request(encoder, encode_timeout, encode_atom::value, request, caf::actor_cast<sink_actor>(self))
         .then(
             [=](const encode_result& r) {
-              net::post(*ioc, [weak, r] { if (auto g = weak.lock()) g->accepted(r); });
+              io->post([weak, r] { if (auto g = weak.lock()) g->accepted(r); });
               if (r.code != ErrorCode::none) self->quit();
             },
             [=](caf::error& e) {
               std::string why = "the pipeline did not take the request: " + self->system().render(e);
-              net::post(*ioc, [weak, why] { if (auto g = weak.lock()) g->failed_to_start(why); });
+              io->post([weak, why] { if (auto g = weak.lock()) g->failed_to_start(why); });
               self->quit();
             });
     return {[=](delta_atom, text_delta d) {
               const bool last = d.last();
-              net::post(*ioc, [weak, d = std::move(d)] { if (auto g = weak.lock()) g->text(d); });
+              io->post([weak, d = std::move(d)] { if (auto g = weak.lock()) g->text(d); });
               if (last) self->quit();
             },
             [=](media_atom, const media_delta& d) {
@@ -105,7 +105,7 @@ sink_actor spawn_sink(ServerState& srv, const PipelineHandles& pipe, const text_
               meta.request = d.request, meta.token = d.token, meta.finish = d.finish, meta.error_code = d.error_code;
               meta.error = d.error, meta.prompt_tokens = d.prompt_tokens, meta.completion_tokens = d.completion_tokens;
               const bool last = chunk.done || d.last() || !chunk.error.empty();
-              net::post(*ioc, [weak, chunk = std::move(chunk), meta = std::move(meta)]() mutable {
+              io->post([weak, chunk = std::move(chunk), meta = std::move(meta)]() mutable {
                 if (auto g = weak.lock()) g->media(std::move(chunk), meta);
               });
               if (last) self->quit();

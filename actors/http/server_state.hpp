@@ -13,6 +13,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <string>
@@ -37,12 +38,36 @@ using json = nlohmann::json;
 class VideoJob;
 class StreamJob;
 
+// The way onto the I/O thread for actors, which live in the actor system and so may outlive
+// the server: a generation's sink can be handling a delta while the server is destroyed.
+// Each poster holds it shared; the server closes it before its I/O context goes, after which
+// a post is dropped (what it carried was for sessions that are ending anyway).
+class IoGate {
+ public:
+  explicit IoGate(net::io_context& ioc) : ioc_(&ioc) {}
+  template <class Handler>
+  void post(Handler&& h) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (ioc_) net::post(*ioc_, std::forward<Handler>(h));
+  }
+  void close() {
+    std::lock_guard<std::mutex> lock(mu_);
+    ioc_ = nullptr;
+  }
+
+ private:
+  std::mutex mu_;
+  net::io_context* ioc_;  // null once closed
+};
+
 class ServerState {
  public:
   ServerState(caf::actor_system& s, std::shared_ptr<ModelRegistry> r, ServerConfig c, ServerMetrics& m)
       : system(s), models(std::move(r)), cfg(std::move(c)), metrics(m), limiter(cfg.key_limits) {
     next_id = cfg.first_request_id;
   }
+  // Before any member goes: no actor posts to the I/O context from here on.
+  ~ServerState() { io_gate->close(); }
 
   caf::actor_system& system;
   // The models (models.hpp): each request is routed to the instance that answers its
@@ -72,6 +97,7 @@ class ServerState {
   // the I/O context: sessions ended by its destruction still count themselves out.
   std::map<std::string, int> peers;
   net::io_context ioc{1};
+  const std::shared_ptr<IoGate> io_gate = std::make_shared<IoGate>(ioc);  // how actors post to ioc
   tcp::acceptor acceptor{ioc};
   // The TLS port, when a certificate is configured (tls.hpp); null: plain HTTP only.
   std::shared_ptr<net::ssl::context> tls;

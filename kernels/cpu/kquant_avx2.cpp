@@ -33,17 +33,19 @@ inline __m256i bit_set(__m256i v, uint8_t bit) {
 // Shuffle patterns over int16 lanes (in-lane, as VPSHUFB works): word w of each 128-bit lane
 // in every position (kOneWord), or word 2v in the low lane and 2v + 1 in the high one
 // (kTwoWords, for the 16-value sub-blocks: a 32-value register spans two of them).
+// constexpr, so it is built at compile time: a dynamic initializer in this file would be
+// compiled for AVX2 and run at program start on every CPU.
 struct WordPatterns {
   alignas(32) uint8_t one[8][32];
   alignas(32) uint8_t two[4][32];
-  WordPatterns() {
+  constexpr WordPatterns() : one{}, two{} {
     for (int w = 0; w < 8; ++w)
       for (int i = 0; i < 32; ++i) one[w][i] = uint8_t(2 * w + (i & 1));
     for (int v = 0; v < 4; ++v)
       for (int i = 0; i < 32; ++i) two[v][i] = uint8_t(2 * (2 * v + (i >= 16)) + (i & 1));
   }
 };
-const WordPatterns kWords;
+constexpr WordPatterns kWords;
 inline __m256i pattern(const uint8_t* p) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(p)); }
 
 // The 16 scales of a 16-value-sub-block type as the 8 registers' pair scales: register v gets

@@ -191,14 +191,16 @@ struct KLoad<TensorType::Q3_K> {
 
 // For register v of a super-block, the 16-bit lanes of VPMADDUBSW's output (value pairs
 // 64v + 2i, 64v + 2i + 1) and the scale each needs: sub-block 4v + i/8.
+// constexpr, so it is built at compile time: a dynamic initializer in this file would be
+// compiled for AVX-512 and run at program start on every CPU, with or without it.
 struct ScaleIndex {
   alignas(64) int16_t idx[4][32];
-  ScaleIndex() {
+  constexpr ScaleIndex() : idx{} {
     for (int v = 0; v < 4; ++v)
       for (int i = 0; i < 32; ++i) idx[v][i] = int16_t(4 * v + i / 8);
   }
 };
-const ScaleIndex kScaleIndex;
+constexpr ScaleIndex kScaleIndex;
 
 template <TensorType T>
 struct KDecode {
