@@ -129,7 +129,7 @@ void HttpServer::stop() {
     impl_->ioc.stop();
   });
   if (impl_->thread.joinable()) impl_->thread.join();
-  // A reload in flight posts its answer to the I/O context: it finishes while that exists.
+  // A reload in flight finishes (its loader thread is joined) while the registry it swaps into exists.
   impl_->models->wait_for_reloads();
 }
 

@@ -38,8 +38,9 @@ using json = nlohmann::json;
 class VideoJob;
 class StreamJob;
 
-// The way onto the I/O thread for actors, which live in the actor system and so may outlive
-// the server: a generation's sink can be handling a delta while the server is destroyed.
+// The way onto the I/O thread for actors and loader threads, which may outlive the server: a
+// generation's sink (living in the actor system) can be handling a delta while the server is
+// destroyed.
 // Each poster holds it shared; the server closes it before its I/O context goes, after which
 // a post is dropped (what it carried was for sessions that are ending anyway).
 class IoGate {

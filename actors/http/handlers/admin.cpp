@@ -48,9 +48,8 @@ void handle_model_reload(HttpExchange& ex) {
   }
   auto answer = std::make_shared<PendingAnswer>(ex);
   std::weak_ptr<PendingAnswer> weak = answer;
-  net::io_context* ioc = &srv.ioc;
-  auto refused = srv.models->reload(name, file, [weak, ioc, name](const ReloadReport& r) {
-    net::post(*ioc, [weak, name, r] {
+  auto refused = srv.models->reload(name, file, [weak, io = srv.io_gate, name](const ReloadReport& r) {
+    io->post([weak, name, r] {
       auto a = weak.lock();
       if (!a) return;
       if (r.ok) return a->ex.respond_json(200, report_json(name, r).dump());
