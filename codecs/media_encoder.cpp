@@ -24,6 +24,20 @@ using ffmpeg::SwrCloser;
 using ffmpeg::SwsCloser;
 Error av_error(const char* call, int code) { return ffmpeg::error(call, code); }
 
+// swscale's SIMD paths read up to a vector past the end of a source row, so the last row of
+// a tightly packed image would be read past its buffer: swscale gets a copy with FFmpeg's
+// input padding after it. (Rows inside the image read into the next row: harmless.)
+class PaddedRgb {
+ public:
+  explicit PaddedRgb(std::span<const uint8_t> rgb) : bytes_(rgb.size() + AV_INPUT_BUFFER_PADDING_SIZE) {
+    std::memcpy(bytes_.data(), rgb.data(), rgb.size());
+  }
+  const uint8_t* data() const { return bytes_.data(); }
+
+ private:
+  std::vector<uint8_t> bytes_;
+};
+
 
 int16_t to_s16(float v) { return int16_t(std::lround(std::clamp(v, -1.f, 1.f) * 32767.f)); }
 
@@ -265,7 +279,8 @@ class FfmpegVideoEncoder final : public VideoStreamEncoder {
     AVCodecContext* c = s_.enc.get();
     if (rgb.size() != size_t(c->width) * size_t(c->height) * 3) return Error{"a video frame of the wrong size"};
     if (int r = av_frame_make_writable(frame_.get()); r < 0) return av_error("av_frame_make_writable", r);
-    const uint8_t* src[1] = {rgb.data()};
+    const PaddedRgb padded(rgb);
+    const uint8_t* src[1] = {padded.data()};
     const int stride[1] = {c->width * 3};
     sws_scale(sws_.get(), src, stride, 0, c->height, frame_->data, frame_->linesize);
     frame_->pts = pts_++;
@@ -344,7 +359,8 @@ Expected<std::vector<uint8_t>> encode_image(const std::string& format, int width
   if (int r = av_frame_get_buffer(fr.get(), 0); r < 0) return av_error("av_frame_get_buffer", r);
   std::unique_ptr<SwsContext, SwsCloser> sws(sws_getContext(width, height, AV_PIX_FMT_RGB24, width, height, pix, SWS_BILINEAR, nullptr, nullptr, nullptr));
   if (!sws) return Error{"FFmpeg: sws_getContext failed"};
-  const uint8_t* src[1] = {rgb.data()};
+  const PaddedRgb padded(rgb);
+  const uint8_t* src[1] = {padded.data()};
   const int stride[1] = {width * 3};
   sws_scale(sws.get(), src, stride, 0, height, fr->data, fr->linesize);
   fr->pts = 0;
@@ -359,6 +375,23 @@ Expected<std::vector<uint8_t>> encode_image(const std::string& format, int width
     av_packet_unref(pkt.get());
   }
   if (out.empty()) return Error{"FFmpeg: the " + format + " encoder produced nothing"};
+  return out;
+}
+
+std::vector<uint8_t> scale_rgb(std::span<const uint8_t> rgb, int w, int h, int out_w, int out_h) {
+  if (w == out_w && h == out_h) return std::vector<uint8_t>(rgb.begin(), rgb.end());
+  std::unique_ptr<SwsContext, SwsCloser> sws(
+      sws_getContext(w, h, AV_PIX_FMT_RGB24, out_w, out_h, AV_PIX_FMT_RGB24, SWS_BILINEAR, nullptr, nullptr, nullptr));
+  if (!sws) return {};
+  // The output padded too (the same vector paths write past a row's end), then cut to size.
+  std::vector<uint8_t> out(size_t(out_w) * size_t(out_h) * 3 + AV_INPUT_BUFFER_PADDING_SIZE);
+  const PaddedRgb padded(rgb);
+  const uint8_t* src[1] = {padded.data()};
+  const int src_stride[1] = {w * 3};
+  uint8_t* dst[1] = {out.data()};
+  const int dst_stride[1] = {out_w * 3};
+  sws_scale(sws.get(), src, src_stride, 0, h, dst, dst_stride);
+  out.resize(size_t(out_w) * size_t(out_h) * 3);
   return out;
 }
 

@@ -42,6 +42,10 @@ Expected<std::unique_ptr<AudioStreamEncoder>> make_audio_encoder(AudioFormat for
 // One RGB24 image as a PNG or JPEG file.
 Expected<std::vector<uint8_t>> encode_image(const std::string& format, int width, int height, std::span<const uint8_t> rgb);
 
+// An RGB24 image scaled to out_w x out_h (bilinear, through swscale); empty when swscale
+// cannot set up the conversion.
+std::vector<uint8_t> scale_rgb(std::span<const uint8_t> rgb, int w, int h, int out_w, int out_h);
+
 class VideoStreamEncoder {
  public:
   virtual ~VideoStreamEncoder() = default;

@@ -1,9 +1,5 @@
 #include "actors/http/media.hpp"
 
-extern "C" {
-#include <libswscale/swscale.h>
-}
-
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -223,20 +219,6 @@ Expected<std::vector<int32_t>> image_to_video_tokens(std::span<const uint8_t> im
   return ids;
 }
 
-std::vector<uint8_t> scale_rgb(const std::vector<uint8_t>& rgb, int w, int h, int out_w, int out_h) {
-  if (w == out_w && h == out_h) return rgb;
-  std::vector<uint8_t> out(size_t(out_w) * size_t(out_h) * 3);
-  SwsContext* sws = sws_getContext(w, h, AV_PIX_FMT_RGB24, out_w, out_h, AV_PIX_FMT_RGB24, SWS_BILINEAR, nullptr, nullptr, nullptr);
-  if (!sws) return {};
-  const uint8_t* src[1] = {rgb.data()};
-  const int src_stride[1] = {w * 3};
-  uint8_t* dst[1] = {out.data()};
-  const int dst_stride[1] = {out_w * 3};
-  sws_scale(sws, src, src_stride, 0, h, dst, dst_stride);
-  sws_freeContext(sws);
-  return out;
-}
-
 namespace {
 
 class AudioOutput final : public MediaOutput {
@@ -273,7 +255,7 @@ class ImageOutput final : public MediaOutput {
   MediaChunk on_delta(const actors::media_delta& d) override {
     MediaChunk c;
     if (!d.rgb.empty()) {
-      auto png = codecs::encode_image("png", w_, h_, scale_rgb(d.rgb, d.width, d.height, w_, h_));
+      auto png = codecs::encode_image("png", w_, h_, codecs::scale_rgb(d.rgb, d.width, d.height, w_, h_));
       if (png) c.bytes = std::move(png).value(), c.frames = 1;
       else error_ = png.error().message;
     }
@@ -301,7 +283,7 @@ class VideoOutput final : public MediaOutput {
   MediaChunk on_delta(const actors::media_delta& d) override {
     MediaChunk c;
     if (error_.empty() && !d.rgb.empty()) {
-      if (Status s = encoder_->push(scale_rgb(d.rgb, d.width, d.height, w_, h_)); !s) error_ = s.message();
+      if (Status s = encoder_->push(codecs::scale_rgb(d.rgb, d.width, d.height, w_, h_)); !s) error_ = s.message();
       ++frames_;
     }
     if (d.last()) {

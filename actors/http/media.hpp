@@ -77,7 +77,4 @@ std::string base64_encode(const std::vector<uint8_t>& bytes);
 Expected<std::vector<int32_t>> image_to_video_tokens(std::span<const uint8_t> image, const ModalityInfo& video,
                                                      const codecs::Codebooks& books);
 
-// Scales an RGB24 image (bilinear, through swscale).
-std::vector<uint8_t> scale_rgb(const std::vector<uint8_t>& rgb, int w, int h, int out_w, int out_h);
-
 }  // namespace tutti::http
