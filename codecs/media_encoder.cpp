@@ -27,10 +27,15 @@ Error av_error(const char* call, int code) { return ffmpeg::error(call, code); }
 // swscale's SIMD paths read up to a vector past the end of a source row, so the last row of
 // a tightly packed image would be read past its buffer: swscale gets a copy with FFmpeg's
 // input padding after it. (Rows inside the image read into the next row: harmless.)
+// A stream's encoder keeps one and reuses its buffer frame after frame.
 class PaddedRgb {
  public:
-  explicit PaddedRgb(std::span<const uint8_t> rgb) : bytes_(rgb.size() + AV_INPUT_BUFFER_PADDING_SIZE) {
+  PaddedRgb() = default;
+  explicit PaddedRgb(std::span<const uint8_t> rgb) { assign(rgb); }
+  const uint8_t* assign(std::span<const uint8_t> rgb) {
+    bytes_.resize(rgb.size() + AV_INPUT_BUFFER_PADDING_SIZE);
     std::memcpy(bytes_.data(), rgb.data(), rgb.size());
+    return bytes_.data();
   }
   const uint8_t* data() const { return bytes_.data(); }
 
@@ -279,8 +284,7 @@ class FfmpegVideoEncoder final : public VideoStreamEncoder {
     AVCodecContext* c = s_.enc.get();
     if (rgb.size() != size_t(c->width) * size_t(c->height) * 3) return Error{"a video frame of the wrong size"};
     if (int r = av_frame_make_writable(frame_.get()); r < 0) return av_error("av_frame_make_writable", r);
-    const PaddedRgb padded(rgb);
-    const uint8_t* src[1] = {padded.data()};
+    const uint8_t* src[1] = {padded_.assign(rgb)};
     const int stride[1] = {c->width * 3};
     sws_scale(sws_.get(), src, stride, 0, c->height, frame_->data, frame_->linesize);
     frame_->pts = pts_++;
@@ -292,6 +296,7 @@ class FfmpegVideoEncoder final : public VideoStreamEncoder {
   EncodedStream s_;
   std::unique_ptr<SwsContext, SwsCloser> sws_;
   std::unique_ptr<AVFrame, FrameCloser> frame_;
+  PaddedRgb padded_;  // the frame being converted
   int64_t pts_ = 0;
 };
 
@@ -383,15 +388,13 @@ std::vector<uint8_t> scale_rgb(std::span<const uint8_t> rgb, int w, int h, int o
   std::unique_ptr<SwsContext, SwsCloser> sws(
       sws_getContext(w, h, AV_PIX_FMT_RGB24, out_w, out_h, AV_PIX_FMT_RGB24, SWS_BILINEAR, nullptr, nullptr, nullptr));
   if (!sws) return {};
-  // The output padded too (the same vector paths write past a row's end), then cut to size.
-  std::vector<uint8_t> out(size_t(out_w) * size_t(out_h) * 3 + AV_INPUT_BUFFER_PADDING_SIZE);
+  std::vector<uint8_t> out(size_t(out_w) * size_t(out_h) * 3);
   const PaddedRgb padded(rgb);
   const uint8_t* src[1] = {padded.data()};
   const int src_stride[1] = {w * 3};
   uint8_t* dst[1] = {out.data()};
   const int dst_stride[1] = {out_w * 3};
   sws_scale(sws.get(), src, src_stride, 0, h, dst, dst_stride);
-  out.resize(size_t(out_w) * size_t(out_h) * 3);
   return out;
 }
 

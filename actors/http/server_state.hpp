@@ -40,9 +40,8 @@ class StreamJob;
 
 // The way onto the I/O thread for actors and loader threads, which may outlive the server: a
 // generation's sink (living in the actor system) can be handling a delta while the server is
-// destroyed.
-// Each poster holds it shared; the server closes it before its I/O context goes, after which
-// a post is dropped (what it carried was for sessions that are ending anyway).
+// destroyed. Each poster holds it shared; the server closes it before its I/O context goes,
+// after which a post is dropped (what it carried was for sessions that are ending anyway).
 class IoGate {
  public:
   explicit IoGate(net::io_context& ioc) : ioc_(&ioc) {}
